@@ -1,0 +1,368 @@
+//! The `cashbackd` command line.
+
+use crate::plugin::fixtures;
+use crate::plugin::wit::latest;
+use crate::plugin::{LoadedPlugin, PluginKind, PluginRuntime, RuntimeConfig};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// cashbackd: self-hosted cashback and affiliate-conversion platform.
+#[derive(Debug, Parser)]
+#[command(name = "cashbackd", version, about)]
+pub struct Cli {
+    /// Where plugin components and compiled artifacts are stored.
+    #[arg(
+        long,
+        global = true,
+        env = "CASHBACKD_PLUGIN_STORE",
+        default_value = ".cashbackd/plugins"
+    )]
+    pub plugin_store: PathBuf,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with plugin components.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Show the plugin runtime at work on the first-party plugins.
+    Demo {
+        /// Folder of built plugin components (scripts/build-plugins.sh writes here).
+        #[arg(long, default_value = "target/plugins/wasm32-wasip2")]
+        plugins: PathBuf,
+    },
+    /// Run the server (HTTP ingress, admin API, scheduler).
+    Serve,
+}
+
+/// `cashbackd plugin ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Print a component's world, contract version, manifest, imports, exports and limits.
+    Inspect {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// A manifest for a component that does not embed one.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a component against its embedded fixtures and/or a fixture file, inside the
+    /// sandbox. Exits non-zero if any case fails.
+    Test {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// A fixture file (JSON array of cases) to run besides the embedded ones.
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+        /// A manifest for a component that does not embed one.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plugin { command } => {
+            let runtime = PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?;
+            match command {
+                PluginCommand::Inspect {
+                    file,
+                    manifest,
+                    json,
+                } => {
+                    let plugin = load(&runtime, &file, manifest.as_deref())?;
+                    print_inspect(&plugin, json)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                PluginCommand::Test {
+                    file,
+                    fixtures,
+                    manifest,
+                } => {
+                    let plugin = load(&runtime, &file, manifest.as_deref())?;
+                    test_plugin(&runtime, &plugin, fixtures.as_deref())
+                }
+            }
+        }
+        Command::Demo { plugins } => {
+            let runtime = PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?;
+            demo(&runtime, &plugins)
+        }
+        Command::Serve => {
+            bail!(
+                "`serve` is not available yet in this build: the HTTP ingress, admin API and scheduler land with the ledger and ingest work. Use `cashbackd demo` or `cashbackd plugin test`."
+            )
+        }
+    }
+}
+
+fn load(
+    runtime: &PluginRuntime,
+    file: &Path,
+    manifest: Option<&Path>,
+) -> anyhow::Result<Arc<LoadedPlugin>> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let manifest = manifest
+        .map(|m| std::fs::read_to_string(m).with_context(|| format!("reading {}", m.display())))
+        .transpose()?;
+    runtime
+        .load_with_manifest(&bytes, manifest.as_deref())
+        .with_context(|| format!("loading {}", file.display()))
+}
+
+fn print_inspect(plugin: &LoadedPlugin, json: bool) -> anyhow::Result<()> {
+    let fixture_count = plugin
+        .fixtures
+        .as_deref()
+        .map(fixtures::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .map_or(0, |f| f.len());
+    if json {
+        let doc = serde_json::json!({
+            "name": plugin.manifest.name,
+            "version": plugin.manifest.version.to_string(),
+            "kind": plugin.manifest.kind,
+            "api_version": plugin.api_version,
+            "digest": plugin.digest.to_string(),
+            "manifest": plugin.manifest,
+            "limits": plugin.limits,
+            "imports": plugin.imports,
+            "exports": plugin.exports,
+            "fixtures": fixture_count,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let m = &plugin.manifest;
+    println!("plugin      {}", m.label());
+    println!(
+        "world       {} (cashback:plugin@{})",
+        m.kind, plugin.api_version
+    );
+    println!("digest      {}", plugin.digest);
+    if !m.description.is_empty() {
+        println!("about       {}", m.description);
+    }
+    println!("exports     {}", plugin.exports.join(", "));
+    println!("imports     {}", plugin.imports.join(", "));
+    let hosts = &m.capabilities.http_hosts;
+    println!(
+        "http hosts  {}",
+        if hosts.is_empty() {
+            "none".to_string()
+        } else {
+            hosts.join(", ")
+        }
+    );
+    for (name, cred) in &m.credentials {
+        let place = cred.header.as_ref().map_or_else(
+            || format!("query `{}`", cred.query.clone().unwrap_or_default()),
+            |h| format!("header `{h}`"),
+        );
+        println!(
+            "credential  {name}: secret config `{}` into {place}",
+            cred.config
+        );
+    }
+    let l = &plugin.limits;
+    println!(
+        "limits      deadline {} ms, memory {} MiB, input {} B, output {} B, log {} B, http {} requests",
+        l.deadline_ms,
+        l.memory_mib,
+        l.max_input_bytes,
+        l.max_output_bytes,
+        l.max_log_bytes,
+        l.max_http_requests
+    );
+    for (name, f) in &m.config {
+        let flags = [
+            f.required.then_some("required"),
+            f.secret.then_some("secret"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ");
+        println!(
+            "config      {name}: {:?}{}  {}",
+            f.ty,
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({flags})")
+            },
+            f.description
+        );
+    }
+    println!("fixtures    {fixture_count} embedded");
+    Ok(())
+}
+
+fn test_plugin(
+    runtime: &PluginRuntime,
+    plugin: &LoadedPlugin,
+    extra: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let mut cases = Vec::new();
+    if let Some(embedded) = &plugin.fixtures {
+        cases.extend(
+            fixtures::parse(embedded).map_err(|e| anyhow::anyhow!("embedded fixtures: {e}"))?,
+        );
+    }
+    if let Some(path) = extra {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        cases.extend(
+            fixtures::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        );
+    }
+    if cases.is_empty() {
+        bail!(
+            "{} has no fixtures: embed them (export_rule!(T, fixtures = \"fixtures.json\")) or pass --fixtures FILE",
+            plugin.manifest.label()
+        );
+    }
+    println!(
+        "testing {} against {} fixtures in the sandbox",
+        plugin.manifest.label(),
+        cases.len()
+    );
+    let results = fixtures::run(runtime, plugin, &cases);
+    let failed = results.iter().filter(|r| !r.passed).count();
+    for r in &results {
+        println!("  {} {}", if r.passed { "ok  " } else { "FAIL" }, r.name);
+        if !r.passed {
+            println!("       {}", r.detail.replace('\n', "\n       "));
+        }
+    }
+    println!("{} passed, {} failed", results.len() - failed, failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn demo(runtime: &PluginRuntime, dir: &Path) -> anyhow::Result<ExitCode> {
+    let path = dir.join("flat_rate.wasm");
+    if !path.exists() {
+        bail!(
+            "{} not found: build the plugins first with scripts/build-plugins.sh",
+            path.display()
+        );
+    }
+    let plugin = load(runtime, &path, None)?;
+    println!(
+        "loaded {} ({}), compiled once and cached under the digest",
+        plugin.manifest.label(),
+        plugin.digest
+    );
+    let config = plugin
+        .manifest
+        .validate_config(&serde_json::json!({"rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500}))
+        .map_err(anyhow::Error::msg)?;
+    let line = |id: &str, category: &str, amount: i64| latest::LineItem {
+        id: id.into(),
+        sku: format!("SKU-{id}"),
+        category: category.into(),
+        quantity: 1,
+        amount,
+    };
+    let orders = [
+        (
+            "o-1001",
+            vec![line("l1", "books", 2_499), line("l2", "toys", 5_000)],
+        ),
+        (
+            "o-1002",
+            vec![
+                line("l1", "gift-cards", 10_000),
+                line("l2", "garden", 3_000),
+            ],
+        ),
+        (
+            "o-1003",
+            vec![line("l1", "tv", 89_900), line("l2", "tv", 12_000)],
+        ),
+    ];
+    for (id, lines) in orders {
+        let total: i64 = lines.iter().map(|l| l.amount).sum();
+        let order = latest::Order {
+            conversion_id: format!("conv-{id}"),
+            merchant: "demo-shop".into(),
+            network: "demo-network".into(),
+            order_id: id.into(),
+            event_type: "sale".into(),
+            state: latest::ConversionState::Pending,
+            amount: latest::Money {
+                minor: total,
+                currency: "EUR".into(),
+            },
+            commission: latest::Money {
+                minor: total / 10,
+                currency: "EUR".into(),
+            },
+            line_items: lines,
+            event_time: 1_767_225_600_000,
+            click_time: None,
+            user_id: Some("user-42".into()),
+        };
+        let context = latest::RuleContext {
+            now: 1_767_225_600_000,
+            prior_orders: 0,
+            decision_so_far: None,
+            attributes: vec![],
+        };
+        let started = std::time::Instant::now();
+        let outcome = runtime.evaluate(&plugin, &config, &order, &context);
+        let took = started.elapsed();
+        match outcome.result {
+            Ok(d) => {
+                println!(
+                    "\norder {id}: {} -> cashback {} ({} µs in the sandbox)",
+                    fmt_money(total),
+                    fmt_money(d.total.minor),
+                    took.as_micros()
+                );
+                for l in &d.lines {
+                    println!("  + {:>10}  {}", fmt_money(l.amount), l.reason);
+                }
+                for x in &d.exclusions {
+                    println!("  - {:>10}  {}", "excluded", x.reason);
+                }
+                for n in &d.notes {
+                    println!("  * {n}");
+                }
+            }
+            Err(e) => println!("\norder {id}: failed: {e}"),
+        }
+    }
+    if plugin.kind() != PluginKind::MerchantRules {
+        bail!("flat_rate.wasm is not a rule plugin");
+    }
+    println!(
+        "\nnext: `cashbackd plugin inspect {}` and `cashbackd plugin test {}`",
+        path.display(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fmt_money(minor: i64) -> String {
+    format!("{}.{:02} EUR", minor / 100, (minor % 100).abs())
+}

@@ -1,0 +1,7 @@
+//! cashbackd: a self-hosted cashback and affiliate-conversion platform whose network
+//! adapters and merchant rules are sandboxed WebAssembly plugins.
+//!
+//! The crate is organised one module per concern; the README maps them.
+
+pub mod cli;
+pub mod plugin;

@@ -1,0 +1,232 @@
+//! Runs a plugin against JSON fixtures inside the real sandbox: what `cashbackd plugin
+//! test` does, and what an upload will check before a version can be activated.
+//!
+//! A fixture file is a JSON array of cases:
+//!
+//! ```json
+//! [{
+//!   "name": "3% on books",
+//!   "config": { "rate_bps": 300 },
+//!   "order": { ... },                    // rules: an Order (context optional)
+//!   "postback": { "method": "GET", "query": "tx=1&amount=10.00" },   // adapters
+//!   "file": { "name": "report.csv", "contents": "..." },           // adapters
+//!   "expect": { "total": { "minor": 338 } },   // a subset of the result's JSON
+//!   "expect_error": "Config"                   // or: text the error must contain
+//! }]
+//! ```
+//!
+//! `expect` matches when every key it names has the same value in the result (objects
+//! recursively; arrays element by element with the same length), so a fixture states only
+//! what it is about.
+
+use super::manifest::PluginKind;
+use super::runtime::{LoadedPlugin, PluginRuntime};
+use super::wit::latest;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    /// What the case shows.
+    pub name: String,
+    /// The plugin configuration.
+    #[serde(default)]
+    pub config: Value,
+    /// Rules: the order.
+    pub order: Option<latest::Order>,
+    /// Rules: the context; defaults to `now` = the order's event time, no history.
+    pub context: Option<latest::RuleContext>,
+    /// Adapters: a postback.
+    pub postback: Option<FixturePostback>,
+    /// Adapters: a file.
+    pub file: Option<FixtureFile>,
+    /// The expected result (subset).
+    pub expect: Option<Value>,
+    /// Text the error must contain.
+    pub expect_error: Option<String>,
+}
+
+/// A postback in a fixture; the body is text for readability.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixturePostback {
+    /// GET or POST.
+    #[serde(default = "get")]
+    pub method: String,
+    /// Path after `/postback/{network}`.
+    #[serde(default)]
+    pub path: String,
+    /// Raw query string.
+    #[serde(default)]
+    pub query: String,
+    /// Headers.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Body text.
+    #[serde(default)]
+    pub body: String,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+/// A file in a fixture.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureFile {
+    /// File name.
+    pub name: String,
+    /// Contents as text.
+    pub contents: String,
+}
+
+/// The outcome of one case.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseResult {
+    /// The case's name.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why it failed, or a summary of what it returned.
+    pub detail: String,
+}
+
+/// Parses a fixture file.
+pub fn parse(json: &str) -> Result<Vec<Fixture>, String> {
+    serde_json::from_str(json).map_err(|e| format!("invalid fixtures: {e}"))
+}
+
+/// Runs every case and reports each.
+pub fn run(
+    runtime: &PluginRuntime,
+    plugin: &LoadedPlugin,
+    fixtures: &[Fixture],
+) -> Vec<CaseResult> {
+    fixtures
+        .iter()
+        .map(|f| run_one(runtime, plugin, f))
+        .collect()
+}
+
+fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseResult {
+    let result = |passed: bool, detail: String| CaseResult {
+        name: f.name.clone(),
+        passed,
+        detail,
+    };
+    let outcome: Result<Value, String> = match plugin.manifest.validate_config(&f.config) {
+        Err(e) => Err(format!("Config: {e}")),
+        Ok(config) => match (plugin.kind(), &f.order, &f.postback, &f.file) {
+            (PluginKind::MerchantRules, Some(order), None, None) => {
+                let context = f.context.clone().unwrap_or(latest::RuleContext {
+                    now: order.event_time,
+                    prior_orders: 0,
+                    decision_so_far: None,
+                    attributes: Vec::new(),
+                });
+                to_json(runtime.evaluate(plugin, &config, order, &context).result)
+            }
+            (PluginKind::NetworkAdapter, None, Some(p), None) => {
+                let request = latest::PostbackRequest {
+                    method: p.method.clone(),
+                    path: p.path.clone(),
+                    query: p.query.clone(),
+                    headers: p.headers.clone(),
+                    body: p.body.clone().into_bytes(),
+                };
+                to_json(runtime.parse_postback(plugin, &config, &request).result)
+            }
+            (PluginKind::NetworkAdapter, None, None, Some(file)) => to_json(
+                runtime
+                    .parse_file(plugin, &config, &file.name, file.contents.as_bytes())
+                    .result,
+            ),
+            (kind, ..) => {
+                let wanted = match kind {
+                    PluginKind::MerchantRules => "`order`",
+                    PluginKind::NetworkAdapter => "exactly one of `postback` or `file`",
+                };
+                return result(false, format!("a {kind} fixture needs {wanted}"));
+            }
+        },
+    };
+    match (outcome, &f.expect, &f.expect_error) {
+        (Ok(actual), Some(expected), None) => match subset_mismatch(expected, &actual, "$") {
+            None => result(true, "matches".into()),
+            Some(why) => result(false, format!("{why}\n  got: {actual}")),
+        },
+        (Err(e), None, Some(wanted)) if e.contains(wanted.as_str()) => {
+            result(true, format!("failed as expected: {e}"))
+        }
+        (Err(e), None, Some(wanted)) => result(
+            false,
+            format!("expected an error containing {wanted:?}, got: {e}"),
+        ),
+        (Ok(actual), None, Some(wanted)) => result(
+            false,
+            format!("expected an error containing {wanted:?}, got: {actual}"),
+        ),
+        (Err(e), Some(_), None) => result(false, format!("unexpected error: {e}")),
+        (_, None, None) | (_, Some(_), Some(_)) => result(
+            false,
+            "set exactly one of `expect` or `expect_error`".into(),
+        ),
+    }
+}
+
+fn to_json<T: serde::Serialize>(r: Result<T, super::CallError>) -> Result<Value, String> {
+    match r {
+        Ok(v) => serde_json::to_value(v).map_err(|e| e.to_string()),
+        Err(super::CallError::Plugin { error, .. }) => Err(format!("{error:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Where `expected` is not a subset of `actual`, if anywhere.
+pub fn subset_mismatch(expected: &Value, actual: &Value, path: &str) -> Option<String> {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e.iter().find_map(|(k, ev)| match a.get(k) {
+            Some(av) => subset_mismatch(ev, av, &format!("{path}.{k}")),
+            None => Some(format!("{path}.{k}: missing")),
+        }),
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => e
+            .iter()
+            .zip(a)
+            .enumerate()
+            .find_map(|(i, (ev, av))| subset_mismatch(ev, av, &format!("{path}[{i}]"))),
+        (Value::Array(e), Value::Array(a)) => Some(format!(
+            "{path}: expected {} elements, got {}",
+            e.len(),
+            a.len()
+        )),
+        (e, a) if e == a => None,
+        (e, a) => Some(format!("{path}: expected {e}, got {a}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subset_mismatch;
+    use serde_json::json;
+
+    #[test]
+    fn expectations_match_as_subsets() {
+        let actual = json!({"total": {"minor": 5, "currency": "EUR"}, "lines": [{"a": 1, "b": 2}], "hold": null});
+        assert_eq!(
+            subset_mismatch(&json!({"total": {"minor": 5}}), &actual, "$"),
+            None
+        );
+        assert_eq!(
+            subset_mismatch(&json!({"lines": [{"b": 2}]}), &actual, "$"),
+            None
+        );
+        assert!(subset_mismatch(&json!({"lines": []}), &actual, "$").is_some());
+        let why =
+            subset_mismatch(&json!({"total": {"minor": 6}}), &actual, "$").unwrap_or_default();
+        assert_eq!(why, "$.total.minor: expected 6, got 5");
+        assert!(subset_mismatch(&json!({"nope": 1}), &actual, "$").is_some());
+    }
+}

@@ -1,0 +1,290 @@
+//! `http.fetch` for network adapters: the host sends the request, so it decides.
+//!
+//! A request reaches only hosts the manifest declares; a credential named by the plugin
+//! is looked up in the manifest and its secret added by the host (the plugin never holds
+//! it); each call has a request budget, a timeout per request, and a cap on response
+//! bodies. A refusal comes back to the plugin as `http-error.denied` naming what was
+//! refused, and is remembered so the call's error can say so too.
+
+use super::limits::LimitHit;
+use super::manifest::{Credential, Secrets};
+use super::state::PluginState;
+use super::wit::latest::http::{Host, HttpError, Method, Request, Response};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What one adapter call may reach over HTTP.
+pub struct HttpGrant {
+    pub(crate) hosts: Arc<Vec<String>>,
+    pub(crate) credentials: Arc<BTreeMap<String, Credential>>,
+    pub(crate) secrets: Secrets,
+    pub(crate) client: HttpClient,
+    pub(crate) requests: u32,
+    /// Refusals during the call, for the call's error.
+    pub(crate) denied: Vec<String>,
+}
+
+/// The host's outbound HTTP client, shared by all calls. Plugin calls are synchronous
+/// (they run on blocking threads), so requests run on a small runtime of their own and
+/// the calling thread waits for the answer.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    client: reqwest::Client,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another runtime's worker panics; this one may be
+        // dropped from anywhere, so it is shut down without waiting.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl HttpClient {
+    /// A client with its own two-thread runtime.
+    pub fn new() -> std::io::Result<HttpClient> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("plugin-http")
+            .enable_all()
+            .build()?;
+        let client = reqwest::Client::builder()
+            // Redirects could lead to a host the manifest does not declare.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cashbackd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(HttpClient {
+            inner: Arc::new(ClientInner {
+                client,
+                runtime: Some(runtime),
+            }),
+        })
+    }
+
+    fn send(
+        &self,
+        request: reqwest::Request,
+        timeout: Duration,
+        cap: u64,
+    ) -> Result<Response, HttpError> {
+        let Some(runtime) = &self.inner.runtime else {
+            return Err(HttpError::Transport("HTTP client is shut down".into()));
+        };
+        let client = self.inner.client.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let result = tokio::time::timeout(timeout, read_response(client, request, cap)).await;
+            let _ = tx.send(result.unwrap_or(Err(HttpError::Timeout)));
+        });
+        rx.recv()
+            .unwrap_or(Err(HttpError::Transport("request task ended".into())))
+    }
+}
+
+async fn read_response(
+    client: reqwest::Client,
+    request: reqwest::Request,
+    cap: u64,
+) -> Result<Response, HttpError> {
+    let mut resp = client.execute(request).await.map_err(|e| {
+        if e.is_timeout() {
+            HttpError::Timeout
+        } else {
+            HttpError::Transport(without_url(&e))
+        }
+    })?;
+    if resp.content_length().is_some_and(|len| len > cap) {
+        return Err(HttpError::TooLarge(cap));
+    }
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| HttpError::Transport(without_url(&e)))?
+    {
+        if body.len() as u64 + chunk.len() as u64 > cap {
+            return Err(HttpError::TooLarge(cap));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// reqwest's messages include the URL, which may carry a credential in its query.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut e = e.to_string();
+    if let Some(i) = e.find(" for url (") {
+        e.truncate(i);
+    }
+    e
+}
+
+/// Whether `host[:port]` is covered by a manifest entry.
+pub(crate) fn host_allowed(declared: &[String], host: &str, port: Option<u16>) -> bool {
+    let host = host.to_ascii_lowercase();
+    declared.iter().any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        let (pattern, want_port) = match entry.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse::<u16>().ok()),
+            _ => (entry.clone(), None),
+        };
+        let port_ok = want_port.is_none() || want_port == port;
+        let host_ok = match pattern.strip_prefix("*.") {
+            Some(suffix) => host.ends_with(&format!(".{suffix}")),
+            None => host == pattern,
+        };
+        host_ok && port_ok
+    })
+}
+
+impl HttpGrant {
+    fn deny(&mut self, what: String) -> HttpError {
+        self.denied.push(what.clone());
+        HttpError::Denied(what)
+    }
+
+    fn build(&mut self, req: &Request, timeout: Duration) -> Result<reqwest::Request, HttpError> {
+        let mut url = url::Url::parse(&req.url)
+            .map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(self.deny(format!("scheme {:?} (only http and https)", url.scheme())));
+        }
+        let host = url.host_str().unwrap_or_default().to_string();
+        if !host_allowed(&self.hosts, &host, url.port_or_known_default()) {
+            let declared = if self.hosts.is_empty() {
+                "none".to_string()
+            } else {
+                self.hosts.join(", ")
+            };
+            return Err(self.deny(format!(
+                "http host {host:?} is not declared in the manifest (declared: {declared})"
+            )));
+        }
+        let mut extra_header = None;
+        if let Some(name) = &req.credential {
+            let Some(cred) = self.credentials.get(name) else {
+                return Err(self.deny(format!(
+                    "credential {name:?} is not declared in the manifest"
+                )));
+            };
+            let Some(secret) = self.secrets.0.get(&cred.config) else {
+                return Err(self.deny(format!(
+                    "credential {name:?}: config field `{}` is not set",
+                    cred.config
+                )));
+            };
+            if let Some(param) = &cred.query {
+                url.query_pairs_mut().append_pair(param, secret);
+            } else if let Some(header) = &cred.header {
+                let value = cred
+                    .format
+                    .as_deref()
+                    .unwrap_or("{secret}")
+                    .replace("{secret}", secret);
+                extra_header = Some((header.clone(), value));
+            }
+        }
+        let method = match req.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+        };
+        let mut out = reqwest::Request::new(method, url);
+        *out.timeout_mut() = Some(timeout);
+        for (k, v) in req
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(extra_header)
+        {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| HttpError::InvalidRequest(format!("bad header name {k:?}")))?;
+            let value = reqwest::header::HeaderValue::from_str(&v)
+                .map_err(|_| HttpError::InvalidRequest(format!("bad value for header {k:?}")))?;
+            out.headers_mut().append(name, value);
+        }
+        if let Some(body) = &req.body {
+            *out.body_mut() = Some(body.clone().into());
+        }
+        Ok(out)
+    }
+}
+
+impl Host for PluginState {
+    fn fetch(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
+        let limits = self.limits;
+        let Some(grant) = self.http.as_mut() else {
+            return Ok(Err(HttpError::Denied(
+                "this plugin has no HTTP capability".into(),
+            )));
+        };
+        grant.requests += 1;
+        if grant.requests > limits.max_http_requests {
+            let hit = LimitHit::HttpRequests {
+                cap: limits.max_http_requests,
+            };
+            self.record_hit(hit.clone());
+            return Err(wasmtime::format_err!("{hit}"));
+        }
+        let timeout = Duration::from_millis(limits.http_timeout_ms);
+        let built = match grant.build(&request, timeout) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        tracing::debug!(method = %built.method(), host = built.url().host_str().unwrap_or(""), "plugin http request");
+        Ok(grant
+            .client
+            .send(built, timeout, limits.max_http_response_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_declared_hosts_are_allowed() {
+        let declared = vec![
+            "api.net.example".to_string(),
+            "*.cdn.example".to_string(),
+            "127.0.0.1:8080".to_string(),
+        ];
+        assert!(host_allowed(&declared, "api.net.example", Some(443)));
+        assert!(host_allowed(&declared, "API.NET.EXAMPLE", Some(443)));
+        assert!(host_allowed(&declared, "eu.cdn.example", Some(443)));
+        assert!(!host_allowed(&declared, "cdn.example", Some(443)));
+        assert!(!host_allowed(
+            &declared,
+            "api.net.example.evil.example",
+            Some(443)
+        ));
+        assert!(!host_allowed(&declared, "evilapi.net.example", Some(443)));
+        assert!(host_allowed(&declared, "127.0.0.1", Some(8080)));
+        assert!(!host_allowed(&declared, "127.0.0.1", Some(8081)));
+        assert!(!host_allowed(&[], "api.net.example", Some(443)));
+    }
+}

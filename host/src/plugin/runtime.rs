@@ -1,0 +1,737 @@
+//! The plugin runtime: one [`Engine`], one [`Linker`] per world and contract version,
+//! one [`InstancePre`](wasmtime::component::InstancePre) per plugin digest, and a fresh,
+//! limited [`Store`] for every call.
+//!
+//! Why a fresh instance per call: a plugin cannot keep state between conversions, so a
+//! rule stays a pure function and one bad call cannot poison the next. With the pooling
+//! allocator an instantiation costs microseconds (see docs/PERFORMANCE.md).
+
+use super::error::{CallError, LoadError, PluginLabel};
+use super::http::{HttpClient, HttpGrant};
+use super::inspect;
+use super::limits::{LimitHit, Limits, LimitsOverride};
+use super::manifest::{Manifest, PluginConfig, PluginKind};
+use super::state::{Clock, LogLine, PluginState};
+use super::store::{ContentStore, Digest};
+use super::wire::WireSize;
+use super::wit::{SUPPORTED_API_VERSIONS, latest};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+/// Host-side settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where components and compiled artifacts are stored.
+    pub store_dir: PathBuf,
+    /// Limits of a plugin whose manifest asks for nothing.
+    pub defaults: Limits,
+    /// The most a manifest may ask for.
+    pub maxima: Limits,
+    /// Plugin calls that may run at once (the pooling allocator's slots).
+    pub max_concurrent_calls: u32,
+    /// How often the epoch ticks; deadlines are measured in ticks.
+    pub epoch_tick: Duration,
+    /// Operator overrides per plugin name, applied over the manifest (within maxima).
+    pub overrides: HashMap<String, LimitsOverride>,
+}
+
+impl RuntimeConfig {
+    /// Defaults, storing under `store_dir`.
+    pub fn new(store_dir: impl Into<PathBuf>) -> RuntimeConfig {
+        RuntimeConfig {
+            store_dir: store_dir.into(),
+            defaults: Limits::host_defaults(),
+            maxima: Limits::host_maxima(),
+            max_concurrent_calls: 64,
+            epoch_tick: Duration::from_millis(1),
+            overrides: HashMap::new(),
+        }
+    }
+}
+
+/// A compiled, linked plugin version, ready to instantiate.
+pub struct LoadedPlugin {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Content digest of the component.
+    pub digest: Digest,
+    /// The contract version it speaks.
+    pub api_version: String,
+    /// Its own fixtures (JSON), if embedded.
+    pub fixtures: Option<String>,
+    /// Effective per-call limits.
+    pub limits: Limits,
+    /// The names of its imports, for `plugin inspect`.
+    pub imports: Vec<String>,
+    /// The names of its exports.
+    pub exports: Vec<String>,
+    pre: Pre,
+    label: PluginLabel,
+}
+
+/// One pre-linked instance per contract version and world; a new contract version adds
+/// variants here and the call sites convert its values to the latest types.
+enum Pre {
+    RulesV0_1(latest::MerchantRulesPre<PluginState>),
+    AdapterV0_1(latest::NetworkAdapterPre<PluginState>),
+}
+
+impl LoadedPlugin {
+    /// How errors name it.
+    pub fn label(&self) -> &PluginLabel {
+        &self.label
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> PluginKind {
+        self.manifest.kind
+    }
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("plugin", &self.label.to_string())
+            .finish()
+    }
+}
+
+/// The result of a call, with what the plugin logged.
+#[derive(Debug)]
+pub struct CallOutcome<T> {
+    /// The result.
+    pub result: Result<T, CallError>,
+    /// What it logged (capped by its log limit).
+    pub logs: Vec<LogLine>,
+}
+
+/// Loads and runs plugins. Cheap to share behind an `Arc`.
+pub struct PluginRuntime {
+    engine: Engine,
+    engine_hash: String,
+    rules_linker: Linker<PluginState>,
+    adapter_linker: Linker<PluginState>,
+    store: ContentStore,
+    config: RuntimeConfig,
+    loaded: Mutex<HashMap<Digest, Arc<LoadedPlugin>>>,
+    http: HttpClient,
+    compilations: AtomicU64,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime")
+            .field("store", &self.store.root())
+            .finish()
+    }
+}
+
+/// The engine, configured once for the whole process.
+fn engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    // Deadlines: a counter bumped by a ticker thread, checked by compiled code at loop
+    // headers and function entries. Much cheaper per call than fuel, and a plugin that
+    // loops forever is stopped within one tick of its deadline.
+    c.epoch_interruption(true);
+    // Deep recursion traps at this depth instead of growing without bound.
+    c.max_wasm_stack(512 << 10);
+    c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // The pooling allocator pre-reserves slots for instances, memories and tables, so
+    // instantiation per call is a few microseconds and memory cannot be fragmented by
+    // a misbehaving plugin. Each slot's memory is capped at the hosts' maximum; the
+    // per-plugin cap is enforced by the store's limiter below it.
+    let slots = config.max_concurrent_calls;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 8)
+        .total_memories(slots * 2)
+        .total_tables(slots * 8)
+        .total_stacks(slots)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16)
+        .max_core_instances_per_component(16)
+        .max_memory_size(config.maxima.memory_bytes())
+        .table_elements(100_000);
+    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&c)
+}
+
+/// Bumps the epoch every tick for as long as the engine lives.
+fn start_epoch_ticker(engine: &Engine, tick: Duration) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("plugin-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the plugin deadline ticker; plugin deadlines will not fire");
+    }
+}
+
+impl PluginRuntime {
+    /// Builds the engine and linkers and opens the content store.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<PluginRuntime> {
+        let engine = engine(&config).map_err(|e| anyhow::anyhow!("configuring wasmtime: {e:?}"))?;
+        start_epoch_ticker(&engine, config.epoch_tick);
+        let engine_hash = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+
+        // Each world gets its own linker holding exactly what that world may import,
+        // plus a WASI that grants nothing (for plugins built for wasm32-wasip2). A rule
+        // that imports `http` therefore fails to link: deny by default.
+        let mut rules_linker = Linker::new(&engine);
+        latest::rules_world::MerchantRules::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut rules_linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking the rules world: {e:?}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut rules_linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
+
+        let mut adapter_linker = Linker::new(&engine);
+        latest::adapter_world::NetworkAdapter::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut adapter_linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking the adapter world: {e:?}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut adapter_linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
+
+        Ok(PluginRuntime {
+            engine,
+            engine_hash,
+            rules_linker,
+            adapter_linker,
+            store: ContentStore::open(&config.store_dir)?,
+            config,
+            loaded: Mutex::new(HashMap::new()),
+            http: HttpClient::new()?,
+            compilations: AtomicU64::new(0),
+        })
+    }
+
+    /// The engine (for benchmarks and tools).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// How many components this runtime compiled (not loaded from the artifact cache).
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
+    }
+
+    /// The content store.
+    pub fn content_store(&self) -> &ContentStore {
+        &self.store
+    }
+
+    /// Host limit settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Loads a component: checks its sections and contract version before compiling,
+    /// stores it by digest, compiles it (or loads the cached artifact), checks its world
+    /// and pre-links it. Loading the same bytes again returns the cached plugin.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
+        self.load_with_manifest(bytes, None)
+    }
+
+    /// Like [`load`](Self::load), with a manifest given beside the component (for
+    /// components not built with the SDK). An embedded manifest wins if both exist.
+    pub fn load_with_manifest(
+        &self,
+        bytes: &[u8],
+        manifest: Option<&str>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let digest = Digest::of(bytes);
+        if let Some(p) = self.cached(&digest) {
+            return Ok(p);
+        }
+        let sections = inspect::sections(bytes)?;
+        let manifest_text = sections
+            .manifest
+            .as_deref()
+            .or(manifest)
+            .ok_or(LoadError::NoManifest)?;
+        let manifest = Manifest::parse(manifest_text, &self.config.maxima)?;
+        let label = manifest.label();
+        // The stamped version is what the plugin was compiled against; a mismatch is
+        // refused here, before the component is compiled or instantiated.
+        let api_version = sections
+            .api_version
+            .clone()
+            .unwrap_or_else(|| manifest.wit.clone());
+        if !SUPPORTED_API_VERSIONS.contains(&api_version.as_str()) || api_version != manifest.wit {
+            return Err(LoadError::ApiVersion {
+                plugin: label,
+                found: if api_version != manifest.wit {
+                    format!("{api_version} (manifest says {})", manifest.wit)
+                } else {
+                    api_version
+                },
+                supported: SUPPORTED_API_VERSIONS.join(", "),
+            });
+        }
+
+        self.store.put(bytes)?;
+        let component = self.compile_cached(&digest, bytes, &label)?;
+
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let (expected, linker) = match manifest.kind {
+            PluginKind::MerchantRules => (latest::RULES_EXPORT, &self.rules_linker),
+            PluginKind::NetworkAdapter => (latest::ADAPTER_EXPORT, &self.adapter_linker),
+        };
+        if !exports.iter().any(|e| e == expected) {
+            return Err(LoadError::WrongWorld {
+                plugin: label,
+                kind: manifest.kind,
+                expected,
+                exports: exports.join(", "),
+            });
+        }
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                plugin: label.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = match manifest.kind {
+            PluginKind::MerchantRules => {
+                Pre::RulesV0_1(latest::MerchantRulesPre::new(instance_pre).map_err(|e| {
+                    LoadError::Link {
+                        plugin: label.clone(),
+                        reason: format!("{e:#}"),
+                    }
+                })?)
+            }
+            PluginKind::NetworkAdapter => {
+                Pre::AdapterV0_1(latest::NetworkAdapterPre::new(instance_pre).map_err(|e| {
+                    LoadError::Link {
+                        plugin: label.clone(),
+                        reason: format!("{e:#}"),
+                    }
+                })?)
+            }
+        };
+        let mut limits = self
+            .config
+            .defaults
+            .with(&manifest.limits, &self.config.maxima);
+        if let Some(over) = self.config.overrides.get(&manifest.name) {
+            limits = limits.with(over, &self.config.maxima);
+        }
+        let plugin = Arc::new(LoadedPlugin {
+            label: PluginLabel {
+                name: manifest.name.clone(),
+                version: manifest.version.to_string(),
+                digest,
+            },
+            manifest,
+            digest,
+            api_version,
+            fixtures: sections.fixtures,
+            limits,
+            imports,
+            exports,
+            pre,
+        });
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, plugin.clone());
+        Ok(plugin)
+    }
+
+    /// Loads a component stored earlier, by digest.
+    pub fn load_digest(&self, digest: &Digest) -> Result<Arc<LoadedPlugin>, LoadError> {
+        if let Some(p) = self.cached(digest) {
+            return Ok(p);
+        }
+        let bytes = self.store.get(digest)?;
+        self.load(&bytes)
+    }
+
+    fn cached(&self, digest: &Digest) -> Option<Arc<LoadedPlugin>> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    /// Forgets a loaded plugin (its compiled artifact stays cached on disk).
+    pub fn unload(&self, digest: &Digest) {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+    }
+
+    fn compile_cached(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+        label: &str,
+    ) -> Result<Component, LoadError> {
+        let path = self.store.artifact_path(digest, &self.engine_hash);
+        if path.exists() {
+            // SAFETY: the artifact was written by `precompile_component` of an engine
+            // with the same compatibility hash (it is in the file name), atomically, into
+            // the host's own store directory; wasmtime still checks its header.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(plugin = label, error = %format!("{e:#}"), "cached artifact unusable; recompiling")
+                }
+            }
+        }
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| LoadError::Compile {
+                plugin: label.to_string(),
+                reason: format!("{e:#}"),
+            })?;
+        self.store.put_artifact(&path, &compiled)?;
+        // SAFETY: as above; these are the bytes just produced by this engine.
+        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| LoadError::Compile {
+            plugin: label.to_string(),
+            reason: format!("{e:#}"),
+        })
+    }
+
+    /// Compiles a component from scratch without caching (benchmarks: the cost a cache
+    /// hit avoids).
+    pub fn compile_uncached(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        Component::new(&self.engine, bytes)
+    }
+
+    /// Loads the cached artifact of a stored component (benchmarks).
+    pub fn deserialize_cached(&self, digest: &Digest) -> wasmtime::Result<Component> {
+        let path = self.store.artifact_path(digest, &self.engine_hash);
+        // SAFETY: see `compile_cached`.
+        unsafe { Component::deserialize_file(&self.engine, &path) }
+    }
+
+    fn new_store(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        clock: Clock,
+    ) -> Store<PluginState> {
+        let http = (plugin.kind() == PluginKind::NetworkAdapter).then(|| HttpGrant {
+            hosts: Arc::new(plugin.manifest.capabilities.http_hosts.clone()),
+            credentials: Arc::new(plugin.manifest.credentials.clone()),
+            secrets: config.secrets.clone(),
+            client: self.http.clone(),
+            requests: 0,
+            denied: Vec::new(),
+        });
+        let state = PluginState::new(plugin.limits, config.json.clone(), clock, http);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        let tick_ms = self.config.epoch_tick.as_millis().max(1) as u64;
+        store.set_epoch_deadline(plugin.limits.deadline_ms.div_ceil(tick_ms));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn check_input(plugin: &LoadedPlugin, size: u64) -> Result<(), CallError> {
+        if size > plugin.limits.max_input_bytes {
+            return Err(CallError::Limit {
+                plugin: plugin.label.clone(),
+                limit: LimitHit::InputSize {
+                    size,
+                    cap: plugin.limits.max_input_bytes,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in a fresh store and turns every way it can fail into a [`CallError`]
+    /// that names the plugin and, if a limit stopped it, the limit.
+    fn run<T: WireSize>(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        clock: Clock,
+        f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<T, latest::PluginError>>,
+    ) -> CallOutcome<T> {
+        let mut store = self.new_store(plugin, config, clock);
+        let raw = f(&mut store);
+        let state = store.data_mut();
+        let logs = std::mem::take(&mut state.logs);
+        let label = plugin.label.clone();
+        let denied = state.http.as_ref().and_then(|h| h.denied.first().cloned());
+        let result = match raw {
+            Ok(Ok(value)) => {
+                let size = value.wire_size();
+                if size > plugin.limits.max_output_bytes {
+                    Err(CallError::Limit {
+                        plugin: label,
+                        limit: LimitHit::OutputSize {
+                            size,
+                            cap: plugin.limits.max_output_bytes,
+                        },
+                    })
+                } else {
+                    Ok(value)
+                }
+            }
+            Ok(Err(error)) => match (state.hit.take(), denied) {
+                (Some(limit), _) => Err(CallError::Limit {
+                    plugin: label,
+                    limit,
+                }),
+                (None, Some(what)) => Err(CallError::Denied {
+                    plugin: label,
+                    what,
+                }),
+                (None, None) => Err(CallError::Plugin {
+                    plugin: label,
+                    error,
+                }),
+            },
+            Err(trap) => {
+                let limit = state
+                    .hit
+                    .take()
+                    .or_else(|| match trap.downcast_ref::<Trap>() {
+                        Some(Trap::Interrupt) => Some(LimitHit::Deadline {
+                            ms: plugin.limits.deadline_ms,
+                        }),
+                        Some(Trap::StackOverflow) => Some(LimitHit::Stack),
+                        _ => None,
+                    });
+                match limit {
+                    Some(limit) => Err(CallError::Limit {
+                        plugin: label,
+                        limit,
+                    }),
+                    None => {
+                        let last_error = logs
+                            .iter()
+                            .rev()
+                            .find(|l| l.level == "error")
+                            .map(|l| l.message.clone());
+                        let mut message = match trap.downcast_ref::<Trap>() {
+                            // Rust (and C) keep large stack frames in linear memory below
+                            // the data; recursing past that stack reads out of bounds.
+                            Some(Trap::MemoryOutOfBounds) => {
+                                "out of bounds memory access (a bug, or recursion overflowing the plugin's own shadow stack)"
+                                    .to_string()
+                            }
+                            Some(t) => t.to_string(),
+                            None => format!("{trap:#}"),
+                        };
+                        if let Some(line) = last_error {
+                            message = format!("{message}; last error logged: {line}");
+                        }
+                        Err(CallError::Trap {
+                            plugin: label,
+                            message,
+                        })
+                    }
+                }
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!(plugin = %e.plugin(), kind = e.kind(), error = %e, "plugin call failed");
+        }
+        CallOutcome { result, logs }
+    }
+
+    fn expect_kind(plugin: &LoadedPlugin, expected: PluginKind) -> Result<(), CallError> {
+        if plugin.kind() != expected {
+            return Err(CallError::WrongKind {
+                plugin: plugin.label.clone(),
+                kind: plugin.kind(),
+                expected,
+            });
+        }
+        Ok(())
+    }
+
+    fn host_error(plugin: &LoadedPlugin, e: wasmtime::Error) -> wasmtime::Error {
+        wasmtime::format_err!("instantiating {}: {e:#}", plugin.label)
+    }
+
+    /// Evaluates a merchant rule. The clock the plugin can see is frozen at
+    /// `context.now`, so the same input always gives the same decision.
+    pub fn evaluate(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        order: &latest::Order,
+        context: &latest::RuleContext,
+    ) -> CallOutcome<latest::RuleDecision> {
+        if let Err(e) = Self::expect_kind(plugin, PluginKind::MerchantRules)
+            .and_then(|()| Self::check_input(plugin, order.wire_size() + context.wire_size()))
+        {
+            return CallOutcome {
+                result: Err(e),
+                logs: Vec::new(),
+            };
+        }
+        let Pre::RulesV0_1(pre) = &plugin.pre else {
+            unreachable!("kind checked above");
+        };
+        let mut outcome = self.run(plugin, config, Clock::FixedAt(context.now), |store| {
+            let bindings = pre
+                .instantiate(&mut *store)
+                .map_err(|e| Self::host_error(plugin, e))?;
+            bindings
+                .cashback_plugin_rules()
+                .call_evaluate(store, order, context)
+        });
+        if let Ok(decision) = &outcome.result
+            && let Err(reason) = check_decision(order, decision)
+        {
+            outcome.result = Err(CallError::InvalidOutput {
+                plugin: plugin.label.clone(),
+                reason,
+            });
+        }
+        outcome
+    }
+
+    /// Parses an S2S postback with a network adapter.
+    pub fn parse_postback(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        request: &latest::PostbackRequest,
+    ) -> CallOutcome<Vec<latest::ConversionEvent>> {
+        if let Err(e) = Self::expect_kind(plugin, PluginKind::NetworkAdapter)
+            .and_then(|()| Self::check_input(plugin, request.wire_size()))
+        {
+            return CallOutcome {
+                result: Err(e),
+                logs: Vec::new(),
+            };
+        }
+        let Pre::AdapterV0_1(pre) = &plugin.pre else {
+            unreachable!("kind checked above");
+        };
+        self.run(plugin, config, Clock::Live, |store| {
+            let bindings = pre
+                .instantiate(&mut *store)
+                .map_err(|e| Self::host_error(plugin, e))?;
+            bindings
+                .cashback_plugin_adapter()
+                .call_parse_postback(store, request)
+        })
+    }
+
+    /// Fetches one page of a network's report with an adapter.
+    pub fn import_page(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        request: &latest::ImportRequest,
+    ) -> CallOutcome<latest::Page> {
+        if let Err(e) = Self::expect_kind(plugin, PluginKind::NetworkAdapter)
+            .and_then(|()| Self::check_input(plugin, request.wire_size()))
+        {
+            return CallOutcome {
+                result: Err(e),
+                logs: Vec::new(),
+            };
+        }
+        let Pre::AdapterV0_1(pre) = &plugin.pre else {
+            unreachable!("kind checked above");
+        };
+        self.run(plugin, config, Clock::Live, |store| {
+            let bindings = pre
+                .instantiate(&mut *store)
+                .map_err(|e| Self::host_error(plugin, e))?;
+            bindings
+                .cashback_plugin_adapter()
+                .call_import_page(store, request)
+        })
+    }
+
+    /// Parses an offline report file with an adapter.
+    pub fn parse_file(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        name: &str,
+        contents: &[u8],
+    ) -> CallOutcome<latest::FileResult> {
+        if let Err(e) = Self::expect_kind(plugin, PluginKind::NetworkAdapter)
+            .and_then(|()| Self::check_input(plugin, (name.len() + contents.len()) as u64))
+        {
+            return CallOutcome {
+                result: Err(e),
+                logs: Vec::new(),
+            };
+        }
+        let Pre::AdapterV0_1(pre) = &plugin.pre else {
+            unreachable!("kind checked above");
+        };
+        self.run(plugin, config, Clock::Live, |store| {
+            let bindings = pre
+                .instantiate(&mut *store)
+                .map_err(|e| Self::host_error(plugin, e))?;
+            bindings
+                .cashback_plugin_adapter()
+                .call_parse_file(store, name, contents)
+        })
+    }
+}
+
+/// The contract a decision must keep: the order's currency, lines that add up to the
+/// total, and one line id per order line.
+fn check_decision(order: &latest::Order, d: &latest::RuleDecision) -> Result<(), String> {
+    if d.total.currency != order.amount.currency {
+        return Err(format!(
+            "total is in {}, the order in {}",
+            d.total.currency, order.amount.currency
+        ));
+    }
+    let mut sum: i64 = 0;
+    for line in &d.lines {
+        if !order.line_items.iter().any(|l| l.id == line.line_id) {
+            return Err(format!("cashback for unknown line {:?}", line.line_id));
+        }
+        sum = sum
+            .checked_add(line.amount)
+            .ok_or("line amounts overflow")?;
+    }
+    if sum != d.total.minor {
+        return Err(format!(
+            "lines add up to {sum} but the total is {}",
+            d.total.minor
+        ));
+    }
+    Ok(())
+}

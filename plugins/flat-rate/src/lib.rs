@@ -1,0 +1,133 @@
+//! `flat-rate`: one cashback rate for the whole order, with exclusions and a cap.
+//!
+//! The smallest useful merchant rule, and the benchmark's reference rule: the host's
+//! benchmark runs this exact code natively and inside the sandbox.
+
+use cashback_sdk::prelude::*;
+use serde::Deserialize;
+
+/// The plugin's configuration (see `cashback-plugin.toml` for the schema).
+#[derive(Debug, Deserialize)]
+pub struct Config {
+    /// Rate in basis points.
+    pub rate_bps: u32,
+    /// Categories that earn nothing.
+    #[serde(default)]
+    pub excluded_categories: Vec<String>,
+    /// SKUs that earn nothing.
+    #[serde(default)]
+    pub excluded_skus: Vec<String>,
+    /// Cap per order, in minor units.
+    pub max_cashback: Option<i64>,
+    /// Reward delay override.
+    pub reward_delay_days: Option<u32>,
+}
+
+/// The rule.
+pub struct FlatRate;
+
+impl FlatRate {
+    /// The rule with an explicit configuration (what `evaluate` does with the host's).
+    pub fn decide(config: &Config, order: &Order) -> Result<RuleDecision, PluginError> {
+        let mut decision = RuleDecision::empty(&order.amount.currency);
+        for line in &order.line_items {
+            if config
+                .excluded_categories
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&line.category))
+            {
+                decision.exclude(
+                    line,
+                    &format!("category {} earns no cashback", line.category),
+                );
+            } else if config.excluded_skus.contains(&line.sku) {
+                decision.exclude(line, &format!("SKU {} earns no cashback", line.sku));
+            } else {
+                let cashback = Bps(config.rate_bps).of(line.amount.max(0), Rounding::Down)?;
+                let reason = format!("{} of {}", Bps(config.rate_bps), line.id);
+                decision.credit_line(line, cashback, Some(config.rate_bps), &reason)?;
+            }
+        }
+        if let Some(cap) = config.max_cashback {
+            let note = format!("capped at {}", money::format(cap, &order.amount.currency));
+            decision.cap_total(cap, &note)?;
+        }
+        decision.reward_delay_days = config.reward_delay_days;
+        Ok(decision)
+    }
+}
+
+impl Rule for FlatRate {
+    fn evaluate(order: &Order, _context: &RuleContext) -> Result<RuleDecision, PluginError> {
+        let config: Config = config::get()?;
+        Self::decide(&config, order)
+    }
+}
+
+export_rule!(FlatRate, fixtures = "fixtures.json");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cashback_sdk::testing;
+
+    #[test]
+    fn credits_the_rate_on_every_line_rounding_down() {
+        testing::set_config(r#"{"rate_bps": 300}"#);
+        let order = testing::order("o-1", "EUR")
+            .line("l1", "A", "books", 1, 1299)
+            .line("l2", "B", "toys", 2, 5000)
+            .build();
+        let d = FlatRate::evaluate(&order, &testing::context()).expect("decision");
+        assert_eq!(
+            d.lines.iter().map(|l| l.amount).collect::<Vec<_>>(),
+            vec![38, 150]
+        );
+        assert_eq!(d.total, Money::new(188, "EUR"));
+        testing::assert_consistent(&d);
+    }
+
+    #[test]
+    fn excluded_categories_and_skus_earn_nothing_with_a_reason() {
+        testing::set_config(
+            r#"{"rate_bps": 500, "excluded_categories": ["gift-cards"], "excluded_skus": ["X9"]}"#,
+        );
+        let order = testing::order("o-2", "EUR")
+            .line("l1", "G1", "Gift-Cards", 1, 10_000)
+            .line("l2", "X9", "books", 1, 2_000)
+            .line("l3", "B1", "books", 1, 2_000)
+            .build();
+        let d = FlatRate::evaluate(&order, &testing::context()).expect("decision");
+        assert_eq!(d.total.minor, 100);
+        assert_eq!(d.exclusions.len(), 2);
+        assert!(d.exclusions[0].reason.contains("Gift-Cards"));
+        assert!(d.exclusions[1].reason.contains("X9"));
+    }
+
+    #[test]
+    fn the_cap_is_spread_back_over_the_lines() {
+        testing::set_config(r#"{"rate_bps": 1000, "max_cashback": 500}"#);
+        let order = testing::order("o-3", "EUR")
+            .line("l1", "A", "tv", 1, 80_000)
+            .line("l2", "B", "tv", 1, 20_000)
+            .build();
+        let d = FlatRate::evaluate(&order, &testing::context()).expect("decision");
+        assert_eq!(d.total.minor, 500);
+        assert_eq!(d.lines[0].amount, 400);
+        assert_eq!(d.lines[1].amount, 100);
+        assert_eq!(d.notes, vec!["capped at 5.00 EUR".to_string()]);
+        testing::assert_consistent(&d);
+    }
+
+    #[test]
+    fn missing_rate_is_a_config_error() {
+        testing::set_config("{}");
+        let order = testing::order("o-4", "EUR")
+            .line("l1", "A", "books", 1, 100)
+            .build();
+        match FlatRate::evaluate(&order, &testing::context()) {
+            Err(PluginError::Config(m)) => assert!(m.contains("rate_bps"), "{m}"),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Shared helpers: where the built plugins are, one runtime for the whole test binary
+//! (as a server has one), and test orders.
+
+use cashbackd::plugin::wit::latest;
+use cashbackd::plugin::{LoadedPlugin, PluginRuntime, RuntimeConfig};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+pub const WASIP2: &str = "wasm32-wasip2";
+pub const UNKNOWN: &str = "wasm32-unknown-unknown";
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The built component of a plugin crate (`flat_rate`, `hostile_rule`...).
+pub fn plugin_path(target: &str, crate_name: &str) -> PathBuf {
+    let path = target_dir()
+        .join("plugins")
+        .join(target)
+        .join(format!("{crate_name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins.sh first (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+pub fn plugin_bytes(target: &str, crate_name: &str) -> Vec<u8> {
+    std::fs::read(plugin_path(target, crate_name)).expect("read plugin")
+}
+
+/// Compiled artifacts survive across tests and runs here.
+pub fn shared_store() -> PathBuf {
+    target_dir().join("test-plugin-store")
+}
+
+/// The runtime every test shares, like a server process shares one.
+pub fn runtime() -> &'static PluginRuntime {
+    static RUNTIME: OnceLock<PluginRuntime> = OnceLock::new();
+    RUNTIME.get_or_init(|| PluginRuntime::new(RuntimeConfig::new(shared_store())).expect("runtime"))
+}
+
+pub fn load(target: &str, crate_name: &str) -> Arc<LoadedPlugin> {
+    runtime()
+        .load(&plugin_bytes(target, crate_name))
+        .expect("load plugin")
+}
+
+pub fn config(plugin: &LoadedPlugin, json: serde_json::Value) -> cashbackd::plugin::PluginConfig {
+    plugin
+        .manifest
+        .validate_config(&json)
+        .expect("valid config")
+}
+
+pub fn line(id: &str, category: &str, amount: i64) -> latest::LineItem {
+    latest::LineItem {
+        id: id.into(),
+        sku: format!("SKU-{id}"),
+        category: category.into(),
+        quantity: 1,
+        amount,
+    }
+}
+
+pub fn order(id: &str, lines: Vec<latest::LineItem>) -> latest::Order {
+    let total = lines.iter().map(|l| l.amount).sum();
+    latest::Order {
+        conversion_id: format!("conv-{id}"),
+        merchant: "shop".into(),
+        network: "net".into(),
+        order_id: id.into(),
+        event_type: "sale".into(),
+        state: latest::ConversionState::Pending,
+        amount: latest::Money {
+            minor: total,
+            currency: "EUR".into(),
+        },
+        commission: latest::Money {
+            minor: total / 10,
+            currency: "EUR".into(),
+        },
+        line_items: lines,
+        event_time: 1_767_225_000_000,
+        click_time: None,
+        user_id: Some("u-1".into()),
+    }
+}
+
+pub fn context(now: i64) -> latest::RuleContext {
+    latest::RuleContext {
+        now,
+        prior_orders: 0,
+        decision_so_far: None,
+        attributes: Vec::new(),
+    }
+}

@@ -1,0 +1,10 @@
+//! cashbackd's integration tests: one binary, one module per area (Svix's `tests/it`).
+//!
+//! The test plugins are built once by `scripts/build-plugins.sh` (the README's test
+//! command runs it first) and compiled once per digest into a store shared by every test
+//! and every run, so no test pays for compiling wasm.
+
+mod common;
+mod plugin_cli;
+mod plugin_runtime;
+mod sandbox;

@@ -1,0 +1,99 @@
+//! `cashbackd plugin inspect|test` and `demo`, run as a user runs them.
+
+use crate::common::*;
+use std::process::Command;
+
+fn cashbackd(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cashbackd"))
+        .args(args)
+        .env("CASHBACKD_PLUGIN_STORE", shared_store())
+        .output()
+        .expect("run cashbackd");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn inspect_prints_the_world_the_manifest_and_the_limits() {
+    let path = plugin_path(WASIP2, "hostile_adapter");
+    let (ok, out) = cashbackd(&["plugin", "inspect", path.to_str().expect("utf8")]);
+    assert!(ok, "{out}");
+    for expected in [
+        "hostile-adapter@0.1.0",
+        "network-adapter (cashback:plugin@0.1.0)",
+        "cashback:plugin/adapter@0.1.0",
+        "http hosts  127.0.0.1",
+        "credential  api: secret config `api_key` into header `Authorization`",
+        "deadline 5000 ms",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let (ok, json) = cashbackd(&["plugin", "inspect", "--json", path.to_str().expect("utf8")]);
+    assert!(ok, "{json}");
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("json output");
+    assert_eq!(doc["kind"], "network-adapter");
+    assert_eq!(doc["limits"]["max-http-requests"], 3);
+}
+
+#[test]
+fn test_runs_the_embedded_fixtures_and_an_extra_file_in_the_sandbox() {
+    let path = plugin_path(WASIP2, "flat_rate");
+    let (ok, out) = cashbackd(&["plugin", "test", path.to_str().expect("utf8")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = dir.path().join("more.json");
+    std::fs::write(
+        &extra,
+        r#"[{"name": "a wrong expectation fails", "config": {"rate_bps": 100},
+            "order": {"conversion_id": "c", "merchant": "m", "network": "n", "order_id": "o", "event_type": "sale",
+                      "state": "Pending", "amount": {"minor": 1000, "currency": "EUR"},
+                      "commission": {"minor": 10, "currency": "EUR"},
+                      "line_items": [{"id": "l1", "sku": "s", "category": "c", "quantity": 1, "amount": 1000}],
+                      "event_time": 0, "click_time": null, "user_id": null},
+            "expect": {"total": {"minor": 11}}}]"#,
+    )
+    .expect("write");
+    let (ok, out) = cashbackd(&[
+        "plugin",
+        "test",
+        path.to_str().expect("utf8"),
+        "--fixtures",
+        extra.to_str().expect("utf8"),
+    ]);
+    assert!(!ok, "a failing fixture fails the command:\n{out}");
+    assert!(out.contains("FAIL a wrong expectation fails"), "{out}");
+    assert!(out.contains("$.total.minor: expected 11, got 10"), "{out}");
+    assert!(out.contains("3 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn a_file_that_is_not_a_plugin_gets_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm\x01\0\0\0").expect("write");
+    let (ok, out) = cashbackd(&["plugin", "inspect", bogus.to_str().expect("utf8")]);
+    assert!(!ok);
+    assert!(out.contains("not a component"), "{out}");
+}
+
+#[test]
+fn demo_evaluates_orders_with_the_first_party_rule() {
+    let dir = plugin_path(WASIP2, "flat_rate")
+        .parent()
+        .expect("dir")
+        .to_path_buf();
+    let (ok, out) = cashbackd(&["demo", "--plugins", dir.to_str().expect("utf8")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("order o-1002"), "{out}");
+    assert!(
+        out.contains("category gift-cards earns no cashback"),
+        "{out}"
+    );
+    assert!(out.contains("capped at 25.00 EUR"), "{out}");
+}
