@@ -356,7 +356,7 @@ mod tests {
     fn allocation_sums_exactly_and_is_proportional() {
         assert_eq!(allocate(100, &[1, 1, 1]), Ok(vec![34, 33, 33]));
         assert_eq!(allocate(1000, &[5000, 3000, 2000]), Ok(vec![500, 300, 200]));
-        assert_eq!(allocate(-10, &[1, 2]), Ok(vec![-4, -6]));
+        assert_eq!(allocate(-10, &[1, 2]), Ok(vec![-3, -7]));
         assert_eq!(allocate(7, &[0, 0]), Ok(vec![4, 3]));
         let parts = allocate(999_999, &[3, 7, 11, 13]).unwrap_or_default();
         assert_eq!(parts.iter().sum::<i64>(), 999_999);

@@ -7,6 +7,7 @@ use super::manifest::{ConfigError, ManifestError, PluginKind};
 use super::store::Digest;
 use super::wit::latest::PluginError as WitPluginError;
 use std::fmt;
+use std::sync::Arc;
 
 /// How errors name a plugin: `flat-rate@0.1.0 (sha256:0123456789ab)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +100,7 @@ pub enum CallError {
     #[error("plugin {plugin}: {limit}")]
     Limit {
         /// Which plugin.
-        plugin: PluginLabel,
+        plugin: Arc<PluginLabel>,
         /// Which limit.
         limit: LimitHit,
     },
@@ -107,7 +108,7 @@ pub enum CallError {
     #[error("plugin {plugin}: capability denied: {what}")]
     Denied {
         /// Which plugin.
-        plugin: PluginLabel,
+        plugin: Arc<PluginLabel>,
         /// What was refused.
         what: String,
     },
@@ -115,7 +116,7 @@ pub enum CallError {
     #[error("plugin {plugin} trapped: {message}")]
     Trap {
         /// Which plugin.
-        plugin: PluginLabel,
+        plugin: Arc<PluginLabel>,
         /// The trap and the plugin's last error log line, if any.
         message: String,
     },
@@ -123,7 +124,7 @@ pub enum CallError {
     #[error("plugin {plugin} returned an error: {error}")]
     Plugin {
         /// Which plugin.
-        plugin: PluginLabel,
+        plugin: Arc<PluginLabel>,
         /// Its error.
         error: WitPluginError,
     },
@@ -131,7 +132,7 @@ pub enum CallError {
     #[error("plugin {plugin} returned an invalid result: {reason}")]
     InvalidOutput {
         /// Which plugin.
-        plugin: PluginLabel,
+        plugin: Arc<PluginLabel>,
         /// What is wrong.
         reason: String,
     },
@@ -139,7 +140,7 @@ pub enum CallError {
     #[error("plugin {plugin}: {error}")]
     Config {
         /// Which plugin.
-        plugin: PluginLabel,
+        plugin: Arc<PluginLabel>,
         /// The field and why.
         error: ConfigError,
     },
@@ -147,7 +148,7 @@ pub enum CallError {
     #[error("plugin {plugin} is a {kind} plugin, not a {expected} plugin")]
     WrongKind {
         /// Which plugin.
-        plugin: PluginLabel,
+        plugin: Arc<PluginLabel>,
         /// What it is.
         kind: PluginKind,
         /// What the caller wanted.
@@ -157,7 +158,7 @@ pub enum CallError {
     #[error("plugin {plugin}: host error: {message}")]
     Host {
         /// Which plugin.
-        plugin: PluginLabel,
+        plugin: Arc<PluginLabel>,
         /// What failed.
         message: String,
     },
@@ -165,7 +166,7 @@ pub enum CallError {
 
 impl CallError {
     /// The plugin the error is about.
-    pub fn plugin(&self) -> &PluginLabel {
+    pub fn plugin(&self) -> &Arc<PluginLabel> {
         match self {
             CallError::Limit { plugin, .. }
             | CallError::Denied { plugin, .. }

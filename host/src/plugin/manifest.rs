@@ -147,8 +147,8 @@ fn field_err(field: impl Into<String>, reason: impl Into<String>) -> ManifestErr
 impl Manifest {
     /// Parses and validates a manifest against the host's limit maxima.
     pub fn parse(text: &str, maxima: &Limits) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest =
-            toml::from_str(text).map_err(|e| ManifestError::Parse(e.message().to_string()))?;
+        let manifest: Manifest = toml::from_str(text)
+            .map_err(|e| ManifestError::Parse(e.to_string().trim_end().to_string()))?;
         manifest.validate(maxima)?;
         Ok(manifest)
     }
@@ -427,10 +427,7 @@ mod tests {
             (RULE.replace("flat-rate", "Flat Rate"), "`name`"),
             (RULE.replace("wit = \"0.1.0\"", "wit = \"0.2.0\""), "`wit`"),
             (
-                RULE.replace(
-                    "kind = \"merchant-rules\"",
-                    "kind = \"merchant-rules\"\n[capabilities]\nhttp-hosts = [\"x.example\"]",
-                ),
+                format!("{RULE}\n[capabilities]\nhttp-hosts = [\"x.example\"]"),
                 "capabilities.http-hosts",
             ),
             (ADAPTER.replace("secret = true", ""), "credentials.api"),

@@ -72,7 +72,7 @@ pub struct LoadedPlugin {
     /// The names of its exports.
     pub exports: Vec<String>,
     pre: Pre,
-    label: PluginLabel,
+    label: Arc<PluginLabel>,
 }
 
 /// One pre-linked instance per contract version and world; a new contract version adds
@@ -84,7 +84,7 @@ enum Pre {
 
 impl LoadedPlugin {
     /// How errors name it.
-    pub fn label(&self) -> &PluginLabel {
+    pub fn label(&self) -> &Arc<PluginLabel> {
         &self.label
     }
 
@@ -347,11 +347,11 @@ impl PluginRuntime {
             limits = limits.with(over, &self.config.maxima);
         }
         let plugin = Arc::new(LoadedPlugin {
-            label: PluginLabel {
+            label: Arc::new(PluginLabel {
                 name: manifest.name.clone(),
                 version: manifest.version.to_string(),
                 digest,
-            },
+            }),
             manifest,
             digest,
             api_version,
@@ -734,4 +734,56 @@ fn check_decision(order: &latest::Order, d: &latest::RuleDecision) -> Result<(),
         ));
     }
     Ok(())
+}
+
+/// Pieces of a call, exposed for the benchmark only: production code always goes
+/// through [`PluginRuntime::evaluate`], which instantiates per call.
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// A rule instance kept alive across calls.
+    pub struct WarmRule {
+        store: Store<PluginState>,
+        bindings: latest::rules_world::MerchantRules,
+    }
+
+    impl WarmRule {
+        /// Calls `evaluate` on the live instance.
+        pub fn evaluate(
+            &mut self,
+            order: &latest::Order,
+            context: &latest::RuleContext,
+        ) -> Option<latest::RuleDecision> {
+            // Long-lived for the benchmark: push the deadline out before each call.
+            self.store.set_epoch_deadline(1_000_000);
+            self.bindings
+                .cashback_plugin_rules()
+                .call_evaluate(&mut self.store, order, context)
+                .ok()?
+                .ok()
+        }
+    }
+
+    impl PluginRuntime {
+        /// Instantiates a rule plugin and keeps the instance.
+        pub fn warm_rule(&self, plugin: &LoadedPlugin, config: &PluginConfig) -> Option<WarmRule> {
+            let Pre::RulesV0_1(pre) = &plugin.pre else {
+                return None;
+            };
+            let mut store = self.new_store(plugin, config, Clock::FixedAt(0));
+            let bindings = pre.instantiate(&mut store).ok()?;
+            Some(WarmRule { store, bindings })
+        }
+
+        /// Creates a store and instantiates the plugin, then drops both: the per-call
+        /// overhead that [`PluginRuntime::evaluate`] adds to the call itself.
+        pub fn instantiate_only(&self, plugin: &LoadedPlugin, config: &PluginConfig) -> bool {
+            let Pre::RulesV0_1(pre) = &plugin.pre else {
+                return false;
+            };
+            let mut store = self.new_store(plugin, config, Clock::FixedAt(0));
+            pre.instantiate(&mut store).is_ok()
+        }
+    }
 }
