@@ -54,37 +54,7 @@ fn lines() -> Vec<(&'static str, &'static str, i64)> {
 }
 
 fn host_order() -> latest::Order {
-    let line_items: Vec<latest::LineItem> = lines()
-        .into_iter()
-        .map(|(id, category, amount)| latest::LineItem {
-            id: id.into(),
-            sku: format!("SKU-{id}"),
-            category: category.into(),
-            quantity: 1,
-            amount,
-        })
-        .collect();
-    let total = line_items.iter().map(|l| l.amount).sum();
-    latest::Order {
-        conversion_id: "conv-1".into(),
-        merchant: "shop".into(),
-        network: "net".into(),
-        order_id: "o-1".into(),
-        event_type: "sale".into(),
-        state: latest::ConversionState::Pending,
-        amount: latest::Money {
-            minor: total,
-            currency: "EUR".into(),
-        },
-        commission: latest::Money {
-            minor: total / 10,
-            currency: "EUR".into(),
-        },
-        line_items,
-        event_time: 1_767_225_000_000,
-        click_time: None,
-        user_id: Some("u-1".into()),
-    }
+    cashbackd::plugin::sample::order("o-1", "EUR", &lines())
 }
 
 fn sdk_order() -> cashback_sdk::types::Order {
@@ -96,12 +66,7 @@ fn sdk_order() -> cashback_sdk::types::Order {
 }
 
 fn bench_calls(c: &mut Criterion, runtime: &PluginRuntime) {
-    let context = latest::RuleContext {
-        now: 0,
-        prior_orders: 0,
-        decision_so_far: None,
-        attributes: vec![],
-    };
+    let context = cashbackd::plugin::sample::context(0);
     let order = host_order();
     let mut group = c.benchmark_group("rule_call");
     group.measurement_time(Duration::from_secs(4));

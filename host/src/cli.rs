@@ -1,8 +1,7 @@
 //! The `cashbackd` command line.
 
-use crate::plugin::fixtures;
-use crate::plugin::wit::latest;
 use crate::plugin::{LoadedPlugin, PluginKind, PluginRuntime, RuntimeConfig};
+use crate::plugin::{fixtures, sample};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -276,58 +275,18 @@ fn demo(runtime: &PluginRuntime, dir: &Path) -> anyhow::Result<ExitCode> {
         .manifest
         .validate_config(&serde_json::json!({"rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500}))
         .map_err(anyhow::Error::msg)?;
-    let line = |id: &str, category: &str, amount: i64| latest::LineItem {
-        id: id.into(),
-        sku: format!("SKU-{id}"),
-        category: category.into(),
-        quantity: 1,
-        amount,
-    };
-    let orders = [
-        (
-            "o-1001",
-            vec![line("l1", "books", 2_499), line("l2", "toys", 5_000)],
-        ),
+    let orders: [(&str, &[Line]); 3] = [
+        ("o-1001", &[("l1", "books", 2_499), ("l2", "toys", 5_000)]),
         (
             "o-1002",
-            vec![
-                line("l1", "gift-cards", 10_000),
-                line("l2", "garden", 3_000),
-            ],
+            &[("l1", "gift-cards", 10_000), ("l2", "garden", 3_000)],
         ),
-        (
-            "o-1003",
-            vec![line("l1", "tv", 89_900), line("l2", "tv", 12_000)],
-        ),
+        ("o-1003", &[("l1", "tv", 89_900), ("l2", "tv", 12_000)]),
     ];
     for (id, lines) in orders {
-        let total: i64 = lines.iter().map(|l| l.amount).sum();
-        let order = latest::Order {
-            conversion_id: format!("conv-{id}"),
-            merchant: "demo-shop".into(),
-            network: "demo-network".into(),
-            order_id: id.into(),
-            event_type: "sale".into(),
-            state: latest::ConversionState::Pending,
-            amount: latest::Money {
-                minor: total,
-                currency: "EUR".into(),
-            },
-            commission: latest::Money {
-                minor: total / 10,
-                currency: "EUR".into(),
-            },
-            line_items: lines,
-            event_time: 1_767_225_600_000,
-            click_time: None,
-            user_id: Some("user-42".into()),
-        };
-        let context = latest::RuleContext {
-            now: 1_767_225_600_000,
-            prior_orders: 0,
-            decision_so_far: None,
-            attributes: vec![],
-        };
+        let order = sample::order(id, "EUR", lines);
+        let total = order.amount.minor;
+        let context = sample::context(1_767_225_600_000);
         let started = std::time::Instant::now();
         let outcome = runtime.evaluate(&plugin, &config, &order, &context);
         let took = started.elapsed();
@@ -362,6 +321,9 @@ fn demo(runtime: &PluginRuntime, dir: &Path) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// A sample order line: id, category, amount in minor units.
+type Line<'a> = (&'a str, &'a str, i64);
 
 fn fmt_money(minor: i64) -> String {
     format!("{}.{:02} EUR", minor / 100, (minor % 100).abs())

@@ -68,34 +68,11 @@ pub fn line(id: &str, category: &str, amount: i64) -> latest::LineItem {
 }
 
 pub fn order(id: &str, lines: Vec<latest::LineItem>) -> latest::Order {
-    let total = lines.iter().map(|l| l.amount).sum();
-    latest::Order {
-        conversion_id: format!("conv-{id}"),
-        merchant: "shop".into(),
-        network: "net".into(),
-        order_id: id.into(),
-        event_type: "sale".into(),
-        state: latest::ConversionState::Pending,
-        amount: latest::Money {
-            minor: total,
-            currency: "EUR".into(),
-        },
-        commission: latest::Money {
-            minor: total / 10,
-            currency: "EUR".into(),
-        },
-        line_items: lines,
-        event_time: 1_767_225_000_000,
-        click_time: None,
-        user_id: Some("u-1".into()),
-    }
+    let mut order = cashbackd::plugin::sample::order(id, "EUR", &[]);
+    order.amount.minor = lines.iter().map(|l| l.amount).sum();
+    order.commission.minor = order.amount.minor / 10;
+    order.line_items = lines;
+    order
 }
 
-pub fn context(now: i64) -> latest::RuleContext {
-    latest::RuleContext {
-        now,
-        prior_orders: 0,
-        decision_so_far: None,
-        attributes: Vec::new(),
-    }
-}
+pub use cashbackd::plugin::sample::context;

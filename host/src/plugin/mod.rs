@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod limits;
 pub mod manifest;
 pub mod runtime;
+pub mod sample;
 pub mod state;
 pub mod store;
 pub mod wire;

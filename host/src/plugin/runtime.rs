@@ -111,6 +111,17 @@ pub struct CallOutcome<T> {
     pub logs: Vec<LogLine>,
 }
 
+impl<T> CallOutcome<T> {
+    fn failed(error: CallError) -> Self {
+        CallOutcome {
+            result: Err(error),
+            logs: Vec::new(),
+        }
+    }
+}
+
+type AdapterExports = latest::adapter_world::exports::cashback::plugin::adapter::Guest;
+
 /// Loads and runs plugins. Cheap to share behind an `Arc`.
 pub struct PluginRuntime {
     engine: Engine,
@@ -569,15 +580,12 @@ impl PluginRuntime {
         CallOutcome { result, logs }
     }
 
-    fn expect_kind(plugin: &LoadedPlugin, expected: PluginKind) -> Result<(), CallError> {
-        if plugin.kind() != expected {
-            return Err(CallError::WrongKind {
-                plugin: plugin.label.clone(),
-                kind: plugin.kind(),
-                expected,
-            });
+    fn wrong_kind(plugin: &LoadedPlugin, expected: PluginKind) -> CallError {
+        CallError::WrongKind {
+            plugin: plugin.label.clone(),
+            kind: plugin.kind(),
+            expected,
         }
-        Ok(())
     }
 
     fn host_error(plugin: &LoadedPlugin, e: wasmtime::Error) -> wasmtime::Error {
@@ -593,17 +601,12 @@ impl PluginRuntime {
         order: &latest::Order,
         context: &latest::RuleContext,
     ) -> CallOutcome<latest::RuleDecision> {
-        if let Err(e) = Self::expect_kind(plugin, PluginKind::MerchantRules)
-            .and_then(|()| Self::check_input(plugin, order.wire_size() + context.wire_size()))
-        {
-            return CallOutcome {
-                result: Err(e),
-                logs: Vec::new(),
-            };
-        }
         let Pre::RulesV0_1(pre) = &plugin.pre else {
-            unreachable!("kind checked above");
+            return CallOutcome::failed(Self::wrong_kind(plugin, PluginKind::MerchantRules));
         };
+        if let Err(e) = Self::check_input(plugin, order.wire_size() + context.wire_size()) {
+            return CallOutcome::failed(e);
+        }
         let mut outcome = self.run(plugin, config, Clock::FixedAt(context.now), |store| {
             let bindings = pre
                 .instantiate(&mut *store)
@@ -623,6 +626,31 @@ impl PluginRuntime {
         outcome
     }
 
+    /// Runs one export of a network adapter in a fresh instance.
+    fn call_adapter<T: WireSize>(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        input_size: u64,
+        call: impl FnOnce(
+            &AdapterExports,
+            &mut Store<PluginState>,
+        ) -> wasmtime::Result<Result<T, latest::PluginError>>,
+    ) -> CallOutcome<T> {
+        let Pre::AdapterV0_1(pre) = &plugin.pre else {
+            return CallOutcome::failed(Self::wrong_kind(plugin, PluginKind::NetworkAdapter));
+        };
+        if let Err(e) = Self::check_input(plugin, input_size) {
+            return CallOutcome::failed(e);
+        }
+        self.run(plugin, config, Clock::Live, |store| {
+            let bindings = pre
+                .instantiate(&mut *store)
+                .map_err(|e| Self::host_error(plugin, e))?;
+            call(bindings.cashback_plugin_adapter(), store)
+        })
+    }
+
     /// Parses an S2S postback with a network adapter.
     pub fn parse_postback(
         &self,
@@ -630,24 +658,8 @@ impl PluginRuntime {
         config: &PluginConfig,
         request: &latest::PostbackRequest,
     ) -> CallOutcome<Vec<latest::ConversionEvent>> {
-        if let Err(e) = Self::expect_kind(plugin, PluginKind::NetworkAdapter)
-            .and_then(|()| Self::check_input(plugin, request.wire_size()))
-        {
-            return CallOutcome {
-                result: Err(e),
-                logs: Vec::new(),
-            };
-        }
-        let Pre::AdapterV0_1(pre) = &plugin.pre else {
-            unreachable!("kind checked above");
-        };
-        self.run(plugin, config, Clock::Live, |store| {
-            let bindings = pre
-                .instantiate(&mut *store)
-                .map_err(|e| Self::host_error(plugin, e))?;
-            bindings
-                .cashback_plugin_adapter()
-                .call_parse_postback(store, request)
+        self.call_adapter(plugin, config, request.wire_size(), |a, store| {
+            a.call_parse_postback(store, request)
         })
     }
 
@@ -658,24 +670,8 @@ impl PluginRuntime {
         config: &PluginConfig,
         request: &latest::ImportRequest,
     ) -> CallOutcome<latest::Page> {
-        if let Err(e) = Self::expect_kind(plugin, PluginKind::NetworkAdapter)
-            .and_then(|()| Self::check_input(plugin, request.wire_size()))
-        {
-            return CallOutcome {
-                result: Err(e),
-                logs: Vec::new(),
-            };
-        }
-        let Pre::AdapterV0_1(pre) = &plugin.pre else {
-            unreachable!("kind checked above");
-        };
-        self.run(plugin, config, Clock::Live, |store| {
-            let bindings = pre
-                .instantiate(&mut *store)
-                .map_err(|e| Self::host_error(plugin, e))?;
-            bindings
-                .cashback_plugin_adapter()
-                .call_import_page(store, request)
+        self.call_adapter(plugin, config, request.wire_size(), |a, store| {
+            a.call_import_page(store, request)
         })
     }
 
@@ -687,24 +683,9 @@ impl PluginRuntime {
         name: &str,
         contents: &[u8],
     ) -> CallOutcome<latest::FileResult> {
-        if let Err(e) = Self::expect_kind(plugin, PluginKind::NetworkAdapter)
-            .and_then(|()| Self::check_input(plugin, (name.len() + contents.len()) as u64))
-        {
-            return CallOutcome {
-                result: Err(e),
-                logs: Vec::new(),
-            };
-        }
-        let Pre::AdapterV0_1(pre) = &plugin.pre else {
-            unreachable!("kind checked above");
-        };
-        self.run(plugin, config, Clock::Live, |store| {
-            let bindings = pre
-                .instantiate(&mut *store)
-                .map_err(|e| Self::host_error(plugin, e))?;
-            bindings
-                .cashback_plugin_adapter()
-                .call_parse_file(store, name, contents)
+        let size = (name.len() + contents.len()) as u64;
+        self.call_adapter(plugin, config, size, |a, store| {
+            a.call_parse_file(store, name, contents)
         })
     }
 }
