@@ -30,10 +30,14 @@ fn target_dir() -> PathBuf {
 }
 
 fn wasm(target: &str) -> Vec<u8> {
+    wasm_named(target, "flat_rate")
+}
+
+fn wasm_named(target: &str, name: &str) -> Vec<u8> {
     let path = target_dir()
         .join("plugins")
         .join(target)
-        .join("flat_rate.wasm");
+        .join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; run scripts/build-plugins.sh first",
@@ -90,7 +94,11 @@ fn bench_calls(c: &mut Criterion, runtime: &PluginRuntime) {
             .evaluate(&plugin, &config, &order, &context)
             .result
             .expect("works");
-        assert_eq!(expected.total.minor, 758);
+        let native = flat_rate::FlatRate::evaluate(&native_order, &native_ctx).expect("native");
+        assert_eq!(
+            expected.total.minor, native.total.minor,
+            "sandbox and native agree"
+        );
 
         group.bench_with_input(
             BenchmarkId::new("sandbox_per_call_instance", target),
@@ -114,6 +122,19 @@ fn bench_calls(c: &mut Criterion, runtime: &PluginRuntime) {
             b.iter(|| runtime.instantiate_only(&plugin, &config))
         });
     }
+    // The boundary alone: the same order through a rule that does almost nothing
+    // (hostile-rule in `ok` mode: a one-field config, 1% per line).
+    let trivial = runtime
+        .load(&wasm_named("wasm32-wasip2", "hostile_rule"))
+        .expect("load");
+    let config = trivial
+        .manifest
+        .validate_config(&serde_json::json!({"mode": "ok"}))
+        .expect("config");
+    let mut warm = runtime.warm_rule(&trivial, &config).expect("warm");
+    group.bench_function("sandbox_call_only_trivial_rule", |b| {
+        b.iter(|| warm.evaluate(black_box(&order), &context).is_some())
+    });
     group.finish();
 }
 
@@ -159,6 +180,13 @@ fn write_report() {
             return format!("| {name} | not measured | | |\n");
         };
         match baseline {
+            // Faster than its baseline: say how many times faster, not "0.0×".
+            Some((bname, b)) if v < b => format!(
+                "| {name} | {} | {bname}: {} | {:.0}× faster |\n",
+                fmt_ns(v),
+                fmt_ns(b),
+                b / v
+            ),
             Some((bname, b)) => format!(
                 "| {name} | {} | {bname}: {} | {:.1}× |\n",
                 fmt_ns(v),
@@ -189,6 +217,11 @@ fn write_report() {
             None,
         );
     }
+    table += &row(
+        "rule call, warm instance, trivial rule (boundary cost)",
+        "rule_call/sandbox_call_only_trivial_rule",
+        native.map(|n| ("native flat-rate", n)),
+    );
     let compile = median_ns("component_load/compile");
     table += &row(
         "load cached precompiled artifact",

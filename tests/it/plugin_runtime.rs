@@ -250,13 +250,30 @@ fn every_plugin_in_the_repository_passes_its_own_fixtures_in_the_sandbox() {
         let dir = target_dir().join("plugins").join(target);
         for entry in std::fs::read_dir(&dir).expect("plugins built") {
             let path = entry.expect("entry").path();
-            let plugin = runtime().load(&std::fs::read(&path).expect("read")).expect("load");
-            let Some(embedded) = plugin.fixtures.as_deref() else { continue };
-            for r in fixtures::run(runtime(), &plugin, &fixtures::parse(embedded).expect("parse")) {
-                assert!(r.passed, "{}: {:?} failed: {}", path.display(), r.name, r.detail);
+            let plugin = runtime()
+                .load(&std::fs::read(&path).expect("read"))
+                .expect("load");
+            let Some(embedded) = plugin.fixtures.as_deref() else {
+                continue;
+            };
+            for r in fixtures::run(
+                runtime(),
+                &plugin,
+                &fixtures::parse(embedded).expect("parse"),
+            ) {
+                assert!(
+                    r.passed,
+                    "{}: {:?} failed: {}",
+                    path.display(),
+                    r.name,
+                    r.detail
+                );
                 ran += 1;
             }
         }
     }
-    assert!(ran >= 8, "flat-rate (both targets) and weekend-bonus carry fixtures; ran {ran}");
+    assert!(
+        ran >= 8,
+        "flat-rate (both targets) and weekend-bonus carry fixtures; ran {ran}"
+    );
 }
