@@ -4,4 +4,8 @@
 //! The crate is organised one module per concern; the README maps them.
 
 pub mod cli;
+pub mod clock;
+pub mod conversions;
+pub mod db;
+pub mod ledger;
 pub mod plugin;

@@ -39,9 +39,11 @@ pub fn shared_store() -> PathBuf {
 }
 
 /// The runtime every test shares, like a server process shares one.
-pub fn runtime() -> &'static PluginRuntime {
-    static RUNTIME: OnceLock<PluginRuntime> = OnceLock::new();
-    RUNTIME.get_or_init(|| PluginRuntime::new(RuntimeConfig::new(shared_store())).expect("runtime"))
+pub fn runtime() -> &'static Arc<PluginRuntime> {
+    static RUNTIME: OnceLock<Arc<PluginRuntime>> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Arc::new(PluginRuntime::new(RuntimeConfig::new(shared_store())).expect("runtime"))
+    })
 }
 
 pub fn load(target: &str, crate_name: &str) -> Arc<LoadedPlugin> {

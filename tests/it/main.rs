@@ -4,7 +4,9 @@
 //! command runs it first) and compiled once per digest into a store shared by every test
 //! and every run, so no test pays for compiling wasm.
 
+mod backends;
 mod common;
+mod ledger;
 mod plugin_cli;
 mod plugin_runtime;
 mod sandbox;

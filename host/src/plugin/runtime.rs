@@ -594,10 +594,6 @@ impl PluginRuntime {
         }
     }
 
-    fn host_error(plugin: &LoadedPlugin, e: wasmtime::Error) -> wasmtime::Error {
-        wasmtime::format_err!("instantiating {}: {e:#}", plugin.label)
-    }
-
     /// Evaluates a merchant rule. The clock the plugin can see is frozen at
     /// `context.now`, so the same input always gives the same decision.
     pub fn evaluate(
@@ -614,9 +610,7 @@ impl PluginRuntime {
             return CallOutcome::failed(e);
         }
         let mut outcome = self.run(plugin, config, Clock::FixedAt(context.now), |store| {
-            let bindings = pre
-                .instantiate(&mut *store)
-                .map_err(|e| Self::host_error(plugin, e))?;
+            let bindings = pre.instantiate(&mut *store)?;
             bindings
                 .cashback_plugin_rules()
                 .call_evaluate(store, order, context)
@@ -650,9 +644,7 @@ impl PluginRuntime {
             return CallOutcome::failed(e);
         }
         self.run(plugin, config, Clock::Live, |store| {
-            let bindings = pre
-                .instantiate(&mut *store)
-                .map_err(|e| Self::host_error(plugin, e))?;
+            let bindings = pre.instantiate(&mut *store)?;
             call(bindings.cashback_plugin_adapter(), store)
         })
     }

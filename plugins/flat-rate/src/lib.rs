@@ -21,6 +21,8 @@ pub struct Config {
     pub max_cashback: Option<i64>,
     /// Reward delay override.
     pub reward_delay_days: Option<u32>,
+    /// Hold orders above this value for review.
+    pub hold_above: Option<i64>,
 }
 
 /// The rule.
@@ -53,6 +55,16 @@ impl FlatRate {
             decision.cap_total(cap, &note)?;
         }
         decision.reward_delay_days = config.reward_delay_days;
+        if let Some(limit) = config.hold_above
+            && order.amount.minor > limit
+        {
+            let why = format!(
+                "order of {} is above {}",
+                order.amount,
+                money::format(limit, &order.amount.currency)
+            );
+            decision.hold(&why);
+        }
         Ok(decision)
     }
 }
@@ -117,6 +129,28 @@ mod tests {
         assert_eq!(d.lines[1].amount, 100);
         assert_eq!(d.notes, vec!["capped at 5.00 EUR".to_string()]);
         testing::assert_consistent(&d);
+    }
+
+    #[test]
+    fn high_value_orders_are_held_for_review() {
+        testing::set_config(r#"{"rate_bps": 100, "hold_above": 50000}"#);
+        let big = testing::order("o-5", "EUR")
+            .line("l1", "A", "tv", 1, 50_001)
+            .build();
+        let d = FlatRate::evaluate(&big, &testing::context()).expect("decision");
+        assert_eq!(
+            d.hold.as_deref(),
+            Some("order of 500.01 EUR is above 500.00 EUR")
+        );
+        let small = testing::order("o-6", "EUR")
+            .line("l1", "A", "tv", 1, 50_000)
+            .build();
+        assert_eq!(
+            FlatRate::evaluate(&small, &testing::context())
+                .expect("decision")
+                .hold,
+            None
+        );
     }
 
     #[test]

@@ -1,0 +1,869 @@
+//! Applying one [`Command`] inside the caller's database transaction: journal it, change
+//! the conversion, record its history, and post to the ledger what its new state and
+//! status should have booked minus what was booked already. Posting the difference
+//! keeps every step idempotent and makes adjustments, reversals and maturation the same
+//! operation.
+
+use super::lifecycle::{Booked, Current, Step, step, target};
+use super::{
+    ApplyError, Command, Evaluation, Outcome, ReviewAction, State, Status, conversion_id,
+    fingerprint,
+};
+use crate::clock::{DAY_MS, Millis};
+use crate::ledger::{self, AccountKind, Entry, PLATFORM, PluginRefs, Posting};
+use crate::plugin::wit::latest;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+/// A conversion as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConversionRow {
+    /// cashbackd's id.
+    pub id: String,
+    /// The network.
+    pub network_id: String,
+    /// The network's transaction id.
+    pub transaction_id: String,
+    /// The click it came from.
+    pub click_id: Option<String>,
+    /// The user credited.
+    pub user_id: Option<String>,
+    /// The merchant whose rules apply.
+    pub merchant_id: Option<String>,
+    /// The network's merchant reference.
+    pub merchant_ref: Option<String>,
+    /// The merchant's order id.
+    pub order_id: Option<String>,
+    /// The event's name.
+    pub event_type: String,
+    /// Network state.
+    pub state: State,
+    /// Our status.
+    pub status: Status,
+    /// Why the status (parked: what is missing; failed: the error; held: the reason).
+    pub status_reason: Option<String>,
+    /// Currency of every amount.
+    pub currency: String,
+    /// Order value.
+    pub amount: i64,
+    /// Commission.
+    pub commission: i64,
+    /// Cashback the rules decided.
+    pub cashback: i64,
+    /// Days from completion to availability.
+    pub reward_delay_days: Option<i64>,
+    /// What the ledger holds for this conversion.
+    pub posted: Booked,
+    /// Line items, JSON.
+    pub line_items: String,
+    /// The last rule decision, JSON.
+    pub decision: Option<String>,
+    /// When COMPLETED arrived.
+    pub completed_at: Option<i64>,
+    /// When the cashback becomes available.
+    pub matures_at: Option<i64>,
+    /// When it did.
+    pub matured_at: Option<i64>,
+    /// When the network says it happened.
+    pub event_time: i64,
+    /// When the click happened.
+    pub clicked_at: Option<i64>,
+    /// When the network first told us.
+    pub reported_at: i64,
+    /// When the rules last ran.
+    pub rule_at: Option<i64>,
+    /// When the ledger last moved.
+    pub ledger_at: Option<i64>,
+    /// Last change.
+    pub updated_at: i64,
+    /// Bumped on every change (optimistic concurrency).
+    pub version: i64,
+}
+
+const COLUMNS: &str = "id, network_id, transaction_id, click_id, user_id, merchant_id, order_id, event_type, state, \
+    status, status_reason, currency, amount, commission, cashback, reward_delay_days, posted_pending, posted_available, \
+    posted_receivable, line_items, decision, completed_at, matures_at, matured_at, event_time, clicked_at, reported_at, \
+    rule_at, ledger_at, updated_at, version";
+
+fn bad(what: &str, value: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} {value:?} in the database").into())
+}
+
+fn from_row(r: &AnyRow) -> Result<ConversionRow, sqlx::Error> {
+    let state: String = r.try_get("state")?;
+    let status: String = r.try_get("status")?;
+    Ok(ConversionRow {
+        id: r.try_get("id")?,
+        network_id: r.try_get("network_id")?,
+        transaction_id: r.try_get("transaction_id")?,
+        click_id: r.try_get("click_id")?,
+        user_id: r.try_get("user_id")?,
+        merchant_id: r.try_get("merchant_id")?,
+        merchant_ref: None,
+        order_id: r.try_get("order_id")?,
+        event_type: r.try_get("event_type")?,
+        state: State::parse(&state).ok_or_else(|| bad("state", &state))?,
+        status: Status::parse(&status).ok_or_else(|| bad("status", &status))?,
+        status_reason: r.try_get("status_reason")?,
+        currency: r.try_get("currency")?,
+        amount: r.try_get("amount")?,
+        commission: r.try_get("commission")?,
+        cashback: r.try_get("cashback")?,
+        reward_delay_days: r.try_get("reward_delay_days")?,
+        posted: Booked {
+            pending: r.try_get("posted_pending")?,
+            available: r.try_get("posted_available")?,
+            receivable: r.try_get("posted_receivable")?,
+        },
+        line_items: r.try_get("line_items")?,
+        decision: r.try_get("decision")?,
+        completed_at: r.try_get("completed_at")?,
+        matures_at: r.try_get("matures_at")?,
+        matured_at: r.try_get("matured_at")?,
+        event_time: r.try_get("event_time")?,
+        clicked_at: r.try_get("clicked_at")?,
+        reported_at: r.try_get("reported_at")?,
+        rule_at: r.try_get("rule_at")?,
+        ledger_at: r.try_get("ledger_at")?,
+        updated_at: r.try_get("updated_at")?,
+        version: r.try_get("version")?,
+    })
+}
+
+/// Loads a conversion.
+pub async fn load(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<ConversionRow>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM conversions WHERE id = $1");
+    sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+/// Loads conversions by status, oldest report first.
+pub async fn by_status(
+    conn: &mut AnyConnection,
+    status: Status,
+    limit: i64,
+) -> Result<Vec<ConversionRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM conversions WHERE status = $1 ORDER BY reported_at, id LIMIT $2"
+    );
+    sqlx::query(&sql)
+        .bind(status.as_str())
+        .bind(limit)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}
+
+async fn save(
+    conn: &mut AnyConnection,
+    r: &ConversionRow,
+    insert: bool,
+) -> Result<(), sqlx::Error> {
+    let sql = if insert {
+        format!(
+            "INSERT INTO conversions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
+        )
+    } else {
+        // Same parameter order; `id` stays $1 and is the key.
+        "UPDATE conversions SET network_id = $2, transaction_id = $3, click_id = $4, user_id = $5, merchant_id = $6, \
+         order_id = $7, event_type = $8, state = $9, status = $10, status_reason = $11, currency = $12, amount = $13, \
+         commission = $14, cashback = $15, reward_delay_days = $16, posted_pending = $17, posted_available = $18, \
+         posted_receivable = $19, line_items = $20, decision = $21, completed_at = $22, matures_at = $23, \
+         matured_at = $24, event_time = $25, clicked_at = $26, reported_at = $27, rule_at = $28, ledger_at = $29, \
+         updated_at = $30, version = $31 WHERE id = $1"
+            .to_string()
+    };
+    sqlx::query(&sql)
+        .bind(&r.id)
+        .bind(&r.network_id)
+        .bind(&r.transaction_id)
+        .bind(&r.click_id)
+        .bind(&r.user_id)
+        .bind(&r.merchant_id)
+        .bind(&r.order_id)
+        .bind(&r.event_type)
+        .bind(r.state.as_str())
+        .bind(r.status.as_str())
+        .bind(&r.status_reason)
+        .bind(&r.currency)
+        .bind(r.amount)
+        .bind(r.commission)
+        .bind(r.cashback)
+        .bind(r.reward_delay_days)
+        .bind(r.posted.pending)
+        .bind(r.posted.available)
+        .bind(r.posted.receivable)
+        .bind(&r.line_items)
+        .bind(&r.decision)
+        .bind(r.completed_at)
+        .bind(r.matures_at)
+        .bind(r.matured_at)
+        .bind(r.event_time)
+        .bind(r.clicked_at)
+        .bind(r.reported_at)
+        .bind(r.rule_at)
+        .bind(r.ledger_at)
+        .bind(r.updated_at)
+        .bind(r.version)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn history(
+    conn: &mut AnyConnection,
+    conversion: &str,
+    seq: i64,
+    at: Millis,
+    kind: &str,
+    from: Option<State>,
+    to: Option<State>,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO conversion_history (conversion_id, journal_seq, at, kind, from_state, to_state, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(conversion)
+    .bind(seq)
+    .bind(at)
+    .bind(kind)
+    .bind(from.map(State::as_str))
+    .bind(to.map(State::as_str))
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Who a conversion belongs to, or what is missing to know it (seed 002's "customer
+/// not found").
+#[derive(Debug, Default)]
+pub struct Attribution {
+    /// The user.
+    pub user_id: Option<String>,
+    /// The merchant.
+    pub merchant_id: Option<String>,
+    /// When the click happened.
+    pub clicked_at: Option<i64>,
+    /// What is missing, if anything.
+    pub missing: Option<String>,
+}
+
+/// Finds the user and merchant of a conversion from its click (and the network's
+/// merchant reference when the click names no merchant).
+pub async fn attribute(
+    conn: &mut AnyConnection,
+    network: &str,
+    click_id: Option<&str>,
+    merchant_ref: Option<&str>,
+) -> Result<Attribution, sqlx::Error> {
+    let mut a = Attribution::default();
+    let Some(click_id) = click_id else {
+        a.missing =
+            Some("no click id reported: the conversion cannot be attributed to a user".into());
+        return Ok(a);
+    };
+    let click =
+        sqlx::query("SELECT user_id, merchant_id, created_at FROM clicks WHERE click_id = $1")
+            .bind(click_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(click) = click else {
+        a.missing = Some(format!("customer not found: click {click_id} is unknown"));
+        return Ok(a);
+    };
+    let user: String = click.try_get(0)?;
+    a.merchant_id = click.try_get(1)?;
+    a.clicked_at = Some(click.try_get(2)?);
+    let known = sqlx::query("SELECT 1 FROM users WHERE id = $1")
+        .bind(&user)
+        .fetch_optional(&mut *conn)
+        .await?;
+    a.user_id = Some(user.clone());
+    if known.is_none() {
+        a.missing = Some(format!(
+            "customer not found: user {user} has no account yet"
+        ));
+        return Ok(a);
+    }
+    if a.merchant_id.is_none()
+        && let Some(r) = merchant_ref
+    {
+        let row = sqlx::query(
+            "SELECT merchant_id FROM merchant_refs WHERE network_id = $1 AND merchant_ref = $2",
+        )
+        .bind(network)
+        .bind(r)
+        .fetch_optional(&mut *conn)
+        .await?;
+        a.merchant_id = row.map(|row| row.try_get(0)).transpose()?;
+    }
+    if a.merchant_id.is_none() {
+        a.missing = Some(format!(
+            "merchant unknown: the click names none and network {network} merchant ref {merchant_ref:?} is not mapped"
+        ));
+    }
+    Ok(a)
+}
+
+/// A merchant's processing mode and default reward delay.
+pub async fn merchant_settings(
+    conn: &mut AnyConnection,
+    merchant: &str,
+) -> Result<(String, i64), ApplyError> {
+    let row = sqlx::query("SELECT processing_mode, reward_delay_days FROM merchants WHERE id = $1")
+        .bind(merchant)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| ApplyError::Invalid(format!("merchant {merchant} does not exist")))?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// Writes the command to the journal (deduplicating network events) and applies it.
+/// `replay_seq` replays a journal entry under its original number.
+pub async fn journal_and_apply(
+    conn: &mut AnyConnection,
+    command: &Command,
+    at: Millis,
+    expected_version: Option<i64>,
+    replay_seq: Option<i64>,
+) -> Result<Outcome, ApplyError> {
+    let (kind, fp) = match command {
+        Command::Event { event, .. } => ("event", Some(fingerprint(event))),
+        Command::RegisterUser { .. } => ("register_user", None),
+        Command::RegisterClick { .. } => ("register_click", None),
+        Command::Reprocess { .. } => ("reprocess", None),
+        Command::Review { .. } => ("review", None),
+        Command::Mature { .. } => ("mature", None),
+        Command::Adjustment { .. } => ("adjustment", None),
+    };
+    let payload = serde_json::to_string(command).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+    let inserted = match replay_seq {
+        Some(seq) => sqlx::query(
+            "INSERT INTO journal (seq, kind, fingerprint, payload, recorded_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING RETURNING seq",
+        )
+        .bind(seq)
+        .bind(kind)
+        .bind(&fp)
+        .bind(&payload)
+        .bind(at)
+        .fetch_optional(&mut *conn)
+        .await?,
+        None => sqlx::query(
+            "INSERT INTO journal (kind, fingerprint, payload, recorded_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING RETURNING seq",
+        )
+        .bind(kind)
+        .bind(&fp)
+        .bind(&payload)
+        .bind(at)
+        .fetch_optional(&mut *conn)
+        .await?,
+    };
+    let Some(row) = inserted else {
+        // Only a network event has a fingerprint, so only an event can collide.
+        let Command::Event { event, .. } = command else {
+            return Err(ApplyError::Invalid(format!(
+                "journal entry {replay_seq:?} exists already"
+            )));
+        };
+        let id = conversion_id(&event.network, &event.transaction_id);
+        if load(conn, &id).await?.is_some() {
+            history(
+                conn,
+                &id,
+                0,
+                at,
+                "duplicate",
+                None,
+                Some(event.state.into()),
+                "the same event was received again: nothing changed",
+            )
+            .await?;
+        }
+        return Ok(Outcome::Duplicate { conversion_id: id });
+    };
+    let seq: i64 = row.try_get(0)?;
+    apply(conn, seq, at, command, expected_version).await
+}
+
+async fn apply(
+    conn: &mut AnyConnection,
+    seq: i64,
+    at: Millis,
+    command: &Command,
+    expected_version: Option<i64>,
+) -> Result<Outcome, ApplyError> {
+    match command {
+        Command::Event { event, evaluation } => {
+            apply_event(conn, seq, at, event, evaluation.as_ref(), expected_version).await
+        }
+        Command::Reprocess {
+            conversion_id,
+            evaluation,
+        } => {
+            let mut r = load(conn, conversion_id)
+                .await?
+                .ok_or_else(|| unknown(conversion_id))?;
+            check_version(Some(&r), expected_version)?;
+            if !matches!(r.status, Status::Parked | Status::Failed) {
+                return Ok(Outcome::Ignored {
+                    conversion_id: r.id,
+                    reason: format!("status is {}, not parked or failed", r.status),
+                });
+            }
+            let plugins = settle(conn, &mut r, true, false, evaluation.as_ref(), at).await?;
+            finish(
+                conn,
+                r,
+                seq,
+                at,
+                "reprocess",
+                "processed again",
+                plugins,
+                None,
+                false,
+            )
+            .await
+        }
+        Command::Review {
+            conversion_id,
+            action,
+            operator,
+            reason,
+        } => {
+            let mut r = load(conn, conversion_id)
+                .await?
+                .ok_or_else(|| unknown(conversion_id))?;
+            check_version(Some(&r), expected_version)?;
+            if !r.status.in_review() {
+                return Err(ApplyError::Invalid(format!(
+                    "conversion {} is {}, not awaiting review",
+                    r.id, r.status
+                )));
+            }
+            r.status = match action {
+                ReviewAction::Approve => Status::Processed,
+                ReviewAction::Reject => Status::Rejected,
+                ReviewAction::Hold => Status::Held,
+            };
+            r.status_reason = Some(format!("{action:?} by {operator}: {reason}").to_lowercase());
+            let note = format!(
+                "{} by {operator}: {reason}",
+                format!("{action:?}").to_lowercase()
+            );
+            let op = Some((operator.clone(), reason.clone()));
+            finish(conn, r, seq, at, "review", &note, None, op, false).await
+        }
+        Command::Mature { conversion_id } => {
+            let mut r = load(conn, conversion_id)
+                .await?
+                .ok_or_else(|| unknown(conversion_id))?;
+            let due = r.state == State::Completed
+                && r.status == Status::Processed
+                && r.matured_at.is_none()
+                && r.matures_at.is_some_and(|m| m <= at);
+            if !due {
+                return Ok(Outcome::Ignored {
+                    conversion_id: r.id,
+                    reason: "not due for maturation".into(),
+                });
+            }
+            r.matured_at = Some(at);
+            finish(
+                conn,
+                r,
+                seq,
+                at,
+                "matured",
+                "reward delay passed: cashback available",
+                None,
+                None,
+                false,
+            )
+            .await
+        }
+        Command::RegisterUser { user_id, email } => {
+            sqlx::query("INSERT INTO users (id, email, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+                .bind(user_id)
+                .bind(email)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            unparked(conn, "user_id", user_id).await
+        }
+        Command::RegisterClick {
+            click_id,
+            user_id,
+            merchant_id,
+            network_id,
+            ref_id,
+        } => {
+            sqlx::query(
+                "INSERT INTO clicks (click_id, user_id, merchant_id, network_id, ref_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (click_id) DO NOTHING",
+            )
+            .bind(click_id)
+            .bind(user_id)
+            .bind(merchant_id)
+            .bind(network_id)
+            .bind(ref_id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+            unparked(conn, "click_id", click_id).await
+        }
+        Command::Adjustment {
+            key,
+            user_id,
+            currency,
+            amount,
+            operator,
+            reason,
+        } => {
+            let posting = Posting {
+                key: format!("adjustment:{key}"),
+                conversion_id: None,
+                journal_seq: Some(seq),
+                cause: "manual_adjustment".into(),
+                operator: Some(operator.clone()),
+                reason: Some(reason.clone()),
+                plugins: None,
+                currency: currency.clone(),
+                entries: vec![
+                    Entry {
+                        owner: user_id.clone(),
+                        kind: AccountKind::Available,
+                        amount: *amount,
+                    },
+                    Entry {
+                        owner: PLATFORM.into(),
+                        kind: AccountKind::CashbackExpense,
+                        amount: -amount,
+                    },
+                ],
+                at,
+            };
+            let posted = ledger::post(conn, &posting).await?;
+            Ok(Outcome::Adjusted {
+                key: key.clone(),
+                posted,
+            })
+        }
+    }
+}
+
+fn unknown(id: &str) -> ApplyError {
+    ApplyError::Invalid(format!("conversion {id} does not exist"))
+}
+
+fn check_version(row: Option<&ConversionRow>, expected: Option<i64>) -> Result<(), ApplyError> {
+    match expected {
+        Some(v) if row.map_or(-1, |r| r.version) != v => Err(ApplyError::Conflict),
+        _ => Ok(()),
+    }
+}
+
+async fn unparked(
+    conn: &mut AnyConnection,
+    column: &str,
+    value: &str,
+) -> Result<Outcome, ApplyError> {
+    let sql = format!(
+        "SELECT id FROM conversions WHERE status = 'parked' AND {column} = $1 ORDER BY reported_at"
+    );
+    let rows = sqlx::query(&sql).bind(value).fetch_all(conn).await?;
+    let unparked = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(Outcome::Registered { unparked })
+}
+
+async fn apply_event(
+    conn: &mut AnyConnection,
+    seq: i64,
+    at: Millis,
+    event: &latest::ConversionEvent,
+    evaluation: Option<&Evaluation>,
+    expected_version: Option<i64>,
+) -> Result<Outcome, ApplyError> {
+    let id = conversion_id(&event.network, &event.transaction_id);
+    let existing = load(conn, &id).await?;
+    check_version(existing.as_ref(), expected_version)?;
+    let reported: State = event.state.into();
+    let current = existing.as_ref().map(|r| Current {
+        state: r.state,
+        status: r.status,
+        amount: r.amount,
+        commission: r.commission,
+    });
+    let (to, evaluate, note) =
+        match step(current.as_ref(), reported, event.amount, event.commission) {
+            Step::Ignore(reason) => {
+                history(
+                    conn,
+                    &id,
+                    seq,
+                    at,
+                    "ignored",
+                    current.map(|c| c.state),
+                    Some(reported),
+                    &reason,
+                )
+                .await?;
+                return Ok(Outcome::Ignored {
+                    conversion_id: id,
+                    reason,
+                });
+            }
+            Step::Advance { to, evaluate, note } => (to, evaluate, note),
+        };
+    let insert = existing.is_none();
+    let was_credited = existing
+        .as_ref()
+        .is_some_and(|r| r.status == Status::Processed && r.state != State::Created);
+    let mut r = existing.unwrap_or_else(|| ConversionRow {
+        id: id.clone(),
+        network_id: event.network.clone(),
+        transaction_id: event.transaction_id.clone(),
+        click_id: None,
+        user_id: None,
+        merchant_id: None,
+        merchant_ref: None,
+        order_id: None,
+        event_type: event.event_type.clone(),
+        state: to,
+        status: Status::Parked,
+        status_reason: None,
+        currency: event.currency.clone(),
+        amount: 0,
+        commission: 0,
+        cashback: 0,
+        reward_delay_days: None,
+        posted: Booked::default(),
+        line_items: "[]".into(),
+        decision: None,
+        completed_at: None,
+        matures_at: None,
+        matured_at: None,
+        event_time: event.event_time,
+        clicked_at: None,
+        reported_at: at,
+        rule_at: None,
+        ledger_at: None,
+        updated_at: at,
+        version: 0,
+    });
+    if r.currency != event.currency {
+        return Err(ApplyError::Invalid(format!(
+            "conversion {id} is in {}, the event in {}: a currency never changes",
+            r.currency, event.currency
+        )));
+    }
+    let from = if insert { None } else { Some(r.state) };
+    r.state = to;
+    r.amount = event.amount;
+    r.commission = event.commission;
+    r.event_type = event.event_type.clone();
+    r.event_time = event.event_time;
+    r.line_items = serde_json::to_string(&event.line_items).unwrap_or_else(|_| "[]".into());
+    r.click_id = event.click_id.clone().or(r.click_id);
+    r.order_id = event.order_id.clone().or(r.order_id);
+    r.merchant_ref = event.merchant_ref.clone();
+    let plugins = settle(conn, &mut r, evaluate, was_credited, evaluation, at).await?;
+    if to == State::Completed && r.completed_at.is_none() {
+        r.completed_at = Some(at);
+    }
+    let cause = to.as_str().to_lowercase();
+    let mut detail = match from {
+        Some(from) => format!("{from} -> {to}: {note}"),
+        None => format!("reported {reported} -> {to}: {note}"),
+    };
+    if let Some(why) = &event.reason {
+        detail = format!("{detail} (network: {why})");
+    }
+    finish(conn, r, seq, at, &cause, &detail, plugins, None, insert).await
+}
+
+/// Decides the status (and cashback) of a conversion whose state just moved, or that is
+/// processed again. Returns the plugins that computed the amount.
+async fn settle(
+    conn: &mut AnyConnection,
+    r: &mut ConversionRow,
+    evaluate: bool,
+    was_credited: bool,
+    evaluation: Option<&Evaluation>,
+    at: Millis,
+) -> Result<Option<PluginRefs>, ApplyError> {
+    match r.state {
+        State::Rejected => {
+            r.status = Status::Rejected;
+            r.status_reason = Some("declined by the network".into());
+            return Ok(None);
+        }
+        State::Reversed => {
+            r.status = Status::Reversed;
+            r.status_reason = Some("refunded after completion".into());
+            return Ok(None);
+        }
+        State::Created => {
+            r.status = Status::Processed;
+            return Ok(None);
+        }
+        State::Pending | State::Adjusted | State::Completed => {}
+    }
+    if r.user_id.is_none() || r.merchant_id.is_none() || r.status == Status::Parked {
+        let a = attribute(
+            conn,
+            &r.network_id,
+            r.click_id.as_deref(),
+            r.merchant_ref.as_deref(),
+        )
+        .await?;
+        r.user_id = a.user_id.or(r.user_id.take());
+        r.merchant_id = a.merchant_id.or(r.merchant_id.take());
+        r.clicked_at = a.clicked_at.or(r.clicked_at);
+        if let Some(missing) = a.missing {
+            r.status = Status::Parked;
+            r.status_reason = Some(missing);
+            return Ok(None);
+        }
+        if r.status == Status::Parked {
+            r.status_reason = None;
+        }
+    }
+    let must_evaluate =
+        evaluate || matches!(r.status, Status::Parked | Status::Failed) && !was_credited;
+    if !must_evaluate {
+        return Ok(None);
+    }
+    match evaluation {
+        None => Err(ApplyError::NeedsEvaluation),
+        Some(Evaluation::Failed { error, plugins }) => {
+            r.status = Status::Failed;
+            r.status_reason = Some(error.clone());
+            Ok(Some(plugins.clone()))
+        }
+        Some(Evaluation::Decided {
+            cashback,
+            hold,
+            reward_delay_days,
+            plugins,
+            decision,
+        }) => {
+            let merchant = r.merchant_id.clone().unwrap_or_default();
+            let (mode, default_delay) = merchant_settings(conn, &merchant).await?;
+            r.cashback = *cashback;
+            r.decision =
+                Some(serde_json::json!({ "plugins": plugins, "decision": decision }).to_string());
+            r.rule_at = Some(at);
+            r.reward_delay_days = Some(reward_delay_days.map_or(default_delay, i64::from));
+            // Review is about the first credit: once an operator (or automatic mode) has
+            // credited a conversion, later adjustments follow the network.
+            (r.status, r.status_reason) = if was_credited {
+                (Status::Processed, None)
+            } else if r.status.in_review() && !matches!(r.status, Status::Parked | Status::Failed) {
+                (r.status, r.status_reason.take())
+            } else if mode == "manual" {
+                (
+                    Status::PendingReview,
+                    Some("merchant processes orders manually".into()),
+                )
+            } else if let Some(why) = hold {
+                (Status::Held, Some(format!("held by the rules: {why}")))
+            } else {
+                (Status::Processed, None)
+            };
+            Ok(Some(plugins.clone()))
+        }
+    }
+}
+
+/// Saves the conversion, records its history and posts what its bookings changed by.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    conn: &mut AnyConnection,
+    mut r: ConversionRow,
+    seq: i64,
+    at: Millis,
+    cause: &str,
+    note: &str,
+    plugins: Option<PluginRefs>,
+    operator: Option<(String, String)>,
+    insert: bool,
+) -> Result<Outcome, ApplyError> {
+    if r.state == State::Completed && r.matures_at.is_none() {
+        let completed = r.completed_at.unwrap_or(at);
+        r.matures_at = Some(completed + r.reward_delay_days.unwrap_or(0) * DAY_MS);
+    }
+    // A failed evaluation leaves the bookings as they were until it is reprocessed.
+    if r.status != Status::Failed {
+        let t = target(
+            r.state,
+            r.status,
+            r.cashback,
+            r.commission,
+            r.matured_at.is_some(),
+        );
+        let delta = Booked {
+            pending: t.pending - r.posted.pending,
+            available: t.available - r.posted.available,
+            receivable: t.receivable - r.posted.receivable,
+        };
+        if delta != Booked::default() {
+            let user = r.user_id.clone().unwrap_or_else(|| "unattributed".into());
+            let (op, reason) = operator.clone().unzip();
+            let posting = Posting {
+                key: format!("{}:{seq}:{cause}", r.id),
+                conversion_id: Some(r.id.clone()),
+                journal_seq: Some(seq),
+                cause: cause.to_string(),
+                operator: op,
+                reason: reason.or_else(|| Some(note.to_string())),
+                plugins: plugins.clone().or_else(|| plugins_of(&r)),
+                currency: r.currency.clone(),
+                entries: ledger::booking_entries(&user, delta),
+                at,
+            };
+            ledger::post(conn, &posting).await?;
+            r.posted = t;
+            r.ledger_at = Some(at);
+        }
+    }
+    r.updated_at = at;
+    r.version += 1;
+    let detail = match &r.status_reason {
+        Some(why) => format!("{note}; status {} ({why})", r.status),
+        None => format!("{note}; status {}", r.status),
+    };
+    history(conn, &r.id, seq, at, cause, None, Some(r.state), &detail).await?;
+    save(conn, &r, insert).await?;
+    Ok(Outcome::Applied {
+        conversion_id: r.id,
+        state: r.state,
+        status: r.status,
+        note: note.to_string(),
+    })
+}
+
+/// The plugins recorded in a conversion's last decision, so that a later posting of the
+/// same amount (maturation, approval) still names who computed it.
+fn plugins_of(r: &ConversionRow) -> Option<PluginRefs> {
+    let decision: serde_json::Value = serde_json::from_str(r.decision.as_deref()?).ok()?;
+    serde_json::from_value(decision.get("plugins")?.clone()).ok()
+}

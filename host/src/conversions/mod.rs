@@ -1,0 +1,244 @@
+//! Conversions: from a network's event to ledger postings.
+//!
+//! | file | what |
+//! |---|---|
+//! | `lifecycle.rs` | the state machine and what each state books: pure functions |
+//! | `apply.rs` | applying one command inside a database transaction |
+//! | `service.rs` | the entry points: ingest, review, register users and clicks, maturation, replay |
+//!
+//! Every change goes through a [`Command`] that is written to the journal in the same
+//! transaction as its effects, with the rule evaluation it used. Replaying the journal
+//! from empty therefore reproduces every balance exactly, without running plugins.
+
+pub mod apply;
+pub mod lifecycle;
+pub mod service;
+
+use crate::ledger::{LedgerError, PluginRefs};
+use crate::plugin::wit::latest;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+pub use lifecycle::{State, Status};
+pub use service::{Service, ServiceConfig};
+
+/// cashbackd's id of the conversion (network, transaction id): derived, not random, so
+/// the same conversion has the same id on every replica and in every replay.
+pub fn conversion_id(network: &str, transaction_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(network.as_bytes());
+    h.update([0]);
+    h.update(transaction_id.as_bytes());
+    format!("cv_{}", &hex::encode(h.finalize())[..20])
+}
+
+/// The result of running a merchant's rule chain for a conversion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Evaluation {
+    /// The rules decided.
+    Decided {
+        /// Total cashback, minor units.
+        cashback: i64,
+        /// Hold for review, with the reason.
+        hold: Option<String>,
+        /// Reward delay override.
+        reward_delay_days: Option<u32>,
+        /// Every plugin of the chain.
+        plugins: PluginRefs,
+        /// The final decision, as JSON, for the timeline and for explaining figures.
+        decision: serde_json::Value,
+    },
+    /// A plugin failed (trap, limit, its own error): the conversion is marked failed.
+    Failed {
+        /// The error, naming the plugin and version.
+        error: String,
+        /// The chain.
+        plugins: PluginRefs,
+    },
+}
+
+/// An operator's decision on a conversion awaiting review (seed 002).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewAction {
+    /// Credit the cashback.
+    Approve,
+    /// Deny the cashback.
+    Reject,
+    /// Keep it aside.
+    Hold,
+}
+
+/// Everything that changes state. Journaled with the time it was applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Command {
+    /// A network reported a conversion event.
+    Event {
+        /// The normalized event.
+        event: Box<latest::ConversionEvent>,
+        /// The rule evaluation made for it, if one was needed.
+        evaluation: Option<Evaluation>,
+    },
+    /// A user account exists now.
+    RegisterUser {
+        /// Its id.
+        user_id: String,
+        /// Its e-mail.
+        email: Option<String>,
+    },
+    /// A tracked click.
+    RegisterClick {
+        /// The click id.
+        click_id: String,
+        /// Who clicked.
+        user_id: String,
+        /// The merchant clicked through to.
+        merchant_id: Option<String>,
+        /// The network of the link.
+        network_id: Option<String>,
+        /// The partner's reference.
+        ref_id: Option<String>,
+    },
+    /// A parked or failed conversion processed again (its customer appeared, or its
+    /// plugin was fixed).
+    Reprocess {
+        /// The conversion.
+        conversion_id: String,
+        /// The new evaluation.
+        evaluation: Option<Evaluation>,
+    },
+    /// An operator's review decision.
+    Review {
+        /// The conversion.
+        conversion_id: String,
+        /// What to do.
+        action: ReviewAction,
+        /// Who.
+        operator: String,
+        /// Why.
+        reason: String,
+    },
+    /// A completed conversion's reward delay has passed: pending becomes available.
+    Mature {
+        /// The conversion.
+        conversion_id: String,
+    },
+    /// A manual credit (or debit, negative) of a user's available cashback.
+    Adjustment {
+        /// Idempotency key chosen by the caller.
+        key: String,
+        /// The user.
+        user_id: String,
+        /// Currency.
+        currency: String,
+        /// Minor units, signed.
+        amount: i64,
+        /// Who.
+        operator: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The conversion changed.
+    Applied {
+        /// The conversion.
+        conversion_id: String,
+        /// Its state now.
+        state: State,
+        /// Its status now.
+        status: Status,
+        /// Why.
+        note: String,
+    },
+    /// Nothing changed; the reason is in the conversion's history.
+    Ignored {
+        /// The conversion.
+        conversion_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The same event was received before: nothing changed.
+    Duplicate {
+        /// The conversion.
+        conversion_id: String,
+    },
+    /// A user or click was registered; these parked conversions can now be processed.
+    Registered {
+        /// Conversions waiting for it.
+        unparked: Vec<String>,
+    },
+    /// A manual adjustment was posted (or had been, with the same key).
+    Adjusted {
+        /// The key.
+        key: String,
+        /// Whether this call posted it.
+        posted: bool,
+    },
+}
+
+/// Why a command could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The conversion changed since the caller read it; read again and retry.
+    #[error("the conversion changed concurrently")]
+    Conflict,
+    /// The rules must run first (the customer was found meanwhile).
+    #[error("the conversion needs a rule evaluation")]
+    NeedsEvaluation,
+    /// The command makes no sense for the current data.
+    #[error("{0}")]
+    Invalid(String),
+    /// The ledger refused.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The writer is gone (shutting down).
+    #[error("the writer stopped")]
+    Stopped,
+}
+
+/// A fingerprint of what the network said, for deduplication: the same event twice
+/// changes nothing. Raw fields are left out (a resent postback may carry a new
+/// timestamp parameter while saying the same thing).
+pub fn fingerprint(e: &latest::ConversionEvent) -> String {
+    let key = serde_json::json!([
+        e.network,
+        e.transaction_id,
+        e.click_id,
+        e.order_id,
+        e.event_type,
+        e.state,
+        e.amount,
+        e.commission,
+        e.currency,
+        e.event_time,
+        e.reason,
+        e.merchant_ref,
+        e.line_items
+    ]);
+    let mut h = Sha256::new();
+    h.update(key.to_string().as_bytes());
+    format!("ev:{}", hex::encode(h.finalize()))
+}
+
+impl From<latest::ConversionState> for State {
+    fn from(s: latest::ConversionState) -> State {
+        match s {
+            latest::ConversionState::Created => State::Created,
+            latest::ConversionState::Pending => State::Pending,
+            latest::ConversionState::Adjusted => State::Adjusted,
+            latest::ConversionState::Completed => State::Completed,
+            latest::ConversionState::Rejected => State::Rejected,
+            latest::ConversionState::Reversed => State::Reversed,
+        }
+    }
+}

@@ -1,0 +1,724 @@
+//! The conversion service: what the ingress, the scheduler, the admin API and the CLI
+//! call. It reads a snapshot, runs the merchant's rule chain *outside* the write
+//! transaction (a slow plugin never holds up the writer), then submits the command with
+//! the version it read; if the conversion changed meanwhile, it reads and tries again.
+
+use super::apply::{self, ConversionRow, attribute};
+use super::lifecycle::{Step, step};
+use super::{ApplyError, Command, Evaluation, Outcome, ReviewAction, Status, conversion_id};
+use crate::clock::Clock;
+use crate::db::writer::{Writer, WriterConfig};
+use crate::db::{Backend, Db};
+use crate::ledger::PluginRefs;
+use crate::plugin::wit::latest;
+use crate::plugin::{LoadError, LoadedPlugin, PluginKind, PluginRuntime};
+use sqlx::Row;
+use std::sync::Arc;
+
+/// Settings of the service.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceConfig {
+    /// The group-commit writer.
+    pub writer: WriterConfig,
+    /// Attempts when the conversion changes between read and write.
+    pub max_attempts: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            writer: WriterConfig::default(),
+            max_attempts: 8,
+        }
+    }
+}
+
+/// Why a service call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The write was refused.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] LoadError),
+    /// The request makes no sense.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One line of a conversion's history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryEntry {
+    /// When.
+    pub at: i64,
+    /// What kind of step (`pending`, `ignored`, `duplicate`, `review`, `matured`...).
+    pub kind: String,
+    /// The state before, if it changed.
+    pub from_state: Option<String>,
+    /// The state after.
+    pub to_state: Option<String>,
+    /// What happened and why.
+    pub detail: String,
+}
+
+/// The conversion service. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Service {
+    db: Db,
+    writer: Writer,
+    runtime: Arc<PluginRuntime>,
+    clock: Arc<dyn Clock>,
+    config: ServiceConfig,
+}
+
+impl Service {
+    /// Starts the service (and its writer task) on the current runtime.
+    pub fn new(
+        db: Db,
+        runtime: Arc<PluginRuntime>,
+        clock: Arc<dyn Clock>,
+        config: ServiceConfig,
+    ) -> Service {
+        let writer = Writer::spawn(db.clone(), clock.clone(), config.writer);
+        Service {
+            db,
+            writer,
+            runtime,
+            clock,
+            config,
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Records a network event: deduplicates it, moves the conversion's state (never
+    /// backwards), runs the merchant's rules when the cashback must be computed, and posts
+    /// to the ledger. Returns once the result is durable.
+    pub async fn ingest(&self, event: latest::ConversionEvent) -> Result<Outcome, ServiceError> {
+        let id = conversion_id(&event.network, &event.transaction_id);
+        self.retrying(|| async {
+            let mut conn = self.db.pool.acquire().await?;
+            let row = apply::load(&mut conn, &id).await?;
+            let current = row.as_ref().map(|r| super::lifecycle::Current {
+                state: r.state,
+                status: r.status,
+                amount: r.amount,
+                commission: r.commission,
+            });
+            let needs_rules = match step(
+                current.as_ref(),
+                event.state.into(),
+                event.amount,
+                event.commission,
+            ) {
+                Step::Advance { evaluate, .. } => {
+                    evaluate
+                        || row
+                            .as_ref()
+                            .is_some_and(|r| matches!(r.status, Status::Parked | Status::Failed))
+                }
+                Step::Ignore(_) => false,
+            };
+            let evaluation = if needs_rules {
+                let click = event
+                    .click_id
+                    .clone()
+                    .or_else(|| row.as_ref().and_then(|r| r.click_id.clone()));
+                let a = attribute(
+                    &mut conn,
+                    &event.network,
+                    click.as_deref(),
+                    event.merchant_ref.as_deref(),
+                )
+                .await?;
+                drop(conn);
+                match (a.missing, a.user_id, a.merchant_id) {
+                    (None, Some(user), Some(merchant)) => {
+                        let order = order_from_event(&id, &event, &merchant, &user, a.clicked_at);
+                        Some(self.evaluate(&merchant, &user, order).await?)
+                    }
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let expected = Some(row.map_or(-1, |r| r.version));
+            let command = Command::Event {
+                event: Box::new(event.clone()),
+                evaluation,
+            };
+            Ok(self.writer.submit(command, expected).await?)
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it neither conflicts nor needs a fresh evaluation.
+    async fn retrying<F, Fut>(&self, mut attempt: F) -> Result<Outcome, ServiceError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Outcome, ServiceError>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match attempt().await {
+                Err(ServiceError::Apply(ApplyError::Conflict | ApplyError::NeedsEvaluation))
+                    if tries < self.config.max_attempts =>
+                {
+                    tokio::task::yield_now().await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Processes a parked or failed conversion again with the current rules.
+    pub async fn reprocess(&self, id: &str) -> Result<Outcome, ServiceError> {
+        self.retrying(|| async {
+            let mut conn = self.db.pool.acquire().await?;
+            let row = apply::load(&mut conn, id)
+                .await?
+                .ok_or_else(|| ServiceError::Invalid(format!("conversion {id} does not exist")))?;
+            let a = attribute(
+                &mut conn,
+                &row.network_id,
+                row.click_id.as_deref(),
+                row.merchant_ref.as_deref(),
+            )
+            .await?;
+            drop(conn);
+            let evaluation = match (
+                a.missing,
+                a.user_id,
+                a.merchant_id.or(row.merchant_id.clone()),
+            ) {
+                (None, Some(user), Some(merchant)) => Some(
+                    self.evaluate(&merchant, &user, order_from_row(&row, &merchant, &user))
+                        .await?,
+                ),
+                _ => None,
+            };
+            let command = Command::Reprocess {
+                conversion_id: id.to_string(),
+                evaluation,
+            };
+            Ok(self.writer.submit(command, Some(row.version)).await?)
+        })
+        .await
+    }
+
+    /// A user account exists: conversions parked for it are processed.
+    pub async fn register_user(
+        &self,
+        user_id: &str,
+        email: Option<&str>,
+    ) -> Result<Outcome, ServiceError> {
+        let command = Command::RegisterUser {
+            user_id: user_id.into(),
+            email: email.map(Into::into),
+        };
+        let outcome = self.writer.submit(command, None).await?;
+        self.unpark(&outcome).await?;
+        Ok(outcome)
+    }
+
+    /// A tracked click: conversions parked for it are processed.
+    pub async fn register_click(
+        &self,
+        click_id: &str,
+        user_id: &str,
+        merchant_id: Option<&str>,
+        network_id: Option<&str>,
+        ref_id: Option<&str>,
+    ) -> Result<Outcome, ServiceError> {
+        let command = Command::RegisterClick {
+            click_id: click_id.into(),
+            user_id: user_id.into(),
+            merchant_id: merchant_id.map(Into::into),
+            network_id: network_id.map(Into::into),
+            ref_id: ref_id.map(Into::into),
+        };
+        let outcome = self.writer.submit(command, None).await?;
+        self.unpark(&outcome).await?;
+        Ok(outcome)
+    }
+
+    async fn unpark(&self, outcome: &Outcome) -> Result<(), ServiceError> {
+        if let Outcome::Registered { unparked } = outcome {
+            for id in unparked {
+                self.reprocess(id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An operator's review decision.
+    pub async fn review(
+        &self,
+        id: &str,
+        action: ReviewAction,
+        operator: &str,
+        reason: &str,
+    ) -> Result<Outcome, ServiceError> {
+        if operator.trim().is_empty() {
+            return Err(ServiceError::Invalid("operator: required".into()));
+        }
+        let command = Command::Review {
+            conversion_id: id.into(),
+            action,
+            operator: operator.into(),
+            reason: reason.into(),
+        };
+        Ok(self.writer.submit(command, None).await?)
+    }
+
+    /// A manual credit or debit of a user's available cashback. `key` makes it idempotent.
+    pub async fn adjust(
+        &self,
+        key: &str,
+        user_id: &str,
+        currency: &str,
+        amount: i64,
+        operator: &str,
+        reason: &str,
+    ) -> Result<Outcome, ServiceError> {
+        if operator.trim().is_empty() {
+            return Err(ServiceError::Invalid("operator: required".into()));
+        }
+        let command = Command::Adjustment {
+            key: key.into(),
+            user_id: user_id.into(),
+            currency: currency.into(),
+            amount,
+            operator: operator.into(),
+            reason: reason.into(),
+        };
+        Ok(self.writer.submit(command, None).await?)
+    }
+
+    /// Moves every completed conversion whose reward delay has passed from pending to
+    /// available. Returns how many matured.
+    pub async fn mature_due(&self) -> Result<usize, ServiceError> {
+        let now = self.clock.now();
+        let rows = sqlx::query(
+            "SELECT id FROM conversions WHERE state = 'COMPLETED' AND status = 'processed' \
+             AND matured_at IS NULL AND matures_at <= $1 ORDER BY matures_at, id",
+        )
+        .bind(now)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut matured = 0;
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            if let Outcome::Applied { .. } = self
+                .writer
+                .submit(Command::Mature { conversion_id: id }, None)
+                .await?
+            {
+                matured += 1;
+            }
+        }
+        Ok(matured)
+    }
+
+    /// A conversion as stored.
+    pub async fn conversion(&self, id: &str) -> Result<Option<ConversionRow>, ServiceError> {
+        let mut conn = self.db.pool.acquire().await?;
+        Ok(apply::load(&mut conn, id).await?)
+    }
+
+    /// Conversions with a status (the review queue: `PendingReview` and `Held`; parked;
+    /// failed), oldest first.
+    pub async fn by_status(
+        &self,
+        status: Status,
+        limit: i64,
+    ) -> Result<Vec<ConversionRow>, ServiceError> {
+        let mut conn = self.db.pool.acquire().await?;
+        Ok(apply::by_status(&mut conn, status, limit).await?)
+    }
+
+    /// What happened to a conversion, oldest first.
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, ServiceError> {
+        let rows = sqlx::query(
+            "SELECT at, kind, from_state, to_state, detail FROM conversion_history WHERE conversion_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryEntry {
+                    at: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    from_state: r.try_get(2)?,
+                    to_state: r.try_get(3)?,
+                    detail: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- configuration -------------------------------------------------------------
+
+    /// Creates or updates a merchant. Switching mode affects new orders only (seed 002).
+    pub async fn upsert_merchant(
+        &self,
+        id: &str,
+        name: &str,
+        manual: bool,
+        reward_delay_days: i64,
+    ) -> Result<(), ServiceError> {
+        if !(0..=3650).contains(&reward_delay_days) {
+            return Err(ServiceError::Invalid(
+                "reward_delay_days: must be between 0 and 3650".into(),
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO merchants (id, name, processing_mode, reward_delay_days, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET name = $2, processing_mode = $3, reward_delay_days = $4",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(if manual { "manual" } else { "automatic" })
+        .bind(reward_delay_days)
+        .bind(self.clock.now())
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Maps a network's merchant reference to a merchant.
+    pub async fn map_merchant_ref(
+        &self,
+        network: &str,
+        merchant_ref: &str,
+        merchant: &str,
+    ) -> Result<(), ServiceError> {
+        sqlx::query(
+            "INSERT INTO merchant_refs (network_id, merchant_ref, merchant_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (network_id, merchant_ref) DO UPDATE SET merchant_id = $3",
+        )
+        .bind(network)
+        .bind(merchant_ref)
+        .bind(merchant)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Validates a plugin component and stores it in the database by digest, so every
+    /// replica sees it.
+    pub async fn store_plugin(&self, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, ServiceError> {
+        let plugin = self.runtime.load(bytes)?;
+        sqlx::query(
+            "INSERT INTO plugins (digest, name, version, kind, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(plugin.digest.to_string())
+        .bind(&plugin.manifest.name)
+        .bind(plugin.manifest.version.to_string())
+        .bind(plugin.kind().to_string())
+        .bind(bytes.to_vec())
+        .bind(self.clock.now())
+        .execute(&self.db.pool)
+        .await?;
+        Ok(plugin)
+    }
+
+    /// Sets a merchant's rule chain: plugins (by digest) with their configs, applied in
+    /// order. Each config is checked against its plugin's schema.
+    pub async fn set_rules(
+        &self,
+        merchant: &str,
+        chain: &[(String, serde_json::Value)],
+    ) -> Result<(), ServiceError> {
+        let mut loaded = Vec::new();
+        for (digest, config) in chain {
+            let plugin = self.plugin(digest).await?;
+            if plugin.kind() != PluginKind::MerchantRules {
+                return Err(ServiceError::Invalid(format!(
+                    "{} is a {}, not a rule plugin",
+                    plugin.label(),
+                    plugin.kind()
+                )));
+            }
+            plugin
+                .manifest
+                .validate_config(config)
+                .map_err(|e| ServiceError::Invalid(format!("{}: {e}", plugin.label())))?;
+            loaded.push((digest, config));
+        }
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("DELETE FROM merchant_rules WHERE merchant_id = $1")
+            .bind(merchant)
+            .execute(&mut *tx)
+            .await?;
+        for (i, (digest, config)) in loaded.into_iter().enumerate() {
+            sqlx::query("INSERT INTO merchant_rules (merchant_id, position, plugin_digest, config) VALUES ($1, $2, $3, $4)")
+                .bind(merchant)
+                .bind(i as i64)
+                .bind(digest.as_str())
+                .bind(config.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A stored plugin, loaded (compiled once per digest, then cached).
+    async fn plugin(&self, digest: &str) -> Result<Arc<LoadedPlugin>, ServiceError> {
+        let parsed = crate::plugin::Digest::parse(digest)
+            .ok_or_else(|| ServiceError::Invalid(format!("bad digest {digest:?}")))?;
+        if let Ok(p) = self.runtime.load_digest(&parsed) {
+            return Ok(p);
+        }
+        let row = sqlx::query("SELECT bytes FROM plugins WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .ok_or_else(|| ServiceError::Invalid(format!("plugin {digest} is not stored")))?;
+        let bytes: Vec<u8> = row.try_get(0)?;
+        Ok(self.runtime.load(&bytes)?)
+    }
+
+    /// Runs the merchant's rule chain on an order. Plugin failures become
+    /// [`Evaluation::Failed`]; only infrastructure errors are `Err`.
+    async fn evaluate(
+        &self,
+        merchant: &str,
+        user: &str,
+        order: latest::Order,
+    ) -> Result<Evaluation, ServiceError> {
+        let rows = sqlx::query(
+            "SELECT r.plugin_digest, r.config FROM merchant_rules r WHERE r.merchant_id = $1 ORDER BY r.position",
+        )
+        .bind(merchant)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let prior: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM conversions WHERE user_id = $1 AND merchant_id = $2 AND id <> $3 \
+             AND status NOT IN ('rejected', 'reversed')",
+        )
+        .bind(user)
+        .bind(merchant)
+        .bind(&order.conversion_id)
+        .fetch_one(&self.db.pool)
+        .await?
+        .try_get(0)?;
+        let mut chain = Vec::new();
+        for row in &rows {
+            let digest: String = row.try_get(0)?;
+            let config: String = row.try_get(1)?;
+            chain.push((self.plugin(&digest).await?, config));
+        }
+        let refs = PluginRefs {
+            names: chain
+                .iter()
+                .map(|(p, _)| p.manifest.name.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            versions: chain
+                .iter()
+                .map(|(p, _)| p.manifest.version.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            digests: chain
+                .iter()
+                .map(|(p, _)| p.digest.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        if chain.is_empty() {
+            return Ok(Evaluation::Failed {
+                error: format!("merchant {merchant} has no rule plugin"),
+                plugins: refs,
+            });
+        }
+        let runtime = self.runtime.clone();
+        let now = self.clock.now();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut so_far: Option<latest::RuleDecision> = None;
+            for (plugin, config) in &chain {
+                let json: serde_json::Value = serde_json::from_str(config).unwrap_or_default();
+                let config = plugin
+                    .manifest
+                    .validate_config(&json)
+                    .map_err(|e| format!("{}: {e}", plugin.label()))?;
+                let context = latest::RuleContext {
+                    now,
+                    prior_orders: u32::try_from(prior).unwrap_or(u32::MAX),
+                    decision_so_far: so_far.take(),
+                    attributes: Vec::new(),
+                };
+                so_far = Some(
+                    runtime
+                        .evaluate(plugin, &config, &order, &context)
+                        .result
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            so_far.ok_or_else(|| "empty rule chain".to_string())
+        })
+        .await
+        .map_err(|e| ServiceError::Invalid(format!("rule evaluation task failed: {e}")))?;
+        Ok(match result {
+            Ok(d) => Evaluation::Decided {
+                cashback: d.total.minor,
+                hold: d.hold.clone(),
+                reward_delay_days: d.reward_delay_days,
+                plugins: refs,
+                decision: serde_json::to_value(&d).unwrap_or_default(),
+            },
+            Err(error) => Evaluation::Failed {
+                error,
+                plugins: refs,
+            },
+        })
+    }
+
+    /// Replays this database's journal, in order, into `target` (which must be empty):
+    /// the same commands with the same rule evaluations and times. Configuration
+    /// (merchants, their network references) is copied first. Returns the number of
+    /// commands replayed.
+    pub async fn replay_into(&self, target: &Db) -> Result<usize, ServiceError> {
+        for r in sqlx::query(
+            "SELECT id, name, processing_mode, reward_delay_days, created_at FROM merchants",
+        )
+        .fetch_all(&self.db.pool)
+        .await?
+        {
+            sqlx::query("INSERT INTO merchants (id, name, processing_mode, reward_delay_days, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(r.try_get::<String, _>(0)?)
+                .bind(r.try_get::<String, _>(1)?)
+                .bind(r.try_get::<String, _>(2)?)
+                .bind(r.try_get::<i64, _>(3)?)
+                .bind(r.try_get::<i64, _>(4)?)
+                .execute(&target.pool)
+                .await?;
+        }
+        for r in sqlx::query("SELECT network_id, merchant_ref, merchant_id FROM merchant_refs")
+            .fetch_all(&self.db.pool)
+            .await?
+        {
+            sqlx::query("INSERT INTO merchant_refs (network_id, merchant_ref, merchant_id) VALUES ($1, $2, $3)")
+                .bind(r.try_get::<String, _>(0)?)
+                .bind(r.try_get::<String, _>(1)?)
+                .bind(r.try_get::<String, _>(2)?)
+                .execute(&target.pool)
+                .await?;
+        }
+        let rows = sqlx::query("SELECT seq, payload, recorded_at FROM journal ORDER BY seq")
+            .fetch_all(&self.db.pool)
+            .await?;
+        for row in &rows {
+            let seq: i64 = row.try_get(0)?;
+            let payload: String = row.try_get(1)?;
+            let at: i64 = row.try_get(2)?;
+            let command: Command = serde_json::from_str(&payload)
+                .map_err(|e| ServiceError::Invalid(format!("journal {seq}: {e}")))?;
+            let mut tx = target.pool.begin().await?;
+            apply::journal_and_apply(&mut tx, &command, at, None, Some(seq)).await?;
+            tx.commit().await?;
+        }
+        if target.backend == Backend::Postgres {
+            // Explicit sequence numbers do not advance the sequence; later inserts must not collide.
+            sqlx::query("SELECT setval(pg_get_serial_sequence('journal', 'seq'), COALESCE((SELECT MAX(seq) FROM journal), 1))")
+                .execute(&target.pool)
+                .await?;
+        }
+        Ok(rows.len())
+    }
+}
+
+/// The order a rule sees for an incoming event.
+fn order_from_event(
+    id: &str,
+    e: &latest::ConversionEvent,
+    merchant: &str,
+    user: &str,
+    clicked_at: Option<i64>,
+) -> latest::Order {
+    latest::Order {
+        conversion_id: id.to_string(),
+        merchant: merchant.to_string(),
+        network: e.network.clone(),
+        order_id: e
+            .order_id
+            .clone()
+            .unwrap_or_else(|| e.transaction_id.clone()),
+        event_type: e.event_type.clone(),
+        state: e.state,
+        amount: latest::Money {
+            minor: e.amount,
+            currency: e.currency.clone(),
+        },
+        commission: latest::Money {
+            minor: e.commission,
+            currency: e.currency.clone(),
+        },
+        line_items: lines_or_whole(e.line_items.clone(), e.amount),
+        event_time: e.event_time,
+        click_time: clicked_at,
+        user_id: Some(user.to_string()),
+    }
+}
+
+fn order_from_row(r: &ConversionRow, merchant: &str, user: &str) -> latest::Order {
+    let lines: Vec<latest::LineItem> = serde_json::from_str(&r.line_items).unwrap_or_default();
+    let state = match r.state {
+        super::State::Created => latest::ConversionState::Created,
+        super::State::Pending => latest::ConversionState::Pending,
+        super::State::Adjusted => latest::ConversionState::Adjusted,
+        super::State::Completed => latest::ConversionState::Completed,
+        super::State::Rejected => latest::ConversionState::Rejected,
+        super::State::Reversed => latest::ConversionState::Reversed,
+    };
+    latest::Order {
+        conversion_id: r.id.clone(),
+        merchant: merchant.to_string(),
+        network: r.network_id.clone(),
+        order_id: r
+            .order_id
+            .clone()
+            .unwrap_or_else(|| r.transaction_id.clone()),
+        event_type: r.event_type.clone(),
+        state,
+        amount: latest::Money {
+            minor: r.amount,
+            currency: r.currency.clone(),
+        },
+        commission: latest::Money {
+            minor: r.commission,
+            currency: r.currency.clone(),
+        },
+        line_items: lines_or_whole(lines, r.amount),
+        event_time: r.event_time,
+        click_time: r.clicked_at,
+        user_id: Some(user.to_string()),
+    }
+}
+
+/// The contract: when the network reports no lines, the rule sees one line holding the
+/// whole order, with id "order".
+fn lines_or_whole(lines: Vec<latest::LineItem>, amount: i64) -> Vec<latest::LineItem> {
+    if lines.is_empty() {
+        vec![latest::LineItem {
+            id: "order".into(),
+            sku: String::new(),
+            category: String::new(),
+            quantity: 1,
+            amount,
+        }]
+    } else {
+        lines
+    }
+}

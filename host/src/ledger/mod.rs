@@ -1,0 +1,324 @@
+//! The double-entry ledger. Every money movement is one transaction of entries that sum
+//! to zero per currency, appended (the database refuses updates and deletes) and keyed
+//! by its cause, so posting the same cause twice posts nothing the second time.
+//!
+//! Sign convention: an entry adds its amount to its account's balance. What we owe a user
+//! (their pending and available cashback) is positive; the matching platform expense is
+//! negative. Commission the network owes us is positive (receivable) against commission
+//! income. The sum over all accounts of a currency is therefore always zero.
+
+use crate::conversions::lifecycle::Booked;
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+/// The platform's own accounts are owned by this name.
+pub const PLATFORM: &str = "platform";
+
+/// Kinds of account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    /// A user's cashback not yet available.
+    Pending,
+    /// A user's available cashback.
+    Available,
+    /// Platform: cashback granted to users.
+    CashbackExpense,
+    /// Platform: commission the networks owe.
+    CommissionReceivable,
+    /// Platform: commission earned.
+    CommissionIncome,
+}
+
+impl AccountKind {
+    /// snake_case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Pending => "pending",
+            AccountKind::Available => "available",
+            AccountKind::CashbackExpense => "cashback_expense",
+            AccountKind::CommissionReceivable => "commission_receivable",
+            AccountKind::CommissionIncome => "commission_income",
+        }
+    }
+}
+
+/// One line of a ledger transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// A user id, or [`PLATFORM`].
+    pub owner: String,
+    /// Which of the owner's accounts.
+    pub kind: AccountKind,
+    /// Signed amount in minor units.
+    pub amount: i64,
+}
+
+/// Which plugin versions computed an amount (a rule chain: all of them, in order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PluginRefs {
+    /// Names, comma-separated.
+    pub names: String,
+    /// Versions, comma-separated.
+    pub versions: String,
+    /// Digests, comma-separated.
+    pub digests: String,
+}
+
+/// A balanced set of entries with its cause.
+#[derive(Debug, Clone)]
+pub struct Posting {
+    /// Unique per cause: the same cause never posts twice.
+    pub key: String,
+    /// The conversion it is about.
+    pub conversion_id: Option<String>,
+    /// The journal command that caused it.
+    pub journal_seq: Option<i64>,
+    /// What kind of cause (`pending`, `adjusted`, `matured`, `manual`...).
+    pub cause: String,
+    /// The operator, for manual actions.
+    pub operator: Option<String>,
+    /// Why, for people.
+    pub reason: Option<String>,
+    /// The plugins that computed the amount.
+    pub plugins: Option<PluginRefs>,
+    /// Currency of every entry.
+    pub currency: String,
+    /// The entries.
+    pub entries: Vec<Entry>,
+    /// When.
+    pub at: i64,
+}
+
+/// Why a posting was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The entries do not sum to zero.
+    #[error("unbalanced posting {key}: entries sum to {sum}")]
+    Unbalanced {
+        /// The posting.
+        key: String,
+        /// Their sum.
+        sum: i64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Entries that move a conversion's bookings by `delta` for `user`.
+pub fn booking_entries(user: &str, delta: Booked) -> Vec<Entry> {
+    let mut e = Vec::new();
+    let mut push = |owner: &str, kind, amount: i64| {
+        if amount != 0 {
+            e.push(Entry {
+                owner: owner.to_string(),
+                kind,
+                amount,
+            });
+        }
+    };
+    push(user, AccountKind::Pending, delta.pending);
+    push(user, AccountKind::Available, delta.available);
+    push(
+        PLATFORM,
+        AccountKind::CashbackExpense,
+        -(delta.pending + delta.available),
+    );
+    push(
+        PLATFORM,
+        AccountKind::CommissionReceivable,
+        delta.receivable,
+    );
+    push(PLATFORM, AccountKind::CommissionIncome, -delta.receivable);
+    e
+}
+
+async fn account_id(
+    conn: &mut AnyConnection,
+    owner: &str,
+    kind: AccountKind,
+    currency: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query("INSERT INTO accounts (owner, kind, currency, balance) VALUES ($1, $2, $3, 0) ON CONFLICT (owner, kind, currency) DO NOTHING")
+        .bind(owner)
+        .bind(kind.as_str())
+        .bind(currency)
+        .execute(&mut *conn)
+        .await?;
+    let row =
+        sqlx::query("SELECT id FROM accounts WHERE owner = $1 AND kind = $2 AND currency = $3")
+            .bind(owner)
+            .bind(kind.as_str())
+            .bind(currency)
+            .fetch_one(&mut *conn)
+            .await?;
+    row.try_get(0)
+}
+
+/// Appends a posting inside the caller's transaction. Returns `false` if a posting with
+/// the same key exists (nothing is written then).
+pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerError> {
+    let sum: i64 = p.entries.iter().map(|e| e.amount).sum();
+    if sum != 0 {
+        return Err(LedgerError::Unbalanced {
+            key: p.key.clone(),
+            sum,
+        });
+    }
+    if p.entries.is_empty() {
+        return Ok(false);
+    }
+    let plugins = p.plugins.clone().unwrap_or_default();
+    let inserted = sqlx::query(
+        "INSERT INTO ledger_transactions (idempotency_key, conversion_id, journal_seq, cause, operator, reason, \
+         plugin_name, plugin_version, plugin_digest, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    )
+    .bind(&p.key)
+    .bind(&p.conversion_id)
+    .bind(p.journal_seq)
+    .bind(&p.cause)
+    .bind(&p.operator)
+    .bind(&p.reason)
+    .bind(p.plugins.as_ref().map(|_| plugins.names.clone()))
+    .bind(p.plugins.as_ref().map(|_| plugins.versions.clone()))
+    .bind(p.plugins.as_ref().map(|_| plugins.digests.clone()))
+    .bind(p.at)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = inserted else {
+        return Ok(false);
+    };
+    let tx_id: i64 = row.try_get(0)?;
+    for e in &p.entries {
+        let account = account_id(conn, &e.owner, e.kind, &p.currency).await?;
+        sqlx::query("INSERT INTO ledger_entries (transaction_id, account_id, amount, currency) VALUES ($1, $2, $3, $4)")
+            .bind(tx_id)
+            .bind(account)
+            .bind(e.amount)
+            .bind(&p.currency)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
+            .bind(e.amount)
+            .bind(account)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(true)
+}
+
+/// One account's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    /// Owner.
+    pub owner: String,
+    /// Kind (`pending`, `available`...).
+    pub kind: String,
+    /// Currency.
+    pub currency: String,
+    /// Minor units.
+    pub balance: i64,
+}
+
+/// Every account's balance, ordered by owner, kind and currency.
+pub async fn all_balances(pool: &sqlx::AnyPool) -> Result<Vec<Balance>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT owner, kind, currency, balance FROM accounts ORDER BY owner, kind, currency",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Balance {
+                owner: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                currency: r.try_get(2)?,
+                balance: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// A user's balances.
+pub async fn user_balances(pool: &sqlx::AnyPool, user: &str) -> Result<Vec<Balance>, sqlx::Error> {
+    Ok(all_balances(pool)
+        .await?
+        .into_iter()
+        .filter(|b| b.owner == user)
+        .collect())
+}
+
+/// Checks the ledger's invariants and returns every violation found (empty: sound):
+/// each transaction balances per currency; each currency sums to zero over all
+/// accounts; each stored balance equals the fold of its entries.
+pub async fn check_invariants(pool: &sqlx::AnyPool) -> Result<Vec<String>, sqlx::Error> {
+    let mut problems = Vec::new();
+    for r in sqlx::query(
+        "SELECT transaction_id, currency, CAST(SUM(amount) AS BIGINT) FROM ledger_entries \
+         GROUP BY transaction_id, currency HAVING SUM(amount) <> 0",
+    )
+    .fetch_all(pool)
+    .await?
+    {
+        let (tx, cur, sum): (i64, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        problems.push(format!("transaction {tx} does not balance in {cur}: {sum}"));
+    }
+    for r in sqlx::query("SELECT currency, CAST(SUM(balance) AS BIGINT) FROM accounts GROUP BY currency HAVING SUM(balance) <> 0")
+        .fetch_all(pool)
+        .await?
+    {
+        let (cur, sum): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+        problems.push(format!("accounts in {cur} sum to {sum}, not 0"));
+    }
+    for r in sqlx::query(
+        "SELECT a.id, a.balance, CAST(COALESCE(SUM(e.amount), 0) AS BIGINT) FROM accounts a \
+         LEFT JOIN ledger_entries e ON e.account_id = a.id GROUP BY a.id, a.balance \
+         HAVING a.balance <> COALESCE(SUM(e.amount), 0)",
+    )
+    .fetch_all(pool)
+    .await?
+    {
+        let (id, balance, fold): (i64, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        problems.push(format!(
+            "account {id} says {balance} but its entries sum to {fold}"
+        ));
+    }
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booking_entries_always_balance() {
+        for delta in [
+            Booked {
+                pending: 50,
+                available: 0,
+                receivable: 80,
+            },
+            Booked {
+                pending: -50,
+                available: 50,
+                receivable: 0,
+            },
+            Booked {
+                pending: 0,
+                available: -50,
+                receivable: -80,
+            },
+        ] {
+            let entries = booking_entries("u1", delta);
+            assert_eq!(
+                entries.iter().map(|e| e.amount).sum::<i64>(),
+                0,
+                "{delta:?}"
+            );
+            assert!(entries.iter().all(|e| e.amount != 0));
+        }
+        assert!(booking_entries("u1", Booked::default()).is_empty());
+    }
+}
