@@ -16,17 +16,14 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const CONFIG: &str =
-    r#"{"rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500}"#;
+const CONFIG: &str = r#"{"rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500}"#;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"))
 }
 
 fn wasm(target: &str) -> Vec<u8> {
@@ -34,16 +31,8 @@ fn wasm(target: &str) -> Vec<u8> {
 }
 
 fn wasm_named(target: &str, name: &str) -> Vec<u8> {
-    let path = target_dir()
-        .join("plugins")
-        .join(target)
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run scripts/build-plugins.sh first",
-            path.display()
-        )
-    })
+    let path = target_dir().join("plugins").join(target).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-plugins.sh first", path.display()))
 }
 
 /// A five-line order, the same for both sides.
@@ -80,57 +69,30 @@ fn bench_calls(c: &mut Criterion, runtime: &PluginRuntime) {
     cashback_sdk::testing::set_config(CONFIG);
     let native_order = sdk_order();
     let native_ctx = cashback_sdk::testing::context();
-    group.bench_function("native", |b| {
-        b.iter(|| flat_rate::FlatRate::evaluate(black_box(&native_order), &native_ctx))
-    });
+    group.bench_function("native", |b| b.iter(|| flat_rate::FlatRate::evaluate(black_box(&native_order), &native_ctx)));
 
     for target in ["wasm32-wasip2", "wasm32-unknown-unknown"] {
         let plugin = runtime.load(&wasm(target)).expect("load");
-        let config = plugin
-            .manifest
-            .validate_config(&serde_json::from_str(CONFIG).expect("json"))
-            .expect("config");
-        let expected = runtime
-            .evaluate(&plugin, &config, &order, &context)
-            .result
-            .expect("works");
+        let config = plugin.manifest.validate_config(&serde_json::from_str(CONFIG).expect("json")).expect("config");
+        let expected = runtime.evaluate(&plugin, &config, &order, &context).result.expect("works");
         let native = flat_rate::FlatRate::evaluate(&native_order, &native_ctx).expect("native");
-        assert_eq!(
-            expected.total.minor, native.total.minor,
-            "sandbox and native agree"
-        );
+        assert_eq!(expected.total.minor, native.total.minor, "sandbox and native agree");
 
-        group.bench_with_input(
-            BenchmarkId::new("sandbox_per_call_instance", target),
-            &order,
-            |b, order| {
-                b.iter(|| {
-                    runtime
-                        .evaluate(&plugin, &config, black_box(order), &context)
-                        .result
-                        .is_ok()
-                })
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("sandbox_per_call_instance", target), &order, |b, order| {
+            b.iter(|| runtime.evaluate(&plugin, &config, black_box(order), &context).result.is_ok())
+        });
         let mut warm = runtime.warm_rule(&plugin, &config).expect("warm");
-        group.bench_with_input(
-            BenchmarkId::new("sandbox_call_only", target),
-            &order,
-            |b, order| b.iter(|| warm.evaluate(black_box(order), &context).is_some()),
-        );
+        group.bench_with_input(BenchmarkId::new("sandbox_call_only", target), &order, |b, order| {
+            b.iter(|| warm.evaluate(black_box(order), &context).is_some())
+        });
         group.bench_function(BenchmarkId::new("instantiate_pooled", target), |b| {
             b.iter(|| runtime.instantiate_only(&plugin, &config))
         });
     }
     // The boundary alone: the same order through a rule that does almost nothing
     // (hostile-rule in `ok` mode: a one-field config, 1% per line).
-    let trivial = runtime
-        .load(&wasm_named("wasm32-wasip2", "hostile_rule"))
-        .expect("load");
-    let config = trivial
-        .manifest
-        .validate_config(&serde_json::json!({"mode": "ok"}))
-        .expect("config");
+    let trivial = runtime.load(&wasm_named("wasm32-wasip2", "hostile_rule")).expect("load");
+    let config = trivial.manifest.validate_config(&serde_json::json!({"mode": "ok"})).expect("config");
     let mut warm = runtime.warm_rule(&trivial, &config).expect("warm");
     group.bench_function("sandbox_call_only_trivial_rule", |b| {
         b.iter(|| warm.evaluate(black_box(&order), &context).is_some())
@@ -143,23 +105,15 @@ fn bench_loading(c: &mut Criterion, runtime: &PluginRuntime) {
     let digest = runtime.load(&bytes).expect("load").digest;
     let mut group = c.benchmark_group("component_load");
     group.sample_size(10);
-    group.bench_function("compile", |b| {
-        b.iter(|| runtime.compile_uncached(black_box(&bytes)).is_ok())
-    });
-    group.bench_function("cached_artifact", |b| {
-        b.iter(|| runtime.deserialize_cached(&digest).is_ok())
-    });
+    group.bench_function("compile", |b| b.iter(|| runtime.compile_uncached(black_box(&bytes)).is_ok()));
+    group.bench_function("cached_artifact", |b| b.iter(|| runtime.deserialize_cached(&digest).is_ok()));
     group.finish();
 }
 
 /// Median of a benchmark in nanoseconds, from criterion's saved estimates.
 fn median_ns(id: &str) -> Option<f64> {
-    let path = target_dir()
-        .join("criterion")
-        .join(id)
-        .join("new/estimates.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let path = target_dir().join("criterion").join(id).join("new/estimates.json");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     json["median"]["point_estimate"].as_f64()
 }
 
@@ -181,24 +135,14 @@ fn write_report() {
         };
         match baseline {
             // Faster than its baseline: say how many times faster, not "0.0×".
-            Some((bname, b)) if v < b => format!(
-                "| {name} | {} | {bname}: {} | {:.0}× faster |\n",
-                fmt_ns(v),
-                fmt_ns(b),
-                b / v
-            ),
-            Some((bname, b)) => format!(
-                "| {name} | {} | {bname}: {} | {:.1}× |\n",
-                fmt_ns(v),
-                fmt_ns(b),
-                v / b
-            ),
+            Some((bname, b)) if v < b => {
+                format!("| {name} | {} | {bname}: {} | {:.0}× faster |\n", fmt_ns(v), fmt_ns(b), b / v)
+            }
+            Some((bname, b)) => format!("| {name} | {} | {bname}: {} | {:.1}× |\n", fmt_ns(v), fmt_ns(b), v / b),
             None => format!("| {name} | {} | | |\n", fmt_ns(v)),
         }
     };
-    let mut table = String::from(
-        "| measurement (median) | value | baseline, same run | ratio |\n|---|---|---|---|\n",
-    );
+    let mut table = String::from("| measurement (median) | value | baseline, same run | ratio |\n|---|---|---|---|\n");
     for target in ["wasm32-wasip2", "wasm32-unknown-unknown"] {
         let base = native.map(|n| ("native flat-rate", n));
         table += &row(
@@ -235,9 +179,7 @@ fn write_report() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let section = format!(
         "<!-- plugin-runtime:begin (written by `cargo bench -p cashbackd --bench plugin_runtime`) -->\n\
          Last run: {cores} cores, {rustc}, wasmtime 48, plugin `flat-rate` (5-line order, JSON config parsed per call, \
@@ -245,15 +187,8 @@ fn write_report() {
     );
     let doc_path = repo().join("docs/PERFORMANCE.md");
     let doc = std::fs::read_to_string(&doc_path).unwrap_or_else(|_| "# Performance\n\n".into());
-    let updated = match (
-        doc.find("<!-- plugin-runtime:begin"),
-        doc.find("<!-- plugin-runtime:end -->"),
-    ) {
-        (Some(a), Some(b)) => format!(
-            "{}{section}{}",
-            &doc[..a],
-            &doc[b + "<!-- plugin-runtime:end -->".len()..]
-        ),
+    let updated = match (doc.find("<!-- plugin-runtime:begin"), doc.find("<!-- plugin-runtime:end -->")) {
+        (Some(a), Some(b)) => format!("{}{section}{}", &doc[..a], &doc[b + "<!-- plugin-runtime:end -->".len()..]),
         _ => format!("{}\n{section}\n", doc.trim_end()),
     };
     if let Err(e) = std::fs::write(&doc_path, updated) {

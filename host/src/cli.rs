@@ -13,12 +13,7 @@ use std::sync::Arc;
 #[command(name = "cashbackd", version, about)]
 pub struct Cli {
     /// Where plugin components and compiled artifacts are stored.
-    #[arg(
-        long,
-        global = true,
-        env = "CASHBACKD_PLUGIN_STORE",
-        default_value = ".cashbackd/plugins"
-    )]
+    #[arg(long, global = true, env = "CASHBACKD_PLUGIN_STORE", default_value = ".cashbackd/plugins")]
     pub plugin_store: PathBuf,
     /// The command.
     #[command(subcommand)]
@@ -78,20 +73,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command } => {
             let runtime = PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?;
             match command {
-                PluginCommand::Inspect {
-                    file,
-                    manifest,
-                    json,
-                } => {
+                PluginCommand::Inspect { file, manifest, json } => {
                     let plugin = load(&runtime, &file, manifest.as_deref())?;
                     print_inspect(&plugin, json)?;
                     Ok(ExitCode::SUCCESS)
                 }
-                PluginCommand::Test {
-                    file,
-                    fixtures,
-                    manifest,
-                } => {
+                PluginCommand::Test { file, fixtures, manifest } => {
                     let plugin = load(&runtime, &file, manifest.as_deref())?;
                     test_plugin(&runtime, &plugin, fixtures.as_deref())
                 }
@@ -109,28 +96,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load(
-    runtime: &PluginRuntime,
-    file: &Path,
-    manifest: Option<&Path>,
-) -> anyhow::Result<Arc<LoadedPlugin>> {
+fn load(runtime: &PluginRuntime, file: &Path, manifest: Option<&Path>) -> anyhow::Result<Arc<LoadedPlugin>> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let manifest = manifest
-        .map(|m| std::fs::read_to_string(m).with_context(|| format!("reading {}", m.display())))
-        .transpose()?;
-    runtime
-        .load_with_manifest(&bytes, manifest.as_deref())
-        .with_context(|| format!("loading {}", file.display()))
+    let manifest =
+        manifest.map(|m| std::fs::read_to_string(m).with_context(|| format!("reading {}", m.display()))).transpose()?;
+    runtime.load_with_manifest(&bytes, manifest.as_deref()).with_context(|| format!("loading {}", file.display()))
 }
 
 fn print_inspect(plugin: &LoadedPlugin, json: bool) -> anyhow::Result<()> {
-    let fixture_count = plugin
-        .fixtures
-        .as_deref()
-        .map(fixtures::parse)
-        .transpose()
-        .map_err(anyhow::Error::msg)?
-        .map_or(0, |f| f.len());
+    let fixture_count =
+        plugin.fixtures.as_deref().map(fixtures::parse).transpose().map_err(anyhow::Error::msg)?.map_or(0, |f| f.len());
     if json {
         let doc = serde_json::json!({
             "name": plugin.manifest.name,
@@ -149,10 +124,7 @@ fn print_inspect(plugin: &LoadedPlugin, json: bool) -> anyhow::Result<()> {
     }
     let m = &plugin.manifest;
     println!("plugin      {}", m.label());
-    println!(
-        "world       {} (cashback:plugin@{})",
-        m.kind, plugin.api_version
-    );
+    println!("world       {} (cashback:plugin@{})", m.kind, plugin.api_version);
     println!("digest      {}", plugin.digest);
     if !m.description.is_empty() {
         println!("about       {}", m.description);
@@ -160,51 +132,29 @@ fn print_inspect(plugin: &LoadedPlugin, json: bool) -> anyhow::Result<()> {
     println!("exports     {}", plugin.exports.join(", "));
     println!("imports     {}", plugin.imports.join(", "));
     let hosts = &m.capabilities.http_hosts;
-    println!(
-        "http hosts  {}",
-        if hosts.is_empty() {
-            "none".to_string()
-        } else {
-            hosts.join(", ")
-        }
-    );
+    println!("http hosts  {}", if hosts.is_empty() { "none".to_string() } else { hosts.join(", ") });
     for (name, cred) in &m.credentials {
-        let place = cred.header.as_ref().map_or_else(
-            || format!("query `{}`", cred.query.clone().unwrap_or_default()),
-            |h| format!("header `{h}`"),
-        );
-        println!(
-            "credential  {name}: secret config `{}` into {place}",
-            cred.config
-        );
+        let place = cred
+            .header
+            .as_ref()
+            .map_or_else(|| format!("query `{}`", cred.query.clone().unwrap_or_default()), |h| format!("header `{h}`"));
+        println!("credential  {name}: secret config `{}` into {place}", cred.config);
     }
     let l = &plugin.limits;
     println!(
         "limits      deadline {} ms, memory {} MiB, input {} B, output {} B, log {} B, http {} requests",
-        l.deadline_ms,
-        l.memory_mib,
-        l.max_input_bytes,
-        l.max_output_bytes,
-        l.max_log_bytes,
-        l.max_http_requests
+        l.deadline_ms, l.memory_mib, l.max_input_bytes, l.max_output_bytes, l.max_log_bytes, l.max_http_requests
     );
     for (name, f) in &m.config {
-        let flags = [
-            f.required.then_some("required"),
-            f.secret.then_some("secret"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(", ");
+        let flags = [f.required.then_some("required"), f.secret.then_some("secret")]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ");
         println!(
             "config      {name}: {:?}{}  {}",
             f.ty,
-            if flags.is_empty() {
-                String::new()
-            } else {
-                format!(" ({flags})")
-            },
+            if flags.is_empty() { String::new() } else { format!(" ({flags})") },
             f.description
         );
     }
@@ -212,23 +162,14 @@ fn print_inspect(plugin: &LoadedPlugin, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn test_plugin(
-    runtime: &PluginRuntime,
-    plugin: &LoadedPlugin,
-    extra: Option<&Path>,
-) -> anyhow::Result<ExitCode> {
+fn test_plugin(runtime: &PluginRuntime, plugin: &LoadedPlugin, extra: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut cases = Vec::new();
     if let Some(embedded) = &plugin.fixtures {
-        cases.extend(
-            fixtures::parse(embedded).map_err(|e| anyhow::anyhow!("embedded fixtures: {e}"))?,
-        );
+        cases.extend(fixtures::parse(embedded).map_err(|e| anyhow::anyhow!("embedded fixtures: {e}"))?);
     }
     if let Some(path) = extra {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        cases.extend(
-            fixtures::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-        );
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        cases.extend(fixtures::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
     }
     if cases.is_empty() {
         bail!(
@@ -236,11 +177,7 @@ fn test_plugin(
             plugin.manifest.label()
         );
     }
-    println!(
-        "testing {} against {} fixtures in the sandbox",
-        plugin.manifest.label(),
-        cases.len()
-    );
+    println!("testing {} against {} fixtures in the sandbox", plugin.manifest.label(), cases.len());
     let results = fixtures::run(runtime, plugin, &cases);
     let failed = results.iter().filter(|r| !r.passed).count();
     for r in &results {
@@ -250,37 +187,25 @@ fn test_plugin(
         }
     }
     println!("{} passed, {} failed", results.len() - failed, failed);
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn demo(runtime: &PluginRuntime, dir: &Path) -> anyhow::Result<ExitCode> {
     let path = dir.join("flat_rate.wasm");
     if !path.exists() {
-        bail!(
-            "{} not found: build the plugins first with scripts/build-plugins.sh",
-            path.display()
-        );
+        bail!("{} not found: build the plugins first with scripts/build-plugins.sh", path.display());
     }
     let plugin = load(runtime, &path, None)?;
-    println!(
-        "loaded {} ({}), compiled once and cached under the digest",
-        plugin.manifest.label(),
-        plugin.digest
-    );
+    println!("loaded {} ({}), compiled once and cached under the digest", plugin.manifest.label(), plugin.digest);
     let config = plugin
         .manifest
-        .validate_config(&serde_json::json!({"rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500}))
+        .validate_config(
+            &serde_json::json!({"rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500}),
+        )
         .map_err(anyhow::Error::msg)?;
     let orders: [(&str, &[Line]); 3] = [
         ("o-1001", &[("l1", "books", 2_499), ("l2", "toys", 5_000)]),
-        (
-            "o-1002",
-            &[("l1", "gift-cards", 10_000), ("l2", "garden", 3_000)],
-        ),
+        ("o-1002", &[("l1", "gift-cards", 10_000), ("l2", "garden", 3_000)]),
         ("o-1003", &[("l1", "tv", 89_900), ("l2", "tv", 12_000)]),
     ];
     for (id, lines) in orders {
@@ -314,11 +239,7 @@ fn demo(runtime: &PluginRuntime, dir: &Path) -> anyhow::Result<ExitCode> {
     if plugin.kind() != PluginKind::MerchantRules {
         bail!("flat_rate.wasm is not a rule plugin");
     }
-    println!(
-        "\nnext: `cashbackd plugin inspect {}` and `cashbackd plugin test {}`",
-        path.display(),
-        path.display()
-    );
+    println!("\nnext: `cashbackd plugin inspect {}` and `cashbackd plugin test {}`", path.display(), path.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,9 +6,7 @@
 
 use crate::types::{ConversionEvent, PluginError};
 
-pub use bindings::exports::cashback::plugin::adapter::{
-    FileResult, ImportRequest, Page, PostbackRequest, RejectedRow,
-};
+pub use bindings::exports::cashback::plugin::adapter::{FileResult, ImportRequest, Page, PostbackRequest, RejectedRow};
 
 /// What an adapter plugin implements. Every method has a default that refuses the path,
 /// so an adapter implements only what its network offers.
@@ -16,25 +14,19 @@ pub trait Adapter {
     /// Parses an inbound S2S postback into events.
     fn parse_postback(request: &PostbackRequest) -> Result<Vec<ConversionEvent>, PluginError> {
         let _ = request;
-        Err(PluginError::InvalidInput(
-            "this adapter does not accept postbacks".into(),
-        ))
+        Err(PluginError::InvalidInput("this adapter does not accept postbacks".into()))
     }
 
     /// Fetches one page of the network's report through [`http::fetch`].
     fn import_page(request: &ImportRequest) -> Result<Page, PluginError> {
         let _ = request;
-        Err(PluginError::InvalidInput(
-            "this adapter does not import from an API".into(),
-        ))
+        Err(PluginError::InvalidInput("this adapter does not import from an API".into()))
     }
 
     /// Parses an offline report file.
     fn parse_file(name: &str, contents: &[u8]) -> Result<FileResult, PluginError> {
         let _ = (name, contents);
-        Err(PluginError::InvalidInput(
-            "this adapter does not parse files".into(),
-        ))
+        Err(PluginError::InvalidInput("this adapter does not parse files".into()))
     }
 }
 
@@ -51,10 +43,7 @@ impl PostbackRequest {
 
     /// A header's value (names compare case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 

@@ -27,6 +27,5 @@ pub fn get<T: DeserializeOwned>() -> Result<T, PluginError> {
 
 /// Parses configuration JSON into `T` (what [`get`] does with the host's JSON).
 pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
-    serde_json::from_str(json)
-        .map_err(|e| PluginError::Config(format!("invalid configuration: {e}")))
+    serde_json::from_str(json).map_err(|e| PluginError::Config(format!("invalid configuration: {e}")))
 }

@@ -79,8 +79,8 @@ pub mod bindings {
 /// The data types of the contract (`cashback:plugin/types`), with helpers.
 pub mod types {
     pub use crate::bindings::cashback::plugin::types::{
-        ConversionEvent, ConversionState, Exclusion, LineCashback, LineItem, Money, Order,
-        PluginError, RuleContext, RuleDecision, Timestamp,
+        ConversionEvent, ConversionState, Exclusion, LineCashback, LineItem, Money, Order, PluginError, RuleContext,
+        RuleDecision, Timestamp,
     };
 }
 
@@ -91,9 +91,7 @@ pub mod prelude {
     pub use crate::{config, log};
 
     #[cfg(feature = "adapter")]
-    pub use crate::adapter::{
-        Adapter, FileResult, ImportRequest, Page, PostbackRequest, RejectedRow, http,
-    };
+    pub use crate::adapter::{Adapter, FileResult, ImportRequest, Page, PostbackRequest, RejectedRow, http};
     #[cfg(feature = "adapter")]
     pub use crate::export_adapter;
     #[cfg(feature = "rules")]
@@ -137,11 +135,8 @@ macro_rules! __stamp_plugin {
         #[cfg(target_arch = "wasm32")]
         #[unsafe(link_section = "cashback:manifest")]
         #[used]
-        static __CASHBACK_MANIFEST: [u8; include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/cashback-plugin.toml"
-        ))
-        .len()] = *include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/cashback-plugin.toml"));
+        static __CASHBACK_MANIFEST: [u8; include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/cashback-plugin.toml"))
+            .len()] = *include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/cashback-plugin.toml"));
     };
     (fixtures = $path:literal) => {
         $crate::__stamp_plugin!();
@@ -149,12 +144,8 @@ macro_rules! __stamp_plugin {
         #[cfg(target_arch = "wasm32")]
         #[unsafe(link_section = "cashback:fixtures")]
         #[used]
-        static __CASHBACK_FIXTURES: [u8; include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/",
-            $path
-        ))
-        .len()] = *include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $path));
+        static __CASHBACK_FIXTURES: [u8; include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $path)).len()] =
+            *include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $path));
     };
 }
 
@@ -164,10 +155,6 @@ mod tests {
     fn api_version_matches_the_wit_package() {
         let wit = include_str!("../../wit/since_v0.1.0/types.wit");
         assert!(wit.contains(&format!("package cashback:plugin@{};", super::API_VERSION)));
-        assert_eq!(
-            super::API_VERSION.len(),
-            5,
-            "the stamp in __stamp_plugin! is 5 bytes"
-        );
+        assert_eq!(super::API_VERSION.len(), 5, "the stamp in __stamp_plugin! is 5 bytes");
     }
 }

@@ -88,15 +88,9 @@ impl From<MoneyError> for crate::types::PluginError {
 }
 
 /// `numerator / denominator` rounded as asked. `denominator` must be positive.
-pub fn div_round(
-    numerator: i128,
-    denominator: i128,
-    rounding: Rounding,
-) -> Result<i128, MoneyError> {
+pub fn div_round(numerator: i128, denominator: i128, rounding: Rounding) -> Result<i128, MoneyError> {
     if denominator <= 0 {
-        return Err(MoneyError::InvalidAmount(
-            "division by a non-positive number".into(),
-        ));
+        return Err(MoneyError::InvalidAmount("division by a non-positive number".into()));
     }
     let q = numerator / denominator; // truncates toward zero
     let r = numerator % denominator;
@@ -147,25 +141,12 @@ fn to_i64(v: i128) -> Result<i64, MoneyError> {
 
 /// `amount × bps / 10 000`, rounded as asked.
 pub fn apply_bps(amount: i64, bps: u32, rounding: Rounding) -> Result<i64, MoneyError> {
-    to_i64(div_round(
-        i128::from(amount) * i128::from(bps),
-        10_000,
-        rounding,
-    )?)
+    to_i64(div_round(i128::from(amount) * i128::from(bps), 10_000, rounding)?)
 }
 
 /// `amount × numerator / denominator`, rounded as asked (pro-rating, partial refunds).
-pub fn mul_div(
-    amount: i64,
-    numerator: i64,
-    denominator: i64,
-    rounding: Rounding,
-) -> Result<i64, MoneyError> {
-    to_i64(div_round(
-        i128::from(amount) * i128::from(numerator),
-        i128::from(denominator),
-        rounding,
-    )?)
+pub fn mul_div(amount: i64, numerator: i64, denominator: i64, rounding: Rounding) -> Result<i64, MoneyError> {
+    to_i64(div_round(i128::from(amount) * i128::from(numerator), i128::from(denominator), rounding)?)
 }
 
 /// `a + b`, or [`MoneyError::Overflow`].
@@ -199,11 +180,7 @@ pub fn allocate(total: i64, weights: &[i64]) -> Result<Vec<i64>, MoneyError> {
         return Err(MoneyError::InvalidAmount("negative weight".into()));
     }
     let even = vec![1i64; weights.len()];
-    let weights = if weights.iter().all(|w| *w == 0) {
-        &even[..]
-    } else {
-        weights
-    };
+    let weights = if weights.iter().all(|w| *w == 0) { &even[..] } else { weights };
     let sum: i128 = weights.iter().map(|w| i128::from(*w)).sum();
     let t = i128::from(total);
     let mut parts = Vec::with_capacity(weights.len());
@@ -229,8 +206,8 @@ pub fn allocate(total: i64, weights: &[i64]) -> Result<Vec<i64>, MoneyError> {
 /// Number of decimal places of a currency's minor unit (ISO 4217): 2 unless listed.
 pub fn minor_unit_exponent(currency: &str) -> u32 {
     match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI" | "VND"
+        | "VUV" | "XAF" | "XOF" | "XPF" => 0,
         "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
         "CLF" | "UYW" => 4,
         _ => 2,
@@ -265,11 +242,8 @@ pub fn parse_decimal(text: &str, currency: &str, rounding: Rounding) -> Result<i
         n = -n;
     }
     let exp = minor_unit_exponent(currency);
-    let minor = if scale <= exp {
-        n * 10i128.pow(exp - scale)
-    } else {
-        div_round(n, 10i128.pow(scale - exp), rounding)?
-    };
+    let minor =
+        if scale <= exp { n * 10i128.pow(exp - scale) } else { div_round(n, 10i128.pow(scale - exp), rounding)? };
     to_i64(minor)
 }
 
@@ -283,12 +257,7 @@ pub fn format(minor: i64, currency: &str) -> String {
         return format!("{sign}{abs} {currency}");
     }
     let div = 10u64.pow(exp);
-    format!(
-        "{sign}{}.{:0width$} {currency}",
-        abs / div,
-        abs % div,
-        width = exp as usize
-    )
+    format!("{sign}{}.{:0width$} {currency}", abs / div, abs % div, width = exp as usize)
 }
 
 #[cfg(test)]
@@ -309,16 +278,8 @@ mod tests {
         for (n, down, up, half_up, half_even, floor, ceil) in cases {
             assert_eq!(div_round(n, 10, Rounding::Down), Ok(down), "{n} down");
             assert_eq!(div_round(n, 10, Rounding::Up), Ok(up), "{n} up");
-            assert_eq!(
-                div_round(n, 10, Rounding::HalfUp),
-                Ok(half_up),
-                "{n} half up"
-            );
-            assert_eq!(
-                div_round(n, 10, Rounding::HalfEven),
-                Ok(half_even),
-                "{n} half even"
-            );
+            assert_eq!(div_round(n, 10, Rounding::HalfUp), Ok(half_up), "{n} half up");
+            assert_eq!(div_round(n, 10, Rounding::HalfEven), Ok(half_even), "{n} half even");
             assert_eq!(div_round(n, 10, Rounding::Floor), Ok(floor), "{n} floor");
             assert_eq!(div_round(n, 10, Rounding::Ceiling), Ok(ceil), "{n} ceiling");
         }
@@ -344,10 +305,7 @@ mod tests {
     fn overflow_is_an_error_not_a_wrap() {
         assert_eq!(checked_add(i64::MAX, 1), Err(MoneyError::Overflow));
         assert_eq!(checked_sum([i64::MAX, 1]), Err(MoneyError::Overflow));
-        assert_eq!(
-            apply_bps(i64::MAX, 20_000, Rounding::Down),
-            Err(MoneyError::Overflow)
-        );
+        assert_eq!(apply_bps(i64::MAX, 20_000, Rounding::Down), Err(MoneyError::Overflow));
         assert_eq!(apply_bps(i64::MAX, 10_000, Rounding::Down), Ok(i64::MAX));
         assert_eq!(checked_mul(i64::MIN, -1), Err(MoneyError::Overflow));
     }

@@ -54,9 +54,7 @@ pub fn take_logs() -> Vec<(Level, String)> {
 /// Answers the plugin's HTTP requests in native tests.
 #[cfg(feature = "adapter")]
 pub type HttpHandler =
-    dyn Fn(
-        &crate::adapter::http::Request,
-    ) -> Result<crate::adapter::http::Response, crate::adapter::http::HttpError>;
+    dyn Fn(&crate::adapter::http::Request) -> Result<crate::adapter::http::Response, crate::adapter::http::HttpError>;
 
 /// Installs the function that answers `adapter::http::fetch` on this thread. Without one,
 /// every request is denied, as the host denies hosts a manifest does not declare.
@@ -85,12 +83,7 @@ pub(crate) fn http_fetch(
 
 /// A rule context at a fixed time (2026-01-01T00:00:00Z) with no history.
 pub fn context() -> RuleContext {
-    RuleContext {
-        now: 1_767_225_600_000,
-        prior_orders: 0,
-        decision_so_far: None,
-        attributes: Vec::new(),
-    }
+    RuleContext { now: 1_767_225_600_000, prior_orders: 0, decision_so_far: None, attributes: Vec::new() }
 }
 
 /// Starts building a test order.
@@ -160,8 +153,5 @@ impl OrderBuilder {
 /// Asserts that a decision's lines add up to its total, the invariant the host checks.
 pub fn assert_consistent(decision: &RuleDecision) {
     let sum: i64 = decision.lines.iter().map(|l| l.amount).sum();
-    assert_eq!(
-        sum, decision.total.minor,
-        "lines must add up to the total: {decision:?}"
-    );
+    assert_eq!(sum, decision.total.minor, "lines must add up to the total: {decision:?}");
 }

@@ -1,18 +1,13 @@
 //! Convenience methods on the generated contract types.
 
 use crate::money::{self, MoneyError};
-use crate::types::{
-    ConversionState, Exclusion, LineCashback, LineItem, Money, PluginError, RuleDecision,
-};
+use crate::types::{ConversionState, Exclusion, LineCashback, LineItem, Money, PluginError, RuleDecision};
 use std::fmt;
 
 impl Money {
     /// `minor` units of `currency`.
     pub fn new(minor: i64, currency: &str) -> Money {
-        Money {
-            minor,
-            currency: currency.to_string(),
-        }
+        Money { minor, currency: currency.to_string() }
     }
 
     /// Zero in `currency`.
@@ -23,29 +18,20 @@ impl Money {
     /// The sum of two amounts of the same currency.
     pub fn checked_add(&self, other: &Money) -> Result<Money, MoneyError> {
         self.same_currency(other)?;
-        Ok(Money::new(
-            money::checked_add(self.minor, other.minor)?,
-            &self.currency,
-        ))
+        Ok(Money::new(money::checked_add(self.minor, other.minor)?, &self.currency))
     }
 
     /// The difference of two amounts of the same currency.
     pub fn checked_sub(&self, other: &Money) -> Result<Money, MoneyError> {
         self.same_currency(other)?;
-        Ok(Money::new(
-            money::checked_sub(self.minor, other.minor)?,
-            &self.currency,
-        ))
+        Ok(Money::new(money::checked_sub(self.minor, other.minor)?, &self.currency))
     }
 
     fn same_currency(&self, other: &Money) -> Result<(), MoneyError> {
         if self.currency == other.currency {
             Ok(())
         } else {
-            Err(MoneyError::CurrencyMismatch {
-                left: self.currency.clone(),
-                right: other.currency.clone(),
-            })
+            Err(MoneyError::CurrencyMismatch { left: self.currency.clone(), right: other.currency.clone() })
         }
     }
 }
@@ -92,21 +78,13 @@ impl RuleDecision {
         reason: &str,
     ) -> Result<(), MoneyError> {
         self.total.minor = money::checked_add(self.total.minor, amount)?;
-        self.lines.push(LineCashback {
-            line_id: line.id.clone(),
-            amount,
-            rate_bps,
-            reason: reason.to_string(),
-        });
+        self.lines.push(LineCashback { line_id: line.id.clone(), amount, rate_bps, reason: reason.to_string() });
         Ok(())
     }
 
     /// Excludes `line` (it earns nothing) with a reason.
     pub fn exclude(&mut self, line: &LineItem, reason: &str) {
-        self.exclusions.push(Exclusion {
-            line_id: line.id.clone(),
-            reason: reason.to_string(),
-        });
+        self.exclusions.push(Exclusion { line_id: line.id.clone(), reason: reason.to_string() });
     }
 
     /// Sends the order to manual review with a reason.

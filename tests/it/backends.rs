@@ -11,38 +11,36 @@ use tokio::sync::OnceCell;
 pub struct TestDb {
     pub db: Db,
     pub name: &'static str,
+    url: String,
     _dir: Option<tempfile::TempDir>,
     pg_database: Option<String>,
 }
 
 impl TestDb {
+    /// The URL the database was opened with, for another process (the load binary).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Drops the PostgreSQL database (SQLite's directory goes with the value).
     pub async fn cleanup(self) {
         self.db.pool.close().await;
         if let Some(name) = self.pg_database
             && let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await
         {
-            let _ = admin
-                .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
-                .await;
+            let _ = admin.execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str()).await;
         }
     }
 }
 
 fn admin_url() -> String {
-    std::env::var("CASHBACKD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("CASHBACKD_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 pub async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("cashbackd.db").display());
-    TestDb {
-        db: Db::connect(&url).await.expect("sqlite"),
-        name: "sqlite",
-        _dir: Some(dir),
-        pg_database: None,
-    }
+    TestDb { db: Db::connect(&url).await.expect("sqlite"), name: "sqlite", url, _dir: Some(dir), pg_database: None }
 }
 
 /// Whether PostgreSQL answers; the first call also drops databases left by crashed runs.
@@ -50,25 +48,19 @@ async fn postgres_available() -> bool {
     static AVAILABLE: OnceCell<bool> = OnceCell::const_new();
     *AVAILABLE
         .get_or_init(|| async {
-            let connect = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                sqlx::PgConnection::connect(&admin_url()),
-            )
-            .await;
+            let connect =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sqlx::PgConnection::connect(&admin_url()))
+                    .await;
             match connect {
                 Ok(Ok(mut admin)) => {
-                    let stale: Vec<(String,)> = sqlx::query_as(
-                        "SELECT datname FROM pg_database WHERE datname LIKE 'cbt\\_%'",
-                    )
-                    .fetch_all(&mut admin)
-                    .await
-                    .unwrap_or_default();
+                    let stale: Vec<(String,)> =
+                        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'cbt\\_%'")
+                            .fetch_all(&mut admin)
+                            .await
+                            .unwrap_or_default();
                     for (name,) in stale {
-                        let _ = admin
-                            .execute(
-                                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
-                            )
-                            .await;
+                        let _ =
+                            admin.execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str()).await;
                     }
                     true
                 }
@@ -83,10 +75,7 @@ fn unavailable(why: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("PostgreSQL at {} is required in CI: {why}", admin_url());
     }
-    eprintln!(
-        "SKIPPING the PostgreSQL half of the conformance tests: {} does not answer ({why})",
-        admin_url()
-    );
+    eprintln!("SKIPPING the PostgreSQL half of the conformance tests: {} does not answer ({why})", admin_url());
     false
 }
 
@@ -95,35 +84,17 @@ pub async fn postgres() -> Option<TestDb> {
     if !postgres_available().await {
         return None;
     }
-    let name = format!(
-        "cbt_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst),
-        rand_suffix()
-    );
-    let mut admin = sqlx::PgConnection::connect(&admin_url())
-        .await
-        .expect("admin connection");
-    admin
-        .execute(format!("CREATE DATABASE \"{name}\"").as_str())
-        .await
-        .expect("create test database");
+    let name = format!("cbt_{}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst), rand_suffix());
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("admin connection");
+    admin.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.expect("create test database");
     let mut url = url::Url::parse(&admin_url()).expect("url");
     url.set_path(&name);
     let db = Db::connect(url.as_str()).await.expect("postgres");
-    Some(TestDb {
-        db,
-        name: "postgres",
-        _dir: None,
-        pg_database: Some(name),
-    })
+    Some(TestDb { db, name: "postgres", url: url.to_string(), _dir: None, pg_database: Some(name) })
 }
 
 fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
 }
 
 /// SQLite, and PostgreSQL when it answers.

@@ -17,10 +17,7 @@ pub fn target_dir() -> PathBuf {
 
 /// The built component of a plugin crate (`flat_rate`, `hostile_rule`...).
 pub fn plugin_path(target: &str, crate_name: &str) -> PathBuf {
-    let path = target_dir()
-        .join("plugins")
-        .join(target)
-        .join(format!("{crate_name}.wasm"));
+    let path = target_dir().join("plugins").join(target).join(format!("{crate_name}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: run scripts/build-plugins.sh first (the README's test command does)",
@@ -41,32 +38,19 @@ pub fn shared_store() -> PathBuf {
 /// The runtime every test shares, like a server process shares one.
 pub fn runtime() -> &'static Arc<PluginRuntime> {
     static RUNTIME: OnceLock<Arc<PluginRuntime>> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        Arc::new(PluginRuntime::new(RuntimeConfig::new(shared_store())).expect("runtime"))
-    })
+    RUNTIME.get_or_init(|| Arc::new(PluginRuntime::new(RuntimeConfig::new(shared_store())).expect("runtime")))
 }
 
 pub fn load(target: &str, crate_name: &str) -> Arc<LoadedPlugin> {
-    runtime()
-        .load(&plugin_bytes(target, crate_name))
-        .expect("load plugin")
+    runtime().load(&plugin_bytes(target, crate_name)).expect("load plugin")
 }
 
 pub fn config(plugin: &LoadedPlugin, json: serde_json::Value) -> cashbackd::plugin::PluginConfig {
-    plugin
-        .manifest
-        .validate_config(&json)
-        .expect("valid config")
+    plugin.manifest.validate_config(&json).expect("valid config")
 }
 
 pub fn line(id: &str, category: &str, amount: i64) -> latest::LineItem {
-    latest::LineItem {
-        id: id.into(),
-        sku: format!("SKU-{id}"),
-        category: category.into(),
-        quantity: 1,
-        amount,
-    }
+    latest::LineItem { id: id.into(), sku: format!("SKU-{id}"), category: category.into(), quantity: 1, amount }
 }
 
 pub fn order(id: &str, lines: Vec<latest::LineItem>) -> latest::Order {

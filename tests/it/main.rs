@@ -6,7 +6,9 @@
 
 mod backends;
 mod common;
+mod crash;
 mod ledger;
+mod ledger_props;
 mod plugin_cli;
 mod plugin_runtime;
 mod sandbox;

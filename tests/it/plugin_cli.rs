@@ -9,11 +9,7 @@ fn cashbackd(args: &[&str]) -> (bool, String) {
         .env("CASHBACKD_PLUGIN_STORE", shared_store())
         .output()
         .expect("run cashbackd");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -59,13 +55,8 @@ fn test_runs_the_embedded_fixtures_and_an_extra_file_in_the_sandbox() {
             "expect": {"total": {"minor": 11}}}]"#,
     )
     .expect("write");
-    let (ok, out) = cashbackd(&[
-        "plugin",
-        "test",
-        path.to_str().expect("utf8"),
-        "--fixtures",
-        extra.to_str().expect("utf8"),
-    ]);
+    let (ok, out) =
+        cashbackd(&["plugin", "test", path.to_str().expect("utf8"), "--fixtures", extra.to_str().expect("utf8")]);
     assert!(!ok, "a failing fixture fails the command:\n{out}");
     assert!(out.contains("FAIL a wrong expectation fails"), "{out}");
     assert!(out.contains("$.total.minor: expected 11, got 10"), "{out}");
@@ -84,16 +75,10 @@ fn a_file_that_is_not_a_plugin_gets_a_clear_message() {
 
 #[test]
 fn demo_evaluates_orders_with_the_first_party_rule() {
-    let dir = plugin_path(WASIP2, "flat_rate")
-        .parent()
-        .expect("dir")
-        .to_path_buf();
+    let dir = plugin_path(WASIP2, "flat_rate").parent().expect("dir").to_path_buf();
     let (ok, out) = cashbackd(&["demo", "--plugins", dir.to_str().expect("utf8")]);
     assert!(ok, "{out}");
     assert!(out.contains("order o-1002"), "{out}");
-    assert!(
-        out.contains("category gift-cards earns no cashback"),
-        "{out}"
-    );
+    assert!(out.contains("category gift-cards earns no cashback"), "{out}");
     assert!(out.contains("capped at 25.00 EUR"), "{out}");
 }

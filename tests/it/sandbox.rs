@@ -12,14 +12,7 @@ use std::net::TcpListener;
 fn run_mode(target: &str, mode: &str) -> Result<latest::RuleDecision, CallError> {
     let plugin = load(target, "hostile_rule");
     let order = order("o-1", vec![line("l1", "books", 10_000)]);
-    runtime()
-        .evaluate(
-            &plugin,
-            &config(&plugin, json!({ "mode": mode })),
-            &order,
-            &context(1_767_225_600_000),
-        )
-        .result
+    runtime().evaluate(&plugin, &config(&plugin, json!({ "mode": mode })), &order, &context(1_767_225_600_000)).result
 }
 
 /// A healthy call on the same runtime right after the hostile one.
@@ -29,12 +22,7 @@ fn healthy_call_succeeds(target: &str) {
     let flat = load(WASIP2, "flat_rate");
     let order = order("o-2", vec![line("l1", "books", 1_000)]);
     let d = runtime()
-        .evaluate(
-            &flat,
-            &config(&flat, json!({"rate_bps": 500})),
-            &order,
-            &context(0),
-        )
+        .evaluate(&flat, &config(&flat, json!({"rate_bps": 500})), &order, &context(0))
         .result
         .expect("another plugin still works");
     assert_eq!(d.total.minor, 50);
@@ -47,17 +35,12 @@ fn expect_limit(
 ) -> String {
     match result {
         Err(e @ CallError::Limit { .. }) => {
-            let CallError::Limit { plugin, limit } = &e else {
-                unreachable!()
-            };
+            let CallError::Limit { plugin, limit } = &e else { unreachable!() };
             assert!(expected(limit), "expected the {what} limit, got {limit:?}");
             assert_eq!(plugin.name, "hostile-rule");
             assert_eq!(plugin.version, "0.1.0");
             let message = e.to_string();
-            assert!(
-                message.contains("hostile-rule@0.1.0"),
-                "the error names the plugin and version: {message}"
-            );
+            assert!(message.contains("hostile-rule@0.1.0"), "the error names the plugin and version: {message}");
             message
         }
         other => panic!("expected the {what} limit, got {other:?}"),
@@ -68,11 +51,7 @@ fn expect_limit(
 fn an_infinite_loop_fails_its_call_at_the_deadline_and_the_next_call_succeeds() {
     for target in [WASIP2, UNKNOWN] {
         let started = std::time::Instant::now();
-        let msg = expect_limit(
-            run_mode(target, "loop"),
-            |l| matches!(l, LimitHit::Deadline { ms: 200 }),
-            "deadline",
-        );
+        let msg = expect_limit(run_mode(target, "loop"), |l| matches!(l, LimitHit::Deadline { ms: 200 }), "deadline");
         assert!(msg.contains("deadline of 200 ms"), "{msg}");
         // Not a timing assertion on speed, a bound proving the loop was stopped at all.
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
@@ -83,11 +62,7 @@ fn an_infinite_loop_fails_its_call_at_the_deadline_and_the_next_call_succeeds() 
 #[test]
 fn a_memory_bomb_hits_the_memory_cap() {
     for target in [WASIP2, UNKNOWN] {
-        let msg = expect_limit(
-            run_mode(target, "memory"),
-            |l| matches!(l, LimitHit::Memory { .. }),
-            "memory",
-        );
+        let msg = expect_limit(run_mode(target, "memory"), |l| matches!(l, LimitHit::Memory { .. }), "memory");
         assert!(msg.contains("memory cap of 8 MiB"), "{msg}");
         healthy_call_succeeds(target);
     }
@@ -96,11 +71,7 @@ fn a_memory_bomb_hits_the_memory_cap() {
 #[test]
 fn deep_recursion_hits_the_stack_limit() {
     for target in [WASIP2, UNKNOWN] {
-        let msg = expect_limit(
-            run_mode(target, "recursion"),
-            |l| matches!(l, LimitHit::Stack),
-            "stack",
-        );
+        let msg = expect_limit(run_mode(target, "recursion"), |l| matches!(l, LimitHit::Stack), "stack");
         assert!(msg.contains("stack"), "{msg}");
         healthy_call_succeeds(target);
     }
@@ -112,10 +83,7 @@ fn recursion_that_overflows_the_plugins_own_shadow_stack_traps_naming_the_plugin
         match run_mode(target, "shadow-recursion") {
             Err(e @ CallError::Trap { .. }) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.contains("hostile-rule@0.1.0") && msg.contains("shadow stack"),
-                    "{msg}"
-                );
+                assert!(msg.contains("hostile-rule@0.1.0") && msg.contains("shadow stack"), "{msg}");
             }
             other => panic!("expected a trap, got {other:?}"),
         }
@@ -136,11 +104,7 @@ fn an_oversized_output_hits_the_output_cap() {
 
 #[test]
 fn a_log_flood_hits_the_log_cap() {
-    let msg = expect_limit(
-        run_mode(WASIP2, "log-flood"),
-        |l| matches!(l, LimitHit::LogBytes { cap: 4096 }),
-        "log",
-    );
+    let msg = expect_limit(run_mode(WASIP2, "log-flood"), |l| matches!(l, LimitHit::LogBytes { cap: 4096 }), "log");
     assert!(msg.contains("max-log-bytes"), "{msg}");
     healthy_call_succeeds(WASIP2);
 }
@@ -152,10 +116,7 @@ fn a_panic_traps_with_the_plugin_name_and_its_panic_message() {
             Err(e @ CallError::Trap { .. }) => {
                 let msg = e.to_string();
                 assert!(msg.contains("hostile-rule@0.1.0"), "{msg}");
-                assert!(
-                    msg.contains("the rule gave up on order o-1"),
-                    "the panic message reaches the error: {msg}"
-                );
+                assert!(msg.contains("the rule gave up on order o-1"), "the panic message reaches the error: {msg}");
             }
             other => panic!("expected a trap, got {other:?}"),
         }
@@ -178,56 +139,18 @@ fn limits_can_be_tightened_in_the_host_config() {
     let mut cfg = RuntimeConfig::new(shared_store());
     cfg.overrides.insert(
         "hostile-rule".into(),
-        LimitsOverride {
-            deadline_ms: Some(30),
-            memory_mib: Some(2),
-            max_log_bytes: Some(1000),
-            ..Default::default()
-        },
+        LimitsOverride { deadline_ms: Some(30), memory_mib: Some(2), max_log_bytes: Some(1000), ..Default::default() },
     );
     let runtime = PluginRuntime::new(cfg).expect("runtime");
-    let plugin = runtime
-        .load(&plugin_bytes(WASIP2, "hostile_rule"))
-        .expect("load");
-    assert_eq!(
-        (
-            plugin.limits.deadline_ms,
-            plugin.limits.memory_mib,
-            plugin.limits.max_log_bytes
-        ),
-        (30, 2, 1000)
-    );
+    let plugin = runtime.load(&plugin_bytes(WASIP2, "hostile_rule")).expect("load");
+    assert_eq!((plugin.limits.deadline_ms, plugin.limits.memory_mib, plugin.limits.max_log_bytes), (30, 2, 1000));
     let order = order("o-1", vec![line("l1", "books", 10_000)]);
-    let run = |mode: &str| {
-        runtime
-            .evaluate(
-                &plugin,
-                &config(&plugin, json!({ "mode": mode })),
-                &order,
-                &context(0),
-            )
-            .result
-    };
-    expect_limit(
-        run("loop"),
-        |l| matches!(l, LimitHit::Deadline { ms: 30 }),
-        "deadline",
-    );
-    expect_limit(
-        run("memory"),
-        |l| matches!(l, LimitHit::Memory { bytes } if *bytes == 2 << 20),
-        "memory",
-    );
-    expect_limit(
-        run("log-flood"),
-        |l| matches!(l, LimitHit::LogBytes { cap: 1000 }),
-        "log",
-    );
-    assert_eq!(
-        runtime.compilations(),
-        0,
-        "the shared artifact cache served the compiled component"
-    );
+    let run =
+        |mode: &str| runtime.evaluate(&plugin, &config(&plugin, json!({ "mode": mode })), &order, &context(0)).result;
+    expect_limit(run("loop"), |l| matches!(l, LimitHit::Deadline { ms: 30 }), "deadline");
+    expect_limit(run("memory"), |l| matches!(l, LimitHit::Memory { bytes } if *bytes == 2 << 20), "memory");
+    expect_limit(run("log-flood"), |l| matches!(l, LimitHit::LogBytes { cap: 1000 }), "log");
+    assert_eq!(runtime.compilations(), 0, "the shared artifact cache served the compiled component");
 }
 
 #[test]
@@ -235,14 +158,8 @@ fn a_manifest_asking_more_than_the_host_maximum_is_refused() {
     let mut cfg = RuntimeConfig::new(shared_store());
     cfg.maxima.memory_mib = 4; // hostile-rule asks for 8
     let runtime = PluginRuntime::new(cfg).expect("runtime");
-    let err = runtime
-        .load(&plugin_bytes(WASIP2, "hostile_rule"))
-        .expect_err("over the maximum")
-        .to_string();
-    assert!(
-        err.contains("limits.memory-mib") && err.contains("exceeds the host's maximum of 4"),
-        "{err}"
-    );
+    let err = runtime.load(&plugin_bytes(WASIP2, "hostile_rule")).expect_err("over the maximum").to_string();
+    assert!(err.contains("limits.memory-mib") && err.contains("exceeds the host's maximum of 4"), "{err}");
 }
 
 /// A real HTTP server on loopback that answers each request with what it received.
@@ -270,11 +187,8 @@ fn echo_server(requests: usize) -> (String, std::thread::JoinHandle<Vec<String>>
                 .map(|l| l["authorization:".len()..].trim().to_string())
                 .unwrap_or_default();
             let body = format!("auth={auth}");
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let _ =
+                write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             seen.push(head);
         }
         seen
@@ -284,19 +198,9 @@ fn echo_server(requests: usize) -> (String, std::thread::JoinHandle<Vec<String>>
 
 fn import(mode: &str, url: &str) -> Result<latest::Page, CallError> {
     let plugin = load(WASIP2, "hostile_adapter");
-    let cfg = config(
-        &plugin,
-        json!({"mode": mode, "url": url, "api_key": "s3cret-token"}),
-    );
-    assert!(
-        !cfg.json.contains("s3cret-token"),
-        "the plugin's config never holds the secret"
-    );
-    let request = ImportRequest {
-        window_start: 0,
-        window_end: 1,
-        cursor: None,
-    };
+    let cfg = config(&plugin, json!({"mode": mode, "url": url, "api_key": "s3cret-token"}));
+    assert!(!cfg.json.contains("s3cret-token"), "the plugin's config never holds the secret");
+    let request = ImportRequest { window_start: 0, window_end: 1, cursor: None };
     runtime().import_page(&plugin, &cfg, &request).result
 }
 
@@ -304,10 +208,7 @@ fn import(mode: &str, url: &str) -> Result<latest::Page, CallError> {
 fn a_declared_host_is_reached_with_the_credential_added_by_the_host() {
     let (url, server) = echo_server(1);
     let page = import("fetch", &url).expect("declared host");
-    assert_eq!(
-        page.next_cursor.as_deref(),
-        Some("200 auth=Bearer s3cret-token")
-    );
+    assert_eq!(page.next_cursor.as_deref(), Some("200 auth=Bearer s3cret-token"));
     let seen = server.join().expect("server");
     assert!(seen[0].starts_with("GET /report HTTP/1.1"), "{seen:?}");
 }
@@ -318,12 +219,7 @@ fn an_undeclared_host_is_denied_naming_the_host() {
         Err(e @ CallError::Denied { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains("hostile-adapter@0.1.0"), "{msg}");
-            assert!(
-                msg.contains(
-                    "\"evil.example\" is not declared in the manifest (declared: 127.0.0.1)"
-                ),
-                "{msg}"
-            );
+            assert!(msg.contains("\"evil.example\" is not declared in the manifest (declared: 127.0.0.1)"), "{msg}");
         }
         other => panic!("expected a denial, got {other:?}"),
     }
@@ -344,15 +240,8 @@ fn a_credential_the_manifest_does_not_declare_is_denied() {
 fn a_request_flood_hits_the_request_budget() {
     let (url, server) = echo_server(3);
     match import("request-flood", &url) {
-        Err(CallError::Limit {
-            limit: LimitHit::HttpRequests { cap: 3 },
-            ..
-        }) => {}
+        Err(CallError::Limit { limit: LimitHit::HttpRequests { cap: 3 }, .. }) => {}
         other => panic!("expected the request budget, got {other:?}"),
     }
-    assert_eq!(
-        server.join().expect("server").len(),
-        3,
-        "exactly the budget reached the server"
-    );
+    assert_eq!(server.join().expect("server").len(), 3, "exactly the budget reached the server");
 }

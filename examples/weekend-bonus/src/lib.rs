@@ -22,19 +22,10 @@ impl Rule for WeekendBonus {
         let config: Config = config::get()?;
         let weekend = is_weekend(order.event_time);
         let bps = config.base_bps + if weekend { config.weekend_bonus_bps } else { 0 };
-        let reason = if weekend {
-            format!("{} (weekend bonus)", Bps(bps))
-        } else {
-            Bps(bps).to_string()
-        };
+        let reason = if weekend { format!("{} (weekend bonus)", Bps(bps)) } else { Bps(bps).to_string() };
         let mut decision = RuleDecision::empty(&order.amount.currency);
         for line in &order.line_items {
-            decision.credit_line(
-                line,
-                Bps(bps).of(line.amount, Rounding::Down)?,
-                Some(bps),
-                &reason,
-            )?;
+            decision.credit_line(line, Bps(bps).of(line.amount, Rounding::Down)?, Some(bps), &reason)?;
         }
         Ok(decision)
     }
@@ -52,19 +43,8 @@ mod tests {
         testing::set_config(r#"{"base_bps": 200, "weekend_bonus_bps": 300}"#);
         let saturday = 1_767_398_400_000; // 2026-01-03T00:00:00Z
         let friday = saturday - 1;
-        let order = |at| {
-            testing::order("o", "EUR")
-                .line("l1", "A", "books", 1, 10_000)
-                .event_time(at)
-                .build()
-        };
-        assert_eq!(
-            WeekendBonus::evaluate(&order(saturday), &testing::context()).map(|d| d.total.minor),
-            Ok(500)
-        );
-        assert_eq!(
-            WeekendBonus::evaluate(&order(friday), &testing::context()).map(|d| d.total.minor),
-            Ok(200)
-        );
+        let order = |at| testing::order("o", "EUR").line("l1", "A", "books", 1, 10_000).event_time(at).build();
+        assert_eq!(WeekendBonus::evaluate(&order(saturday), &testing::context()).map(|d| d.total.minor), Ok(500));
+        assert_eq!(WeekendBonus::evaluate(&order(friday), &testing::context()).map(|d| d.total.minor), Ok(200));
     }
 }

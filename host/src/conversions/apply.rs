@@ -5,10 +5,7 @@
 //! operation.
 
 use super::lifecycle::{Booked, Current, Step, step, target};
-use super::{
-    ApplyError, Command, Evaluation, Outcome, ReviewAction, State, Status, conversion_id,
-    fingerprint,
-};
+use super::{ApplyError, Command, Evaluation, Outcome, ReviewAction, State, Status, conversion_id, fingerprint};
 use crate::clock::{DAY_MS, Millis};
 use crate::ledger::{self, AccountKind, Entry, PLATFORM, PluginRefs, Posting};
 use crate::plugin::wit::latest;
@@ -131,18 +128,9 @@ fn from_row(r: &AnyRow) -> Result<ConversionRow, sqlx::Error> {
 }
 
 /// Loads a conversion.
-pub async fn load(
-    conn: &mut AnyConnection,
-    id: &str,
-) -> Result<Option<ConversionRow>, sqlx::Error> {
+pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<ConversionRow>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM conversions WHERE id = $1");
-    sqlx::query(&sql)
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    sqlx::query(&sql).bind(id).fetch_optional(conn).await?.as_ref().map(from_row).transpose()
 }
 
 /// Loads conversions by status, oldest report first.
@@ -151,24 +139,11 @@ pub async fn by_status(
     status: Status,
     limit: i64,
 ) -> Result<Vec<ConversionRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM conversions WHERE status = $1 ORDER BY reported_at, id LIMIT $2"
-    );
-    sqlx::query(&sql)
-        .bind(status.as_str())
-        .bind(limit)
-        .fetch_all(conn)
-        .await?
-        .iter()
-        .map(from_row)
-        .collect()
+    let sql = format!("SELECT {COLUMNS} FROM conversions WHERE status = $1 ORDER BY reported_at, id LIMIT $2");
+    sqlx::query(&sql).bind(status.as_str()).bind(limit).fetch_all(conn).await?.iter().map(from_row).collect()
 }
 
-async fn save(
-    conn: &mut AnyConnection,
-    r: &ConversionRow,
-    insert: bool,
-) -> Result<(), sqlx::Error> {
+async fn save(conn: &mut AnyConnection, r: &ConversionRow, insert: bool) -> Result<(), sqlx::Error> {
     let sql = if insert {
         format!(
             "INSERT INTO conversions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
@@ -272,15 +247,13 @@ pub async fn attribute(
 ) -> Result<Attribution, sqlx::Error> {
     let mut a = Attribution::default();
     let Some(click_id) = click_id else {
-        a.missing =
-            Some("no click id reported: the conversion cannot be attributed to a user".into());
+        a.missing = Some("no click id reported: the conversion cannot be attributed to a user".into());
         return Ok(a);
     };
-    let click =
-        sqlx::query("SELECT user_id, merchant_id, created_at FROM clicks WHERE click_id = $1")
-            .bind(click_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let click = sqlx::query("SELECT user_id, merchant_id, created_at FROM clicks WHERE click_id = $1")
+        .bind(click_id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(click) = click else {
         a.missing = Some(format!("customer not found: click {click_id} is unknown"));
         return Ok(a);
@@ -288,27 +261,20 @@ pub async fn attribute(
     let user: String = click.try_get(0)?;
     a.merchant_id = click.try_get(1)?;
     a.clicked_at = Some(click.try_get(2)?);
-    let known = sqlx::query("SELECT 1 FROM users WHERE id = $1")
-        .bind(&user)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let known = sqlx::query("SELECT 1 FROM users WHERE id = $1").bind(&user).fetch_optional(&mut *conn).await?;
     a.user_id = Some(user.clone());
     if known.is_none() {
-        a.missing = Some(format!(
-            "customer not found: user {user} has no account yet"
-        ));
+        a.missing = Some(format!("customer not found: user {user} has no account yet"));
         return Ok(a);
     }
     if a.merchant_id.is_none()
         && let Some(r) = merchant_ref
     {
-        let row = sqlx::query(
-            "SELECT merchant_id FROM merchant_refs WHERE network_id = $1 AND merchant_ref = $2",
-        )
-        .bind(network)
-        .bind(r)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let row = sqlx::query("SELECT merchant_id FROM merchant_refs WHERE network_id = $1 AND merchant_ref = $2")
+            .bind(network)
+            .bind(r)
+            .fetch_optional(&mut *conn)
+            .await?;
         a.merchant_id = row.map(|row| row.try_get(0)).transpose()?;
     }
     if a.merchant_id.is_none() {
@@ -320,10 +286,7 @@ pub async fn attribute(
 }
 
 /// A merchant's processing mode and default reward delay.
-pub async fn merchant_settings(
-    conn: &mut AnyConnection,
-    merchant: &str,
-) -> Result<(String, i64), ApplyError> {
+pub async fn merchant_settings(conn: &mut AnyConnection, merchant: &str) -> Result<(String, i64), ApplyError> {
     let row = sqlx::query("SELECT processing_mode, reward_delay_days FROM merchants WHERE id = $1")
         .bind(merchant)
         .fetch_optional(conn)
@@ -352,34 +315,36 @@ pub async fn journal_and_apply(
     };
     let payload = serde_json::to_string(command).map_err(|e| ApplyError::Invalid(e.to_string()))?;
     let inserted = match replay_seq {
-        Some(seq) => sqlx::query(
-            "INSERT INTO journal (seq, kind, fingerprint, payload, recorded_at) VALUES ($1, $2, $3, $4, $5) \
+        Some(seq) => {
+            sqlx::query(
+                "INSERT INTO journal (seq, kind, fingerprint, payload, recorded_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT DO NOTHING RETURNING seq",
-        )
-        .bind(seq)
-        .bind(kind)
-        .bind(&fp)
-        .bind(&payload)
-        .bind(at)
-        .fetch_optional(&mut *conn)
-        .await?,
-        None => sqlx::query(
-            "INSERT INTO journal (kind, fingerprint, payload, recorded_at) VALUES ($1, $2, $3, $4) \
+            )
+            .bind(seq)
+            .bind(kind)
+            .bind(&fp)
+            .bind(&payload)
+            .bind(at)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "INSERT INTO journal (kind, fingerprint, payload, recorded_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT DO NOTHING RETURNING seq",
-        )
-        .bind(kind)
-        .bind(&fp)
-        .bind(&payload)
-        .bind(at)
-        .fetch_optional(&mut *conn)
-        .await?,
+            )
+            .bind(kind)
+            .bind(&fp)
+            .bind(&payload)
+            .bind(at)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
     };
     let Some(row) = inserted else {
         // Only a network event has a fingerprint, so only an event can collide.
         let Command::Event { event, .. } = command else {
-            return Err(ApplyError::Invalid(format!(
-                "journal entry {replay_seq:?} exists already"
-            )));
+            return Err(ApplyError::Invalid(format!("journal entry {replay_seq:?} exists already")));
         };
         let id = conversion_id(&event.network, &event.transaction_id);
         if load(conn, &id).await?.is_some() {
@@ -412,13 +377,8 @@ async fn apply(
         Command::Event { event, evaluation } => {
             apply_event(conn, seq, at, event, evaluation.as_ref(), expected_version).await
         }
-        Command::Reprocess {
-            conversion_id,
-            evaluation,
-        } => {
-            let mut r = load(conn, conversion_id)
-                .await?
-                .ok_or_else(|| unknown(conversion_id))?;
+        Command::Reprocess { conversion_id, evaluation } => {
+            let mut r = load(conn, conversion_id).await?.ok_or_else(|| unknown(conversion_id))?;
             check_version(Some(&r), expected_version)?;
             if !matches!(r.status, Status::Parked | Status::Failed) {
                 return Ok(Outcome::Ignored {
@@ -427,34 +387,13 @@ async fn apply(
                 });
             }
             let plugins = settle(conn, &mut r, true, false, evaluation.as_ref(), at).await?;
-            finish(
-                conn,
-                r,
-                seq,
-                at,
-                "reprocess",
-                "processed again",
-                plugins,
-                None,
-                false,
-            )
-            .await
+            finish(conn, r, seq, at, "reprocess", "processed again", plugins, None, false).await
         }
-        Command::Review {
-            conversion_id,
-            action,
-            operator,
-            reason,
-        } => {
-            let mut r = load(conn, conversion_id)
-                .await?
-                .ok_or_else(|| unknown(conversion_id))?;
+        Command::Review { conversion_id, action, operator, reason } => {
+            let mut r = load(conn, conversion_id).await?.ok_or_else(|| unknown(conversion_id))?;
             check_version(Some(&r), expected_version)?;
             if !r.status.in_review() {
-                return Err(ApplyError::Invalid(format!(
-                    "conversion {} is {}, not awaiting review",
-                    r.id, r.status
-                )));
+                return Err(ApplyError::Invalid(format!("conversion {} is {}, not awaiting review", r.id, r.status)));
             }
             r.status = match action {
                 ReviewAction::Approve => Status::Processed,
@@ -462,40 +401,21 @@ async fn apply(
                 ReviewAction::Hold => Status::Held,
             };
             r.status_reason = Some(format!("{action:?} by {operator}: {reason}").to_lowercase());
-            let note = format!(
-                "{} by {operator}: {reason}",
-                format!("{action:?}").to_lowercase()
-            );
+            let note = format!("{} by {operator}: {reason}", format!("{action:?}").to_lowercase());
             let op = Some((operator.clone(), reason.clone()));
             finish(conn, r, seq, at, "review", &note, None, op, false).await
         }
         Command::Mature { conversion_id } => {
-            let mut r = load(conn, conversion_id)
-                .await?
-                .ok_or_else(|| unknown(conversion_id))?;
+            let mut r = load(conn, conversion_id).await?.ok_or_else(|| unknown(conversion_id))?;
             let due = r.state == State::Completed
                 && r.status == Status::Processed
                 && r.matured_at.is_none()
                 && r.matures_at.is_some_and(|m| m <= at);
             if !due {
-                return Ok(Outcome::Ignored {
-                    conversion_id: r.id,
-                    reason: "not due for maturation".into(),
-                });
+                return Ok(Outcome::Ignored { conversion_id: r.id, reason: "not due for maturation".into() });
             }
             r.matured_at = Some(at);
-            finish(
-                conn,
-                r,
-                seq,
-                at,
-                "matured",
-                "reward delay passed: cashback available",
-                None,
-                None,
-                false,
-            )
-            .await
+            finish(conn, r, seq, at, "matured", "reward delay passed: cashback available", None, None, false).await
         }
         Command::RegisterUser { user_id, email } => {
             sqlx::query("INSERT INTO users (id, email, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
@@ -506,13 +426,7 @@ async fn apply(
                 .await?;
             unparked(conn, "user_id", user_id).await
         }
-        Command::RegisterClick {
-            click_id,
-            user_id,
-            merchant_id,
-            network_id,
-            ref_id,
-        } => {
+        Command::RegisterClick { click_id, user_id, merchant_id, network_id, ref_id } => {
             sqlx::query(
                 "INSERT INTO clicks (click_id, user_id, merchant_id, network_id, ref_id, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (click_id) DO NOTHING",
@@ -527,14 +441,7 @@ async fn apply(
             .await?;
             unparked(conn, "click_id", click_id).await
         }
-        Command::Adjustment {
-            key,
-            user_id,
-            currency,
-            amount,
-            operator,
-            reason,
-        } => {
+        Command::Adjustment { key, user_id, currency, amount, operator, reason } => {
             let posting = Posting {
                 key: format!("adjustment:{key}"),
                 conversion_id: None,
@@ -545,24 +452,13 @@ async fn apply(
                 plugins: None,
                 currency: currency.clone(),
                 entries: vec![
-                    Entry {
-                        owner: user_id.clone(),
-                        kind: AccountKind::Available,
-                        amount: *amount,
-                    },
-                    Entry {
-                        owner: PLATFORM.into(),
-                        kind: AccountKind::CashbackExpense,
-                        amount: -amount,
-                    },
+                    Entry { owner: user_id.clone(), kind: AccountKind::Available, amount: *amount },
+                    Entry { owner: PLATFORM.into(), kind: AccountKind::CashbackExpense, amount: -amount },
                 ],
                 at,
             };
             let posted = ledger::post(conn, &posting).await?;
-            Ok(Outcome::Adjusted {
-                key: key.clone(),
-                posted,
-            })
+            Ok(Outcome::Adjusted { key: key.clone(), posted })
         }
     }
 }
@@ -578,19 +474,10 @@ fn check_version(row: Option<&ConversionRow>, expected: Option<i64>) -> Result<(
     }
 }
 
-async fn unparked(
-    conn: &mut AnyConnection,
-    column: &str,
-    value: &str,
-) -> Result<Outcome, ApplyError> {
-    let sql = format!(
-        "SELECT id FROM conversions WHERE status = 'parked' AND {column} = $1 ORDER BY reported_at"
-    );
+async fn unparked(conn: &mut AnyConnection, column: &str, value: &str) -> Result<Outcome, ApplyError> {
+    let sql = format!("SELECT id FROM conversions WHERE status = 'parked' AND {column} = $1 ORDER BY reported_at");
     let rows = sqlx::query(&sql).bind(value).fetch_all(conn).await?;
-    let unparked = rows
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<Vec<String>, _>>()?;
+    let unparked = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
     Ok(Outcome::Registered { unparked })
 }
 
@@ -612,31 +499,15 @@ async fn apply_event(
         amount: r.amount,
         commission: r.commission,
     });
-    let (to, evaluate, note) =
-        match step(current.as_ref(), reported, event.amount, event.commission) {
-            Step::Ignore(reason) => {
-                history(
-                    conn,
-                    &id,
-                    seq,
-                    at,
-                    "ignored",
-                    current.map(|c| c.state),
-                    Some(reported),
-                    &reason,
-                )
-                .await?;
-                return Ok(Outcome::Ignored {
-                    conversion_id: id,
-                    reason,
-                });
-            }
-            Step::Advance { to, evaluate, note } => (to, evaluate, note),
-        };
+    let (to, evaluate, note) = match step(current.as_ref(), reported, event.amount, event.commission) {
+        Step::Ignore(reason) => {
+            history(conn, &id, seq, at, "ignored", current.map(|c| c.state), Some(reported), &reason).await?;
+            return Ok(Outcome::Ignored { conversion_id: id, reason });
+        }
+        Step::Advance { to, evaluate, note } => (to, evaluate, note),
+    };
     let insert = existing.is_none();
-    let was_credited = existing
-        .as_ref()
-        .is_some_and(|r| r.status == Status::Processed && r.state != State::Created);
+    let was_credited = existing.as_ref().is_some_and(|r| r.status == Status::Processed && r.state != State::Created);
     let mut r = existing.unwrap_or_else(|| ConversionRow {
         id: id.clone(),
         network_id: event.network.clone(),
@@ -728,13 +599,7 @@ async fn settle(
         State::Pending | State::Adjusted | State::Completed => {}
     }
     if r.user_id.is_none() || r.merchant_id.is_none() || r.status == Status::Parked {
-        let a = attribute(
-            conn,
-            &r.network_id,
-            r.click_id.as_deref(),
-            r.merchant_ref.as_deref(),
-        )
-        .await?;
+        let a = attribute(conn, &r.network_id, r.click_id.as_deref(), r.merchant_ref.as_deref()).await?;
         r.user_id = a.user_id.or(r.user_id.take());
         r.merchant_id = a.merchant_id.or(r.merchant_id.take());
         r.clicked_at = a.clicked_at.or(r.clicked_at);
@@ -747,8 +612,7 @@ async fn settle(
             r.status_reason = None;
         }
     }
-    let must_evaluate =
-        evaluate || matches!(r.status, Status::Parked | Status::Failed) && !was_credited;
+    let must_evaluate = evaluate || matches!(r.status, Status::Parked | Status::Failed) && !was_credited;
     if !must_evaluate {
         return Ok(None);
     }
@@ -763,27 +627,23 @@ async fn settle(
             cashback,
             hold,
             reward_delay_days,
+            manual_review,
+            default_delay_days,
             plugins,
             decision,
         }) => {
-            let merchant = r.merchant_id.clone().unwrap_or_default();
-            let (mode, default_delay) = merchant_settings(conn, &merchant).await?;
             r.cashback = *cashback;
-            r.decision =
-                Some(serde_json::json!({ "plugins": plugins, "decision": decision }).to_string());
+            r.decision = Some(serde_json::json!({ "plugins": plugins, "decision": decision }).to_string());
             r.rule_at = Some(at);
-            r.reward_delay_days = Some(reward_delay_days.map_or(default_delay, i64::from));
+            r.reward_delay_days = Some(reward_delay_days.map_or(*default_delay_days, i64::from));
             // Review is about the first credit: once an operator (or automatic mode) has
             // credited a conversion, later adjustments follow the network.
             (r.status, r.status_reason) = if was_credited {
                 (Status::Processed, None)
             } else if r.status.in_review() && !matches!(r.status, Status::Parked | Status::Failed) {
                 (r.status, r.status_reason.take())
-            } else if mode == "manual" {
-                (
-                    Status::PendingReview,
-                    Some("merchant processes orders manually".into()),
-                )
+            } else if *manual_review {
+                (Status::PendingReview, Some("merchant processes orders manually".into()))
             } else if let Some(why) = hold {
                 (Status::Held, Some(format!("held by the rules: {why}")))
             } else {
@@ -813,13 +673,7 @@ async fn finish(
     }
     // A failed evaluation leaves the bookings as they were until it is reprocessed.
     if r.status != Status::Failed {
-        let t = target(
-            r.state,
-            r.status,
-            r.cashback,
-            r.commission,
-            r.matured_at.is_some(),
-        );
+        let t = target(r.state, r.status, r.cashback, r.commission, r.matured_at.is_some());
         let delta = Booked {
             pending: t.pending - r.posted.pending,
             available: t.available - r.posted.available,
@@ -853,12 +707,7 @@ async fn finish(
     };
     history(conn, &r.id, seq, at, cause, None, Some(r.state), &detail).await?;
     save(conn, &r, insert).await?;
-    Ok(Outcome::Applied {
-        conversion_id: r.id,
-        state: r.state,
-        status: r.status,
-        note: note.to_string(),
-    })
+    Ok(Outcome::Applied { conversion_id: r.id, state: r.state, status: r.status, note: note.to_string() })
 }
 
 /// The plugins recorded in a conversion's last decision, so that a later posting of the

@@ -42,16 +42,9 @@ impl State {
 
     /// Parses an upper-case name.
     pub fn parse(s: &str) -> Option<State> {
-        [
-            State::Created,
-            State::Pending,
-            State::Adjusted,
-            State::Completed,
-            State::Rejected,
-            State::Reversed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        [State::Created, State::Pending, State::Adjusted, State::Completed, State::Rejected, State::Reversed]
+            .into_iter()
+            .find(|st| st.as_str() == s)
     }
 
     fn is_final(self) -> bool {
@@ -158,66 +151,44 @@ pub enum Step {
 
 /// The state machine. `reported` is the state the network reports, with its amounts.
 pub fn step(current: Option<&Current>, reported: State, amount: i64, commission: i64) -> Step {
-    let advance = |to: State, evaluate: bool, note: &str| Step::Advance {
-        to,
-        evaluate,
-        note: note.to_string(),
-    };
+    let advance = |to: State, evaluate: bool, note: &str| Step::Advance { to, evaluate, note: note.to_string() };
     let Some(cur) = current else {
         return match reported {
             State::Created => advance(State::Created, false, "click reported"),
             State::Pending | State::Adjusted => advance(reported, true, "first report"),
-            State::Completed => {
-                advance(State::Completed, true, "first report is already COMPLETED")
-            }
+            State::Completed => advance(State::Completed, true, "first report is already COMPLETED"),
             State::Rejected => advance(State::Rejected, false, "first report is REJECTED"),
-            State::Reversed => advance(
-                State::Rejected,
-                false,
-                "REVERSED before any completion: treated as REJECTED",
-            ),
+            State::Reversed => advance(State::Rejected, false, "REVERSED before any completion: treated as REJECTED"),
         };
     };
     let changed = amount != cur.amount || commission != cur.commission;
     if cur.state.is_final() {
-        return Step::Ignore(format!(
-            "{} after {}: {} is final",
-            reported, cur.state, cur.state
-        ));
+        return Step::Ignore(format!("{} after {}: {} is final", reported, cur.state, cur.state));
     }
     match (cur.state, reported) {
         (State::Created, State::Created) => Step::Ignore("CREATED again: no change".into()),
         (State::Created, State::Pending | State::Adjusted | State::Completed) => {
             advance(reported, true, "purchase reported after the click")
         }
-        (State::Created, State::Rejected | State::Reversed) => {
-            advance(State::Rejected, false, "declined")
+        (State::Created, State::Rejected | State::Reversed) => advance(State::Rejected, false, "declined"),
+        (State::Pending | State::Adjusted, State::Created) => {
+            Step::Ignore(format!("CREATED after {}: a conversion never moves backwards", cur.state))
         }
-        (State::Pending | State::Adjusted, State::Created) => Step::Ignore(format!(
-            "CREATED after {}: a conversion never moves backwards",
-            cur.state
-        )),
         (State::Pending | State::Adjusted, State::Pending | State::Adjusted) if !changed => {
             Step::Ignore(format!("{reported} with the same amounts: no change"))
         }
         (State::Pending | State::Adjusted, State::Pending | State::Adjusted) => {
             advance(State::Adjusted, true, "amounts changed")
         }
-        (State::Pending | State::Adjusted, State::Completed) => advance(
-            State::Completed,
-            changed,
-            if changed {
-                "completed with changed amounts"
-            } else {
-                "completed"
-            },
-        ),
+        (State::Pending | State::Adjusted, State::Completed) => {
+            advance(State::Completed, changed, if changed { "completed with changed amounts" } else { "completed" })
+        }
         (State::Pending | State::Adjusted, State::Rejected | State::Reversed) => {
             advance(State::Rejected, false, "declined before completion")
         }
-        (State::Completed, State::Created | State::Pending | State::Adjusted) => Step::Ignore(
-            format!("{reported} after COMPLETED: a conversion never moves backwards"),
-        ),
+        (State::Completed, State::Created | State::Pending | State::Adjusted) => {
+            Step::Ignore(format!("{reported} after COMPLETED: a conversion never moves backwards"))
+        }
         (State::Completed, State::Completed) => Step::Ignore(
             if changed {
                 "COMPLETED again with other amounts: COMPLETED is final"
@@ -226,11 +197,9 @@ pub fn step(current: Option<&Current>, reported: State, amount: i64, commission:
             }
             .into(),
         ),
-        (State::Completed, State::Rejected | State::Reversed) => advance(
-            State::Reversed,
-            false,
-            "refund after completion: correcting entry",
-        ),
+        (State::Completed, State::Rejected | State::Reversed) => {
+            advance(State::Reversed, false, "refund after completion: correcting entry")
+        }
         (State::Rejected | State::Reversed, _) => Step::Ignore("final".into()),
     }
 }
@@ -249,43 +218,26 @@ pub struct Booked {
 /// What a conversion in `state`/`status` should have booked. The commission is the
 /// network's business and is booked whatever our status; the user's cashback only once
 /// credited (processed), and it becomes available once matured.
-pub fn target(
-    state: State,
-    status: Status,
-    cashback: i64,
-    commission: i64,
-    matured: bool,
-) -> Booked {
+pub fn target(state: State, status: Status, cashback: i64, commission: i64, matured: bool) -> Booked {
     let receivable = match state {
         State::Pending | State::Adjusted | State::Completed => commission,
         State::Created | State::Rejected | State::Reversed => 0,
     };
-    let credited = status == Status::Processed
-        && matches!(state, State::Pending | State::Adjusted | State::Completed);
+    let credited = status == Status::Processed && matches!(state, State::Pending | State::Adjusted | State::Completed);
     let (pending, available) = match (credited, state == State::Completed && matured) {
         (false, _) => (0, 0),
         (true, false) => (cashback, 0),
         (true, true) => (0, cashback),
     };
-    Booked {
-        pending,
-        available,
-        receivable,
-    }
+    Booked { pending, available, receivable }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ALL: [State; 6] = [
-        State::Created,
-        State::Pending,
-        State::Adjusted,
-        State::Completed,
-        State::Rejected,
-        State::Reversed,
-    ];
+    const ALL: [State; 6] =
+        [State::Created, State::Pending, State::Adjusted, State::Completed, State::Rejected, State::Reversed];
 
     fn rank(s: State) -> u8 {
         match s {
@@ -302,18 +254,11 @@ mod tests {
     fn a_conversion_never_moves_backwards() {
         for from in ALL {
             for reported in ALL {
-                let cur = Current {
-                    state: from,
-                    status: Status::Processed,
-                    amount: 100,
-                    commission: 10,
-                };
+                let cur = Current { state: from, status: Status::Processed, amount: 100, commission: 10 };
                 for (amount, commission) in [(100, 10), (50, 5)] {
-                    if let Step::Advance { to, .. } = step(Some(&cur), reported, amount, commission)
-                    {
+                    if let Step::Advance { to, .. } = step(Some(&cur), reported, amount, commission) {
                         assert!(
-                            rank(to) >= rank(from)
-                                || (from == State::Adjusted && to == State::Adjusted),
+                            rank(to) >= rank(from) || (from == State::Adjusted && to == State::Adjusted),
                             "{from} + {reported} went to {to}"
                         );
                         assert!(
@@ -331,18 +276,9 @@ mod tests {
     fn an_approval_before_its_pending_completes_and_the_late_pending_is_ignored() {
         assert_eq!(
             step(None, State::Completed, 100, 10),
-            Step::Advance {
-                to: State::Completed,
-                evaluate: true,
-                note: "first report is already COMPLETED".into()
-            }
+            Step::Advance { to: State::Completed, evaluate: true, note: "first report is already COMPLETED".into() }
         );
-        let cur = Current {
-            state: State::Completed,
-            status: Status::Processed,
-            amount: 100,
-            commission: 10,
-        };
+        let cur = Current { state: State::Completed, status: Status::Processed, amount: 100, commission: 10 };
         assert!(
             matches!(step(Some(&cur), State::Pending, 100, 10), Step::Ignore(why) if why.contains("never moves backwards"))
         );
@@ -352,35 +288,17 @@ mod tests {
     fn booking_follows_state_and_status() {
         assert_eq!(
             target(State::Pending, Status::Processed, 50, 80, false),
-            Booked {
-                pending: 50,
-                available: 0,
-                receivable: 80
-            }
+            Booked { pending: 50, available: 0, receivable: 80 }
         );
         assert_eq!(
             target(State::Pending, Status::PendingReview, 50, 80, false),
-            Booked {
-                pending: 0,
-                available: 0,
-                receivable: 80
-            }
+            Booked { pending: 0, available: 0, receivable: 80 }
         );
         assert_eq!(
             target(State::Completed, Status::Processed, 50, 80, true),
-            Booked {
-                pending: 0,
-                available: 50,
-                receivable: 80
-            }
+            Booked { pending: 0, available: 50, receivable: 80 }
         );
-        assert_eq!(
-            target(State::Reversed, Status::Reversed, 50, 80, true),
-            Booked::default()
-        );
-        assert_eq!(
-            target(State::Rejected, Status::Rejected, 50, 80, false),
-            Booked::default()
-        );
+        assert_eq!(target(State::Reversed, Status::Reversed, 50, 80, true), Booked::default());
+        assert_eq!(target(State::Rejected, Status::Rejected, 50, 80, false), Booked::default());
     }
 }

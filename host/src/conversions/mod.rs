@@ -44,6 +44,11 @@ pub enum Evaluation {
         hold: Option<String>,
         /// Reward delay override.
         reward_delay_days: Option<u32>,
+        /// The merchant's processing mode when the rules ran (seed 002: switching modes
+        /// affects new orders only, so the mode travels with the evaluation).
+        manual_review: bool,
+        /// The merchant's default reward delay when the rules ran.
+        default_delay_days: i64,
         /// Every plugin of the chain.
         plugins: PluginRefs,
         /// The final decision, as JSON, for the timeline and for explaining figures.

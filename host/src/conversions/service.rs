@@ -26,10 +26,7 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig {
-            writer: WriterConfig::default(),
-            max_attempts: 8,
-        }
+        ServiceConfig { writer: WriterConfig::default(), max_attempts: 8 }
     }
 }
 
@@ -77,20 +74,9 @@ pub struct Service {
 
 impl Service {
     /// Starts the service (and its writer task) on the current runtime.
-    pub fn new(
-        db: Db,
-        runtime: Arc<PluginRuntime>,
-        clock: Arc<dyn Clock>,
-        config: ServiceConfig,
-    ) -> Service {
+    pub fn new(db: Db, runtime: Arc<PluginRuntime>, clock: Arc<dyn Clock>, config: ServiceConfig) -> Service {
         let writer = Writer::spawn(db.clone(), clock.clone(), config.writer);
-        Service {
-            db,
-            writer,
-            runtime,
-            clock,
-            config,
-        }
+        Service { db, writer, runtime, clock, config }
     }
 
     /// The database.
@@ -112,32 +98,15 @@ impl Service {
                 amount: r.amount,
                 commission: r.commission,
             });
-            let needs_rules = match step(
-                current.as_ref(),
-                event.state.into(),
-                event.amount,
-                event.commission,
-            ) {
+            let needs_rules = match step(current.as_ref(), event.state.into(), event.amount, event.commission) {
                 Step::Advance { evaluate, .. } => {
-                    evaluate
-                        || row
-                            .as_ref()
-                            .is_some_and(|r| matches!(r.status, Status::Parked | Status::Failed))
+                    evaluate || row.as_ref().is_some_and(|r| matches!(r.status, Status::Parked | Status::Failed))
                 }
                 Step::Ignore(_) => false,
             };
             let evaluation = if needs_rules {
-                let click = event
-                    .click_id
-                    .clone()
-                    .or_else(|| row.as_ref().and_then(|r| r.click_id.clone()));
-                let a = attribute(
-                    &mut conn,
-                    &event.network,
-                    click.as_deref(),
-                    event.merchant_ref.as_deref(),
-                )
-                .await?;
+                let click = event.click_id.clone().or_else(|| row.as_ref().and_then(|r| r.click_id.clone()));
+                let a = attribute(&mut conn, &event.network, click.as_deref(), event.merchant_ref.as_deref()).await?;
                 drop(conn);
                 match (a.missing, a.user_id, a.merchant_id) {
                     (None, Some(user), Some(merchant)) => {
@@ -150,10 +119,7 @@ impl Service {
                 None
             };
             let expected = Some(row.map_or(-1, |r| r.version));
-            let command = Command::Event {
-                event: Box::new(event.clone()),
-                evaluation,
-            };
+            let command = Command::Event { event: Box::new(event.clone()), evaluation };
             Ok(self.writer.submit(command, expected).await?)
         })
         .await
@@ -186,44 +152,23 @@ impl Service {
             let row = apply::load(&mut conn, id)
                 .await?
                 .ok_or_else(|| ServiceError::Invalid(format!("conversion {id} does not exist")))?;
-            let a = attribute(
-                &mut conn,
-                &row.network_id,
-                row.click_id.as_deref(),
-                row.merchant_ref.as_deref(),
-            )
-            .await?;
+            let a = attribute(&mut conn, &row.network_id, row.click_id.as_deref(), row.merchant_ref.as_deref()).await?;
             drop(conn);
-            let evaluation = match (
-                a.missing,
-                a.user_id,
-                a.merchant_id.or(row.merchant_id.clone()),
-            ) {
-                (None, Some(user), Some(merchant)) => Some(
-                    self.evaluate(&merchant, &user, order_from_row(&row, &merchant, &user))
-                        .await?,
-                ),
+            let evaluation = match (a.missing, a.user_id, a.merchant_id.or(row.merchant_id.clone())) {
+                (None, Some(user), Some(merchant)) => {
+                    Some(self.evaluate(&merchant, &user, order_from_row(&row, &merchant, &user)).await?)
+                }
                 _ => None,
             };
-            let command = Command::Reprocess {
-                conversion_id: id.to_string(),
-                evaluation,
-            };
+            let command = Command::Reprocess { conversion_id: id.to_string(), evaluation };
             Ok(self.writer.submit(command, Some(row.version)).await?)
         })
         .await
     }
 
     /// A user account exists: conversions parked for it are processed.
-    pub async fn register_user(
-        &self,
-        user_id: &str,
-        email: Option<&str>,
-    ) -> Result<Outcome, ServiceError> {
-        let command = Command::RegisterUser {
-            user_id: user_id.into(),
-            email: email.map(Into::into),
-        };
+    pub async fn register_user(&self, user_id: &str, email: Option<&str>) -> Result<Outcome, ServiceError> {
+        let command = Command::RegisterUser { user_id: user_id.into(), email: email.map(Into::into) };
         let outcome = self.writer.submit(command, None).await?;
         self.unpark(&outcome).await?;
         Ok(outcome)
@@ -270,12 +215,8 @@ impl Service {
         if operator.trim().is_empty() {
             return Err(ServiceError::Invalid("operator: required".into()));
         }
-        let command = Command::Review {
-            conversion_id: id.into(),
-            action,
-            operator: operator.into(),
-            reason: reason.into(),
-        };
+        let command =
+            Command::Review { conversion_id: id.into(), action, operator: operator.into(), reason: reason.into() };
         Ok(self.writer.submit(command, None).await?)
     }
 
@@ -317,11 +258,7 @@ impl Service {
         let mut matured = 0;
         for row in rows {
             let id: String = row.try_get(0)?;
-            if let Outcome::Applied { .. } = self
-                .writer
-                .submit(Command::Mature { conversion_id: id }, None)
-                .await?
-            {
+            if let Outcome::Applied { .. } = self.writer.submit(Command::Mature { conversion_id: id }, None).await? {
                 matured += 1;
             }
         }
@@ -336,11 +273,7 @@ impl Service {
 
     /// Conversions with a status (the review queue: `PendingReview` and `Held`; parked;
     /// failed), oldest first.
-    pub async fn by_status(
-        &self,
-        status: Status,
-        limit: i64,
-    ) -> Result<Vec<ConversionRow>, ServiceError> {
+    pub async fn by_status(&self, status: Status, limit: i64) -> Result<Vec<ConversionRow>, ServiceError> {
         let mut conn = self.db.pool.acquire().await?;
         Ok(apply::by_status(&mut conn, status, limit).await?)
     }
@@ -377,9 +310,7 @@ impl Service {
         reward_delay_days: i64,
     ) -> Result<(), ServiceError> {
         if !(0..=3650).contains(&reward_delay_days) {
-            return Err(ServiceError::Invalid(
-                "reward_delay_days: must be between 0 and 3650".into(),
-            ));
+            return Err(ServiceError::Invalid("reward_delay_days: must be between 0 and 3650".into()));
         }
         sqlx::query(
             "INSERT INTO merchants (id, name, processing_mode, reward_delay_days, created_at) VALUES ($1, $2, $3, $4, $5) \
@@ -435,11 +366,7 @@ impl Service {
 
     /// Sets a merchant's rule chain: plugins (by digest) with their configs, applied in
     /// order. Each config is checked against its plugin's schema.
-    pub async fn set_rules(
-        &self,
-        merchant: &str,
-        chain: &[(String, serde_json::Value)],
-    ) -> Result<(), ServiceError> {
+    pub async fn set_rules(&self, merchant: &str, chain: &[(String, serde_json::Value)]) -> Result<(), ServiceError> {
         let mut loaded = Vec::new();
         for (digest, config) in chain {
             let plugin = self.plugin(digest).await?;
@@ -457,18 +384,17 @@ impl Service {
             loaded.push((digest, config));
         }
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query("DELETE FROM merchant_rules WHERE merchant_id = $1")
+        sqlx::query("DELETE FROM merchant_rules WHERE merchant_id = $1").bind(merchant).execute(&mut *tx).await?;
+        for (i, (digest, config)) in loaded.into_iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO merchant_rules (merchant_id, position, plugin_digest, config) VALUES ($1, $2, $3, $4)",
+            )
             .bind(merchant)
+            .bind(i as i64)
+            .bind(digest.as_str())
+            .bind(config.to_string())
             .execute(&mut *tx)
             .await?;
-        for (i, (digest, config)) in loaded.into_iter().enumerate() {
-            sqlx::query("INSERT INTO merchant_rules (merchant_id, position, plugin_digest, config) VALUES ($1, $2, $3, $4)")
-                .bind(merchant)
-                .bind(i as i64)
-                .bind(digest.as_str())
-                .bind(config.to_string())
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -492,12 +418,7 @@ impl Service {
 
     /// Runs the merchant's rule chain on an order. Plugin failures become
     /// [`Evaluation::Failed`]; only infrastructure errors are `Err`.
-    async fn evaluate(
-        &self,
-        merchant: &str,
-        user: &str,
-        order: latest::Order,
-    ) -> Result<Evaluation, ServiceError> {
+    async fn evaluate(&self, merchant: &str, user: &str, order: latest::Order) -> Result<Evaluation, ServiceError> {
         let rows = sqlx::query(
             "SELECT r.plugin_digest, r.config FROM merchant_rules r WHERE r.merchant_id = $1 ORDER BY r.position",
         )
@@ -521,50 +442,31 @@ impl Service {
             chain.push((self.plugin(&digest).await?, config));
         }
         let refs = PluginRefs {
-            names: chain
-                .iter()
-                .map(|(p, _)| p.manifest.name.clone())
-                .collect::<Vec<_>>()
-                .join(","),
-            versions: chain
-                .iter()
-                .map(|(p, _)| p.manifest.version.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-            digests: chain
-                .iter()
-                .map(|(p, _)| p.digest.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            names: chain.iter().map(|(p, _)| p.manifest.name.clone()).collect::<Vec<_>>().join(","),
+            versions: chain.iter().map(|(p, _)| p.manifest.version.to_string()).collect::<Vec<_>>().join(","),
+            digests: chain.iter().map(|(p, _)| p.digest.to_string()).collect::<Vec<_>>().join(","),
         };
         if chain.is_empty() {
-            return Ok(Evaluation::Failed {
-                error: format!("merchant {merchant} has no rule plugin"),
-                plugins: refs,
-            });
+            return Ok(Evaluation::Failed { error: format!("merchant {merchant} has no rule plugin"), plugins: refs });
         }
+        let (mode, default_delay_days) = {
+            let mut conn = self.db.pool.acquire().await?;
+            apply::merchant_settings(&mut conn, merchant).await?
+        };
         let runtime = self.runtime.clone();
         let now = self.clock.now();
         let result = tokio::task::spawn_blocking(move || {
             let mut so_far: Option<latest::RuleDecision> = None;
             for (plugin, config) in &chain {
                 let json: serde_json::Value = serde_json::from_str(config).unwrap_or_default();
-                let config = plugin
-                    .manifest
-                    .validate_config(&json)
-                    .map_err(|e| format!("{}: {e}", plugin.label()))?;
+                let config = plugin.manifest.validate_config(&json).map_err(|e| format!("{}: {e}", plugin.label()))?;
                 let context = latest::RuleContext {
                     now,
                     prior_orders: u32::try_from(prior).unwrap_or(u32::MAX),
                     decision_so_far: so_far.take(),
                     attributes: Vec::new(),
                 };
-                so_far = Some(
-                    runtime
-                        .evaluate(plugin, &config, &order, &context)
-                        .result
-                        .map_err(|e| e.to_string())?,
-                );
+                so_far = Some(runtime.evaluate(plugin, &config, &order, &context).result.map_err(|e| e.to_string())?);
             }
             so_far.ok_or_else(|| "empty rule chain".to_string())
         })
@@ -575,13 +477,12 @@ impl Service {
                 cashback: d.total.minor,
                 hold: d.hold.clone(),
                 reward_delay_days: d.reward_delay_days,
+                manual_review: mode == "manual",
+                default_delay_days,
                 plugins: refs,
                 decision: serde_json::to_value(&d).unwrap_or_default(),
             },
-            Err(error) => Evaluation::Failed {
-                error,
-                plugins: refs,
-            },
+            Err(error) => Evaluation::Failed { error, plugins: refs },
         })
     }
 
@@ -590,11 +491,9 @@ impl Service {
     /// (merchants, their network references) is copied first. Returns the number of
     /// commands replayed.
     pub async fn replay_into(&self, target: &Db) -> Result<usize, ServiceError> {
-        for r in sqlx::query(
-            "SELECT id, name, processing_mode, reward_delay_days, created_at FROM merchants",
-        )
-        .fetch_all(&self.db.pool)
-        .await?
+        for r in sqlx::query("SELECT id, name, processing_mode, reward_delay_days, created_at FROM merchants")
+            .fetch_all(&self.db.pool)
+            .await?
         {
             sqlx::query("INSERT INTO merchants (id, name, processing_mode, reward_delay_days, created_at) VALUES ($1, $2, $3, $4, $5)")
                 .bind(r.try_get::<String, _>(0)?)
@@ -616,24 +515,25 @@ impl Service {
                 .execute(&target.pool)
                 .await?;
         }
-        let rows = sqlx::query("SELECT seq, payload, recorded_at FROM journal ORDER BY seq")
-            .fetch_all(&self.db.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, payload, recorded_at FROM journal ORDER BY seq").fetch_all(&self.db.pool).await?;
         for row in &rows {
             let seq: i64 = row.try_get(0)?;
             let payload: String = row.try_get(1)?;
             let at: i64 = row.try_get(2)?;
-            let command: Command = serde_json::from_str(&payload)
-                .map_err(|e| ServiceError::Invalid(format!("journal {seq}: {e}")))?;
+            let command: Command =
+                serde_json::from_str(&payload).map_err(|e| ServiceError::Invalid(format!("journal {seq}: {e}")))?;
             let mut tx = target.pool.begin().await?;
             apply::journal_and_apply(&mut tx, &command, at, None, Some(seq)).await?;
             tx.commit().await?;
         }
         if target.backend == Backend::Postgres {
             // Explicit sequence numbers do not advance the sequence; later inserts must not collide.
-            sqlx::query("SELECT setval(pg_get_serial_sequence('journal', 'seq'), COALESCE((SELECT MAX(seq) FROM journal), 1))")
-                .execute(&target.pool)
-                .await?;
+            sqlx::query(
+                "SELECT setval(pg_get_serial_sequence('journal', 'seq'), COALESCE((SELECT MAX(seq) FROM journal), 1))",
+            )
+            .execute(&target.pool)
+            .await?;
         }
         Ok(rows.len())
     }
@@ -651,20 +551,11 @@ fn order_from_event(
         conversion_id: id.to_string(),
         merchant: merchant.to_string(),
         network: e.network.clone(),
-        order_id: e
-            .order_id
-            .clone()
-            .unwrap_or_else(|| e.transaction_id.clone()),
+        order_id: e.order_id.clone().unwrap_or_else(|| e.transaction_id.clone()),
         event_type: e.event_type.clone(),
         state: e.state,
-        amount: latest::Money {
-            minor: e.amount,
-            currency: e.currency.clone(),
-        },
-        commission: latest::Money {
-            minor: e.commission,
-            currency: e.currency.clone(),
-        },
+        amount: latest::Money { minor: e.amount, currency: e.currency.clone() },
+        commission: latest::Money { minor: e.commission, currency: e.currency.clone() },
         line_items: lines_or_whole(e.line_items.clone(), e.amount),
         event_time: e.event_time,
         click_time: clicked_at,
@@ -686,20 +577,11 @@ fn order_from_row(r: &ConversionRow, merchant: &str, user: &str) -> latest::Orde
         conversion_id: r.id.clone(),
         merchant: merchant.to_string(),
         network: r.network_id.clone(),
-        order_id: r
-            .order_id
-            .clone()
-            .unwrap_or_else(|| r.transaction_id.clone()),
+        order_id: r.order_id.clone().unwrap_or_else(|| r.transaction_id.clone()),
         event_type: r.event_type.clone(),
         state,
-        amount: latest::Money {
-            minor: r.amount,
-            currency: r.currency.clone(),
-        },
-        commission: latest::Money {
-            minor: r.commission,
-            currency: r.currency.clone(),
-        },
+        amount: latest::Money { minor: r.amount, currency: r.currency.clone() },
+        commission: latest::Money { minor: r.commission, currency: r.currency.clone() },
         line_items: lines_or_whole(lines, r.amount),
         event_time: r.event_time,
         click_time: r.clicked_at,
@@ -711,13 +593,7 @@ fn order_from_row(r: &ConversionRow, merchant: &str, user: &str) -> latest::Orde
 /// whole order, with id "order".
 fn lines_or_whole(lines: Vec<latest::LineItem>, amount: i64) -> Vec<latest::LineItem> {
     if lines.is_empty() {
-        vec![latest::LineItem {
-            id: "order".into(),
-            sku: String::new(),
-            category: String::new(),
-            quantity: 1,
-            amount,
-        }]
+        vec![latest::LineItem { id: "order".into(), sku: String::new(), category: String::new(), quantity: 1, amount }]
     } else {
         lines
     }

@@ -120,10 +120,7 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn passwords_never_reach_messages() {
-        assert_eq!(
-            super::redact("postgres://app:hunter2@db/cb"),
-            "postgres://app:***@db/cb"
-        );
+        assert_eq!(super::redact("postgres://app:hunter2@db/cb"), "postgres://app:***@db/cb");
         assert!(!super::redact("postgres://app:hunter2@db/cb").contains("hunter2"));
     }
 }

@@ -31,10 +31,7 @@ pub struct WriterConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig {
-            max_batch: 256,
-            queue: 4096,
-        }
+        WriterConfig { max_batch: 256, queue: 4096 }
     }
 }
 
@@ -59,20 +56,9 @@ impl Writer {
     }
 
     /// Applies a command; returns once it is committed (or refused).
-    pub async fn submit(
-        &self,
-        command: Command,
-        expected_version: Option<i64>,
-    ) -> Result<Outcome, ApplyError> {
+    pub async fn submit(&self, command: Command, expected_version: Option<i64>) -> Result<Outcome, ApplyError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job {
-                command,
-                expected_version,
-                reply,
-            })
-            .await
-            .map_err(|_| ApplyError::Stopped)?;
+        self.tx.send(Job { command, expected_version, reply }).await.map_err(|_| ApplyError::Stopped)?;
         answer.await.map_err(|_| ApplyError::Stopped)?
     }
 }
@@ -100,9 +86,7 @@ async fn run(db: Db, clock: Arc<dyn Clock>, max_batch: usize, mut rx: mpsc::Rece
                 for job in batch.drain(..) {
                     let _ = job
                         .reply
-                        .send(Err(ApplyError::Db(sqlx::Error::Protocol(format!(
-                            "batch not committed: {message}"
-                        )))));
+                        .send(Err(ApplyError::Db(sqlx::Error::Protocol(format!("batch not committed: {message}")))));
                 }
             }
         }
@@ -119,8 +103,7 @@ async fn apply_batch(
     for job in batch {
         let mut savepoint = (&mut tx).begin().await?;
         let at = clock.now();
-        match journal_and_apply(&mut savepoint, &job.command, at, job.expected_version, None).await
-        {
+        match journal_and_apply(&mut savepoint, &job.command, at, job.expected_version, None).await {
             Ok(outcome) => {
                 savepoint.commit().await?;
                 results.push(Ok(outcome));

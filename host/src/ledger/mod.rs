@@ -111,25 +111,13 @@ pub fn booking_entries(user: &str, delta: Booked) -> Vec<Entry> {
     let mut e = Vec::new();
     let mut push = |owner: &str, kind, amount: i64| {
         if amount != 0 {
-            e.push(Entry {
-                owner: owner.to_string(),
-                kind,
-                amount,
-            });
+            e.push(Entry { owner: owner.to_string(), kind, amount });
         }
     };
     push(user, AccountKind::Pending, delta.pending);
     push(user, AccountKind::Available, delta.available);
-    push(
-        PLATFORM,
-        AccountKind::CashbackExpense,
-        -(delta.pending + delta.available),
-    );
-    push(
-        PLATFORM,
-        AccountKind::CommissionReceivable,
-        delta.receivable,
-    );
+    push(PLATFORM, AccountKind::CashbackExpense, -(delta.pending + delta.available));
+    push(PLATFORM, AccountKind::CommissionReceivable, delta.receivable);
     push(PLATFORM, AccountKind::CommissionIncome, -delta.receivable);
     e
 }
@@ -146,13 +134,12 @@ async fn account_id(
         .bind(currency)
         .execute(&mut *conn)
         .await?;
-    let row =
-        sqlx::query("SELECT id FROM accounts WHERE owner = $1 AND kind = $2 AND currency = $3")
-            .bind(owner)
-            .bind(kind.as_str())
-            .bind(currency)
-            .fetch_one(&mut *conn)
-            .await?;
+    let row = sqlx::query("SELECT id FROM accounts WHERE owner = $1 AND kind = $2 AND currency = $3")
+        .bind(owner)
+        .bind(kind.as_str())
+        .bind(currency)
+        .fetch_one(&mut *conn)
+        .await?;
     row.try_get(0)
 }
 
@@ -161,10 +148,7 @@ async fn account_id(
 pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerError> {
     let sum: i64 = p.entries.iter().map(|e| e.amount).sum();
     if sum != 0 {
-        return Err(LedgerError::Unbalanced {
-            key: p.key.clone(),
-            sum,
-        });
+        return Err(LedgerError::Unbalanced { key: p.key.clone(), sum });
     }
     if p.entries.is_empty() {
         return Ok(false);
@@ -193,13 +177,15 @@ pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerE
     let tx_id: i64 = row.try_get(0)?;
     for e in &p.entries {
         let account = account_id(conn, &e.owner, e.kind, &p.currency).await?;
-        sqlx::query("INSERT INTO ledger_entries (transaction_id, account_id, amount, currency) VALUES ($1, $2, $3, $4)")
-            .bind(tx_id)
-            .bind(account)
-            .bind(e.amount)
-            .bind(&p.currency)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO ledger_entries (transaction_id, account_id, amount, currency) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(tx_id)
+        .bind(account)
+        .bind(e.amount)
+        .bind(&p.currency)
+        .execute(&mut *conn)
+        .await?;
         sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
             .bind(e.amount)
             .bind(account)
@@ -224,30 +210,19 @@ pub struct Balance {
 
 /// Every account's balance, ordered by owner, kind and currency.
 pub async fn all_balances(pool: &sqlx::AnyPool) -> Result<Vec<Balance>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT owner, kind, currency, balance FROM accounts ORDER BY owner, kind, currency",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query("SELECT owner, kind, currency, balance FROM accounts ORDER BY owner, kind, currency")
+        .fetch_all(pool)
+        .await?;
     rows.iter()
         .map(|r| {
-            Ok(Balance {
-                owner: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                currency: r.try_get(2)?,
-                balance: r.try_get(3)?,
-            })
+            Ok(Balance { owner: r.try_get(0)?, kind: r.try_get(1)?, currency: r.try_get(2)?, balance: r.try_get(3)? })
         })
         .collect()
 }
 
 /// A user's balances.
 pub async fn user_balances(pool: &sqlx::AnyPool, user: &str) -> Result<Vec<Balance>, sqlx::Error> {
-    Ok(all_balances(pool)
-        .await?
-        .into_iter()
-        .filter(|b| b.owner == user)
-        .collect())
+    Ok(all_balances(pool).await?.into_iter().filter(|b| b.owner == user).collect())
 }
 
 /// Checks the ledger's invariants and returns every violation found (empty: sound):
@@ -265,9 +240,11 @@ pub async fn check_invariants(pool: &sqlx::AnyPool) -> Result<Vec<String>, sqlx:
         let (tx, cur, sum): (i64, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
         problems.push(format!("transaction {tx} does not balance in {cur}: {sum}"));
     }
-    for r in sqlx::query("SELECT currency, CAST(SUM(balance) AS BIGINT) FROM accounts GROUP BY currency HAVING SUM(balance) <> 0")
-        .fetch_all(pool)
-        .await?
+    for r in sqlx::query(
+        "SELECT currency, CAST(SUM(balance) AS BIGINT) FROM accounts GROUP BY currency HAVING SUM(balance) <> 0",
+    )
+    .fetch_all(pool)
+    .await?
     {
         let (cur, sum): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
         problems.push(format!("accounts in {cur} sum to {sum}, not 0"));
@@ -281,9 +258,7 @@ pub async fn check_invariants(pool: &sqlx::AnyPool) -> Result<Vec<String>, sqlx:
     .await?
     {
         let (id, balance, fold): (i64, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-        problems.push(format!(
-            "account {id} says {balance} but its entries sum to {fold}"
-        ));
+        problems.push(format!("account {id} says {balance} but its entries sum to {fold}"));
     }
     Ok(problems)
 }
@@ -295,28 +270,12 @@ mod tests {
     #[test]
     fn booking_entries_always_balance() {
         for delta in [
-            Booked {
-                pending: 50,
-                available: 0,
-                receivable: 80,
-            },
-            Booked {
-                pending: -50,
-                available: 50,
-                receivable: 0,
-            },
-            Booked {
-                pending: 0,
-                available: -50,
-                receivable: -80,
-            },
+            Booked { pending: 50, available: 0, receivable: 80 },
+            Booked { pending: -50, available: 50, receivable: 0 },
+            Booked { pending: 0, available: -50, receivable: -80 },
         ] {
             let entries = booking_entries("u1", delta);
-            assert_eq!(
-                entries.iter().map(|e| e.amount).sum::<i64>(),
-                0,
-                "{delta:?}"
-            );
+            assert_eq!(entries.iter().map(|e| e.amount).sum::<i64>(), 0, "{delta:?}");
             assert!(entries.iter().all(|e| e.amount != 0));
         }
         assert!(booking_entries("u1", Booked::default()).is_empty());

@@ -22,13 +22,7 @@ pub struct PluginLabel {
 
 impl fmt::Display for PluginLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}@{} (sha256:{})",
-            self.name,
-            self.version,
-            self.digest.short()
-        )
+        write!(f, "{}@{} (sha256:{})", self.name, self.version, self.digest.short())
     }
 }
 
@@ -59,9 +53,7 @@ pub enum LoadError {
         supported: String,
     },
     /// The component does not export what its manifest's kind requires.
-    #[error(
-        "plugin {plugin} declares kind {kind} but does not export `{expected}` (it exports: {exports})"
-    )]
+    #[error("plugin {plugin} declares kind {kind} but does not export `{expected}` (it exports: {exports})")]
     WrongWorld {
         /// name@version.
         plugin: String,

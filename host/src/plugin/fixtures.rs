@@ -100,23 +100,12 @@ pub fn parse(json: &str) -> Result<Vec<Fixture>, String> {
 }
 
 /// Runs every case and reports each.
-pub fn run(
-    runtime: &PluginRuntime,
-    plugin: &LoadedPlugin,
-    fixtures: &[Fixture],
-) -> Vec<CaseResult> {
-    fixtures
-        .iter()
-        .map(|f| run_one(runtime, plugin, f))
-        .collect()
+pub fn run(runtime: &PluginRuntime, plugin: &LoadedPlugin, fixtures: &[Fixture]) -> Vec<CaseResult> {
+    fixtures.iter().map(|f| run_one(runtime, plugin, f)).collect()
 }
 
 fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseResult {
-    let result = |passed: bool, detail: String| CaseResult {
-        name: f.name.clone(),
-        passed,
-        detail,
-    };
+    let result = |passed: bool, detail: String| CaseResult { name: f.name.clone(), passed, detail };
     let outcome: Result<Value, String> = match plugin.manifest.validate_config(&f.config) {
         Err(e) => Err(format!("Config: {e}")),
         Ok(config) => match (plugin.kind(), &f.order, &f.postback, &f.file) {
@@ -139,11 +128,9 @@ fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseR
                 };
                 to_json(runtime.parse_postback(plugin, &config, &request).result)
             }
-            (PluginKind::NetworkAdapter, None, None, Some(file)) => to_json(
-                runtime
-                    .parse_file(plugin, &config, &file.name, file.contents.as_bytes())
-                    .result,
-            ),
+            (PluginKind::NetworkAdapter, None, None, Some(file)) => {
+                to_json(runtime.parse_file(plugin, &config, &file.name, file.contents.as_bytes()).result)
+            }
             (kind, ..) => {
                 let wanted = match kind {
                     PluginKind::MerchantRules => "`order`",
@@ -158,22 +145,15 @@ fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseR
             None => result(true, "matches".into()),
             Some(why) => result(false, format!("{why}\n  got: {actual}")),
         },
-        (Err(e), None, Some(wanted)) if e.contains(wanted.as_str()) => {
-            result(true, format!("failed as expected: {e}"))
+        (Err(e), None, Some(wanted)) if e.contains(wanted.as_str()) => result(true, format!("failed as expected: {e}")),
+        (Err(e), None, Some(wanted)) => result(false, format!("expected an error containing {wanted:?}, got: {e}")),
+        (Ok(actual), None, Some(wanted)) => {
+            result(false, format!("expected an error containing {wanted:?}, got: {actual}"))
         }
-        (Err(e), None, Some(wanted)) => result(
-            false,
-            format!("expected an error containing {wanted:?}, got: {e}"),
-        ),
-        (Ok(actual), None, Some(wanted)) => result(
-            false,
-            format!("expected an error containing {wanted:?}, got: {actual}"),
-        ),
         (Err(e), Some(_), None) => result(false, format!("unexpected error: {e}")),
-        (_, None, None) | (_, Some(_), Some(_)) => result(
-            false,
-            "set exactly one of `expect` or `expect_error`".into(),
-        ),
+        (_, None, None) | (_, Some(_), Some(_)) => {
+            result(false, "set exactly one of `expect` or `expect_error`".into())
+        }
     }
 }
 
@@ -192,16 +172,10 @@ pub fn subset_mismatch(expected: &Value, actual: &Value, path: &str) -> Option<S
             Some(av) => subset_mismatch(ev, av, &format!("{path}.{k}")),
             None => Some(format!("{path}.{k}: missing")),
         }),
-        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => e
-            .iter()
-            .zip(a)
-            .enumerate()
-            .find_map(|(i, (ev, av))| subset_mismatch(ev, av, &format!("{path}[{i}]"))),
-        (Value::Array(e), Value::Array(a)) => Some(format!(
-            "{path}: expected {} elements, got {}",
-            e.len(),
-            a.len()
-        )),
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
+            e.iter().zip(a).enumerate().find_map(|(i, (ev, av))| subset_mismatch(ev, av, &format!("{path}[{i}]")))
+        }
+        (Value::Array(e), Value::Array(a)) => Some(format!("{path}: expected {} elements, got {}", e.len(), a.len())),
         (e, a) if e == a => None,
         (e, a) => Some(format!("{path}: expected {e}, got {a}")),
     }
@@ -215,17 +189,10 @@ mod tests {
     #[test]
     fn expectations_match_as_subsets() {
         let actual = json!({"total": {"minor": 5, "currency": "EUR"}, "lines": [{"a": 1, "b": 2}], "hold": null});
-        assert_eq!(
-            subset_mismatch(&json!({"total": {"minor": 5}}), &actual, "$"),
-            None
-        );
-        assert_eq!(
-            subset_mismatch(&json!({"lines": [{"b": 2}]}), &actual, "$"),
-            None
-        );
+        assert_eq!(subset_mismatch(&json!({"total": {"minor": 5}}), &actual, "$"), None);
+        assert_eq!(subset_mismatch(&json!({"lines": [{"b": 2}]}), &actual, "$"), None);
         assert!(subset_mismatch(&json!({"lines": []}), &actual, "$").is_some());
-        let why =
-            subset_mismatch(&json!({"total": {"minor": 6}}), &actual, "$").unwrap_or_default();
+        let why = subset_mismatch(&json!({"total": {"minor": 6}}), &actual, "$").unwrap_or_default();
         assert_eq!(why, "$.total.minor: expected 6, got 5");
         assert!(subset_mismatch(&json!({"nope": 1}), &actual, "$").is_some());
     }

@@ -62,20 +62,10 @@ impl HttpClient {
             .user_agent(concat!("cashbackd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(HttpClient {
-            inner: Arc::new(ClientInner {
-                client,
-                runtime: Some(runtime),
-            }),
-        })
+        Ok(HttpClient { inner: Arc::new(ClientInner { client, runtime: Some(runtime) }) })
     }
 
-    fn send(
-        &self,
-        request: reqwest::Request,
-        timeout: Duration,
-        cap: u64,
-    ) -> Result<Response, HttpError> {
+    fn send(&self, request: reqwest::Request, timeout: Duration, cap: u64) -> Result<Response, HttpError> {
         let Some(runtime) = &self.inner.runtime else {
             return Err(HttpError::Transport("HTTP client is shut down".into()));
         };
@@ -85,23 +75,15 @@ impl HttpClient {
             let result = tokio::time::timeout(timeout, read_response(client, request, cap)).await;
             let _ = tx.send(result.unwrap_or(Err(HttpError::Timeout)));
         });
-        rx.recv()
-            .unwrap_or(Err(HttpError::Transport("request task ended".into())))
+        rx.recv().unwrap_or(Err(HttpError::Transport("request task ended".into())))
     }
 }
 
-async fn read_response(
-    client: reqwest::Client,
-    request: reqwest::Request,
-    cap: u64,
-) -> Result<Response, HttpError> {
-    let mut resp = client.execute(request).await.map_err(|e| {
-        if e.is_timeout() {
-            HttpError::Timeout
-        } else {
-            HttpError::Transport(without_url(&e))
-        }
-    })?;
+async fn read_response(client: reqwest::Client, request: reqwest::Request, cap: u64) -> Result<Response, HttpError> {
+    let mut resp = client
+        .execute(request)
+        .await
+        .map_err(|e| if e.is_timeout() { HttpError::Timeout } else { HttpError::Transport(without_url(&e)) })?;
     if resp.content_length().is_some_and(|len| len > cap) {
         return Err(HttpError::TooLarge(cap));
     }
@@ -109,29 +91,16 @@ async fn read_response(
     let headers = resp
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| HttpError::Transport(without_url(&e)))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| HttpError::Transport(without_url(&e)))? {
         if body.len() as u64 + chunk.len() as u64 > cap {
             return Err(HttpError::TooLarge(cap));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    Ok(Response { status, headers, body })
 }
 
 /// reqwest's messages include the URL, which may carry a credential in its query.
@@ -168,43 +137,27 @@ impl HttpGrant {
     }
 
     fn build(&mut self, req: &Request, timeout: Duration) -> Result<reqwest::Request, HttpError> {
-        let mut url = url::Url::parse(&req.url)
-            .map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
+        let mut url = url::Url::parse(&req.url).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
         if url.scheme() != "https" && url.scheme() != "http" {
             return Err(self.deny(format!("scheme {:?} (only http and https)", url.scheme())));
         }
         let host = url.host_str().unwrap_or_default().to_string();
         if !host_allowed(&self.hosts, &host, url.port_or_known_default()) {
-            let declared = if self.hosts.is_empty() {
-                "none".to_string()
-            } else {
-                self.hosts.join(", ")
-            };
-            return Err(self.deny(format!(
-                "http host {host:?} is not declared in the manifest (declared: {declared})"
-            )));
+            let declared = if self.hosts.is_empty() { "none".to_string() } else { self.hosts.join(", ") };
+            return Err(self.deny(format!("http host {host:?} is not declared in the manifest (declared: {declared})")));
         }
         let mut extra_header = None;
         if let Some(name) = &req.credential {
             let Some(cred) = self.credentials.get(name) else {
-                return Err(self.deny(format!(
-                    "credential {name:?} is not declared in the manifest"
-                )));
+                return Err(self.deny(format!("credential {name:?} is not declared in the manifest")));
             };
             let Some(secret) = self.secrets.0.get(&cred.config) else {
-                return Err(self.deny(format!(
-                    "credential {name:?}: config field `{}` is not set",
-                    cred.config
-                )));
+                return Err(self.deny(format!("credential {name:?}: config field `{}` is not set", cred.config)));
             };
             if let Some(param) = &cred.query {
                 url.query_pairs_mut().append_pair(param, secret);
             } else if let Some(header) = &cred.header {
-                let value = cred
-                    .format
-                    .as_deref()
-                    .unwrap_or("{secret}")
-                    .replace("{secret}", secret);
+                let value = cred.format.as_deref().unwrap_or("{secret}").replace("{secret}", secret);
                 extra_header = Some((header.clone(), value));
             }
         }
@@ -215,12 +168,7 @@ impl HttpGrant {
         };
         let mut out = reqwest::Request::new(method, url);
         *out.timeout_mut() = Some(timeout);
-        for (k, v) in req
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .chain(extra_header)
-        {
+        for (k, v) in req.headers.iter().map(|(k, v)| (k.clone(), v.clone())).chain(extra_header) {
             let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| HttpError::InvalidRequest(format!("bad header name {k:?}")))?;
             let value = reqwest::header::HeaderValue::from_str(&v)
@@ -238,15 +186,11 @@ impl Host for PluginState {
     fn fetch(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
         let limits = self.limits;
         let Some(grant) = self.http.as_mut() else {
-            return Ok(Err(HttpError::Denied(
-                "this plugin has no HTTP capability".into(),
-            )));
+            return Ok(Err(HttpError::Denied("this plugin has no HTTP capability".into())));
         };
         grant.requests += 1;
         if grant.requests > limits.max_http_requests {
-            let hit = LimitHit::HttpRequests {
-                cap: limits.max_http_requests,
-            };
+            let hit = LimitHit::HttpRequests { cap: limits.max_http_requests };
             self.record_hit(hit.clone());
             return Err(wasmtime::format_err!("{hit}"));
         }
@@ -256,9 +200,7 @@ impl Host for PluginState {
             Err(e) => return Ok(Err(e)),
         };
         tracing::debug!(method = %built.method(), host = built.url().host_str().unwrap_or(""), "plugin http request");
-        Ok(grant
-            .client
-            .send(built, timeout, limits.max_http_response_bytes))
+        Ok(grant.client.send(built, timeout, limits.max_http_response_bytes))
     }
 }
 
@@ -268,20 +210,12 @@ mod tests {
 
     #[test]
     fn only_declared_hosts_are_allowed() {
-        let declared = vec![
-            "api.net.example".to_string(),
-            "*.cdn.example".to_string(),
-            "127.0.0.1:8080".to_string(),
-        ];
+        let declared = vec!["api.net.example".to_string(), "*.cdn.example".to_string(), "127.0.0.1:8080".to_string()];
         assert!(host_allowed(&declared, "api.net.example", Some(443)));
         assert!(host_allowed(&declared, "API.NET.EXAMPLE", Some(443)));
         assert!(host_allowed(&declared, "eu.cdn.example", Some(443)));
         assert!(!host_allowed(&declared, "cdn.example", Some(443)));
-        assert!(!host_allowed(
-            &declared,
-            "api.net.example.evil.example",
-            Some(443)
-        ));
+        assert!(!host_allowed(&declared, "api.net.example.evil.example", Some(443)));
         assert!(!host_allowed(&declared, "evilapi.net.example", Some(443)));
         assert!(host_allowed(&declared, "127.0.0.1", Some(8080)));
         assert!(!host_allowed(&declared, "127.0.0.1", Some(8081)));

@@ -69,9 +69,6 @@ mod tests {
     fn a_core_module_is_refused_with_a_hint() {
         let err = sections(b"\0asm\x01\0\0\0").expect_err("core");
         assert!(err.to_string().contains("not a component"));
-        assert!(matches!(
-            sections(b"hello world").expect_err("junk"),
-            InspectError::Invalid(_)
-        ));
+        assert!(matches!(sections(b"hello world").expect_err("junk"), InspectError::Invalid(_)));
     }
 }

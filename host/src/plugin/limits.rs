@@ -66,38 +66,17 @@ impl Limits {
     /// `self` with `over`'s values where set, each capped at `maxima`.
     pub fn with(&self, over: &LimitsOverride, maxima: &Limits) -> Limits {
         Limits {
-            deadline_ms: over
-                .deadline_ms
-                .unwrap_or(self.deadline_ms)
-                .min(maxima.deadline_ms),
-            memory_mib: over
-                .memory_mib
-                .unwrap_or(self.memory_mib)
-                .min(maxima.memory_mib),
-            max_input_bytes: over
-                .max_input_bytes
-                .unwrap_or(self.max_input_bytes)
-                .min(maxima.max_input_bytes),
-            max_output_bytes: over
-                .max_output_bytes
-                .unwrap_or(self.max_output_bytes)
-                .min(maxima.max_output_bytes),
-            max_log_bytes: over
-                .max_log_bytes
-                .unwrap_or(self.max_log_bytes)
-                .min(maxima.max_log_bytes),
-            max_http_requests: over
-                .max_http_requests
-                .unwrap_or(self.max_http_requests)
-                .min(maxima.max_http_requests),
+            deadline_ms: over.deadline_ms.unwrap_or(self.deadline_ms).min(maxima.deadline_ms),
+            memory_mib: over.memory_mib.unwrap_or(self.memory_mib).min(maxima.memory_mib),
+            max_input_bytes: over.max_input_bytes.unwrap_or(self.max_input_bytes).min(maxima.max_input_bytes),
+            max_output_bytes: over.max_output_bytes.unwrap_or(self.max_output_bytes).min(maxima.max_output_bytes),
+            max_log_bytes: over.max_log_bytes.unwrap_or(self.max_log_bytes).min(maxima.max_log_bytes),
+            max_http_requests: over.max_http_requests.unwrap_or(self.max_http_requests).min(maxima.max_http_requests),
             max_http_response_bytes: over
                 .max_http_response_bytes
                 .unwrap_or(self.max_http_response_bytes)
                 .min(maxima.max_http_response_bytes),
-            http_timeout_ms: over
-                .http_timeout_ms
-                .unwrap_or(self.http_timeout_ms)
-                .min(maxima.http_timeout_ms),
+            http_timeout_ms: over.http_timeout_ms.unwrap_or(self.http_timeout_ms).min(maxima.http_timeout_ms),
         }
     }
 }
@@ -130,32 +109,12 @@ impl LimitsOverride {
         let checks: [(&str, Option<u64>, u64); 8] = [
             ("deadline-ms", self.deadline_ms, maxima.deadline_ms),
             ("memory-mib", self.memory_mib, maxima.memory_mib),
-            (
-                "max-input-bytes",
-                self.max_input_bytes,
-                maxima.max_input_bytes,
-            ),
-            (
-                "max-output-bytes",
-                self.max_output_bytes,
-                maxima.max_output_bytes,
-            ),
+            ("max-input-bytes", self.max_input_bytes, maxima.max_input_bytes),
+            ("max-output-bytes", self.max_output_bytes, maxima.max_output_bytes),
             ("max-log-bytes", self.max_log_bytes, maxima.max_log_bytes),
-            (
-                "max-http-requests",
-                self.max_http_requests.map(u64::from),
-                u64::from(maxima.max_http_requests),
-            ),
-            (
-                "max-http-response-bytes",
-                self.max_http_response_bytes,
-                maxima.max_http_response_bytes,
-            ),
-            (
-                "http-timeout-ms",
-                self.http_timeout_ms,
-                maxima.http_timeout_ms,
-            ),
+            ("max-http-requests", self.max_http_requests.map(u64::from), u64::from(maxima.max_http_requests)),
+            ("max-http-response-bytes", self.max_http_response_bytes, maxima.max_http_response_bytes),
+            ("http-timeout-ms", self.http_timeout_ms, maxima.http_timeout_ms),
         ];
         for (name, asked, max) in checks {
             match asked {
@@ -225,33 +184,17 @@ impl fmt::Display for LimitHit {
             LimitHit::Deadline { ms } => {
                 write!(f, "deadline of {ms} ms exceeded (limits.deadline-ms)")
             }
-            LimitHit::Memory { bytes } => write!(
-                f,
-                "memory cap of {} MiB exceeded (limits.memory-mib)",
-                bytes >> 20
-            ),
+            LimitHit::Memory { bytes } => write!(f, "memory cap of {} MiB exceeded (limits.memory-mib)", bytes >> 20),
             LimitHit::Stack => write!(f, "wasm stack exhausted (too deep recursion)"),
             LimitHit::InputSize { size, cap } => {
-                write!(
-                    f,
-                    "input of {size} bytes exceeds the cap of {cap} bytes (limits.max-input-bytes)"
-                )
+                write!(f, "input of {size} bytes exceeds the cap of {cap} bytes (limits.max-input-bytes)")
             }
             LimitHit::OutputSize { size, cap } => {
-                write!(
-                    f,
-                    "output of {size} bytes exceeds the cap of {cap} bytes (limits.max-output-bytes)"
-                )
+                write!(f, "output of {size} bytes exceeds the cap of {cap} bytes (limits.max-output-bytes)")
             }
-            LimitHit::LogBytes { cap } => write!(
-                f,
-                "log cap of {cap} bytes per call exceeded (limits.max-log-bytes)"
-            ),
+            LimitHit::LogBytes { cap } => write!(f, "log cap of {cap} bytes per call exceeded (limits.max-log-bytes)"),
             LimitHit::HttpRequests { cap } => {
-                write!(
-                    f,
-                    "budget of {cap} HTTP requests per call exceeded (limits.max-http-requests)"
-                )
+                write!(f, "budget of {cap} HTTP requests per call exceeded (limits.max-http-requests)")
             }
         }
     }

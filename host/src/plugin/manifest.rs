@@ -138,17 +138,14 @@ pub enum ManifestError {
 }
 
 fn field_err(field: impl Into<String>, reason: impl Into<String>) -> ManifestError {
-    ManifestError::Field {
-        field: field.into(),
-        reason: reason.into(),
-    }
+    ManifestError::Field { field: field.into(), reason: reason.into() }
 }
 
 impl Manifest {
     /// Parses and validates a manifest against the host's limit maxima.
     pub fn parse(text: &str, maxima: &Limits) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest = toml::from_str(text)
-            .map_err(|e| ManifestError::Parse(e.to_string().trim_end().to_string()))?;
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string().trim_end().to_string()))?;
         manifest.validate(maxima)?;
         Ok(manifest)
     }
@@ -156,16 +153,10 @@ impl Manifest {
     fn validate(&self, maxima: &Limits) -> Result<(), ManifestError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !self.name.starts_with('-');
         if !name_ok {
-            return Err(field_err(
-                "name",
-                format!("{:?} must be 1-64 of a-z, 0-9 and -", self.name),
-            ));
+            return Err(field_err("name", format!("{:?} must be 1-64 of a-z, 0-9 and -", self.name)));
         }
         if !SUPPORTED_API_VERSIONS.contains(&self.wit.as_str()) {
             return Err(field_err(
@@ -180,16 +171,10 @@ impl Manifest {
         self.limits.check_within(maxima)?;
         if self.kind == PluginKind::MerchantRules {
             if !self.capabilities.http_hosts.is_empty() {
-                return Err(field_err(
-                    "capabilities.http-hosts",
-                    "merchant rules are pure and cannot make requests",
-                ));
+                return Err(field_err("capabilities.http-hosts", "merchant rules are pure and cannot make requests"));
             }
             if !self.credentials.is_empty() {
-                return Err(field_err(
-                    "credentials",
-                    "merchant rules cannot use credentials",
-                ));
+                return Err(field_err("credentials", "merchant rules cannot use credentials"));
             }
         }
         for host in &self.capabilities.http_hosts {
@@ -199,10 +184,7 @@ impl Manifest {
                 && !bare.contains('*')
                 && url::Url::parse(&format!("http://{bare}/")).is_ok();
             if !valid {
-                return Err(field_err(
-                    "capabilities.http-hosts",
-                    format!("{host:?} is not a host name"),
-                ));
+                return Err(field_err("capabilities.http-hosts", format!("{host:?} is not a host name")));
             }
         }
         for (name, cred) in &self.credentials {
@@ -210,18 +192,12 @@ impl Manifest {
             match self.config.get(&cred.config) {
                 Some(f) if f.secret => {}
                 Some(_) => {
-                    return Err(field_err(
-                        field,
-                        format!("config field `{}` must be marked secret", cred.config),
-                    ));
+                    return Err(field_err(field, format!("config field `{}` must be marked secret", cred.config)));
                 }
                 None => {
                     return Err(field_err(
                         field,
-                        format!(
-                            "names config field `{}`, which is not declared",
-                            cred.config
-                        ),
+                        format!("names config field `{}`, which is not declared", cred.config),
                     ));
                 }
             }
@@ -231,16 +207,10 @@ impl Manifest {
         }
         for (name, f) in &self.config {
             if f.secret && f.ty != FieldType::String {
-                return Err(field_err(
-                    format!("config.{name}"),
-                    "secret fields must be strings",
-                ));
+                return Err(field_err(format!("config.{name}"), "secret fields must be strings"));
             }
             if (f.min.is_some() || f.max.is_some()) && f.ty != FieldType::Integer {
-                return Err(field_err(
-                    format!("config.{name}"),
-                    "min/max apply to integers only",
-                ));
+                return Err(field_err(format!("config.{name}"), "min/max apply to integers only"));
             }
         }
         Ok(())
@@ -259,10 +229,7 @@ impl Manifest {
             serde_json::Value::Object(map) => map,
             serde_json::Value::Null => &empty,
             _ => {
-                return Err(ConfigError {
-                    field: String::new(),
-                    reason: "configuration must be a JSON object".into(),
-                });
+                return Err(ConfigError { field: String::new(), reason: "configuration must be a JSON object".into() });
             }
         };
         for key in object.keys() {
@@ -276,10 +243,7 @@ impl Manifest {
         let mut visible = serde_json::Map::new();
         let mut secrets = HashMap::new();
         for (name, field) in &self.config {
-            let err = |reason: String| ConfigError {
-                field: name.clone(),
-                reason,
-            };
+            let err = |reason: String| ConfigError { field: name.clone(), reason };
             let Some(value) = object.get(name).filter(|v| !v.is_null()) else {
                 if field.required {
                     return Err(err("required but missing".into()));
@@ -294,9 +258,7 @@ impl Manifest {
                     return Err(err("expected true or false".into()));
                 }
                 FieldType::StringList
-                    if !value
-                        .as_array()
-                        .is_some_and(|a| a.iter().all(serde_json::Value::is_string)) =>
+                    if !value.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_string)) =>
                 {
                     return Err(err("expected a list of strings".into()));
                 }
@@ -304,8 +266,7 @@ impl Manifest {
                     let Some(n) = value.as_i64() else {
                         return Err(err("expected an integer".into()));
                     };
-                    if field.min.is_some_and(|min| n < min) || field.max.is_some_and(|max| n > max)
-                    {
+                    if field.min.is_some_and(|min| n < min) || field.max.is_some_and(|max| n > max) {
                         let range = format!(
                             "between {} and {}",
                             field.min.map_or("-inf".to_string(), |m| m.to_string()),
@@ -322,10 +283,7 @@ impl Manifest {
                 visible.insert(name.clone(), value.clone());
             }
         }
-        Ok(PluginConfig {
-            json: serde_json::Value::Object(visible).to_string(),
-            secrets: Secrets(secrets),
-        })
+        Ok(PluginConfig { json: serde_json::Value::Object(visible).to_string(), secrets: Secrets(secrets) })
     }
 }
 
@@ -350,10 +308,7 @@ pub struct PluginConfig {
 
 impl fmt::Debug for PluginConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginConfig")
-            .field("json", &self.json)
-            .field("secrets", &self.secrets)
-            .finish()
+        f.debug_struct("PluginConfig").field("json", &self.json).field("secrets", &self.secrets).finish()
     }
 }
 
@@ -426,31 +381,17 @@ mod tests {
         let cases = [
             (RULE.replace("flat-rate", "Flat Rate"), "`name`"),
             (RULE.replace("wit = \"0.1.0\"", "wit = \"0.2.0\""), "`wit`"),
-            (
-                format!("{RULE}\n[capabilities]\nhttp-hosts = [\"x.example\"]"),
-                "capabilities.http-hosts",
-            ),
+            (format!("{RULE}\n[capabilities]\nhttp-hosts = [\"x.example\"]"), "capabilities.http-hosts"),
             (ADAPTER.replace("secret = true", ""), "credentials.api"),
+            (ADAPTER.replace("header = \"Authorization\"", ""), "credentials.api"),
+            (ADAPTER.replace("\"*.cdn.example\"", "\"http://x/y\""), "capabilities.http-hosts"),
             (
-                ADAPTER.replace("header = \"Authorization\"", ""),
-                "credentials.api",
-            ),
-            (
-                ADAPTER.replace("\"*.cdn.example\"", "\"http://x/y\""),
-                "capabilities.http-hosts",
-            ),
-            (
-                RULE.replace(
-                    "[config.rate_bps]",
-                    "[limits]\nmemory-mib = 100000\n[config.rate_bps]",
-                ),
+                RULE.replace("[config.rate_bps]", "[limits]\nmemory-mib = 100000\n[config.rate_bps]"),
                 "limits.memory-mib",
             ),
         ];
         for (text, field) in cases {
-            let err = Manifest::parse(&text, &maxima())
-                .expect_err(field)
-                .to_string();
+            let err = Manifest::parse(&text, &maxima()).expect_err(field).to_string();
             assert!(err.contains(field), "{err:?} should name {field}");
         }
         let err = Manifest::parse("name = 1", &maxima()).expect_err("type");
@@ -463,17 +404,11 @@ mod tests {
         assert!(m.validate_config(&json!({"rate_bps": 250})).is_ok());
         let e = m.validate_config(&json!({})).expect_err("missing");
         assert_eq!(e.field, "rate_bps");
-        let e = m
-            .validate_config(&json!({"rate_bps": 20000}))
-            .expect_err("range");
+        let e = m.validate_config(&json!({"rate_bps": 20000})).expect_err("range");
         assert!(e.to_string().contains("between 0 and 10000"), "{e}");
-        let e = m
-            .validate_config(&json!({"rate_bps": 1, "rate_bsp": 2}))
-            .expect_err("typo");
+        let e = m.validate_config(&json!({"rate_bps": 1, "rate_bsp": 2})).expect_err("typo");
         assert_eq!(e.field, "rate_bsp");
-        let e = m
-            .validate_config(&json!({"rate_bps": 1, "skip": [1]}))
-            .expect_err("list");
+        let e = m.validate_config(&json!({"rate_bps": 1, "skip": [1]})).expect_err("list");
         assert_eq!(e.field, "skip");
     }
 
@@ -481,19 +416,10 @@ mod tests {
     fn secrets_are_split_out_and_never_printed() {
         let m = Manifest::parse(ADAPTER, &maxima()).expect("valid");
         let c = m
-            .validate_config(
-                &json!({"api_key": "s3cr3t-value", "base_url": "https://api.network.example"}),
-            )
+            .validate_config(&json!({"api_key": "s3cr3t-value", "base_url": "https://api.network.example"}))
             .expect("ok");
-        assert!(
-            !c.json.contains("s3cr3t"),
-            "the plugin must not see secrets: {}",
-            c.json
-        );
-        assert_eq!(
-            c.secrets.0.get("api_key").map(String::as_str),
-            Some("s3cr3t-value")
-        );
+        assert!(!c.json.contains("s3cr3t"), "the plugin must not see secrets: {}", c.json);
+        assert_eq!(c.secrets.0.get("api_key").map(String::as_str), Some("s3cr3t-value"));
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 }

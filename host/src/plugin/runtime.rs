@@ -96,9 +96,7 @@ impl LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin")
-            .field("plugin", &self.label.to_string())
-            .finish()
+        f.debug_struct("LoadedPlugin").field("plugin", &self.label.to_string()).finish()
     }
 }
 
@@ -113,10 +111,7 @@ pub struct CallOutcome<T> {
 
 impl<T> CallOutcome<T> {
     fn failed(error: CallError) -> Self {
-        CallOutcome {
-            result: Err(error),
-            logs: Vec::new(),
-        }
+        CallOutcome { result: Err(error), logs: Vec::new() }
     }
 }
 
@@ -137,9 +132,7 @@ pub struct PluginRuntime {
 
 impl std::fmt::Debug for PluginRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRuntime")
-            .field("store", &self.store.root())
-            .finish()
+        f.debug_struct("PluginRuntime").field("store", &self.store.root()).finish()
     }
 }
 
@@ -183,17 +176,15 @@ fn engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
 /// Bumps the epoch every tick for as long as the engine lives.
 fn start_epoch_ticker(engine: &Engine, tick: Duration) {
     let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("plugin-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(tick);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
+    let spawned = std::thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
+        loop {
+            std::thread::sleep(tick);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
             }
-        });
+        }
+    });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the plugin deadline ticker; plugin deadlines will not fire");
     }
@@ -214,20 +205,13 @@ impl PluginRuntime {
         // plus a WASI that grants nothing (for plugins built for wasm32-wasip2). A rule
         // that imports `http` therefore fails to link: deny by default.
         let mut rules_linker = Linker::new(&engine);
-        latest::rules_world::MerchantRules::add_to_linker::<_, HasSelf<PluginState>>(
-            &mut rules_linker,
-            |s| s,
-        )
-        .map_err(|e| anyhow::anyhow!("linking the rules world: {e:?}"))?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut rules_linker)
-            .map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
+        latest::rules_world::MerchantRules::add_to_linker::<_, HasSelf<PluginState>>(&mut rules_linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("linking the rules world: {e:?}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut rules_linker).map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
 
         let mut adapter_linker = Linker::new(&engine);
-        latest::adapter_world::NetworkAdapter::add_to_linker::<_, HasSelf<PluginState>>(
-            &mut adapter_linker,
-            |s| s,
-        )
-        .map_err(|e| anyhow::anyhow!("linking the adapter world: {e:?}"))?;
+        latest::adapter_world::NetworkAdapter::add_to_linker::<_, HasSelf<PluginState>>(&mut adapter_linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("linking the adapter world: {e:?}"))?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut adapter_linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
 
@@ -273,29 +257,18 @@ impl PluginRuntime {
 
     /// Like [`load`](Self::load), with a manifest given beside the component (for
     /// components not built with the SDK). An embedded manifest wins if both exist.
-    pub fn load_with_manifest(
-        &self,
-        bytes: &[u8],
-        manifest: Option<&str>,
-    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+    pub fn load_with_manifest(&self, bytes: &[u8], manifest: Option<&str>) -> Result<Arc<LoadedPlugin>, LoadError> {
         let digest = Digest::of(bytes);
         if let Some(p) = self.cached(&digest) {
             return Ok(p);
         }
         let sections = inspect::sections(bytes)?;
-        let manifest_text = sections
-            .manifest
-            .as_deref()
-            .or(manifest)
-            .ok_or(LoadError::NoManifest)?;
+        let manifest_text = sections.manifest.as_deref().or(manifest).ok_or(LoadError::NoManifest)?;
         let manifest = Manifest::parse(manifest_text, &self.config.maxima)?;
         let label = manifest.label();
         // The stamped version is what the plugin was compiled against; a mismatch is
         // refused here, before the component is compiled or instantiated.
-        let api_version = sections
-            .api_version
-            .clone()
-            .unwrap_or_else(|| manifest.wit.clone());
+        let api_version = sections.api_version.clone().unwrap_or_else(|| manifest.wit.clone());
         if !SUPPORTED_API_VERSIONS.contains(&api_version.as_str()) || api_version != manifest.wit {
             return Err(LoadError::ApiVersion {
                 plugin: label,
@@ -312,14 +285,8 @@ impl PluginRuntime {
         let component = self.compile_cached(&digest, bytes, &label)?;
 
         let ty = component.component_type();
-        let imports: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let (expected, linker) = match manifest.kind {
             PluginKind::MerchantRules => (latest::RULES_EXPORT, &self.rules_linker),
             PluginKind::NetworkAdapter => (latest::ADAPTER_EXPORT, &self.adapter_linker),
@@ -334,41 +301,23 @@ impl PluginRuntime {
         }
         let instance_pre = linker
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link {
-                plugin: label.clone(),
-                reason: format!("{e:#}"),
-            })?;
+            .map_err(|e| LoadError::Link { plugin: label.clone(), reason: format!("{e:#}") })?;
         let pre = match manifest.kind {
-            PluginKind::MerchantRules => {
-                Pre::RulesV0_1(latest::MerchantRulesPre::new(instance_pre).map_err(|e| {
-                    LoadError::Link {
-                        plugin: label.clone(),
-                        reason: format!("{e:#}"),
-                    }
-                })?)
-            }
-            PluginKind::NetworkAdapter => {
-                Pre::AdapterV0_1(latest::NetworkAdapterPre::new(instance_pre).map_err(|e| {
-                    LoadError::Link {
-                        plugin: label.clone(),
-                        reason: format!("{e:#}"),
-                    }
-                })?)
-            }
+            PluginKind::MerchantRules => Pre::RulesV0_1(
+                latest::MerchantRulesPre::new(instance_pre)
+                    .map_err(|e| LoadError::Link { plugin: label.clone(), reason: format!("{e:#}") })?,
+            ),
+            PluginKind::NetworkAdapter => Pre::AdapterV0_1(
+                latest::NetworkAdapterPre::new(instance_pre)
+                    .map_err(|e| LoadError::Link { plugin: label.clone(), reason: format!("{e:#}") })?,
+            ),
         };
-        let mut limits = self
-            .config
-            .defaults
-            .with(&manifest.limits, &self.config.maxima);
+        let mut limits = self.config.defaults.with(&manifest.limits, &self.config.maxima);
         if let Some(over) = self.config.overrides.get(&manifest.name) {
             limits = limits.with(over, &self.config.maxima);
         }
         let plugin = Arc::new(LoadedPlugin {
-            label: Arc::new(PluginLabel {
-                name: manifest.name.clone(),
-                version: manifest.version.to_string(),
-                digest,
-            }),
+            label: Arc::new(PluginLabel { name: manifest.name.clone(), version: manifest.version.to_string(), digest }),
             manifest,
             digest,
             api_version,
@@ -378,10 +327,7 @@ impl PluginRuntime {
             exports,
             pre,
         });
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, plugin.clone());
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, plugin.clone());
         Ok(plugin)
     }
 
@@ -395,27 +341,15 @@ impl PluginRuntime {
     }
 
     fn cached(&self, digest: &Digest) -> Option<Arc<LoadedPlugin>> {
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-            .cloned()
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
     }
 
     /// Forgets a loaded plugin (its compiled artifact stays cached on disk).
     pub fn unload(&self, digest: &Digest) {
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(digest);
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
     }
 
-    fn compile_cached(
-        &self,
-        digest: &Digest,
-        bytes: &[u8],
-        label: &str,
-    ) -> Result<Component, LoadError> {
+    fn compile_cached(&self, digest: &Digest, bytes: &[u8], label: &str) -> Result<Component, LoadError> {
         let path = self.store.artifact_path(digest, &self.engine_hash);
         if path.exists() {
             // SAFETY: the artifact was written by `precompile_component` of an engine
@@ -432,16 +366,11 @@ impl PluginRuntime {
         let compiled = self
             .engine
             .precompile_component(bytes)
-            .map_err(|e| LoadError::Compile {
-                plugin: label.to_string(),
-                reason: format!("{e:#}"),
-            })?;
+            .map_err(|e| LoadError::Compile { plugin: label.to_string(), reason: format!("{e:#}") })?;
         self.store.put_artifact(&path, &compiled)?;
         // SAFETY: as above; these are the bytes just produced by this engine.
-        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| LoadError::Compile {
-            plugin: label.to_string(),
-            reason: format!("{e:#}"),
-        })
+        unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map_err(|e| LoadError::Compile { plugin: label.to_string(), reason: format!("{e:#}") })
     }
 
     /// Compiles a component from scratch without caching (benchmarks: the cost a cache
@@ -457,12 +386,7 @@ impl PluginRuntime {
         unsafe { Component::deserialize_file(&self.engine, &path) }
     }
 
-    fn new_store(
-        &self,
-        plugin: &LoadedPlugin,
-        config: &PluginConfig,
-        clock: Clock,
-    ) -> Store<PluginState> {
+    fn new_store(&self, plugin: &LoadedPlugin, config: &PluginConfig, clock: Clock) -> Store<PluginState> {
         let http = (plugin.kind() == PluginKind::NetworkAdapter).then(|| HttpGrant {
             hosts: Arc::new(plugin.manifest.capabilities.http_hosts.clone()),
             credentials: Arc::new(plugin.manifest.credentials.clone()),
@@ -484,10 +408,7 @@ impl PluginRuntime {
         if size > plugin.limits.max_input_bytes {
             return Err(CallError::Limit {
                 plugin: plugin.label.clone(),
-                limit: LimitHit::InputSize {
-                    size,
-                    cap: plugin.limits.max_input_bytes,
-                },
+                limit: LimitHit::InputSize { size, cap: plugin.limits.max_input_bytes },
             });
         }
         Ok(())
@@ -514,51 +435,27 @@ impl PluginRuntime {
                 if size > plugin.limits.max_output_bytes {
                     Err(CallError::Limit {
                         plugin: label,
-                        limit: LimitHit::OutputSize {
-                            size,
-                            cap: plugin.limits.max_output_bytes,
-                        },
+                        limit: LimitHit::OutputSize { size, cap: plugin.limits.max_output_bytes },
                     })
                 } else {
                     Ok(value)
                 }
             }
             Ok(Err(error)) => match (state.hit.take(), denied) {
-                (Some(limit), _) => Err(CallError::Limit {
-                    plugin: label,
-                    limit,
-                }),
-                (None, Some(what)) => Err(CallError::Denied {
-                    plugin: label,
-                    what,
-                }),
-                (None, None) => Err(CallError::Plugin {
-                    plugin: label,
-                    error,
-                }),
+                (Some(limit), _) => Err(CallError::Limit { plugin: label, limit }),
+                (None, Some(what)) => Err(CallError::Denied { plugin: label, what }),
+                (None, None) => Err(CallError::Plugin { plugin: label, error }),
             },
             Err(trap) => {
-                let limit = state
-                    .hit
-                    .take()
-                    .or_else(|| match trap.downcast_ref::<Trap>() {
-                        Some(Trap::Interrupt) => Some(LimitHit::Deadline {
-                            ms: plugin.limits.deadline_ms,
-                        }),
-                        Some(Trap::StackOverflow) => Some(LimitHit::Stack),
-                        _ => None,
-                    });
+                let limit = state.hit.take().or_else(|| match trap.downcast_ref::<Trap>() {
+                    Some(Trap::Interrupt) => Some(LimitHit::Deadline { ms: plugin.limits.deadline_ms }),
+                    Some(Trap::StackOverflow) => Some(LimitHit::Stack),
+                    _ => None,
+                });
                 match limit {
-                    Some(limit) => Err(CallError::Limit {
-                        plugin: label,
-                        limit,
-                    }),
+                    Some(limit) => Err(CallError::Limit { plugin: label, limit }),
                     None => {
-                        let last_error = logs
-                            .iter()
-                            .rev()
-                            .find(|l| l.level == "error")
-                            .map(|l| l.message.clone());
+                        let last_error = logs.iter().rev().find(|l| l.level == "error").map(|l| l.message.clone());
                         let mut message = match trap.downcast_ref::<Trap>() {
                             // Rust (and C) keep large stack frames in linear memory below
                             // the data; recursing past that stack reads out of bounds.
@@ -572,10 +469,7 @@ impl PluginRuntime {
                         if let Some(line) = last_error {
                             message = format!("{message}; last error logged: {line}");
                         }
-                        Err(CallError::Trap {
-                            plugin: label,
-                            message,
-                        })
+                        Err(CallError::Trap { plugin: label, message })
                     }
                 }
             }
@@ -587,11 +481,7 @@ impl PluginRuntime {
     }
 
     fn wrong_kind(plugin: &LoadedPlugin, expected: PluginKind) -> CallError {
-        CallError::WrongKind {
-            plugin: plugin.label.clone(),
-            kind: plugin.kind(),
-            expected,
-        }
+        CallError::WrongKind { plugin: plugin.label.clone(), kind: plugin.kind(), expected }
     }
 
     /// Evaluates a merchant rule. The clock the plugin can see is frozen at
@@ -611,17 +501,12 @@ impl PluginRuntime {
         }
         let mut outcome = self.run(plugin, config, Clock::FixedAt(context.now), |store| {
             let bindings = pre.instantiate(&mut *store)?;
-            bindings
-                .cashback_plugin_rules()
-                .call_evaluate(store, order, context)
+            bindings.cashback_plugin_rules().call_evaluate(store, order, context)
         });
         if let Ok(decision) = &outcome.result
             && let Err(reason) = check_decision(order, decision)
         {
-            outcome.result = Err(CallError::InvalidOutput {
-                plugin: plugin.label.clone(),
-                reason,
-            });
+            outcome.result = Err(CallError::InvalidOutput { plugin: plugin.label.clone(), reason });
         }
         outcome
     }
@@ -632,10 +517,7 @@ impl PluginRuntime {
         plugin: &LoadedPlugin,
         config: &PluginConfig,
         input_size: u64,
-        call: impl FnOnce(
-            &AdapterExports,
-            &mut Store<PluginState>,
-        ) -> wasmtime::Result<Result<T, latest::PluginError>>,
+        call: impl FnOnce(&AdapterExports, &mut Store<PluginState>) -> wasmtime::Result<Result<T, latest::PluginError>>,
     ) -> CallOutcome<T> {
         let Pre::AdapterV0_1(pre) = &plugin.pre else {
             return CallOutcome::failed(Self::wrong_kind(plugin, PluginKind::NetworkAdapter));
@@ -656,9 +538,7 @@ impl PluginRuntime {
         config: &PluginConfig,
         request: &latest::PostbackRequest,
     ) -> CallOutcome<Vec<latest::ConversionEvent>> {
-        self.call_adapter(plugin, config, request.wire_size(), |a, store| {
-            a.call_parse_postback(store, request)
-        })
+        self.call_adapter(plugin, config, request.wire_size(), |a, store| a.call_parse_postback(store, request))
     }
 
     /// Fetches one page of a network's report with an adapter.
@@ -668,9 +548,7 @@ impl PluginRuntime {
         config: &PluginConfig,
         request: &latest::ImportRequest,
     ) -> CallOutcome<latest::Page> {
-        self.call_adapter(plugin, config, request.wire_size(), |a, store| {
-            a.call_import_page(store, request)
-        })
+        self.call_adapter(plugin, config, request.wire_size(), |a, store| a.call_import_page(store, request))
     }
 
     /// Parses an offline report file with an adapter.
@@ -682,9 +560,7 @@ impl PluginRuntime {
         contents: &[u8],
     ) -> CallOutcome<latest::FileResult> {
         let size = (name.len() + contents.len()) as u64;
-        self.call_adapter(plugin, config, size, |a, store| {
-            a.call_parse_file(store, name, contents)
-        })
+        self.call_adapter(plugin, config, size, |a, store| a.call_parse_file(store, name, contents))
     }
 }
 
@@ -692,25 +568,17 @@ impl PluginRuntime {
 /// total, and one line id per order line.
 fn check_decision(order: &latest::Order, d: &latest::RuleDecision) -> Result<(), String> {
     if d.total.currency != order.amount.currency {
-        return Err(format!(
-            "total is in {}, the order in {}",
-            d.total.currency, order.amount.currency
-        ));
+        return Err(format!("total is in {}, the order in {}", d.total.currency, order.amount.currency));
     }
     let mut sum: i64 = 0;
     for line in &d.lines {
         if !order.line_items.iter().any(|l| l.id == line.line_id) {
             return Err(format!("cashback for unknown line {:?}", line.line_id));
         }
-        sum = sum
-            .checked_add(line.amount)
-            .ok_or("line amounts overflow")?;
+        sum = sum.checked_add(line.amount).ok_or("line amounts overflow")?;
     }
     if sum != d.total.minor {
-        return Err(format!(
-            "lines add up to {sum} but the total is {}",
-            d.total.minor
-        ));
+        return Err(format!("lines add up to {sum} but the total is {}", d.total.minor));
     }
     Ok(())
 }
@@ -736,11 +604,7 @@ pub mod bench {
         ) -> Option<latest::RuleDecision> {
             // Long-lived for the benchmark: push the deadline out before each call.
             self.store.set_epoch_deadline(1_000_000);
-            self.bindings
-                .cashback_plugin_rules()
-                .call_evaluate(&mut self.store, order, context)
-                .ok()?
-                .ok()
+            self.bindings.cashback_plugin_rules().call_evaluate(&mut self.store, order, context).ok()?.ok()
         }
     }
 

@@ -23,14 +23,8 @@ pub fn order(id: &str, currency: &str, lines: &[(&str, &str, i64)]) -> latest::O
         order_id: id.into(),
         event_type: "sale".into(),
         state: latest::ConversionState::Pending,
-        amount: latest::Money {
-            minor: total,
-            currency: currency.into(),
-        },
-        commission: latest::Money {
-            minor: total / 10,
-            currency: currency.into(),
-        },
+        amount: latest::Money { minor: total, currency: currency.into() },
+        commission: latest::Money { minor: total / 10, currency: currency.into() },
         line_items,
         event_time: 1_767_225_000_000,
         click_time: None,
@@ -40,10 +34,5 @@ pub fn order(id: &str, currency: &str, lines: &[(&str, &str, i64)]) -> latest::O
 
 /// A context at `now` with no history and no earlier decision.
 pub fn context(now: i64) -> latest::RuleContext {
-    latest::RuleContext {
-        now,
-        prior_orders: 0,
-        decision_so_far: None,
-        attributes: Vec::new(),
-    }
+    latest::RuleContext { now, prior_orders: 0, decision_so_far: None, attributes: Vec::new() }
 }

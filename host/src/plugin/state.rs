@@ -53,12 +53,7 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    pub(crate) fn new(
-        limits: Limits,
-        config_json: String,
-        clock: Clock,
-        http: Option<HttpGrant>,
-    ) -> Self {
+    pub(crate) fn new(limits: Limits, config_json: String, clock: Clock, http: Option<HttpGrant>) -> Self {
         PluginState {
             limits,
             hit: None,
@@ -107,10 +102,7 @@ impl HostMonotonicClock for FrozenClock {
 fn locked_down_wasi(clock: Clock) -> WasiCtx {
     use rand::SeedableRng;
     let mut builder = WasiCtx::builder();
-    builder
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
+    builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     if let Clock::FixedAt(ms) = clock {
         let at = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         builder
@@ -129,24 +121,14 @@ impl WasiView for PluginState {
         // for wasm32-unknown-unknown imports none of it.
         let clock = self.clock;
         let ctx = self.wasi.get_or_insert_with(|| locked_down_wasi(clock));
-        WasiCtxView {
-            ctx,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx, table: &mut self.table }
     }
 }
 
 impl wasmtime::ResourceLimiter for PluginState {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limits.memory_bytes() {
-            self.record_hit(LimitHit::Memory {
-                bytes: self.limits.memory_mib << 20,
-            });
+            self.record_hit(LimitHit::Memory { bytes: self.limits.memory_mib << 20 });
             // Refuse the growth the way wasm does (memory.grow returns -1); the plugin
             // then fails, and `hit` explains why.
             return Ok(false);
@@ -154,12 +136,7 @@ impl wasmtime::ResourceLimiter for PluginState {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -170,16 +147,11 @@ impl latest::rules_world::cashback::plugin::log::Host for PluginState {
     fn write(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
         self.log_bytes = self.log_bytes.saturating_add(message.len() as u64);
         if self.log_bytes > self.limits.max_log_bytes {
-            let hit = LimitHit::LogBytes {
-                cap: self.limits.max_log_bytes,
-            };
+            let hit = LimitHit::LogBytes { cap: self.limits.max_log_bytes };
             self.record_hit(hit.clone());
             return Err(wasmtime::format_err!("{hit}"));
         }
-        self.logs.push(LogLine {
-            level: level_name(level),
-            message,
-        });
+        self.logs.push(LogLine { level: level_name(level), message });
         Ok(())
     }
 }

@@ -85,24 +85,18 @@ impl ContentStore {
     pub fn get(&self, digest: &Digest) -> std::io::Result<Vec<u8>> {
         let bytes = std::fs::read(self.component_path(digest))?;
         if Digest::of(&bytes) != *digest {
-            return Err(std::io::Error::other(format!(
-                "stored component {digest} is corrupt"
-            )));
+            return Err(std::io::Error::other(format!("stored component {digest} is corrupt")));
         }
         Ok(bytes)
     }
 
     fn component_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("components")
-            .join(format!("{}.wasm", digest.hex()))
+        self.root.join("components").join(format!("{}.wasm", digest.hex()))
     }
 
     /// Path of the compiled artifact of `digest` for an engine with `engine_hash`.
     pub fn artifact_path(&self, digest: &Digest, engine_hash: &str) -> PathBuf {
-        self.root
-            .join("artifacts")
-            .join(format!("{}-{engine_hash}.cwasm", digest.hex()))
+        self.root.join("artifacts").join(format!("{}-{engine_hash}.cwasm", digest.hex()))
     }
 
     /// Writes a compiled artifact atomically, so a concurrent reader never sees half.
@@ -113,11 +107,7 @@ impl ContentStore {
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".tmp-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
+    let tmp = dir.join(format!(".tmp-{}-{:?}", std::process::id(), std::thread::current().id()));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -139,12 +129,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(store.get(&a).expect("get"), b"component bytes");
         assert_eq!(Digest::parse(&a.to_string()), Some(a));
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("components"))
-                .expect("dir")
-                .count(),
-            1
-        );
+        assert_eq!(std::fs::read_dir(dir.path().join("components")).expect("dir").count(), 1);
     }
 
     #[test]

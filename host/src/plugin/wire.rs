@@ -64,13 +64,7 @@ macro_rules! record {
 }
 
 record!(latest::Money { minor, currency });
-record!(latest::LineItem {
-    id,
-    sku,
-    category,
-    quantity,
-    amount
-});
+record!(latest::LineItem { id, sku, category, quantity, amount });
 record!(latest::Order {
     conversion_id,
     merchant,
@@ -85,27 +79,10 @@ record!(latest::Order {
     click_time,
     user_id
 });
-record!(latest::RuleContext {
-    now,
-    prior_orders,
-    decision_so_far,
-    attributes
-});
-record!(latest::LineCashback {
-    line_id,
-    amount,
-    rate_bps,
-    reason
-});
+record!(latest::RuleContext { now, prior_orders, decision_so_far, attributes });
+record!(latest::LineCashback { line_id, amount, rate_bps, reason });
 record!(latest::Exclusion { line_id, reason });
-record!(latest::RuleDecision {
-    lines,
-    exclusions,
-    total,
-    hold,
-    reward_delay_days,
-    notes
-});
+record!(latest::RuleDecision { lines, exclusions, total, hold, reward_delay_days, notes });
 record!(latest::ConversionEvent {
     network,
     transaction_id,
@@ -122,29 +99,12 @@ record!(latest::ConversionEvent {
     line_items,
     raw
 });
-record!(latest::PostbackRequest {
-    method,
-    path,
-    query,
-    headers,
-    body
-});
-record!(latest::ImportRequest {
-    window_start,
-    window_end,
-    cursor
-});
-record!(latest::Page {
-    events,
-    next_cursor
-});
+record!(latest::PostbackRequest { method, path, query, headers, body });
+record!(latest::ImportRequest { window_start, window_end, cursor });
+record!(latest::Page { events, next_cursor });
 record!(latest::RejectedRow { row, reason });
 record!(latest::FileResult { events, rejected });
-record!(http::Response {
-    status,
-    headers,
-    body
-});
+record!(http::Response { status, headers, body });
 
 #[cfg(test)]
 mod tests {
@@ -156,13 +116,7 @@ mod tests {
         assert_eq!(vec![1u8; 100].wire_size(), 108);
         let big = latest::FileResult {
             events: Vec::new(),
-            rejected: vec![
-                latest::RejectedRow {
-                    row: 1,
-                    reason: "x".repeat(1000)
-                };
-                10
-            ],
+            rejected: vec![latest::RejectedRow { row: 1, reason: "x".repeat(1000) }; 10],
         };
         assert!(big.wire_size() > 10_000);
     }

@@ -33,15 +33,8 @@ impl FlatRate {
     pub fn decide(config: &Config, order: &Order) -> Result<RuleDecision, PluginError> {
         let mut decision = RuleDecision::empty(&order.amount.currency);
         for line in &order.line_items {
-            if config
-                .excluded_categories
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case(&line.category))
-            {
-                decision.exclude(
-                    line,
-                    &format!("category {} earns no cashback", line.category),
-                );
+            if config.excluded_categories.iter().any(|c| c.eq_ignore_ascii_case(&line.category)) {
+                decision.exclude(line, &format!("category {} earns no cashback", line.category));
             } else if config.excluded_skus.contains(&line.sku) {
                 decision.exclude(line, &format!("SKU {} earns no cashback", line.sku));
             } else {
@@ -58,11 +51,7 @@ impl FlatRate {
         if let Some(limit) = config.hold_above
             && order.amount.minor > limit
         {
-            let why = format!(
-                "order of {} is above {}",
-                order.amount,
-                money::format(limit, &order.amount.currency)
-            );
+            let why = format!("order of {} is above {}", order.amount, money::format(limit, &order.amount.currency));
             decision.hold(&why);
         }
         Ok(decision)
@@ -86,24 +75,17 @@ mod tests {
     #[test]
     fn credits_the_rate_on_every_line_rounding_down() {
         testing::set_config(r#"{"rate_bps": 300}"#);
-        let order = testing::order("o-1", "EUR")
-            .line("l1", "A", "books", 1, 1299)
-            .line("l2", "B", "toys", 2, 5000)
-            .build();
+        let order =
+            testing::order("o-1", "EUR").line("l1", "A", "books", 1, 1299).line("l2", "B", "toys", 2, 5000).build();
         let d = FlatRate::evaluate(&order, &testing::context()).expect("decision");
-        assert_eq!(
-            d.lines.iter().map(|l| l.amount).collect::<Vec<_>>(),
-            vec![38, 150]
-        );
+        assert_eq!(d.lines.iter().map(|l| l.amount).collect::<Vec<_>>(), vec![38, 150]);
         assert_eq!(d.total, Money::new(188, "EUR"));
         testing::assert_consistent(&d);
     }
 
     #[test]
     fn excluded_categories_and_skus_earn_nothing_with_a_reason() {
-        testing::set_config(
-            r#"{"rate_bps": 500, "excluded_categories": ["gift-cards"], "excluded_skus": ["X9"]}"#,
-        );
+        testing::set_config(r#"{"rate_bps": 500, "excluded_categories": ["gift-cards"], "excluded_skus": ["X9"]}"#);
         let order = testing::order("o-2", "EUR")
             .line("l1", "G1", "Gift-Cards", 1, 10_000)
             .line("l2", "X9", "books", 1, 2_000)
@@ -119,10 +101,8 @@ mod tests {
     #[test]
     fn the_cap_is_spread_back_over_the_lines() {
         testing::set_config(r#"{"rate_bps": 1000, "max_cashback": 500}"#);
-        let order = testing::order("o-3", "EUR")
-            .line("l1", "A", "tv", 1, 80_000)
-            .line("l2", "B", "tv", 1, 20_000)
-            .build();
+        let order =
+            testing::order("o-3", "EUR").line("l1", "A", "tv", 1, 80_000).line("l2", "B", "tv", 1, 20_000).build();
         let d = FlatRate::evaluate(&order, &testing::context()).expect("decision");
         assert_eq!(d.total.minor, 500);
         assert_eq!(d.lines[0].amount, 400);
@@ -134,31 +114,17 @@ mod tests {
     #[test]
     fn high_value_orders_are_held_for_review() {
         testing::set_config(r#"{"rate_bps": 100, "hold_above": 50000}"#);
-        let big = testing::order("o-5", "EUR")
-            .line("l1", "A", "tv", 1, 50_001)
-            .build();
+        let big = testing::order("o-5", "EUR").line("l1", "A", "tv", 1, 50_001).build();
         let d = FlatRate::evaluate(&big, &testing::context()).expect("decision");
-        assert_eq!(
-            d.hold.as_deref(),
-            Some("order of 500.01 EUR is above 500.00 EUR")
-        );
-        let small = testing::order("o-6", "EUR")
-            .line("l1", "A", "tv", 1, 50_000)
-            .build();
-        assert_eq!(
-            FlatRate::evaluate(&small, &testing::context())
-                .expect("decision")
-                .hold,
-            None
-        );
+        assert_eq!(d.hold.as_deref(), Some("order of 500.01 EUR is above 500.00 EUR"));
+        let small = testing::order("o-6", "EUR").line("l1", "A", "tv", 1, 50_000).build();
+        assert_eq!(FlatRate::evaluate(&small, &testing::context()).expect("decision").hold, None);
     }
 
     #[test]
     fn missing_rate_is_a_config_error() {
         testing::set_config("{}");
-        let order = testing::order("o-4", "EUR")
-            .line("l1", "A", "books", 1, 100)
-            .build();
+        let order = testing::order("o-4", "EUR").line("l1", "A", "books", 1, 100).build();
         match FlatRate::evaluate(&order, &testing::context()) {
             Err(PluginError::Config(m)) => assert!(m.contains("rate_bps"), "{m}"),
             other => panic!("expected a config error, got {other:?}"),

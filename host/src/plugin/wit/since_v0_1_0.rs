@@ -38,8 +38,8 @@ pub use adapter_world::exports::cashback::plugin::adapter::{
 pub use rules_world::MerchantRulesPre;
 pub use rules_world::cashback::plugin::log::Level as LogLevel;
 pub use rules_world::cashback::plugin::types::{
-    ConversionEvent, ConversionState, Exclusion, LineCashback, LineItem, Money, Order, PluginError,
-    RuleContext, RuleDecision, Timestamp,
+    ConversionEvent, ConversionState, Exclusion, LineCashback, LineItem, Money, Order, PluginError, RuleContext,
+    RuleDecision, Timestamp,
 };
 
 /// Interface names a component of each world exports at this version.

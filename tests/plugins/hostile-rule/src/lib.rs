@@ -27,11 +27,7 @@ fn recurse(n: u64) -> u64 {
 #[inline(never)]
 fn recurse_shadow(n: u64) -> u64 {
     let pad = black_box([n; 64]);
-    if n == u64::MAX {
-        0
-    } else {
-        recurse_shadow(n + 1).wrapping_add(pad[(n % 64) as usize])
-    }
+    if n == u64::MAX { 0 } else { recurse_shadow(n + 1).wrapping_add(pad[(n % 64) as usize]) }
 }
 
 impl Rule for Hostile {
@@ -60,14 +56,10 @@ impl Rule for Hostile {
                 decision.notes.push(recurse(black_box(0)).to_string());
             }
             "shadow-recursion" => {
-                decision
-                    .notes
-                    .push(recurse_shadow(black_box(0)).to_string());
+                decision.notes.push(recurse_shadow(black_box(0)).to_string());
             }
             "big-output" => {
-                decision.notes = (0..2_000)
-                    .map(|i| format!("note {i}: {}", "x".repeat(100)))
-                    .collect();
+                decision.notes = (0..2_000).map(|i| format!("note {i}: {}", "x".repeat(100))).collect();
             }
             "log-flood" => loop {
                 log::info(&"flood ".repeat(100));

@@ -1,0 +1,273 @@
+//! `cashbackd-load`: drives write load (manual ledger adjustments through the
+//! group-commit writer) against a database and reports the throughput as one JSON line.
+//!
+//! ```sh
+//! cashbackd-load --database-url sqlite:///tmp/load.db --concurrency 64 --seconds 5 --max-batch 1
+//! ```
+//!
+//! Each of `--concurrency` tasks submits `Service::adjust` with unique keys
+//! `{prefix}-{task}-{n}` until the time or the number of writes runs out. With
+//! `--ack-log FILE`, every acknowledged key is appended to FILE as one line, written with
+//! a single unbuffered `write` after the service answered (that is, after the commit):
+//! a key in that file was acknowledged. The crash test (`tests/it/crash.rs`) relies on it.
+
+use anyhow::{Context, bail};
+use cashbackd::clock::SystemClock;
+use cashbackd::conversions::{Outcome, Service, ServiceConfig};
+use cashbackd::db::writer::WriterConfig;
+use cashbackd::db::{Backend, Db, redact};
+use cashbackd::plugin::{PluginRuntime, RuntimeConfig};
+use clap::Parser;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Drive write load against a cashbackd database and report writes per second.
+#[derive(Debug, Parser)]
+#[command(name = "cashbackd-load", version, about)]
+struct Args {
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB` (migrated on connect).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Tasks submitting writes at the same time.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// Run for this many seconds (the default: 5).
+    #[arg(long, conflicts_with = "writes")]
+    seconds: Option<f64>,
+    /// Stop after this many writes in total instead.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    writes: Option<u64>,
+    /// Most writes per transaction; 1 commits every write on its own.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batch: u32,
+    /// Append every acknowledged key to this file, one per line.
+    #[arg(long)]
+    ack_log: Option<PathBuf>,
+    /// Prefix of the idempotency keys (`{prefix}-{task}-{n}`); use a new one per run on
+    /// the same database, or every write is a duplicate.
+    #[arg(long, default_value = "load")]
+    prefix: String,
+    /// The writes are spread over this many user ids.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    users: u32,
+    /// Plugin store of the (unused) plugin runtime the service needs.
+    #[arg(long, env = "CASHBACKD_PLUGIN_STORE")]
+    plugin_store: Option<PathBuf>,
+}
+
+/// When the load stops.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Until(Instant),
+    Writes(u64),
+}
+
+/// The line printed at the end (fields in this order).
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    backend: &'static str,
+    max_batch: u32,
+    concurrency: u32,
+    /// Acknowledged writes that posted.
+    writes: u64,
+    /// Wall time from the first write to the last answer.
+    seconds: f64,
+    writes_per_sec: f64,
+    /// Acknowledged writes whose key existed already.
+    duplicates: u64,
+    /// Failed writes.
+    errors: u64,
+}
+
+/// What the tasks count together.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Writes claimed (for `--writes`).
+    claimed: AtomicU64,
+    /// Acknowledged writes that posted.
+    posted: AtomicU64,
+    /// Acknowledged writes whose key existed already (nothing posted).
+    duplicates: AtomicU64,
+    /// Refused or failed writes (each stops its task).
+    errors: AtomicU64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CASHBACKD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let seconds = args.seconds.unwrap_or(5.0);
+    if !(seconds.is_finite() && seconds > 0.0) {
+        bail!("--seconds must be a positive number");
+    }
+    let db =
+        Db::connect(&args.database_url).await.with_context(|| format!("opening {}", redact_any(&args.database_url)))?;
+    let backend = match db.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let store = args.plugin_store.clone().unwrap_or_else(|| std::env::temp_dir().join("cashbackd-load-plugins"));
+    let plugins = Arc::new(
+        PluginRuntime::new(RuntimeConfig::new(&store))
+            .with_context(|| format!("plugin runtime in {}", store.display()))?,
+    );
+    let service = Service::new(
+        db,
+        plugins,
+        Arc::new(SystemClock),
+        ServiceConfig {
+            writer: WriterConfig { max_batch: args.max_batch as usize, queue: 4096 },
+            ..ServiceConfig::default()
+        },
+    );
+    let ack_log = match &args.ack_log {
+        Some(path) => Some(Arc::new(Mutex::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the ack log {}", path.display()))?,
+        ))),
+        None => None,
+    };
+
+    let started = Instant::now();
+    let limit = match args.writes {
+        Some(n) => Limit::Writes(n),
+        None => Limit::Until(started + Duration::from_secs_f64(seconds)),
+    };
+    let counters = Arc::new(Counters::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..args.concurrency {
+        tasks.spawn(worker(
+            service.clone(),
+            task,
+            args.prefix.clone(),
+            args.users,
+            limit,
+            counters.clone(),
+            ack_log.clone(),
+        ));
+    }
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.context("a load task panicked")?;
+        if let Err(e) = result
+            && first_error.is_none()
+        {
+            first_error = Some(e);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let writes = counters.posted.load(Ordering::Relaxed);
+    let duplicates = counters.duplicates.load(Ordering::Relaxed);
+    let errors = counters.errors.load(Ordering::Relaxed);
+    let report = Report {
+        backend,
+        max_batch: args.max_batch,
+        concurrency: args.concurrency,
+        writes,
+        seconds: round3(elapsed),
+        writes_per_sec: round3(writes as f64 / elapsed.max(1e-9)),
+        duplicates,
+        errors,
+    };
+    println!("{}", serde_json::to_string(&report).context("encoding the report")?);
+    service.db().pool.close().await;
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if errors > 0 {
+        eprintln!("error: {errors} writes failed (see the log above)");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One task: submits writes until the limit, one at a time.
+async fn worker(
+    service: Service,
+    task: u32,
+    prefix: String,
+    users: u32,
+    limit: Limit,
+    counters: Arc<Counters>,
+    ack_log: Option<Arc<Mutex<File>>>,
+) -> anyhow::Result<()> {
+    let mut n: u64 = 0;
+    loop {
+        match limit {
+            Limit::Until(deadline) if Instant::now() >= deadline => return Ok(()),
+            Limit::Writes(total) if counters.claimed.fetch_add(1, Ordering::Relaxed) >= total => {
+                return Ok(());
+            }
+            _ => {}
+        }
+        let key = format!("{prefix}-{task}-{n}");
+        let user = format!("user-{}", (u64::from(task) * 31 + n) % u64::from(users));
+        let amount = 1 + (n % 999) as i64;
+        n += 1;
+        match service.adjust(&key, &user, "EUR", amount, "cashbackd-load", "load test").await {
+            Ok(Outcome::Adjusted { posted, .. }) => {
+                if posted {
+                    counters.posted.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(log) = &ack_log {
+                    acknowledge(log, &key)?;
+                }
+            }
+            Ok(other) => bail!("adjustment {key}: unexpected outcome {other:?}"),
+            Err(e) => {
+                // Not retried: a load run must not hide failures. This task stops; the
+                // others go on, and the run exits non-zero.
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(key, error = %e, "write failed; this task stops");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Appends `key` and a newline with one `write` call on the (unbuffered) file, so a
+/// process killed at any moment leaves whole lines, at most missing the last ones.
+fn acknowledge(log: &Mutex<File>, key: &str) -> anyhow::Result<()> {
+    let line = format!("{key}\n");
+    let mut file = log.lock().map_err(|_| anyhow::anyhow!("ack log lock poisoned"))?;
+    file.write_all(line.as_bytes()).context("writing the ack log")?;
+    file.flush().context("flushing the ack log")?;
+    Ok(())
+}
+
+fn redact_any(url: &str) -> String {
+    if url.starts_with("sqlite:") { url.to_string() } else { redact(url) }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
