@@ -15,6 +15,9 @@ pub struct Cli {
     /// Where plugin components and compiled artifacts are stored.
     #[arg(long, global = true, env = "CASHBACKD_PLUGIN_STORE", default_value = ".cashbackd/plugins")]
     pub plugin_store: PathBuf,
+    /// The database: a SQLite file (created on first start) or PostgreSQL.
+    #[arg(long, global = true, env = "DATABASE_URL", default_value = "sqlite://.cashbackd/cashbackd.db", hide_env_values = true)]
+    pub database_url: String,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -37,6 +40,9 @@ pub enum Command {
     },
     /// Run the server (HTTP ingress, admin API, scheduler).
     Serve,
+    /// Create the database if needed and apply the embedded migrations (the server also
+    /// does this on start).
+    Migrate,
 }
 
 /// `cashbackd plugin ...`
@@ -87,6 +93,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { plugins } => {
             let runtime = PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?;
             demo(&runtime, &plugins)
+        }
+        Command::Migrate => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let db = crate::db::Db::connect(&cli.database_url).await?;
+                println!("database {} ({:?}) is up to date:", crate::db::redact(&cli.database_url), db.backend);
+                for (version, description) in db.applied_migrations().await? {
+                    println!("  {version} {description}");
+                }
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
         }
         Command::Serve => {
             bail!(

@@ -82,3 +82,19 @@ fn demo_evaluates_orders_with_the_first_party_rule() {
     assert!(out.contains("category gift-cards earns no cashback"), "{out}");
     assert!(out.contains("capped at 25.00 EUR"), "{out}");
 }
+
+#[test]
+fn migrate_creates_the_sqlite_file_on_first_start_and_names_a_bad_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("nested/cashbackd.db").display());
+    let (ok, out) = cashbackd(&["migrate", "--database-url", &url]);
+    assert!(ok, "{out}");
+    assert!(out.contains("20261121000001 ledger"), "{out}");
+    assert!(dir.path().join("nested/cashbackd.db").exists());
+    let (ok, out) = cashbackd(&["migrate", "--database-url", &url]);
+    assert!(ok, "running it again changes nothing: {out}");
+    let (ok, out) = cashbackd(&["migrate", "--database-url", "mysql://user:secret@db/x"]);
+    assert!(!ok);
+    assert!(out.contains("DATABASE_URL") && out.contains("sqlite://PATH"), "{out}");
+    assert!(!out.contains("secret"), "the password never reaches the output: {out}");
+}

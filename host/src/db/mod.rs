@@ -34,8 +34,8 @@ pub struct Db {
 /// Why the database could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The URL is not `sqlite:` or `postgres:`.
-    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    /// The URL is not `sqlite:` or `postgres:`, or its directory cannot be created.
+    #[error("DATABASE_URL: {0}: use sqlite://PATH or postgres://USER@HOST/DB")]
     Url(String),
     /// sqlx failed.
     #[error("database: {0}")]
@@ -58,8 +58,16 @@ impl Db {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(DbError::Url(redact(url)));
+            return Err(DbError::Url(format!("unsupported scheme in {}", redact(url))));
         };
+        if backend == Backend::Sqlite {
+            // Created on first start: nothing to install, nothing to prepare.
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = std::path::Path::new(path.split('?').next().unwrap_or_default());
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| DbError::Url(format!("{}: {e}", dir.display())))?;
+            }
+        }
         let url = match backend {
             Backend::Sqlite if !url.contains("mode=") => {
                 format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
@@ -92,6 +100,13 @@ impl Db {
         let db = Db { pool, backend };
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// The migrations applied to this database, oldest first: (version, description).
+    pub async fn applied_migrations(&self) -> Result<Vec<(i64, String)>, DbError> {
+        Ok(sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Applies the embedded migrations that have not run yet.
