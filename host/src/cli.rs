@@ -16,7 +16,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "CASHBACKD_PLUGIN_STORE", default_value = ".cashbackd/plugins")]
     pub plugin_store: PathBuf,
     /// The database: a SQLite file (created on first start) or PostgreSQL.
-    #[arg(long, global = true, env = "DATABASE_URL", default_value = "sqlite://.cashbackd/cashbackd.db", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "sqlite://.cashbackd/cashbackd.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// The command.
     #[command(subcommand)]

@@ -379,3 +379,26 @@ async fn replaying_the_journal_from_empty_reproduces_every_balance() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_are_kept_per_currency() {
+    each_backend(|t| async move {
+        let w = world(t.db.clone()).await;
+        w.service.ingest(event("tx-eur", ConversionState::Pending, 10_000, 800)).await.expect("eur");
+        let mut usd = event("tx-usd", ConversionState::Pending, 20_000, 1_500);
+        usd.currency = "USD".into();
+        w.service.ingest(usd.clone()).await.expect("usd");
+        let balances = ledger::user_balances(&w.service.db().pool, "u1").await.expect("balances");
+        let pending: Vec<(String, i64)> =
+            balances.iter().filter(|b| b.kind == "pending").map(|b| (b.currency.clone(), b.balance)).collect();
+        assert_eq!(pending, vec![("EUR".to_string(), 1_000), ("USD".to_string(), 2_000)]);
+        // A conversion's currency never changes: an event in another currency is refused.
+        usd.currency = "GBP".into();
+        usd.state = ConversionState::Adjusted;
+        let err = w.service.ingest(usd).await.expect_err("currency change");
+        assert!(err.to_string().contains("a currency never changes"), "{err}");
+        sound(&w.service, t.name).await;
+        t
+    })
+    .await;
+}

@@ -492,6 +492,14 @@ async fn apply_event(
     let id = conversion_id(&event.network, &event.transaction_id);
     let existing = load(conn, &id).await?;
     check_version(existing.as_ref(), expected_version)?;
+    if let Some(r) = &existing
+        && r.currency != event.currency
+    {
+        return Err(ApplyError::Invalid(format!(
+            "conversion {id} is in {}, the event in {}: a currency never changes",
+            r.currency, event.currency
+        )));
+    }
     let reported: State = event.state.into();
     let current = existing.as_ref().map(|r| Current {
         state: r.state,
@@ -540,12 +548,6 @@ async fn apply_event(
         updated_at: at,
         version: 0,
     });
-    if r.currency != event.currency {
-        return Err(ApplyError::Invalid(format!(
-            "conversion {id} is in {}, the event in {}: a currency never changes",
-            r.currency, event.currency
-        )));
-    }
     let from = if insert { None } else { Some(r.state) };
     r.state = to;
     r.amount = event.amount;
