@@ -44,11 +44,107 @@ pub enum Command {
         #[arg(long, default_value = "target/plugins/wasm32-wasip2")]
         plugins: PathBuf,
     },
-    /// Run the server (HTTP ingress, admin API, scheduler).
-    Serve,
+    /// Run the server: tracked clicks (`/c/{link}`), S2S postbacks (`/postback/{network}`),
+    /// health, and reward maturation.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "CASHBACKD_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Configure merchants.
+    Merchant {
+        /// What to do.
+        #[command(subcommand)]
+        command: MerchantCommand,
+    },
+    /// Configure affiliate networks.
+    Network {
+        /// What to do.
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
+    /// Configure tracked links.
+    Link {
+        /// What to do.
+        #[command(subcommand)]
+        command: LinkCommand,
+    },
     /// Create the database if needed and apply the embedded migrations (the server also
     /// does this on start).
     Migrate,
+}
+
+/// `cashbackd merchant ...`
+#[derive(Debug, Subcommand)]
+pub enum MerchantCommand {
+    /// Create or update a merchant, optionally with its rule plugin.
+    Add {
+        /// The merchant's id.
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Review every order before crediting it (seed 002's manual mode).
+        #[arg(long)]
+        manual: bool,
+        /// Days from completion until cashback is available.
+        #[arg(long, default_value_t = 30)]
+        reward_delay_days: i64,
+        /// A rule plugin component to store and bind.
+        #[arg(long)]
+        rule: Option<PathBuf>,
+        /// The rule's configuration (JSON).
+        #[arg(long, default_value = "{}")]
+        rule_config: String,
+    },
+}
+
+/// `cashbackd network ...`
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create or update a network with its adapter and inbound authentication.
+    Add {
+        /// The network's id (the `{network}` of `/postback/{network}`).
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// The adapter plugin component.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The adapter's configuration (JSON).
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// How postbacks authenticate: token, hmac, ip or none.
+        #[arg(long, default_value = "token")]
+        auth: String,
+        /// The token or HMAC secret (prefer the environment variable: it stays out of
+        /// the shell history).
+        #[arg(long, env = "CASHBACKD_NETWORK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Comma-separated addresses allowed to post (with --auth ip).
+        #[arg(long)]
+        ips: Option<String>,
+    },
+}
+
+/// `cashbackd link ...`
+#[derive(Debug, Subcommand)]
+pub enum LinkCommand {
+    /// Create or update a tracked link `/c/{id}`.
+    Add {
+        /// The link's id.
+        id: String,
+        /// The merchant.
+        #[arg(long)]
+        merchant: String,
+        /// The network tracking it.
+        #[arg(long)]
+        network: String,
+        /// Where to redirect; `{click_id}`, `{ref_id}`, `{sub1}`..`{sub5}` are filled in.
+        #[arg(long)]
+        url: String,
+    },
 }
 
 /// `cashbackd plugin ...`
@@ -111,12 +207,127 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Serve => {
-            bail!(
-                "`serve` is not available yet in this build: the HTTP ingress, admin API and scheduler land with the ledger and ingest work. Use `cashbackd demo` or `cashbackd plugin test`."
-            )
+        Command::Serve { listen } => with_service(&cli, |service, runtime| async move {
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+            println!("cashbackd listening on http://{}", listener.local_addr()?);
+            // Reward maturation every minute, until the scheduler runs it on its cron.
+            let maturing = service.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    match maturing.mature_due().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(matured = n, "cashback became available"),
+                        Err(e) => tracing::error!(error = %e, "maturation failed"),
+                    }
+                }
+            });
+            let state = crate::http::AppState { service, runtime };
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            crate::http::serve(state, listener, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Merchant {
+            command: MerchantCommand::Add { ref id, ref name, manual, reward_delay_days, ref rule, ref rule_config },
+        } => {
+            let (id, name, rule, rule_config) = (id.clone(), name.clone(), rule.clone(), rule_config.clone());
+            with_service(&cli, |service, _| async move {
+                service.upsert_merchant(&id, &name, manual, reward_delay_days).await?;
+                if let Some(path) = rule {
+                    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let plugin = service.store_plugin(&bytes).await?;
+                    let config: serde_json::Value =
+                        serde_json::from_str(&rule_config).context("--rule-config: not JSON")?;
+                    service.set_rules(&id, &[(plugin.digest.to_string(), config)]).await?;
+                    println!("merchant {id}: rule {} ({})", plugin.manifest.label(), plugin.digest);
+                }
+                println!(
+                    "merchant {id} saved ({} mode, {reward_delay_days} days' reward delay)",
+                    if manual { "manual" } else { "automatic" }
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Network {
+            command: NetworkCommand::Add { ref id, ref name, ref adapter, ref config, ref auth, ref secret, ref ips },
+        } => {
+            let auth = match (auth.as_str(), secret.clone(), ips.clone()) {
+                ("none", _, _) => crate::ingest::InboundAuth::None,
+                ("token", Some(s), _) if !s.is_empty() => crate::ingest::InboundAuth::Token(s),
+                ("hmac", Some(s), _) if !s.is_empty() => crate::ingest::InboundAuth::Hmac(s),
+                ("ip", _, Some(list)) => crate::ingest::InboundAuth::IpAllowList(
+                    list.split(',')
+                        .map(|ip| ip.trim().parse().with_context(|| format!("--ips: {ip:?} is not an address")))
+                        .collect::<anyhow::Result<_>>()?,
+                ),
+                ("token" | "hmac", _, _) => {
+                    bail!("--secret (or CASHBACKD_NETWORK_SECRET): required with --auth {auth}")
+                }
+                ("ip", _, None) => bail!("--ips: required with --auth ip"),
+                (other, _, _) => bail!("--auth: {other:?} is not one of token, hmac, ip, none"),
+            };
+            let config: serde_json::Value = serde_json::from_str(config).context("--config: not JSON")?;
+            let bytes = std::fs::read(adapter).with_context(|| format!("reading {}", adapter.display()))?;
+            let (id, name) = (id.clone(), name.clone());
+            with_service(&cli, |service, _| async move {
+                let plugin = service.store_plugin(&bytes).await?;
+                if plugin.kind() != PluginKind::NetworkAdapter {
+                    bail!("--adapter: {} is a {}, not a network adapter", plugin.manifest.label(), plugin.kind());
+                }
+                plugin.manifest.validate_config(&config).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+                let network = crate::ingest::Network {
+                    id: id.clone(),
+                    name,
+                    adapter_digest: Some(plugin.digest.to_string()),
+                    adapter_config: config,
+                    auth,
+                };
+                crate::ingest::upsert_network(service.db(), &network, service.now()).await?;
+                println!(
+                    "network {id} saved: adapter {} ({:?} auth); postbacks go to /postback/{id}",
+                    plugin.manifest.label(),
+                    network.auth
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Link { command: LinkCommand::Add { ref id, ref merchant, ref network, ref url } } => {
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                bail!("--url: must start with https:// or http://");
+            }
+            let link = crate::ingest::Link {
+                id: id.clone(),
+                merchant_id: merchant.clone(),
+                network_id: network.clone(),
+                url_template: url.clone(),
+            };
+            with_service(&cli, |service, _| async move {
+                crate::ingest::upsert_link(service.db(), &link, service.now()).await?;
+                println!("link {} saved: /c/{}?user=USER -> {}", link.id, link.id, link.url_template);
+                Ok(ExitCode::SUCCESS)
+            })
         }
     }
+}
+
+/// Runs `f` with a connected, migrated service on a fresh runtime.
+fn with_service<F, Fut>(cli: &Cli, f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(crate::conversions::Service, Arc<PluginRuntime>) -> Fut,
+    Fut: Future<Output = anyhow::Result<ExitCode>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let db = crate::db::Db::connect(&cli.database_url).await?;
+        let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?);
+        let clock = Arc::new(crate::clock::SystemClock);
+        let service = crate::conversions::Service::new(db, runtime.clone(), clock, Default::default());
+        f(service, runtime).await
+    })
 }
 
 fn load(runtime: &PluginRuntime, file: &Path, manifest: Option<&Path>) -> anyhow::Result<Arc<LoadedPlugin>> {

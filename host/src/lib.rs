@@ -7,5 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod conversions;
 pub mod db;
+pub mod http;
+pub mod ingest;
 pub mod ledger;
 pub mod plugin;

@@ -40,6 +40,7 @@ extern crate self as cashback_sdk;
 pub mod config;
 pub mod log;
 pub mod money;
+pub mod time;
 mod types_ext;
 
 #[cfg(feature = "adapter")]
@@ -87,6 +88,7 @@ pub mod types {
 /// What most plugins need, in one `use`.
 pub mod prelude {
     pub use crate::money::{self, Bps, Rounding};
+    pub use crate::time::parse_timestamp;
     pub use crate::types::*;
     pub use crate::{config, log};
 

@@ -58,9 +58,14 @@ async fn postgres_available() -> bool {
                             .fetch_all(&mut admin)
                             .await
                             .unwrap_or_default();
+                    // Only databases whose creating process is gone: another test process
+                    // may be running right now (names are cbt_<pid>_<n>_<nonce>).
                     for (name,) in stale {
-                        let _ =
-                            admin.execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str()).await;
+                        let pid = name.split('_').nth(1).unwrap_or_default();
+                        if !std::path::Path::new("/proc").join(pid).exists() {
+                            let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                            let _ = admin.execute(sql.as_str()).await;
+                        }
                     }
                     true
                 }

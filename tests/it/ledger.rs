@@ -3,7 +3,7 @@
 use crate::backends::{self, TestDb};
 use crate::common::*;
 use cashbackd::clock::{DAY_MS, ManualClock};
-use cashbackd::conversions::{Outcome, ReviewAction, Service, ServiceConfig, State, Status, conversion_id};
+use cashbackd::conversions::{NewClick, Outcome, ReviewAction, Service, ServiceConfig, State, Status, conversion_id};
 use cashbackd::db::Db;
 use cashbackd::ledger;
 use cashbackd::plugin::wit::latest::{self, ConversionState};
@@ -30,7 +30,16 @@ pub async fn world(db: Db) -> World {
         .await
         .expect("rules");
     service.register_user("u1", Some("u1@example.com")).await.expect("user");
-    service.register_click("c1", "u1", Some("shop"), Some("net"), None).await.expect("click");
+    service
+        .register_click(NewClick {
+            click_id: "c1".into(),
+            user_id: "u1".into(),
+            merchant_id: Some("shop".into()),
+            network_id: Some("net".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("click");
     World { service, clock, rule }
 }
 
@@ -324,7 +333,16 @@ async fn a_conversion_whose_customer_is_unknown_is_parked_then_processed_when_th
         );
 
         // The click arrives, but for a user with no account yet: still parked, now waiting for the user.
-        w.service.register_click("c-later", "u2", Some("shop"), Some("net"), None).await.expect("click");
+        w.service
+            .register_click(NewClick {
+                click_id: "c-later".into(),
+                user_id: "u2".into(),
+                merchant_id: Some("shop".into()),
+                network_id: Some("net".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("click");
         let c = w.service.conversion(&conversion_id("net", "tx1")).await.expect("load").expect("row");
         assert_eq!(c.status, Status::Parked);
         assert!(c.status_reason.as_deref().unwrap_or("").contains("user u2 has no account"), "{:?}", c.status_reason);

@@ -7,6 +7,7 @@
 mod backends;
 mod common;
 mod crash;
+mod ingress;
 mod ledger;
 mod ledger_props;
 mod plugin_cli;

@@ -426,10 +426,12 @@ async fn apply(
                 .await?;
             unparked(conn, "user_id", user_id).await
         }
-        Command::RegisterClick { click_id, user_id, merchant_id, network_id, ref_id } => {
+        Command::RegisterClick { click_id, user_id, merchant_id, network_id, ref_id, link_id, subs } => {
+            let sub = |i: usize| subs.get(i).cloned().flatten();
             sqlx::query(
-                "INSERT INTO clicks (click_id, user_id, merchant_id, network_id, ref_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (click_id) DO NOTHING",
+                "INSERT INTO clicks (click_id, user_id, merchant_id, network_id, ref_id, created_at, link_id, \
+                 sub1, sub2, sub3, sub4, sub5) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (click_id) DO NOTHING",
             )
             .bind(click_id)
             .bind(user_id)
@@ -437,6 +439,12 @@ async fn apply(
             .bind(network_id)
             .bind(ref_id)
             .bind(at)
+            .bind(link_id)
+            .bind(sub(0))
+            .bind(sub(1))
+            .bind(sub(2))
+            .bind(sub(3))
+            .bind(sub(4))
             .execute(&mut *conn)
             .await?;
             unparked(conn, "click_id", click_id).await

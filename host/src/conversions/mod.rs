@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 pub use lifecycle::{State, Status};
-pub use service::{Service, ServiceConfig};
+pub use service::{NewClick, Service, ServiceConfig};
 
 /// cashbackd's id of the conversion (network, transaction id): derived, not random, so
 /// the same conversion has the same id on every replica and in every replay.
@@ -105,6 +105,12 @@ pub enum Command {
         network_id: Option<String>,
         /// The partner's reference.
         ref_id: Option<String>,
+        /// The tracked link clicked.
+        #[serde(default)]
+        link_id: Option<String>,
+        /// The partner's sub ids (sub1..sub5).
+        #[serde(default)]
+        subs: Vec<Option<String>>,
     },
     /// A parked or failed conversion processed again (its customer appeared, or its
     /// plugin was fixed).
@@ -212,8 +218,8 @@ pub enum ApplyError {
 }
 
 /// A fingerprint of what the network said, for deduplication: the same event twice
-/// changes nothing. Raw fields are left out (a resent postback may carry a new
-/// timestamp parameter while saying the same thing).
+/// changes nothing. Raw fields and the event time are left out: a resent postback may
+/// carry a new timestamp (or none, and be stamped on receipt) while saying the same thing.
 pub fn fingerprint(e: &latest::ConversionEvent) -> String {
     let key = serde_json::json!([
         e.network,
@@ -225,7 +231,6 @@ pub fn fingerprint(e: &latest::ConversionEvent) -> String {
         e.amount,
         e.commission,
         e.currency,
-        e.event_time,
         e.reason,
         e.merchant_ref,
         e.line_items

@@ -47,6 +47,25 @@ pub enum ServiceError {
     Invalid(String),
 }
 
+/// A click to record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewClick {
+    /// The click id minted for it.
+    pub click_id: String,
+    /// Who clicked.
+    pub user_id: String,
+    /// The merchant of the link.
+    pub merchant_id: Option<String>,
+    /// The network of the link.
+    pub network_id: Option<String>,
+    /// The partner's reference (seed 003: up to 32 characters).
+    pub ref_id: Option<String>,
+    /// The tracked link.
+    pub link_id: Option<String>,
+    /// sub1..sub5.
+    pub subs: Vec<Option<String>>,
+}
+
 /// One line of a conversion's history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HistoryEntry {
@@ -82,6 +101,11 @@ impl Service {
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Now, by the service's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// Records a network event: deduplicates it, moves the conversion's state (never
@@ -175,20 +199,15 @@ impl Service {
     }
 
     /// A tracked click: conversions parked for it are processed.
-    pub async fn register_click(
-        &self,
-        click_id: &str,
-        user_id: &str,
-        merchant_id: Option<&str>,
-        network_id: Option<&str>,
-        ref_id: Option<&str>,
-    ) -> Result<Outcome, ServiceError> {
+    pub async fn register_click(&self, click: NewClick) -> Result<Outcome, ServiceError> {
         let command = Command::RegisterClick {
-            click_id: click_id.into(),
-            user_id: user_id.into(),
-            merchant_id: merchant_id.map(Into::into),
-            network_id: network_id.map(Into::into),
-            ref_id: ref_id.map(Into::into),
+            click_id: click.click_id,
+            user_id: click.user_id,
+            merchant_id: click.merchant_id,
+            network_id: click.network_id,
+            ref_id: click.ref_id,
+            link_id: click.link_id,
+            subs: click.subs,
         };
         let outcome = self.writer.submit(command, None).await?;
         self.unpark(&outcome).await?;
@@ -401,7 +420,7 @@ impl Service {
     }
 
     /// A stored plugin, loaded (compiled once per digest, then cached).
-    async fn plugin(&self, digest: &str) -> Result<Arc<LoadedPlugin>, ServiceError> {
+    pub async fn plugin(&self, digest: &str) -> Result<Arc<LoadedPlugin>, ServiceError> {
         let parsed = crate::plugin::Digest::parse(digest)
             .ok_or_else(|| ServiceError::Invalid(format!("bad digest {digest:?}")))?;
         if let Ok(p) = self.runtime.load_digest(&parsed) {

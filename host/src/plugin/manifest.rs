@@ -63,7 +63,9 @@ pub struct Manifest {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Capabilities {
     /// Hosts the plugin may call through `http.fetch`: `api.example.com`,
-    /// `api.example.com:8443`, or `*.example.com` for any subdomain.
+    /// `api.example.com:8443`, `*.example.com` for any subdomain, or `config:FIELD` for
+    /// the host (and port) of the URL an operator puts in that config field, for adapters
+    /// whose network is chosen at deployment.
     #[serde(default)]
     pub http_hosts: Vec<String>,
 }
@@ -178,6 +180,17 @@ impl Manifest {
             }
         }
         for host in &self.capabilities.http_hosts {
+            if let Some(field) = host.strip_prefix("config:") {
+                match self.config.get(field) {
+                    Some(f) if f.ty == FieldType::String && !f.secret => continue,
+                    _ => {
+                        return Err(field_err(
+                            "capabilities.http-hosts",
+                            format!("{host:?} must name a non-secret string field of [config]"),
+                        ));
+                    }
+                }
+            }
             let bare = host.strip_prefix("*.").unwrap_or(host);
             let valid = !bare.is_empty()
                 && !bare.contains('/')
@@ -283,7 +296,28 @@ impl Manifest {
                 visible.insert(name.clone(), value.clone());
             }
         }
-        Ok(PluginConfig { json: serde_json::Value::Object(visible).to_string(), secrets: Secrets(secrets) })
+        let mut hosts = Vec::new();
+        for entry in &self.capabilities.http_hosts {
+            let Some(field) = entry.strip_prefix("config:") else {
+                hosts.push(entry.clone());
+                continue;
+            };
+            let Some(value) = visible.get(field).and_then(|v| v.as_str()) else { continue };
+            let url = url::Url::parse(value)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)));
+            match url {
+                Some(host) => hosts.push(host),
+                None => {
+                    return Err(ConfigError {
+                        field: field.to_string(),
+                        reason: format!("{value:?} is not an http(s) URL"),
+                    });
+                }
+            }
+        }
+        Ok(PluginConfig { json: serde_json::Value::Object(visible).to_string(), secrets: Secrets(secrets), hosts })
     }
 }
 
@@ -304,11 +338,18 @@ pub struct PluginConfig {
     pub json: String,
     /// Secret fields, for credentials. Never handed to the plugin.
     pub secrets: Secrets,
+    /// The hosts `http.fetch` may reach: the manifest's, with `config:FIELD` entries
+    /// resolved from this configuration.
+    pub hosts: Vec<String>,
 }
 
 impl fmt::Debug for PluginConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginConfig").field("json", &self.json).field("secrets", &self.secrets).finish()
+        f.debug_struct("PluginConfig")
+            .field("json", &self.json)
+            .field("secrets", &self.secrets)
+            .field("hosts", &self.hosts)
+            .finish()
     }
 }
 
@@ -410,6 +451,21 @@ mod tests {
         assert_eq!(e.field, "rate_bsp");
         let e = m.validate_config(&json!({"rate_bps": 1, "skip": [1]})).expect_err("list");
         assert_eq!(e.field, "skip");
+    }
+
+    #[test]
+    fn a_host_can_be_granted_through_a_config_field() {
+        let text = ADAPTER
+            .replace("http-hosts = [\"api.network.example\", \"*.cdn.example\"]", "http-hosts = [\"config:base_url\"]");
+        let m = Manifest::parse(&text, &maxima()).expect("valid");
+        let c = m.validate_config(&json!({"api_key": "k", "base_url": "http://127.0.0.1:8080/v1"})).expect("ok");
+        assert_eq!(c.hosts, vec!["127.0.0.1:8080".to_string()]);
+        let c = m.validate_config(&json!({"api_key": "k", "base_url": "https://api.net.example/"})).expect("ok");
+        assert_eq!(c.hosts, vec!["api.net.example:443".to_string()]);
+        let e = m.validate_config(&json!({"api_key": "k", "base_url": "ftp://x"})).expect_err("scheme");
+        assert_eq!(e.field, "base_url");
+        let bad = text.replace("config:base_url", "config:api_key");
+        assert!(Manifest::parse(&bad, &maxima()).expect_err("secret").to_string().contains("non-secret"));
     }
 
     #[test]

@@ -388,7 +388,7 @@ impl PluginRuntime {
 
     fn new_store(&self, plugin: &LoadedPlugin, config: &PluginConfig, clock: Clock) -> Store<PluginState> {
         let http = (plugin.kind() == PluginKind::NetworkAdapter).then(|| HttpGrant {
-            hosts: Arc::new(plugin.manifest.capabilities.http_hosts.clone()),
+            hosts: Arc::new(config.hosts.clone()),
             credentials: Arc::new(plugin.manifest.credentials.clone()),
             secrets: config.secrets.clone(),
             client: self.http.clone(),

@@ -1,0 +1,200 @@
+//! Clicks and postbacks.
+
+use super::{ApiError, AppState};
+use crate::conversions::service::ServiceError;
+use crate::conversions::{ApplyError, NewClick, Outcome};
+use crate::ingest::{self, Inbound, Reject};
+use crate::plugin::CallError;
+use crate::plugin::wit::latest::{self, PluginError};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+
+/// Longest sub id accepted.
+const MAX_SUB_LEN: usize = 255;
+/// Seed 003: a partner's ref_id is at most 32 characters.
+const MAX_REF_ID_LEN: usize = 32;
+
+/// `GET /c/{link}?user=U[&ref_id=R][&sub1..sub5=S]`: records a click, then redirects (302)
+/// to the merchant with the click id and sub ids filled in.
+pub async fn click(State(st): State<AppState>, Path(link): Path<String>, RawQuery(query): RawQuery) -> Response {
+    match record_click(&st, &link, query.as_deref().unwrap_or("")).await {
+        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location), (header::CACHE_CONTROL, "no-store".into())])
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn record_click(st: &AppState, link_id: &str, query: &str) -> Result<String, ApiError> {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+    let user = get("user")
+        .ok_or_else(|| ApiError::bad_request("missing_user", "user: required (the id of the user who clicks)"))?;
+    if user.chars().count() > 128 {
+        return Err(ApiError::bad_request("invalid_user", "user: at most 128 characters"));
+    }
+    let ref_id = get("ref_id");
+    if let Some(r) = &ref_id
+        && r.chars().count() > MAX_REF_ID_LEN
+    {
+        return Err(ApiError::bad_request(
+            "invalid_ref_id",
+            format!("ref_id: at most {MAX_REF_ID_LEN} characters, got {}", r.chars().count()),
+        ));
+    }
+    let mut subs = Vec::with_capacity(5);
+    for i in 1..=5 {
+        let sub = get(&format!("sub{i}"));
+        if sub.as_ref().is_some_and(|s| s.chars().count() > MAX_SUB_LEN) {
+            return Err(ApiError::bad_request("invalid_sub", format!("sub{i}: at most {MAX_SUB_LEN} characters")));
+        }
+        subs.push(sub);
+    }
+    let db = st.service.db();
+    let link = ingest::link(db, link_id)
+        .await
+        .map_err(|e| ApiError::unavailable("cannot read the link", &e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_link", format!("no tracked link {link_id:?}")))?;
+    let click_id = format!("{:032x}", rand::random::<u128>());
+    st.service
+        .register_click(NewClick {
+            click_id: click_id.clone(),
+            user_id: user,
+            merchant_id: Some(link.merchant_id.clone()),
+            network_id: Some(link.network_id.clone()),
+            ref_id: ref_id.clone(),
+            link_id: Some(link.id.clone()),
+            subs: subs.clone(),
+        })
+        .await
+        .map_err(|e| ApiError::unavailable("cannot record the click", &e))?;
+    Ok(ingest::render_click_url(&link.url_template, &click_id, ref_id.as_deref(), &subs))
+}
+
+/// `GET|POST /postback/{network}`: authenticates the postback, has the network's adapter
+/// parse it, and records each event. Answers 200 only once every event is durably
+/// recorded; a refusal is a 4xx with the reason, kept in the rejects log.
+pub async fn postback(State(st): State<AppState>, Path(network): Path<String>, request: Request) -> Response {
+    let remote = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let method = request.method().as_str().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let headers = request.headers().clone();
+    let body = match axum::body::to_bytes(request.into_body(), super::MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("body over {} bytes", super::MAX_BODY_BYTES),
+            )
+            .into_response();
+        }
+    };
+    match handle_postback(&st, &network, &method, &query, &headers, &body, remote).await {
+        Ok(results) => (StatusCode::OK, axum::Json(serde_json::json!({ "results": results }))).into_response(),
+        Err(e) => {
+            if e.status().is_client_error() || e.status() == StatusCode::SERVICE_UNAVAILABLE {
+                let reject = Reject {
+                    network_id: network.clone(),
+                    received_at: st.service.now(),
+                    method,
+                    query: ingest::strip_secret_params(&query),
+                    body: String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned(),
+                    remote_addr: remote.map(|ip| ip.to_string()),
+                    status: i64::from(e.status().as_u16()),
+                    reason: e.message().to_string(),
+                };
+                if let Err(db) = ingest::record_reject(st.service.db(), &reject).await {
+                    tracing::error!(error = %db, "cannot record a refused postback");
+                }
+                tracing::info!(network, status = e.status().as_u16(), reason = e.message(), "postback refused");
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn handle_postback(
+    st: &AppState,
+    network_id: &str,
+    method: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    remote: Option<std::net::IpAddr>,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let network = ingest::network(st.service.db(), network_id)
+        .await
+        .map_err(|e| ApiError::unavailable("cannot read the network", &e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_network", format!("no network {network_id:?}")))?;
+    {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let inbound = Inbound { method, query, header: &header, body, remote };
+        ingest::authenticate(&network.auth, &inbound)
+            .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))?;
+    }
+
+    let digest = network
+        .adapter_digest
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("the network has no adapter configured", &network_id))?;
+    let plugin =
+        st.service.plugin(&digest).await.map_err(|e| ApiError::unavailable("cannot load the network's adapter", &e))?;
+    let config = plugin
+        .manifest
+        .validate_config(&network.adapter_config)
+        .map_err(|e| ApiError::unavailable("the network's adapter configuration is invalid", &e))?;
+    let request = latest::PostbackRequest {
+        method: method.to_string(),
+        path: String::new(),
+        query: ingest::strip_secret_params(query),
+        headers: headers
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(k.as_str(), "x-cashbackd-token" | "x-cashbackd-signature" | "authorization" | "cookie")
+            })
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let runtime = st.runtime.clone();
+    let outcome = tokio::task::spawn_blocking(move || runtime.parse_postback(&plugin, &config, &request).result)
+        .await
+        .map_err(|e| ApiError::unavailable("the adapter call failed", &e))?;
+    let events = match outcome {
+        Ok(events) => events,
+        Err(CallError::Plugin { error: PluginError::InvalidInput(why), .. }) => {
+            return Err(ApiError::bad_request("invalid_postback", why));
+        }
+        // The adapter or its configuration is broken: the network should retry after the fix.
+        Err(e) => return Err(ApiError::unavailable("the network's adapter failed", &e)),
+    };
+    let mut results = Vec::with_capacity(events.len());
+    for mut event in events {
+        if event.network.is_empty() {
+            event.network = network.id.clone();
+        } else if event.network != network.id {
+            return Err(ApiError::bad_request(
+                "wrong_network",
+                format!("the adapter produced an event for network {:?}", event.network),
+            ));
+        }
+        if event.transaction_id.trim().is_empty() {
+            return Err(ApiError::bad_request("missing_transaction_id", "transaction id: required"));
+        }
+        match st.service.ingest(event).await {
+            Ok(outcome) => results.push(describe(&outcome)),
+            Err(ServiceError::Apply(ApplyError::Invalid(why)) | ServiceError::Invalid(why)) => {
+                return Err(ApiError::bad_request("invalid_event", why));
+            }
+            Err(e) => return Err(ApiError::unavailable("cannot record the postback", &e)),
+        }
+    }
+    Ok(results)
+}
+
+fn describe(outcome: &Outcome) -> serde_json::Value {
+    serde_json::to_value(outcome).unwrap_or_default()
+}

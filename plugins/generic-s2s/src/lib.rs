@@ -1,0 +1,630 @@
+//! `generic-s2s`: S2S postbacks of any network that sends its conversions as URL or
+//! body parameters, described by configuration only.
+//!
+//! The configuration names, for each field of a conversion event, the parameter the
+//! network puts it in, and maps the network's status values to conversion states. The
+//! adapter reads the query string and, for a POST, a form or JSON body; every parameter
+//! also goes unchanged into the event's `raw` fields.
+//!
+//! What counts as an error (answered to the network with a 4xx and kept in the rejects
+//! log): a missing transaction id, a mapped parameter that is absent from the request
+//! (a postback URL that lacks it), a parameter given twice with different values, an
+//! unknown status value, an amount or time that does not parse. An *empty* value means
+//! "not reported": no click id, zero amount, the default event type.
+
+use cashback_sdk::adapter::form_decode;
+use cashback_sdk::prelude::*;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The plugin's configuration (see `cashback-plugin.toml` for the schema).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// cashbackd's id of the network, copied into events (the host fills it in otherwise).
+    #[serde(default)]
+    pub network: String,
+    /// Which parameter holds which event field.
+    pub params: Params,
+    /// The network's status values (compared case-insensitively) and their states.
+    pub states: BTreeMap<String, String>,
+    /// Currency when the postback names none.
+    pub default_currency: Option<String>,
+    /// Event type when the postback names none.
+    #[serde(default = "sale")]
+    pub default_event_type: String,
+    /// How amounts are written.
+    #[serde(default)]
+    pub amount_format: AmountFormat,
+}
+
+fn sale() -> String {
+    "sale".into()
+}
+
+/// The postback parameter that carries each event field; only the transaction id is
+/// required.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The network's transaction id (the deduplication key).
+    pub transaction_id: String,
+    /// The click id cashbackd minted and the network echoes.
+    pub click_id: Option<String>,
+    /// The merchant's order id.
+    pub order_id: Option<String>,
+    /// Order value.
+    pub amount: Option<String>,
+    /// Commission.
+    pub commission: Option<String>,
+    /// ISO 4217 code.
+    pub currency: Option<String>,
+    /// The network's status value.
+    pub state: Option<String>,
+    /// The event's name ("sale", "lead").
+    pub event_type: Option<String>,
+    /// When it happened.
+    pub event_time: Option<String>,
+    /// The network's reason for a rejection or adjustment.
+    pub reason: Option<String>,
+    /// The merchant's id at the network.
+    pub merchant_ref: Option<String>,
+}
+
+/// How the network writes amounts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmountFormat {
+    /// "12.34": a decimal in the currency's major unit, rounded down to minor units.
+    #[default]
+    Decimal,
+    /// "1234": already in minor units.
+    Minor,
+}
+
+/// A configuration checked once per call: states parsed, currency normalised.
+#[derive(Debug)]
+pub struct Mapping {
+    config: Config,
+    /// (lower-cased status value, state)
+    states: Vec<(String, ConversionState)>,
+    default_currency: Option<String>,
+}
+
+impl Mapping {
+    /// Checks a configuration; every error is a [`PluginError::Config`] naming the field.
+    pub fn new(config: Config) -> Result<Mapping, PluginError> {
+        let bad = |field: &str, why: String| Err(PluginError::Config(format!("{field}: {why}")));
+        let p = &config.params;
+        let named = [
+            ("transaction_id", Some(&p.transaction_id)),
+            ("click_id", p.click_id.as_ref()),
+            ("order_id", p.order_id.as_ref()),
+            ("amount", p.amount.as_ref()),
+            ("commission", p.commission.as_ref()),
+            ("currency", p.currency.as_ref()),
+            ("state", p.state.as_ref()),
+            ("event_type", p.event_type.as_ref()),
+            ("event_time", p.event_time.as_ref()),
+            ("reason", p.reason.as_ref()),
+            ("merchant_ref", p.merchant_ref.as_ref()),
+        ];
+        for (field, name) in named {
+            if name.is_some_and(|n| n.is_empty()) {
+                return bad(&format!("params.{field}"), "the parameter name is empty".into());
+            }
+        }
+        let mut states: Vec<(String, ConversionState)> = Vec::new();
+        for (value, state) in &config.states {
+            let Some(parsed) = parse_state(state) else {
+                return bad(
+                    &format!("states.{value}"),
+                    format!("{state:?} is not one of PENDING, ADJUSTED, COMPLETED, REJECTED, REVERSED, CREATED"),
+                );
+            };
+            let key = value.trim().to_lowercase();
+            if let Some((_, other)) = states.iter().find(|(k, _)| *k == key)
+                && *other != parsed
+            {
+                return bad(&format!("states.{value}"), "maps to two states (status values ignore case)".into());
+            }
+            states.push((key, parsed));
+        }
+        if p.state.is_some() && states.is_empty() {
+            return bad("states", "params.state is set but no status value is mapped".into());
+        }
+        let default_currency = match &config.default_currency {
+            Some(c) => match currency_code(c) {
+                Some(c) => Some(c),
+                None => return bad("default_currency", format!("{c:?} is not an ISO 4217 code")),
+            },
+            None if p.currency.is_none() => {
+                return bad("default_currency", "required when params.currency is not set".into());
+            }
+            None => None,
+        };
+        if config.default_event_type.trim().is_empty() {
+            return bad("default_event_type", "is empty".into());
+        }
+        Ok(Mapping { config, states, default_currency })
+    }
+
+    /// Turns one postback into its event.
+    pub fn event(&self, request: &PostbackRequest) -> Result<ConversionEvent, PluginError> {
+        let params = Parameters::of(request)?;
+        let p = &self.config.params;
+
+        let transaction_id = match params.get(&p.transaction_id)? {
+            Some(v) if !v.is_empty() => v.to_string(),
+            Some(_) => return Err(invalid(&p.transaction_id, "transaction_id", "is empty")),
+            None => return Err(missing(&p.transaction_id, "transaction_id")),
+        };
+        let state = match &p.state {
+            None => ConversionState::Pending,
+            Some(name) => {
+                let value = params.get(name)?.ok_or_else(|| missing(name, "state"))?;
+                let key = value.trim().to_lowercase();
+                match self.states.iter().find(|(k, _)| *k == key) {
+                    Some((_, state)) => *state,
+                    None => {
+                        let known: Vec<&str> = self.config.states.keys().map(String::as_str).collect();
+                        return Err(PluginError::InvalidInput(format!(
+                            "unknown status {value:?} in parameter {name:?} (state); known: {}",
+                            known.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        let currency = match &p.currency {
+            Some(name) => match params.get(name)?.map(str::trim).filter(|v| !v.is_empty()) {
+                Some(v) => currency_code(v)
+                    .ok_or_else(|| invalid(name, "currency", &format!("{v:?} is not an ISO 4217 currency code")))?,
+                None => self.default_currency.clone().ok_or_else(|| missing(name, "currency"))?,
+            },
+            None => self.default_currency.clone().unwrap_or_default(),
+        };
+        let amount = self.amount(&params, p.amount.as_deref(), "amount", &currency)?;
+        let commission = self.amount(&params, p.commission.as_deref(), "commission", &currency)?;
+        let event_time = match &p.event_time {
+            Some(name) => match params.get(name)?.map(str::trim) {
+                Some("") => received_at()?,
+                Some(v) => parse_timestamp(v).map_err(|e| invalid(name, "event_time", &message(e)))?,
+                None => return Err(missing(name, "event_time")),
+            },
+            None => received_at()?,
+        };
+        let optional = |name: &Option<String>| -> Result<Option<String>, PluginError> {
+            Ok(match name {
+                Some(n) => params.get(n)?.filter(|v| !v.is_empty()).map(str::to_string),
+                None => None,
+            })
+        };
+        Ok(ConversionEvent {
+            network: self.config.network.clone(),
+            transaction_id,
+            click_id: optional(&p.click_id)?,
+            order_id: optional(&p.order_id)?,
+            event_type: optional(&p.event_type)?.unwrap_or_else(|| self.config.default_event_type.clone()),
+            state,
+            amount,
+            commission,
+            currency,
+            event_time,
+            reason: optional(&p.reason)?,
+            merchant_ref: optional(&p.merchant_ref)?,
+            line_items: Vec::new(),
+            raw: params.pairs,
+        })
+    }
+
+    /// An amount parameter in minor units: an unmapped or empty one is zero, an absent
+    /// one (the postback URL lacks it) is an error.
+    fn amount(&self, params: &Parameters, name: Option<&str>, field: &str, currency: &str) -> Result<i64, PluginError> {
+        let Some(name) = name else { return Ok(0) };
+        let value = params.get(name)?.ok_or_else(|| missing(name, field))?.trim();
+        if value.is_empty() {
+            return Ok(0);
+        }
+        let parsed = match self.config.amount_format {
+            AmountFormat::Decimal => money::parse_decimal(value, currency, Rounding::Down).map_err(|e| e.to_string()),
+            AmountFormat::Minor => {
+                value.parse::<i64>().map_err(|_| format!("{value:?} is not a whole number of minor units"))
+            }
+        };
+        parsed.map_err(|why| invalid(name, field, &why))
+    }
+}
+
+/// The request's parameters: query string first, then the body's, in order.
+struct Parameters {
+    pairs: Vec<(String, String)>,
+}
+
+impl Parameters {
+    fn of(request: &PostbackRequest) -> Result<Parameters, PluginError> {
+        let mut pairs = request.query_pairs();
+        if !request.body.is_empty() {
+            pairs.extend(body_pairs(request)?);
+        }
+        Ok(Parameters { pairs })
+    }
+
+    /// The value of `name`; the same name twice with different values is an error.
+    fn get(&self, name: &str) -> Result<Option<&str>, PluginError> {
+        let mut found: Option<&str> = None;
+        for (k, v) in &self.pairs {
+            if k != name {
+                continue;
+            }
+            match found {
+                Some(first) if first != v => {
+                    return Err(PluginError::InvalidInput(format!(
+                        "parameter {name:?} appears more than once with different values ({first:?}, {v:?})"
+                    )));
+                }
+                _ => found = Some(v),
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A POST body's parameters: `application/json` (an object) or
+/// `application/x-www-form-urlencoded`. Without a content type (or with another one) a
+/// body that starts with `{` is read as JSON, anything else as a form.
+fn body_pairs(request: &PostbackRequest) -> Result<Vec<(String, String)>, PluginError> {
+    let content_type = request.header("content-type").unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = match mime.as_str() {
+        "application/json" => true,
+        "application/x-www-form-urlencoded" => false,
+        m if m.ends_with("+json") => true,
+        m if m.starts_with("multipart/") => {
+            return Err(PluginError::InvalidInput(format!("unsupported body content type {content_type:?}")));
+        }
+        _ => request.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+    };
+    let text = std::str::from_utf8(&request.body)
+        .map_err(|e| PluginError::InvalidInput(format!("the postback body is not UTF-8: {e}")))?;
+    if !json {
+        return Ok(form_decode(text));
+    }
+    let OrderedObject(object) = serde_json::from_str(text)
+        .map_err(|e| PluginError::InvalidInput(format!("the postback body is not a JSON object: {e}")))?;
+    Ok(object
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
+}
+
+/// A JSON object's members in the order they were sent (`serde_json::Map` sorts them),
+/// so that `raw` keeps the network's order.
+struct OrderedObject(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for OrderedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = OrderedObject;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedObject, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, serde_json::Value>()? {
+                    members.push(member);
+                }
+                Ok(OrderedObject(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// `PENDING`, `completed`... (case-insensitive) as a state.
+pub fn parse_state(text: &str) -> Option<ConversionState> {
+    Some(match text.trim().to_ascii_uppercase().as_str() {
+        "CREATED" => ConversionState::Created,
+        "PENDING" => ConversionState::Pending,
+        "ADJUSTED" => ConversionState::Adjusted,
+        "COMPLETED" => ConversionState::Completed,
+        "REJECTED" => ConversionState::Rejected,
+        "REVERSED" => ConversionState::Reversed,
+        _ => return None,
+    })
+}
+
+/// Three ASCII letters, upper-cased.
+fn currency_code(text: &str) -> Option<String> {
+    let t = text.trim();
+    (t.len() == 3 && t.bytes().all(|b| b.is_ascii_alphabetic())).then(|| t.to_ascii_uppercase())
+}
+
+fn missing(name: &str, field: &str) -> PluginError {
+    PluginError::InvalidInput(format!("missing parameter {name:?} ({field})"))
+}
+
+fn invalid(name: &str, field: &str, why: &str) -> PluginError {
+    PluginError::InvalidInput(format!("parameter {name:?} ({field}): {why}"))
+}
+
+fn message(e: PluginError) -> String {
+    match e {
+        PluginError::InvalidInput(m) | PluginError::Config(m) | PluginError::Upstream(m) | PluginError::Internal(m) => {
+            m
+        }
+    }
+}
+
+/// The time the postback is handled, for networks that send no event time. Adapters
+/// run with the host's real clock (`wasm32-wasip2`); the postback request itself carries
+/// no receive time.
+fn received_at() -> Result<Timestamp, PluginError> {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    {
+        Err(PluginError::Config("params.event_time is required on wasm32-unknown-unknown (no clock)".into()))
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+    {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| PluginError::Internal(format!("clock before 1970: {e}")))?;
+        i64::try_from(since.as_millis()).map_err(|e| PluginError::Internal(format!("clock out of range: {e}")))
+    }
+}
+
+/// The adapter.
+pub struct GenericS2s;
+
+impl Adapter for GenericS2s {
+    fn parse_postback(request: &PostbackRequest) -> Result<Vec<ConversionEvent>, PluginError> {
+        let mapping = Mapping::new(config::get()?)?;
+        Ok(vec![mapping.event(request)?])
+    }
+}
+
+export_adapter!(GenericS2s, fixtures = "fixtures.json");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cashback_sdk::testing;
+
+    const CONFIG: &str = r#"{
+        "network": "awin",
+        "params": {
+            "transaction_id": "tid", "click_id": "sub", "order_id": "oid", "amount": "amt",
+            "commission": "com", "currency": "cur", "state": "status", "event_time": "ts",
+            "reason": "why", "merchant_ref": "mid", "event_type": "type"
+        },
+        "states": { "pending": "PENDING", "Approved": "completed", "rejected": "REJECTED" },
+        "default_currency": "EUR"
+    }"#;
+
+    fn get(query: &str) -> PostbackRequest {
+        PostbackRequest {
+            method: "GET".into(),
+            path: String::new(),
+            query: query.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    fn post(content_type: Option<&str>, body: &str) -> PostbackRequest {
+        PostbackRequest {
+            method: "POST".into(),
+            path: String::new(),
+            query: String::new(),
+            headers: content_type.map(|c| vec![("content-type".to_string(), c.to_string())]).unwrap_or_default(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn parse(config: &str, request: &PostbackRequest) -> Result<ConversionEvent, PluginError> {
+        testing::set_config(config);
+        let mut events = GenericS2s::parse_postback(request)?;
+        assert_eq!(events.len(), 1, "one postback is one event");
+        Ok(events.remove(0))
+    }
+
+    fn invalid_input(config: &str, request: &PostbackRequest) -> String {
+        match parse(config, request) {
+            Err(PluginError::InvalidInput(m)) => m,
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_get_postback_maps_every_configured_parameter() {
+        let q = "tid=T-1&sub=c-9&oid=o-7&amt=12.34&com=1.23&cur=usd&status=approved&ts=2026-01-03T10:20:30Z\
+                 &why=&mid=m-1&type=lead&extra=kept";
+        let e = parse(CONFIG, &get(q)).expect("event");
+        assert_eq!(e.network, "awin");
+        assert_eq!(e.transaction_id, "T-1");
+        assert_eq!(e.click_id.as_deref(), Some("c-9"));
+        assert_eq!(e.order_id.as_deref(), Some("o-7"));
+        assert_eq!((e.amount, e.commission, e.currency.as_str()), (1234, 123, "USD"));
+        assert_eq!(e.state, ConversionState::Completed);
+        assert_eq!(e.event_time, 1_767_435_630_000);
+        assert_eq!(e.event_type, "lead");
+        assert_eq!(e.reason, None, "an empty value is not reported");
+        assert_eq!(e.merchant_ref.as_deref(), Some("m-1"));
+        assert!(e.line_items.is_empty());
+        assert_eq!(e.raw.len(), 12);
+        assert_eq!(e.raw.last(), Some(&("extra".to_string(), "kept".to_string())));
+    }
+
+    #[test]
+    fn values_are_url_decoded_exactly_once() {
+        let e = parse(CONFIG, &get("tid=a%2Bb+c%26d%2541&sub=%E2%82%AC%F0%9F%8E%89&status=pending&ts=0&amt=1&com=0"))
+            .expect("event");
+        assert_eq!(e.transaction_id, "a+b c&d%41");
+        assert_eq!(e.click_id.as_deref(), Some("€🎉"));
+        assert!(e.raw.contains(&("tid".to_string(), "a+b c&d%41".to_string())));
+    }
+
+    #[test]
+    fn a_form_body_is_read_alongside_the_query() {
+        let mut request = post(
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            "amt=5.5&com=0&status=Rejected&why=fraud+check",
+        );
+        request.query = "tid=T-2&ts=1767435630".into();
+        let e = parse(CONFIG, &request).expect("event");
+        assert_eq!(e.transaction_id, "T-2");
+        assert_eq!(e.amount, 550);
+        assert_eq!(e.state, ConversionState::Rejected);
+        assert_eq!(e.reason.as_deref(), Some("fraud check"));
+        assert_eq!(e.currency, "EUR", "the default currency");
+        assert_eq!(e.raw.len(), 6);
+    }
+
+    #[test]
+    fn a_json_body_is_read_and_its_values_are_not_url_decoded() {
+        let body = r#"{"tid": "T%2B3", "amt": 12.5, "com": "0.99", "status": "PENDING", "ts": 1767435630250,
+                       "sub": null, "meta": {"a": 1}}"#;
+        let e = parse(CONFIG, &post(Some("application/json"), body)).expect("event");
+        assert_eq!(e.transaction_id, "T%2B3");
+        assert_eq!((e.amount, e.commission), (1250, 99));
+        assert_eq!(e.state, ConversionState::Pending);
+        assert_eq!(e.event_time, 1_767_435_630_250);
+        assert_eq!(e.click_id, None);
+        assert_eq!(e.raw.first(), Some(&("tid".to_string(), "T%2B3".to_string())), "in the order sent");
+        assert_eq!(e.raw.last(), Some(&("meta".to_string(), r#"{"a":1}"#.to_string())));
+        let m = invalid_input(CONFIG, &post(Some("application/json"), r#"["tid", "T-3"]"#));
+        assert!(m.contains("not a JSON object"), "{m}");
+    }
+
+    #[test]
+    fn a_body_without_a_content_type_is_sniffed() {
+        let json =
+            parse(CONFIG, &post(None, r#" {"tid": "T-4", "status": "pending", "ts": "0", "amt": "", "com": ""}"#))
+                .expect("json");
+        assert_eq!(json.transaction_id, "T-4");
+        let form = parse(CONFIG, &post(None, "tid=T-5&status=pending&ts=0&amt=&com=")).expect("form");
+        assert_eq!(form.transaction_id, "T-5");
+    }
+
+    #[test]
+    fn an_unknown_status_names_the_parameter_and_the_value() {
+        let m = invalid_input(CONFIG, &get("tid=T-6&status=on-hold&ts=0"));
+        assert!(m.contains("\"on-hold\"") && m.contains("\"status\""), "{m}");
+        assert!(m.contains("Approved, pending, rejected"), "lists the known values: {m}");
+    }
+
+    #[test]
+    fn a_bad_amount_names_the_parameter_and_the_value() {
+        let m = invalid_input(CONFIG, &get("tid=T-7&status=pending&ts=0&amt=12,34&com=0"));
+        assert!(m.contains("\"amt\"") && m.contains("12,34"), "{m}");
+        let minor = CONFIG.replace(r#""default_currency""#, r#""amount_format": "minor", "default_currency""#);
+        let m = invalid_input(&minor, &get("tid=T-7&status=pending&ts=0&amt=1&com=12.34"));
+        assert!(m.contains("\"com\"") && m.contains("12.34"), "{m}");
+        let e = parse(&minor, &get("tid=T-7&status=pending&ts=0&amt=1234&com=-5")).expect("minor units");
+        assert_eq!((e.amount, e.commission), (1234, -5));
+    }
+
+    #[test]
+    fn decimals_round_down_to_the_currency_minor_unit() {
+        let e = parse(CONFIG, &get("tid=T-8&status=pending&ts=0&amt=10.129&com=-0.019")).expect("euros");
+        assert_eq!((e.amount, e.commission, e.currency.as_str()), (1012, -1, "EUR"));
+        let e = parse(CONFIG, &get("tid=T-8&status=pending&ts=0&amt=1500.7&com=15&cur=JPY")).expect("yen");
+        assert_eq!((e.amount, e.commission, e.currency.as_str()), (1500, 15, "JPY"));
+        let e = parse(CONFIG, &get("tid=T-8&status=pending&ts=0&amt=1.2345&com=0&cur=kwd")).expect("dinars");
+        assert_eq!((e.amount, e.currency.as_str()), (1234, "KWD"));
+    }
+
+    #[test]
+    fn missing_parameters_are_errors_but_empty_ones_are_not_reported() {
+        assert!(invalid_input(CONFIG, &get("status=pending&ts=0")).contains("missing parameter \"tid\""));
+        assert!(invalid_input(CONFIG, &get("tid=&status=pending&ts=0")).contains("\"tid\""));
+        assert!(invalid_input(CONFIG, &get("tid=T-9&ts=0")).contains("missing parameter \"status\""));
+        // A postback URL without a mapped amount is misconfigured at the network...
+        let m = invalid_input(CONFIG, &get("tid=T-9&status=pending&ts=0&com=1"));
+        assert_eq!(m, "missing parameter \"amt\" (amount)");
+        // ...while an empty value (a lead has no order value) is not reported.
+        let e = parse(CONFIG, &get("tid=T-9&status=pending&ts=0&amt=&com&sub=&type=")).expect("empty values");
+        assert_eq!((e.amount, e.commission, e.click_id, e.event_type.as_str()), (0, 0, None, "sale"));
+    }
+
+    #[test]
+    fn the_same_parameter_twice_with_different_values_is_refused() {
+        let m = invalid_input(CONFIG, &get("tid=T-10&tid=T-11&status=pending&ts=0&amt=1&com=0"));
+        assert!(m.contains("\"T-10\"") && m.contains("\"T-11\""), "{m}");
+        let mut request = post(Some("application/x-www-form-urlencoded"), "tid=T-12&status=pending&ts=0&amt=1&com=0");
+        request.query = "tid=T-12".into();
+        assert_eq!(parse(CONFIG, &request).expect("same value twice").transaction_id, "T-12");
+    }
+
+    #[test]
+    fn without_an_event_time_the_receive_time_is_used() {
+        let minimal = r#"{"params": {"transaction_id": "tid"}, "states": {}, "default_currency": "EUR"}"#;
+        let before = received_at().expect("clock");
+        let e = parse(minimal, &get("tid=T-13")).expect("event");
+        assert!(e.event_time >= before && e.event_time < before + 60_000);
+        assert_eq!(e.state, ConversionState::Pending, "no status parameter: pending");
+        assert_eq!((e.amount, e.commission), (0, 0));
+        assert_eq!(e.event_type, "sale");
+        assert_eq!(e.network, "");
+    }
+
+    #[test]
+    fn a_bad_time_or_currency_names_the_parameter() {
+        let m = invalid_input(CONFIG, &get("tid=T-14&status=pending&ts=yesterday&amt=1&com=0"));
+        assert!(m.contains("\"ts\"") && m.contains("\"yesterday\""), "{m}");
+        let m = invalid_input(CONFIG, &get("tid=T-14&status=pending&ts=0&cur=euro&amt=1&com=0"));
+        assert!(m.contains("\"cur\"") && m.contains("\"euro\""), "{m}");
+    }
+
+    #[test]
+    fn configuration_mistakes_are_config_errors_naming_the_field() {
+        let cases = [
+            (r#"{"params": {}, "states": {}, "default_currency": "EUR"}"#, "transaction_id"),
+            (
+                r#"{"params": {"transaction_id": "t", "clickid": "c"}, "states": {}, "default_currency": "EUR"}"#,
+                "clickid",
+            ),
+            (
+                r#"{"params": {"transaction_id": "t"}, "states": {"ok": "APPROVED"}, "default_currency": "EUR"}"#,
+                "states.ok",
+            ),
+            (r#"{"params": {"transaction_id": "t"}, "states": {}}"#, "default_currency"),
+            (r#"{"params": {"transaction_id": "t", "state": "s"}, "states": {}, "default_currency": "EUR"}"#, "states"),
+            (r#"{"params": {"transaction_id": "t"}, "states": {}, "default_currency": "EURO"}"#, "default_currency"),
+            (r#"{"params": {"transaction_id": ""}, "states": {}, "default_currency": "EUR"}"#, "params.transaction_id"),
+            (
+                r#"{"params": {"transaction_id": "t"}, "states": {"ok": "PENDING", "OK": "REJECTED"}, "default_currency": "EUR"}"#,
+                "two states",
+            ),
+            (
+                r#"{"params": {"transaction_id": "t"}, "states": {}, "default_currency": "EUR", "amount_format": "cents"}"#,
+                "cents",
+            ),
+        ];
+        for (config, needle) in cases {
+            match parse(config, &get("t=1")) {
+                Err(PluginError::Config(m)) => assert!(m.contains(needle), "{m:?} should name {needle}"),
+                other => panic!("{config}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_embedded_fixtures_are_valid_json_for_postbacks() {
+        let fixtures: serde_json::Value =
+            serde_json::from_str(include_str!("../fixtures.json")).expect("fixtures.json is JSON");
+        let cases = fixtures.as_array().expect("an array");
+        assert!(cases.len() >= 4);
+        assert!(cases.iter().all(|c| c.get("postback").is_some()));
+    }
+}
