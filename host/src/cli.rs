@@ -63,6 +63,20 @@ pub enum Command {
         #[command(subcommand)]
         command: NetworkCommand,
     },
+    /// Scheduled jobs: network imports and the system's own.
+    Jobs {
+        /// What to do.
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Import a network's offline report file through its adapter.
+    Import {
+        /// The network.
+        #[arg(long)]
+        network: String,
+        /// The file.
+        file: PathBuf,
+    },
     /// Configure tracked links.
     Link {
         /// What to do.
@@ -125,6 +139,29 @@ pub enum NetworkCommand {
         /// Comma-separated addresses allowed to post (with --auth ip).
         #[arg(long)]
         ips: Option<String>,
+    },
+}
+
+/// `cashbackd jobs ...`
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Every job, its schedule, next run and last run.
+    List,
+    /// Run a job now, whatever its schedule.
+    Run {
+        /// The job's name.
+        name: String,
+    },
+    /// Schedule a network's API import.
+    Add {
+        /// The job's name.
+        name: String,
+        /// Cron expression: `0 * * * *` (hourly), `0 3 * * *` (daily), `@weekly`...
+        #[arg(long)]
+        schedule: String,
+        /// The network whose report to import.
+        #[arg(long)]
+        import: String,
     },
 }
 
@@ -211,16 +248,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
             println!("cashbackd listening on http://{}", listener.local_addr()?);
-            // Reward maturation every minute, until the scheduler runs it on its cron.
-            let maturing = service.clone();
+            crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
+            let owner = format!("{}-{}", listen, std::process::id());
+            let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime.clone(), owner);
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    match maturing.mature_due().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(matured = n, "cashback became available"),
-                        Err(e) => tracing::error!(error = %e, "maturation failed"),
+                    if let Err(e) = scheduler.tick().await {
+                        tracing::error!(error = %e, "scheduler tick failed");
                     }
                 }
             });
@@ -292,6 +328,100 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     plugin.manifest.label(),
                     network.auth
                 );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Jobs { ref command } => {
+            let command = match command {
+                JobsCommand::List => None,
+                JobsCommand::Run { name } => Some((name.clone(), None)),
+                JobsCommand::Add { name, schedule, import } => {
+                    Some((name.clone(), Some((schedule.clone(), import.clone()))))
+                }
+            };
+            with_service(&cli, |service, runtime| async move {
+                crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
+                match command {
+                    None => {
+                        for job in crate::scheduler::list(&service).await? {
+                            let last = job.last_run.as_ref().map_or("never run".to_string(), |r| {
+                                format!(
+                                    "last {} ({} missed) {}",
+                                    r.outcome,
+                                    r.missed,
+                                    r.detail.clone().unwrap_or_else(|| r.counts.to_string())
+                                )
+                            });
+                            println!(
+                                "{:<24} {:<14} next {}  {}",
+                                job.name,
+                                job.schedule,
+                                fmt_time(job.next_run_at),
+                                last
+                            );
+                        }
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Some((name, None)) => {
+                        let scheduler =
+                            crate::scheduler::Scheduler::new(service, runtime, format!("cli-{}", std::process::id()));
+                        let run = scheduler.run_now(&name).await.map_err(anyhow::Error::msg)?;
+                        println!(
+                            "{name}: {} {}",
+                            run.outcome,
+                            run.detail.clone().unwrap_or_else(|| run.counts.to_string())
+                        );
+                        Ok(if run.outcome == "ok" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                    }
+                    Some((name, Some((schedule, network)))) => {
+                        if crate::ingest::network(service.db(), &network).await?.is_none() {
+                            bail!("--import: no network {network:?} (cashbackd network add)");
+                        }
+                        let kind = crate::scheduler::JobKind::Import { network };
+                        crate::scheduler::upsert_job(&service, &name, &schedule, &kind)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("--schedule: {e}"))?;
+                        println!("job {name} saved");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                }
+            })
+        }
+        Command::Import { ref network, ref file } => {
+            let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let network = network.clone();
+            with_service(&cli, |service, runtime| async move {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {elapsed}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                let progress = |done: u64, total: u64| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                };
+                let summary = crate::imports::import_file(&service, &runtime, &network, &name, bytes, progress)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                bar.finish_and_clear();
+                let t = &summary.tally;
+                println!(
+                    "{name}: {} events: {} created, {} updated, {} duplicate, {} ignored, {} rejected; {} rows refused by the adapter",
+                    summary.events,
+                    t.created,
+                    t.updated,
+                    t.duplicates,
+                    t.ignored,
+                    t.rejected,
+                    summary.rejected_rows.len()
+                );
+                for r in &summary.rejected_rows {
+                    println!("  row {}: {}", r.row.map_or("?".into(), |n| n.to_string()), r.reason);
+                }
+                for e in &t.errors {
+                    println!("  rejected: {e}");
+                }
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -475,6 +605,11 @@ fn demo(runtime: &PluginRuntime, dir: &Path) -> anyhow::Result<ExitCode> {
     }
     println!("\nnext: `cashbackd plugin inspect {}` and `cashbackd plugin test {}`", path.display(), path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+fn fmt_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
 }
 
 /// A sample order line: id, category, amount in minor units.

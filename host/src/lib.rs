@@ -8,6 +8,8 @@ pub mod clock;
 pub mod conversions;
 pub mod db;
 pub mod http;
+pub mod imports;
 pub mod ingest;
 pub mod ledger;
 pub mod plugin;
+pub mod scheduler;

@@ -8,6 +8,7 @@ mod backends;
 mod common;
 mod crash;
 mod ingress;
+mod jobs;
 mod ledger;
 mod ledger_props;
 mod plugin_cli;

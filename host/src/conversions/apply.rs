@@ -717,7 +717,13 @@ async fn finish(
     };
     history(conn, &r.id, seq, at, cause, None, Some(r.state), &detail).await?;
     save(conn, &r, insert).await?;
-    Ok(Outcome::Applied { conversion_id: r.id, state: r.state, status: r.status, note: note.to_string() })
+    Ok(Outcome::Applied {
+        conversion_id: r.id,
+        created: insert,
+        state: r.state,
+        status: r.status,
+        note: note.to_string(),
+    })
 }
 
 /// The plugins recorded in a conversion's last decision, so that a later posting of the

@@ -161,6 +161,8 @@ pub enum Outcome {
     Applied {
         /// The conversion.
         conversion_id: String,
+        /// Whether this created it.
+        created: bool,
         /// Its state now.
         state: State,
         /// Its status now.

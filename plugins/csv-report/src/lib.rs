@@ -9,7 +9,7 @@
 
 use cashback_sdk::prelude::*;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// The plugin's configuration (see `cashback-plugin.toml` for the schema).
 #[derive(Debug, Deserialize)]
@@ -178,7 +178,7 @@ impl Report {
         let columns = self.locate(name, &headers)?;
 
         let mut result = FileResult { events: Vec::new(), rejected: Vec::new() };
-        let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut seen: BTreeMap<String, u32> = BTreeMap::new();
         for (index, record) in records.enumerate() {
             let row = u32::try_from(index + 2).unwrap_or(u32::MAX);
             let record = match record {
@@ -222,8 +222,8 @@ impl Report {
 
     /// The index of every mapped column in the header: an exact match of the trimmed
     /// name, else the one match ignoring case.
-    fn locate(&self, name: &str, headers: &[String]) -> Result<HashMap<&'static str, usize>, PluginError> {
-        let mut found = HashMap::new();
+    fn locate(&self, name: &str, headers: &[String]) -> Result<BTreeMap<&'static str, usize>, PluginError> {
+        let mut found = BTreeMap::new();
         for (field, column) in mapped(&self.config.columns) {
             let column = column.trim();
             let exact: Vec<usize> = (0..headers.len()).filter(|i| headers[*i] == column).collect();
@@ -365,7 +365,7 @@ fn mapped(c: &Columns) -> Vec<Mapped<'_>> {
 struct Row<'a> {
     headers: &'a [String],
     values: &'a [&'a str],
-    columns: &'a HashMap<&'static str, usize>,
+    columns: &'a BTreeMap<&'static str, usize>,
 }
 
 impl Row<'_> {
@@ -605,6 +605,15 @@ mod tests {
     fn empty_rows_are_skipped_but_counted() {
         let r = parse(CONFIG, &file(&[",,,,,,,,,", "T-1,,,x,0,,approved,2026-01-03,,"])).expect("file");
         assert!(r.events.is_empty());
+        assert_eq!(r.rejected.iter().map(|x| x.row).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn blank_lines_are_skipped_and_not_counted() {
+        let contents =
+            format!("{HEADER}\n\nT-1,,,1,0,,approved,2026-01-03,,\n\n\nT-2,,,x,0,,approved,2026-01-03,,\n\n");
+        let r = parse(CONFIG, &contents).expect("file");
+        assert_eq!(r.events.len(), 1);
         assert_eq!(r.rejected.iter().map(|x| x.row).collect::<Vec<_>>(), [3]);
     }
 
