@@ -6,7 +6,9 @@
 
 use crate::types::{ConversionEvent, PluginError};
 
-pub use bindings::exports::cashback::plugin::adapter::{FileResult, ImportRequest, Page, PostbackRequest, RejectedRow};
+pub use bindings::exports::cashback::plugin::adapter::{
+    FileResult, ImportRequest, Page, PostbackRequest, RejectedItem, RejectedRow,
+};
 
 /// What an adapter plugin implements. Every method has a default that refuses the path,
 /// so an adapter implements only what its network offers.

@@ -93,7 +93,9 @@ pub mod prelude {
     pub use crate::{config, log};
 
     #[cfg(feature = "adapter")]
-    pub use crate::adapter::{Adapter, FileResult, ImportRequest, Page, PostbackRequest, RejectedRow, http};
+    pub use crate::adapter::{
+        Adapter, FileResult, ImportRequest, Page, PostbackRequest, RejectedItem, RejectedRow, http,
+    };
     #[cfg(feature = "adapter")]
     pub use crate::export_adapter;
     #[cfg(feature = "rules")]

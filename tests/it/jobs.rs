@@ -92,7 +92,10 @@ async fn fake_network() -> (String, Arc<AtomicUsize>) {
         match q.get("cursor").map(String::as_str) {
             None => axum::Json(json!({"transactions": [tx("A1", "pending", "10.00"), tx("A2", "approved", "20.00")], "next_cursor": "page-2"})).into_response(),
             Some("page-2") if n == 1 => (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response(),
-            Some("page-2") => axum::Json(json!({"transactions": [tx("A3", "declined", "30.00")], "next_cursor": null})).into_response(),
+            Some("page-2") => {
+                axum::Json(json!({"transactions": [tx("A3", "declined", "30.00"), tx("A4", "pending", "3O.00")], "next_cursor": null}))
+                    .into_response()
+            }
             Some(other) => (StatusCode::BAD_REQUEST, format!("unknown cursor {other}")).into_response(),
         }
     }
@@ -129,6 +132,8 @@ async fn an_api_import_pages_through_the_report_with_the_host_held_key_and_retri
         let summary = import_network(&w.service, runtime(), "api-net", &retry).await.expect("import");
         assert_eq!((summary.pages, summary.events, summary.retries), (2, 3, 1), "{}: {summary:?}", t.name);
         assert_eq!((summary.tally.created, summary.tally.rejected), (3, 0), "{summary:?}");
+        assert_eq!(summary.rejected_items.len(), 1, "one bad transaction does not fail its page: {summary:?}");
+        assert!(summary.rejected_items[0].0 == "A4" && summary.rejected_items[0].1.contains("3O.00"), "{summary:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         // A1 pending 10.00 at 10 %, A2 completed 20.00 (not matured), A3 declined.
         assert_eq!(balance(&w.service, "u1", "pending").await, 100 + 200);

@@ -158,6 +158,7 @@ async fn handle_postback(
             .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect(),
         body: body.to_vec(),
+        received_at: st.service.now(),
     };
     let runtime = st.runtime.clone();
     let outcome = tokio::task::spawn_blocking(move || runtime.parse_postback(&plugin, &config, &request).result)

@@ -45,6 +45,8 @@ pub struct ImportSummary {
     pub retries: u32,
     /// What the events did.
     pub tally: Tally,
+    /// Report items the adapter could not turn into events: (reference, reason).
+    pub rejected_items: Vec<(String, String)>,
     /// The window imported (ms).
     pub window: (i64, i64),
 }
@@ -128,6 +130,7 @@ pub async fn import_network(
             return Err("no attempt made".into());
         };
         summary.pages += 1;
+        summary.rejected_items.extend(page.rejected.into_iter().map(|r| (r.reference, r.reason)));
         for mut event in page.events {
             summary.events += 1;
             if event.network.is_empty() {

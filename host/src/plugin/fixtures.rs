@@ -67,6 +67,14 @@ pub struct FixturePostback {
     /// Body text.
     #[serde(default)]
     pub body: String,
+    /// When the host received it (ms); default 2026-01-01T00:00:00Z, so a fixture that
+    /// relies on it is reproducible.
+    #[serde(default = "fixture_received_at")]
+    pub received_at: i64,
+}
+
+fn fixture_received_at() -> i64 {
+    1_767_225_600_000
 }
 
 fn get() -> String {
@@ -125,6 +133,7 @@ fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseR
                     query: p.query.clone(),
                     headers: p.headers.clone(),
                     body: p.body.clone().into_bytes(),
+                    received_at: p.received_at,
                 };
                 to_json(runtime.parse_postback(plugin, &config, &request).result)
             }

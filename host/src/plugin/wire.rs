@@ -99,9 +99,10 @@ record!(latest::ConversionEvent {
     line_items,
     raw
 });
-record!(latest::PostbackRequest { method, path, query, headers, body });
+record!(latest::PostbackRequest { method, path, query, headers, body, received_at });
 record!(latest::ImportRequest { window_start, window_end, cursor });
-record!(latest::Page { events, next_cursor });
+record!(latest::RejectedItem { reference, reason });
+record!(latest::Page { events, rejected, next_cursor });
 record!(latest::RejectedRow { row, reason });
 record!(latest::FileResult { events, rejected });
 record!(http::Response { status, headers, body });

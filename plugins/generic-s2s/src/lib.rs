@@ -188,11 +188,11 @@ impl Mapping {
         let commission = self.amount(&params, p.commission.as_deref(), "commission", &currency)?;
         let event_time = match &p.event_time {
             Some(name) => match params.get(name)?.map(str::trim) {
-                Some("") => received_at()?,
+                Some("") => request.received_at,
                 Some(v) => parse_timestamp(v).map_err(|e| invalid(name, "event_time", &message(e)))?,
                 None => return Err(missing(name, "event_time")),
             },
-            None => received_at()?,
+            None => request.received_at,
         };
         let optional = |name: &Option<String>| -> Result<Option<String>, PluginError> {
             Ok(match name {
@@ -366,23 +366,6 @@ fn message(e: PluginError) -> String {
     }
 }
 
-/// The time the postback is handled, for networks that send no event time. Adapters
-/// run with the host's real clock (`wasm32-wasip2`); the postback request itself carries
-/// no receive time.
-fn received_at() -> Result<Timestamp, PluginError> {
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    {
-        Err(PluginError::Config("params.event_time is required on wasm32-unknown-unknown (no clock)".into()))
-    }
-    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
-    {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|e| PluginError::Internal(format!("clock before 1970: {e}")))?;
-        i64::try_from(since.as_millis()).map_err(|e| PluginError::Internal(format!("clock out of range: {e}")))
-    }
-}
-
 /// The adapter.
 pub struct GenericS2s;
 
@@ -411,6 +394,8 @@ mod tests {
         "default_currency": "EUR"
     }"#;
 
+    const RECEIVED_AT: i64 = 1_767_225_600_000;
+
     fn get(query: &str) -> PostbackRequest {
         PostbackRequest {
             method: "GET".into(),
@@ -418,6 +403,7 @@ mod tests {
             query: query.into(),
             headers: Vec::new(),
             body: Vec::new(),
+            received_at: RECEIVED_AT,
         }
     }
 
@@ -428,6 +414,7 @@ mod tests {
             query: String::new(),
             headers: content_type.map(|c| vec![("content-type".to_string(), c.to_string())]).unwrap_or_default(),
             body: body.as_bytes().to_vec(),
+            received_at: RECEIVED_AT,
         }
     }
 
@@ -569,9 +556,8 @@ mod tests {
     #[test]
     fn without_an_event_time_the_receive_time_is_used() {
         let minimal = r#"{"params": {"transaction_id": "tid"}, "states": {}, "default_currency": "EUR"}"#;
-        let before = received_at().expect("clock");
         let e = parse(minimal, &get("tid=T-13")).expect("event");
-        assert!(e.event_time >= before && e.event_time < before + 60_000);
+        assert_eq!(e.event_time, RECEIVED_AT, "the host's receive time, not a clock of the plugin's own");
         assert_eq!(e.state, ConversionState::Pending, "no status parameter: pending");
         assert_eq!((e.amount, e.commission), (0, 0));
         assert_eq!(e.event_type, "sale");

@@ -141,9 +141,24 @@ impl Api {
                 request.cursor.as_deref().unwrap_or_default()
             )));
         }
-        let events =
-            transactions.iter().enumerate().map(|(i, tx)| self.event(i + 1, tx)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Page { events, next_cursor })
+        // One malformed transaction is reported, not allowed to fail the whole page.
+        let mut events = Vec::with_capacity(transactions.len());
+        let mut rejected = Vec::new();
+        for (i, tx) in transactions.iter().enumerate() {
+            match self.event(i + 1, tx) {
+                Ok(event) => events.push(event),
+                Err(e) => rejected.push(RejectedItem {
+                    reference: tx_reference(i + 1, tx),
+                    reason: match e {
+                        PluginError::InvalidInput(m)
+                        | PluginError::Config(m)
+                        | PluginError::Upstream(m)
+                        | PluginError::Internal(m) => m,
+                    },
+                }),
+            }
+        }
+        Ok(Page { events, rejected, next_cursor })
     }
 
     /// One transaction of the page (`position` is 1-based, for errors before the id is known).
@@ -613,15 +628,20 @@ mod tests {
             (r#"{"status": "pending"}"#, "transaction #1", "\"id\""),
             (r#"{"id": {"n": 1}}"#, "transaction #1", "{\"n\":1}"),
         ];
+        let good =
+            r#"{"id": "OK-1", "status": "pending", "amount": "1", "commission": "0", "currency": "EUR", "date": "0"}"#;
         for (tx, names, value) in cases {
-            let body = format!(r#"{{"transactions": [{tx}], "next_cursor": null}}"#);
+            // The malformed transaction is rejected with its reason; the good one beside it
+            // still becomes an event: one bad item does not fail its page.
+            let body = format!(r#"{{"transactions": [{tx}, {good}], "next_cursor": null}}"#);
             testing::set_http_handler(move |_| ok(&body));
-            match error(CONFIG) {
-                PluginError::InvalidInput(m) => {
-                    assert!(m.contains(names) && m.contains(value), "{m:?} should name {names} and {value}")
-                }
-                other => panic!("{tx}: expected invalid input, got {other:?}"),
-            }
+            testing::set_config(CONFIG);
+            let page = JsonApi::import_page(&ImportRequest { window_start: 0, window_end: 1, cursor: None })
+                .unwrap_or_else(|e| panic!("{tx}: the page failed: {e:?}"));
+            assert_eq!(page.events.len(), 1, "{tx}");
+            assert_eq!(page.rejected.len(), 1, "{tx}");
+            let m = &page.rejected[0].reason;
+            assert!(m.contains(names) && m.contains(value), "{m:?} should name {names} and {value}");
         }
     }
 
@@ -647,5 +667,14 @@ mod tests {
     fn cursors_are_percent_encoded() {
         assert_eq!(percent_encode("abc-._~XYZ019"), "abc-._~XYZ019");
         assert_eq!(percent_encode("a b&c=d/e+f?€"), "a%20b%26c%3Dd%2Fe%2Bf%3F%E2%82%AC");
+    }
+}
+
+/// How a rejected transaction is named: its id, or its position on the page.
+fn tx_reference(position: usize, tx: &Value) -> String {
+    match tx.get("id") {
+        Some(Value::String(id)) => id.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => format!("#{position}"),
     }
 }

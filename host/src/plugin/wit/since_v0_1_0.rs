@@ -33,7 +33,7 @@ pub mod adapter_world {
 pub use adapter_world::NetworkAdapterPre;
 pub use adapter_world::cashback::plugin::http;
 pub use adapter_world::exports::cashback::plugin::adapter::{
-    FileResult, ImportRequest, Page, PostbackRequest, RejectedRow,
+    FileResult, ImportRequest, Page, PostbackRequest, RejectedItem, RejectedRow,
 };
 pub use rules_world::MerchantRulesPre;
 pub use rules_world::cashback::plugin::log::Level as LogLevel;

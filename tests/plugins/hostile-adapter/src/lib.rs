@@ -27,7 +27,7 @@ impl Adapter for Hostile {
         };
         // The test server echoes what it received; hand it back as the cursor.
         let body = String::from_utf8_lossy(&response.body).into_owned();
-        Ok(Page { events: Vec::new(), next_cursor: Some(format!("{} {body}", response.status)) })
+        Ok(Page { events: Vec::new(), rejected: Vec::new(), next_cursor: Some(format!("{} {body}", response.status)) })
     }
 }
 
