@@ -370,6 +370,15 @@ impl Adapter for JsonApi {
 
 export_adapter!(JsonApi);
 
+/// How a rejected transaction is named: its id, or its position on the page.
+fn tx_reference(position: usize, tx: &Value) -> String {
+    match tx.get("id") {
+        Some(Value::String(id)) => id.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => format!("#{position}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,14 +676,5 @@ mod tests {
     fn cursors_are_percent_encoded() {
         assert_eq!(percent_encode("abc-._~XYZ019"), "abc-._~XYZ019");
         assert_eq!(percent_encode("a b&c=d/e+f?€"), "a%20b%26c%3Dd%2Fe%2Bf%3F%E2%82%AC");
-    }
-}
-
-/// How a rejected transaction is named: its id, or its position on the page.
-fn tx_reference(position: usize, tx: &Value) -> String {
-    match tx.get("id") {
-        Some(Value::String(id)) => id.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => format!("#{position}"),
     }
 }
