@@ -98,6 +98,14 @@ async fn a_postback_is_acknowledged_only_once_recorded_and_a_bad_one_is_refused_
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"applied\""), "{body}");
         assert_eq!(balance(&w.service, "u1", "pending").await, 1_000, "credited before the 200");
+        let c = w
+            .service
+            .conversion(&cashbackd::conversions::conversion_id("net", "T-1"))
+            .await
+            .expect("load")
+            .expect("row");
+        assert_eq!(c.reported_via, "postback");
+        assert!(c.clicked_at.is_some() && c.rule_at.is_some() && c.ledger_at.is_some(), "stage timestamps: {c:?}");
 
         let (status, _, body) = send(&app, get(ok)).await;
         assert_eq!(status, StatusCode::OK);

@@ -135,6 +135,13 @@ async fn an_api_import_pages_through_the_report_with_the_host_held_key_and_retri
         assert_eq!(summary.rejected_items.len(), 1, "one bad transaction does not fail its page: {summary:?}");
         assert!(summary.rejected_items[0].0 == "A4" && summary.rejected_items[0].1.contains("3O.00"), "{summary:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let a1 = w
+            .service
+            .conversion(&cashbackd::conversions::conversion_id("api-net", "A1"))
+            .await
+            .expect("load")
+            .expect("row");
+        assert_eq!(a1.reported_via, "api_import", "delay analytics know the integration type");
         // A1 pending 10.00 at 10 %, A2 completed 20.00 (not matured), A3 declined.
         assert_eq!(balance(&w.service, "u1", "pending").await, 100 + 200);
         let (start, end, cursor) =
@@ -204,6 +211,13 @@ async fn a_report_file_is_imported_with_a_summary_and_rejected_rows_with_reasons
             "{summary:?}"
         );
         assert_eq!(progress.lock().expect("lock").last().copied(), Some((1, 1)));
+        let f2 = w
+            .service
+            .conversion(&cashbackd::conversions::conversion_id("csv-net", "F2"))
+            .await
+            .expect("load")
+            .expect("row");
+        assert_eq!(f2.reported_via, "file");
         assert_eq!(balance(&w.service, "u1", "pending").await, 500);
         // The same file again: every event is a duplicate, nothing changes.
         let again = import_file(&w.service, runtime(), "csv-net", "report.csv", file.as_bytes().to_vec(), |_, _| {})

@@ -67,6 +67,8 @@ pub struct ConversionRow {
     pub clicked_at: Option<i64>,
     /// When the network first told us.
     pub reported_at: i64,
+    /// How it first reached us (postback, api_import, file).
+    pub reported_via: String,
     /// When the rules last ran.
     pub rule_at: Option<i64>,
     /// When the ledger last moved.
@@ -80,7 +82,7 @@ pub struct ConversionRow {
 const COLUMNS: &str = "id, network_id, transaction_id, click_id, user_id, merchant_id, order_id, event_type, state, \
     status, status_reason, currency, amount, commission, cashback, reward_delay_days, posted_pending, posted_available, \
     posted_receivable, line_items, decision, completed_at, matures_at, matured_at, event_time, clicked_at, reported_at, \
-    rule_at, ledger_at, updated_at, version";
+    rule_at, ledger_at, updated_at, version, reported_via";
 
 fn bad(what: &str, value: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("unknown {what} {value:?} in the database").into())
@@ -124,6 +126,7 @@ fn from_row(r: &AnyRow) -> Result<ConversionRow, sqlx::Error> {
         ledger_at: r.try_get("ledger_at")?,
         updated_at: r.try_get("updated_at")?,
         version: r.try_get("version")?,
+        reported_via: r.try_get("reported_via")?,
     })
 }
 
@@ -147,7 +150,7 @@ async fn save(conn: &mut AnyConnection, r: &ConversionRow, insert: bool) -> Resu
     let sql = if insert {
         format!(
             "INSERT INTO conversions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
+             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
         )
     } else {
         // Same parameter order; `id` stays $1 and is the key.
@@ -156,7 +159,7 @@ async fn save(conn: &mut AnyConnection, r: &ConversionRow, insert: bool) -> Resu
          commission = $14, cashback = $15, reward_delay_days = $16, posted_pending = $17, posted_available = $18, \
          posted_receivable = $19, line_items = $20, decision = $21, completed_at = $22, matures_at = $23, \
          matured_at = $24, event_time = $25, clicked_at = $26, reported_at = $27, rule_at = $28, ledger_at = $29, \
-         updated_at = $30, version = $31 WHERE id = $1"
+         updated_at = $30, version = $31, reported_via = $32 WHERE id = $1"
             .to_string()
     };
     sqlx::query(&sql)
@@ -191,6 +194,7 @@ async fn save(conn: &mut AnyConnection, r: &ConversionRow, insert: bool) -> Resu
         .bind(r.ledger_at)
         .bind(r.updated_at)
         .bind(r.version)
+        .bind(&r.reported_via)
         .execute(conn)
         .await?;
     Ok(())
@@ -374,8 +378,8 @@ async fn apply(
     expected_version: Option<i64>,
 ) -> Result<Outcome, ApplyError> {
     match command {
-        Command::Event { event, evaluation } => {
-            apply_event(conn, seq, at, event, evaluation.as_ref(), expected_version).await
+        Command::Event { event, via, evaluation } => {
+            apply_event(conn, seq, at, event, *via, evaluation.as_ref(), expected_version).await
         }
         Command::Reprocess { conversion_id, evaluation } => {
             let mut r = load(conn, conversion_id).await?.ok_or_else(|| unknown(conversion_id))?;
@@ -494,6 +498,7 @@ async fn apply_event(
     seq: i64,
     at: Millis,
     event: &latest::ConversionEvent,
+    via: super::Via,
     evaluation: Option<&Evaluation>,
     expected_version: Option<i64>,
 ) -> Result<Outcome, ApplyError> {
@@ -551,6 +556,7 @@ async fn apply_event(
         event_time: event.event_time,
         clicked_at: None,
         reported_at: at,
+        reported_via: via.as_str().to_string(),
         rule_at: None,
         ledger_at: None,
         updated_at: at,

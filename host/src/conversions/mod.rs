@@ -63,6 +63,30 @@ pub enum Evaluation {
     },
 }
 
+/// How a network event reached cashbackd (seed 000: each path has its own delays).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// An S2S postback (seconds).
+    #[default]
+    Postback,
+    /// A scheduled import from the network's API (hours).
+    ApiImport,
+    /// An offline report file (up to days).
+    File,
+}
+
+impl Via {
+    /// snake_case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Postback => "postback",
+            Via::ApiImport => "api_import",
+            Via::File => "file",
+        }
+    }
+}
+
 /// An operator's decision on a conversion awaiting review (seed 002).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +107,9 @@ pub enum Command {
     Event {
         /// The normalized event.
         event: Box<latest::ConversionEvent>,
+        /// How it reached us.
+        #[serde(default)]
+        via: Via,
         /// The rule evaluation made for it, if one was needed.
         evaluation: Option<Evaluation>,
     },

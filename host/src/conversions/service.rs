@@ -112,6 +112,11 @@ impl Service {
     /// backwards), runs the merchant's rules when the cashback must be computed, and posts
     /// to the ledger. Returns once the result is durable.
     pub async fn ingest(&self, event: latest::ConversionEvent) -> Result<Outcome, ServiceError> {
+        self.ingest_via(event, super::Via::Postback).await
+    }
+
+    /// [`Service::ingest`] for an event that came by another path than a postback.
+    pub async fn ingest_via(&self, event: latest::ConversionEvent, via: super::Via) -> Result<Outcome, ServiceError> {
         let id = conversion_id(&event.network, &event.transaction_id);
         self.retrying(|| async {
             let mut conn = self.db.pool.acquire().await?;
@@ -143,7 +148,7 @@ impl Service {
                 None
             };
             let expected = Some(row.map_or(-1, |r| r.version));
-            let command = Command::Event { event: Box::new(event.clone()), evaluation };
+            let command = Command::Event { event: Box::new(event.clone()), via, evaluation };
             Ok(self.writer.submit(command, expected).await?)
         })
         .await

@@ -137,7 +137,7 @@ pub async fn import_network(
                 event.network = network.id.clone();
             }
             let result = if event.network == network.id {
-                service.ingest(event).await
+                service.ingest_via(event, crate::conversions::Via::ApiImport).await
             } else {
                 Err(crate::conversions::service::ServiceError::Invalid(format!(
                     "event for network {:?}",

@@ -55,7 +55,7 @@ pub async fn import_file(
         if event.network.is_empty() {
             event.network = network.id.clone();
         }
-        let result = service.ingest(event).await;
+        let result = service.ingest_via(event, crate::conversions::Via::File).await;
         summary.tally.record(&result);
         progress(i as u64 + 1, total);
     }
