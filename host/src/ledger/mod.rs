@@ -122,24 +122,25 @@ pub fn booking_entries(user: &str, delta: Booked) -> Vec<Entry> {
     e
 }
 
-async fn account_id(
+/// Adds `amount` to an account's balance, creating the account on first use, and returns
+/// its id: one statement per entry instead of look-up, insert and update.
+async fn credit_account(
     conn: &mut AnyConnection,
     owner: &str,
     kind: AccountKind,
     currency: &str,
+    amount: i64,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query("INSERT INTO accounts (owner, kind, currency, balance) VALUES ($1, $2, $3, 0) ON CONFLICT (owner, kind, currency) DO NOTHING")
-        .bind(owner)
-        .bind(kind.as_str())
-        .bind(currency)
-        .execute(&mut *conn)
-        .await?;
-    let row = sqlx::query("SELECT id FROM accounts WHERE owner = $1 AND kind = $2 AND currency = $3")
-        .bind(owner)
-        .bind(kind.as_str())
-        .bind(currency)
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = sqlx::query(
+        "INSERT INTO accounts (owner, kind, currency, balance) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (owner, kind, currency) DO UPDATE SET balance = accounts.balance + excluded.balance RETURNING id",
+    )
+    .bind(owner)
+    .bind(kind.as_str())
+    .bind(currency)
+    .bind(amount)
+    .fetch_one(&mut *conn)
+    .await?;
     row.try_get(0)
 }
 
@@ -176,7 +177,7 @@ pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerE
     };
     let tx_id: i64 = row.try_get(0)?;
     for e in &p.entries {
-        let account = account_id(conn, &e.owner, e.kind, &p.currency).await?;
+        let account = credit_account(conn, &e.owner, e.kind, &p.currency, e.amount).await?;
         sqlx::query(
             "INSERT INTO ledger_entries (transaction_id, account_id, amount, currency) VALUES ($1, $2, $3, $4)",
         )
@@ -186,11 +187,6 @@ pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerE
         .bind(&p.currency)
         .execute(&mut *conn)
         .await?;
-        sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
-            .bind(e.amount)
-            .bind(account)
-            .execute(&mut *conn)
-            .await?;
     }
     Ok(true)
 }
