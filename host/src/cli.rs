@@ -77,6 +77,12 @@ pub enum Command {
         /// The file.
         file: PathBuf,
     },
+    /// Admin API tokens.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Configure tracked links.
     Link {
         /// What to do.
@@ -162,6 +168,27 @@ pub enum JobsCommand {
         /// The network whose report to import.
         #[arg(long)]
         import: String,
+    },
+}
+
+/// `cashbackd token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once and only its hash is stored.
+    Create {
+        /// Who or what it is for.
+        name: String,
+        /// read, write or admin.
+        #[arg(long, default_value = "read")]
+        scope: String,
+        /// Days until it expires (never, if absent).
+        #[arg(long)]
+        expires_days: Option<i64>,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// The token's id (`tok_...`).
+        id: String,
     },
 }
 
@@ -423,6 +450,45 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("  rejected: {e}");
                 }
                 Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Token { ref command } => {
+            let command = match command {
+                TokenCommand::Create { name, scope, expires_days } => {
+                    let scope = crate::auth::Scope::parse(scope)
+                        .ok_or_else(|| anyhow::anyhow!("--scope: {scope:?} is not read, write or admin"))?;
+                    if expires_days.is_some_and(|d| d <= 0) {
+                        bail!("--expires-days: must be at least 1");
+                    }
+                    Ok((name.clone(), scope, *expires_days))
+                }
+                TokenCommand::Revoke { id } => Err(id.clone()),
+            };
+            with_service(&cli, |service, _| async move {
+                match command {
+                    Ok((name, scope, days)) => {
+                        let now = service.now();
+                        let token = crate::auth::create_token(
+                            service.db(),
+                            &name,
+                            scope,
+                            now,
+                            days.map(|d| now + d * crate::clock::DAY_MS),
+                        )
+                        .await?;
+                        println!("{token}");
+                        eprintln!("token for {name} ({} scope); shown once, store it now", scope.as_str());
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(id) => {
+                        if crate::auth::revoke(service.db(), &id, service.now()).await? {
+                            println!("token {id} revoked");
+                            Ok(ExitCode::SUCCESS)
+                        } else {
+                            bail!("no active token {id}")
+                        }
+                    }
+                }
             })
         }
         Command::Link { command: LinkCommand::Add { ref id, ref merchant, ref network, ref url } } => {

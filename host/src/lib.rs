@@ -3,6 +3,7 @@
 //!
 //! The crate is organised one module per concern; the README maps them.
 
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod conversions;

@@ -4,6 +4,7 @@
 //! command runs it first) and compiled once per digest into a store shared by every test
 //! and every run, so no test pays for compiling wasm.
 
+mod admin;
 mod backends;
 mod common;
 mod crash;

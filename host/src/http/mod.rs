@@ -2,6 +2,7 @@
 //! (`GET|POST /postback/{network}`) and health. Every refusal is a 4xx whose JSON body
 //! says why; internals never leak.
 
+mod admin;
 mod ingress;
 
 use crate::conversions::Service;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/postback/{network}", get(ingress::postback).post(ingress::postback))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(admin::routes())
         .with_state(state)
 }
 

@@ -1,0 +1,142 @@
+//! Admin API tokens: random bearer tokens shown once at creation, stored as SHA-256
+//! hashes, each with a scope (read < write < admin), an optional expiry, revocable.
+
+use crate::db::Db;
+use sha2::{Digest as _, Sha256};
+use sqlx::Row;
+
+/// What a token may do. Each scope includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Read anything.
+    Read,
+    /// Read, and change conversions, imports, reviews.
+    Write,
+    /// Everything, including plugins and tokens.
+    Admin,
+}
+
+impl Scope {
+    /// Parses `read`, `write` or `admin`.
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "read" => Some(Scope::Read),
+            "write" => Some(Scope::Write),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// Why a request was refused. Messages never repeat the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token: send `Authorization: Bearer <token>`")]
+    Missing,
+    /// Not a token we issued.
+    #[error("invalid token")]
+    Invalid,
+    /// Past its expiry.
+    #[error("token expired")]
+    Expired,
+    /// Revoked by an operator.
+    #[error("token revoked")]
+    Revoked,
+    /// Valid, but its scope is too small.
+    #[error("this needs the {needed} scope; the token has {has}")]
+    Scope {
+        /// Required.
+        needed: &'static str,
+        /// Held.
+        has: &'static str,
+    },
+    /// The database failed.
+    #[error("cannot check the token")]
+    Unavailable,
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Creates a token and returns it; it is not stored and cannot be shown again.
+pub async fn create_token(
+    db: &Db,
+    name: &str,
+    scope: Scope,
+    now: i64,
+    expires_at: Option<i64>,
+) -> Result<String, sqlx::Error> {
+    let token = format!("cbk_{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+    let id = format!("tok_{}", &hash(&token)[..12]);
+    sqlx::query(
+        "INSERT INTO api_tokens (id, name, token_hash, scope, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(name)
+    .bind(hash(&token))
+    .bind(scope.as_str())
+    .bind(now)
+    .bind(expires_at)
+    .execute(&db.pool)
+    .await?;
+    Ok(token)
+}
+
+/// Revokes a token by id.
+pub async fn revoke(db: &Db, id: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Checks an `Authorization` header value against `needed`.
+pub async fn authorize(db: &Db, header: Option<&str>, needed: Scope, now: i64) -> Result<Scope, AuthError> {
+    let token = header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::Missing)?;
+    // Looked up by hash: equal hashes mean equal tokens, and the comparison happens in
+    // the database's index, not byte by byte here.
+    let row = sqlx::query("SELECT id, scope, expires_at, revoked_at FROM api_tokens WHERE token_hash = $1")
+        .bind(hash(token))
+        .fetch_optional(&db.pool)
+        .await
+        .map_err(|_| AuthError::Unavailable)?
+        .ok_or(AuthError::Invalid)?;
+    let id: String = row.try_get(0).map_err(|_| AuthError::Unavailable)?;
+    let scope: String = row.try_get(1).map_err(|_| AuthError::Unavailable)?;
+    let expires: Option<i64> = row.try_get(2).map_err(|_| AuthError::Unavailable)?;
+    let revoked: Option<i64> = row.try_get(3).map_err(|_| AuthError::Unavailable)?;
+    if revoked.is_some() {
+        return Err(AuthError::Revoked);
+    }
+    if expires.is_some_and(|e| e <= now) {
+        return Err(AuthError::Expired);
+    }
+    let has = Scope::parse(&scope).ok_or(AuthError::Invalid)?;
+    if has < needed {
+        return Err(AuthError::Scope { needed: needed.as_str(), has: has.as_str() });
+    }
+    let _ = sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(&id)
+        .execute(&db.pool)
+        .await;
+    Ok(has)
+}

@@ -1,0 +1,77 @@
+//! The admin API under `/api/v1`: bearer tokens with scopes on every route.
+
+use super::{ApiError, AppState};
+use crate::auth::{self, AuthError, Scope};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+/// Largest report file accepted by upload.
+pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
+
+/// The admin routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/networks/{network}/imports", post(upload_import).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
+        .route("/api/v1/networks/{network}/rejects", get(list_rejects))
+}
+
+async fn require(st: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+    let header = headers.get("authorization").and_then(|v| v.to_str().ok());
+    auth::authorize(st.service.db(), header, scope, st.service.now()).await.map(|_| ()).map_err(|e| {
+        let status = match e {
+            AuthError::Scope { .. } => StatusCode::FORBIDDEN,
+            AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        ApiError::new(status, "unauthorized", e.to_string())
+    })
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+/// `POST /api/v1/networks/{network}/imports?name=report.csv` with the file as the body:
+/// imports it through the network's adapter and answers the summary (write scope).
+async fn upload_import(
+    State(st): State<AppState>,
+    Path(network): Path<String>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&st, &headers, Scope::Write).await?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("empty_file", "the request body (the file) is empty"));
+    }
+    let name = q.name.unwrap_or_else(|| "upload".into());
+    if crate::ingest::network(st.service.db(), &network)
+        .await
+        .map_err(|e| ApiError::unavailable("cannot read the network", &e))?
+        .is_none()
+    {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_network", format!("no network {network:?}")));
+    }
+    let summary = crate::imports::import_file(&st.service, &st.runtime, &network, &name, body.to_vec(), |_, _| {})
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "import_failed", e))?;
+    Ok(Json(serde_json::to_value(summary).unwrap_or_default()))
+}
+
+/// `GET /api/v1/networks/{network}/rejects`: the latest refused postbacks (read scope).
+async fn list_rejects(
+    State(st): State<AppState>,
+    Path(network): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let rejects = crate::ingest::rejects(st.service.db(), &network, 100)
+        .await
+        .map_err(|e| ApiError::unavailable("cannot read the rejects", &e))?;
+    Ok(Json(serde_json::json!({ "rejects": rejects })))
+}
