@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use tower::ServiceExt;
 
-async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Option<String>, String) {
+pub async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Option<String>, String) {
     let response = app.clone().oneshot(request).await.expect("response");
     let status = response.status();
     let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -21,11 +21,11 @@ async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Option<Strin
     (status, location, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn get(uri: &str) -> Request<Body> {
+pub fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).expect("request")
 }
 
-async fn app(w: &crate::ledger::World, auth: InboundAuth) -> Router {
+pub async fn app(w: &crate::ledger::World, auth: InboundAuth) -> Router {
     let s = &w.service;
     let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("store adapter");
     let network = Network {

@@ -109,7 +109,7 @@ async fn fake_network() -> (String, Arc<AtomicUsize>) {
     (base, calls)
 }
 
-async fn add_network(w: &World, id: &str, plugin: &str, config: serde_json::Value) {
+pub async fn add_network(w: &World, id: &str, plugin: &str, config: serde_json::Value) {
     let adapter = w.service.store_plugin(&plugin_bytes(WASIP2, plugin)).await.expect("adapter");
     let network = Network {
         id: id.into(),

@@ -8,6 +8,7 @@ mod admin;
 mod backends;
 mod common;
 mod crash;
+mod e2e;
 mod ingress;
 mod jobs;
 mod ledger;
