@@ -1,7 +1,7 @@
 //! The `cashbackd` command line.
 
+use crate::plugin::fixtures;
 use crate::plugin::{LoadedPlugin, PluginKind, PluginRuntime, RuntimeConfig};
-use crate::plugin::{fixtures, sample};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -38,11 +38,21 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Show the plugin runtime at work on the first-party plugins.
+    /// Run cashbackd on a fresh SQLite demo database with something to see: a merchant,
+    /// a network, a tracked link, and clicks and postbacks sent through its HTTP server.
     Demo {
         /// Folder of built plugin components (scripts/build-plugins.sh writes here).
         #[arg(long, default_value = "target/plugins/wasm32-wasip2")]
         plugins: PathBuf,
+        /// The demo's SQLite file, recreated on every start.
+        #[arg(long, default_value = ".cashbackd/demo.db")]
+        demo_database: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Seed, simulate, report, then exit instead of serving.
+        #[arg(long)]
+        once: bool,
     },
     /// Run the server: tracked clicks (`/c/{link}`), S2S postbacks (`/postback/{network}`),
     /// health, and reward maturation.
@@ -256,9 +266,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Demo { plugins } => {
-            let runtime = PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?;
-            demo(&runtime, &plugins)
+        Command::Demo { ref plugins, ref demo_database, listen, once } => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = demo_database.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+            let url = format!("sqlite://{}", demo_database.display());
+            let plugins = plugins.clone();
+            let demo_cli =
+                Cli { database_url: url.clone(), plugin_store: cli.plugin_store.clone(), command: Command::Migrate };
+            with_service(&demo_cli, |service, runtime| async move {
+                crate::demo::run(service, runtime, &plugins, listen, &url, once).await?;
+                Ok(ExitCode::SUCCESS)
+            })
         }
         Command::Migrate => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -620,67 +641,7 @@ fn test_plugin(runtime: &PluginRuntime, plugin: &LoadedPlugin, extra: Option<&Pa
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn demo(runtime: &PluginRuntime, dir: &Path) -> anyhow::Result<ExitCode> {
-    let path = dir.join("flat_rate.wasm");
-    if !path.exists() {
-        bail!("{} not found: build the plugins first with scripts/build-plugins.sh", path.display());
-    }
-    let plugin = load(runtime, &path, None)?;
-    println!("loaded {} ({}), compiled once and cached under the digest", plugin.manifest.label(), plugin.digest);
-    let config = plugin
-        .manifest
-        .validate_config(
-            &serde_json::json!({"rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500}),
-        )
-        .map_err(anyhow::Error::msg)?;
-    let orders: [(&str, &[Line]); 3] = [
-        ("o-1001", &[("l1", "books", 2_499), ("l2", "toys", 5_000)]),
-        ("o-1002", &[("l1", "gift-cards", 10_000), ("l2", "garden", 3_000)]),
-        ("o-1003", &[("l1", "tv", 89_900), ("l2", "tv", 12_000)]),
-    ];
-    for (id, lines) in orders {
-        let order = sample::order(id, "EUR", lines);
-        let total = order.amount.minor;
-        let context = sample::context(1_767_225_600_000);
-        let started = std::time::Instant::now();
-        let outcome = runtime.evaluate(&plugin, &config, &order, &context);
-        let took = started.elapsed();
-        match outcome.result {
-            Ok(d) => {
-                println!(
-                    "\norder {id}: {} -> cashback {} ({} µs in the sandbox)",
-                    fmt_money(total),
-                    fmt_money(d.total.minor),
-                    took.as_micros()
-                );
-                for l in &d.lines {
-                    println!("  + {:>10}  {}", fmt_money(l.amount), l.reason);
-                }
-                for x in &d.exclusions {
-                    println!("  - {:>10}  {}", "excluded", x.reason);
-                }
-                for n in &d.notes {
-                    println!("  * {n}");
-                }
-            }
-            Err(e) => println!("\norder {id}: failed: {e}"),
-        }
-    }
-    if plugin.kind() != PluginKind::MerchantRules {
-        bail!("flat_rate.wasm is not a rule plugin");
-    }
-    println!("\nnext: `cashbackd plugin inspect {}` and `cashbackd plugin test {}`", path.display(), path.display());
-    Ok(ExitCode::SUCCESS)
-}
-
 fn fmt_time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
-}
-
-/// A sample order line: id, category, amount in minor units.
-type Line<'a> = (&'a str, &'a str, i64);
-
-fn fmt_money(minor: i64) -> String {
-    format!("{}.{:02} EUR", minor / 100, (minor % 100).abs())
 }

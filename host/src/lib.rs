@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clock;
 pub mod conversions;
 pub mod db;
+pub mod demo;
 pub mod http;
 pub mod imports;
 pub mod ingest;

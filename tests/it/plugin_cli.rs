@@ -74,13 +74,31 @@ fn a_file_that_is_not_a_plugin_gets_a_clear_message() {
 }
 
 #[test]
-fn demo_evaluates_orders_with_the_first_party_rule() {
+fn demo_runs_on_a_fresh_sqlite_file_with_clicks_and_postbacks_through_http() {
     let dir = plugin_path(WASIP2, "flat_rate").parent().expect("dir").to_path_buf();
-    let (ok, out) = cashbackd(&["demo", "--plugins", dir.to_str().expect("utf8")]);
+    let _ = plugin_path(WASIP2, "generic_s2s");
+    let db = tempfile::tempdir().expect("tempdir");
+    let file = db.path().join("demo.db");
+    let args = [
+        "demo",
+        "--once",
+        "--listen",
+        "127.0.0.1:0",
+        "--plugins",
+        dir.to_str().expect("utf8"),
+        "--demo-database",
+        file.to_str().expect("utf8"),
+    ];
+    let (ok, out) = cashbackd(&args);
     assert!(ok, "{out}");
-    assert!(out.contains("order o-1002"), "{out}");
-    assert!(out.contains("category gift-cards earns no cashback"), "{out}");
-    assert!(out.contains("capped at 25.00 EUR"), "{out}");
+    assert!(out.contains("alice  pending     3.15"), "adjusted 90.00 at 3.5 %: {out}");
+    assert!(out.contains("T-1003") && out.contains("held"), "the high-value order is held: {out}");
+    assert!(out.contains("T-1004") && out.contains("click unknown-click is unknown"), "parked: {out}");
+    assert!(out.contains("T-1005") && out.contains("rejected"), "{out}");
+    // Run again: the demo database is recreated, not appended to.
+    let (ok, again) = cashbackd(&args);
+    assert!(ok, "{again}");
+    assert!(again.contains("alice  pending     3.15"), "{again}");
 }
 
 #[test]

@@ -1,0 +1,167 @@
+//! `cashbackd demo`: a running cashbackd on a fresh SQLite file with something to see. A
+//! merchant with a rule plugin, a network with an adapter, a tracked link and users; then
+//! real clicks and postbacks through the real HTTP server: credited, adjusted, completed,
+//! held for review, and one parked because its click is unknown.
+
+use crate::conversions::{Service, Status};
+use crate::http::AppState;
+use crate::ingest::{self, InboundAuth, Link, Network};
+use crate::plugin::PluginRuntime;
+use anyhow::Context;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The demo network's postback token (a demo; never use a known token in production).
+pub const DEMO_TOKEN: &str = "demo-token";
+
+/// Seeds the demo configuration from the built plugins in `plugins`.
+pub async fn seed(service: &Service, plugins: &Path) -> anyhow::Result<()> {
+    let read = |name: &str| {
+        let path = plugins.join(name);
+        std::fs::read(&path).with_context(|| {
+            format!("{} not found: build the plugins first (scripts/build-plugins.sh)", path.display())
+        })
+    };
+    let rule = service.store_plugin(&read("flat_rate.wasm")?).await?;
+    let adapter = service.store_plugin(&read("generic_s2s.wasm")?).await?;
+    service.upsert_merchant("demo-shop", "Demo Shop", false, 30).await?;
+    let rule_config = serde_json::json!({
+        "rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500, "hold_above": 50000
+    });
+    service.set_rules("demo-shop", &[(rule.digest.to_string(), rule_config)]).await?;
+    let network = Network {
+        id: "demo-net".into(),
+        name: "Demo Network".into(),
+        adapter_digest: Some(adapter.digest.to_string()),
+        adapter_config: serde_json::json!({
+            "params": { "transaction_id": "tid", "click_id": "clickref", "amount": "sale", "commission": "comm",
+                        "state": "status", "currency": "cur", "order_id": "oid" },
+            "states": { "pending": "PENDING", "adjusted": "ADJUSTED", "approved": "COMPLETED", "declined": "REJECTED" },
+            "default_currency": "EUR"
+        }),
+        auth: InboundAuth::Token(DEMO_TOKEN.into()),
+    };
+    ingest::upsert_network(service.db(), &network, service.now()).await?;
+    let link = Link {
+        id: "demo-link".into(),
+        merchant_id: "demo-shop".into(),
+        network_id: "demo-net".into(),
+        url_template: "https://shop.example/landing?clickref={click_id}&sub1={sub1}".into(),
+    };
+    ingest::upsert_link(service.db(), &link, service.now()).await?;
+    for user in ["alice", "bob"] {
+        service.register_user(user, Some(&format!("{user}@example.com"))).await?;
+    }
+    Ok(())
+}
+
+/// Drives clicks and postbacks through the server at `base`.
+pub async fn simulate(base: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let click = |user: &'static str, sub: &'static str| {
+        let client = client.clone();
+        async move {
+            let response = client.get(format!("{base}/c/demo-link?user={user}&sub1={sub}")).send().await?;
+            let location =
+                response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let url = url::Url::parse(&location).context("the click did not redirect")?;
+            let id = url.query_pairs().find(|(k, _)| k == "clickref").map(|(_, v)| v.into_owned()).unwrap_or_default();
+            anyhow::Ok(id)
+        }
+    };
+    let postback = |query: String| {
+        let client = client.clone();
+        async move {
+            let response = client.get(format!("{base}/postback/demo-net?{query}&token={DEMO_TOKEN}")).send().await?;
+            anyhow::Ok(response.status().as_u16())
+        }
+    };
+    let alice = click("alice", "spring-newsletter").await?;
+    let bob = click("bob", "instagram").await?;
+    for q in [
+        format!("tid=T-1001&oid=O-1&clickref={alice}&sale=120.00&comm=9.60&status=pending"),
+        format!("tid=T-1001&oid=O-1&clickref={alice}&sale=120.00&comm=9.60&status=pending"),
+        format!("tid=T-1001&oid=O-1&clickref={alice}&sale=90.00&comm=7.20&status=adjusted"),
+        format!("tid=T-1002&oid=O-2&clickref={bob}&sale=45.50&comm=3.64&status=approved"),
+        format!("tid=T-1003&oid=O-3&clickref={bob}&sale=899.00&comm=71.92&status=pending"),
+        "tid=T-1004&oid=O-4&clickref=unknown-click&sale=30.00&comm=2.40&status=pending".to_string(),
+        format!("tid=T-1005&oid=O-5&clickref={alice}&sale=60.00&comm=4.80&status=declined"),
+    ] {
+        postback(q).await?;
+    }
+    Ok(())
+}
+
+/// Prints balances and conversions.
+pub async fn report(service: &Service) -> anyhow::Result<()> {
+    println!("\nbalances (EUR):");
+    for user in ["alice", "bob"] {
+        let b = crate::ledger::user_balances(&service.db().pool, user).await?;
+        let get = |kind: &str| b.iter().find(|x| x.kind == kind).map_or(0, |x| x.balance);
+        println!("  {user:<6} pending {:>8}  available {:>8}", money(get("pending")), money(get("available")));
+    }
+    println!("\nconversions:");
+    for status in [Status::Processed, Status::Held, Status::Parked, Status::Rejected] {
+        for c in service.by_status(status, 50).await? {
+            println!(
+                "  {} {:<9} {:<14} order {:>9}  cashback {:>7}  {}",
+                c.transaction_id,
+                c.state.as_str(),
+                c.status.as_str(),
+                money(c.amount),
+                money(c.cashback),
+                c.status_reason.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn money(minor: i64) -> String {
+    format!("{}{}.{:02}", if minor < 0 { "-" } else { "" }, minor.abs() / 100, minor.abs() % 100)
+}
+
+/// Runs the demo: seed, serve, simulate, report; then keep serving unless `once`.
+pub async fn run(
+    service: Service,
+    runtime: Arc<PluginRuntime>,
+    plugins: &Path,
+    listen: std::net::SocketAddr,
+    database: &str,
+    once: bool,
+) -> anyhow::Result<()> {
+    seed(&service, plugins).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let state = AppState { service: service.clone(), runtime: runtime.clone() };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::http::serve(state, listener, async {
+        let _ = tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () };
+    }));
+    let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime, "demo");
+    crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
+    simulate(&base).await?;
+    report(&service).await?;
+    println!("\ncashbackd is running on {base} (database {})", crate::db::redact(database));
+    println!("try:");
+    println!("  curl -i '{base}/c/demo-link?user=alice&sub1=try-me'");
+    println!(
+        "  curl '{base}/postback/demo-net?tid=T-2001&clickref=CLICK_ID&sale=50.00&comm=4.00&status=pending&token={DEMO_TOKEN}'"
+    );
+    println!("  cashbackd --database-url {database} jobs list");
+    if once {
+        let _ = stop.send(());
+    } else {
+        println!("Ctrl-C to stop.");
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut server = server;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { let _ = scheduler.tick().await; }
+                done = &mut server => { done??; return Ok(()); }
+            }
+        }
+    }
+    server.await??;
+    Ok(())
+}
