@@ -136,7 +136,7 @@ pub async fn run(
     let state = AppState { service: service.clone(), runtime: runtime.clone() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::http::serve(state, listener, async {
-        let _ = tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () };
+        tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () }
     }));
     let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime, "demo");
     crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
