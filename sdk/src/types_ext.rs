@@ -43,6 +43,20 @@ impl fmt::Display for Money {
 }
 
 impl ConversionState {
+    /// Parses a state name in any case: `PENDING`, `pending`, `Completed`...
+    pub fn parse(name: &str) -> Option<ConversionState> {
+        [
+            ConversionState::Created,
+            ConversionState::Pending,
+            ConversionState::Adjusted,
+            ConversionState::Completed,
+            ConversionState::Rejected,
+            ConversionState::Reversed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+
     /// The upper-case name used in callbacks and APIs (seed 001: `PENDING`...).
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -52,6 +66,19 @@ impl ConversionState {
             ConversionState::Completed => "COMPLETED",
             ConversionState::Rejected => "REJECTED",
             ConversionState::Reversed => "REVERSED",
+        }
+    }
+}
+
+impl PluginError {
+    /// The error's message, whatever its kind (the generated `Display` prints the variant
+    /// too).
+    pub fn message(&self) -> &str {
+        match self {
+            PluginError::InvalidInput(m)
+            | PluginError::Config(m)
+            | PluginError::Upstream(m)
+            | PluginError::Internal(m) => m,
         }
     }
 }
@@ -112,5 +139,18 @@ impl RuleDecision {
 impl From<String> for PluginError {
     fn from(message: String) -> Self {
         PluginError::Internal(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_parse_in_any_case_and_errors_give_their_message() {
+        assert_eq!(ConversionState::parse("pending"), Some(ConversionState::Pending));
+        assert_eq!(ConversionState::parse(" COMPLETED "), Some(ConversionState::Completed));
+        assert_eq!(ConversionState::parse("approved"), None);
+        assert_eq!(PluginError::Upstream("down".into()).message(), "down");
     }
 }

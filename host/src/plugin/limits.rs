@@ -118,7 +118,9 @@ impl LimitsOverride {
         ];
         for (name, asked, max) in checks {
             match asked {
-                Some(0) => {
+                // Zero requests is a meaningful declaration ("this adapter never calls out");
+                // a zero of anything else would make every call fail.
+                Some(0) if name != "max-http-requests" => {
                     return Err(ManifestError::Field {
                         field: format!("limits.{name}"),
                         reason: "must be greater than 0".into(),
