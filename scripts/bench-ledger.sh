@@ -126,7 +126,7 @@ Last run: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores (${cpu:-unknown CPU})
 $(rustc --version | cut -d' ' -f1-2), release build; \`cashbackd-load\` with $concurrency concurrent writers,
 $limit_text, $rounds rounds alternating the modes, a fresh database per run: median (range) per mode;
 SQLite file on $(df -T "$dir" | awk 'NR == 2 { print $2 }'); ${pg_facts}.
-Load average before / after the run: ${load_before} / ${load_after}.
+Load average (1, 5, 15 min) before the run: ${load_before}; after it: ${load_after} (the run itself adds about 1).
 
 | backend | one commit per posting (max-batch 1) | group commit (max-batch $batch) | ratio |
 |---|---|---|---|
