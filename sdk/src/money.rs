@@ -203,6 +203,13 @@ pub fn allocate(total: i64, weights: &[i64]) -> Result<Vec<i64>, MoneyError> {
     parts.into_iter().map(to_i64).collect()
 }
 
+/// A currency code as networks send it (`eur`, ` USD `), normalized to ISO 4217's upper
+/// case; `None` unless it is three ASCII letters.
+pub fn currency_code(text: &str) -> Option<String> {
+    let t = text.trim();
+    (t.len() == 3 && t.bytes().all(|b| b.is_ascii_alphabetic())).then(|| t.to_ascii_uppercase())
+}
+
 /// Number of decimal places of a currency's minor unit (ISO 4217): 2 unless listed.
 pub fn minor_unit_exponent(currency: &str) -> u32 {
     match currency {
@@ -331,6 +338,13 @@ mod tests {
         assert!(parse_decimal("1,5", "EUR", Rounding::Down).is_err());
         assert!(parse_decimal("", "EUR", Rounding::Down).is_err());
         assert!(parse_decimal("1e3", "EUR", Rounding::Down).is_err());
+    }
+
+    #[test]
+    fn currency_codes_are_normalized_or_refused() {
+        assert_eq!(currency_code(" eur "), Some("EUR".to_string()));
+        assert_eq!(currency_code("euro"), None);
+        assert_eq!(currency_code("E1R"), None);
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl Report {
             Some(map) => {
                 let mut states: Vec<(String, ConversionState)> = Vec::new();
                 for (value, state) in map {
-                    let Some(parsed) = parse_state(state) else {
+                    let Some(parsed) = ConversionState::parse(state) else {
                         return bad(
                             &format!("states.{value}"),
                             format!(
@@ -138,7 +138,7 @@ impl Report {
             }
         };
         let default_currency = match &config.default_currency {
-            Some(c) => match currency_code(c) {
+            Some(c) => match money::currency_code(c) {
                 Some(c) => Some(c),
                 None => return bad("default_currency", format!("{c:?} is not an ISO 4217 code")),
             },
@@ -270,9 +270,8 @@ impl Report {
             })?,
         };
         let currency = match row.get("currency").filter(|v| !v.is_empty()) {
-            Some(v) => {
-                currency_code(v).ok_or_else(|| row.invalid("currency", &format!("{v:?} is not an ISO 4217 code")))?
-            }
+            Some(v) => money::currency_code(v)
+                .ok_or_else(|| row.invalid("currency", &format!("{v:?} is not an ISO 4217 code")))?,
             None => self
                 .default_currency
                 .clone()
@@ -282,7 +281,7 @@ impl Report {
         let commission = self.amount(row, "commission", &currency)?;
         let event_time = match row.get("event_time") {
             Some("") | None => return Err(row.invalid("event_time", "is empty")),
-            Some(v) => parse_timestamp(v).map_err(|e| row.invalid("event_time", &message(e)))?,
+            Some(v) => parse_timestamp(v).map_err(|e| row.invalid("event_time", e.message()))?,
         };
         let optional = |field: &str| row.get(field).filter(|v| !v.is_empty()).map(str::to_string);
         let line_items = if row.columns.contains_key("line_sku") || row.columns.contains_key("line_category") {
@@ -316,7 +315,7 @@ impl Report {
 
     fn state(&self, value: &str) -> Option<ConversionState> {
         match &self.states {
-            None => parse_state(value),
+            None => ConversionState::parse(value),
             Some(states) => {
                 let key = value.to_lowercase();
                 states.iter().find(|(k, _)| *k == key).map(|(_, s)| *s)
@@ -379,32 +378,6 @@ impl Row<'_> {
         match self.columns.get(field) {
             Some(i) => format!("column {:?} ({field}) = {:?}: {why}", self.headers[*i], self.values[*i]),
             None => format!("{field}: {why}"),
-        }
-    }
-}
-
-/// `PENDING`, `completed`... (case-insensitive) as a state.
-pub fn parse_state(text: &str) -> Option<ConversionState> {
-    Some(match text.trim().to_ascii_uppercase().as_str() {
-        "CREATED" => ConversionState::Created,
-        "PENDING" => ConversionState::Pending,
-        "ADJUSTED" => ConversionState::Adjusted,
-        "COMPLETED" => ConversionState::Completed,
-        "REJECTED" => ConversionState::Rejected,
-        "REVERSED" => ConversionState::Reversed,
-        _ => return None,
-    })
-}
-
-fn currency_code(text: &str) -> Option<String> {
-    let t = text.trim();
-    (t.len() == 3 && t.bytes().all(|b| b.is_ascii_alphabetic())).then(|| t.to_ascii_uppercase())
-}
-
-fn message(e: PluginError) -> String {
-    match e {
-        PluginError::InvalidInput(m) | PluginError::Config(m) | PluginError::Upstream(m) | PluginError::Internal(m) => {
-            m
         }
     }
 }

@@ -116,7 +116,7 @@ impl Mapping {
         }
         let mut states: Vec<(String, ConversionState)> = Vec::new();
         for (value, state) in &config.states {
-            let Some(parsed) = parse_state(state) else {
+            let Some(parsed) = ConversionState::parse(state) else {
                 return bad(
                     &format!("states.{value}"),
                     format!("{state:?} is not one of PENDING, ADJUSTED, COMPLETED, REJECTED, REVERSED, CREATED"),
@@ -134,7 +134,7 @@ impl Mapping {
             return bad("states", "params.state is set but no status value is mapped".into());
         }
         let default_currency = match &config.default_currency {
-            Some(c) => match currency_code(c) {
+            Some(c) => match money::currency_code(c) {
                 Some(c) => Some(c),
                 None => return bad("default_currency", format!("{c:?} is not an ISO 4217 code")),
             },
@@ -178,7 +178,7 @@ impl Mapping {
         };
         let currency = match &p.currency {
             Some(name) => match params.get(name)?.map(str::trim).filter(|v| !v.is_empty()) {
-                Some(v) => currency_code(v)
+                Some(v) => money::currency_code(v)
                     .ok_or_else(|| invalid(name, "currency", &format!("{v:?} is not an ISO 4217 currency code")))?,
                 None => self.default_currency.clone().ok_or_else(|| missing(name, "currency"))?,
             },
@@ -189,7 +189,7 @@ impl Mapping {
         let event_time = match &p.event_time {
             Some(name) => match params.get(name)?.map(str::trim) {
                 Some("") => request.received_at,
-                Some(v) => parse_timestamp(v).map_err(|e| invalid(name, "event_time", &message(e)))?,
+                Some(v) => parse_timestamp(v).map_err(|e| invalid(name, "event_time", e.message()))?,
                 None => return Err(missing(name, "event_time")),
             },
             None => request.received_at,
@@ -331,39 +331,12 @@ impl<'de> Deserialize<'de> for OrderedObject {
     }
 }
 
-/// `PENDING`, `completed`... (case-insensitive) as a state.
-pub fn parse_state(text: &str) -> Option<ConversionState> {
-    Some(match text.trim().to_ascii_uppercase().as_str() {
-        "CREATED" => ConversionState::Created,
-        "PENDING" => ConversionState::Pending,
-        "ADJUSTED" => ConversionState::Adjusted,
-        "COMPLETED" => ConversionState::Completed,
-        "REJECTED" => ConversionState::Rejected,
-        "REVERSED" => ConversionState::Reversed,
-        _ => return None,
-    })
-}
-
-/// Three ASCII letters, upper-cased.
-fn currency_code(text: &str) -> Option<String> {
-    let t = text.trim();
-    (t.len() == 3 && t.bytes().all(|b| b.is_ascii_alphabetic())).then(|| t.to_ascii_uppercase())
-}
-
 fn missing(name: &str, field: &str) -> PluginError {
     PluginError::InvalidInput(format!("missing parameter {name:?} ({field})"))
 }
 
 fn invalid(name: &str, field: &str, why: &str) -> PluginError {
     PluginError::InvalidInput(format!("parameter {name:?} ({field}): {why}"))
-}
-
-fn message(e: PluginError) -> String {
-    match e {
-        PluginError::InvalidInput(m) | PluginError::Config(m) | PluginError::Upstream(m) | PluginError::Internal(m) => {
-            m
-        }
-    }
 }
 
 /// The adapter.

@@ -80,7 +80,7 @@ impl Api {
         }
         let mut states = Vec::new();
         for (value, state) in &config.states {
-            let Some(parsed) = parse_state(state) else {
+            let Some(parsed) = ConversionState::parse(state) else {
                 return Err(PluginError::Config(format!(
                     "states.{value}: {state:?} is not one of PENDING, ADJUSTED, COMPLETED, REJECTED, REVERSED, CREATED"
                 )));
@@ -185,12 +185,12 @@ impl Api {
             return Err(t.invalid("status", &format!("unknown status {status:?}; known: {}", known.join(", "))));
         };
         let currency_text = t.required_text("currency")?;
-        let currency = currency_code(&currency_text)
+        let currency = money::currency_code(&currency_text)
             .ok_or_else(|| t.invalid("currency", &format!("{currency_text:?} is not an ISO 4217 code")))?;
         let amount = t.amount("amount", fields.get("amount"), &currency)?;
         let commission = t.amount("commission", fields.get("commission"), &currency)?;
         let date = t.required_text("date")?;
-        let event_time = parse_timestamp(&date).map_err(|e| t.invalid("date", &message(e)))?;
+        let event_time = parse_timestamp(&date).map_err(|e| t.invalid("date", e.message()))?;
         let mut line_items = Vec::new();
         match fields.get("items") {
             None | Some(Value::Null) => {}
@@ -305,32 +305,6 @@ fn text(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         _ => None,
-    }
-}
-
-/// `PENDING`, `completed`... (case-insensitive) as a state.
-pub fn parse_state(text: &str) -> Option<ConversionState> {
-    Some(match text.trim().to_ascii_uppercase().as_str() {
-        "CREATED" => ConversionState::Created,
-        "PENDING" => ConversionState::Pending,
-        "ADJUSTED" => ConversionState::Adjusted,
-        "COMPLETED" => ConversionState::Completed,
-        "REJECTED" => ConversionState::Rejected,
-        "REVERSED" => ConversionState::Reversed,
-        _ => return None,
-    })
-}
-
-fn currency_code(text: &str) -> Option<String> {
-    let t = text.trim();
-    (t.len() == 3 && t.bytes().all(|b| b.is_ascii_alphabetic())).then(|| t.to_ascii_uppercase())
-}
-
-fn message(e: PluginError) -> String {
-    match e {
-        PluginError::InvalidInput(m) | PluginError::Config(m) | PluginError::Upstream(m) | PluginError::Internal(m) => {
-            m
-        }
     }
 }
 
