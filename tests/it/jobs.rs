@@ -228,3 +228,38 @@ async fn a_report_file_is_imported_with_a_summary_and_rejected_rows_with_reasons
         t.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_batch_keeps_each_conversions_order_and_skips_known_events_in_bulk() {
+    use crate::ledger::event;
+    use cashbackd::conversions::{State, Via, conversion_id};
+    use cashbackd::plugin::wit::latest::ConversionState::{Completed, Pending};
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        // Many conversions at once, and one (B0) listed three times: PENDING, a repeat of
+        // that row, then COMPLETED. They must apply in that order whatever runs alongside.
+        let mut batch = vec![event("B0", Pending, 10_000, 800)];
+        batch.extend((1..40).map(|i| event(&format!("B{i}"), Pending, 10_000, 800)));
+        batch.push(event("B0", Pending, 10_000, 800));
+        batch.push(event("B0", Completed, 10_000, 800));
+        let progress = std::sync::Mutex::new(Vec::new());
+        let tally = cashbackd::imports::record_events(&w.service, batch.clone(), Via::File, |d, n| {
+            progress.lock().expect("lock").push((d, n))
+        })
+        .await;
+        assert_eq!((tally.created, tally.updated, tally.duplicates, tally.rejected), (40, 1, 1, 0), "{}: {tally:?}", t.name);
+        assert_eq!(progress.lock().expect("lock").last().copied(), Some((42, 42)));
+        let b0 = w.service.conversion(&conversion_id("net", "B0")).await.expect("load").expect("B0");
+        assert_eq!(b0.state, State::Completed, "{}", t.name);
+        assert_eq!(balance(&w.service, "u1", "pending").await, 40 * 1_000);
+        let history = w.service.history(&b0.id).await.expect("history").len();
+
+        // The same batch again: every event is known, counted without a write.
+        let again = cashbackd::imports::record_events(&w.service, batch, Via::File, |_, _| {}).await;
+        assert_eq!((again.created, again.updated, again.duplicates), (0, 0, 42), "{}: {again:?}", t.name);
+        assert_eq!(w.service.history(&b0.id).await.expect("history").len(), history, "no history line per re-read row");
+        assert_eq!(balance(&w.service, "u1", "pending").await, 40 * 1_000);
+        crate::ledger::sound(&w.service, t.name).await;
+        t.cleanup().await;
+    }
+}

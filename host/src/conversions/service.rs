@@ -3,7 +3,7 @@
 //! transaction (a slow plugin never holds up the writer), then submits the command with
 //! the version it read; if the conversion changed meanwhile, it reads and tries again.
 
-use super::apply::{self, ConversionRow, attribute};
+use super::apply::{self, Attribution, ConversionRow, attribute};
 use super::lifecycle::{Step, step};
 use super::{ApplyError, Command, Evaluation, Outcome, ReviewAction, Status, conversion_id};
 use crate::clock::Clock;
@@ -108,6 +108,11 @@ impl Service {
         self.clock.now()
     }
 
+    /// The service's clock (the delivery worker and the notifier share it).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// Records a network event: deduplicates it, moves the conversion's state (never
     /// backwards), runs the merchant's rules when the cashback must be computed, and posts
     /// to the ledger. Returns once the result is durable.
@@ -133,19 +138,22 @@ impl Service {
                 }
                 Step::Ignore(_) => false,
             };
-            let evaluation = if needs_rules {
+            let attribution = if needs_rules {
                 let click = event.click_id.clone().or_else(|| row.as_ref().and_then(|r| r.click_id.clone()));
-                let a = attribute(&mut conn, &event.network, click.as_deref(), event.merchant_ref.as_deref()).await?;
-                drop(conn);
-                match (a.missing, a.user_id, a.merchant_id) {
-                    (None, Some(user), Some(merchant)) => {
-                        let order = order_from_event(&id, &event, &merchant, &user, a.clicked_at);
-                        Some(self.evaluate(&merchant, &user, order).await?)
-                    }
-                    _ => None,
-                }
+                Some(attribute(&mut conn, &event.network, click.as_deref(), event.merchant_ref.as_deref()).await?)
             } else {
                 None
+            };
+            // Never hold a pooled connection while waiting for a plugin or the writer: the
+            // writer takes its connection from the same pool, and enough waiting readers
+            // would starve it.
+            drop(conn);
+            let evaluation = match attribution {
+                Some(Attribution { missing: None, user_id: Some(user), merchant_id: Some(merchant), clicked_at }) => {
+                    let order = order_from_event(&id, &event, &merchant, &user, clicked_at);
+                    Some(self.evaluate(&merchant, &user, order).await?)
+                }
+                _ => None,
             };
             let expected = Some(row.map_or(-1, |r| r.version));
             let command = Command::Event { event: Box::new(event.clone()), via, evaluation };

@@ -131,21 +131,21 @@ pub async fn import_network(
         };
         summary.pages += 1;
         summary.rejected_items.extend(page.rejected.into_iter().map(|r| (r.reference, r.reason)));
+        summary.events += page.events.len() as u64;
+        let mut events = Vec::with_capacity(page.events.len());
         for mut event in page.events {
-            summary.events += 1;
             if event.network.is_empty() {
                 event.network = network.id.clone();
             }
-            let result = if event.network == network.id {
-                service.ingest_via(event, crate::conversions::Via::ApiImport).await
+            if event.network == network.id {
+                events.push(event);
             } else {
-                Err(crate::conversions::service::ServiceError::Invalid(format!(
-                    "event for network {:?}",
-                    event.network
-                )))
-            };
-            summary.tally.record(&result);
+                let why = format!("event for network {:?}", event.network);
+                summary.tally.record(&Err(crate::conversions::service::ServiceError::Invalid(why)));
+            }
         }
+        let tally = super::record_events(service, events, crate::conversions::Via::ApiImport, |_, _| {}).await;
+        summary.tally.merge(tally);
         cursor = page.next_cursor;
         match &cursor {
             Some(c) => save_state(service, network_id, start, Some(end), Some(c)).await?,

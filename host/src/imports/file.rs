@@ -51,13 +51,12 @@ pub async fn import_file(
             .collect(),
         ..FileSummary::default()
     };
-    for (i, mut event) in parsed.events.into_iter().enumerate() {
+    let mut events = parsed.events;
+    for event in &mut events {
         if event.network.is_empty() {
             event.network = network.id.clone();
         }
-        let result = service.ingest_via(event, crate::conversions::Via::File).await;
-        summary.tally.record(&result);
-        progress(i as u64 + 1, total);
     }
+    summary.tally = super::record_events(service, events, crate::conversions::Via::File, progress).await;
     Ok(summary)
 }

@@ -10,10 +10,20 @@ pub use api::{ImportSummary, Retry, import_network, import_state};
 pub use file::{FileSummary, RowOutcome, import_file};
 
 use crate::conversions::service::ServiceError;
-use crate::conversions::{Outcome, Service};
+use crate::conversions::{Outcome, Service, Via, conversion_id, fingerprint};
 use crate::ingest;
+use crate::plugin::wit::latest;
 use crate::plugin::{LoadedPlugin, PluginConfig};
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Conversions recorded at the same time by one import: enough for the group-commit
+/// writer to fill its batches, well under the writer's queue.
+const CONCURRENCY: usize = 256;
+/// Fingerprints per deduplication query (SQLite allows 32,766 parameters).
+const DEDUP_CHUNK: usize = 500;
 
 /// How many events did what.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -33,6 +43,16 @@ pub struct Tally {
 }
 
 impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.created += other.created;
+        self.updated += other.updated;
+        self.duplicates += other.duplicates;
+        self.ignored += other.ignored;
+        self.rejected += other.rejected;
+        let room = 20usize.saturating_sub(self.errors.len());
+        self.errors.extend(other.errors.into_iter().take(room));
+    }
+
     fn record(&mut self, result: &Result<Outcome, ServiceError>) {
         match result {
             Ok(Outcome::Applied { created: true, .. }) => self.created += 1,
@@ -63,4 +83,98 @@ async fn adapter(
     let config =
         plugin.manifest.validate_config(&network.adapter_config).map_err(|e| format!("{}: {e}", plugin.label()))?;
     Ok((network, plugin, config))
+}
+
+/// Records the events of one import (a file, a page of a report) and tallies what they
+/// did; `progress(done, total)` is called as events are recorded.
+///
+/// Reports overlap (a daily import re-reads the last days, a re-sent file repeats every
+/// row), so most events of a routine import are exact duplicates: they are recognised
+/// first in bulk, a query per 500 events against the journal's fingerprints, and counted
+/// without a write (no history line per re-read row: the import's summary has the count).
+/// The rest go through [`Service::ingest_via`] like a postback, many conversions at once so
+/// that the group-commit writer fills its batches, and each conversion's events one after
+/// another in the order the report lists them (PENDING before COMPLETED).
+pub async fn record_events(
+    service: &Service,
+    events: Vec<latest::ConversionEvent>,
+    via: Via,
+    progress: impl Fn(u64, u64),
+) -> Tally {
+    let total = events.len() as u64;
+    let mut tally = Tally::default();
+    let mut done = 0u64;
+    let fingerprints: Vec<String> = events.iter().map(fingerprint).collect();
+    let known = match known_fingerprints(service, &fingerprints).await {
+        Ok(known) => known,
+        Err(e) => {
+            // Not fatal: the journal deduplicates each event again as it is applied.
+            tracing::warn!(error = %e, "bulk duplicate check failed; checking event by event");
+            HashSet::new()
+        }
+    };
+    let mut groups: Vec<Vec<latest::ConversionEvent>> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for (event, fp) in events.into_iter().zip(&fingerprints) {
+        if known.contains(fp) {
+            tally.record(&Ok(Outcome::Duplicate { conversion_id: conversion_id(&event.network, &event.transaction_id) }));
+            done += 1;
+            continue;
+        }
+        let id = conversion_id(&event.network, &event.transaction_id);
+        let next = groups.len();
+        let g = *group_of.entry(id).or_insert(next);
+        if g == next {
+            groups.push(Vec::new());
+        }
+        groups[g].push(event);
+    }
+    if done > 0 {
+        progress(done, total);
+    }
+    let mut running = JoinSet::new();
+    let mut pending = groups.into_iter();
+    loop {
+        while running.len() < CONCURRENCY
+            && let Some(group) = pending.next()
+        {
+            let service = service.clone();
+            running.spawn(async move {
+                let mut results = Vec::with_capacity(group.len());
+                for event in group {
+                    results.push(service.ingest_via(event, via).await);
+                }
+                results
+            });
+        }
+        let Some(joined) = running.join_next().await else { break };
+        match joined {
+            Ok(results) => {
+                for result in &results {
+                    tally.record(result);
+                }
+                done += results.len() as u64;
+            }
+            Err(e) => tally.record(&Err(ServiceError::Invalid(format!("recording task failed: {e}")))),
+        }
+        progress(done, total);
+    }
+    tally
+}
+
+/// Which of `fingerprints` the journal holds already.
+async fn known_fingerprints(service: &Service, fingerprints: &[String]) -> Result<HashSet<String>, sqlx::Error> {
+    let mut known = HashSet::new();
+    for chunk in fingerprints.chunks(DEDUP_CHUNK) {
+        let placeholders = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!("SELECT fingerprint FROM journal WHERE fingerprint IN ({placeholders})");
+        let mut query = sqlx::query(&sql);
+        for fp in chunk {
+            query = query.bind(fp);
+        }
+        for row in query.fetch_all(&service.db().pool).await? {
+            known.insert(row.try_get(0)?);
+        }
+    }
+    Ok(known)
 }
