@@ -24,6 +24,21 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// Let partner callbacks reach private, loopback and link-local addresses (refused
+    /// by default: a callback URL must not become a way into the private network).
+    #[arg(long, global = true, env = "CASHBACKD_CALLBACKS_ALLOW_PRIVATE")]
+    pub callbacks_allow_private: bool,
+    /// SMTP server for user notifications: `smtp://user:password@host:587?tls=required`,
+    /// `smtps://...`, or `smtp://host:25` (no TLS). Without it, digests are not sent.
+    #[arg(long, global = true, env = "CASHBACKD_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The sender of notification e-mails.
+    #[arg(long, global = true, env = "CASHBACKD_SMTP_FROM", default_value = "cashbackd <cashback@localhost>")]
+    pub smtp_from: String,
+    /// A directory whose subject.txt, body.txt, change.txt override the built-in
+    /// notification templates.
+    #[arg(long, global = true, env = "CASHBACKD_NOTIFY_TEMPLATES")]
+    pub notify_templates: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -102,6 +117,181 @@ pub enum Command {
     /// Create the database if needed and apply the embedded migrations (the server also
     /// does this on start).
     Migrate,
+    /// Partners (publishers) who receive callbacks.
+    Partner {
+        /// What to do.
+        #[command(subcommand)]
+        command: PartnerCommand,
+    },
+    /// Partners' callback endpoints: URL templates, signing, retries, the tester.
+    Endpoint {
+        /// What to do.
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+    /// The callback delivery log, replay and alerts.
+    Deliveries {
+        /// What to do.
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+}
+
+/// `cashbackd partner ...`
+#[derive(Debug, Subcommand)]
+pub enum PartnerCommand {
+    /// Create or rename a partner.
+    Add {
+        /// The partner's id.
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Every partner.
+    List,
+}
+
+/// `cashbackd endpoint ...`
+#[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the `add` variant does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum EndpointCommand {
+    /// Create or replace a callback endpoint (docs/CALLBACKS.md lists the macros).
+    Add {
+        /// The endpoint's id.
+        id: String,
+        /// The partner it belongs to.
+        #[arg(long)]
+        partner: String,
+        /// URL template, e.g. `https://p.example/cb?state=[%CASHBACK:STATE%]&cid={click_id}&pay={payout}`.
+        #[arg(long)]
+        url: String,
+        /// GET (values in the URL, HMAC query signature) or POST (JSON body, Standard Webhooks).
+        #[arg(long, default_value = "get")]
+        method: String,
+        /// A static custom parameter `name=value` (repeatable).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// The signing secret: `whsec_<base64>` (any text of 16+ characters for GET).
+        /// Prefer the environment variable: it stays out of the shell history.
+        #[arg(long, env = "CASHBACKD_CALLBACK_SECRET", hide_env_values = true, conflicts_with = "generate_secret")]
+        secret: Option<String>,
+        /// Generate a `whsec_` secret and print it once.
+        #[arg(long)]
+        generate_secret: bool,
+        /// Query parameter of the GET signature.
+        #[arg(long, default_value = "signature")]
+        signature_param: String,
+        /// Only this merchant's conversions.
+        #[arg(long)]
+        merchant: Option<String>,
+        /// Only this network's conversions.
+        #[arg(long)]
+        network: Option<String>,
+        /// Only conversions whose click carried a ref_id (seed 003).
+        #[arg(long)]
+        require_ref_id: bool,
+        /// Attempts in all (seed 003: 3).
+        #[arg(long, default_value_t = 3)]
+        max_attempts: u32,
+        /// fixed or exponential.
+        #[arg(long, default_value = "fixed")]
+        backoff: String,
+        /// Seconds between attempts (the first wait, with exponential backoff).
+        #[arg(long, default_value_t = 300)]
+        retry_delay: i64,
+        /// Longest wait in seconds (also caps a partner's Retry-After).
+        #[arg(long, default_value_t = 86_400)]
+        max_delay: i64,
+        /// Random spread of each wait, in percent.
+        #[arg(long, default_value_t = 0)]
+        jitter: u32,
+        /// Request timeout in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: i64,
+        /// Failed attempts in a row after which the endpoint is disabled.
+        #[arg(long, default_value_t = 20)]
+        disable_after: u32,
+    },
+    /// Every endpoint (secrets masked) with its backlog.
+    List,
+    /// Enable an endpoint: its backlog is sent, in order.
+    Enable {
+        /// The endpoint.
+        id: String,
+        /// Do not queue again the deliveries given up during its failures.
+        #[arg(long)]
+        no_replay: bool,
+    },
+    /// Disable an endpoint: its deliveries wait.
+    Disable {
+        /// The endpoint.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "disabled by an operator")]
+        reason: String,
+    },
+    /// Send a sample callback and print the exact request and the response.
+    Test {
+        /// The endpoint.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate the signing secret: a new secret is generated (printed once) and signs
+    /// beside the old ones until `drop-old-secrets`.
+    RotateSecret {
+        /// The endpoint.
+        id: String,
+    },
+    /// Keep only the newest signing secret.
+    DropOldSecrets {
+        /// The endpoint.
+        id: String,
+    },
+}
+
+/// `cashbackd deliveries ...`
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// The latest deliveries.
+    List {
+        /// Of one endpoint.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// pending, delivered, failed or skipped.
+        #[arg(long)]
+        state: Option<String>,
+        /// Of one conversion.
+        #[arg(long)]
+        conversion: Option<String>,
+        /// At most.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// A delivery with every attempt: request, status, latency, response excerpt.
+    Show {
+        /// The delivery (`cbk_d12` or 12).
+        id: String,
+    },
+    /// Send again one delivery, or every delivery created in a time range.
+    Replay {
+        /// The delivery.
+        id: Option<String>,
+        /// With --from/--to: only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Start of the range (RFC 3339, or ms since the epoch).
+        #[arg(long, requires = "to", conflicts_with = "id")]
+        from: Option<String>,
+        /// End of the range (excluded).
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+    },
+    /// Alerts (endpoints disabled after repeated failures...).
+    Alerts,
 }
 
 /// `cashbackd merchant ...`
@@ -274,10 +464,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let url = format!("sqlite://{}", demo_database.display());
             let plugins = plugins.clone();
-            let demo_cli =
-                Cli { database_url: url.clone(), plugin_store: cli.plugin_store.clone(), command: Command::Migrate };
+            let demo_cli = Cli {
+                database_url: url.clone(),
+                plugin_store: cli.plugin_store.clone(),
+                callbacks_allow_private: cli.callbacks_allow_private,
+                smtp_url: cli.smtp_url.clone(),
+                smtp_from: cli.smtp_from.clone(),
+                notify_templates: cli.notify_templates.clone(),
+                command: Command::Migrate,
+            };
+            let config = (callbacks_config(&cli), notify_config(&cli));
             with_service(&demo_cli, |service, runtime| async move {
-                crate::demo::run(service, runtime, &plugins, listen, &url, once).await?;
+                let workers = Workers::start(&service, config.0, config.1, "demo")?;
+                crate::demo::run(service, runtime, workers.deliverer, workers.notifier, &plugins, listen, &url, once)
+                    .await?;
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -292,29 +492,36 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Serve { listen } => with_service(&cli, |service, runtime| async move {
-            let listener =
-                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-            println!("cashbackd listening on http://{}", listener.local_addr()?);
-            crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
-            let owner = format!("{}-{}", listen, std::process::id());
-            let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime.clone(), owner);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = scheduler.tick().await {
-                        tracing::error!(error = %e, "scheduler tick failed");
+        Command::Serve { listen } => {
+            let config = (callbacks_config(&cli), notify_config(&cli));
+            with_service(&cli, |service, runtime| async move {
+                let listener =
+                    tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+                println!("cashbackd listening on http://{}", listener.local_addr()?);
+                crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
+                let owner = format!("{}-{}", listen, std::process::id());
+                let workers = Workers::start(&service, config.0, config.1, &owner)?;
+                let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime.clone(), owner)
+                    .with_callbacks(workers.deliverer.clone())
+                    .with_notifier(workers.notifier.clone());
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        if let Err(e) = scheduler.tick().await {
+                            tracing::error!(error = %e, "scheduler tick failed");
+                        }
                     }
-                }
-            });
-            let state = crate::http::AppState { service, runtime };
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            crate::http::serve(state, listener, shutdown).await?;
-            Ok(ExitCode::SUCCESS)
-        }),
+                });
+                let state = crate::http::AppState { service, runtime };
+                let shutdown = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                let app = crate::http::router_with_callbacks(state, workers.deliverer.clone());
+                crate::http::serve_router(app, listener, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Merchant {
             command: MerchantCommand::Add { ref id, ref name, manual, reward_delay_days, ref rule, ref rule_config },
         } => {
@@ -528,6 +735,373 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Partner { ref command } => {
+            let command = match command {
+                PartnerCommand::Add { id, name } => Some((id.clone(), name.clone())),
+                PartnerCommand::List => None,
+            };
+            with_service(&cli, |service, _| async move {
+                match command {
+                    Some((id, name)) => {
+                        crate::callbacks::upsert_partner(service.db(), &id, &name, service.now()).await?;
+                        println!(
+                            "partner {id} saved; add its endpoints with `cashbackd endpoint add ID --partner {id} --url ...`"
+                        );
+                    }
+                    None => {
+                        for p in crate::callbacks::partners(service.db()).await? {
+                            println!("{:<24} {}", p.id, p.name);
+                        }
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Endpoint { ref command } => {
+            let spec = match command {
+                EndpointCommand::Add { .. } => Some(endpoint_spec(command)?),
+                _ => None,
+            };
+            let command = EndpointAction::of(command);
+            let deliver_config = callbacks_config(&cli);
+            with_service(&cli, |service, _| async move {
+                let db = service.db();
+                let now = service.now();
+                match command {
+                    EndpointAction::Add { generated } => {
+                        let spec = spec.ok_or_else(|| anyhow::anyhow!("no endpoint"))?;
+                        crate::callbacks::save_endpoint(db, &spec, now).await?;
+                        println!("endpoint {} saved ({} {})", spec.id, spec.method.as_str(), spec.url_template);
+                        if generated && let Some(secret) = spec.secrets.first() {
+                            println!("{}", secret.expose());
+                            eprintln!("signing secret of {}: shown once, give it to the partner now", spec.id);
+                        }
+                    }
+                    EndpointAction::List => {
+                        for e in crate::callbacks::endpoints(db).await? {
+                            println!(
+                                "{:<20} {:<12} {:<4} {:<8} backlog {:<5} failures {:<3} secrets [{}] {}{}",
+                                e.id,
+                                e.partner_id,
+                                e.method.as_str(),
+                                if e.enabled { "enabled" } else { "DISABLED" },
+                                e.backlog,
+                                e.consecutive_failures,
+                                e.secrets.join(", "),
+                                e.url_template,
+                                e.disabled_reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                            );
+                        }
+                    }
+                    EndpointAction::Enable { id, replay } => {
+                        let done = crate::callbacks::enable(db, &id, replay, now).await?;
+                        println!(
+                            "endpoint {id} enabled: {} deliveries waiting are sent in order ({} given up during its failures queued again)",
+                            done.backlog, done.requeued
+                        );
+                    }
+                    EndpointAction::Disable { id, reason } => {
+                        crate::callbacks::disable(db, &id, &reason, now).await?;
+                        println!("endpoint {id} disabled: its deliveries wait until it is enabled");
+                    }
+                    EndpointAction::Test { id, json } => {
+                        let d = crate::callbacks::Deliverer::new(
+                            db.clone(),
+                            service.clock(),
+                            deliver_config,
+                            "cli-tester",
+                        )?;
+                        let report = d.test(&id).await?;
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&report)?);
+                        } else {
+                            print_test(&report);
+                        }
+                        return Ok(if report.delivered { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+                    }
+                    EndpointAction::Rotate { id, drop_old } => {
+                        let mut e = crate::callbacks::endpoint(db, &id).await?.spec;
+                        if drop_old {
+                            e.secrets.truncate(1);
+                            crate::callbacks::save_endpoint(db, &e, now).await?;
+                            println!("endpoint {id} signs with its newest secret only");
+                        } else {
+                            let secret = crate::callbacks::sign::Secret::generate();
+                            e.secrets.insert(0, secret.clone());
+                            crate::callbacks::save_endpoint(db, &e, now).await?;
+                            println!("{}", secret.expose());
+                            eprintln!(
+                                "new signing secret of {id}, shown once; callbacks are signed with it and the {} older one(s) \
+                                 until `cashbackd endpoint drop-old-secrets {id}`",
+                                e.secrets.len() - 1
+                            );
+                        }
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Deliveries { ref command } => {
+            let command = match command {
+                DeliveriesCommand::Replay { id: None, from: None, .. } => {
+                    bail!("deliveries replay: give a delivery id, or --from and --to")
+                }
+                DeliveriesCommand::Replay { from: Some(from), to, endpoint, .. } => {
+                    let from = parse_time(from).context("--from")?;
+                    let to = parse_time(to.as_deref().unwrap_or_default()).context("--to")?;
+                    DeliveriesAction::ReplayRange { endpoint: endpoint.clone(), from, to }
+                }
+                DeliveriesCommand::Replay { id: Some(id), .. } => DeliveriesAction::Replay(parse_delivery(id)?),
+                DeliveriesCommand::Show { id } => DeliveriesAction::Show(parse_delivery(id)?),
+                DeliveriesCommand::List { endpoint, state, conversion, limit } => {
+                    DeliveriesAction::List(crate::callbacks::deliver::DeliveryFilter {
+                        endpoint_id: endpoint.clone(),
+                        state: state.clone(),
+                        conversion_id: conversion.clone(),
+                        limit: Some(*limit),
+                        ..Default::default()
+                    })
+                }
+                DeliveriesCommand::Alerts => DeliveriesAction::Alerts,
+            };
+            with_service(&cli, |service, _| async move {
+                let db = service.db();
+                use crate::callbacks::deliver;
+                match command {
+                    DeliveriesAction::List(filter) => {
+                        for d in deliver::deliveries(db, &filter).await? {
+                            println!(
+                                "{:<10} {:<16} {} v{:<3} {:<9} {:<9} attempts {} {}",
+                                d.message_id,
+                                d.endpoint_id,
+                                d.conversion_id,
+                                d.version,
+                                d.conversion_state,
+                                d.state,
+                                d.attempts,
+                                d.last_error.or(d.last_status.map(|s| format!("HTTP {s}"))).unwrap_or_default()
+                            );
+                        }
+                    }
+                    DeliveriesAction::Show(id) => {
+                        let (d, attempts) = deliver::delivery(db, id).await?;
+                        println!(
+                            "{} to {}: {} {} (conversion {} v{}), {} attempts, next {}",
+                            d.message_id,
+                            d.endpoint_id,
+                            d.conversion_state,
+                            d.state,
+                            d.conversion_id,
+                            d.version,
+                            d.attempts,
+                            fmt_time(d.next_attempt_at)
+                        );
+                        for a in attempts {
+                            println!(
+                                "  #{} {} {} {} -> {} in {} ms [{}]",
+                                a.attempt,
+                                fmt_time(a.started_at),
+                                a.request.method,
+                                a.request.url,
+                                a.status.map_or_else(|| a.error.clone().unwrap_or_default(), |s| format!("HTTP {s}")),
+                                a.latency_ms,
+                                a.outcome
+                            );
+                            for (k, v) in &a.request.headers {
+                                println!("      {k}: {v}");
+                            }
+                            if let Some(ex) = a.response_excerpt.filter(|e| !e.is_empty()) {
+                                println!("      response: {}", ex.chars().take(200).collect::<String>());
+                            }
+                        }
+                    }
+                    DeliveriesAction::Replay(id) => {
+                        deliver::replay(db, id, service.now()).await?;
+                        println!("{} queued again", deliver::message_id(id));
+                    }
+                    DeliveriesAction::ReplayRange { endpoint, from, to } => {
+                        let n = deliver::replay_range(db, endpoint.as_deref(), from, to, service.now()).await?;
+                        println!("{n} deliveries queued again");
+                    }
+                    DeliveriesAction::Alerts => {
+                        for a in crate::callbacks::alerts(db, 100).await? {
+                            println!("{} {:<18} {:<16} {}", fmt_time(a.at), a.kind, a.subject, a.message);
+                        }
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+enum EndpointAction {
+    Add { generated: bool },
+    List,
+    Enable { id: String, replay: bool },
+    Disable { id: String, reason: String },
+    Test { id: String, json: bool },
+    Rotate { id: String, drop_old: bool },
+}
+
+impl EndpointAction {
+    fn of(c: &EndpointCommand) -> EndpointAction {
+        match c {
+            EndpointCommand::Add { generate_secret, .. } => EndpointAction::Add { generated: *generate_secret },
+            EndpointCommand::List => EndpointAction::List,
+            EndpointCommand::Enable { id, no_replay } => EndpointAction::Enable { id: id.clone(), replay: !no_replay },
+            EndpointCommand::Disable { id, reason } => {
+                EndpointAction::Disable { id: id.clone(), reason: reason.clone() }
+            }
+            EndpointCommand::Test { id, json } => EndpointAction::Test { id: id.clone(), json: *json },
+            EndpointCommand::RotateSecret { id } => EndpointAction::Rotate { id: id.clone(), drop_old: false },
+            EndpointCommand::DropOldSecrets { id } => EndpointAction::Rotate { id: id.clone(), drop_old: true },
+        }
+    }
+}
+
+enum DeliveriesAction {
+    List(crate::callbacks::deliver::DeliveryFilter),
+    Show(i64),
+    Replay(i64),
+    ReplayRange { endpoint: Option<String>, from: i64, to: i64 },
+    Alerts,
+}
+
+/// The endpoint `endpoint add` describes; errors name the option.
+fn endpoint_spec(c: &EndpointCommand) -> anyhow::Result<crate::callbacks::EndpointSpec> {
+    use crate::callbacks::{Backoff, EndpointSpec, Method, RetryPolicy, sign::Secret};
+    let EndpointCommand::Add {
+        id,
+        partner,
+        url,
+        method,
+        params,
+        secret,
+        generate_secret,
+        signature_param,
+        merchant,
+        network,
+        require_ref_id,
+        max_attempts,
+        backoff,
+        retry_delay,
+        max_delay,
+        jitter,
+        timeout_ms,
+        disable_after,
+    } = c
+    else {
+        bail!("not endpoint add");
+    };
+    let method = Method::parse(method).ok_or_else(|| anyhow::anyhow!("--method: {method:?} is not get or post"))?;
+    let mut spec = EndpointSpec::new(id, partner, url);
+    spec.method = method;
+    for p in params {
+        let (k, v) = p.split_once('=').ok_or_else(|| anyhow::anyhow!("--param: {p:?} is not name=value"))?;
+        spec.params.insert(k.to_string(), v.to_string());
+    }
+    if let Some(s) = secret {
+        spec.secrets = vec![Secret::parse(s, method == Method::Post).map_err(|e| anyhow::anyhow!("--secret: {e}"))?];
+    } else if *generate_secret {
+        spec.secrets = vec![Secret::generate()];
+    }
+    spec.signature_param = signature_param.clone();
+    spec.merchant_id = merchant.clone();
+    spec.network_id = network.clone();
+    spec.require_ref_id = *require_ref_id;
+    spec.retry = RetryPolicy {
+        max_attempts: *max_attempts,
+        backoff: match backoff.as_str() {
+            "fixed" => Backoff::Fixed,
+            "exponential" => Backoff::Exponential,
+            other => bail!("--backoff: {other:?} is not fixed or exponential"),
+        },
+        delay_ms: retry_delay.saturating_mul(1000),
+        max_delay_ms: max_delay.saturating_mul(1000),
+        jitter_pct: *jitter,
+    };
+    spec.timeout_ms = *timeout_ms;
+    spec.disable_after = *disable_after;
+    spec.validate().map_err(|e| anyhow::anyhow!("--{e}").context(format!("endpoint {id}")))?;
+    Ok(spec)
+}
+
+fn parse_delivery(id: &str) -> anyhow::Result<i64> {
+    id.trim_start_matches("cbk_d").parse().map_err(|_| anyhow::anyhow!("delivery id: {id:?} is not cbk_dN or N"))
+}
+
+/// RFC 3339 or milliseconds since the epoch.
+fn parse_time(text: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| anyhow::anyhow!("{text:?} is neither RFC 3339 (2026-11-21T08:00:00Z) nor milliseconds"))
+}
+
+fn print_test(r: &crate::callbacks::deliver::TestReport) {
+    println!("> {} {}", r.request.method, r.request.url);
+    for (k, v) in &r.request.headers {
+        println!("> {k}: {v}");
+    }
+    if let Some(body) = &r.request.body {
+        println!(">\n{body}");
+    }
+    match (&r.response, &r.error) {
+        (Some(resp), _) => {
+            println!("< {} ({} ms)", resp.status, r.latency_ms);
+            for (k, v) in &resp.headers {
+                println!("< {k}: {v}");
+            }
+            println!("<\n{}{}", resp.body_excerpt, if resp.truncated { "\n< [truncated]" } else { "" });
+        }
+        (None, Some(e)) => println!("! no response after {} ms: {e}", r.latency_ms),
+        (None, None) => {}
+    }
+    println!(
+        "{}",
+        if r.delivered {
+            "delivered: the endpoint answered 200"
+        } else {
+            "NOT delivered: only a 200 counts (seed 003)"
+        }
+    );
+}
+
+fn callbacks_config(cli: &Cli) -> crate::callbacks::DeliveryConfig {
+    crate::callbacks::DeliveryConfig { allow_private: cli.callbacks_allow_private, ..Default::default() }
+}
+
+fn notify_config(cli: &Cli) -> crate::notify::NotifyConfig {
+    crate::notify::NotifyConfig {
+        smtp_url: cli.smtp_url.clone(),
+        from: cli.smtp_from.clone(),
+        templates_dir: cli.notify_templates.clone(),
+        ..Default::default()
+    }
+}
+
+/// The background workers of `serve` and `demo`: the callback delivery worker (a task
+/// sending new callbacks as they come) and the notifier (run by the scheduler's job).
+struct Workers {
+    deliverer: crate::callbacks::Deliverer,
+    notifier: crate::notify::Notifier,
+}
+
+impl Workers {
+    fn start(
+        service: &crate::conversions::Service,
+        callbacks: crate::callbacks::DeliveryConfig,
+        notify: crate::notify::NotifyConfig,
+        owner: &str,
+    ) -> anyhow::Result<Workers> {
+        let deliverer =
+            crate::callbacks::Deliverer::new(service.db().clone(), service.clock(), callbacks, owner.to_string())?;
+        let notifier = crate::notify::Notifier::new(service.db().clone(), service.clock(), notify)?;
+        tokio::spawn(deliverer.clone().run_worker());
+        Ok(Workers { deliverer, notifier })
     }
 }
 

@@ -121,10 +121,15 @@ fn money(minor: i64) -> String {
     format!("{}{}.{:02}", if minor < 0 { "-" } else { "" }, minor.abs() / 100, minor.abs() % 100)
 }
 
-/// Runs the demo: seed, serve, simulate, report; then keep serving unless `once`.
+/// Runs the demo: seed, serve, simulate, report; then keep serving unless `once`. The
+/// callback worker is running already; the scheduler runs its retries and the
+/// notification batches.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     service: Service,
     runtime: Arc<PluginRuntime>,
+    deliverer: crate::callbacks::Deliverer,
+    notifier: crate::notify::Notifier,
     plugins: &Path,
     listen: std::net::SocketAddr,
     database: &str,
@@ -135,10 +140,13 @@ pub async fn run(
     let base = format!("http://{}", listener.local_addr()?);
     let state = AppState { service: service.clone(), runtime: runtime.clone() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::http::serve(state, listener, async {
+    let app = crate::http::router_with_callbacks(state, deliverer.clone());
+    let server = tokio::spawn(crate::http::serve_router(app, listener, async {
         tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () }
     }));
-    let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime, "demo");
+    let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime, "demo")
+        .with_callbacks(deliverer)
+        .with_notifier(notifier);
     crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
     simulate(&base).await?;
     report(&service).await?;

@@ -4,6 +4,7 @@
 //! The crate is organised one module per concern; the README maps them.
 
 pub mod auth;
+pub mod callbacks;
 pub mod cli;
 pub mod clock;
 pub mod conversions;
@@ -13,5 +14,6 @@ pub mod http;
 pub mod imports;
 pub mod ingest;
 pub mod ledger;
+pub mod notify;
 pub mod plugin;
 pub mod scheduler;

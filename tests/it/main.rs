@@ -6,6 +6,7 @@
 
 mod admin;
 mod backends;
+mod callbacks;
 mod common;
 mod crash;
 mod e2e;
@@ -13,6 +14,8 @@ mod ingress;
 mod jobs;
 mod ledger;
 mod ledger_props;
+mod notify;
 mod plugin_cli;
 mod plugin_runtime;
 mod sandbox;
+mod smtp;

@@ -717,6 +717,12 @@ async fn finish(
     }
     r.updated_at = at;
     r.version += 1;
+    // ---- issue 6: the transactional outbox (partner callbacks, user notifications) ----
+    // Written in this transaction, before the row is saved: the change is recorded only
+    // if the state, status, cashback or amount differ from the stored row.
+    let change = crate::callbacks::outbox::Change::of(&r, Some(seq), at, note);
+    crate::callbacks::outbox::enqueue_if_changed(conn, &change).await?;
+    // ---- end issue 6 ----
     let detail = match &r.status_reason {
         Some(why) => format!("{note}; status {} ({why})", r.status),
         None => format!("{note}; status {}", r.status),

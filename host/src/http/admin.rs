@@ -19,7 +19,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/networks/{network}/rejects", get(list_rejects))
 }
 
-async fn require(st: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+/// Checks the request's bearer token against `scope`.
+pub(super) async fn require(st: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
     let header = headers.get("authorization").and_then(|v| v.to_str().ok());
     auth::authorize(st.service.db(), header, scope, st.service.now()).await.map(|_| ()).map_err(|e| {
         let status = match e {

@@ -3,6 +3,7 @@
 //! says why; internals never leak.
 
 mod admin;
+mod callbacks;
 mod ingress;
 
 use crate::conversions::Service;
@@ -34,7 +35,25 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(admin::routes())
+        .merge(callbacks::routes())
         .with_state(state)
+}
+
+/// The router with the delivery worker the callback tester sends through (its outbound
+/// settings: whether private addresses are allowed). Without it, the tester uses the
+/// defaults.
+pub fn router_with_callbacks(state: AppState, deliverer: crate::callbacks::Deliverer) -> Router {
+    router(state).layer(axum::Extension(deliverer))
+}
+
+/// Serves an already built router on `listener` until `shutdown` resolves.
+pub async fn serve_router(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.

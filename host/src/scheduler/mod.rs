@@ -24,6 +24,31 @@ pub enum JobKind {
         /// The network.
         network: String,
     },
+    /// Send the partner callbacks that are due (first tries the worker has not taken,
+    /// and retries).
+    Deliver,
+    /// Form a batch of user notifications and send the e-mails due (seed 000).
+    Notify,
+}
+
+impl JobKind {
+    fn stored(&self) -> (&'static str, Option<String>) {
+        match self {
+            JobKind::Mature => ("mature", None),
+            JobKind::Import { network } => ("import", Some(network.clone())),
+            JobKind::Deliver => ("deliver", None),
+            JobKind::Notify => ("notify", None),
+        }
+    }
+
+    fn from_stored(kind: &str, target: Option<String>) -> JobKind {
+        match kind {
+            "import" => JobKind::Import { network: target.unwrap_or_default() },
+            "deliver" => JobKind::Deliver,
+            "notify" => JobKind::Notify,
+            _ => JobKind::Mature,
+        }
+    }
 }
 
 /// A job and its last run.
@@ -93,10 +118,7 @@ pub async fn upsert_job(service: &Service, name: &str, schedule: &str, kind: &Jo
     let parsed = parse_schedule(schedule)?;
     let now = service.now();
     let next = next_after(&parsed, now).ok_or_else(|| format!("schedule {schedule:?} never fires"))?;
-    let (k, target) = match kind {
-        JobKind::Mature => ("mature", None),
-        JobKind::Import { network } => ("import", Some(network.clone())),
-    };
+    let (k, target) = kind.stored();
     sqlx::query(
         "INSERT INTO jobs (name, schedule, kind, target, enabled, next_run_at, created_at) VALUES ($1, $2, $3, $4, 1, $5, $6) \
          ON CONFLICT (name) DO UPDATE SET schedule = $2, kind = $3, target = $4, next_run_at = $5",
@@ -113,14 +135,24 @@ pub async fn upsert_job(service: &Service, name: &str, schedule: &str, kind: &Jo
     Ok(())
 }
 
-/// The system's own jobs, created if absent (an operator may change their schedules).
+/// The system's own jobs, created if absent (an operator may change their schedules):
+/// maturation every 5 minutes, callback retries every minute (the worker of `serve` sends
+/// new callbacks at once), and notification digests six times a day (seed 000: batched,
+/// several times a day).
 pub async fn ensure_system_jobs(service: &Service) -> Result<(), String> {
-    let exists = sqlx::query("SELECT 1 FROM jobs WHERE name = 'mature'")
-        .fetch_optional(&service.db().pool)
-        .await
-        .map_err(|e| e.to_string())?;
-    if exists.is_none() {
-        upsert_job(service, "mature", "*/5 * * * *", &JobKind::Mature).await?;
+    for (name, schedule, kind) in [
+        ("mature", "*/5 * * * *", JobKind::Mature),
+        ("deliver", "* * * * *", JobKind::Deliver),
+        ("notify", "0 */4 * * *", JobKind::Notify),
+    ] {
+        let exists = sqlx::query("SELECT 1 FROM jobs WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&service.db().pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        if exists.is_none() {
+            upsert_job(service, name, schedule, &kind).await?;
+        }
     }
     Ok(())
 }
@@ -140,11 +172,7 @@ pub async fn list(service: &Service) -> Result<Vec<JobInfo>, sqlx::Error> {
             last_run: runs(service, &name, 1).await?.into_iter().next(),
             name,
             schedule: r.try_get(1)?,
-            kind: if kind == "import" {
-                JobKind::Import { network: target.unwrap_or_default() }
-            } else {
-                JobKind::Mature
-            },
+            kind: JobKind::from_stored(&kind, target),
             enabled: r.try_get::<i64, _>(4)? != 0,
             next_run_at: r.try_get(5)?,
         });
@@ -187,6 +215,8 @@ pub struct Scheduler {
     owner: String,
     lease_ms: i64,
     retry: crate::imports::Retry,
+    callbacks: Option<crate::callbacks::Deliverer>,
+    notifier: Option<crate::notify::Notifier>,
 }
 
 impl Scheduler {
@@ -198,7 +228,23 @@ impl Scheduler {
             owner: owner.into(),
             lease_ms: 10 * 60_000,
             retry: crate::imports::Retry::default(),
+            callbacks: None,
+            notifier: None,
         }
+    }
+
+    /// The delivery worker the `deliver` job runs passes of (without one, the job builds
+    /// one that refuses private addresses).
+    pub fn with_callbacks(mut self, deliverer: crate::callbacks::Deliverer) -> Scheduler {
+        self.callbacks = Some(deliverer);
+        self
+    }
+
+    /// The notifier the `notify` job runs (without one, the job says that no SMTP server
+    /// is configured and changes wait).
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Scheduler {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// How import pages are retried.
@@ -283,6 +329,20 @@ impl Scheduler {
         Ok(ran)
     }
 
+    async fn deliver(&self) -> Result<serde_json::Value, String> {
+        let deliverer = match &self.callbacks {
+            Some(d) => d.clone(),
+            None => crate::callbacks::Deliverer::new(
+                self.service.db().clone(),
+                self.service.clock(),
+                crate::callbacks::DeliveryConfig::default(),
+                self.owner.clone(),
+            )
+            .map_err(|e| e.to_string())?,
+        };
+        deliverer.run_due().await.map(|s| serde_json::to_value(s).unwrap_or_default()).map_err(|e| e.to_string())
+    }
+
     /// Records the run under (job, scheduled) — refused if that tick already ran — then
     /// executes it and records the outcome.
     async fn execute_and_record(&self, name: &str, scheduled: i64, missed: i64) -> Result<bool, sqlx::Error> {
@@ -306,6 +366,13 @@ impl Scheduler {
             "mature" => {
                 self.service.mature_due().await.map(|n| serde_json::json!({ "matured": n })).map_err(|e| e.to_string())
             }
+            "deliver" => self.deliver().await,
+            "notify" => match &self.notifier {
+                Some(n) => {
+                    n.run().await.map(|s| serde_json::to_value(s).unwrap_or_default()).map_err(|e| e.to_string())
+                }
+                None => Ok(serde_json::json!({ "note": "no SMTP server configured (--smtp-url): changes wait" })),
+            },
             _ => crate::imports::import_network(
                 &self.service,
                 &self.runtime,

@@ -1,0 +1,1079 @@
+//! Delivering callbacks from the outbox.
+//!
+//! A pass claims due deliveries with a lease in the database (a conditional `UPDATE`: on
+//! PostgreSQL several replicas may run passes at once and each delivery is claimed by
+//! one), sends them concurrently, and records every attempt and its outcome in one
+//! transaction. Per endpoint and conversion, deliveries go in the order of the changes: a
+//! delivery is due only when every earlier one of the same conversion to the same endpoint
+//! is delivered, given up or skipped, so a partner never sees COMPLETED before PENDING.
+//!
+//! Only a 200 counts as delivered (seed 003: a 302 is a failure, and redirects are not
+//! followed). A failed attempt is retried on the endpoint's schedule, later if the
+//! partner asks with `Retry-After`; after its last attempt the delivery is given up
+//! (`failed`) and the next one of the conversion goes. After `disable_after` failed
+//! attempts in a row the endpoint is disabled, an alert is recorded and logged, and its
+//! deliveries wait (the backlog) until an operator enables it again.
+//!
+//! **Delivery guarantee: at least once, exactly once once acknowledged.** The result of
+//! a request is recorded after the request: a crash between the partner's 200 and the
+//! record means the delivery is sent again when its lease expires (with the same
+//! `webhook-id` / `{delivery_id}`, so the partner can tell). A delivery recorded as
+//! delivered is never sent again, except by an operator's replay.
+
+use super::outbox::Snapshot;
+use super::sign::{self, Secret};
+use super::template::{Template, Values, append_params};
+use super::{CallbackError, Endpoint, Method, net};
+use crate::clock::Clock;
+use crate::db::Db;
+use serde::Serialize;
+use sqlx::Row;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings of the delivery worker.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Let callbacks reach private, loopback and link-local addresses (tests; an operator
+    /// whose partners are on the private network).
+    pub allow_private: bool,
+    /// Deliveries claimed per pass.
+    pub batch: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// How long the worker waits when nothing is due.
+    pub poll: Duration,
+    /// How long a claim lasts; longer than the longest request timeout (120 s).
+    pub lease_ms: i64,
+    /// Response bytes read at most.
+    pub max_response_bytes: usize,
+    /// Response bytes kept in the log.
+    pub excerpt_bytes: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            allow_private: false,
+            batch: 128,
+            concurrency: 32,
+            poll: Duration::from_secs(1),
+            lease_ms: 180_000,
+            max_response_bytes: 64 << 10,
+            excerpt_bytes: 1 << 10,
+        }
+    }
+}
+
+/// The delivery worker. Cheap to clone.
+#[derive(Clone)]
+pub struct Deliverer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    clock: Arc<dyn Clock>,
+    client: reqwest::Client,
+    config: DeliveryConfig,
+    owner: String,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer").field("owner", &self.inner.owner).field("config", &self.inner.config).finish()
+    }
+}
+
+/// What one pass (or several) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PassSummary {
+    /// Deliveries claimed.
+    pub claimed: usize,
+    /// Answered 200.
+    pub delivered: usize,
+    /// Failed, to be retried.
+    pub retrying: usize,
+    /// Failed for the last time: given up.
+    pub failed: usize,
+    /// Not sent: the endpoint's filter refused them.
+    pub skipped: usize,
+    /// Endpoints disabled by this pass.
+    pub disabled: Vec<String>,
+}
+
+impl PassSummary {
+    fn add(&mut self, o: PassSummary) {
+        self.claimed += o.claimed;
+        self.delivered += o.delivered;
+        self.retrying += o.retrying;
+        self.failed += o.failed;
+        self.skipped += o.skipped;
+        self.disabled.extend(o.disabled);
+    }
+}
+
+/// A request as sent (signatures included: for the tester) or as logged (masked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestView {
+    /// GET or POST.
+    pub method: String,
+    /// The URL.
+    pub url: String,
+    /// Headers we set.
+    pub headers: Vec<(String, String)>,
+    /// The body (POST).
+    pub body: Option<String>,
+}
+
+/// A response, as far as it was read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResponseView {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// The start of the body (lossy UTF-8).
+    pub body_excerpt: String,
+    /// Whether the body was longer than what was read.
+    pub truncated: bool,
+}
+
+/// What the callback tester did: the exact request and what came back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestReport {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The request, exactly as sent.
+    pub request: RequestView,
+    /// The response, if one came.
+    pub response: Option<ResponseView>,
+    /// Why there is no response (refused address, timeout, connection error).
+    pub error: Option<String>,
+    /// Milliseconds until the answer or the error.
+    pub latency_ms: i64,
+    /// Whether the endpoint would count it as delivered (a 200).
+    pub delivered: bool,
+}
+
+/// One claimed delivery with what it needs to be sent.
+struct Job {
+    delivery_id: i64,
+    endpoint_id: String,
+    attempt: i64,
+    change_at: i64,
+    snapshot: Snapshot,
+    ref_id: Option<String>,
+    subs: [Option<String>; 5],
+    merchant_name: Option<String>,
+    merchant_ref: Option<String>,
+}
+
+struct Prepared {
+    request: RequestView,
+    logged: RequestView,
+    timeout: Duration,
+}
+
+struct Sent {
+    delivery_id: i64,
+    endpoint_id: String,
+    attempt: i64,
+    started_at: i64,
+    latency_ms: i64,
+    logged: RequestView,
+    status: Option<u16>,
+    error: Option<String>,
+    excerpt: Option<String>,
+    retry_after_ms: Option<i64>,
+    response: Option<ResponseView>,
+}
+
+impl Deliverer {
+    /// A worker identified as `owner` in its leases (host and process id, say).
+    pub fn new(
+        db: Db,
+        clock: Arc<dyn Clock>,
+        config: DeliveryConfig,
+        owner: impl Into<String>,
+    ) -> Result<Deliverer, CallbackError> {
+        let client = net::client(config.allow_private)
+            .map_err(|e| CallbackError::Invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Deliverer { inner: Arc::new(Inner { db, clock, client, config, owner: owner.into() }) })
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Runs passes until nothing is due (at most `max_passes`), as the scheduler's
+    /// `deliver` job does.
+    pub async fn run_due(&self) -> Result<PassSummary, CallbackError> {
+        let mut total = PassSummary::default();
+        for _ in 0..10_000 {
+            let pass = self.run_once().await?;
+            let claimed = pass.claimed;
+            total.add(pass);
+            if claimed == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Runs the worker until the task is dropped: passes back to back while there is
+    /// work, then one every `poll`.
+    pub async fn run_worker(self) {
+        loop {
+            match self.run_once().await {
+                Ok(p) if p.claimed > 0 => tokio::task::yield_now().await,
+                Ok(_) => tokio::time::sleep(self.inner.config.poll).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "callback delivery pass failed");
+                    tokio::time::sleep(self.inner.config.poll).await;
+                }
+            }
+        }
+    }
+
+    /// One pass: claim due deliveries, send them, record the outcomes.
+    pub async fn run_once(&self) -> Result<PassSummary, CallbackError> {
+        let now = self.inner.clock.now();
+        let claimed = self.claim(now).await?;
+        if claimed.is_empty() {
+            return Ok(PassSummary::default());
+        }
+        let jobs = self.load_jobs(&claimed).await?;
+        let mut endpoints = HashMap::new();
+        for j in &jobs {
+            if !endpoints.contains_key(&j.endpoint_id) {
+                let e = super::endpoint(&self.inner.db, &j.endpoint_id).await?;
+                let t = Template::parse(&e.spec.url_template).ok();
+                endpoints.insert(j.endpoint_id.clone(), (e, t));
+            }
+        }
+        let mut summary = PassSummary { claimed: claimed.len(), ..PassSummary::default() };
+        let mut skipped = Vec::new();
+        let mut set = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.inner.config.concurrency.max(1)));
+        for job in jobs {
+            let Some((endpoint, template)) = endpoints.get(&job.endpoint_id) else { continue };
+            if endpoint.spec.require_ref_id && job.ref_id.as_deref().unwrap_or("").is_empty() {
+                skipped.push(job.delivery_id);
+                continue;
+            }
+            let prepared = match template {
+                Some(t) => Ok(self.prepare(endpoint, t, &job)),
+                None => Err("the endpoint's URL template no longer parses".to_string()),
+            };
+            let this = self.clone();
+            let permits = permits.clone();
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                this.send(job, prepared).await
+            });
+        }
+        let mut results = Vec::with_capacity(set.len());
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(sent) => results.push(sent),
+                Err(e) => tracing::error!(error = %e, "a callback send task failed"),
+            }
+        }
+        summary.skipped = skipped.len();
+        self.record(&results, &skipped, &endpoints, &mut summary).await?;
+        Ok(summary)
+    }
+
+    async fn claim(&self, now: i64) -> Result<Vec<i64>, sqlx::Error> {
+        let limit = self.inner.config.batch.max(1) as i64;
+        let rows = sqlx::query(
+            "SELECT d.id FROM callback_deliveries d JOIN callback_endpoints e ON e.id = d.endpoint_id \
+             WHERE d.state = 'pending' AND e.enabled = 1 AND d.next_attempt_at <= $1 \
+             AND (d.lease_until IS NULL OR d.lease_until <= $1) \
+             AND NOT EXISTS (SELECT 1 FROM callback_deliveries p WHERE p.endpoint_id = d.endpoint_id \
+                 AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
+                 AND (p.version < d.version OR (p.version = d.version AND p.id < d.id))) \
+             ORDER BY d.next_attempt_at, d.id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.inner.db.pool)
+        .await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        // The conditional update is the claim: of two replicas that selected the same
+        // rows, each row goes to the one whose update reaches it first.
+        let list = (4..4 + ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 WHERE state = 'pending' \
+             AND (lease_until IS NULL OR lease_until <= $3) AND id IN ({list}) RETURNING id"
+        );
+        let mut q = sqlx::query(&sql).bind(&self.inner.owner).bind(now + self.inner.config.lease_ms).bind(now);
+        for id in &ids {
+            q = q.bind(*id);
+        }
+        let claimed = q.fetch_all(&self.inner.db.pool).await?;
+        let mut ids: Vec<i64> = claimed.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    async fn load_jobs(&self, ids: &[i64]) -> Result<Vec<Job>, CallbackError> {
+        let mut jobs = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let list = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT d.id, d.endpoint_id, d.attempts, c.at, c.snapshot, cl.ref_id, cl.sub1, cl.sub2, cl.sub3, cl.sub4, \
+                 cl.sub5, m.name, (SELECT MIN(r.merchant_ref) FROM merchant_refs r WHERE r.network_id = c.network_id \
+                 AND r.merchant_id = c.merchant_id) \
+                 FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
+                 LEFT JOIN clicks cl ON cl.click_id = c.click_id LEFT JOIN merchants m ON m.id = c.merchant_id \
+                 WHERE d.id IN ({list}) ORDER BY d.id"
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.inner.db.pool).await? {
+                let snapshot: String = r.try_get(4)?;
+                let snapshot: Snapshot = serde_json::from_str(&snapshot)
+                    .map_err(|e| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}")))?;
+                let attempts: i64 = r.try_get(2)?;
+                jobs.push(Job {
+                    delivery_id: r.try_get(0)?,
+                    endpoint_id: r.try_get(1)?,
+                    attempt: attempts + 1,
+                    change_at: r.try_get(3)?,
+                    merchant_ref: snapshot.merchant_ref.clone().or(r.try_get(12)?),
+                    snapshot,
+                    ref_id: r.try_get(5)?,
+                    subs: [r.try_get(6)?, r.try_get(7)?, r.try_get(8)?, r.try_get(9)?, r.try_get(10)?],
+                    merchant_name: r.try_get(11)?,
+                });
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The values of a delivery, by placeholder.
+    fn values(job: &Job) -> Values {
+        let s = &job.snapshot;
+        let mut v = Values::new();
+        let mut put = |k: &'static str, val: Option<String>| {
+            if let Some(val) = val {
+                v.insert(k, val);
+            }
+        };
+        put("state", Some(s.state.as_str().into()));
+        put("status", Some(s.status.as_str().into()));
+        put("click_id", s.click_id.clone());
+        put("ref_id", job.ref_id.clone());
+        put("payout", Some(super::decimal(s.cashback, &s.currency)));
+        put("payout_minor", Some(s.cashback.to_string()));
+        put("amount", Some(super::decimal(s.amount, &s.currency)));
+        put("commission", Some(super::decimal(s.commission, &s.currency)));
+        put("currency", Some(s.currency.clone()));
+        put("transaction_id", Some(s.transaction_id.clone()));
+        put("order_id", s.order_id.clone());
+        put("event", Some(s.event_type.clone()));
+        put("reason", s.reason.clone());
+        put("line_id", Some(s.line_ids.join(",")).filter(|l| !l.is_empty()));
+        put("reward_delay_days", s.reward_delay_days.map(|d| d.to_string()));
+        put("merchant_ref", job.merchant_ref.clone());
+        put("merchant_name", job.merchant_name.clone());
+        put("conversion_id", Some(job_conversion(job)));
+        put("delivery_id", Some(message_id(job.delivery_id)));
+        put("network", Some(s.network_id.clone()));
+        put("timestamp", Some((job.change_at / 1000).to_string()));
+        for (i, name) in ["sub1", "sub2", "sub3", "sub4", "sub5"].into_iter().enumerate() {
+            put(name, job.subs[i].clone());
+        }
+        v
+    }
+
+    fn prepare(&self, endpoint: &Endpoint, template: &Template, job: &Job) -> Prepared {
+        let spec = &endpoint.spec;
+        let values = Self::values(job);
+        let url = template.render(&values);
+        let timeout = Duration::from_millis(spec.timeout_ms.max(1) as u64);
+        match spec.method {
+            Method::Get => {
+                let url = append_params(&url, &spec.params);
+                let (url, logged_url) = match spec.secrets.first() {
+                    Some(secret) => {
+                        let signed = sign::sign_get(&url, secret, &spec.signature_param);
+                        let masked = sign::mask_signature_param(&signed, &spec.signature_param);
+                        (signed, masked)
+                    }
+                    None => (url.clone(), url),
+                };
+                let request = RequestView { method: "GET".into(), url, headers: Vec::new(), body: None };
+                let logged = RequestView { url: logged_url, ..request.clone() };
+                Prepared { request, logged, timeout }
+            }
+            Method::Post => {
+                let body = post_body(job, &values, &spec.params).to_string();
+                let id = message_id(job.delivery_id);
+                let ts = self.inner.clock.now() / 1000;
+                let (headers, logged_headers) = webhook_headers(&spec.secrets, &id, ts, &body);
+                let request = RequestView { method: "POST".into(), url: url.clone(), headers, body: Some(body) };
+                let logged = RequestView { headers: logged_headers, ..request.clone() };
+                Prepared { request, logged, timeout }
+            }
+        }
+    }
+
+    async fn send(&self, job: Job, prepared: Result<Prepared, String>) -> Sent {
+        let started_at = self.inner.clock.now();
+        let t0 = Instant::now();
+        let mut sent = Sent {
+            delivery_id: job.delivery_id,
+            endpoint_id: job.endpoint_id,
+            attempt: job.attempt,
+            started_at,
+            latency_ms: 0,
+            logged: RequestView { method: String::new(), url: String::new(), headers: Vec::new(), body: None },
+            status: None,
+            error: None,
+            excerpt: None,
+            retry_after_ms: None,
+            response: None,
+        };
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                sent.error = Some(e);
+                return sent;
+            }
+        };
+        sent.logged = prepared.logged.clone();
+        match self.exchange(&prepared.request, prepared.timeout).await {
+            Ok((response, retry_after)) => {
+                sent.status = Some(response.status);
+                sent.excerpt = Some(response.body_excerpt.clone());
+                sent.retry_after_ms = retry_after;
+                sent.response = Some(response);
+            }
+            Err(e) => sent.error = Some(e),
+        }
+        sent.latency_ms = t0.elapsed().as_millis() as i64;
+        sent
+    }
+
+    /// Sends one request; returns the response (body capped) and its Retry-After in ms.
+    async fn exchange(&self, r: &RequestView, timeout: Duration) -> Result<(ResponseView, Option<i64>), String> {
+        net::check_url(&r.url, self.inner.config.allow_private)?;
+        let mut builder = match r.method.as_str() {
+            "POST" => self.inner.client.post(&r.url),
+            _ => self.inner.client.get(&r.url),
+        }
+        .timeout(timeout);
+        for (k, v) in &r.headers {
+            builder = builder.header(k, v);
+        }
+        if let Some(body) = &r.body {
+            builder = builder.body(body.clone());
+        }
+        let response = builder.send().await.map_err(|e| describe(&e))?;
+        let status = response.status().as_u16();
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, self.inner.clock.now()));
+        let read =
+            tokio::time::timeout(timeout, net::read_capped(response, self.inner.config.max_response_bytes)).await;
+        let (body, truncated) = read.unwrap_or((Vec::new(), true));
+        let cut = &body[..body.len().min(self.inner.config.excerpt_bytes)];
+        let excerpt = String::from_utf8_lossy(cut).into_owned();
+        Ok((ResponseView { status, headers, body_excerpt: excerpt, truncated }, retry_after))
+    }
+
+    /// Records a pass's attempts and outcomes in one transaction.
+    async fn record(
+        &self,
+        results: &[Sent],
+        skipped: &[i64],
+        endpoints: &HashMap<String, (Endpoint, Option<Template>)>,
+        summary: &mut PassSummary,
+    ) -> Result<(), CallbackError> {
+        let now = self.inner.clock.now();
+        let owner = &self.inner.owner;
+        let mut tx = self.inner.db.pool.begin().await?;
+        // The log: one row per attempt, several rows per statement.
+        for chunk in results.chunks(40) {
+            let mut sql = String::from(
+                "INSERT INTO callback_attempts (delivery_id, endpoint_id, attempt, started_at, latency_ms, method, url, \
+                 request_headers, request_body, status, error, response_excerpt, outcome) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 13;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                sql.push_str(&(1..=13).map(|k| format!("${}", b + k)).collect::<Vec<_>>().join(", "));
+                sql.push(')');
+            }
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                let policy = endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
+                let outcome = outcome_of(s, policy.max_attempts);
+                q = q
+                    .bind(s.delivery_id)
+                    .bind(&s.endpoint_id)
+                    .bind(s.attempt)
+                    .bind(s.started_at)
+                    .bind(s.latency_ms)
+                    .bind(&s.logged.method)
+                    .bind(&s.logged.url)
+                    .bind(serde_json::to_string(&s.logged.headers).unwrap_or_default())
+                    .bind(&s.logged.body)
+                    .bind(s.status.map(i64::from))
+                    .bind(&s.error)
+                    .bind(&s.excerpt)
+                    .bind(outcome);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        // Delivered: one statement for all of them.
+        let delivered: Vec<i64> = results.iter().filter(|s| s.status == Some(200)).map(|s| s.delivery_id).collect();
+        for chunk in delivered.chunks(500) {
+            let list = (3..3 + chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "UPDATE callback_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
+                 last_status = 200, last_error = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+                 WHERE lease_owner = $2 AND state = 'pending' AND id IN ({list})"
+            );
+            let mut q = sqlx::query(&sql).bind(now).bind(owner);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        summary.delivered = delivered.len();
+        for s in results.iter().filter(|s| s.status != Some(200)) {
+            let policy = endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
+            let error = s.error.clone().or_else(|| s.status.map(|c| format!("HTTP {c}: only 200 counts as delivered")));
+            if outcome_of(s, policy.max_attempts) == "failed" {
+                summary.failed += 1;
+                sqlx::query(
+                    "UPDATE callback_deliveries SET state = 'failed', attempts = attempts + 1, last_status = $1, \
+                     last_error = $2, lease_owner = NULL, lease_until = NULL, updated_at = $3 \
+                     WHERE id = $4 AND lease_owner = $5 AND state = 'pending'",
+                )
+                .bind(s.status.map(i64::from))
+                .bind(&error)
+                .bind(now)
+                .bind(s.delivery_id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                summary.retrying += 1;
+                let unit: f64 = rand::random();
+                let wait = policy.delay_after(s.attempt as u32, unit);
+                // A partner's Retry-After is honoured, up to the endpoint's longest wait.
+                let wait = match s.retry_after_ms {
+                    Some(asked) => wait.max(asked.min(policy.max_delay_ms.max(policy.delay_ms))),
+                    None => wait,
+                };
+                sqlx::query(
+                    "UPDATE callback_deliveries SET attempts = attempts + 1, next_attempt_at = $1, last_status = $2, \
+                     last_error = $3, lease_owner = NULL, lease_until = NULL, updated_at = $4 \
+                     WHERE id = $5 AND lease_owner = $6 AND state = 'pending'",
+                )
+                .bind(now + wait)
+                .bind(s.status.map(i64::from))
+                .bind(&error)
+                .bind(now)
+                .bind(s.delivery_id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for id in skipped {
+            sqlx::query(
+                "UPDATE callback_deliveries SET state = 'skipped', last_error = 'no ref_id on the click: the endpoint \
+                 requires one', lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE id = $2 AND lease_owner = $3",
+            )
+            .bind(now)
+            .bind(*id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Failures in a row, per endpoint, in the order the answers came.
+        let mut streaks: HashMap<&str, (bool, i64)> = HashMap::new(); // (a success seen, failures after it)
+        for s in results {
+            let e = streaks.entry(s.endpoint_id.as_str()).or_insert((false, 0));
+            if s.status == Some(200) {
+                *e = (true, 0);
+            } else {
+                e.1 += 1;
+            }
+        }
+        for (endpoint_id, (reset, failures)) in streaks {
+            let sql = if reset {
+                "UPDATE callback_endpoints SET consecutive_failures = $1, \
+                 failing_since = CASE WHEN $1 > 0 THEN $2 ELSE NULL END WHERE id = $3"
+            } else {
+                "UPDATE callback_endpoints SET consecutive_failures = consecutive_failures + $1, \
+                 failing_since = COALESCE(failing_since, $2) WHERE id = $3"
+            };
+            sqlx::query(sql).bind(failures).bind(now).bind(endpoint_id).execute(&mut *tx).await?;
+            if failures == 0 {
+                continue;
+            }
+            let disabled = sqlx::query(
+                "UPDATE callback_endpoints SET enabled = 0, disabled_at = $1, disabled_reason = $2, updated_at = $1 \
+                 WHERE id = $3 AND enabled = 1 AND consecutive_failures >= disable_after RETURNING consecutive_failures",
+            )
+            .bind(now)
+            .bind("too many failed attempts in a row")
+            .bind(endpoint_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = disabled {
+                let n: i64 = row.try_get(0)?;
+                let message = format!(
+                    "callback endpoint {endpoint_id} disabled after {n} failed attempts in a row; its deliveries wait. \
+                     Fix the partner's endpoint, then `cashbackd endpoint enable {endpoint_id}` sends the backlog"
+                );
+                sqlx::query("INSERT INTO alerts (at, kind, subject, message) VALUES ($1, 'endpoint_disabled', $2, $3)")
+                    .bind(now)
+                    .bind(endpoint_id)
+                    .bind(&message)
+                    .execute(&mut *tx)
+                    .await?;
+                tracing::warn!(endpoint = endpoint_id, failures = n, "{message}");
+                summary.disabled.push(endpoint_id.to_string());
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The callback tester: sends a sample callback to an endpoint (enabled or not) and
+    /// returns the exact request and what came back. Logged as a `test` attempt.
+    pub async fn test(&self, endpoint_id: &str) -> Result<TestReport, CallbackError> {
+        let endpoint = super::endpoint(&self.inner.db, endpoint_id).await?;
+        let template = endpoint.spec.validate()?;
+        let now = self.inner.clock.now();
+        let job = sample_job(endpoint_id, now);
+        let prepared = self.prepare(&endpoint, &template, &job);
+        let t0 = Instant::now();
+        let result = self.exchange(&prepared.request, prepared.timeout).await;
+        let latency_ms = t0.elapsed().as_millis() as i64;
+        let (response, error) = match result {
+            Ok((r, _)) => (Some(r), None),
+            Err(e) => (None, Some(e)),
+        };
+        sqlx::query(
+            "INSERT INTO callback_attempts (delivery_id, endpoint_id, attempt, started_at, latency_ms, method, url, \
+             request_headers, request_body, status, error, response_excerpt, outcome) \
+             VALUES (NULL, $1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'test')",
+        )
+        .bind(endpoint_id)
+        .bind(now)
+        .bind(latency_ms)
+        .bind(&prepared.logged.method)
+        .bind(&prepared.logged.url)
+        .bind(serde_json::to_string(&prepared.logged.headers).unwrap_or_default())
+        .bind(&prepared.logged.body)
+        .bind(response.as_ref().map(|r| i64::from(r.status)))
+        .bind(&error)
+        .bind(response.as_ref().map(|r| r.body_excerpt.clone()))
+        .execute(&self.inner.db.pool)
+        .await?;
+        Ok(TestReport {
+            endpoint_id: endpoint_id.to_string(),
+            delivered: response.as_ref().is_some_and(|r| r.status == 200),
+            request: prepared.request,
+            response,
+            error,
+            latency_ms,
+        })
+    }
+}
+
+fn outcome_of(s: &Sent, max_attempts: u32) -> &'static str {
+    if s.status == Some(200) {
+        "delivered"
+    } else if s.attempt >= i64::from(max_attempts) {
+        "failed"
+    } else {
+        "retry"
+    }
+}
+
+fn job_conversion(job: &Job) -> String {
+    crate::conversions::conversion_id(&job.snapshot.network_id, &job.snapshot.transaction_id)
+}
+
+/// The message id of a delivery: the same for every attempt and replay of it
+/// (`webhook-id`, `{delivery_id}`), so partners can deduplicate.
+pub fn message_id(delivery_id: i64) -> String {
+    format!("cbk_d{delivery_id}")
+}
+
+fn post_body(job: &Job, v: &Values, params: &std::collections::BTreeMap<String, String>) -> serde_json::Value {
+    let s = &job.snapshot;
+    let get = |k: &str| v.get(k).cloned();
+    serde_json::json!({
+        "type": "conversion.changed",
+        "id": message_id(job.delivery_id),
+        "data": {
+            "conversion_id": get("conversion_id"),
+            "state": s.state,
+            "status": s.status,
+            "payout": get("payout"),
+            "payout_minor": s.cashback,
+            "amount_minor": s.amount,
+            "currency": s.currency,
+            "click_id": s.click_id,
+            "ref_id": job.ref_id,
+            "subs": { "sub1": job.subs[0], "sub2": job.subs[1], "sub3": job.subs[2], "sub4": job.subs[3], "sub5": job.subs[4] },
+            "transaction_id": s.transaction_id,
+            "order_id": s.order_id,
+            "event": s.event_type,
+            "merchant": { "ref": job.merchant_ref, "name": job.merchant_name },
+            "reason": s.reason,
+            "line_id": get("line_id"),
+            "reward_delay_days": s.reward_delay_days,
+            "network": s.network_id,
+            "changed_at": job.change_at,
+        },
+        "params": params,
+    })
+}
+
+type Headers = Vec<(String, String)>;
+
+/// Standard Webhooks headers, and the same with the signatures masked for the log.
+fn webhook_headers(secrets: &[Secret], id: &str, ts: i64, body: &str) -> (Headers, Headers) {
+    let mut headers =
+        vec![("content-type".to_string(), "application/json".to_string()), ("webhook-id".to_string(), id.to_string())];
+    headers.push(("webhook-timestamp".to_string(), ts.to_string()));
+    let mut logged = headers.clone();
+    if !secrets.is_empty() {
+        headers.push(("webhook-signature".to_string(), sign::standard_webhooks(secrets, id, ts, body.as_bytes())));
+        logged.push(("webhook-signature".to_string(), vec!["v1,***"; secrets.len()].join(" ")));
+    }
+    (headers, logged)
+}
+
+fn sample_job(endpoint_id: &str, now: i64) -> Job {
+    use crate::conversions::{State, Status};
+    Job {
+        delivery_id: 0,
+        endpoint_id: endpoint_id.to_string(),
+        attempt: 1,
+        change_at: now,
+        snapshot: Snapshot {
+            state: State::Pending,
+            status: Status::Processed,
+            network_id: "test-network".into(),
+            transaction_id: "test-transaction".into(),
+            click_id: Some("test-click".into()),
+            user_id: Some("test-user".into()),
+            merchant_id: Some("test-merchant".into()),
+            merchant_ref: Some("test-merchant-ref".into()),
+            order_id: Some("test-order".into()),
+            event_type: "sale".into(),
+            reason: None,
+            currency: "EUR".into(),
+            amount: 10_000,
+            commission: 800,
+            cashback: 500,
+            reward_delay_days: Some(30),
+            line_ids: vec!["line-1".into()],
+        },
+        ref_id: Some("test-ref".into()),
+        subs: [Some("test-sub1".into()), None, None, None, None],
+        merchant_name: Some("Test Merchant".into()),
+        merchant_ref: Some("test-merchant-ref".into()),
+    }
+}
+
+/// A Retry-After value (seconds, or an HTTP date) as milliseconds from `now`.
+pub fn parse_retry_after(value: &str, now: i64) -> Option<i64> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<i64>() {
+        return Some(seconds.max(0).saturating_mul(1000));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.timestamp_millis() - now).max(0))
+}
+
+/// A reqwest error as one line, without the URL (it may carry a signature).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_request() {
+        "request failed"
+    } else {
+        "failed"
+    };
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.is_empty() { kind.to_string() } else { format!("{kind}: {cause}") }
+}
+
+// ---- the delivery log, replay --------------------------------------------------------
+
+/// A delivery as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryView {
+    /// Id.
+    pub id: i64,
+    /// Its message id (`webhook-id`).
+    pub message_id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The conversion.
+    pub conversion_id: String,
+    /// The conversion's version (order).
+    pub version: i64,
+    /// The state it tells.
+    pub conversion_state: String,
+    /// pending, delivered, failed, skipped.
+    pub state: String,
+    /// Attempts since created or replayed.
+    pub attempts: i64,
+    /// When due (pending).
+    pub next_attempt_at: i64,
+    /// The last status code.
+    pub last_status: Option<i64>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// Created.
+    pub created_at: i64,
+    /// Delivered.
+    pub delivered_at: Option<i64>,
+}
+
+/// One logged attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptView {
+    /// Id.
+    pub id: i64,
+    /// The delivery (none for a tester request).
+    pub delivery_id: Option<i64>,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Which attempt.
+    pub attempt: i64,
+    /// When it started.
+    pub started_at: i64,
+    /// How long it took.
+    pub latency_ms: i64,
+    /// The request line and headers (signatures masked) and body.
+    pub request: RequestView,
+    /// The status code, if an answer came.
+    pub status: Option<i64>,
+    /// The error, if none came.
+    pub error: Option<String>,
+    /// The start of the answer.
+    pub response_excerpt: Option<String>,
+    /// delivered, retry, failed, test.
+    pub outcome: String,
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Of one endpoint.
+    pub endpoint_id: Option<String>,
+    /// In one state.
+    pub state: Option<String>,
+    /// Of one conversion.
+    pub conversion_id: Option<String>,
+    /// Created at or after.
+    pub from: Option<i64>,
+    /// Created before.
+    pub to: Option<i64>,
+    /// At most (default 100).
+    pub limit: Option<i64>,
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.conversion_id, d.version, c.state, d.state, d.attempts, \
+    d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.delivered_at";
+
+fn delivery_from_row(r: &sqlx::any::AnyRow) -> Result<DeliveryView, sqlx::Error> {
+    let id: i64 = r.try_get(0)?;
+    Ok(DeliveryView {
+        id,
+        message_id: message_id(id),
+        endpoint_id: r.try_get(1)?,
+        conversion_id: r.try_get(2)?,
+        version: r.try_get(3)?,
+        conversion_state: r.try_get(4)?,
+        state: r.try_get(5)?,
+        attempts: r.try_get(6)?,
+        next_attempt_at: r.try_get(7)?,
+        last_status: r.try_get(8)?,
+        last_error: r.try_get(9)?,
+        created_at: r.try_get(10)?,
+        delivered_at: r.try_get(11)?,
+    })
+}
+
+/// Deliveries, newest first.
+pub async fn deliveries(db: &Db, f: &DeliveryFilter) -> Result<Vec<DeliveryView>, CallbackError> {
+    if let Some(s) = &f.state
+        && !matches!(s.as_str(), "pending" | "delivered" | "failed" | "skipped")
+    {
+        return Err(CallbackError::Invalid(format!("state: {s:?} is not pending, delivered, failed or skipped")));
+    }
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
+         WHERE ($1 IS NULL OR d.endpoint_id = $1) AND ($2 IS NULL OR d.state = $2) AND ($3 IS NULL OR d.conversion_id = $3) \
+         AND ($4 IS NULL OR d.created_at >= $4) AND ($5 IS NULL OR d.created_at < $5) ORDER BY d.id DESC LIMIT $6"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&f.endpoint_id)
+        .bind(&f.state)
+        .bind(&f.conversion_id)
+        .bind(f.from)
+        .bind(f.to)
+        .bind(f.limit.unwrap_or(100).clamp(1, 10_000))
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows.iter().map(delivery_from_row).collect::<Result<_, _>>()?)
+}
+
+/// A delivery with every attempt, oldest first.
+pub async fn delivery(db: &Db, id: i64) -> Result<(DeliveryView, Vec<AttemptView>), CallbackError> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id WHERE d.id = $1"
+    );
+    let row = sqlx::query(&sql).bind(id).fetch_optional(&db.pool).await?;
+    let view = delivery_from_row(&row.ok_or_else(|| CallbackError::NotFound(format!("no delivery {id}")))?)?;
+    Ok((view, attempts(db, Some(id), None, 1000).await?))
+}
+
+/// Logged attempts of a delivery, or of an endpoint (tester requests included), oldest first.
+pub async fn attempts(
+    db: &Db,
+    delivery_id: Option<i64>,
+    endpoint_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<AttemptView>, CallbackError> {
+    let rows = sqlx::query(
+        "SELECT id, delivery_id, endpoint_id, attempt, started_at, latency_ms, method, url, request_headers, request_body, \
+         status, error, response_excerpt, outcome FROM callback_attempts \
+         WHERE ($1 IS NULL OR delivery_id = $1) AND ($2 IS NULL OR endpoint_id = $2) ORDER BY id LIMIT $3",
+    )
+    .bind(delivery_id)
+    .bind(endpoint_id)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let headers: String = r.try_get(8)?;
+            Ok(AttemptView {
+                id: r.try_get(0)?,
+                delivery_id: r.try_get(1)?,
+                endpoint_id: r.try_get(2)?,
+                attempt: r.try_get(3)?,
+                started_at: r.try_get(4)?,
+                latency_ms: r.try_get(5)?,
+                request: RequestView {
+                    method: r.try_get(6)?,
+                    url: r.try_get(7)?,
+                    headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    body: r.try_get(9)?,
+                },
+                status: r.try_get(10)?,
+                error: r.try_get(11)?,
+                response_excerpt: r.try_get(12)?,
+                outcome: r.try_get(13)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(CallbackError::from)
+}
+
+/// Sends a delivery again (delivered, failed or skipped): it becomes pending, due now,
+/// with a fresh count of attempts, and keeps its message id.
+pub async fn replay(db: &Db, id: i64, now: i64) -> Result<(), CallbackError> {
+    let done = sqlx::query(
+        "UPDATE callback_deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, lease_owner = NULL, \
+         lease_until = NULL, updated_at = $1 WHERE id = $2 AND state <> 'pending'",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&db.pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        let exists = sqlx::query("SELECT state FROM callback_deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await?;
+        return Err(match exists {
+            None => CallbackError::NotFound(format!("no delivery {id}")),
+            Some(_) => CallbackError::Invalid(format!("delivery {id} is pending already")),
+        });
+    }
+    Ok(())
+}
+
+/// Replays every finished delivery created in `[from, to)`, of one endpoint or all.
+/// Returns how many.
+pub async fn replay_range(
+    db: &Db,
+    endpoint_id: Option<&str>,
+    from: i64,
+    to: i64,
+    now: i64,
+) -> Result<u64, CallbackError> {
+    if to <= from {
+        return Err(CallbackError::Invalid("to: must be after from".into()));
+    }
+    if let Some(e) = endpoint_id {
+        super::endpoint(db, e).await?;
+    }
+    let done = sqlx::query(
+        "UPDATE callback_deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, lease_owner = NULL, \
+         lease_until = NULL, updated_at = $1 WHERE state <> 'pending' AND created_at >= $2 AND created_at < $3 \
+         AND ($4 IS NULL OR endpoint_id = $4)",
+    )
+    .bind(now)
+    .bind(from)
+    .bind(to)
+    .bind(endpoint_id)
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        assert_eq!(parse_retry_after("120", 0), Some(120_000));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1_445_412_480_000 - 60_000), Some(60_000));
+        assert_eq!(parse_retry_after("soon", 0), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! The admin API of partner callbacks, under `/api/v1`: endpoints, the delivery log,
+//! replay, the callback tester and alerts. Reading needs the read scope, every action the
+//! write scope. Secrets never appear in an answer (they are masked).
+
+use super::admin::require;
+use super::{ApiError, AppState};
+use crate::auth::Scope;
+use crate::callbacks::deliver::{self, DeliveryFilter};
+use crate::callbacks::{self, CallbackError, Deliverer, DeliveryConfig};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// The routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/callbacks/endpoints", get(list_endpoints))
+        .route("/api/v1/callbacks/endpoints/{id}/enable", post(enable))
+        .route("/api/v1/callbacks/endpoints/{id}/disable", post(disable))
+        .route("/api/v1/callbacks/endpoints/{id}/test", post(test))
+        .route("/api/v1/callbacks/endpoints/{id}/attempts", get(endpoint_attempts))
+        .route("/api/v1/callbacks/deliveries", get(list_deliveries))
+        .route("/api/v1/callbacks/deliveries/{id}", get(show_delivery))
+        .route("/api/v1/callbacks/deliveries/{id}/replay", post(replay_one))
+        .route("/api/v1/callbacks/replay", post(replay_range))
+        .route("/api/v1/alerts", get(list_alerts))
+}
+
+fn error(e: CallbackError) -> ApiError {
+    match e {
+        CallbackError::Invalid(why) => ApiError::bad_request("invalid", why),
+        CallbackError::NotFound(why) => ApiError::new(StatusCode::NOT_FOUND, "not_found", why),
+        CallbackError::Db(e) => ApiError::unavailable("cannot read or write callbacks", &e),
+    }
+}
+
+fn body_json(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request("invalid_json", "the body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("invalid_parameter", format!("{name}: {v:?} is not an integer")))
+        })
+        .transpose()
+}
+
+async fn list_endpoints(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let endpoints = callbacks::endpoints(st.service.db()).await.map_err(error)?;
+    Ok(Json(json!({ "endpoints": endpoints })))
+}
+
+async fn enable(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Write).await?;
+    let body = body_json(&body)?;
+    let replay_failed = match body.get("replay_failed") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::bad_request("invalid_parameter", "replay_failed: true or false")),
+    };
+    let done = callbacks::enable(st.service.db(), &id, replay_failed, st.service.now()).await.map_err(error)?;
+    Ok(Json(json!({ "endpoint": id, "enabled": true, "backlog": done.backlog, "requeued": done.requeued })))
+}
+
+async fn disable(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Write).await?;
+    let body = body_json(&body)?;
+    let reason = body.get("reason").and_then(Value::as_str).unwrap_or("disabled by an operator");
+    callbacks::disable(st.service.db(), &id, reason, st.service.now()).await.map_err(error)?;
+    Ok(Json(json!({ "endpoint": id, "enabled": false })))
+}
+
+async fn test(
+    State(st): State<AppState>,
+    deliverer: Option<Extension<Deliverer>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Write).await?;
+    let deliverer = match deliverer {
+        Some(Extension(d)) => d,
+        None => Deliverer::new(st.service.db().clone(), st.service.clock(), DeliveryConfig::default(), "api-tester")
+            .map_err(error)?,
+    };
+    let report = deliverer.test(&id).await.map_err(error)?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+async fn endpoint_attempts(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    callbacks::endpoint(st.service.db(), &id).await.map_err(error)?;
+    let limit = int_param(&q, "limit")?.unwrap_or(100).clamp(1, 10_000);
+    let attempts = deliver::attempts(st.service.db(), None, Some(&id), limit).await.map_err(error)?;
+    Ok(Json(json!({ "attempts": attempts })))
+}
+
+async fn list_deliveries(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let filter = DeliveryFilter {
+        endpoint_id: q.get("endpoint").cloned(),
+        state: q.get("state").cloned(),
+        conversion_id: q.get("conversion").cloned(),
+        from: int_param(&q, "from")?,
+        to: int_param(&q, "to")?,
+        limit: int_param(&q, "limit")?,
+    };
+    let deliveries = deliver::deliveries(st.service.db(), &filter).await.map_err(error)?;
+    Ok(Json(json!({ "deliveries": deliveries })))
+}
+
+fn delivery_id(raw: &str) -> Result<i64, ApiError> {
+    raw.trim_start_matches("cbk_d")
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_parameter", format!("delivery id: {raw:?} is not a delivery id")))
+}
+
+async fn show_delivery(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let (delivery, attempts) = deliver::delivery(st.service.db(), delivery_id(&id)?).await.map_err(error)?;
+    Ok(Json(json!({ "delivery": delivery, "attempts": attempts })))
+}
+
+async fn replay_one(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Write).await?;
+    let id = delivery_id(&id)?;
+    deliver::replay(st.service.db(), id, st.service.now()).await.map_err(error)?;
+    Ok(Json(json!({ "replayed": [id] })))
+}
+
+async fn replay_range(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Write).await?;
+    let body = body_json(&body)?;
+    let time = |name: &str| {
+        body.get(name).and_then(Value::as_i64).ok_or_else(|| {
+            ApiError::bad_request("invalid_parameter", format!("{name}: required, milliseconds since the epoch"))
+        })
+    };
+    let (from, to) = (time("from")?, time("to")?);
+    let endpoint = match body.get("endpoint") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(ApiError::bad_request("invalid_parameter", "endpoint: a string")),
+    };
+    let n = deliver::replay_range(st.service.db(), endpoint, from, to, st.service.now()).await.map_err(error)?;
+    Ok(Json(json!({ "replayed": n })))
+}
+
+async fn list_alerts(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let alerts = callbacks::alerts(st.service.db(), 100).await.map_err(error)?;
+    Ok(Json(json!({ "alerts": alerts })))
+}
