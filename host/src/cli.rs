@@ -1,5 +1,9 @@
 //! The `cashbackd` command line.
 
+mod registry;
+
+pub use registry::instant as parse_instant;
+
 use crate::plugin::fixtures;
 use crate::plugin::{LoadedPlugin, PluginKind, PluginRuntime, RuntimeConfig};
 use anyhow::{Context, bail};
@@ -437,11 +441,15 @@ pub enum PluginCommand {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
+    /// The registry in the database.
+    #[command(flatten)]
+    Registry(registry::RegistryCommand),
 }
 
 /// Runs the command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Plugin { command: PluginCommand::Registry(ref command) } => registry::run(&cli, command),
         Command::Plugin { command } => {
             let runtime = PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?;
             match command {
@@ -454,6 +462,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let plugin = load(&runtime, &file, manifest.as_deref())?;
                     test_plugin(&runtime, &plugin, fixtures.as_deref())
                 }
+                PluginCommand::Registry(_) => unreachable!("matched above"),
             }
         }
         Command::Demo { ref plugins, ref demo_database, listen, once } => {

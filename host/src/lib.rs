@@ -16,4 +16,5 @@ pub mod ingest;
 pub mod ledger;
 pub mod notify;
 pub mod plugin;
+pub mod registry;
 pub mod scheduler;

@@ -17,5 +17,6 @@ mod ledger_props;
 mod notify;
 mod plugin_cli;
 mod plugin_runtime;
+mod registry;
 mod sandbox;
 mod smtp;

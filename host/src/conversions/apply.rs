@@ -647,9 +647,11 @@ async fn settle(
             default_delay_days,
             plugins,
             decision,
+            inputs,
         }) => {
             r.cashback = *cashback;
-            r.decision = Some(serde_json::json!({ "plugins": plugins, "decision": decision }).to_string());
+            r.decision =
+                Some(serde_json::json!({ "plugins": plugins, "decision": decision, "inputs": inputs }).to_string());
             r.rule_at = Some(at);
             r.reward_delay_days = Some(reward_delay_days.map_or(*default_delay_days, i64::from));
             // Review is about the first credit: once an operator (or automatic mode) has

@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod lifecycle;
+pub mod rules;
 pub mod service;
 
 use crate::ledger::{LedgerError, PluginRefs};
@@ -53,6 +54,10 @@ pub enum Evaluation {
         plugins: PluginRefs,
         /// The final decision, as JSON, for the timeline and for explaining figures.
         decision: serde_json::Value,
+        /// What the chain saw: kept with the decision so that a backtest replays exactly
+        /// these inputs. (Absent in journals written before it existed.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inputs: Option<Box<rules::RuleInputs>>,
     },
     /// A plugin failed (trap, limit, its own error): the conversion is marked failed.
     Failed {

@@ -5,11 +5,11 @@
 
 use super::apply::{self, Attribution, ConversionRow, attribute};
 use super::lifecycle::{Step, step};
+use super::rules::{self, Link, RuleInputs};
 use super::{ApplyError, Command, Evaluation, Outcome, ReviewAction, Status, conversion_id};
 use crate::clock::Clock;
 use crate::db::writer::{Writer, WriterConfig};
 use crate::db::{Backend, Db};
-use crate::ledger::PluginRefs;
 use crate::plugin::wit::latest;
 use crate::plugin::{LoadError, LoadedPlugin, PluginKind, PluginRuntime};
 use sqlx::Row;
@@ -101,6 +101,11 @@ impl Service {
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The plugin runtime.
+    pub fn runtime(&self) -> &Arc<PluginRuntime> {
+        &self.runtime
     }
 
     /// Now, by the service's clock.
@@ -471,13 +476,9 @@ impl Service {
         for row in &rows {
             let digest: String = row.try_get(0)?;
             let config: String = row.try_get(1)?;
-            chain.push((self.plugin(&digest).await?, config));
+            chain.push(Link { plugin: self.plugin(&digest).await?, config });
         }
-        let refs = PluginRefs {
-            names: chain.iter().map(|(p, _)| p.manifest.name.clone()).collect::<Vec<_>>().join(","),
-            versions: chain.iter().map(|(p, _)| p.manifest.version.to_string()).collect::<Vec<_>>().join(","),
-            digests: chain.iter().map(|(p, _)| p.digest.to_string()).collect::<Vec<_>>().join(","),
-        };
+        let refs = rules::refs(&chain);
         if chain.is_empty() {
             return Ok(Evaluation::Failed { error: format!("merchant {merchant} has no rule plugin"), plugins: refs });
         }
@@ -485,25 +486,27 @@ impl Service {
             let mut conn = self.db.pool.acquire().await?;
             apply::merchant_settings(&mut conn, merchant).await?
         };
+        let shadow = crate::registry::shadow_chain(self, merchant, &chain).await?;
+        let inputs = RuleInputs { order, now: self.clock.now(), prior_orders: u32::try_from(prior).unwrap_or(u32::MAX) };
         let runtime = self.runtime.clone();
-        let now = self.clock.now();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut so_far: Option<latest::RuleDecision> = None;
-            for (plugin, config) in &chain {
-                let json: serde_json::Value = serde_json::from_str(config).unwrap_or_default();
-                let config = plugin.manifest.validate_config(&json).map_err(|e| format!("{}: {e}", plugin.label()))?;
-                let context = latest::RuleContext {
-                    now,
-                    prior_orders: u32::try_from(prior).unwrap_or(u32::MAX),
-                    decision_so_far: so_far.take(),
-                    attributes: Vec::new(),
-                };
-                so_far = Some(runtime.evaluate(plugin, &config, &order, &context).result.map_err(|e| e.to_string())?);
+        let (result, shadow) = {
+            let inputs = inputs.clone();
+            tokio::task::spawn_blocking(move || {
+                let live = rules::run_chain(&runtime, &chain, &inputs);
+                let shadow = shadow.map(|(candidate, chain)| (candidate, rules::run_chain(&runtime, &chain, &inputs)));
+                (live, shadow)
+            })
+            .await
+            .map_err(|e| ServiceError::Invalid(format!("rule evaluation task failed: {e}")))?
+        };
+        if let Some((candidate, outcome)) = shadow {
+            // Recorded, never posted. A failure to record it must not fail the live
+            // conversion: it is logged and the shadow report simply lacks this one.
+            if let Err(e) = crate::registry::record_shadow(self, merchant, &inputs, &refs, &result, &candidate, &outcome).await
+            {
+                tracing::warn!(merchant, error = %e, "shadow decision not recorded");
             }
-            so_far.ok_or_else(|| "empty rule chain".to_string())
-        })
-        .await
-        .map_err(|e| ServiceError::Invalid(format!("rule evaluation task failed: {e}")))?;
+        }
         Ok(match result {
             Ok(d) => Evaluation::Decided {
                 cashback: d.total.minor,
@@ -513,6 +516,7 @@ impl Service {
                 default_delay_days,
                 plugins: refs,
                 decision: serde_json::to_value(&d).unwrap_or_default(),
+                inputs: Some(Box::new(inputs)),
             },
             Err(error) => Evaluation::Failed { error, plugins: refs },
         })

@@ -5,6 +5,7 @@
 mod admin;
 mod callbacks;
 mod ingress;
+mod plugins;
 
 use crate::conversions::Service;
 use crate::plugin::PluginRuntime;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(admin::routes())
         .merge(callbacks::routes())
+        .merge(plugins::routes())
         .with_state(state)
 }
 

@@ -1,0 +1,274 @@
+//! The plugin registry under `/api/v1/plugins` and `/api/v1/merchants/{id}/...`: the
+//! same operations as `cashbackd plugin ...`. Reading needs the read scope; changing
+//! what runs (upload, activate, rollback, shadow, delete) the admin scope.
+
+use super::admin::require;
+use super::{ApiError, AppState};
+use crate::auth::Scope;
+use crate::conversions::service::ServiceError;
+use crate::registry::{self, Target};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Largest component accepted.
+pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
+
+/// The registry routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/plugins", get(list).post(upload).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
+        .route("/api/v1/plugins/{reference}", delete(remove))
+        .route("/api/v1/merchants/{merchant}/rules/activate", post(activate_merchant))
+        .route("/api/v1/merchants/{merchant}/rules/rollback", post(rollback_merchant))
+        .route("/api/v1/merchants/{merchant}/rules/history", get(history_merchant))
+        .route("/api/v1/merchants/{merchant}/shadow", get(shadow_diff).put(shadow_set).delete(shadow_clear))
+        .route("/api/v1/merchants/{merchant}/backtest", post(backtest))
+        .route("/api/v1/networks/{network}/adapter/activate", post(activate_network))
+        .route("/api/v1/networks/{network}/adapter/rollback", post(rollback_network))
+}
+
+/// Registry refusals are the caller's (422 with the reason); database trouble is a 503.
+fn refused(e: ServiceError) -> ApiError {
+    match e {
+        ServiceError::Db(e) => ApiError::unavailable("the registry is unavailable", &e),
+        other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", other.to_string()),
+    }
+}
+
+fn actor(headers: &HeaderMap) -> String {
+    // The token's name is not needed for a trail: record that the API did it.
+    headers.get("user-agent").and_then(|v| v.to_str().ok()).map_or("api".into(), |ua| format!("api ({ua})"))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    name: Option<String>,
+}
+
+/// `GET /api/v1/plugins[?name=N]`: stored versions and where each is used.
+async fn list(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let versions = registry::versions(&st.service, q.name.as_deref()).await.map_err(refused)?;
+    Ok(Json(json!({ "plugins": versions })))
+}
+
+/// `POST /api/v1/plugins` with the component as the body: validate and store.
+async fn upload(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("empty_body", "the request body must be the component (.wasm)"));
+    }
+    let uploaded = registry::upload(&st.service, &body).await.map_err(refused)?;
+    let status = if uploaded.already_stored { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!(uploaded))))
+}
+
+/// `DELETE /api/v1/plugins/{name@version|digest}`: only an unused version.
+async fn remove(
+    State(st): State<AppState>,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    let plugin = registry::resolve(&st.service, &reference).await.map_err(refused)?;
+    registry::delete(&st.service, &plugin).await.map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateBody {
+    /// `name@version` or a digest.
+    plugin: String,
+    position: Option<usize>,
+    config: Option<Value>,
+}
+
+async fn activate(st: &AppState, headers: &HeaderMap, target: Target, body: ActivateBody) -> Result<Json<Value>, ApiError> {
+    require(st, headers, Scope::Admin).await?;
+    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(refused)?;
+    let a = registry::activate(&st.service, &target, &plugin, body.config, &actor(headers)).await.map_err(refused)?;
+    Ok(Json(json!(a)))
+}
+
+/// `POST /api/v1/merchants/{merchant}/rules/activate` `{"plugin": "rate-table@1.2.0", "position"?, "config"?}`.
+async fn activate_merchant(
+    State(st): State<AppState>,
+    Path(merchant): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ActivateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let target = Target::Merchant { id: merchant, position: body.position };
+    activate(&st, &headers, target, body).await
+}
+
+/// `POST /api/v1/networks/{network}/adapter/activate` `{"plugin": ..., "config"?}`.
+async fn activate_network(
+    State(st): State<AppState>,
+    Path(network): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ActivateBody>,
+) -> Result<Json<Value>, ApiError> {
+    activate(&st, &headers, Target::Network { id: network }, body).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    position: Option<usize>,
+}
+
+/// `POST /api/v1/merchants/{merchant}/rules/rollback` `{"position"?}`.
+async fn rollback_merchant(
+    State(st): State<AppState>,
+    Path(merchant): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<RollbackBody>>,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    let position = body.map(|b| b.0).unwrap_or_default().position;
+    let target = Target::Merchant { id: merchant, position };
+    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(refused)?)))
+}
+
+/// `POST /api/v1/networks/{network}/adapter/rollback`.
+async fn rollback_network(
+    State(st): State<AppState>,
+    Path(network): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    let target = Target::Network { id: network };
+    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(refused)?)))
+}
+
+/// `GET /api/v1/merchants/{merchant}/rules/history`: activations, newest first.
+async fn history_merchant(
+    State(st): State<AppState>,
+    Path(merchant): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let target = Target::Merchant { id: merchant, position: None };
+    Ok(Json(json!({ "activations": registry::activations(&st.service, &target, 200).await.map_err(refused)? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowBody {
+    plugin: String,
+    position: Option<usize>,
+    config: Option<Value>,
+}
+
+/// `PUT /api/v1/merchants/{merchant}/shadow` `{"plugin": ..., "position"?, "config"?}`.
+async fn shadow_set(
+    State(st): State<AppState>,
+    Path(merchant): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ShadowBody>,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(refused)?;
+    let a = registry::set_shadow(&st.service, &merchant, &plugin, body.config, body.position, &actor(&headers))
+        .await
+        .map_err(refused)?;
+    Ok(Json(json!(a)))
+}
+
+/// `DELETE /api/v1/merchants/{merchant}/shadow`.
+async fn shadow_clear(
+    State(st): State<AppState>,
+    Path(merchant): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    registry::clear_shadow(&st.service, &merchant).await.map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    plugin: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/merchants/{merchant}/shadow[?plugin=..&limit=..]`: what the candidate
+/// decided differently (count, totals, delta, examples).
+async fn shadow_diff(
+    State(st): State<AppState>,
+    Path(merchant): Path<String>,
+    Query(q): Query<DiffQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let candidate = match q.plugin {
+        Some(p) => Some(registry::resolve(&st.service, &p).await.map_err(refused)?.digest.to_string()),
+        None => None,
+    };
+    let c = registry::shadow_report(&st.service, &merchant, candidate.as_deref(), q.limit.unwrap_or(20).min(1000))
+        .await
+        .map_err(refused)?;
+    Ok(Json(json!(c)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BacktestBody {
+    plugin: String,
+    /// UTC milliseconds or RFC 3339.
+    from: Option<Value>,
+    to: Option<Value>,
+    position: Option<usize>,
+    config: Option<Value>,
+    limit: Option<usize>,
+}
+
+fn when(field: &str, v: Option<Value>) -> Result<Option<i64>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            n.as_i64().map(Some).ok_or_else(|| ApiError::bad_request("bad_time", format!("{field}: not an integer")))
+        }
+        Some(Value::String(s)) => crate::cli::parse_instant(field, &s)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request("bad_time", e.to_string())),
+        Some(_) => Err(ApiError::bad_request("bad_time", format!("{field}: milliseconds or RFC 3339 text"))),
+    }
+}
+
+/// `POST /api/v1/merchants/{merchant}/backtest` `{"plugin", "from"?, "to"?, "position"?, "config"?, "limit"?}`:
+/// what the version would have decided over past conversions. Writes nothing.
+async fn backtest(
+    State(st): State<AppState>,
+    Path(merchant): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<BacktestBody>,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let from = when("from", body.from)?.unwrap_or(i64::MIN);
+    let to = when("to", body.to)?.unwrap_or_else(|| st.service.now() + 1);
+    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(refused)?;
+    let c = registry::backtest(
+        &st.service,
+        &merchant,
+        &plugin,
+        body.config,
+        body.position,
+        from,
+        to,
+        body.limit.unwrap_or(100).min(10_000),
+    )
+    .await
+    .map_err(refused)?;
+    Ok(Json(json!(c)))
+}

@@ -1,0 +1,855 @@
+//! The plugin registry, in the database so that every replica sees the same plugins:
+//! upload (validated), versions, activation for a merchant's chain or a network, rollback,
+//! deletion of unused versions, shadow candidates and backtests.
+//!
+//! **Hot swap.** A merchant's chain is read from the database at the start of every
+//! evaluation, so an activation takes effect for the next conversion on every replica at
+//! once (no cache to invalidate, hence nothing to notify), and a conversion already being
+//! evaluated finishes on the versions it read: its decision and its ledger postings pin
+//! exactly those digests. Components are compiled once per process and digest and kept;
+//! a replica that has never seen a digest loads its bytes from the `plugins` table.
+
+use crate::conversions::rules::{self, Link, RuleInputs};
+use crate::conversions::service::ServiceError;
+use crate::conversions::{Service, Status};
+use crate::ledger::PluginRefs;
+use crate::plugin::wit::latest;
+use crate::plugin::{LoadedPlugin, PluginKind, fixtures};
+use serde::Serialize;
+use sqlx::Row;
+use std::sync::Arc;
+
+fn invalid(message: impl Into<String>) -> ServiceError {
+    ServiceError::Invalid(message.into())
+}
+
+/// Where a version is activated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A merchant's rule chain; `position` defaults to the place of the plugin of the
+    /// same name in the chain (appended when the chain has none).
+    Merchant {
+        /// The merchant.
+        id: String,
+        /// The place in the chain (0-based).
+        position: Option<usize>,
+    },
+    /// A network's adapter.
+    Network {
+        /// The network.
+        id: String,
+    },
+}
+
+impl Target {
+    fn kind(&self) -> &'static str {
+        match self {
+            Target::Merchant { .. } => "merchant",
+            Target::Network { .. } => "network",
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Target::Merchant { id, .. } | Target::Network { id } => id,
+        }
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    /// The component's digest.
+    pub digest: String,
+    /// Manifest name.
+    pub name: String,
+    /// Manifest version.
+    pub version: String,
+    /// `merchant-rules` or `network-adapter`.
+    pub kind: String,
+    /// The contract version it speaks.
+    pub wit: String,
+    /// Its own fixtures, all passed.
+    pub fixtures_passed: usize,
+    /// It was stored already (same digest).
+    pub already_stored: bool,
+}
+
+/// Validates and stores a component: it must compile, export a known world at a
+/// supported contract version, carry a sane manifest (all checked by loading it), and
+/// pass its own embedded fixtures in the sandbox. A different component under a name and
+/// version already stored is refused: a changed plugin needs a new version.
+pub async fn upload(service: &Service, bytes: &[u8]) -> Result<Uploaded, ServiceError> {
+    let plugin = service.runtime().load(bytes)?;
+    let digest = plugin.digest.to_string();
+    let existing: Vec<String> = sqlx::query_scalar("SELECT digest FROM plugins WHERE name = $1 AND version = $2")
+        .bind(&plugin.manifest.name)
+        .bind(plugin.manifest.version.to_string())
+        .fetch_all(&service.db().pool)
+        .await?;
+    if existing.iter().any(|d| *d != digest) {
+        return Err(invalid(format!(
+            "{} {} is already stored with another digest ({}): a changed plugin needs a new version in its manifest",
+            plugin.manifest.name,
+            plugin.manifest.version,
+            existing.join(", ")
+        )));
+    }
+    let cases = match plugin.fixtures.as_deref() {
+        Some(json) => fixtures::parse(json).map_err(|e| invalid(format!("{}: embedded fixtures: {e}", plugin.label())))?,
+        None => Vec::new(),
+    };
+    if cases.is_empty() {
+        return Err(invalid(format!(
+            "{} embeds no fixtures: the registry only takes plugins that prove themselves \
+             (export_rule!/export_adapter! with fixtures = \"fixtures.json\")",
+            plugin.label()
+        )));
+    }
+    let (runtime, p) = (service.runtime().clone(), plugin.clone());
+    let results = tokio::task::spawn_blocking(move || fixtures::run(&runtime, &p, &cases))
+        .await
+        .map_err(|e| invalid(format!("fixture task failed: {e}")))?;
+    let failed: Vec<String> =
+        results.iter().filter(|r| !r.passed).map(|r| format!("{:?}: {}", r.name, r.detail)).collect();
+    if !failed.is_empty() {
+        return Err(invalid(format!(
+            "{}: {} of {} fixtures failed: {}",
+            plugin.label(),
+            failed.len(),
+            results.len(),
+            failed.join("; ")
+        )));
+    }
+    service.store_plugin(bytes).await?;
+    Ok(Uploaded {
+        digest,
+        name: plugin.manifest.name.clone(),
+        version: plugin.manifest.version.to_string(),
+        kind: plugin.kind().to_string(),
+        wit: plugin.api_version.clone(),
+        fixtures_passed: results.len(),
+        already_stored: !existing.is_empty(),
+    })
+}
+
+/// A stored version and where it is used.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PluginVersion {
+    /// Digest.
+    pub digest: String,
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+    /// When it was stored.
+    pub created_at: i64,
+    /// Where it is active: `merchant:ID#POSITION` or `network:ID`.
+    pub active: Vec<String>,
+    /// Where it runs in shadow: `merchant:ID#POSITION`.
+    pub shadow: Vec<String>,
+}
+
+/// Stored versions (of one plugin name, or all), newest first, with where each is used.
+pub async fn versions(service: &Service, name: Option<&str>) -> Result<Vec<PluginVersion>, ServiceError> {
+    let pool = &service.db().pool;
+    let rows = sqlx::query(
+        "SELECT digest, name, version, kind, created_at FROM plugins WHERE ($1 IS NULL OR name = $1) \
+         ORDER BY name, created_at DESC, version DESC",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    let uses = sqlx::query(
+        "SELECT plugin_digest, 'merchant:' || merchant_id || '#' || CAST(position AS TEXT), 'active' FROM merchant_rules \
+         UNION ALL SELECT adapter_digest, 'network:' || id, 'active' FROM networks WHERE adapter_digest IS NOT NULL \
+         UNION ALL SELECT plugin_digest, 'merchant:' || merchant_id || '#' || CAST(position AS TEXT), 'shadow' \
+         FROM merchant_shadow",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let digest: String = r.try_get(0)?;
+        let mut v = PluginVersion {
+            name: r.try_get(1)?,
+            version: r.try_get(2)?,
+            kind: r.try_get(3)?,
+            created_at: r.try_get(4)?,
+            active: Vec::new(),
+            shadow: Vec::new(),
+            digest,
+        };
+        for u in &uses {
+            if u.try_get::<String, _>(0)? == v.digest {
+                let (place, how): (String, String) = (u.try_get(1)?, u.try_get(2)?);
+                if how == "active" { v.active.push(place) } else { v.shadow.push(place) }
+            }
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Finds a stored version by digest (`sha256:...`, or a unique prefix of its hex) or by
+/// `name@version`.
+pub async fn resolve(service: &Service, reference: &str) -> Result<Arc<LoadedPlugin>, ServiceError> {
+    let pool = &service.db().pool;
+    let digests: Vec<String> = if let Some((name, version)) = reference.split_once('@') {
+        sqlx::query_scalar("SELECT digest FROM plugins WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version)
+            .fetch_all(pool)
+            .await?
+    } else {
+        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if hex.len() < 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid(format!("{reference:?} is neither name@version nor a digest (at least 8 hex digits)")));
+        }
+        sqlx::query_scalar("SELECT digest FROM plugins WHERE digest LIKE $1")
+            .bind(format!("sha256:{}%", hex.to_ascii_lowercase()))
+            .fetch_all(pool)
+            .await?
+    };
+    match digests.as_slice() {
+        [one] => service.plugin(one).await,
+        [] => Err(invalid(format!("no stored plugin matches {reference:?} (see `cashbackd plugin list`)"))),
+        many => Err(invalid(format!("{reference:?} is ambiguous: {}", many.join(", ")))),
+    }
+}
+
+/// What an activation, rollback or shadow change did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Activation {
+    /// `merchant` or `network`.
+    pub target_kind: String,
+    /// The merchant or network.
+    pub target_id: String,
+    /// Place in the chain.
+    pub position: i64,
+    /// `activate`, `rollback`, `shadow` or `unshadow`.
+    pub action: String,
+    /// The plugin.
+    pub plugin_name: String,
+    /// The version now in place.
+    pub digest: String,
+    /// The version it replaced.
+    pub previous_digest: Option<String>,
+    /// Who.
+    pub actor: String,
+    /// When.
+    pub at: i64,
+}
+
+/// Activates `plugin` for `target`, keeping the configuration of the version it replaces
+/// unless `config` is given. Takes effect for the next conversion on every replica.
+pub async fn activate(
+    service: &Service,
+    target: &Target,
+    plugin: &LoadedPlugin,
+    config: Option<serde_json::Value>,
+    actor: &str,
+) -> Result<Activation, ServiceError> {
+    let (position, previous, same_name) = place(service, target, plugin).await?;
+    let config = inherited(config, &previous, same_name);
+    plugin.manifest.validate_config(&config).map_err(|e| invalid(format!("{}: {e}", plugin.label())))?;
+    write_activation(service, target, position, "activate", plugin, &config.to_string(), previous, actor).await
+}
+
+/// The configuration for a version taking a place: the one given, else the replaced
+/// version's when it is another version of the same plugin (a different plugin's
+/// configuration means nothing to it), else `{}`.
+fn inherited(given: Option<serde_json::Value>, replaced: &Option<(String, String)>, same_name: bool) -> serde_json::Value {
+    match (given, replaced) {
+        (Some(c), _) => c,
+        (None, Some((_, c))) if same_name => serde_json::from_str(c).unwrap_or(serde_json::json!({})),
+        _ => serde_json::json!({}),
+    }
+}
+
+/// Puts back what the last activation of `target` (at `position` for a merchant)
+/// replaced, with its configuration.
+pub async fn rollback(service: &Service, target: &Target, actor: &str) -> Result<Activation, ServiceError> {
+    let position = match target {
+        Target::Merchant { position, .. } => position.map(|p| p as i64),
+        Target::Network { .. } => Some(0),
+    };
+    let last = sqlx::query(
+        "SELECT position, previous_digest, previous_config, digest FROM plugin_activations \
+         WHERE target_kind = $1 AND target_id = $2 AND ($3 IS NULL OR position = $3) \
+         AND action IN ('activate', 'rollback') ORDER BY id DESC LIMIT 1",
+    )
+    .bind(target.kind())
+    .bind(target.id())
+    .bind(position)
+    .fetch_optional(&service.db().pool)
+    .await?
+    .ok_or_else(|| invalid(format!("{} {} has no activation to roll back", target.kind(), target.id())))?;
+    let position: i64 = last.try_get(0)?;
+    let previous: Option<String> = last.try_get(1)?;
+    let previous_config: Option<String> = last.try_get(2)?;
+    let current: String = last.try_get(3)?;
+    let previous = previous.ok_or_else(|| {
+        invalid(format!(
+            "the last activation of {} {} (position {position}) replaced nothing: nothing to roll back to",
+            target.kind(),
+            target.id()
+        ))
+    })?;
+    let plugin = service.plugin(&previous).await?;
+    let current_config = current_config(service, target, position).await?;
+    let config = previous_config.unwrap_or_else(|| "{}".into());
+    write_activation(
+        service,
+        target,
+        position,
+        "rollback",
+        &plugin,
+        &config,
+        Some((current, current_config.unwrap_or_else(|| "{}".into()))),
+        actor,
+    )
+    .await
+}
+
+async fn current_config(service: &Service, target: &Target, position: i64) -> Result<Option<String>, ServiceError> {
+    Ok(match target {
+        Target::Merchant { id, .. } => {
+            sqlx::query_scalar("SELECT config FROM merchant_rules WHERE merchant_id = $1 AND position = $2")
+                .bind(id)
+                .bind(position)
+                .fetch_optional(&service.db().pool)
+                .await?
+        }
+        Target::Network { id } => sqlx::query_scalar("SELECT adapter_config FROM networks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&service.db().pool)
+            .await?
+            .flatten(),
+    })
+}
+
+/// Where `plugin` goes for `target`, and the (digest, config) it replaces.
+async fn place(
+    service: &Service,
+    target: &Target,
+    plugin: &LoadedPlugin,
+) -> Result<(i64, Option<(String, String)>, bool), ServiceError> {
+    let pool = &service.db().pool;
+    match target {
+        Target::Merchant { id, position } => {
+            if plugin.kind() != PluginKind::MerchantRules {
+                return Err(invalid(format!("{} is a {}, not a rule plugin", plugin.label(), plugin.kind())));
+            }
+            let known: Option<String> = sqlx::query_scalar("SELECT id FROM merchants WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            if known.is_none() {
+                return Err(invalid(format!("no merchant {id:?}")));
+            }
+            let chain = sqlx::query(
+                "SELECT r.position, r.plugin_digest, r.config, p.name FROM merchant_rules r \
+                 JOIN plugins p ON p.digest = r.plugin_digest WHERE r.merchant_id = $1 ORDER BY r.position",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            let mut links = Vec::new();
+            for r in &chain {
+                links.push((
+                    r.try_get::<i64, _>(0)?,
+                    r.try_get::<String, _>(1)?,
+                    r.try_get::<String, _>(2)?,
+                    r.try_get::<String, _>(3)?,
+                ));
+            }
+            let position = match position {
+                Some(p) if *p as i64 > links.len() as i64 => {
+                    return Err(invalid(format!(
+                        "position {p} is past the end of merchant {id}'s chain of {} plugins",
+                        links.len()
+                    )));
+                }
+                Some(p) => *p as i64,
+                None => links
+                    .iter()
+                    .find(|l| l.3 == plugin.manifest.name)
+                    .map_or(links.iter().map(|l| l.0 + 1).max().unwrap_or(0), |l| l.0),
+            };
+            let previous = links.into_iter().find(|l| l.0 == position);
+            let same_name = previous.as_ref().is_some_and(|l| l.3 == plugin.manifest.name);
+            Ok((position, previous.map(|l| (l.1, l.2)), same_name))
+        }
+        Target::Network { id } => {
+            if plugin.kind() != PluginKind::NetworkAdapter {
+                return Err(invalid(format!("{} is a {}, not a network adapter", plugin.label(), plugin.kind())));
+            }
+            let row = sqlx::query("SELECT adapter_digest, adapter_config FROM networks WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| invalid(format!("no network {id:?}")))?;
+            let digest: Option<String> = row.try_get(0)?;
+            let config: Option<String> = row.try_get(1)?;
+            let same_name = match &digest {
+                Some(d) => {
+                    let name: Option<String> = sqlx::query_scalar("SELECT name FROM plugins WHERE digest = $1")
+                        .bind(d)
+                        .fetch_optional(pool)
+                        .await?;
+                    name.as_deref() == Some(plugin.manifest.name.as_str())
+                }
+                None => false,
+            };
+            Ok((0, digest.map(|d| (d, config.unwrap_or_else(|| "{}".into()))), same_name))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_activation(
+    service: &Service,
+    target: &Target,
+    position: i64,
+    action: &str,
+    plugin: &LoadedPlugin,
+    config: &str,
+    previous: Option<(String, String)>,
+    actor: &str,
+) -> Result<Activation, ServiceError> {
+    let at = service.now();
+    let digest = plugin.digest.to_string();
+    let mut tx = service.db().pool.begin().await?;
+    match target {
+        Target::Merchant { id, .. } => {
+            // An upsert, so that evaluations never see the chain without this place.
+            sqlx::query(
+                "INSERT INTO merchant_rules (merchant_id, position, plugin_digest, config) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (merchant_id, position) DO UPDATE SET plugin_digest = excluded.plugin_digest, \
+                 config = excluded.config",
+            )
+            .bind(id)
+            .bind(position)
+            .bind(&digest)
+            .bind(config)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Target::Network { id } => {
+            sqlx::query("UPDATE networks SET adapter_digest = $2, adapter_config = $3 WHERE id = $1")
+                .bind(id)
+                .bind(&digest)
+                .bind(config)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let (previous_digest, previous_config) = previous.unzip();
+    sqlx::query(
+        "INSERT INTO plugin_activations (target_kind, target_id, position, action, plugin_name, digest, \
+         previous_digest, config, previous_config, actor, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(target.kind())
+    .bind(target.id())
+    .bind(position)
+    .bind(action)
+    .bind(&plugin.manifest.name)
+    .bind(&digest)
+    .bind(&previous_digest)
+    .bind(config)
+    .bind(&previous_config)
+    .bind(actor)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(target = %format!("{}:{}", target.kind(), target.id()), position, action, plugin = %plugin.label(), actor, "plugin activation");
+    Ok(Activation {
+        target_kind: target.kind().into(),
+        target_id: target.id().into(),
+        position,
+        action: action.into(),
+        plugin_name: plugin.manifest.name.clone(),
+        digest,
+        previous_digest,
+        actor: actor.into(),
+        at,
+    })
+}
+
+/// The activation log of a merchant or network, newest first.
+pub async fn activations(service: &Service, target: &Target, limit: i64) -> Result<Vec<Activation>, ServiceError> {
+    let rows = sqlx::query(
+        "SELECT target_kind, target_id, position, action, plugin_name, digest, previous_digest, actor, at \
+         FROM plugin_activations WHERE target_kind = $1 AND target_id = $2 ORDER BY id DESC LIMIT $3",
+    )
+    .bind(target.kind())
+    .bind(target.id())
+    .bind(limit)
+    .fetch_all(&service.db().pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Activation {
+                target_kind: r.try_get(0)?,
+                target_id: r.try_get(1)?,
+                position: r.try_get(2)?,
+                action: r.try_get(3)?,
+                plugin_name: r.try_get(4)?,
+                digest: r.try_get(5)?,
+                previous_digest: r.try_get(6)?,
+                actor: r.try_get(7)?,
+                at: r.try_get(8)?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes a stored version that nothing uses: not active, not in shadow, and not pinned
+/// by any ledger posting (those stay, so that every figure can be explained and
+/// backtested).
+pub async fn delete(service: &Service, plugin: &LoadedPlugin) -> Result<(), ServiceError> {
+    let digest = plugin.digest.to_string();
+    let v = versions(service, Some(&plugin.manifest.name)).await?;
+    if let Some(v) = v.iter().find(|v| v.digest == digest)
+        && !(v.active.is_empty() && v.shadow.is_empty())
+    {
+        return Err(invalid(format!(
+            "{} is in use ({}): activate another version first",
+            plugin.label(),
+            v.active.iter().chain(&v.shadow).cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let pinned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_transactions WHERE plugin_digest LIKE $1")
+        .bind(format!("%{digest}%"))
+        .fetch_one(&service.db().pool)
+        .await?;
+    if pinned > 0 {
+        return Err(invalid(format!(
+            "{} computed {pinned} ledger postings: it is kept so that they can be explained and backtested",
+            plugin.label()
+        )));
+    }
+    sqlx::query("DELETE FROM plugins WHERE digest = $1").bind(&digest).execute(&service.db().pool).await?;
+    Ok(())
+}
+
+/// Runs `plugin` in shadow for `merchant`: beside the active chain on every live
+/// conversion, in place of the plugin at `position` (default: the plugin of the same
+/// name, or appended). Its decisions are recorded, never posted.
+pub async fn set_shadow(
+    service: &Service,
+    merchant: &str,
+    plugin: &LoadedPlugin,
+    config: Option<serde_json::Value>,
+    position: Option<usize>,
+    actor: &str,
+) -> Result<Activation, ServiceError> {
+    let target = Target::Merchant { id: merchant.into(), position };
+    let (position, replaced, same_name) = place(service, &target, plugin).await?;
+    let config = inherited(config, &replaced, same_name);
+    plugin.manifest.validate_config(&config).map_err(|e| invalid(format!("{}: {e}", plugin.label())))?;
+    let at = service.now();
+    let digest = plugin.digest.to_string();
+    let mut tx = service.db().pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO merchant_shadow (merchant_id, position, plugin_digest, config, since) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (merchant_id) DO UPDATE SET position = excluded.position, plugin_digest = excluded.plugin_digest, \
+         config = excluded.config, since = excluded.since",
+    )
+    .bind(merchant)
+    .bind(position)
+    .bind(&digest)
+    .bind(config.to_string())
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO plugin_activations (target_kind, target_id, position, action, plugin_name, digest, \
+         previous_digest, config, previous_config, actor, at) VALUES ('merchant', $1, $2, 'shadow', $3, $4, $5, $6, NULL, $7, $8)",
+    )
+    .bind(merchant)
+    .bind(position)
+    .bind(&plugin.manifest.name)
+    .bind(&digest)
+    .bind(replaced.map(|r| r.0))
+    .bind(config.to_string())
+    .bind(actor)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Activation {
+        target_kind: "merchant".into(),
+        target_id: merchant.into(),
+        position,
+        action: "shadow".into(),
+        plugin_name: plugin.manifest.name.clone(),
+        digest,
+        previous_digest: None,
+        actor: actor.into(),
+        at,
+    })
+}
+
+/// Stops the shadow candidate of `merchant` (its recorded decisions stay).
+pub async fn clear_shadow(service: &Service, merchant: &str) -> Result<bool, ServiceError> {
+    let done = sqlx::query("DELETE FROM merchant_shadow WHERE merchant_id = $1")
+        .bind(merchant)
+        .execute(&service.db().pool)
+        .await?
+        .rows_affected();
+    Ok(done > 0)
+}
+
+/// The candidate chain for a live evaluation: `chain` with the shadow version in its
+/// place, or `None` when the merchant has no candidate.
+pub(crate) async fn shadow_chain(
+    service: &Service,
+    merchant: &str,
+    chain: &[Link],
+) -> Result<Option<(String, Vec<Link>)>, ServiceError> {
+    let row = sqlx::query("SELECT position, plugin_digest, config FROM merchant_shadow WHERE merchant_id = $1")
+        .bind(merchant)
+        .fetch_optional(&service.db().pool)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let position: i64 = row.try_get(0)?;
+    let digest: String = row.try_get(1)?;
+    let link = Link { plugin: service.plugin(&digest).await?, config: row.try_get(2)? };
+    Ok(Some((digest, substitute(chain, position as usize, link))))
+}
+
+fn substitute(chain: &[Link], position: usize, link: Link) -> Vec<Link> {
+    let mut out = chain.to_vec();
+    if position < out.len() {
+        out[position] = link;
+    } else {
+        out.push(link);
+    }
+    out
+}
+
+/// Records the candidate's decision next to the live one.
+pub(crate) async fn record_shadow(
+    service: &Service,
+    merchant: &str,
+    inputs: &RuleInputs,
+    live_refs: &PluginRefs,
+    live: &Result<latest::RuleDecision, String>,
+    candidate: &str,
+    outcome: &Result<latest::RuleDecision, String>,
+) -> Result<(), sqlx::Error> {
+    let total = |r: &Result<latest::RuleDecision, String>| r.as_ref().ok().map(|d| d.total.minor);
+    let error = |r: &Result<latest::RuleDecision, String>| r.as_ref().err().cloned();
+    sqlx::query(
+        "INSERT INTO shadow_decisions (merchant_id, conversion_id, candidate_digest, active_digests, currency, \
+         active_cashback, shadow_cashback, active_error, shadow_error, shadow_decision, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (conversion_id, candidate_digest) DO UPDATE SET active_digests = excluded.active_digests, \
+         active_cashback = excluded.active_cashback, shadow_cashback = excluded.shadow_cashback, \
+         active_error = excluded.active_error, shadow_error = excluded.shadow_error, \
+         shadow_decision = excluded.shadow_decision, at = excluded.at",
+    )
+    .bind(merchant)
+    .bind(&inputs.order.conversion_id)
+    .bind(candidate)
+    .bind(&live_refs.digests)
+    .bind(&inputs.order.amount.currency)
+    .bind(total(live))
+    .bind(total(outcome))
+    .bind(error(live))
+    .bind(error(outcome))
+    .bind(outcome.as_ref().ok().and_then(|d| serde_json::to_string(d).ok()))
+    .bind(inputs.now)
+    .execute(&service.db().pool)
+    .await?;
+    Ok(())
+}
+
+/// One conversion where a candidate decides differently.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Difference {
+    /// The conversion.
+    pub conversion_id: String,
+    /// Currency of the amounts.
+    pub currency: String,
+    /// What the active chain decided (None: it failed).
+    pub active_cashback: Option<i64>,
+    /// What the candidate decided (None: it failed).
+    pub candidate_cashback: Option<i64>,
+    /// candidate − active, when both decided.
+    pub delta: Option<i64>,
+    /// The failure, if either failed.
+    pub error: Option<String>,
+}
+
+/// A comparison of a candidate with the active chain.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct Comparison {
+    /// The candidate.
+    pub candidate_digest: String,
+    /// Conversions compared.
+    pub compared: u64,
+    /// Where the two differ (amount, or one failed).
+    pub changed: u64,
+    /// Sum of the active chain's cashback over the compared conversions, per currency.
+    pub active_total: std::collections::BTreeMap<String, i64>,
+    /// Sum of the candidate's cashback, per currency.
+    pub candidate_total: std::collections::BTreeMap<String, i64>,
+    /// candidate − active, per currency.
+    pub delta: std::collections::BTreeMap<String, i64>,
+    /// The differences (the first `limit` of them, oldest first).
+    pub differences: Vec<Difference>,
+}
+
+impl Comparison {
+    fn add(&mut self, id: &str, currency: &str, active: Option<i64>, candidate: Option<i64>, error: Option<String>, limit: usize) {
+        self.compared += 1;
+        *self.active_total.entry(currency.into()).or_default() += active.unwrap_or(0);
+        *self.candidate_total.entry(currency.into()).or_default() += candidate.unwrap_or(0);
+        *self.delta.entry(currency.into()).or_default() += candidate.unwrap_or(0) - active.unwrap_or(0);
+        if active != candidate || error.is_some() {
+            self.changed += 1;
+            if self.differences.len() < limit {
+                self.differences.push(Difference {
+                    conversion_id: id.into(),
+                    currency: currency.into(),
+                    active_cashback: active,
+                    candidate_cashback: candidate,
+                    delta: active.zip(candidate).map(|(a, c)| c - a),
+                    error,
+                });
+            }
+        }
+    }
+}
+
+/// What the merchant's shadow candidate (or `candidate`) decided differently from the
+/// active chain on live conversions.
+pub async fn shadow_report(
+    service: &Service,
+    merchant: &str,
+    candidate: Option<&str>,
+    limit: usize,
+) -> Result<Comparison, ServiceError> {
+    let candidate = match candidate {
+        Some(c) => c.to_string(),
+        None => sqlx::query_scalar("SELECT plugin_digest FROM merchant_shadow WHERE merchant_id = $1")
+            .bind(merchant)
+            .fetch_optional(&service.db().pool)
+            .await?
+            .ok_or_else(|| invalid(format!("merchant {merchant} has no shadow candidate")))?,
+    };
+    let rows = sqlx::query(
+        "SELECT conversion_id, currency, active_cashback, shadow_cashback, active_error, shadow_error \
+         FROM shadow_decisions WHERE merchant_id = $1 AND candidate_digest = $2 ORDER BY at, conversion_id",
+    )
+    .bind(merchant)
+    .bind(&candidate)
+    .fetch_all(&service.db().pool)
+    .await?;
+    let mut c = Comparison { candidate_digest: candidate, ..Comparison::default() };
+    for r in &rows {
+        let (a_err, s_err): (Option<String>, Option<String>) = (r.try_get(4)?, r.try_get(5)?);
+        let error = s_err.map(|e| format!("candidate: {e}")).or(a_err.map(|e| format!("active: {e}")));
+        c.add(&r.try_get::<String, _>(0)?, &r.try_get::<String, _>(1)?, r.try_get(2)?, r.try_get(3)?, error, limit);
+    }
+    Ok(c)
+}
+
+/// Evaluates `plugin` (in place of the plugin at `position`, by default the one of the
+/// same name) over `merchant`'s conversions whose rules ran in `[from, to)`, with the
+/// exact inputs each decision recorded, and compares with what was decided. Nothing is
+/// written.
+#[allow(clippy::too_many_arguments)]
+pub async fn backtest(
+    service: &Service,
+    merchant: &str,
+    plugin: &Arc<LoadedPlugin>,
+    config: Option<serde_json::Value>,
+    position: Option<usize>,
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> Result<Comparison, ServiceError> {
+    let target = Target::Merchant { id: merchant.into(), position };
+    let (position, replaced, same_name) = place(service, &target, plugin).await?;
+    let config = inherited(config, &replaced, same_name);
+    plugin.manifest.validate_config(&config).map_err(|e| invalid(format!("{}: {e}", plugin.label())))?;
+    let rows = sqlx::query(
+        "SELECT id, currency, cashback, decision, status FROM conversions WHERE merchant_id = $1 \
+         AND rule_at >= $2 AND rule_at < $3 AND decision IS NOT NULL ORDER BY rule_at, id",
+    )
+    .bind(merchant)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&service.db().pool)
+    .await?;
+    // Each conversion is replayed on the chain that decided it (its pinned digests and
+    // the configs now stored for them), with the candidate in its place.
+    let chain_rows = sqlx::query("SELECT plugin_digest, config FROM merchant_rules WHERE merchant_id = $1 ORDER BY position")
+        .bind(merchant)
+        .fetch_all(&service.db().pool)
+        .await?;
+    let mut configs = std::collections::HashMap::new();
+    // Versions no longer active keep the configuration they last had here.
+    for r in sqlx::query(
+        "SELECT digest, config FROM plugin_activations WHERE target_kind = 'merchant' AND target_id = $1 \
+         AND action IN ('activate', 'rollback') ORDER BY id",
+    )
+    .bind(merchant)
+    .fetch_all(&service.db().pool)
+    .await?
+    {
+        configs.insert(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?);
+    }
+    for r in &chain_rows {
+        configs.insert(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?);
+    }
+    let candidate = Link { plugin: plugin.clone(), config: config.to_string() };
+    let mut jobs = Vec::new();
+    let mut skipped = 0u64;
+    for r in &rows {
+        let id: String = r.try_get(0)?;
+        let decision: String = r.try_get(3)?;
+        let status: String = r.try_get(4)?;
+        let json: serde_json::Value = serde_json::from_str(&decision).unwrap_or_default();
+        let inputs: Option<RuleInputs> = serde_json::from_value(json["inputs"].clone()).ok();
+        let digests = json["plugins"]["digests"].as_str().unwrap_or_default().to_string();
+        let Some(inputs) = inputs else {
+            skipped += 1;
+            continue;
+        };
+        let mut chain = Vec::new();
+        for d in digests.split(',').filter(|d| !d.is_empty()) {
+            let config = configs.get(d).cloned().unwrap_or_else(|| "{}".into());
+            chain.push(Link { plugin: service.plugin(d).await?, config });
+        }
+        let active = if Status::parse(&status) == Some(Status::Failed) { None } else { Some(r.try_get::<i64, _>(2)?) };
+        jobs.push((id, r.try_get::<String, _>(1)?, active, substitute(&chain, position as usize, candidate.clone()), inputs));
+    }
+    let runtime = service.runtime().clone();
+    let results = tokio::task::spawn_blocking(move || {
+        jobs.into_iter()
+            .map(|(id, currency, active, chain, inputs)| (id, currency, active, rules::run_chain(&runtime, &chain, &inputs)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| invalid(format!("backtest task failed: {e}")))?;
+    let mut c = Comparison { candidate_digest: plugin.digest.to_string(), ..Comparison::default() };
+    for (id, currency, active, outcome) in results {
+        let (candidate, error) = match outcome {
+            Ok(d) => (Some(d.total.minor), None),
+            Err(e) => (None, Some(format!("candidate: {e}"))),
+        };
+        c.add(&id, &currency, active, candidate, error, limit);
+    }
+    if skipped > 0 {
+        tracing::info!(merchant, skipped, "backtest skipped conversions decided before rule inputs were recorded");
+    }
+    Ok(c)
+}

@@ -1,0 +1,244 @@
+//! The plugin registry (issue 5): upload validation, activation and rollback, deletion,
+//! shadow mode, backtests, and hot swaps under a stream of conversions; on SQLite and
+//! PostgreSQL. `swap-rule` 1.0.0 credits 1 % of every line, 2.0.0 credits 2 %.
+
+use crate::backends;
+use crate::common::*;
+use crate::ledger::{T0, World, balance, event, sound, world};
+use cashbackd::conversions::{NewClick, conversion_id};
+use cashbackd::plugin::wit::latest::ConversionState::Pending;
+use cashbackd::registry::{self, Target};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn shop(position: Option<usize>) -> Target {
+    Target::Merchant { id: "shop".into(), position }
+}
+
+/// The world of the ledger tests with `swap-rule` 1.0.0 as the shop's only rule.
+async fn registry_world(db: cashbackd::db::Db) -> (World, String, String) {
+    let w = world(db).await;
+    let v1 = registry::upload(&w.service, &plugin_bytes(WASIP2, "swap_rule_v1")).await.expect("upload v1");
+    let v2 = registry::upload(&w.service, &plugin_bytes(WASIP2, "swap_rule_v2")).await.expect("upload v2");
+    assert_eq!((v1.name.as_str(), v1.version.as_str(), v1.fixtures_passed), ("swap-rule", "1.0.0", 1));
+    let p1 = registry::resolve(&w.service, "swap-rule@1.0.0").await.expect("resolve");
+    registry::activate(&w.service, &shop(Some(0)), &p1, None, "test").await.expect("activate v1");
+    (w, v1.digest, v2.digest)
+}
+
+/// The digests the ledger pinned for a conversion's postings.
+async fn pinned(w: &World, tx: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT plugin_digest FROM ledger_transactions WHERE conversion_id = $1 ORDER BY id")
+        .bind(conversion_id("net", tx))
+        .fetch_all(&w.service.db().pool)
+        .await
+        .expect("postings")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_validated_and_versions_activate_roll_back_and_delete_only_when_unused() {
+    for t in backends::all().await {
+        let (w, v1, v2) = registry_world(t.db.clone()).await;
+        let s = &w.service;
+
+        // Refusals, each with its reason.
+        let garbage = registry::upload(s, b"not a component").await.expect_err("garbage");
+        assert!(!garbage.to_string().is_empty(), "{garbage}");
+        let bare = registry::upload(s, &plugin_bytes(WASIP2, "hostile_rule")).await.expect_err("no fixtures");
+        assert!(bare.to_string().contains("embeds no fixtures"), "{}: {bare}", t.name);
+        registry::upload(s, &plugin_bytes(WASIP2, "flat_rate")).await.expect("flat-rate");
+        let twin = registry::upload(s, &plugin_bytes(UNKNOWN, "flat_rate")).await.expect_err("same version, new bytes");
+        assert!(twin.to_string().contains("needs a new version"), "{twin}");
+        let again = registry::upload(s, &plugin_bytes(WASIP2, "swap_rule_v1")).await.expect("same bytes again");
+        assert!(again.already_stored);
+        let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+        let wrong_kind = registry::activate(s, &shop(None), &adapter, None, "test").await.expect_err("kind");
+        assert!(wrong_kind.to_string().contains("not a rule plugin"), "{wrong_kind}");
+        let p2 = registry::resolve(s, "swap-rule@2.0.0").await.expect("v2");
+        let nobody = Target::Merchant { id: "nobody".into(), position: None };
+        assert!(registry::activate(s, &nobody, &p2, None, "test").await.is_err());
+        let ambiguous = registry::resolve(s, "flat-rate@0.1.0").await.map(|p| p.digest.to_string());
+        assert!(ambiguous.is_ok(), "one flat-rate 0.1.0 is stored: {ambiguous:?}");
+
+        // v1 is active: 1 %.
+        s.ingest(event("A", Pending, 10_000, 800)).await.expect("A");
+        assert_eq!(pinned(&w, "A").await, vec![v1.clone()]);
+        assert_eq!(balance(s, "u1", "pending").await, 100);
+
+        // Activate v2 by name: it takes the place of v1 (same name) and keeps its config.
+        let a = registry::activate(s, &shop(None), &p2, None, "test").await.expect("activate v2");
+        assert_eq!((a.position, a.previous_digest.as_deref()), (0, Some(v1.as_str())));
+        s.ingest(event("B", Pending, 10_000, 800)).await.expect("B");
+        assert_eq!(pinned(&w, "B").await, vec![v2.clone()]);
+        assert_eq!(balance(s, "u1", "pending").await, 100 + 200);
+
+        // Roll back: v1 again, for the next conversion.
+        let r = registry::rollback(s, &shop(None), "test").await.expect("rollback");
+        assert_eq!((r.digest.as_str(), r.previous_digest.as_deref()), (v1.as_str(), Some(v2.as_str())));
+        s.ingest(event("C", Pending, 10_000, 800)).await.expect("C");
+        assert_eq!(pinned(&w, "C").await, vec![v1.clone()]);
+        let history = registry::activations(s, &shop(None), 10).await.expect("history");
+        assert_eq!(history.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), ["rollback", "activate", "activate"]);
+
+        // Listing says where each version is used.
+        let versions = registry::versions(s, Some("swap-rule")).await.expect("versions");
+        let used = |d: &str| versions.iter().find(|v| v.digest == d).map(|v| v.active.clone()).unwrap_or_default();
+        assert_eq!(used(&v1), vec!["merchant:shop#0".to_string()]);
+        assert!(used(&v2).is_empty());
+
+        // Deletion: refused while active or pinned by a posting; an unused version goes.
+        let p1 = registry::resolve(s, &v1).await.expect("v1");
+        assert!(registry::delete(s, &p1).await.expect_err("active").to_string().contains("in use"));
+        assert!(registry::delete(s, &p2).await.expect_err("pinned").to_string().contains("ledger postings"));
+        let flat = registry::resolve(s, "flat-rate@0.1.0").await.expect("flat-rate");
+        // flat-rate is the world's original rule: pinned by nothing here, active nowhere now.
+        registry::delete(s, &flat).await.expect("unused version deleted");
+        assert!(registry::resolve(s, "flat-rate@0.1.0").await.is_err());
+        sound(s, t.name).await;
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_decisions_are_recorded_never_posted_and_a_backtest_replays_past_decisions_exactly() {
+    for t in backends::all().await {
+        let (w, v1, v2) = registry_world(t.db.clone()).await;
+        let s = &w.service;
+        let p2 = registry::resolve(s, &v2).await.expect("v2");
+        // Before the shadow: one conversion the shadow never sees (backtest does).
+        s.ingest(event("S0", Pending, 4_000, 300)).await.expect("S0");
+        w.clock.advance(60_000);
+        registry::set_shadow(s, "shop", &p2, None, None, "test").await.expect("shadow");
+        for (tx, amount) in [("S1", 10_000), ("S2", 5_000), ("S3", 3_333)] {
+            s.ingest(event(tx, Pending, amount, 100)).await.expect("ingest");
+        }
+        // Live: v1's 1 % only. 40 + 100 + 50 + 33.
+        assert_eq!(balance(s, "u1", "pending").await, 40 + 100 + 50 + 33, "{}", t.name);
+        let diff = registry::shadow_report(s, "shop", None, 10).await.expect("diff");
+        assert_eq!((diff.compared, diff.changed), (3, 3), "{diff:?}");
+        assert_eq!(diff.active_total.get("EUR"), Some(&(100 + 50 + 33)));
+        assert_eq!(diff.candidate_total.get("EUR"), Some(&(200 + 100 + 66)));
+        assert_eq!(diff.delta.get("EUR"), Some(&(100 + 50 + 33)));
+        let s3 = diff.differences.iter().find(|d| d.conversion_id == conversion_id("net", "S3")).expect("S3");
+        assert_eq!((s3.active_cashback, s3.candidate_cashback, s3.delta), (Some(33), Some(66), Some(33)));
+        // The candidate's decisions never reached the ledger.
+        let v2_postings: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_transactions WHERE plugin_digest = $1")
+            .bind(&v2)
+            .fetch_one(&s.db().pool)
+            .await
+            .expect("count");
+        assert_eq!(v2_postings, 0);
+        assert!(registry::clear_shadow(s, "shop").await.expect("unshadow"));
+        s.ingest(event("S4", Pending, 1_000, 100)).await.expect("S4");
+        assert_eq!(registry::shadow_report(s, "shop", Some(&v2), 10).await.expect("diff").compared, 3);
+
+        // Backtest over everything: v2 doubles each; the active version changes nothing.
+        let all = registry::backtest(s, "shop", &p2, None, None, i64::MIN, i64::MAX, 100).await.expect("backtest");
+        assert_eq!((all.compared, all.changed), (5, 5), "{all:?}");
+        assert_eq!(all.active_total.get("EUR"), Some(&(40 + 100 + 50 + 33 + 10)));
+        assert_eq!(all.candidate_total.get("EUR"), Some(&(80 + 200 + 100 + 66 + 20)));
+        let p1 = registry::resolve(s, &v1).await.expect("v1");
+        let same = registry::backtest(s, "shop", &p1, None, None, i64::MIN, i64::MAX, 100).await.expect("same");
+        assert_eq!((same.compared, same.changed, same.delta.get("EUR")), (5, 0, Some(&0)), "exact: {same:?}");
+        // A window: only S0 ran its rules before the shadow started.
+        let early = registry::backtest(s, "shop", &p2, None, None, T0, T0 + 30_000, 100).await.expect("window");
+        assert_eq!((early.compared, early.delta.get("EUR")), (1, Some(&40)), "{early:?}");
+        // With a config override: v2 + 100 bps on S1 = 300.
+        let bonus = registry::backtest(s, "shop", &p2, Some(json!({"bonus_bps": 100})), None, T0 + 30_000, i64::MAX, 100)
+            .await
+            .expect("bonus");
+        let s1 = bonus.differences.iter().find(|d| d.conversion_id == conversion_id("net", "S1")).expect("S1");
+        assert_eq!(s1.candidate_cashback, Some(300));
+        // A backtest writes nothing.
+        assert_eq!(balance(s, "u1", "pending").await, 40 + 100 + 50 + 33 + 10);
+        sound(s, t.name).await;
+        t.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swaps_during_a_stream_of_conversions_evaluate_each_once_with_the_version_active_when_it_started() {
+    for t in backends::all().await {
+        let (w, v1, v2) = registry_world(t.db.clone()).await;
+        let s = w.service.clone();
+        for c in 0..8 {
+            s.register_click(NewClick {
+                click_id: format!("hc{c}"),
+                user_id: "u1".into(),
+                merchant_id: Some("shop".into()),
+                network_id: Some("net".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("click");
+        }
+        // activation j (1-based) installs digests[j]; digests[0] is v1, active at the start.
+        // `started` counts activations begun, `finished` those committed: a conversion that
+        // began when `finished` was a and ended when `started` was b may have seen any of
+        // digests[a..=b], and no other.
+        let digests: Vec<String> = (0..=30).map(|j| if j % 2 == 0 { v1.clone() } else { v2.clone() }).collect();
+        let started = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let swapper = {
+            let (s, started, finished, digests) = (s.clone(), started.clone(), finished.clone(), digests.clone());
+            tokio::spawn(async move {
+                for d in digests.iter().skip(1) {
+                    let plugin = registry::resolve(&s, d).await.expect("resolve");
+                    started.fetch_add(1, Ordering::SeqCst);
+                    registry::activate(&s, &shop(Some(0)), &plugin, None, "swapper").await.expect("swap");
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+                }
+            })
+        };
+        let mut streams = Vec::new();
+        for task in 0..8 {
+            let (s, started, finished) = (s.clone(), started.clone(), finished.clone());
+            streams.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for n in 0..25 {
+                    let tx = format!("H{task}-{n}");
+                    let mut e = event(&tx, Pending, 10_000 + n * 7, 500);
+                    e.click_id = Some(format!("hc{task}"));
+                    let a = finished.load(Ordering::SeqCst);
+                    s.ingest(e).await.expect("ingest during swaps");
+                    let b = started.load(Ordering::SeqCst);
+                    seen.push((tx, 10_000 + n * 7, a, b));
+                }
+                seen
+            }));
+        }
+        let mut conversions = Vec::new();
+        for st in streams {
+            conversions.extend(st.await.expect("stream"));
+        }
+        swapper.await.expect("swapper");
+        let mut used = std::collections::BTreeSet::new();
+        for (tx, amount, a, b) in &conversions {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT cause, plugin_digest FROM ledger_transactions WHERE conversion_id = $1 ORDER BY id",
+            )
+            .bind(conversion_id("net", tx))
+            .fetch_all(&s.db().pool)
+            .await
+            .expect("postings");
+            assert_eq!(rows.len(), 1, "{}: {tx} evaluated and posted exactly once: {rows:?}", t.name);
+            let digest = &rows[0].1;
+            assert!(digests[*a..=*b].contains(digest), "{tx}: {digest} was not active between swaps {a} and {b}");
+            let rate = if *digest == v1 { 100 } else { 200 };
+            let conversion = s.conversion(&conversion_id("net", tx)).await.expect("load").expect("row");
+            assert_eq!(conversion.cashback, amount * rate / 10_000, "{tx}: amount computed by the pinned version");
+            used.insert(digest.clone());
+        }
+        assert_eq!(conversions.len(), 200);
+        assert_eq!(used.len(), 2, "the stream saw both versions: {used:?}");
+        let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversions WHERE status <> 'processed'")
+            .fetch_one(&s.db().pool)
+            .await
+            .expect("count");
+        assert_eq!(failed, 0);
+        sound(&s, t.name).await;
+        t.cleanup().await;
+    }
+}
