@@ -10,6 +10,17 @@
 //! `--ack-log FILE`, every acknowledged key is appended to FILE as one line, written with
 //! a single unbuffered `write` after the service answered (that is, after the commit):
 //! a key in that file was acknowledged. The crash test (`tests/it/crash.rs`) relies on it.
+//!
+//! `--callbacks N` measures partner callbacks instead: N changes are put in the outbox
+//! for one GET endpoint (macros, a static parameter, an HMAC signature) pointing at a
+//! local sink answering 200, then delivered by the delivery worker's passes (claim with a
+//! lease, send concurrently, record every attempt), timed; in the same run, the same
+//! number of GET requests to the same sink by a bare reqwest loop with the same
+//! concurrency, timed. Rounds alternate the two; one JSON line per round and a summary.
+//!
+//! ```sh
+//! cashbackd-load --database-url sqlite:///tmp/cb.db --callbacks 5000 --concurrency 32 --rounds 3
+//! ```
 
 use anyhow::{Context, bail};
 use cashbackd::clock::SystemClock;
@@ -55,6 +66,12 @@ struct Args {
     /// The writes are spread over this many user ids.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     users: u32,
+    /// Measure callback deliveries instead: this many per round (see the module doc).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["writes", "seconds", "ack_log"])]
+    callbacks: Option<u64>,
+    /// Rounds of the callbacks benchmark (each: the bare loop, then the worker).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Plugin store of the (unused) plugin runtime the service needs.
     #[arg(long, env = "CASHBACKD_PLUGIN_STORE")]
     plugin_store: Option<PathBuf>,
@@ -120,6 +137,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(n) = args.callbacks {
+        return callbacks::run(&args, n).await;
+    }
     let seconds = args.seconds.unwrap_or(5.0);
     if !(seconds.is_finite() && seconds > 0.0) {
         bail!("--seconds must be a positive number");
@@ -270,4 +290,171 @@ fn redact_any(url: &str) -> String {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// The callbacks benchmark: the delivery worker vs a bare reqwest loop, same sink.
+mod callbacks {
+    use super::{Args, round3};
+    use anyhow::Context;
+    use cashbackd::callbacks::outbox::{Change, Snapshot, enqueue};
+    use cashbackd::callbacks::sign::Secret;
+    use cashbackd::callbacks::{self, Deliverer, DeliveryConfig, EndpointSpec};
+    use cashbackd::clock::{Clock, SystemClock};
+    use cashbackd::conversions::{State, Status};
+    use cashbackd::db::{Backend, Db};
+    use std::process::ExitCode;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    #[derive(Debug, serde::Serialize)]
+    struct Round {
+        mode: &'static str,
+        backend: &'static str,
+        round: u32,
+        deliveries: u64,
+        concurrency: u32,
+        worker_seconds: f64,
+        worker_per_sec: f64,
+        bare_seconds: f64,
+        bare_per_sec: f64,
+        ratio: f64,
+    }
+
+    async fn sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
+        let hits = Arc::new(AtomicU64::new(0));
+        let counted = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the sink")?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok((base, hits))
+    }
+
+    /// N changes of N conversions, each with its delivery to every endpoint.
+    async fn fill(db: &Db, round: u32, n: u64, now: i64) -> anyhow::Result<()> {
+        let mut i = 0;
+        while i < n {
+            let mut tx = db.pool.begin().await?;
+            let batch: Vec<Change> = (i..(i + 500).min(n))
+                .map(|k| Change {
+                    conversion_id: format!("cv_bench_{round}_{k}"),
+                    version: 1,
+                    journal_seq: None,
+                    at: now,
+                    snapshot: Snapshot {
+                        state: State::Pending,
+                        status: Status::Processed,
+                        network_id: "bench-net".into(),
+                        transaction_id: format!("T-{round}-{k}"),
+                        click_id: Some(format!("click-{k}")),
+                        user_id: Some(format!("user-{}", k % 100)),
+                        merchant_id: Some("bench-shop".into()),
+                        merchant_ref: Some("M-1".into()),
+                        order_id: Some(format!("order {k}")),
+                        event_type: "sale".into(),
+                        reason: None,
+                        currency: "EUR".into(),
+                        amount: 10_000 + k as i64,
+                        commission: 800,
+                        cashback: 500,
+                        reward_delay_days: Some(30),
+                        line_ids: vec!["L1".into()],
+                    },
+                })
+                .collect();
+            enqueue(&mut tx, &batch).await?;
+            tx.commit().await?;
+            i += 500;
+        }
+        Ok(())
+    }
+
+    pub async fn run(args: &Args, n: u64) -> anyhow::Result<ExitCode> {
+        let db = Db::connect(&args.database_url).await.context("opening the database")?;
+        let backend = match db.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        let (base, hits) = sink().await?;
+        let clock = Arc::new(SystemClock);
+        let now = clock.now();
+        callbacks::upsert_partner(&db, "bench", "Bench", now).await?;
+        let template = format!(
+            "{base}/pb?state=[%CASHBACK:STATE%]&cid={{click_id}}&tx={{transaction_id}}&pay={{payout}}&oid=[%CASHBACK:ORDER:ID%]&id={{delivery_id}}"
+        );
+        let mut spec = EndpointSpec::new("bench", "bench", &template);
+        spec.params.insert("source".into(), "cashbackd".into());
+        spec.secrets = vec![Secret::parse("bench-shared-secret-0123456789", false).map_err(anyhow::Error::msg)?];
+        callbacks::save_endpoint(&db, &spec, now).await?;
+        let concurrency = args.concurrency as usize;
+        let config = DeliveryConfig { allow_private: true, batch: 256, concurrency, ..DeliveryConfig::default() };
+        let deliverer = Deliverer::new(db.clone(), clock.clone(), config, format!("load-{}", std::process::id()))?;
+        let bare = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build()?;
+        let mut ratios = Vec::new();
+        for round in 0..args.rounds {
+            fill(&db, round, n, clock.now()).await?;
+            // The bare loop: the same number of GETs of the same shape, same concurrency.
+            let started = Instant::now();
+            let next = Arc::new(AtomicU64::new(0));
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..concurrency {
+                let (client, next, base) = (bare.clone(), next.clone(), base.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        if k >= n {
+                            return Ok::<(), reqwest::Error>(());
+                        }
+                        let url = format!(
+                            "{base}/pb?state=PENDING&cid=click-{k}&tx=T-{round}-{k}&pay=5.00&oid=order%20{k}&id=cbk_d{k}&source=cashbackd&signature=0"
+                        );
+                        let r = client.get(url).send().await?;
+                        let _ = r.bytes().await?;
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.context("a bare task panicked")??;
+            }
+            let bare_seconds = started.elapsed().as_secs_f64();
+            let before = hits.load(Ordering::Relaxed);
+            let started = Instant::now();
+            let summary = deliverer.run_due().await?;
+            let worker_seconds = started.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                summary.delivered as u64 == n && hits.load(Ordering::Relaxed) - before == n,
+                "round {round}: {} delivered, {} requests, of {n}",
+                summary.delivered,
+                hits.load(Ordering::Relaxed) - before
+            );
+            let worker_per_sec = n as f64 / worker_seconds.max(1e-9);
+            let bare_per_sec = n as f64 / bare_seconds.max(1e-9);
+            let ratio = worker_per_sec / bare_per_sec;
+            ratios.push(ratio);
+            let line = Round {
+                mode: "callbacks",
+                backend,
+                round,
+                deliveries: n,
+                concurrency: args.concurrency,
+                worker_seconds: round3(worker_seconds),
+                worker_per_sec: round3(worker_per_sec),
+                bare_seconds: round3(bare_seconds),
+                bare_per_sec: round3(bare_per_sec),
+                ratio: round3(ratio),
+            };
+            println!("{}", serde_json::to_string(&line)?);
+        }
+        ratios.sort_by(f64::total_cmp);
+        eprintln!("median ratio (worker / bare reqwest): {:.3}", ratios[ratios.len() / 2]);
+        db.pool.close().await;
+        Ok(ExitCode::SUCCESS)
+    }
 }
