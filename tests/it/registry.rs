@@ -145,9 +145,10 @@ async fn shadow_decisions_are_recorded_never_posted_and_a_backtest_replays_past_
         let early = registry::backtest(s, "shop", &p2, None, None, T0, T0 + 30_000, 100).await.expect("window");
         assert_eq!((early.compared, early.delta.get("EUR")), (1, Some(&40)), "{early:?}");
         // With a config override: v2 + 100 bps on S1 = 300.
-        let bonus = registry::backtest(s, "shop", &p2, Some(json!({"bonus_bps": 100})), None, T0 + 30_000, i64::MAX, 100)
-            .await
-            .expect("bonus");
+        let bonus =
+            registry::backtest(s, "shop", &p2, Some(json!({"bonus_bps": 100})), None, T0 + 30_000, i64::MAX, 100)
+                .await
+                .expect("bonus");
         let s1 = bonus.differences.iter().find(|d| d.conversion_id == conversion_id("net", "S1")).expect("S1");
         assert_eq!(s1.candidate_cashback, Some(300));
         // A backtest writes nothing.
@@ -241,4 +242,162 @@ async fn hot_swaps_during_a_stream_of_conversions_evaluate_each_once_with_the_ve
         sound(&s, t.name).await;
         t.cleanup().await;
     }
+}
+
+/// A `cashbackd serve` process, killed when dropped.
+struct Replica {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replica(url: &str, store: &std::path::Path) -> Replica {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cashbackd"))
+        .args(["--database-url", url, "--plugin-store"])
+        .arg(store)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CASHBACKD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start cashbackd serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines.next().expect("cashbackd exited before listening").expect("read stdout");
+        if let Some(url) = line.strip_prefix("cashbackd listening on ") {
+            break url.trim().to_string();
+        }
+    };
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Replica { child, base }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_one_postgresql_switch_to_an_activated_version_at_once() {
+    let Some(t) = backends::postgres().await else { return };
+    let (w, v1, v2) = registry_world(t.db.clone()).await;
+    let s = &w.service;
+    let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let network = cashbackd::ingest::Network {
+        id: "net".into(),
+        name: "Net".into(),
+        adapter_digest: Some(adapter.digest.to_string()),
+        adapter_config: json!({"params": {"transaction_id": "tid", "click_id": "clickref", "amount": "sale",
+                                          "commission": "comm", "state": "status"},
+                               "states": {"pending": "PENDING"}, "default_currency": "EUR"}),
+        auth: cashbackd::ingest::InboundAuth::Token("replica-token".into()),
+    };
+    cashbackd::ingest::upsert_network(s.db(), &network, s.now()).await.expect("network");
+    let admin = cashbackd::auth::create_token(s.db(), "ops", cashbackd::auth::Scope::Admin, s.now(), None)
+        .await
+        .expect("token");
+    let store = tempfile::tempdir().expect("store");
+    let replicas: Vec<Replica> = (0..3).map(|_| replica(t.url(), store.path())).collect();
+    let http = reqwest::Client::new();
+    let postback = |r: &Replica, tx: &str| {
+        let url = format!(
+            "{}/postback/net?tid={tx}&clickref=c1&sale=100.00&comm=8.00&status=pending&token=replica-token",
+            r.base
+        );
+        let http = http.clone();
+        async move {
+            let response = http.get(url).send().await.expect("postback");
+            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+        }
+    };
+    // Every replica has evaluated with v1 (and compiled it) before the switch.
+    for (i, r) in replicas.iter().enumerate() {
+        postback(r, &format!("before-{i}")).await;
+        assert_eq!(pinned(&w, &format!("before-{i}")).await, vec![v1.clone()]);
+    }
+    let activated = std::time::Instant::now();
+    let response = http
+        .post(format!("{}/api/v1/merchants/shop/rules/activate", replicas[0].base))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(json!({"plugin": "swap-rule@2.0.0"}).to_string())
+        .send()
+        .await
+        .expect("activate");
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    // The other two replicas: the very next conversion each receives uses v2, well within
+    // the one second the issue allows.
+    for (i, r) in replicas.iter().enumerate().skip(1) {
+        postback(r, &format!("after-{i}")).await;
+        assert_eq!(pinned(&w, &format!("after-{i}")).await, vec![v2.clone()], "replica {i}");
+    }
+    let elapsed = activated.elapsed();
+    eprintln!("activation through replica 0 to v2 credits on replicas 1 and 2: {elapsed:?}");
+    assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
+    drop(replicas);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_api_needs_the_right_scope_and_answers_refusals_with_reasons() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use cashbackd::auth::{self, Scope};
+    use tower::ServiceExt;
+    let t = backends::sqlite().await;
+    let (w, _v1, v2) = registry_world(t.db.clone()).await;
+    let s = &w.service;
+    let app = cashbackd::http::router(cashbackd::http::AppState { service: s.clone(), runtime: runtime().clone() });
+    let read = auth::create_token(s.db(), "viewer", Scope::Read, s.now(), None).await.expect("token");
+    let admin = auth::create_token(s.db(), "ops", Scope::Admin, s.now(), None).await.expect("token");
+    let call = |method: &str, uri: &str, token: Option<&str>, body: Body| {
+        let mut r = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        let (app, request) = (app.clone(), r.body(body).expect("request"));
+        async move {
+            let response = app.oneshot(request).await.expect("response");
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    let activate = json!({"plugin": "swap-rule@2.0.0"}).to_string();
+    assert_eq!(call("GET", "/api/v1/plugins", None, Body::empty()).await.0, StatusCode::UNAUTHORIZED);
+    let (status, body) = call("GET", "/api/v1/plugins?name=swap-rule", Some(&read), Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("merchant:shop#0") && body.contains(&v2), "{body}");
+    let uri = "/api/v1/merchants/shop/rules/activate";
+    assert_eq!(call("POST", uri, Some(&read), Body::from(activate.clone())).await.0, StatusCode::FORBIDDEN);
+    let (status, body) = call("POST", uri, Some(&admin), Body::from(activate)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(&v2), "{body}");
+    let (status, body) =
+        call("POST", uri, Some(&admin), Body::from(json!({"plugin": "nothing@9.9.9"}).to_string())).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("no stored plugin matches"), "{body}");
+    let (status, body) = call("POST", "/api/v1/plugins", Some(&admin), Body::from("garbage")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = call("POST", "/api/v1/merchants/shop/rules/rollback", Some(&admin), Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    s.ingest(event("R1", Pending, 10_000, 800)).await.expect("ingest");
+    let backtest = json!({"plugin": "swap-rule@2.0.0", "from": "2025-12-31T00:00:00Z"}).to_string();
+    let (status, body) = call("POST", "/api/v1/merchants/shop/backtest", Some(&read), Body::from(backtest)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let c: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!((c["compared"].as_u64(), c["delta"]["EUR"].as_i64()), (Some(1), Some(100)), "{body}");
+    let shadow = json!({"plugin": "swap-rule@2.0.0"}).to_string();
+    let (status, body) = call("PUT", "/api/v1/merchants/shop/shadow", Some(&admin), Body::from(shadow)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    s.ingest(event("R2", Pending, 5_000, 800)).await.expect("ingest");
+    let (status, body) = call("GET", "/api/v1/merchants/shop/shadow", Some(&read), Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!((d["changed"].as_u64(), d["delta"]["EUR"].as_i64()), (Some(1), Some(50)), "{body}");
+    t.cleanup().await;
 }

@@ -62,7 +62,11 @@ async fn list(
 }
 
 /// `POST /api/v1/plugins` with the component as the body: validate and store.
-async fn upload(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn upload(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty_body", "the request body must be the component (.wasm)"));
@@ -93,7 +97,12 @@ struct ActivateBody {
     config: Option<Value>,
 }
 
-async fn activate(st: &AppState, headers: &HeaderMap, target: Target, body: ActivateBody) -> Result<Json<Value>, ApiError> {
+async fn activate(
+    st: &AppState,
+    headers: &HeaderMap,
+    target: Target,
+    body: ActivateBody,
+) -> Result<Json<Value>, ApiError> {
     require(st, headers, Scope::Admin).await?;
     let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(refused)?;
     let a = registry::activate(&st.service, &target, &plugin, body.config, &actor(headers)).await.map_err(refused)?;
@@ -132,10 +141,16 @@ async fn rollback_merchant(
     State(st): State<AppState>,
     Path(merchant): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<RollbackBody>>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
-    let position = body.map(|b| b.0).unwrap_or_default().position;
+    // The body is optional: empty means the last activated place.
+    let body: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("bad_body", format!("rollback body: {e}")))?
+    };
+    let position = body.position;
     let target = Target::Merchant { id: merchant, position };
     Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(refused)?)))
 }
@@ -239,9 +254,9 @@ fn when(field: &str, v: Option<Value>) -> Result<Option<i64>, ApiError> {
         Some(Value::Number(n)) => {
             n.as_i64().map(Some).ok_or_else(|| ApiError::bad_request("bad_time", format!("{field}: not an integer")))
         }
-        Some(Value::String(s)) => crate::cli::parse_instant(field, &s)
-            .map(Some)
-            .map_err(|e| ApiError::bad_request("bad_time", e.to_string())),
+        Some(Value::String(s)) => {
+            crate::cli::parse_instant(field, &s).map(Some).map_err(|e| ApiError::bad_request("bad_time", e.to_string()))
+        }
         Some(_) => Err(ApiError::bad_request("bad_time", format!("{field}: milliseconds or RFC 3339 text"))),
     }
 }
