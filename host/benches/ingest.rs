@@ -237,8 +237,8 @@ async fn postback_round(
 ) -> anyhow::Result<(Load, Load)> {
     let bare_app = Router::new().route("/postback/{network}", get(|| async { StatusCode::OK }));
     let (bare, stop) = serve(bare_app).await?;
-    let bare_load = drive(move |w, n| format!("{bare}/postback/demo-net?tid=B-{w}-{n}"), s.concurrency, s.seconds)
-        .await?;
+    let bare_load =
+        drive(move |w, n| format!("{bare}/postback/demo-net?tid=B-{w}-{n}"), s.concurrency, s.seconds).await?;
     let _ = stop.send(());
 
     let fresh = Fresh::new(s, backend, &format!("postback{round}")).await?;
@@ -478,7 +478,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load = |s: &str| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ");

@@ -96,7 +96,9 @@ pub async fn upload(service: &Service, bytes: &[u8]) -> Result<Uploaded, Service
         )));
     }
     let cases = match plugin.fixtures.as_deref() {
-        Some(json) => fixtures::parse(json).map_err(|e| invalid(format!("{}: embedded fixtures: {e}", plugin.label())))?,
+        Some(json) => {
+            fixtures::parse(json).map_err(|e| invalid(format!("{}: embedded fixtures: {e}", plugin.label())))?
+        }
         None => Vec::new(),
     };
     if cases.is_empty() {
@@ -261,7 +263,11 @@ pub async fn activate(
 /// The configuration for a version taking a place: the one given, else the replaced
 /// version's when it is another version of the same plugin (a different plugin's
 /// configuration means nothing to it), else `{}`.
-fn inherited(given: Option<serde_json::Value>, replaced: &Option<(String, String)>, same_name: bool) -> serde_json::Value {
+fn inherited(
+    given: Option<serde_json::Value>,
+    replaced: &Option<(String, String)>,
+    same_name: bool,
+) -> serde_json::Value {
     match (given, replaced) {
         (Some(c), _) => c,
         (None, Some((_, c))) if same_name => serde_json::from_str(c).unwrap_or(serde_json::json!({})),
@@ -343,10 +349,8 @@ async fn place(
             if plugin.kind() != PluginKind::MerchantRules {
                 return Err(invalid(format!("{} is a {}, not a rule plugin", plugin.label(), plugin.kind())));
             }
-            let known: Option<String> = sqlx::query_scalar("SELECT id FROM merchants WHERE id = $1")
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
+            let known: Option<String> =
+                sqlx::query_scalar("SELECT id FROM merchants WHERE id = $1").bind(id).fetch_optional(pool).await?;
             if known.is_none() {
                 return Err(invalid(format!("no merchant {id:?}")));
             }
@@ -707,7 +711,15 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    fn add(&mut self, id: &str, currency: &str, active: Option<i64>, candidate: Option<i64>, error: Option<String>, limit: usize) {
+    fn add(
+        &mut self,
+        id: &str,
+        currency: &str,
+        active: Option<i64>,
+        candidate: Option<i64>,
+        error: Option<String>,
+        limit: usize,
+    ) {
         self.compared += 1;
         *self.active_total.entry(currency.into()).or_default() += active.unwrap_or(0);
         *self.candidate_total.entry(currency.into()).or_default() += candidate.unwrap_or(0);
@@ -791,10 +803,11 @@ pub async fn backtest(
     .await?;
     // Each conversion is replayed on the chain that decided it (its pinned digests and
     // the configs now stored for them), with the candidate in its place.
-    let chain_rows = sqlx::query("SELECT plugin_digest, config FROM merchant_rules WHERE merchant_id = $1 ORDER BY position")
-        .bind(merchant)
-        .fetch_all(&service.db().pool)
-        .await?;
+    let chain_rows =
+        sqlx::query("SELECT plugin_digest, config FROM merchant_rules WHERE merchant_id = $1 ORDER BY position")
+            .bind(merchant)
+            .fetch_all(&service.db().pool)
+            .await?;
     let mut configs = std::collections::HashMap::new();
     // Versions no longer active keep the configuration they last had here.
     for r in sqlx::query(
@@ -830,12 +843,20 @@ pub async fn backtest(
             chain.push(Link { plugin: service.plugin(d).await?, config });
         }
         let active = if Status::parse(&status) == Some(Status::Failed) { None } else { Some(r.try_get::<i64, _>(2)?) };
-        jobs.push((id, r.try_get::<String, _>(1)?, active, substitute(&chain, position as usize, candidate.clone()), inputs));
+        jobs.push((
+            id,
+            r.try_get::<String, _>(1)?,
+            active,
+            substitute(&chain, position as usize, candidate.clone()),
+            inputs,
+        ));
     }
     let runtime = service.runtime().clone();
     let results = tokio::task::spawn_blocking(move || {
         jobs.into_iter()
-            .map(|(id, currency, active, chain, inputs)| (id, currency, active, rules::run_chain(&runtime, &chain, &inputs)))
+            .map(|(id, currency, active, chain, inputs)| {
+                (id, currency, active, rules::run_chain(&runtime, &chain, &inputs))
+            })
             .collect::<Vec<_>>()
     })
     .await

@@ -535,6 +535,33 @@ async fn a_crash_in_the_middle_of_a_delivery_loses_nothing_and_nothing_acknowled
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_could_outlast_its_lease_is_not_started_but_released() {
+    let t = backends::sqlite().await;
+    let w = world(t.db.clone()).await;
+    let sink = Sink::start().await;
+    let mut spec = EndpointSpec::new("ep", "p1", &format!("{}/cb", sink.base));
+    spec.timeout_ms = 10_000;
+    add_endpoint(&w, spec).await;
+    ingest(&w, "tx1", ConversionState::Pending, 10_000).await;
+    let config = DeliveryConfig { allow_private: true, lease_ms: 5_000, ..DeliveryConfig::default() };
+    let short = Deliverer::new(w.service.db().clone(), w.clock.clone(), config, "short-lease").expect("d");
+    let pass = short.run_due().await.expect("pass");
+    assert_eq!((pass.claimed, pass.released, pass.delivered), (1, 1, 0), "{pass:?}");
+    assert!(sink.received().is_empty());
+    assert_eq!(
+        delivery_states(&w).await,
+        vec![("PENDING".to_string(), "pending".to_string(), 0)],
+        "no attempt counted"
+    );
+    assert_eq!(
+        deliverer(&w, "normal").run_due().await.expect("pass").delivered,
+        1,
+        "released at once, not after the lease"
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_delivering_at_the_same_time_send_each_delivery_once() {
     for t in backends::all().await {
         let w = world(t.db.clone()).await;

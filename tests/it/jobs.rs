@@ -247,7 +247,12 @@ async fn an_import_batch_keeps_each_conversions_order_and_skips_known_events_in_
             progress.lock().expect("lock").push((d, n))
         })
         .await;
-        assert_eq!((tally.created, tally.updated, tally.duplicates, tally.rejected), (40, 1, 1, 0), "{}: {tally:?}", t.name);
+        assert_eq!(
+            (tally.created, tally.updated, tally.duplicates, tally.rejected),
+            (40, 1, 1, 0),
+            "{}: {tally:?}",
+            t.name
+        );
         assert_eq!(progress.lock().expect("lock").last().copied(), Some((42, 42)));
         let b0 = w.service.conversion(&conversion_id("net", "B0")).await.expect("load").expect("B0");
         assert_eq!(b0.state, State::Completed, "{}", t.name);

@@ -101,6 +101,8 @@ pub struct PassSummary {
     pub skipped: usize,
     /// Endpoints disabled by this pass.
     pub disabled: Vec<String>,
+    /// Claimed but not sent (it could have outlasted its lease): released for later.
+    pub released: usize,
 }
 
 impl PassSummary {
@@ -111,6 +113,7 @@ impl PassSummary {
         self.failed += o.failed;
         self.skipped += o.skipped;
         self.disabled.extend(o.disabled);
+        self.released += o.released;
     }
 }
 
@@ -188,6 +191,8 @@ struct Sent {
     excerpt: Option<String>,
     retry_after_ms: Option<i64>,
     response: Option<ResponseView>,
+    /// Not started: too late within the lease.
+    not_sent: bool,
 }
 
 impl Deliverer {
@@ -214,9 +219,9 @@ impl Deliverer {
         let mut total = PassSummary::default();
         for _ in 0..10_000 {
             let pass = self.run_once().await?;
-            let claimed = pass.claimed;
+            let progress = pass.claimed - pass.released;
             total.add(pass);
-            if claimed == 0 {
+            if progress == 0 {
                 break;
             }
         }
@@ -228,7 +233,7 @@ impl Deliverer {
     pub async fn run_worker(self) {
         loop {
             match self.run_once().await {
-                Ok(p) if p.claimed > 0 => tokio::task::yield_now().await,
+                Ok(p) if p.claimed > p.released => tokio::task::yield_now().await,
                 Ok(_) => tokio::time::sleep(self.inner.config.poll).await,
                 Err(e) => {
                     tracing::error!(error = %e, "callback delivery pass failed");
@@ -241,6 +246,7 @@ impl Deliverer {
     /// One pass: claim due deliveries, send them, record the outcomes.
     pub async fn run_once(&self) -> Result<PassSummary, CallbackError> {
         let now = self.inner.clock.now();
+        let lease_until = now + self.inner.config.lease_ms;
         let claimed = self.claim(now).await?;
         if claimed.is_empty() {
             return Ok(PassSummary::default());
@@ -272,18 +278,24 @@ impl Deliverer {
             let permits = permits.clone();
             set.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                this.send(job, prepared).await
+                this.send(job, prepared, lease_until).await
             });
         }
         let mut results = Vec::with_capacity(set.len());
+        let mut late = Vec::new();
         while let Some(r) = set.join_next().await {
             match r {
+                Ok(sent) if sent.not_sent => late.push(sent.delivery_id),
                 Ok(sent) => results.push(sent),
                 Err(e) => tracing::error!(error = %e, "a callback send task failed"),
             }
         }
         summary.skipped = skipped.len();
         self.record(&results, &skipped, &endpoints, &mut summary).await?;
+        if !late.is_empty() {
+            summary.released = late.len();
+            self.release(&late).await?;
+        }
         Ok(summary)
     }
 
@@ -428,7 +440,7 @@ impl Deliverer {
         }
     }
 
-    async fn send(&self, job: Job, prepared: Result<Prepared, String>) -> Sent {
+    async fn send(&self, job: Job, prepared: Result<Prepared, String>, lease_until: i64) -> Sent {
         let started_at = self.inner.clock.now();
         let t0 = Instant::now();
         let mut sent = Sent {
@@ -443,7 +455,16 @@ impl Deliverer {
             excerpt: None,
             retry_after_ms: None,
             response: None,
+            not_sent: false,
         };
+        // A request that could outlast the lease is not started: another replica may
+        // claim the delivery once the lease expires, and must not find it in flight here.
+        // It is released for the next pass, no attempt counted.
+        let timeout_ms = prepared.as_ref().map_or(0, |p| p.timeout.as_millis() as i64);
+        if started_at + timeout_ms > lease_until {
+            sent.not_sent = true;
+            return sent;
+        }
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -497,6 +518,22 @@ impl Deliverer {
         let cut = &body[..body.len().min(self.inner.config.excerpt_bytes)];
         let excerpt = String::from_utf8_lossy(cut).into_owned();
         Ok((ResponseView { status, headers, body_excerpt: excerpt, truncated }, retry_after))
+    }
+
+    /// Gives back claimed deliveries that were not sent.
+    async fn release(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
+        for chunk in ids.chunks(500) {
+            let list = (2..2 + chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND id IN ({list})"
+            );
+            let mut q = sqlx::query(&sql).bind(&self.inner.owner);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&self.inner.db.pool).await?;
+        }
+        Ok(())
     }
 
     /// Records a pass's attempts and outcomes in one transaction.

@@ -47,14 +47,16 @@ pub fn run_chain(runtime: &PluginRuntime, chain: &[Link], inputs: &RuleInputs) -
     for link in chain {
         let json: serde_json::Value = serde_json::from_str(&link.config)
             .map_err(|e| format!("{}: stored configuration is not JSON: {e}", link.plugin.label()))?;
-        let config = link.plugin.manifest.validate_config(&json).map_err(|e| format!("{}: {e}", link.plugin.label()))?;
+        let config =
+            link.plugin.manifest.validate_config(&json).map_err(|e| format!("{}: {e}", link.plugin.label()))?;
         let context = latest::RuleContext {
             now: inputs.now,
             prior_orders: inputs.prior_orders,
             decision_so_far: so_far.take(),
             attributes: Vec::new(),
         };
-        so_far = Some(runtime.evaluate(&link.plugin, &config, &inputs.order, &context).result.map_err(|e| e.to_string())?);
+        so_far =
+            Some(runtime.evaluate(&link.plugin, &config, &inputs.order, &context).result.map_err(|e| e.to_string())?);
     }
     so_far.ok_or_else(|| "empty rule chain".to_string())
 }

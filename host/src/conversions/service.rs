@@ -487,7 +487,8 @@ impl Service {
             apply::merchant_settings(&mut conn, merchant).await?
         };
         let shadow = crate::registry::shadow_chain(self, merchant, &chain).await?;
-        let inputs = RuleInputs { order, now: self.clock.now(), prior_orders: u32::try_from(prior).unwrap_or(u32::MAX) };
+        let inputs =
+            RuleInputs { order, now: self.clock.now(), prior_orders: u32::try_from(prior).unwrap_or(u32::MAX) };
         let runtime = self.runtime.clone();
         let (result, shadow) = {
             let inputs = inputs.clone();
@@ -502,7 +503,8 @@ impl Service {
         if let Some((candidate, outcome)) = shadow {
             // Recorded, never posted. A failure to record it must not fail the live
             // conversion: it is logged and the shadow report simply lacks this one.
-            if let Err(e) = crate::registry::record_shadow(self, merchant, &inputs, &refs, &result, &candidate, &outcome).await
+            if let Err(e) =
+                crate::registry::record_shadow(self, merchant, &inputs, &refs, &result, &candidate, &outcome).await
             {
                 tracing::warn!(merchant, error = %e, "shadow decision not recorded");
             }

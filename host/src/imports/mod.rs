@@ -117,7 +117,9 @@ pub async fn record_events(
     let mut group_of: HashMap<String, usize> = HashMap::new();
     for (event, fp) in events.into_iter().zip(&fingerprints) {
         if known.contains(fp) {
-            tally.record(&Ok(Outcome::Duplicate { conversion_id: conversion_id(&event.network, &event.transaction_id) }));
+            tally.record(&Ok(Outcome::Duplicate {
+                conversion_id: conversion_id(&event.network, &event.transaction_id),
+            }));
             done += 1;
             continue;
         }
