@@ -137,16 +137,20 @@ fn remove_sqlite(file: &Path) {
     }
 }
 
-/// A seeded service: the demo's merchant (flat-rate), network (generic-s2s), users, and
-/// `CLICKS` clicks `bench-click-{n}`.
+/// A seeded service: the demo's merchant (flat-rate), network (generic-s2s), and `CLICKS`
+/// users, each with a click `bench-click-{n}`.
 async fn seeded(s: &Settings, runtime: &Arc<PluginRuntime>, db: Db) -> anyhow::Result<Service> {
     let service = Service::new(db, runtime.clone(), Arc::new(SystemClock), ServiceConfig::default());
     cashbackd::demo::seed(&service, &s.plugins).await?;
     for n in 0..CLICKS {
+        // One user per click: a user's prior orders are counted for every evaluation, and
+        // two users with thousands of orders each would measure that count, not ingest.
+        let user = format!("bench-user-{n}");
+        service.register_user(&user, None).await?;
         service
             .register_click(NewClick {
                 click_id: format!("bench-click-{n}"),
-                user_id: if n % 2 == 0 { "alice".into() } else { "bob".into() },
+                user_id: user,
                 merchant_id: Some("demo-shop".into()),
                 network_id: Some("demo-net".into()),
                 link_id: Some("demo-link".into()),

@@ -614,7 +614,19 @@ async fn settle(
         }
         State::Pending | State::Adjusted | State::Completed => {}
     }
-    if r.user_id.is_none() || r.merchant_id.is_none() || r.status == Status::Parked {
+    if let Some(Evaluation::Decided { inputs: Some(inputs), .. }) = evaluation
+        && (r.user_id.is_none() || r.merchant_id.is_none() || r.status == Status::Parked)
+    {
+        // The service attributed the conversion (same click, same tables; clicks and
+        // users are only ever added) before it ran the rules on exactly this order:
+        // reuse that instead of three more queries inside the single writer.
+        r.user_id = inputs.order.user_id.clone().or(r.user_id.take());
+        r.merchant_id = Some(inputs.order.merchant.clone());
+        r.clicked_at = inputs.order.click_time.or(r.clicked_at);
+        if r.status == Status::Parked {
+            r.status_reason = None;
+        }
+    } else if r.user_id.is_none() || r.merchant_id.is_none() || r.status == Status::Parked {
         let a = attribute(conn, &r.network_id, r.click_id.as_deref(), r.merchant_ref.as_deref()).await?;
         r.user_id = a.user_id.or(r.user_id.take());
         r.merchant_id = a.merchant_id.or(r.merchant_id.take());

@@ -91,6 +91,9 @@ impl Db {
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        // 16 MiB of page cache per connection (SQLite's default is 2 MiB):
+                        // the hot indexes stay in memory instead of being re-read.
+                        conn.execute("PRAGMA cache_size = -16384").await?;
                     }
                     Ok(())
                 })
