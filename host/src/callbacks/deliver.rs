@@ -40,8 +40,12 @@ pub struct DeliveryConfig {
     pub allow_private: bool,
     /// Deliveries claimed per pass.
     pub batch: usize,
-    /// Requests in flight at once.
+    /// Requests in flight at once (all passes together).
     pub concurrency: usize,
+    /// Passes run side by side by the worker and `run_due`: while one records its
+    /// outcomes or claims the next batch in the database, the other's requests are in
+    /// flight.
+    pub parallel_passes: usize,
     /// How long the worker waits when nothing is due.
     pub poll: Duration,
     /// How long a claim lasts; longer than the longest request timeout (120 s).
@@ -58,6 +62,7 @@ impl Default for DeliveryConfig {
             allow_private: false,
             batch: 128,
             concurrency: 32,
+            parallel_passes: 2,
             poll: Duration::from_secs(1),
             lease_ms: 180_000,
             max_response_bytes: 64 << 10,
@@ -78,6 +83,8 @@ struct Inner {
     client: reqwest::Client,
     config: DeliveryConfig,
     owner: String,
+    /// Requests in flight, shared by the passes.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -205,7 +212,8 @@ impl Deliverer {
     ) -> Result<Deliverer, CallbackError> {
         let client = net::client(config.allow_private)
             .map_err(|e| CallbackError::Invalid(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Deliverer { inner: Arc::new(Inner { db, clock, client, config, owner: owner.into() }) })
+        let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+        Ok(Deliverer { inner: Arc::new(Inner { db, clock, client, config, owner: owner.into(), permits }) })
     }
 
     /// The database.
@@ -216,21 +224,50 @@ impl Deliverer {
     /// Runs passes until nothing is due (at most `max_passes`), as the scheduler's
     /// `deliver` job does.
     pub async fn run_due(&self) -> Result<PassSummary, CallbackError> {
+        let mut lanes = tokio::task::JoinSet::new();
+        for _ in 0..self.inner.config.parallel_passes.max(1) {
+            let this = self.clone();
+            lanes.spawn(async move {
+                let mut total = PassSummary::default();
+                for _ in 0..10_000 {
+                    let pass = this.run_once().await?;
+                    let progress = pass.claimed - pass.released;
+                    total.add(pass);
+                    if progress == 0 {
+                        break;
+                    }
+                }
+                Ok::<_, CallbackError>(total)
+            });
+        }
         let mut total = PassSummary::default();
-        for _ in 0..10_000 {
-            let pass = self.run_once().await?;
-            let progress = pass.claimed - pass.released;
-            total.add(pass);
-            if progress == 0 {
-                break;
+        let mut first_error = None;
+        while let Some(lane) = lanes.join_next().await {
+            match lane {
+                Ok(Ok(s)) => total.add(s),
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(e) => {
+                    first_error = first_error.or(Some(CallbackError::Invalid(format!("a delivery pass failed: {e}"))))
+                }
             }
         }
-        Ok(total)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
     }
 
-    /// Runs the worker until the task is dropped: passes back to back while there is
-    /// work, then one every `poll`.
+    /// Runs the worker until the task is dropped: `parallel_passes` lanes of passes, back
+    /// to back while there is work, then one every `poll`.
     pub async fn run_worker(self) {
+        let mut lanes = tokio::task::JoinSet::new();
+        for _ in 0..self.inner.config.parallel_passes.max(1) {
+            lanes.spawn(self.clone().lane());
+        }
+        while lanes.join_next().await.is_some() {}
+    }
+
+    async fn lane(self) {
         loop {
             match self.run_once().await {
                 Ok(p) if p.claimed > p.released => tokio::task::yield_now().await,
@@ -247,11 +284,14 @@ impl Deliverer {
     pub async fn run_once(&self) -> Result<PassSummary, CallbackError> {
         let now = self.inner.clock.now();
         let lease_until = now + self.inner.config.lease_ms;
+        let t0 = Instant::now();
         let claimed = self.claim(now).await?;
         if claimed.is_empty() {
             return Ok(PassSummary::default());
         }
+        let t_claim = t0.elapsed();
         let jobs = self.load_jobs(&claimed).await?;
+        let t_load = t0.elapsed();
         let mut endpoints = HashMap::new();
         for j in &jobs {
             if !endpoints.contains_key(&j.endpoint_id) {
@@ -263,7 +303,7 @@ impl Deliverer {
         let mut summary = PassSummary { claimed: claimed.len(), ..PassSummary::default() };
         let mut skipped = Vec::new();
         let mut set = tokio::task::JoinSet::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(self.inner.config.concurrency.max(1)));
+        let permits = self.inner.permits.clone();
         for job in jobs {
             let Some((endpoint, template)) = endpoints.get(&job.endpoint_id) else { continue };
             if endpoint.spec.require_ref_id && job.ref_id.as_deref().unwrap_or("").is_empty() {
@@ -282,6 +322,7 @@ impl Deliverer {
             });
         }
         let mut results = Vec::with_capacity(set.len());
+        let t_spawned = t0.elapsed();
         let mut late = Vec::new();
         while let Some(r) = set.join_next().await {
             match r {
@@ -291,7 +332,17 @@ impl Deliverer {
             }
         }
         summary.skipped = skipped.len();
+        let t_sent = t0.elapsed();
         self.record(&results, &skipped, &endpoints, &mut summary).await?;
+        tracing::debug!(
+            claimed = claimed.len(),
+            claim_us = t_claim.as_micros() as u64,
+            load_us = (t_load - t_claim).as_micros() as u64,
+            prepare_us = (t_spawned - t_load).as_micros() as u64,
+            send_us = (t_sent - t_spawned).as_micros() as u64,
+            record_us = (t0.elapsed() - t_sent).as_micros() as u64,
+            "callback delivery pass"
+        );
         if !late.is_empty() {
             summary.released = late.len();
             self.release(&late).await?;
@@ -301,35 +352,32 @@ impl Deliverer {
 
     async fn claim(&self, now: i64) -> Result<Vec<i64>, sqlx::Error> {
         let limit = self.inner.config.batch.max(1) as i64;
-        let rows = sqlx::query(
-            "SELECT d.id FROM callback_deliveries d JOIN callback_endpoints e ON e.id = d.endpoint_id \
-             WHERE d.state = 'pending' AND e.enabled = 1 AND d.next_attempt_at <= $1 \
-             AND (d.lease_until IS NULL OR d.lease_until <= $1) \
+        // One statement: the conditional update is the claim. On PostgreSQL the rows are
+        // locked as they are picked and rows another replica is claiming are skipped, so
+        // replicas claim disjoint batches without waiting for each other; the outer
+        // conditions are checked again on the row as it is when updated.
+        let lock = match self.inner.db.backend {
+            crate::db::Backend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
+            crate::db::Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 WHERE state = 'pending' \
+             AND (lease_until IS NULL OR lease_until <= $3) AND id IN ( \
+             SELECT d.id FROM callback_deliveries d JOIN callback_endpoints e ON e.id = d.endpoint_id \
+             WHERE d.state = 'pending' AND e.enabled = 1 AND d.next_attempt_at <= $3 \
+             AND (d.lease_until IS NULL OR d.lease_until <= $3) \
              AND NOT EXISTS (SELECT 1 FROM callback_deliveries p WHERE p.endpoint_id = d.endpoint_id \
                  AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
                  AND (p.version < d.version OR (p.version = d.version AND p.id < d.id))) \
-             ORDER BY d.next_attempt_at, d.id LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.inner.db.pool)
-        .await?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
-        if ids.is_empty() {
-            return Ok(ids);
-        }
-        // The conditional update is the claim: of two replicas that selected the same
-        // rows, each row goes to the one whose update reaches it first.
-        let list = (4..4 + ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 WHERE state = 'pending' \
-             AND (lease_until IS NULL OR lease_until <= $3) AND id IN ({list}) RETURNING id"
+             ORDER BY d.next_attempt_at, d.id LIMIT $4 {lock}) RETURNING id"
         );
-        let mut q = sqlx::query(&sql).bind(&self.inner.owner).bind(now + self.inner.config.lease_ms).bind(now);
-        for id in &ids {
-            q = q.bind(*id);
-        }
-        let claimed = q.fetch_all(&self.inner.db.pool).await?;
+        let claimed = sqlx::query(&sql)
+            .bind(&self.inner.owner)
+            .bind(now + self.inner.config.lease_ms)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.inner.db.pool)
+            .await?;
         let mut ids: Vec<i64> = claimed.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
         ids.sort_unstable();
         Ok(ids)
@@ -337,37 +385,32 @@ impl Deliverer {
 
     async fn load_jobs(&self, ids: &[i64]) -> Result<Vec<Job>, CallbackError> {
         let mut jobs = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let list = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-            let sql = format!(
-                "SELECT d.id, d.endpoint_id, d.attempts, c.at, c.snapshot, cl.ref_id, cl.sub1, cl.sub2, cl.sub3, cl.sub4, \
-                 cl.sub5, m.name, (SELECT MIN(r.merchant_ref) FROM merchant_refs r WHERE r.network_id = c.network_id \
-                 AND r.merchant_id = c.merchant_id) \
-                 FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
-                 LEFT JOIN clicks cl ON cl.click_id = c.click_id LEFT JOIN merchants m ON m.id = c.merchant_id \
-                 WHERE d.id IN ({list}) ORDER BY d.id"
-            );
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            for r in q.fetch_all(&self.inner.db.pool).await? {
-                let snapshot: String = r.try_get(4)?;
-                let snapshot: Snapshot = serde_json::from_str(&snapshot)
-                    .map_err(|e| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}")))?;
-                let attempts: i64 = r.try_get(2)?;
-                jobs.push(Job {
-                    delivery_id: r.try_get(0)?,
-                    endpoint_id: r.try_get(1)?,
-                    attempt: attempts + 1,
-                    change_at: r.try_get(3)?,
-                    merchant_ref: snapshot.merchant_ref.clone().or(r.try_get(12)?),
-                    snapshot,
-                    ref_id: r.try_get(5)?,
-                    subs: [r.try_get(6)?, r.try_get(7)?, r.try_get(8)?, r.try_get(9)?, r.try_get(10)?],
-                    merchant_name: r.try_get(11)?,
-                });
-            }
+        let sql = format!(
+            "SELECT d.id, d.endpoint_id, d.attempts, c.at, c.snapshot, cl.ref_id, cl.sub1, cl.sub2, cl.sub3, cl.sub4, \
+             cl.sub5, m.name, (SELECT MIN(r.merchant_ref) FROM merchant_refs r WHERE r.network_id = c.network_id \
+             AND r.merchant_id = c.merchant_id) \
+             FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
+             LEFT JOIN clicks cl ON cl.click_id = c.click_id LEFT JOIN merchants m ON m.id = c.merchant_id \
+             WHERE d.id IN ({}) ORDER BY d.id",
+            super::ids_from_json(self.inner.db.backend, 1)
+        );
+        let rows = sqlx::query(&sql).bind(json_ids(ids)).fetch_all(&self.inner.db.pool).await?;
+        for r in rows {
+            let snapshot: String = r.try_get(4)?;
+            let snapshot: Snapshot = serde_json::from_str(&snapshot)
+                .map_err(|e| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}")))?;
+            let attempts: i64 = r.try_get(2)?;
+            jobs.push(Job {
+                delivery_id: r.try_get(0)?,
+                endpoint_id: r.try_get(1)?,
+                attempt: attempts + 1,
+                change_at: r.try_get(3)?,
+                merchant_ref: snapshot.merchant_ref.clone().or(r.try_get(12)?),
+                snapshot,
+                ref_id: r.try_get(5)?,
+                subs: [r.try_get(6)?, r.try_get(7)?, r.try_get(8)?, r.try_get(9)?, r.try_get(10)?],
+                merchant_name: r.try_get(11)?,
+            });
         }
         Ok(jobs)
     }
@@ -516,23 +559,18 @@ impl Deliverer {
             tokio::time::timeout(timeout, net::read_capped(response, self.inner.config.max_response_bytes)).await;
         let (body, truncated) = read.unwrap_or((Vec::new(), true));
         let cut = &body[..body.len().min(self.inner.config.excerpt_bytes)];
-        let excerpt = String::from_utf8_lossy(cut).into_owned();
+        // PostgreSQL text cannot hold NUL: a partner's binary answer must not break the log.
+        let excerpt = String::from_utf8_lossy(cut).replace('\0', "\u{fffd}");
         Ok((ResponseView { status, headers, body_excerpt: excerpt, truncated }, retry_after))
     }
 
     /// Gives back claimed deliveries that were not sent.
     async fn release(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
-        for chunk in ids.chunks(500) {
-            let list = (2..2 + chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-            let sql = format!(
-                "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND id IN ({list})"
-            );
-            let mut q = sqlx::query(&sql).bind(&self.inner.owner);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            q.execute(&self.inner.db.pool).await?;
-        }
+        let sql = format!(
+            "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND id IN ({})",
+            super::ids_from_json(self.inner.db.backend, 2)
+        );
+        sqlx::query(&sql).bind(&self.inner.owner).bind(json_ids(ids)).execute(&self.inner.db.pool).await?;
         Ok(())
     }
 
@@ -547,56 +585,55 @@ impl Deliverer {
         let now = self.inner.clock.now();
         let owner = &self.inner.owner;
         let mut tx = self.inner.db.pool.begin().await?;
-        // The log: one row per attempt, several rows per statement.
-        for chunk in results.chunks(40) {
-            let mut sql = String::from(
-                "INSERT INTO callback_attempts (delivery_id, endpoint_id, attempt, started_at, latency_ms, method, url, \
-                 request_headers, request_body, status, error, response_excerpt, outcome) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 13;
-                if i > 0 {
-                    sql.push_str(", ");
+        // The log: one row per attempt, all of them in one statement (as one JSON array).
+        if !results.is_empty() {
+            let rows: Vec<serde_json::Value> = results
+                .iter()
+                .map(|s| {
+                    let policy = endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
+                    serde_json::json!([
+                        s.delivery_id,
+                        s.endpoint_id,
+                        s.attempt,
+                        s.started_at,
+                        s.latency_ms,
+                        s.logged.method,
+                        s.logged.url,
+                        serde_json::to_string(&s.logged.headers).unwrap_or_default(),
+                        s.logged.body,
+                        s.status,
+                        s.error,
+                        s.excerpt,
+                        outcome_of(s, policy.max_attempts),
+                    ])
+                })
+                .collect();
+            let select = match self.inner.db.backend {
+                crate::db::Backend::Sqlite => {
+                    let cols: Vec<String> = (0..13).map(|i| format!("json_extract(value, '$[{i}]')")).collect();
+                    format!("SELECT {} FROM json_each($1)", cols.join(", "))
                 }
-                sql.push('(');
-                sql.push_str(&(1..=13).map(|k| format!("${}", b + k)).collect::<Vec<_>>().join(", "));
-                sql.push(')');
-            }
-            let mut q = sqlx::query(&sql);
-            for s in chunk {
-                let policy = endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
-                let outcome = outcome_of(s, policy.max_attempts);
-                q = q
-                    .bind(s.delivery_id)
-                    .bind(&s.endpoint_id)
-                    .bind(s.attempt)
-                    .bind(s.started_at)
-                    .bind(s.latency_ms)
-                    .bind(&s.logged.method)
-                    .bind(&s.logged.url)
-                    .bind(serde_json::to_string(&s.logged.headers).unwrap_or_default())
-                    .bind(&s.logged.body)
-                    .bind(s.status.map(i64::from))
-                    .bind(&s.error)
-                    .bind(&s.excerpt)
-                    .bind(outcome);
-            }
-            q.execute(&mut *tx).await?;
+                crate::db::Backend::Postgres => "SELECT (r->>0)::bigint, r->>1, (r->>2)::bigint, (r->>3)::bigint, \
+                     (r->>4)::bigint, r->>5, r->>6, r->>7, r->>8, (r->>9)::bigint, r->>10, r->>11, r->>12 \
+                     FROM jsonb_array_elements($1::jsonb) AS r"
+                    .to_string(),
+            };
+            let sql = format!(
+                "INSERT INTO callback_attempts (delivery_id, endpoint_id, attempt, started_at, latency_ms, method, url, \
+                 request_headers, request_body, status, error, response_excerpt, outcome) {select}"
+            );
+            sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *tx).await?;
         }
         // Delivered: one statement for all of them.
         let delivered: Vec<i64> = results.iter().filter(|s| s.status == Some(200)).map(|s| s.delivery_id).collect();
-        for chunk in delivered.chunks(500) {
-            let list = (3..3 + chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        if !delivered.is_empty() {
             let sql = format!(
                 "UPDATE callback_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
                  last_status = 200, last_error = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
-                 WHERE lease_owner = $2 AND state = 'pending' AND id IN ({list})"
+                 WHERE lease_owner = $2 AND state = 'pending' AND id IN ({})",
+                super::ids_from_json(self.inner.db.backend, 3)
             );
-            let mut q = sqlx::query(&sql).bind(now).bind(owner);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            q.execute(&mut *tx).await?;
+            sqlx::query(&sql).bind(now).bind(owner).bind(json_ids(&delivered)).execute(&mut *tx).await?;
         }
         summary.delivered = delivered.len();
         for s in results.iter().filter(|s| s.status != Some(200)) {
@@ -743,6 +780,10 @@ impl Deliverer {
             latency_ms,
         })
     }
+}
+
+fn json_ids(ids: &[i64]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
 }
 
 fn outcome_of(s: &Sent, max_attempts: u32) -> &'static str {

@@ -589,6 +589,17 @@ pub async fn alerts(db: &Db, limit: i64) -> Result<Vec<Alert>, CallbackError> {
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
+/// A subquery of the integers in the JSON array bound as parameter `$n`: one parameter
+/// however many ids. (sqlx binds SQLite's `$N` parameters by name, and SQLite looks each
+/// name up in a list: a statement with one parameter per id costs time quadratic in the
+/// number of ids.)
+pub(crate) fn ids_from_json(backend: crate::db::Backend, n: usize) -> String {
+    match backend {
+        crate::db::Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
+        crate::db::Backend::Postgres => format!("SELECT jsonb_array_elements_text(${n}::jsonb)::bigint"),
+    }
+}
+
 /// Money for partners: a decimal in the currency's major unit (`12.34`), from minor units.
 pub fn decimal(minor: i64, currency: &str) -> String {
     let formatted = cashback_sdk::money::format(minor, currency);

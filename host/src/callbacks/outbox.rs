@@ -199,23 +199,22 @@ async fn insert_change(
 /// One delivery per (change, endpoint) whose filters take it. Disabled endpoints get
 /// theirs too: they are the backlog replayed when the endpoint is enabled again.
 async fn fan_out(conn: &mut AnyConnection, change_ids: &[i64]) -> Result<(), sqlx::Error> {
-    for chunk in change_ids.chunks(500) {
-        if chunk.is_empty() {
-            continue;
-        }
-        let list = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "INSERT INTO callback_deliveries (endpoint_id, change_id, conversion_id, version, next_attempt_at, created_at, updated_at) \
-             SELECT e.id, c.id, c.conversion_id, c.version, c.at, c.at, c.at FROM conversion_changes c, callback_endpoints e \
-             WHERE c.id IN ({list}) AND (e.merchant_id IS NULL OR e.merchant_id = c.merchant_id) \
-             AND (e.network_id IS NULL OR e.network_id = c.network_id) \
-             ON CONFLICT (endpoint_id, change_id) DO NOTHING"
-        );
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *conn).await?;
+    if change_ids.is_empty() {
+        return Ok(());
     }
+    let backend = match conn.backend_name() {
+        "PostgreSQL" => crate::db::Backend::Postgres,
+        _ => crate::db::Backend::Sqlite,
+    };
+    let sql = format!(
+        "INSERT INTO callback_deliveries (endpoint_id, change_id, conversion_id, version, next_attempt_at, created_at, updated_at) \
+         SELECT e.id, c.id, c.conversion_id, c.version, c.at, c.at, c.at FROM conversion_changes c, callback_endpoints e \
+         WHERE c.id IN ({}) AND (e.merchant_id IS NULL OR e.merchant_id = c.merchant_id) \
+         AND (e.network_id IS NULL OR e.network_id = c.network_id) \
+         ON CONFLICT (endpoint_id, change_id) DO NOTHING",
+        super::ids_from_json(backend, 1)
+    );
+    let ids = serde_json::to_string(change_ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(&sql).bind(ids).execute(&mut *conn).await?;
     Ok(())
 }
