@@ -36,6 +36,8 @@ pub enum Reply {
     Slow(Duration),
     RetryAfter(u16, u64),
     Huge,
+    /// A binary answer with NUL bytes.
+    Binary,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +108,7 @@ impl Sink {
                             .into_response()
                     }
                     Reply::Huge => (StatusCode::OK, "x".repeat(1 << 20)).into_response(),
+                    Reply::Binary => (StatusCode::OK, vec![0u8, 159, 146, 150, 0, b'o', b'k']).into_response(),
                 }
             }
         });
@@ -652,10 +655,15 @@ async fn the_tester_sends_a_sample_and_shows_the_exact_request_and_response() {
             .expect("the sample is signed like a real callback");
         let response = report.response.expect("response");
         assert_eq!((response.status, response.body_excerpt.as_str()), (200, "ok"));
+        // A binary answer (NUL bytes: PostgreSQL text cannot hold them) is logged too.
+        sink.script([Reply::Binary]);
+        let binary = deliverer(&w, "tester").test("hook").await.expect("test with a binary answer");
+        assert!(binary.delivered && binary.response.expect("response").body_excerpt.ends_with("ok"));
         let logged = deliver::attempts(w.service.db(), None, Some("hook"), 10).await.expect("log");
-        assert_eq!(logged.len(), 1);
+        assert_eq!(logged.len(), 2, "{}", t.name);
         assert_eq!(logged[0].outcome, "test");
         assert!(!serde_json::to_string(&logged).expect("json").contains(&sig), "{}: no signature in the log", t.name);
+        assert!(logged[1].response_excerpt.as_deref().unwrap_or("").contains('\u{fffd}'), "{:?}", logged[1]);
         t.cleanup().await;
     }
 }
