@@ -3,12 +3,18 @@
 # it to $TARGET_DIR/plugins/<target>/<crate>.wasm.
 #
 #   scripts/build-plugins.sh [--list | --help | PLUGIN...]
+#   scripts/build-plugins.sh --crate DIR
 #
 # A plugin crate is any Cargo.toml under plugins/, tests/plugins/ or examples/
 # whose [lib] crate-type lists "cdylib". Its targets come from
 #   [package.metadata.cashback]
 #   targets = ["wasm32-wasip2", "wasm32-unknown-unknown"]
 # (default: wasm32-wasip2).
+#
+# --crate DIR builds the one plugin crate in DIR, wherever it is (a crate of its
+# own made by `cashbackd plugin new`, say), with the same toolchain choice, into
+# its own target dir (the one `cargo metadata` names, or CARGO_TARGET_DIR):
+# <target dir>/plugins/<target>/<crate>.wasm. `cashbackd plugin build` runs this.
 #
 # Environment:
 #   CASHBACKD_WASM_TOOLCHAIN  auto (default) | rustup (never use the Debian
@@ -19,10 +25,9 @@
 set -euo pipefail
 
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")   # before cd: $0 may be relative
+CALLER=$(pwd)                                           # --crate DIR is relative to it
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-case $TARGET_DIR in /*) ;; *) TARGET_DIR=$REPO/$TARGET_DIR ;; esac
 TC=${CASHBACKD_TOOLCHAIN_DIR:-$REPO/target/wasm-toolchain}
 MODE=${CASHBACKD_WASM_TOOLCHAIN:-auto}
 TOOLS=$REPO/target/tools
@@ -41,35 +46,69 @@ discover() {
   for d in plugins tests/plugins examples; do [[ -d $d ]] && dirs+=("$d"); done
   ((${#dirs[@]})) || return 0
   find "${dirs[@]}" -name target -prune -o -name Cargo.toml -print | sort |
-    while read -r manifest; do
-      awk -v m="$manifest" '
-        function val(s) { sub(/^[^=]*=[[:space:]]*/, "", s); gsub(/["\047[:space:]]/, "", s); return s }
-        { sub(/[[:space:]]#.*$/, ""); sub(/^[[:space:]]*#.*$/, "") }
-        # join a multi-line array ("key = [" ... "]") into one line
-        pend != "" { $0 = pend " " $0; pend = "" }
-        /=[[:space:]]*\[[^]]*$/ { pend = $0; next }
-        /^[[:space:]]*\[/ { sec = $0; gsub(/[][[:space:]]/, "", sec); next }
-        sec == "package" && /^[[:space:]]*name[[:space:]]*=/ { name = val($0) }
-        sec == "lib" && /^[[:space:]]*name[[:space:]]*=/ { lib = val($0) }
-        sec == "lib" && /^[[:space:]]*crate-type[[:space:]]*=/ && /["\047]cdylib["\047]/ { cdylib = 1 }
-        sec == "package.metadata.cashback" && /^[[:space:]]*targets[[:space:]]*=/ {
-          t = val($0); gsub(/[][]/, "", t); gsub(/,/, " ", t); sub(/ $/, "", t) }
-        END {
-          if (!cdylib || name == "") exit
-          if (lib == "") { lib = name; gsub(/-/, "_", lib) }
-          printf "%s\t%s\t%s\t%s\n", name, lib, (t == "" ? "wasm32-wasip2" : t), m }
-      ' "$manifest"
-    done
+    while read -r manifest; do describe "$manifest"; done
+}
+
+# The line of one manifest; nothing when it is not a plugin crate.
+describe() {
+  awk -v m="$1" '
+    function val(s) { sub(/^[^=]*=[[:space:]]*/, "", s); gsub(/["\047[:space:]]/, "", s); return s }
+    { sub(/[[:space:]]#.*$/, ""); sub(/^[[:space:]]*#.*$/, "") }
+    # join a multi-line array ("key = [" ... "]") into one line
+    pend != "" { $0 = pend " " $0; pend = "" }
+    /=[[:space:]]*\[[^]]*$/ { pend = $0; next }
+    /^[[:space:]]*\[/ { sec = $0; gsub(/[][[:space:]]/, "", sec); next }
+    sec == "package" && /^[[:space:]]*name[[:space:]]*=/ { name = val($0) }
+    sec == "lib" && /^[[:space:]]*name[[:space:]]*=/ { lib = val($0) }
+    sec == "lib" && /^[[:space:]]*crate-type[[:space:]]*=/ && /["\047]cdylib["\047]/ { cdylib = 1 }
+    sec == "package.metadata.cashback" && /^[[:space:]]*targets[[:space:]]*=/ {
+      t = val($0); gsub(/[][]/, "", t); gsub(/,/, " ", t); sub(/ $/, "", t) }
+    END {
+      if (!cdylib || name == "") exit
+      if (lib == "") { lib = name; gsub(/-/, "_", lib) }
+      printf "%s\t%s\t%s\t%s\n", name, lib, (t == "" ? "wasm32-wasip2" : t), m }
+  ' "$1"
 }
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$SELF"; }
 
-PLUGINS=$(discover)
+CRATE=
+if [[ ${1:-} == --crate || ${1:-} == --crate=* ]]; then
+  if [[ $1 == --crate ]]; then
+    (($# == 2)) || die "usage: $0 --crate DIR"
+    CRATE=$2
+  else
+    (($# == 1)) || die "usage: $0 --crate DIR"
+    CRATE=${1#--crate=}
+  fi
+  [[ $CRATE == /* ]] || CRATE=$CALLER/$CRATE
+  [[ -f $CRATE/Cargo.toml ]] || die "no Cargo.toml in $CRATE"
+  CRATE=$(cd "$CRATE" && pwd)
+  PLUGINS=$(describe "$CRATE/Cargo.toml")
+  [[ -n $PLUGINS ]] || die "$CRATE is not a plugin crate: its [lib] crate-type does not list \"cdylib\""
+  set --
+else
+  PLUGINS=$(discover)
+fi
+
+if [[ -n ${CARGO_TARGET_DIR:-} ]]; then
+  TARGET_DIR=$CARGO_TARGET_DIR
+  case $TARGET_DIR in /*) ;; *) TARGET_DIR=$REPO/$TARGET_DIR ;; esac   # where cargo runs
+elif [[ -n $CRATE ]]; then
+  # A crate of its own has its own target dir; cargo knows where (it may be configured).
+  TARGET_DIR=$(cargo metadata --no-deps --format-version 1 --manifest-path "$CRATE/Cargo.toml" < /dev/null |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  [[ -n $TARGET_DIR ]] || die "cargo metadata names no target directory for $CRATE"
+else
+  TARGET_DIR=$REPO/target
+fi
+
 SELECT=()
 for arg in "$@"; do
   case $arg in
     -h | --help) usage; exit 0 ;;
     --list) [[ -n $PLUGINS ]] && printf '%s\n' "$PLUGINS" | awk -F'\t' '{ printf "%-28s %-44s %s\n", $1, $3, $4 }'; exit 0 ;;
+    --crate | --crate=*) die "--crate DIR must be the only argument" ;;
     -*) die "unknown option '$arg' (see --help)" ;;
     *) printf '%s\n' "$PLUGINS" | cut -f1 | grep -qxF -- "$arg" ||
          die "no plugin crate named '$arg'; known: $(printf '%s\n' "$PLUGINS" | cut -f1 | xargs)"

@@ -1,5 +1,7 @@
 //! The `cashbackd` command line.
 
+mod author;
+mod decision;
 mod registry;
 
 pub use registry::instant as parse_instant;
@@ -430,9 +432,13 @@ pub enum PluginCommand {
         json: bool,
     },
     /// Run a component against its embedded fixtures and/or a fixture file, inside the
-    /// sandbox. Exits non-zero if any case fails.
+    /// sandbox; given a plugin crate, its native tests first.
+    ///
+    /// A crate's directory: `cargo test` in it, then `plugin build`, then its fixtures in
+    /// the sandbox. Exits non-zero if any case fails.
     Test {
-        /// The component (.wasm).
+        /// The component (.wasm), or a plugin crate's directory.
+        #[arg(default_value = ".")]
         file: PathBuf,
         /// A fixture file (JSON array of cases) to run besides the embedded ones.
         #[arg(long)]
@@ -440,6 +446,45 @@ pub enum PluginCommand {
         /// A manifest for a component that does not embed one.
         #[arg(long)]
         manifest: Option<PathBuf>,
+    },
+    /// Create a plugin crate that uses the SDK: a small working rule or adapter, its
+    /// manifest, fixtures and unit tests.
+    ///
+    /// Inside a cashbackd workspace (examples/NAME, plugins/NAME) it is a member of it;
+    /// anywhere else, a crate of its own that depends on this repository's SDK by path.
+    New {
+        /// `rule` (a merchant's cashback rule) or `adapter` (a network's import adapter).
+        kind: author::Kind,
+        /// The plugin's name, also its crate's: a-z, 0-9 and -, starting with a letter.
+        #[arg(value_parser = author::plugin_name)]
+        name: String,
+        /// Where to create it (default: ./NAME); must not exist.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The SDK a crate of its own depends on (default: the sdk/ of the repository this
+        /// cashbackd was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a plugin crate into components and print where they are.
+    ///
+    /// Runs scripts/build-plugins.sh --crate PATH of the cashbackd repository, which picks
+    /// the wasm toolchain (installed target, `rustup target add`, Debian's rustc-web).
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// What the rules decided for one conversion, and what the ledger holds for it.
+    ///
+    /// The plugin versions of the chain, the inputs they saw (prior orders, time), each
+    /// line's cashback and reason, exclusions, notes and holds.
+    Decision {
+        /// The conversion's id (`cv_...`, as a postback's answer names it).
+        conversion: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The registry in the database.
     #[command(flatten)]
@@ -450,6 +495,13 @@ pub enum PluginCommand {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugin { command: PluginCommand::Registry(ref command) } => registry::run(&cli, command),
+        Command::Plugin { command: PluginCommand::New { kind, ref name, ref dir, ref sdk } } => {
+            author::new(kind, name, dir.as_deref(), sdk.as_deref())
+        }
+        Command::Plugin { command: PluginCommand::Build { ref path } } => author::build(path),
+        Command::Plugin { command: PluginCommand::Decision { ref conversion, json } } => {
+            decision::run(&cli, conversion, json)
+        }
         Command::Plugin { command } => {
             let runtime = PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?;
             match command {
@@ -458,11 +510,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     print_inspect(&plugin, json)?;
                     Ok(ExitCode::SUCCESS)
                 }
+                PluginCommand::Test { file, fixtures, manifest } if file.is_dir() => {
+                    author::test(&runtime, &file, fixtures.as_deref(), manifest.as_deref())
+                }
                 PluginCommand::Test { file, fixtures, manifest } => {
                     let plugin = load(&runtime, &file, manifest.as_deref())?;
                     test_plugin(&runtime, &plugin, fixtures.as_deref())
                 }
-                PluginCommand::Registry(_) => unreachable!("matched above"),
+                PluginCommand::Registry(_)
+                | PluginCommand::New { .. }
+                | PluginCommand::Build { .. }
+                | PluginCommand::Decision { .. } => unreachable!("matched above"),
             }
         }
         Command::Demo { ref plugins, ref demo_database, listen, once } => {

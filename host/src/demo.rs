@@ -49,7 +49,8 @@ pub async fn seed(service: &Service, plugins: &Path) -> anyhow::Result<()> {
         url_template: "https://shop.example/landing?clickref={click_id}&sub1={sub1}".into(),
     };
     ingest::upsert_link(service.db(), &link, service.now()).await?;
-    for user in ["alice", "bob"] {
+    // carol has no orders yet: the new customer of docs/TUTORIAL-RULE.md.
+    for user in ["alice", "bob", "carol"] {
         service.register_user(user, Some(&format!("{user}@example.com"))).await?;
     }
     Ok(())

@@ -16,6 +16,7 @@ mod ledger;
 mod ledger_props;
 mod notify;
 mod plugin_cli;
+mod plugin_new;
 mod plugin_runtime;
 mod registry;
 mod sandbox;
