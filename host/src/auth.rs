@@ -106,14 +106,27 @@ pub async fn revoke(db: &Db, id: &str, now: i64) -> Result<bool, sqlx::Error> {
 
 /// Checks an `Authorization` header value against `needed`.
 pub async fn authorize(db: &Db, header: Option<&str>, needed: Scope, now: i64) -> Result<Scope, AuthError> {
-    let token = header
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(AuthError::Missing)?;
+    let token = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or(AuthError::Missing)?;
+    caller(db, token, needed, now).await.map(|c| c.scope)
+}
+
+/// Who a valid token is: the dashboard records its name as the operator of an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's id (`tok_...`).
+    pub id: String,
+    /// The name it was created with.
+    pub name: String,
+    /// What it may do.
+    pub scope: Scope,
+}
+
+/// Checks a bare token (the dashboard's session cookie holds one) against `needed`.
+pub async fn caller(db: &Db, token: &str, needed: Scope, now: i64) -> Result<Caller, AuthError> {
+    let token = Some(token.trim()).filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
     // Looked up by hash: equal hashes mean equal tokens, and the comparison happens in
     // the database's index, not byte by byte here.
-    let row = sqlx::query("SELECT id, scope, expires_at, revoked_at FROM api_tokens WHERE token_hash = $1")
+    let row = sqlx::query("SELECT id, scope, expires_at, revoked_at, name FROM api_tokens WHERE token_hash = $1")
         .bind(hash(token))
         .fetch_optional(&db.pool)
         .await
@@ -123,6 +136,7 @@ pub async fn authorize(db: &Db, header: Option<&str>, needed: Scope, now: i64) -
     let scope: String = row.try_get(1).map_err(|_| AuthError::Unavailable)?;
     let expires: Option<i64> = row.try_get(2).map_err(|_| AuthError::Unavailable)?;
     let revoked: Option<i64> = row.try_get(3).map_err(|_| AuthError::Unavailable)?;
+    let name: String = row.try_get(4).map_err(|_| AuthError::Unavailable)?;
     if revoked.is_some() {
         return Err(AuthError::Revoked);
     }
@@ -138,5 +152,5 @@ pub async fn authorize(db: &Db, header: Option<&str>, needed: Scope, now: i64) -
         .bind(&id)
         .execute(&db.pool)
         .await;
-    Ok(has)
+    Ok(Caller { id, name, scope: has })
 }

@@ -584,7 +584,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
-                let app = crate::http::router_with_callbacks(state, workers.deliverer.clone());
+                let app = crate::http::router_with_callbacks(state, workers.deliverer.clone())
+                    .layer(axum::Extension(workers.notifier.clone()));
                 crate::http::serve_router(app, listener, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })

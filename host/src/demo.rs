@@ -141,7 +141,8 @@ pub async fn run(
     let base = format!("http://{}", listener.local_addr()?);
     let state = AppState { service: service.clone(), runtime: runtime.clone() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = crate::http::router_with_callbacks(state, deliverer.clone());
+    // The dashboard runs jobs with the server's own notifier.
+    let app = crate::http::router_with_callbacks(state, deliverer.clone()).layer(axum::Extension(notifier.clone()));
     let server = tokio::spawn(crate::http::serve_router(app, listener, async {
         tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () }
     }));
@@ -152,6 +153,12 @@ pub async fn run(
     simulate(&base).await?;
     report(&service).await?;
     println!("\ncashbackd is running on {base} (database {})", crate::db::redact(database));
+    // A fresh admin token for the demo only: every demo database is new, so is its token.
+    let token =
+        crate::auth::create_token(service.db(), "demo-operator", crate::auth::Scope::Admin, service.now(), None)
+            .await?;
+    println!("dashboard: {base}/dashboard (sign in with the demo's admin token below)");
+    println!("  {token}");
     println!("try:");
     println!("  curl -i '{base}/c/demo-link?user=alice&sub1=try-me'");
     println!(

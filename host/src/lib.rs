@@ -8,6 +8,7 @@ pub mod callbacks;
 pub mod cli;
 pub mod clock;
 pub mod conversions;
+pub mod dashboard;
 pub mod db;
 pub mod demo;
 pub mod http;

@@ -9,6 +9,7 @@ mod backends;
 mod callbacks;
 mod common;
 mod crash;
+mod dashboard;
 mod e2e;
 mod ingress;
 mod jobs;

@@ -79,7 +79,7 @@ pub struct ConversionRow {
     pub version: i64,
 }
 
-const COLUMNS: &str = "id, network_id, transaction_id, click_id, user_id, merchant_id, order_id, event_type, state, \
+pub(crate) const COLUMNS: &str = "id, network_id, transaction_id, click_id, user_id, merchant_id, order_id, event_type, state, \
     status, status_reason, currency, amount, commission, cashback, reward_delay_days, posted_pending, posted_available, \
     posted_receivable, line_items, decision, completed_at, matures_at, matured_at, event_time, clicked_at, reported_at, \
     rule_at, ledger_at, updated_at, version, reported_via";
@@ -88,7 +88,7 @@ fn bad(what: &str, value: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("unknown {what} {value:?} in the database").into())
 }
 
-fn from_row(r: &AnyRow) -> Result<ConversionRow, sqlx::Error> {
+pub(crate) fn from_row(r: &AnyRow) -> Result<ConversionRow, sqlx::Error> {
     let state: String = r.try_get("state")?;
     let status: String = r.try_get("status")?;
     Ok(ConversionRow {

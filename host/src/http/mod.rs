@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(callbacks::routes())
         .merge(plugins::routes())
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 

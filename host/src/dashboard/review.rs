@@ -1,0 +1,146 @@
+//! The review queue (seed 002's manual mode and rule holds): approve, reject or hold,
+//! recorded with the operator (the token's name) and a reason.
+
+use super::{ActionSession, Nav, Session, badge, conversion_link, layout, money, notice, time, unavailable};
+use crate::auth::Scope;
+use crate::conversions::service::ServiceError;
+use crate::conversions::{ApplyError, ReviewAction, Status};
+use crate::http::AppState;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+use serde::Deserialize;
+
+/// The most rows the page lists per status.
+const LIMIT: i64 = 500;
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct Done {
+    done: String,
+    id: String,
+}
+
+/// `GET /dashboard/review`.
+pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q): Query<Done>) -> Response {
+    let s = &st.service;
+    let (pending, held) =
+        match (s.by_status(Status::PendingReview, LIMIT).await, s.by_status(Status::Held, LIMIT).await) {
+            (Ok(p), Ok(h)) => (p, h),
+            (Err(e), _) | (_, Err(e)) => return unavailable("cannot read the review queue", &e),
+        };
+    let mut queue: Vec<_> = pending.into_iter().chain(held).collect();
+    queue.sort_by(|a, b| (a.reported_at, &a.id).cmp(&(b.reported_at, &b.id)));
+    let can_act = session.scope() >= Scope::Write;
+    let done = match q.done.as_str() {
+        "approve" => Some("approved"),
+        "reject" => Some("rejected"),
+        "hold" => Some("held"),
+        _ => None,
+    };
+    let body = html! {
+        @if let Some(what) = done { (notice("ok", &format!("{} {what}.", q.id))) }
+        p.lede {
+            "Orders of merchants in manual mode, and orders a rule or an operator held. "
+            "Approving credits the cashback as pending; rejecting denies it; holding keeps it here. "
+            "Oldest first."
+        }
+        @if !can_act { (notice("info", "Your token has the read scope: reviewing needs write.")) }
+        section.card {
+            @if queue.is_empty() {
+                p.empty { "The queue is empty." }
+            } @else {
+                div.table-wrap {
+                    table #review-queue {
+                        thead { tr {
+                            th { "Conversion" } th { "Status" } th { "Merchant" } th { "User" } th { "Order" }
+                            th.num { "Amount" } th.num { "Cashback" } th { "Why" } th { "Reported" } th { "Decision" }
+                        } }
+                        tbody {
+                            @for c in &queue {
+                                tr data-conversion=(c.id) {
+                                    td { (conversion_link(&c.id)) div.muted { (c.network_id) " · " (c.transaction_id) } }
+                                    td { (badge(c.status)) }
+                                    td { (c.merchant_id.as_deref().unwrap_or("—")) }
+                                    td { (c.user_id.as_deref().unwrap_or("—")) }
+                                    td { (c.order_id.as_deref().unwrap_or("—")) }
+                                    td.num { (money(c.amount, &c.currency)) }
+                                    td.num { strong { (money(c.cashback, &c.currency)) } }
+                                    td.why { (c.status_reason.as_deref().unwrap_or("")) }
+                                    td.nowrap { (time(c.reported_at)) }
+                                    td.decide {
+                                        @if can_act {
+                                            form.inline method="post" action={ "/dashboard/review/" (c.id) } {
+                                                (session.csrf_field())
+                                                input type="text" name="reason" placeholder="reason" maxlength="500" aria-label="reason";
+                                                button.approve type="submit" name="action" value="approve" { "Approve" }
+                                                button.reject type="submit" name="action" value="reject" { "Reject" }
+                                                @if c.status != Status::Held {
+                                                    button.hold type="submit" name="action" value="hold" { "Hold" }
+                                                }
+                                            }
+                                        } @else {
+                                            span.muted { "read only" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(&session, Nav::Review, "Review queue", body).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct ReviewForm {
+    csrf: String,
+    action: String,
+    reason: String,
+}
+
+/// `POST /dashboard/review/{id}` `action=approve|reject|hold&reason=...`.
+pub(super) async fn act(
+    State(st): State<AppState>,
+    ActionSession(session): ActionSession,
+    Path(id): Path<String>,
+    Form(f): Form<ReviewForm>,
+) -> Response {
+    if let Err(refused) = session.allow(&f.csrf, Scope::Write) {
+        return refused.into_response();
+    }
+    let action = match f.action.as_str() {
+        "approve" => ReviewAction::Approve,
+        "reject" => ReviewAction::Reject,
+        "hold" => ReviewAction::Hold,
+        other => {
+            return super::refusal(
+                StatusCode::BAD_REQUEST,
+                &format!("action: {other:?} is not approve, reject or hold"),
+            );
+        }
+    };
+    let reason = f.reason.trim();
+    // Seed 002: document rejections.
+    if action == ReviewAction::Reject && reason.is_empty() {
+        return super::refusal(StatusCode::UNPROCESSABLE_ENTITY, "a rejection needs a reason");
+    }
+    let reason = if reason.is_empty() { "in the dashboard" } else { reason };
+    match st.service.review(&id, action, session.operator(), reason).await {
+        Ok(_) => {
+            tracing::info!(conversion = %id, action = %f.action, operator = %session.operator(), "review");
+            let mut to = url::form_urlencoded::Serializer::new(String::new());
+            to.append_pair("done", &f.action).append_pair("id", &id);
+            Redirect::to(&format!("/dashboard/review?{}", to.finish())).into_response()
+        }
+        Err(ServiceError::Apply(ApplyError::Invalid(why)) | ServiceError::Invalid(why)) => {
+            super::refusal(StatusCode::UNPROCESSABLE_ENTITY, &why)
+        }
+        Err(e) => unavailable("cannot record the decision", &e),
+    }
+}

@@ -1,0 +1,599 @@
+//! The dashboard (issue 7): no page or action works without a valid session, actions
+//! need their scope and the session's CSRF token (tower oneshot, both databases); and in
+//! headless Chromium, an operator signs in, watches seed 002's four metrics change as
+//! postbacks arrive, approves an order from the review queue and opens its timeline.
+//! Each page's screenshot is written to `target/test-output/dashboard/`.
+
+use crate::backends;
+use crate::common::*;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use cashbackd::auth::{self, Scope};
+use cashbackd::callbacks::sign::Secret;
+use cashbackd::callbacks::{self, Deliverer, DeliveryConfig, EndpointSpec};
+use cashbackd::clock::SystemClock;
+use cashbackd::conversions::{NewClick, Service, ServiceConfig, Status, Via, conversion_id};
+use cashbackd::db::Db;
+use cashbackd::http::{AppState, router_with_callbacks};
+use cashbackd::ingest::{self, InboundAuth, Link, Network};
+use cashbackd::plugin::wit::latest;
+use cashbackd::{dashboard, demo, registry, scheduler};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+/// A partner endpoint's signing secret: no page may show it.
+const PARTNER_SECRET: &str = "partner-shared-secret-42";
+
+struct Seeded {
+    service: Service,
+    deliverer: Deliverer,
+    admin: String,
+    write: String,
+    read: String,
+    revoked: String,
+    expired: String,
+}
+
+/// The demo's configuration (merchant `demo-shop` in automatic mode, network `demo-net`,
+/// link `demo-link`, users alice and bob), plus: `manual-shop` in manual mode behind
+/// `manual-link` (its orders land in the review queue), `broken-shop` whose rule panics
+/// behind `broken-link` (its orders fail), a second network, orders reported by API
+/// import and by file days after the purchase (the delay analytics), a partner endpoint
+/// on `sink`, the system jobs, and `swap-rule` 2.0.0 in shadow for `demo-shop`.
+async fn seed(db: Db, sink: &str) -> Seeded {
+    let service = Service::new(db, runtime().clone(), Arc::new(SystemClock), ServiceConfig::default());
+    let s = &service;
+    let plugins = target_dir().join("plugins").join(WASIP2);
+    demo::seed(s, &plugins).await.expect("demo seed");
+    let flat = registry::resolve(s, "flat-rate@0.1.0").await.expect("flat-rate").digest.to_string();
+    s.upsert_merchant("manual-shop", "Manual Shop", true, 30).await.expect("merchant");
+    s.set_rules("manual-shop", &[(flat.clone(), json!({"rate_bps": 500}))]).await.expect("rules");
+    let broken = s.store_plugin(&plugin_bytes(WASIP2, "hostile_rule")).await.expect("hostile rule");
+    s.upsert_merchant("broken-shop", "Broken Shop", false, 30).await.expect("merchant");
+    s.set_rules("broken-shop", &[(broken.digest.to_string(), json!({"mode": "panic"}))]).await.expect("rules");
+    for (link, merchant) in [("manual-link", "manual-shop"), ("broken-link", "broken-shop")] {
+        let link = Link {
+            id: link.into(),
+            merchant_id: merchant.into(),
+            network_id: "demo-net".into(),
+            url_template: "https://shop.example/landing?clickref={click_id}".into(),
+        };
+        ingest::upsert_link(s.db(), &link, s.now()).await.expect("link");
+    }
+    let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let network = Network {
+        id: "report-net".into(),
+        name: "Report Network".into(),
+        adapter_digest: Some(adapter.digest.to_string()),
+        adapter_config: json!({"params": {"transaction_id": "tid"}}),
+        auth: InboundAuth::Token("report-token".into()),
+    };
+    ingest::upsert_network(s.db(), &network, s.now()).await.expect("network");
+
+    // Orders reported late, as API imports and files are (seed 000).
+    let now = s.now();
+    let hour = 3_600_000;
+    for (i, (network, via, late)) in [
+        ("demo-net", Via::Postback, 40_000),
+        ("demo-net", Via::Postback, 95_000),
+        ("demo-net", Via::ApiImport, 2 * hour),
+        ("demo-net", Via::ApiImport, 5 * hour),
+        ("report-net", Via::ApiImport, 3 * hour),
+        ("report-net", Via::File, 30 * hour),
+        ("report-net", Via::File, 52 * hour),
+        ("report-net", Via::File, 71 * hour),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let click = format!("seed-click-{i}");
+        let c = NewClick {
+            click_id: click.clone(),
+            user_id: "bob".into(),
+            merchant_id: Some("demo-shop".into()),
+            network_id: Some(network.into()),
+            ..NewClick::default()
+        };
+        s.register_click(c).await.expect("click");
+        let event = latest::ConversionEvent {
+            network: network.into(),
+            transaction_id: format!("LATE-{i}"),
+            click_id: Some(click),
+            order_id: Some(format!("O-LATE-{i}")),
+            event_type: "sale".into(),
+            state: latest::ConversionState::Pending,
+            amount: 4_000 + 1_000 * i as i64,
+            commission: 320,
+            currency: "EUR".into(),
+            event_time: now - late,
+            reason: None,
+            merchant_ref: None,
+            line_items: Vec::new(),
+            raw: Vec::new(),
+        };
+        s.ingest_via(event, via).await.expect("late order");
+    }
+
+    callbacks::upsert_partner(s.db(), "app1", "Rewards App", now).await.expect("partner");
+    let mut spec = EndpointSpec::new(
+        "app1-pb",
+        "app1",
+        &format!("{sink}/pb?cid={{click_id}}&state=[%CASHBACK:STATE%]&payout={{payout}}"),
+    );
+    spec.secrets = vec![Secret::parse(PARTNER_SECRET, false).expect("secret")];
+    callbacks::save_endpoint(s.db(), &spec, now).await.expect("endpoint");
+    scheduler::ensure_system_jobs(s).await.expect("system jobs");
+
+    registry::upload(s, &plugin_bytes(WASIP2, "swap_rule_v2")).await.expect("upload swap-rule 2");
+    let v2 = registry::resolve(s, "swap-rule@2.0.0").await.expect("v2");
+    registry::set_shadow(s, "demo-shop", &v2, None, None, "test").await.expect("shadow");
+
+    let deliverer = Deliverer::new(
+        s.db().clone(),
+        s.clock(),
+        DeliveryConfig { allow_private: true, ..DeliveryConfig::default() },
+        "dashboard-test",
+    )
+    .expect("deliverer");
+    let token = |name: &'static str, scope, expires| {
+        let s = s.clone();
+        async move { auth::create_token(s.db(), name, scope, s.now(), expires).await.expect("token") }
+    };
+    let admin = token("ops-admin", Scope::Admin, None).await;
+    let write = token("reviewer", Scope::Write, None).await;
+    let read = token("viewer", Scope::Read, None).await;
+    let expired = token("old", Scope::Admin, Some(now - 1)).await;
+    let revoked = token("gone", Scope::Admin, None).await;
+    let revoked_id = format!("tok_{}", &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(revoked.as_bytes()))[..12]);
+    assert!(auth::revoke(s.db(), &revoked_id, now).await.expect("revoke"));
+    Seeded { service, deliverer, admin, write, read, revoked, expired }
+}
+
+fn app(w: &Seeded) -> axum::Router {
+    let state = AppState { service: w.service.clone(), runtime: runtime().clone() };
+    router_with_callbacks(state, w.deliverer.clone())
+}
+
+/// A partner that answers 200 to every callback.
+async fn sink() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Option<String>, String) {
+    let response = app.clone().oneshot(request).await.expect("response");
+    let status = response.status();
+    let location = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = axum::body::to_bytes(response.into_body(), 8 << 20).await.expect("body");
+    (status, location, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn get(uri: &str, token: Option<&str>) -> Request<Body> {
+    let mut r = Request::get(uri);
+    if let Some(t) = token {
+        r = r.header(header::COOKIE, format!("{}={t}", dashboard::COOKIE));
+    }
+    r.body(Body::empty()).expect("request")
+}
+
+fn post(uri: &str, token: Option<&str>, form: &[(&str, &str)]) -> Request<Body> {
+    let mut r = Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(t) = token {
+        r = r.header(header::COOKIE, format!("{}={t}", dashboard::COOKIE));
+    }
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    r.body(Body::from(body)).expect("request")
+}
+
+/// The CSRF token the dashboard renders into a session's forms.
+async fn csrf_of(app: &axum::Router, token: &str) -> String {
+    let (status, _, body) = call(app, get("/dashboard", Some(token))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let at = body.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
+    body[at..].split('"').next().expect("value").to_string()
+}
+
+fn assert_no_secret(w: &Seeded, page: &str, body: &str) {
+    for secret in [&w.admin, &w.write, &w.read, &w.revoked, &w.expired] {
+        assert!(!body.contains(secret.as_str()), "{page} shows a token");
+    }
+    assert!(!body.contains(PARTNER_SECRET), "{page} shows a webhook secret");
+}
+
+/// An order through a tracked link and a postback, over HTTP; returns its conversion id.
+async fn order(client: &reqwest::Client, base: &str, link: &str, user: &str, tid: &str, sale: &str) -> String {
+    let r = client.get(format!("{base}/c/{link}?user={user}")).send().await.expect("click");
+    assert_eq!(r.status(), reqwest::StatusCode::FOUND);
+    let location = r.headers()[reqwest::header::LOCATION].to_str().expect("location").to_string();
+    let url = url::Url::parse(&location).expect("url");
+    let click = url.query_pairs().find(|(k, _)| k == "clickref").expect("click id").1.into_owned();
+    let pb = format!(
+        "{base}/postback/demo-net?tid={tid}&oid=O-{tid}&clickref={click}&sale={sale}&comm=4.00&status=pending&token={}",
+        demo::DEMO_TOKEN
+    );
+    let r = client.get(pb).send().await.expect("postback");
+    assert_eq!(r.status(), reqwest::StatusCode::OK, "{}", r.text().await.unwrap_or_default());
+    conversion_id("demo-net", tid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and_its_csrf_token() {
+    for t in backends::all().await {
+        let sink = sink().await;
+        let w = seed(t.db.clone(), &sink).await;
+        let app = app(&w);
+        let wrong = "cbk_00000000000000000000000000000000000000000000000000000000000000ff";
+
+        // Pages: no session, a wrong, revoked or expired token → the login page.
+        for page in dashboard::PAGES {
+            for token in [None, Some(wrong), Some(w.revoked.as_str()), Some(w.expired.as_str())] {
+                let (status, location, body) = call(&app, get(page, token)).await;
+                if page.ends_with(".json") {
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}: {page} with {token:?}", t.name);
+                } else {
+                    assert_eq!(status, StatusCode::SEE_OTHER, "{}: {page} with {token:?}: {body}", t.name);
+                    let location = location.expect("location");
+                    assert!(location.starts_with("/dashboard/login?next="), "{location}");
+                }
+                assert_no_secret(&w, page, &body);
+            }
+            // Any valid token reads; nothing secret is rendered.
+            let (status, _, body) = call(&app, get(page, Some(&w.read))).await;
+            let missing = page.ends_with("/cv_x") || page.ends_with("/deliveries/1");
+            let expected = if missing { StatusCode::NOT_FOUND } else { StatusCode::OK };
+            assert_eq!(status, expected, "{}: {page}: {body}", t.name);
+            assert_no_secret(&w, page, &body);
+        }
+
+        // Actions: 401 without a valid session; 403 without the session's CSRF token or
+        // with a token whose scope is too small.
+        let read_csrf = csrf_of(&app, &w.read).await;
+        let write_csrf = csrf_of(&app, &w.write).await;
+        let admin_csrf = csrf_of(&app, &w.admin).await;
+        assert_ne!(read_csrf, write_csrf, "a CSRF token is bound to its session");
+        for (action, needed) in dashboard::ACTIONS {
+            for token in [None, Some(wrong), Some(w.revoked.as_str()), Some(w.expired.as_str())] {
+                let (status, _, body) = call(&app, post(action, token, &[("csrf", &admin_csrf)])).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{}: {action} with {token:?}: {body}", t.name);
+            }
+            for csrf in ["", "0000", write_csrf.as_str()] {
+                let (status, _, body) = call(&app, post(action, Some(&w.admin), &[("csrf", csrf)])).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{}: {action} with CSRF {csrf:?}: {body}", t.name);
+            }
+            for (token, csrf, scope) in [(&w.read, &read_csrf, Scope::Read), (&w.write, &write_csrf, Scope::Write)] {
+                if scope < *needed {
+                    let (status, _, body) = call(&app, post(action, Some(token), &[("csrf", csrf)])).await;
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{}: {action} as {scope:?}: {body}", t.name);
+                    assert!(body.contains(&format!("needs the {} scope", needed.as_str())), "{body}");
+                }
+            }
+        }
+
+        // A refused review changed nothing; the reviewer's goes through, recorded under
+        // the token's name.
+        let base_state = w.service.by_status(Status::PendingReview, 10).await.expect("queue");
+        assert!(base_state.is_empty(), "{}: nothing pending yet", t.name);
+        let click = NewClick {
+            click_id: "manual-click".into(),
+            user_id: "alice".into(),
+            merchant_id: Some("manual-shop".into()),
+            network_id: Some("demo-net".into()),
+            ..NewClick::default()
+        };
+        w.service.register_click(click).await.expect("click");
+        let postback = Request::get(format!(
+            "/postback/demo-net?tid=M-1&clickref=manual-click&sale=80.00&comm=6.40&status=pending&token={}",
+            demo::DEMO_TOKEN
+        ))
+        .body(Body::empty())
+        .expect("request");
+        let (status, _, body) = call(&app, postback).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = conversion_id("demo-net", "M-1");
+        let review = format!("/dashboard/review/{id}");
+        for (token, csrf) in
+            [(None, admin_csrf.as_str()), (Some(w.read.as_str()), read_csrf.as_str()), (Some(w.write.as_str()), "")]
+        {
+            let (status, _, _) = call(&app, post(&review, token, &[("csrf", csrf), ("action", "approve")])).await;
+            assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status}");
+        }
+        let status_of = |id: String| {
+            let s = w.service.clone();
+            async move { s.conversion(&id).await.expect("load").expect("row").status }
+        };
+        assert_eq!(status_of(id.clone()).await, Status::PendingReview, "{}: refused reviews change nothing", t.name);
+        let (status, location, body) = call(
+            &app,
+            post(&review, Some(&w.write), &[("csrf", &write_csrf), ("action", "approve"), ("reason", "looks fine")]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        assert!(location.expect("location").starts_with("/dashboard/review?done=approve"));
+        assert_eq!(status_of(id.clone()).await, Status::Processed);
+        let history = w.service.history(&id).await.expect("history");
+        assert!(history.iter().any(|h| h.detail.contains("approve by reviewer: looks fine")), "{history:?}");
+
+        // Signing in: a wrong token gets no cookie; a valid one an HttpOnly, SameSite=Strict
+        // cookie for /dashboard, and a redirect that stays on the dashboard.
+        let login = |token: &str, next: &str| post("/dashboard/login", None, &[("token", token), ("next", next)]);
+        let response = app.clone().oneshot(login(wrong, "/dashboard")).await.expect("response");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers().get(header::SET_COOKIE).is_none());
+        let response = app.clone().oneshot(login(&w.read, "https://evil.example/")).await.expect("response");
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(response.headers()[header::LOCATION], "/dashboard", "never redirected off the dashboard");
+        let cookie = response.headers()[header::SET_COOKIE].to_str().expect("cookie").to_string();
+        for part in ["HttpOnly", "SameSite=Strict", "Path=/dashboard"] {
+            assert!(cookie.contains(part), "{cookie}");
+        }
+        t.cleanup().await;
+    }
+}
+
+// ---- the browser ------------------------------------------------------------------------
+
+/// chromedriver on a free port, killed with the test.
+struct Driver {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// Starts chromedriver, or says why the browser test cannot run: without it the test is
+/// skipped, except in CI where it is required (`.ci/run` installs it).
+async fn chromedriver() -> Option<Driver> {
+    let Some(binary) = find_in_path("chromedriver") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromedriver is required in CI (.ci/run installs chromium and chromium-driver)"
+        );
+        eprintln!(
+            "SKIPPING the dashboard's browser test: chromedriver is not installed (apt-get install chromium chromium-driver)"
+        );
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let child = std::process::Command::new(binary)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver { child, url: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen on {port} within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Some(driver)
+}
+
+async fn browser(driver: &Driver) -> fantoccini::Client {
+    let mut options = json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                                      "--window-size=1360,900", "--hide-scrollbars"]});
+    if std::path::Path::new("/usr/bin/chromium").exists() {
+        options["binary"] = json!("/usr/bin/chromium");
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), options);
+    fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+/// A screenshot of the whole page, to `target/test-output/dashboard/<name>.png`.
+async fn screenshot(b: &fantoccini::Client, name: &str) {
+    let height = b.execute("return document.documentElement.scrollHeight;", vec![]).await.expect("height");
+    let height = height.as_u64().unwrap_or(900).clamp(600, 6000) as u32;
+    b.set_window_size(1360, height).await.expect("resize");
+    let png = b.screenshot().await.expect("screenshot");
+    let dir = target_dir().join("test-output").join("dashboard");
+    std::fs::create_dir_all(&dir).expect("output directory");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+    b.set_window_size(1360, 900).await.expect("resize");
+}
+
+/// The text of the first element matching `css`, once there is one (a click's page may
+/// still be loading).
+async fn text(b: &fantoccini::Client, css: &str) -> String {
+    let wait = b.wait().at_most(Duration::from_secs(15));
+    wait.for_element(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Waits until the browser is on `path`.
+async fn on(b: &fantoccini::Client, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = b.current_url().await.expect("url");
+        if url.path() == path {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still on {url}, expected {path}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metrics(b: &fantoccini::Client) -> [String; 4] {
+    let mut out: [String; 4] = Default::default();
+    for (i, key) in ["processed_today", "cashback_issued", "review_queue", "failed"].into_iter().enumerate() {
+        out[i] = text(b, &format!(".metric .value[data-metric={key}]")).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_order_and_opens_its_timeline() {
+    use fantoccini::Locator::Css;
+    let Some(driver) = chromedriver().await else { return };
+    let t = backends::sqlite().await;
+    let sink = sink().await;
+    let w = seed(t.db.clone(), &sink).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cashbackd::http::serve_router(app(&w), listener, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    // The demo's own traffic first, and its callbacks delivered.
+    demo::simulate(&base).await.expect("demo traffic");
+    w.deliverer.run_due().await.expect("deliveries");
+
+    let b = browser(&driver).await;
+    // Signed out, the dashboard is the login page; a wrong token is refused there.
+    b.goto(&format!("{base}/dashboard")).await.expect("goto");
+    on(&b, "/dashboard/login").await;
+    b.find(Css("#token")).await.expect("token field").send_keys("cbk_not-a-token").await.expect("type");
+    b.find(Css("button[type=submit]")).await.expect("submit").click().await.expect("click");
+    assert!(text(&b, ".notice-error").await.contains("not a valid token"));
+    screenshot(&b, "login").await;
+    b.find(Css("#token")).await.expect("token field").send_keys(&w.admin).await.expect("type");
+    b.find(Css("button[type=submit]")).await.expect("submit").click().await.expect("click");
+    on(&b, "/dashboard").await;
+    assert!(text(&b, "header .operator").await.contains("ops-admin"));
+
+    // The four metrics, then three orders by postback: one credited at once, one for the
+    // manual merchant (the review queue), one whose rule fails. The page refreshes itself.
+    let before = metrics(&b).await;
+    screenshot(&b, "overview-before").await;
+    let credited = order(&client, &base, "demo-link", "alice", "B-1", "150.00").await;
+    let manual = order(&client, &base, "manual-link", "bob", "B-2", "420.00").await;
+    let failed = order(&client, &base, "broken-link", "alice", "B-3", "35.00").await;
+    assert_eq!(w.service.conversion(&failed).await.expect("load").expect("row").status, Status::Failed);
+    assert_eq!(w.service.conversion(&credited).await.expect("load").expect("row").status, Status::Processed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let now = metrics(&b).await;
+        if (0..4).all(|i| now[i] != before[i]) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the metrics did not all change: before {before:?}, now {now:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let number = |s: &str| s.parse::<i64>().expect("a count");
+    assert_eq!(number(&after[0]), number(&before[0]) + 1, "one more order processed today");
+    assert_eq!(number(&after[2]), number(&before[2]) + 1, "one more order awaiting review");
+    assert_eq!(number(&after[3]), number(&before[3]) + 1, "one more failed");
+    tokio::time::sleep(Duration::from_millis(1800)).await; // the highlight fades
+    w.deliverer.run_due().await.expect("deliveries");
+    screenshot(&b, "overview").await;
+
+    // The review queue: approve the manual merchant's order, with a reason.
+    b.goto(&format!("{base}/dashboard/review")).await.expect("goto");
+    let row = b.find(Css(&format!("tr[data-conversion='{manual}']"))).await.expect("the order is in the queue");
+    screenshot(&b, "review").await;
+    row.find(Css("input[name=reason]")).await.expect("reason").send_keys("customer verified").await.expect("type");
+    row.find(Css("button[value=approve]")).await.expect("approve").click().await.expect("click");
+    assert!(text(&b, ".notice-ok").await.contains("approved"));
+    assert!(b.find(Css(&format!("tr[data-conversion='{manual}']"))).await.is_err(), "it left the queue");
+    assert_eq!(w.service.conversion(&manual).await.expect("load").expect("row").status, Status::Processed);
+    screenshot(&b, "review-after").await;
+
+    // Its timeline: every stage, its history (the approval by this operator), its postings
+    // with the plugin that computed them.
+    b.goto(&format!("{base}/dashboard/conversions?merchant=manual-shop")).await.expect("goto");
+    screenshot(&b, "conversions").await;
+    b.find(Css(&format!("a[href='/dashboard/conversions/{manual}']")))
+        .await
+        .expect("link")
+        .click()
+        .await
+        .expect("click");
+    let timeline = text(&b, "#timeline").await;
+    for stage in ["Clicked", "Purchased", "Reported", "Rules ran", "Ledger"] {
+        assert!(timeline.contains(stage), "{timeline}");
+    }
+    assert!(text(&b, "#history").await.contains("approve by ops-admin: customer verified"));
+    let postings = text(&b, "#postings").await;
+    assert!(postings.contains("flat-rate") && postings.contains("0.1.0"), "{postings}");
+    screenshot(&b, "timeline").await;
+
+    // The other pages, each with what it is for.
+    b.goto(&format!("{base}/dashboard/delays")).await.expect("goto");
+    b.find(Css("svg#by-via rect")).await.expect("the delay chart");
+    let by_via = text(&b, "#delays-by-via").await;
+    assert!(by_via.contains("file") && by_via.contains("api import") && by_via.contains("postback"), "{by_via}");
+    screenshot(&b, "delays").await;
+
+    b.goto(&format!("{base}/dashboard/plugins")).await.expect("goto");
+    assert!(text(&b, "#placements").await.contains("demo-shop"));
+    b.find(Css("#backtest select[name=plugin]"))
+        .await
+        .expect("plugin")
+        .select_by_value("swap-rule@2.0.0")
+        .await
+        .expect("select");
+    b.find(Css("#backtest select[name=merchant]"))
+        .await
+        .expect("merchant")
+        .select_by_value("demo-shop")
+        .await
+        .expect("select");
+    b.find(Css("#backtest button[type=submit]")).await.expect("run").click().await.expect("click");
+    assert!(text(&b, "#backtest h3").await.contains("swap-rule@2.0.0"));
+    assert!(text(&b, "#backtest").await.contains("conversions compared"));
+    screenshot(&b, "plugins").await;
+
+    w.deliverer.run_due().await.expect("deliveries");
+    b.goto(&format!("{base}/dashboard/deliveries")).await.expect("goto");
+    assert!(text(&b, "#deliveries").await.contains("delivered"));
+    screenshot(&b, "deliveries").await;
+    b.find(Css("#deliveries a[href^='/dashboard/deliveries/']"))
+        .await
+        .expect("a delivery")
+        .click()
+        .await
+        .expect("click");
+    assert!(text(&b, "#attempts").await.contains("200"));
+    screenshot(&b, "delivery").await;
+    b.goto(&format!("{base}/dashboard/deliveries")).await.expect("goto");
+    b.find(Css("#endpoints button[type=submit]")).await.expect("tester").click().await.expect("click");
+    assert!(text(&b, ".notice-ok").await.contains("answered 200"));
+    let sent = text(&b, "#tester").await;
+    assert!(sent.contains("signature=***") && !sent.contains(PARTNER_SECRET), "{sent}");
+    screenshot(&b, "tester").await;
+
+    b.goto(&format!("{base}/dashboard/jobs")).await.expect("goto");
+    b.find(Css("form[action='/dashboard/jobs/mature/run'] button"))
+        .await
+        .expect("run now")
+        .click()
+        .await
+        .expect("click");
+    assert!(text(&b, ".notice-ok").await.contains("mature ran"));
+    screenshot(&b, "jobs").await;
+
+    // Signing out ends the session.
+    b.find(Css("header form button")).await.expect("sign out").click().await.expect("click");
+    on(&b, "/dashboard/login").await;
+    b.goto(&format!("{base}/dashboard/review")).await.expect("goto");
+    on(&b, "/dashboard/login").await;
+
+    b.close().await.expect("close");
+    drop(driver);
+    let _ = stop.send(());
+    server.await.expect("server").expect("serve");
+    t.cleanup().await;
+}
