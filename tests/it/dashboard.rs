@@ -502,12 +502,12 @@ async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_
 
     // The review queue: approve the manual merchant's order, with a reason.
     b.goto(&format!("{base}/dashboard/review")).await.expect("goto");
-    let row = b.find(Css(&format!("tr[data-conversion='{manual}']"))).await.expect("the order is in the queue");
+    let row = b.find(Css(&format!("tbody[data-conversion='{manual}']"))).await.expect("the order is in the queue");
     screenshot(&b, "review").await;
     row.find(Css("input[name=reason]")).await.expect("reason").send_keys("customer verified").await.expect("type");
     row.find(Css("button[value=approve]")).await.expect("approve").click().await.expect("click");
     assert!(text(&b, ".notice-ok").await.contains("approved"));
-    assert!(b.find(Css(&format!("tr[data-conversion='{manual}']"))).await.is_err(), "it left the queue");
+    assert!(b.find(Css(&format!("tbody[data-conversion='{manual}']"))).await.is_err(), "it left the queue");
     assert_eq!(w.service.conversion(&manual).await.expect("load").expect("row").status, Status::Processed);
     screenshot(&b, "review-after").await;
 

@@ -56,33 +56,34 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                     table #review-queue {
                         thead { tr {
                             th { "Conversion" } th { "Status" } th { "Merchant" } th { "User" } th { "Order" }
-                            th.num { "Amount" } th.num { "Cashback" } th { "Why" } th { "Reported" } th { "Decision" }
+                            th.num { "Amount" } th.num { "Cashback" } th { "Why" } th { "Reported" }
                         } }
-                        tbody {
-                            @for c in &queue {
-                                tr data-conversion=(c.id) {
+                        // One body per order: its facts, then the decision under them.
+                        @for c in &queue {
+                            tbody.item data-conversion=(c.id) {
+                                tr {
                                     td { (conversion_link(&c.id)) div.muted { (c.network_id) " · " (c.transaction_id) } }
                                     td { (badge(c.status)) }
-                                    td { (c.merchant_id.as_deref().unwrap_or("—")) }
+                                    td.nowrap { (c.merchant_id.as_deref().unwrap_or("—")) }
                                     td { (c.user_id.as_deref().unwrap_or("—")) }
                                     td { (c.order_id.as_deref().unwrap_or("—")) }
                                     td.num { (money(c.amount, &c.currency)) }
                                     td.num { strong { (money(c.cashback, &c.currency)) } }
                                     td.why { (c.status_reason.as_deref().unwrap_or("")) }
                                     td.nowrap { (time(c.reported_at)) }
-                                    td.decide {
-                                        @if can_act {
+                                }
+                                @if can_act {
+                                    tr.decide {
+                                        td colspan="9" {
                                             form.inline method="post" action={ "/dashboard/review/" (c.id) } {
                                                 (session.csrf_field())
-                                                input type="text" name="reason" placeholder="reason" maxlength="500" aria-label="reason";
+                                                input type="text" name="reason" placeholder="reason (required to reject)" maxlength="500" aria-label="reason";
                                                 button.approve type="submit" name="action" value="approve" { "Approve" }
                                                 button.reject type="submit" name="action" value="reject" { "Reject" }
                                                 @if c.status != Status::Held {
                                                     button.hold type="submit" name="action" value="hold" { "Hold" }
                                                 }
                                             }
-                                        } @else {
-                                            span.muted { "read only" }
                                         }
                                     }
                                 }
