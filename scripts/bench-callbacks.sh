@@ -8,7 +8,8 @@
 #   BENCH_CALLBACKS=20000 BENCH_ROUNDS=5 scripts/bench-callbacks.sh
 #
 # Settings (environment): BENCH_CALLBACKS (5000 per round), BENCH_ROUNDS (3),
-# BENCH_CONCURRENCY (32), BENCH_DIR (target/bench-callbacks), CASHBACKD_TEST_POSTGRES
+# BENCH_CONCURRENCY (32), BENCH_DIR (target/bench-callbacks), BENCH_BIN (a built
+# cashbackd-load: no build), CASHBACKD_TEST_POSTGRES
 # (an admin URL; a fresh database per run, dropped at exit), BENCH_SKIP_POSTGRES=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,9 +22,13 @@ admin=${CASHBACKD_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
 doc=docs/PERFORMANCE.md
 target_ratio=0.5
 
-echo "== building cashbackd-load (release)" >&2
-cargo build --release -p cashbackd --bin cashbackd-load >&2
-bin=${CARGO_TARGET_DIR:-target}/release/cashbackd-load
+if [[ -n ${BENCH_BIN:-} ]]; then
+    bin=$BENCH_BIN # a binary built already (the same sources), e.g. while the tree is mid-edit
+else
+    echo "== building cashbackd-load (release)" >&2
+    cargo build --release -p cashbackd --bin cashbackd-load >&2
+    bin=${CARGO_TARGET_DIR:-target}/release/cashbackd-load
+fi
 
 mkdir -p "$dir"
 pg_db=

@@ -69,6 +69,9 @@ struct Args {
     /// Measure callback deliveries instead: this many per round (see the module doc).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["writes", "seconds", "ack_log"])]
     callbacks: Option<u64>,
+    /// Delivery passes side by side in the callbacks benchmark (the worker's default: 2).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    passes: u32,
     /// Rounds of the callbacks benchmark (each: the bare loop, then the worker).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
@@ -394,7 +397,13 @@ mod callbacks {
         spec.secrets = vec![Secret::parse("bench-shared-secret-0123456789", false).map_err(anyhow::Error::msg)?];
         callbacks::save_endpoint(&db, &spec, now).await?;
         let concurrency = args.concurrency as usize;
-        let config = DeliveryConfig { allow_private: true, batch: 256, concurrency, ..DeliveryConfig::default() };
+        // The worker as `serve` runs it, but for the loopback sink and the in-flight limit.
+        let config = DeliveryConfig {
+            allow_private: true,
+            concurrency,
+            parallel_passes: args.passes as usize,
+            ..DeliveryConfig::default()
+        };
         let deliverer = Deliverer::new(db.clone(), clock.clone(), config, format!("load-{}", std::process::id()))?;
         let bare = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build()?;
         let mut ratios = Vec::new();
