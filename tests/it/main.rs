@@ -5,6 +5,7 @@
 //! and every run, so no test pays for compiling wasm.
 
 mod admin;
+mod api;
 mod backends;
 mod callbacks;
 mod common;

@@ -76,3 +76,22 @@ async fn list_rejects(
         .map_err(|e| ApiError::unavailable("cannot read the rejects", &e))?;
     Ok(Json(serde_json::json!({ "rejects": rejects })))
 }
+
+/// Every `/api/v1` route but the OpenAPI document needs a valid token before anything
+/// else: a caller without one learns nothing about the route (not even that its body is
+/// malformed) and claims no idempotency key. Each handler then checks its own scope.
+pub(super) async fn authenticated(
+    State(st): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path();
+    if path.starts_with("/api/v1/")
+        && path != "/api/v1/openapi.json"
+        && let Err(refused) = require(&st, request.headers(), Scope::Read).await
+    {
+        return refused.into_response();
+    }
+    next.run(request).await
+}

@@ -3,8 +3,11 @@
 //! says why; internals never leak.
 
 mod admin;
+mod api;
 mod callbacks;
+mod idempotency;
 mod ingress;
+pub mod openapi;
 mod plugins;
 
 use crate::conversions::Service;
@@ -38,7 +41,11 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(callbacks::routes())
         .merge(plugins::routes())
+        .merge(api::routes())
+        .route("/api/v1/openapi.json", get(openapi::serve))
         .merge(crate::dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::guard))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admin::authenticated))
         .with_state(state)
 }
 

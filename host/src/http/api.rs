@@ -1,0 +1,427 @@
+//! The admin API's resources under `/api/v1`: merchants, networks, conversions (search,
+//! timeline), the review queue, balances and jobs. Reading needs the read scope; changes
+//! need write (reviews, job runs) or admin (merchants, networks).
+
+use super::admin::require;
+use super::{ApiError, AppState};
+use crate::auth::Scope;
+use crate::conversions::service::ServiceError;
+use crate::conversions::{ReviewAction, Status};
+use crate::ingest::{self, InboundAuth, Network};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+/// The resource routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/merchants", get(list_merchants))
+        .route("/api/v1/merchants/{merchant}", get(get_merchant).put(put_merchant))
+        .route("/api/v1/networks", get(list_networks))
+        .route("/api/v1/networks/{network}", get(get_network).put(put_network))
+        .route("/api/v1/conversions", get(search_conversions))
+        .route("/api/v1/conversions/{id}", get(conversion_timeline))
+        .route("/api/v1/conversions/{id}/review", post(review))
+        .route("/api/v1/review", get(review_queue))
+        .route("/api/v1/balances", get(balances))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{name}/runs", get(job_runs))
+        .route("/api/v1/jobs/{name}/run", post(run_job))
+}
+
+fn failed(e: ServiceError) -> ApiError {
+    match e {
+        ServiceError::Db(e) => ApiError::unavailable("the database is unavailable", &e),
+        other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", other.to_string()),
+    }
+}
+
+fn db_failed(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("the database is unavailable", &e)
+}
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} {id:?}"))
+}
+
+/// `GET /api/v1/merchants`.
+async fn list_merchants(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let rows =
+        sqlx::query("SELECT id, name, processing_mode, reward_delay_days, created_at FROM merchants ORDER BY id")
+            .fetch_all(&st.service.db().pool)
+            .await
+            .map_err(db_failed)?;
+    let mut merchants = Vec::new();
+    for r in &rows {
+        merchants.push(merchant_json(&st, r).await?);
+    }
+    Ok(Json(json!({ "merchants": merchants })))
+}
+
+async fn merchant_json(st: &AppState, r: &sqlx::any::AnyRow) -> Result<Value, ApiError> {
+    let id: String = r.try_get(0).map_err(db_failed)?;
+    let chain = sqlx::query(
+        "SELECT r.position, p.name, p.version, r.plugin_digest FROM merchant_rules r \
+         JOIN plugins p ON p.digest = r.plugin_digest WHERE r.merchant_id = $1 ORDER BY r.position",
+    )
+    .bind(&id)
+    .fetch_all(&st.service.db().pool)
+    .await
+    .map_err(db_failed)?
+    .iter()
+    .map(|c| {
+        Ok(json!({"position": c.try_get::<i64, _>(0)?, "plugin": c.try_get::<String, _>(1)?,
+                  "version": c.try_get::<String, _>(2)?, "digest": c.try_get::<String, _>(3)?}))
+    })
+    .collect::<Result<Vec<Value>, sqlx::Error>>()
+    .map_err(db_failed)?;
+    Ok(json!({
+        "id": id,
+        "name": r.try_get::<String, _>(1).map_err(db_failed)?,
+        "processing_mode": r.try_get::<String, _>(2).map_err(db_failed)?,
+        "reward_delay_days": r.try_get::<i64, _>(3).map_err(db_failed)?,
+        "created_at": r.try_get::<i64, _>(4).map_err(db_failed)?,
+        "rules": chain,
+    }))
+}
+
+/// `GET /api/v1/merchants/{merchant}`.
+async fn get_merchant(
+    State(st): State<AppState>,
+    Path(merchant): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let row =
+        sqlx::query("SELECT id, name, processing_mode, reward_delay_days, created_at FROM merchants WHERE id = $1")
+            .bind(&merchant)
+            .fetch_optional(&st.service.db().pool)
+            .await
+            .map_err(db_failed)?
+            .ok_or_else(|| not_found("merchant", &merchant))?;
+    Ok(Json(merchant_json(&st, &row).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MerchantBody {
+    name: String,
+    #[serde(default)]
+    manual_review: bool,
+    #[serde(default = "thirty")]
+    reward_delay_days: i64,
+}
+
+fn thirty() -> i64 {
+    30
+}
+
+/// `PUT /api/v1/merchants/{merchant}` `{"name", "manual_review"?, "reward_delay_days"?}`:
+/// creates or updates (admin). Its rules are set through the plugin registry.
+async fn put_merchant(
+    State(st): State<AppState>,
+    Path(merchant): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<MerchantBody>,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    if merchant.is_empty() || merchant.len() > 64 {
+        return Err(ApiError::bad_request("bad_id", "merchant id: 1 to 64 characters"));
+    }
+    if body.name.trim().is_empty() {
+        return Err(ApiError::bad_request("bad_name", "name: required"));
+    }
+    st.service
+        .upsert_merchant(&merchant, &body.name, body.manual_review, body.reward_delay_days)
+        .await
+        .map_err(failed)?;
+    get_merchant(State(st), Path(merchant), headers).await
+}
+
+/// A network as the API shows it: the inbound secret is never returned.
+fn network_json(n: &Network) -> Value {
+    let auth = match &n.auth {
+        InboundAuth::None => json!({"kind": "none"}),
+        InboundAuth::Token(_) => json!({"kind": "token", "secret": "***"}),
+        InboundAuth::Hmac(_) => json!({"kind": "hmac", "secret": "***"}),
+        InboundAuth::IpAllowList(ips) => json!({"kind": "ip", "ips": ips}),
+    };
+    json!({"id": n.id, "name": n.name, "adapter_digest": n.adapter_digest, "adapter_config": n.adapter_config, "auth": auth})
+}
+
+/// `GET /api/v1/networks`.
+async fn list_networks(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM networks ORDER BY id")
+        .fetch_all(&st.service.db().pool)
+        .await
+        .map_err(db_failed)?;
+    let mut networks = Vec::new();
+    for id in ids {
+        if let Some(n) = ingest::network(st.service.db(), &id).await.map_err(db_failed)? {
+            networks.push(network_json(&n));
+        }
+    }
+    Ok(Json(json!({ "networks": networks })))
+}
+
+/// `GET /api/v1/networks/{network}`.
+async fn get_network(
+    State(st): State<AppState>,
+    Path(network): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let n = ingest::network(st.service.db(), &network)
+        .await
+        .map_err(db_failed)?
+        .ok_or_else(|| not_found("network", &network))?;
+    Ok(Json(network_json(&n)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkBody {
+    name: String,
+    /// `name@version` or digest of a stored adapter.
+    adapter: Option<String>,
+    #[serde(default)]
+    adapter_config: Value,
+    /// `none`, `token`, `hmac` or `ip`.
+    auth: String,
+    secret: Option<String>,
+    #[serde(default)]
+    ips: Vec<String>,
+}
+
+/// `PUT /api/v1/networks/{network}` (admin): creates or updates a network; the adapter's
+/// configuration is checked against its schema.
+async fn put_network(
+    State(st): State<AppState>,
+    Path(network): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<NetworkBody>,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    let auth = match (body.auth.as_str(), body.secret) {
+        ("none", _) => InboundAuth::None,
+        ("token", Some(s)) if !s.is_empty() => InboundAuth::Token(s),
+        ("hmac", Some(s)) if !s.is_empty() => InboundAuth::Hmac(s),
+        ("ip", _) => {
+            let mut ips = Vec::new();
+            for ip in &body.ips {
+                ips.push(
+                    ip.parse()
+                        .map_err(|_| ApiError::bad_request("bad_ip", format!("ips: {ip:?} is not an address")))?,
+                );
+            }
+            if ips.is_empty() {
+                return Err(ApiError::bad_request("bad_auth", "ips: at least one address for auth \"ip\""));
+            }
+            InboundAuth::IpAllowList(ips)
+        }
+        ("token" | "hmac", _) => return Err(ApiError::bad_request("bad_auth", "secret: required for token and hmac")),
+        (other, _) => {
+            return Err(ApiError::bad_request("bad_auth", format!("auth: {other:?} is not none, token, hmac or ip")));
+        }
+    };
+    let adapter = match &body.adapter {
+        Some(r) => {
+            let plugin = crate::registry::resolve(&st.service, r).await.map_err(failed)?;
+            plugin
+                .manifest
+                .validate_config(&body.adapter_config)
+                .map_err(|e| ApiError::bad_request("bad_config", format!("adapter_config: {e}")))?;
+            Some(plugin.digest.to_string())
+        }
+        None => None,
+    };
+    let n = Network {
+        id: network.clone(),
+        name: body.name,
+        adapter_digest: adapter,
+        adapter_config: body.adapter_config,
+        auth,
+    };
+    ingest::upsert_network(st.service.db(), &n, st.service.now()).await.map_err(db_failed)?;
+    Ok(Json(network_json(&n)))
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    status: Option<String>,
+    network: Option<String>,
+    merchant: Option<String>,
+    user: Option<String>,
+    transaction: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/conversions?status=&network=&merchant=&user=&transaction=&limit=`: newest first.
+async fn search_conversions(
+    State(st): State<AppState>,
+    Query(q): Query<SearchQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    if let Some(s) = &q.status
+        && Status::parse(s).is_none()
+    {
+        return Err(ApiError::bad_request("bad_status", format!("status: {s:?} is not a status")));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let rows = sqlx::query(
+        "SELECT id FROM conversions WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR network_id = $2) \
+         AND ($3 IS NULL OR merchant_id = $3) AND ($4 IS NULL OR user_id = $4) AND ($5 IS NULL OR transaction_id = $5) \
+         ORDER BY reported_at DESC, id LIMIT $6",
+    )
+    .bind(&q.status)
+    .bind(&q.network)
+    .bind(&q.merchant)
+    .bind(&q.user)
+    .bind(&q.transaction)
+    .bind(limit)
+    .fetch_all(&st.service.db().pool)
+    .await
+    .map_err(db_failed)?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let id: String = r.try_get(0).map_err(db_failed)?;
+        if let Some(c) = st.service.conversion(&id).await.map_err(failed)? {
+            out.push(json!(c));
+        }
+    }
+    Ok(Json(json!({ "conversions": out })))
+}
+
+/// `GET /api/v1/conversions/{id}`: the conversion, its history (every stage with its
+/// time) and its ledger postings with the plugins that computed them.
+async fn conversion_timeline(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let c = st.service.conversion(&id).await.map_err(failed)?.ok_or_else(|| not_found("conversion", &id))?;
+    let history = st.service.history(&id).await.map_err(failed)?;
+    let postings = sqlx::query(
+        "SELECT id, cause, reason, operator, plugin_name, plugin_version, plugin_digest, created_at \
+         FROM ledger_transactions WHERE conversion_id = $1 ORDER BY id",
+    )
+    .bind(&id)
+    .fetch_all(&st.service.db().pool)
+    .await
+    .map_err(db_failed)?
+    .iter()
+    .map(|r| {
+        Ok(json!({"id": r.try_get::<i64, _>(0)?, "cause": r.try_get::<String, _>(1)?,
+                  "reason": r.try_get::<Option<String>, _>(2)?, "operator": r.try_get::<Option<String>, _>(3)?,
+                  "plugin_name": r.try_get::<Option<String>, _>(4)?, "plugin_version": r.try_get::<Option<String>, _>(5)?,
+                  "plugin_digest": r.try_get::<Option<String>, _>(6)?, "at": r.try_get::<i64, _>(7)?}))
+    })
+    .collect::<Result<Vec<Value>, sqlx::Error>>()
+    .map_err(db_failed)?;
+    let stages = json!({
+        "clicked_at": c.clicked_at, "event_time": c.event_time, "reported_at": c.reported_at,
+        "reported_via": c.reported_via, "rule_at": c.rule_at, "ledger_at": c.ledger_at,
+        "completed_at": c.completed_at, "matured_at": c.matured_at,
+    });
+    Ok(Json(json!({ "conversion": c, "stages": stages, "history": history, "postings": postings })))
+}
+
+/// `GET /api/v1/review`: conversions awaiting review (pending review and held), oldest first.
+async fn review_queue(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let mut queue = st.service.by_status(Status::PendingReview, 500).await.map_err(failed)?;
+    queue.extend(st.service.by_status(Status::Held, 500).await.map_err(failed)?);
+    Ok(Json(json!({ "queue": queue })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewBody {
+    /// `approve`, `reject` or `hold`.
+    action: String,
+    operator: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /api/v1/conversions/{id}/review` `{"action": "approve|reject|hold", "operator", "reason"?}` (write).
+async fn review(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ReviewBody>,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Write).await?;
+    let action = match body.action.as_str() {
+        "approve" => ReviewAction::Approve,
+        "reject" => ReviewAction::Reject,
+        "hold" => ReviewAction::Hold,
+        other => {
+            return Err(ApiError::bad_request(
+                "bad_action",
+                format!("action: {other:?} is not approve, reject or hold"),
+            ));
+        }
+    };
+    let outcome = st.service.review(&id, action, &body.operator, &body.reason).await.map_err(failed)?;
+    Ok(Json(json!(outcome)))
+}
+
+#[derive(Deserialize)]
+struct BalanceQuery {
+    user: Option<String>,
+}
+
+/// `GET /api/v1/balances[?user=U]`: every account's balance, or one user's.
+async fn balances(
+    State(st): State<AppState>,
+    Query(q): Query<BalanceQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let pool = &st.service.db().pool;
+    let b = match &q.user {
+        Some(u) => crate::ledger::user_balances(pool, u).await,
+        None => crate::ledger::all_balances(pool).await,
+    }
+    .map_err(db_failed)?;
+    Ok(Json(json!({ "balances": b })))
+}
+
+/// `GET /api/v1/jobs`: every job, its schedule and its last run.
+async fn jobs(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    Ok(Json(json!({ "jobs": crate::scheduler::list(&st.service).await.map_err(db_failed)? })))
+}
+
+/// `GET /api/v1/jobs/{name}/runs`: the last 100 runs.
+async fn job_runs(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    Ok(Json(json!({ "runs": crate::scheduler::runs(&st.service, &name, 100).await.map_err(db_failed)? })))
+}
+
+/// `POST /api/v1/jobs/{name}/run` (write): runs the job now, once, under its lease.
+async fn run_job(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Write).await?;
+    let scheduler =
+        crate::scheduler::Scheduler::new(st.service.clone(), st.runtime.clone(), format!("api-{}", std::process::id()));
+    let run =
+        scheduler.run_now(&name).await.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e))?;
+    Ok(Json(json!(run)))
+}
