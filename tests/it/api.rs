@@ -209,6 +209,21 @@ async fn the_admin_resources_answer_and_an_idempotency_key_replays_a_write_inste
         let (status, _, run) = call(&app, "POST", "/api/v1/jobs/mature/run", &admin, None, Value::Null).await;
         assert_eq!(status, StatusCode::OK, "{run}");
 
+        // A partner and a signed POST endpoint; the secret never comes back.
+        let (status, _, _) = call(&app, "PUT", "/api/v1/partners/p1", &admin, None, json!({"name": "Partner"})).await;
+        assert_eq!(status, StatusCode::OK);
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let endpoint = json!({"partner_id": "p1", "url_template": "https://partner.example/cb?s={status}",
+                              "method": "POST", "secret": secret, "backoff": "exponential", "max_attempts": 5});
+        let (status, _, view) = call(&app, "PUT", "/api/v1/callbacks/endpoints/e1", &admin, None, endpoint).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert_eq!(view["retry"]["max_attempts"], 5);
+        assert!(!view.to_string().contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "{view}");
+        let bad = json!({"partner_id": "p1", "url_template": "https://partner.example/cb", "backoff": "sometimes"});
+        let (status, _, why) = call(&app, "PUT", "/api/v1/callbacks/endpoints/e2", &admin, None, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(why["error"]["message"].as_str().is_some_and(|m| m.starts_with("backoff")), "{why}");
+
         // A network's inbound secret never comes back.
         let put = json!({"name": "Net", "auth": "token", "secret": "s3cret-inbound"});
         let (status, _, net) = call(&app, "PUT", "/api/v1/networks/net2", &admin, None, put).await;

@@ -31,6 +31,9 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{name}/runs", get(job_runs))
         .route("/api/v1/jobs/{name}/run", post(run_job))
+        .route("/api/v1/partners", get(list_partners))
+        .route("/api/v1/partners/{partner}", axum::routing::put(put_partner))
+        .route("/api/v1/callbacks/endpoints/{id}", axum::routing::put(put_endpoint))
 }
 
 fn failed(e: ServiceError) -> ApiError {
@@ -424,4 +427,118 @@ async fn run_job(
     let run =
         scheduler.run_now(&name).await.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e))?;
     Ok(Json(json!(run)))
+}
+
+fn callback_failed(e: crate::callbacks::CallbackError) -> ApiError {
+    use crate::callbacks::CallbackError;
+    match e {
+        CallbackError::Invalid(why) => ApiError::bad_request("invalid", why),
+        CallbackError::NotFound(why) => ApiError::new(StatusCode::NOT_FOUND, "not_found", why),
+        CallbackError::Db(e) => db_failed(e),
+    }
+}
+
+/// `GET /api/v1/partners`.
+async fn list_partners(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    Ok(Json(json!({ "partners": crate::callbacks::partners(st.service.db()).await.map_err(callback_failed)? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartnerBody {
+    name: String,
+}
+
+/// `PUT /api/v1/partners/{partner}` `{"name"}` (admin): creates or renames a partner.
+async fn put_partner(
+    State(st): State<AppState>,
+    Path(partner): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<PartnerBody>,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    crate::callbacks::upsert_partner(st.service.db(), &partner, &body.name, st.service.now())
+        .await
+        .map_err(callback_failed)?;
+    Ok(Json(json!({ "id": partner, "name": body.name })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointBody {
+    partner_id: String,
+    url_template: String,
+    /// `GET` (default) or `POST`.
+    method: Option<String>,
+    #[serde(default)]
+    params: std::collections::BTreeMap<String, String>,
+    /// A signing secret (`whsec_...` for POST); none: unsigned.
+    secret: Option<String>,
+    signature_param: Option<String>,
+    merchant_id: Option<String>,
+    network_id: Option<String>,
+    #[serde(default)]
+    require_ref_id: bool,
+    max_attempts: Option<u32>,
+    /// `fixed` (default) or `exponential`.
+    backoff: Option<String>,
+    retry_delay_secs: Option<i64>,
+    max_delay_secs: Option<i64>,
+    jitter_pct: Option<u32>,
+    timeout_ms: Option<i64>,
+    disable_after: Option<u32>,
+}
+
+/// `PUT /api/v1/callbacks/endpoints/{id}` (admin): creates or replaces a partner's
+/// callback endpoint. Unset retry fields take seed 003's defaults (3 tries, 5 minutes
+/// apart). The answer masks the secret.
+async fn put_endpoint(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(b): Json<EndpointBody>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::callbacks::{Backoff, EndpointSpec, Method, sign::Secret};
+    require(&st, &headers, Scope::Admin).await?;
+    let method = match b.method.as_deref() {
+        None => Method::Get,
+        Some(m) => Method::parse(m)
+            .ok_or_else(|| ApiError::bad_request("invalid", format!("method: {m:?} is not GET or POST")))?,
+    };
+    let mut spec = EndpointSpec::new(&id, &b.partner_id, &b.url_template);
+    spec.method = method;
+    spec.params = b.params;
+    if let Some(secret) = &b.secret {
+        spec.secrets = vec![
+            Secret::parse(secret, method == Method::Post)
+                .map_err(|e| ApiError::bad_request("invalid", format!("secret: {e}")))?,
+        ];
+    }
+    if let Some(p) = b.signature_param {
+        spec.signature_param = p;
+    }
+    spec.merchant_id = b.merchant_id;
+    spec.network_id = b.network_id;
+    spec.require_ref_id = b.require_ref_id;
+    let d = spec.retry;
+    spec.retry.max_attempts = b.max_attempts.unwrap_or(d.max_attempts);
+    spec.retry.backoff = match b.backoff.as_deref() {
+        None => d.backoff,
+        Some("fixed") => Backoff::Fixed,
+        Some("exponential") => Backoff::Exponential,
+        Some(other) => {
+            return Err(ApiError::bad_request("invalid", format!("backoff: {other:?} is not fixed or exponential")));
+        }
+    };
+    spec.retry.delay_ms = b.retry_delay_secs.map_or(d.delay_ms, |s| s.saturating_mul(1000));
+    spec.retry.max_delay_ms = b.max_delay_secs.map_or(d.max_delay_ms, |s| s.saturating_mul(1000));
+    spec.retry.jitter_pct = b.jitter_pct.unwrap_or(d.jitter_pct);
+    spec.timeout_ms = b.timeout_ms.unwrap_or(spec.timeout_ms);
+    spec.disable_after = b.disable_after.unwrap_or(spec.disable_after);
+    spec.validate().map_err(callback_failed)?;
+    crate::callbacks::save_endpoint(st.service.db(), &spec, st.service.now()).await.map_err(callback_failed)?;
+    let view =
+        crate::callbacks::endpoints(st.service.db()).await.map_err(callback_failed)?.into_iter().find(|e| e.id == id);
+    Ok(Json(json!(view)))
 }

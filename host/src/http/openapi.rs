@@ -104,6 +104,9 @@ pub const ROUTES: &[Route] = &[
     ),
     r("POST", "/api/v1/networks/{network}/adapter/activate", Admin, "plugins", "Activate an adapter version", JSON),
     r("POST", "/api/v1/networks/{network}/adapter/rollback", Admin, "plugins", "Roll back the adapter", None),
+    r("GET", "/api/v1/partners", Read, "callbacks", "Partners who receive callbacks", None),
+    r("PUT", "/api/v1/partners/{partner}", Admin, "callbacks", "Create or rename a partner", JSON),
+    r("PUT", "/api/v1/callbacks/endpoints/{id}", Admin, "callbacks", "Create or replace a callback endpoint", JSON),
     r("GET", "/api/v1/callbacks/endpoints", Read, "callbacks", "Partner callback endpoints", None),
     r(
         "POST",
