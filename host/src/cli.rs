@@ -1,13 +1,14 @@
 //! The `cashbackd` command line.
 
 mod author;
+mod config_cmd;
 mod decision;
 mod registry;
 
 pub use registry::instant as parse_instant;
 
 use crate::plugin::fixtures;
-use crate::plugin::{LoadedPlugin, PluginKind, PluginRuntime, RuntimeConfig};
+use crate::plugin::{LoadedPlugin, PluginKind, PluginRuntime};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -18,33 +19,46 @@ use std::sync::Arc;
 #[derive(Debug, Parser)]
 #[command(name = "cashbackd", version, about)]
 pub struct Cli {
-    /// Where plugin components and compiled artifacts are stored.
-    #[arg(long, global = true, env = "CASHBACKD_PLUGIN_STORE", default_value = ".cashbackd/plugins")]
+    // The settings below are also read from the config file and the environment (their
+    // variables are read there, not by clap, so that one place checks them and names
+    // the key): `cashbackd config default` lists them. Given here, a flag wins.
+    /// A config file over the defaults (`cashbackd config default` prints them). Before
+    /// the command (`cashbackd --config FILE serve`): `network add` has a `--config` of
+    /// its own.
+    #[arg(long, env = "CASHBACKD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where plugin components and compiled artifacts are stored [config: plugin.store,
+    /// env: CASHBACKD_PLUGIN_STORE].
+    #[arg(long, global = true, default_value = ".cashbackd/plugins")]
     pub plugin_store: PathBuf,
-    /// The database: a SQLite file (created on first start) or PostgreSQL.
-    #[arg(
-        long,
-        global = true,
-        env = "DATABASE_URL",
-        default_value = "sqlite://.cashbackd/cashbackd.db",
-        hide_env_values = true
-    )]
+    /// The database: a SQLite file (created on first start) or PostgreSQL [config:
+    /// database.url, env: CASHBACKD_DATABASE_URL or DATABASE_URL].
+    #[arg(long, global = true, default_value = "sqlite://.cashbackd/cashbackd.db")]
     pub database_url: String,
     /// Let partner callbacks reach private, loopback and link-local addresses (refused
-    /// by default: a callback URL must not become a way into the private network).
-    #[arg(long, global = true, env = "CASHBACKD_CALLBACKS_ALLOW_PRIVATE")]
+    /// by default: a callback URL must not become a way into the private network)
+    /// [config: callbacks.allow_private, env: CASHBACKD_CALLBACKS_ALLOW_PRIVATE].
+    #[arg(long, global = true)]
     pub callbacks_allow_private: bool,
     /// SMTP server for user notifications: `smtp://user:password@host:587?tls=required`,
-    /// `smtps://...`, or `smtp://host:25` (no TLS). Without it, digests are not sent.
-    #[arg(long, global = true, env = "CASHBACKD_SMTP_URL", hide_env_values = true)]
+    /// `smtps://...`, or `smtp://host:25` (no TLS). Without it, digests are not sent
+    /// [config: smtp.url, env: CASHBACKD_SMTP_URL].
+    #[arg(long, global = true)]
     pub smtp_url: Option<String>,
-    /// The sender of notification e-mails.
-    #[arg(long, global = true, env = "CASHBACKD_SMTP_FROM", default_value = "cashbackd <cashback@localhost>")]
+    /// The sender of notification e-mails [config: smtp.from, env: CASHBACKD_SMTP_FROM].
+    #[arg(long, global = true, default_value = "cashbackd <cashback@localhost>")]
     pub smtp_from: String,
     /// A directory whose subject.txt, body.txt, change.txt override the built-in
-    /// notification templates.
-    #[arg(long, global = true, env = "CASHBACKD_NOTIFY_TEMPLATES")]
+    /// notification templates [config: notify.templates, env: CASHBACKD_NOTIFY_TEMPLATES].
+    #[arg(long, global = true)]
     pub notify_templates: Option<PathBuf>,
+    /// Log lines as text or JSON [config: log.format, env: CASHBACKD_LOG_FORMAT]; which
+    /// ones: CASHBACKD_LOG (log.filter).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
+    /// Every setting in effect (filled by [`main`] from the layers of [`crate::config`]).
+    #[arg(skip)]
+    pub settings: crate::config::Settings,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -76,11 +90,18 @@ pub enum Command {
         once: bool,
     },
     /// Run the server: tracked clicks (`/c/{link}`), S2S postbacks (`/postback/{network}`),
-    /// health, and reward maturation.
+    /// health, metrics, and reward maturation.
     Serve {
-        /// Address to listen on.
-        #[arg(long, env = "CASHBACKD_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
+        /// Address to listen on [config: http.listen, env: CASHBACKD_LISTEN; default
+        /// 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// The configuration: the commented defaults, and checking a file.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: config_cmd::ConfigCommand,
     },
     /// Configure merchants.
     Merchant {
@@ -198,27 +219,31 @@ pub enum EndpointCommand {
         /// Only conversions whose click carried a ref_id (seed 003).
         #[arg(long)]
         require_ref_id: bool,
-        /// Attempts in all (seed 003: 3).
-        #[arg(long, default_value_t = 3)]
-        max_attempts: u32,
-        /// fixed or exponential.
-        #[arg(long, default_value = "fixed")]
-        backoff: String,
-        /// Seconds between attempts (the first wait, with exponential backoff).
-        #[arg(long, default_value_t = 300)]
-        retry_delay: i64,
-        /// Longest wait in seconds (also caps a partner's Retry-After).
-        #[arg(long, default_value_t = 86_400)]
-        max_delay: i64,
-        /// Random spread of each wait, in percent.
-        #[arg(long, default_value_t = 0)]
-        jitter: u32,
-        /// Request timeout in milliseconds.
-        #[arg(long, default_value_t = 10_000)]
-        timeout_ms: i64,
-        /// Failed attempts in a row after which the endpoint is disabled.
-        #[arg(long, default_value_t = 20)]
-        disable_after: u32,
+        // Unset, these take the configuration's callbacks.* (seed 003's values by default).
+        /// Attempts in all [default: callbacks.max_attempts, 3].
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// fixed or exponential [default: callbacks.backoff, fixed].
+        #[arg(long)]
+        backoff: Option<String>,
+        /// Seconds between attempts (the first wait, with exponential backoff) [default:
+        /// callbacks.retry_delay_secs, 300].
+        #[arg(long)]
+        retry_delay: Option<i64>,
+        /// Longest wait in seconds (also caps a partner's Retry-After) [default:
+        /// callbacks.max_delay_secs, 86400].
+        #[arg(long)]
+        max_delay: Option<i64>,
+        /// Random spread of each wait, in percent [default: callbacks.jitter_pct, 0].
+        #[arg(long)]
+        jitter: Option<u32>,
+        /// Request timeout in milliseconds [default: callbacks.timeout_ms, 10000].
+        #[arg(long)]
+        timeout_ms: Option<i64>,
+        /// Failed attempts in a row after which the endpoint is disabled [default:
+        /// callbacks.disable_after, 20].
+        #[arg(long)]
+        disable_after: Option<u32>,
     },
     /// Every endpoint (secrets masked) with its backlog.
     List,
@@ -491,9 +516,39 @@ pub enum PluginCommand {
     Registry(registry::RegistryCommand),
 }
 
-/// Runs the command line.
+/// The `cashbackd` program: parses the command line, loads and checks the configuration
+/// (an error names the key, and exits 2), starts the logs, runs the command.
+pub fn main() -> ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let outcome = match &cli.command {
+        // Its errors are its output: it runs whatever the configuration holds.
+        Command::Config { command } => config_cmd::run(&cli, Some(&matches), command),
+        _ => match config_cmd::resolve(&mut cli, &matches) {
+            Ok(loaded) => {
+                crate::logging::init(&cli.settings.log);
+                for name in &loaded.unknown_env {
+                    tracing::warn!(variable = %name, "not a cashbackd setting; ignored (`cashbackd config default` lists them)");
+                }
+                run(cli)
+            }
+            Err(e) => Err(e.into()),
+        },
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the command line with `cli.settings` as they are (see [`main`]).
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Config { ref command } => config_cmd::run(&cli, None, command),
         Command::Plugin { command: PluginCommand::Registry(ref command) } => registry::run(&cli, command),
         Command::Plugin { command: PluginCommand::New { kind, ref name, ref dir, ref sdk } } => {
             author::new(kind, name, dir.as_deref(), sdk.as_deref())
@@ -503,7 +558,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             decision::run(&cli, conversion, json)
         }
         Command::Plugin { command } => {
-            let runtime = PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?;
+            let runtime = PluginRuntime::new(cli.settings.runtime_config(&cli.plugin_store))?;
             match command {
                 PluginCommand::Inspect { file, manifest, json } => {
                     let plugin = load(&runtime, &file, manifest.as_deref())?;
@@ -532,15 +587,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let url = format!("sqlite://{}", demo_database.display());
             let plugins = plugins.clone();
             let demo_cli = Cli {
+                config: None,
                 database_url: url.clone(),
                 plugin_store: cli.plugin_store.clone(),
                 callbacks_allow_private: cli.callbacks_allow_private,
                 smtp_url: cli.smtp_url.clone(),
                 smtp_from: cli.smtp_from.clone(),
                 notify_templates: cli.notify_templates.clone(),
+                log_format: cli.log_format,
+                settings: cli.settings.clone(),
                 command: Command::Migrate,
             };
             let config = (callbacks_config(&cli), notify_config(&cli));
+            crate::metrics::install();
             with_service(&demo_cli, |service, runtime| async move {
                 let workers = Workers::start(&service, config.0, config.1, "demo")?;
                 crate::demo::run(service, runtime, workers.deliverer, workers.notifier, &plugins, listen, &url, once)
@@ -561,11 +620,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve { listen } => {
             let config = (callbacks_config(&cli), notify_config(&cli));
+            let listen = listen.unwrap_or(cli.settings.http.listen);
+            let metrics_access = crate::http::MetricsAccess { require_token: cli.settings.metrics.require_token };
+            let notify_schedule = cli.settings.notify.schedule.clone();
+            crate::metrics::install();
             with_service(&cli, |service, runtime| async move {
                 let listener =
                     tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
                 println!("cashbackd listening on http://{}", listener.local_addr()?);
                 crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
+                if crate::scheduler::set_schedule(&service, "notify", &notify_schedule)
+                    .await
+                    .map_err(anyhow::Error::msg)?
+                {
+                    tracing::info!(schedule = %notify_schedule, "notify job scheduled as configured (notify.schedule)");
+                }
                 let owner = format!("{}-{}", listen, std::process::id());
                 let workers = Workers::start(&service, config.0, config.1, &owner)?;
                 let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime.clone(), owner)
@@ -585,7 +654,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let _ = tokio::signal::ctrl_c().await;
                 };
                 let app = crate::http::router_with_callbacks(state, workers.deliverer.clone())
-                    .layer(axum::Extension(workers.notifier.clone()));
+                    .layer(axum::Extension(workers.notifier.clone()))
+                    .layer(axum::Extension(metrics_access));
                 crate::http::serve_router(app, listener, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })
@@ -827,7 +897,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Endpoint { ref command } => {
             let spec = match command {
-                EndpointCommand::Add { .. } => Some(endpoint_spec(command)?),
+                EndpointCommand::Add { .. } => Some(endpoint_spec(command, &cli.settings.callbacks)?),
                 _ => None,
             };
             let command = EndpointAction::of(command);
@@ -1037,7 +1107,10 @@ enum DeliveriesAction {
 }
 
 /// The endpoint `endpoint add` describes; errors name the option.
-fn endpoint_spec(c: &EndpointCommand) -> anyhow::Result<crate::callbacks::EndpointSpec> {
+fn endpoint_spec(
+    c: &EndpointCommand,
+    defaults: &crate::config::CallbackSettings,
+) -> anyhow::Result<crate::callbacks::EndpointSpec> {
     use crate::callbacks::{Backoff, EndpointSpec, Method, RetryPolicy, sign::Secret};
     let EndpointCommand::Add {
         id,
@@ -1079,18 +1152,18 @@ fn endpoint_spec(c: &EndpointCommand) -> anyhow::Result<crate::callbacks::Endpoi
     spec.network_id = network.clone();
     spec.require_ref_id = *require_ref_id;
     spec.retry = RetryPolicy {
-        max_attempts: *max_attempts,
-        backoff: match backoff.as_str() {
+        max_attempts: max_attempts.unwrap_or(defaults.max_attempts),
+        backoff: match backoff.as_deref().unwrap_or(&defaults.backoff) {
             "fixed" => Backoff::Fixed,
             "exponential" => Backoff::Exponential,
             other => bail!("--backoff: {other:?} is not fixed or exponential"),
         },
-        delay_ms: retry_delay.saturating_mul(1000),
-        max_delay_ms: max_delay.saturating_mul(1000),
-        jitter_pct: *jitter,
+        delay_ms: retry_delay.unwrap_or(defaults.retry_delay_secs).saturating_mul(1000),
+        max_delay_ms: max_delay.unwrap_or(defaults.max_delay_secs).saturating_mul(1000),
+        jitter_pct: jitter.unwrap_or(defaults.jitter_pct),
     };
-    spec.timeout_ms = *timeout_ms;
-    spec.disable_after = *disable_after;
+    spec.timeout_ms = timeout_ms.unwrap_or(defaults.timeout_ms);
+    spec.disable_after = disable_after.unwrap_or(defaults.disable_after);
     spec.validate().map_err(|e| anyhow::anyhow!("--{e}").context(format!("endpoint {id}")))?;
     Ok(spec)
 }
@@ -1147,6 +1220,8 @@ fn notify_config(cli: &Cli) -> crate::notify::NotifyConfig {
         smtp_url: cli.smtp_url.clone(),
         from: cli.smtp_from.clone(),
         templates_dir: cli.notify_templates.clone(),
+        max_attempts: cli.settings.notify.max_attempts,
+        retry_delay_ms: cli.settings.notify.retry_delay_secs.saturating_mul(1000),
         ..Default::default()
     }
 }
@@ -1182,7 +1257,7 @@ where
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let db = crate::db::Db::connect(&cli.database_url).await?;
-        let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::new(&cli.plugin_store))?);
+        let runtime = Arc::new(PluginRuntime::new(cli.settings.runtime_config(&cli.plugin_store))?);
         let clock = Arc::new(crate::clock::SystemClock);
         let service = crate::conversions::Service::new(db, runtime.clone(), clock, Default::default());
         f(service, runtime).await

@@ -17,6 +17,7 @@ mod jobs;
 mod ledger;
 mod ledger_props;
 mod notify;
+mod ops;
 mod plugin_cli;
 mod plugin_new;
 mod plugin_runtime;

@@ -302,12 +302,14 @@ impl Deliverer {
         }
         let mut summary = PassSummary { claimed: claimed.len(), ..PassSummary::default() };
         let mut skipped = Vec::new();
+        let mut skipped_endpoints = Vec::new();
         let mut set = tokio::task::JoinSet::new();
         let permits = self.inner.permits.clone();
         for job in jobs {
             let Some((endpoint, template)) = endpoints.get(&job.endpoint_id) else { continue };
             if endpoint.spec.require_ref_id && job.ref_id.as_deref().unwrap_or("").is_empty() {
                 skipped.push(job.delivery_id);
+                skipped_endpoints.push(job.endpoint_id.clone());
                 continue;
             }
             let prepared = match template {
@@ -334,6 +336,20 @@ impl Deliverer {
         summary.skipped = skipped.len();
         let t_sent = t0.elapsed();
         self.record(&results, &skipped, &endpoints, &mut summary).await?;
+        // Counted once recorded: a pass whose record fails is claimed and sent again.
+        for s in &results {
+            let policy = endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
+            let outcome = match outcome_of(s, policy.max_attempts) {
+                "delivered" => "delivered",
+                "failed" => "gave_up",
+                _ => "failed",
+            };
+            let elapsed = Duration::from_millis(u64::try_from(s.latency_ms).unwrap_or(0));
+            crate::metrics::callback(&s.endpoint_id, outcome, Some(elapsed));
+        }
+        for endpoint in &skipped_endpoints {
+            crate::metrics::callback(endpoint, "skipped", None);
+        }
         tracing::debug!(
             claimed = claimed.len(),
             claim_us = t_claim.as_micros() as u64,

@@ -127,6 +127,12 @@ impl Service {
 
     /// [`Service::ingest`] for an event that came by another path than a postback.
     pub async fn ingest_via(&self, event: latest::ConversionEvent, via: super::Via) -> Result<Outcome, ServiceError> {
+        let result = self.record_event(&event, via).await;
+        crate::metrics::ingest_result(&event.network, via.as_str(), &result);
+        result
+    }
+
+    async fn record_event(&self, event: &latest::ConversionEvent, via: super::Via) -> Result<Outcome, ServiceError> {
         let id = conversion_id(&event.network, &event.transaction_id);
         self.retrying(|| async {
             let mut conn = self.db.pool.acquire().await?;
@@ -155,7 +161,7 @@ impl Service {
             drop(conn);
             let evaluation = match attribution {
                 Some(Attribution { missing: None, user_id: Some(user), merchant_id: Some(merchant), clicked_at }) => {
-                    let order = order_from_event(&id, &event, &merchant, &user, clicked_at);
+                    let order = order_from_event(&id, event, &merchant, &user, clicked_at);
                     Some(self.evaluate(&merchant, &user, order).await?)
                 }
                 _ => None,

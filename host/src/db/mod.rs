@@ -112,6 +112,41 @@ impl Db {
             .await?)
     }
 
+    /// The embedded migrations this database has not applied (or whose run failed), by
+    /// version: what `/readyz` waits for. A database never migrated has every one pending.
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>, DbError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let exists: Option<(i64,)> = match self.backend {
+            Backend::Sqlite => {
+                sqlx::query_as("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::query_as("SELECT 1::bigint FROM pg_tables WHERE tablename = '_sqlx_migrations'")
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        let applied: Vec<(i64,)> = match exists {
+            Some(_) => {
+                sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        Ok(migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| m.version)
+            .filter(|v| !applied.iter().any(|(a,)| a == v))
+            .collect())
+    }
+
     /// Applies the embedded migrations that have not run yet.
     pub async fn migrate(&self) -> Result<(), DbError> {
         match self.backend {

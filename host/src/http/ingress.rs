@@ -21,9 +21,15 @@ const MAX_REF_ID_LEN: usize = 32;
 /// to the merchant with the click id and sub ids filled in.
 pub async fn click(State(st): State<AppState>, Path(link): Path<String>, RawQuery(query): RawQuery) -> Response {
     match record_click(&st, &link, query.as_deref().unwrap_or("")).await {
-        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location), (header::CACHE_CONTROL, "no-store".into())])
-            .into_response(),
-        Err(e) => e.into_response(),
+        Ok(location) => {
+            crate::metrics::click("recorded");
+            (StatusCode::FOUND, [(header::LOCATION, location), (header::CACHE_CONTROL, "no-store".into())])
+                .into_response()
+        }
+        Err(e) => {
+            crate::metrics::click(if e.status().is_client_error() { "rejected" } else { "failed" });
+            e.into_response()
+        }
     }
 }
 
@@ -77,6 +83,7 @@ async fn record_click(st: &AppState, link_id: &str, query: &str) -> Result<Strin
 /// parse it, and records each event. Answers 200 only once every event is durably
 /// recorded; a refusal is a 4xx with the reason, kept in the rejects log.
 pub async fn postback(State(st): State<AppState>, Path(network): Path<String>, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let remote = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let method = request.method().as_str().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
@@ -84,17 +91,22 @@ pub async fn postback(State(st): State<AppState>, Path(network): Path<String>, r
     let body = match axum::body::to_bytes(request.into_body(), super::MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
-            return ApiError::new(
+            let e = ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 format!("body over {} bytes", super::MAX_BODY_BYTES),
-            )
-            .into_response();
+            );
+            observe_refusal(&network, &e, started);
+            return e.into_response();
         }
     };
     match handle_postback(&st, &network, &method, &query, &headers, &body, remote).await {
-        Ok(results) => (StatusCode::OK, axum::Json(serde_json::json!({ "results": results }))).into_response(),
+        Ok(results) => {
+            crate::metrics::postback(&network, "accepted", started.elapsed());
+            (StatusCode::OK, axum::Json(serde_json::json!({ "results": results }))).into_response()
+        }
         Err(e) => {
+            observe_refusal(&network, &e, started);
             if e.status().is_client_error() || e.status() == StatusCode::SERVICE_UNAVAILABLE {
                 let reject = Reject {
                     network_id: network.clone(),
@@ -113,6 +125,26 @@ pub async fn postback(State(st): State<AppState>, Path(network): Path<String>, r
             }
             e.into_response()
         }
+    }
+}
+
+/// Counts a postback that was not accepted. Its network is a label only once known to
+/// exist: the path is the sender's to choose, and a label per invented name would grow
+/// without bound.
+fn observe_refusal(network: &str, e: &ApiError, started: std::time::Instant) {
+    // Refused before the network was looked up, or because it does not exist.
+    let unknown = matches!(e.code, "unknown_network" | "too_large") || e.message.starts_with("cannot read the network");
+    let network = if unknown { "unknown" } else { network };
+    let outcome = match e.code {
+        "unauthorized" => "refused",
+        _ if e.status.is_client_error() => "rejected",
+        _ => "failed",
+    };
+    crate::metrics::postback(network, outcome, started.elapsed());
+    // The service counts each event it is given (invalid ones and storage failures too);
+    // a postback refused before any event counts once here.
+    if outcome != "failed" && e.code != "invalid_event" {
+        crate::metrics::ingest_event(network, "postback", outcome);
     }
 }
 

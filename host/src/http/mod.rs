@@ -8,6 +8,7 @@ mod callbacks;
 mod idempotency;
 mod ingress;
 pub mod openapi;
+mod ops;
 mod plugins;
 
 use crate::conversions::Service;
@@ -18,6 +19,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
+
+pub use ops::MetricsAccess;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -37,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/c/{link}", get(ingress::click))
         .route("/postback/{network}", get(ingress::postback).post(ingress::postback))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(ops::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(admin::routes())
         .merge(callbacks::routes())
@@ -46,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::dashboard::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), admin::authenticated))
+        // Outermost: every request's span, log line and metrics, refusals included.
+        .layer(axum::middleware::from_fn(ops::observe))
         .with_state(state)
 }
 

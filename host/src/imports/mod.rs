@@ -117,6 +117,7 @@ pub async fn record_events(
     let mut group_of: HashMap<String, usize> = HashMap::new();
     for (event, fp) in events.into_iter().zip(&fingerprints) {
         if known.contains(fp) {
+            crate::metrics::ingest_event(&event.network, via.as_str(), "duplicate");
             tally.record(&Ok(Outcome::Duplicate {
                 conversion_id: conversion_id(&event.network, &event.transaction_id),
             }));

@@ -18,9 +18,9 @@ use super::wit::{SUPPORTED_API_VERSIONS, latest};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
@@ -128,6 +128,8 @@ pub struct PluginRuntime {
     loaded: Mutex<HashMap<Digest, Arc<LoadedPlugin>>>,
     http: HttpClient,
     compilations: AtomicU64,
+    /// Whether the deadline ticker runs: without it no plugin deadline fires.
+    ticking: AtomicBool,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -173,8 +175,9 @@ fn engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
     Engine::new(&c)
 }
 
-/// Bumps the epoch every tick for as long as the engine lives.
-fn start_epoch_ticker(engine: &Engine, tick: Duration) {
+/// Bumps the epoch every tick for as long as the engine lives. False if the thread could
+/// not be started.
+fn start_epoch_ticker(engine: &Engine, tick: Duration) -> bool {
     let weak = engine.weak();
     let spawned = std::thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
         loop {
@@ -185,16 +188,17 @@ fn start_epoch_ticker(engine: &Engine, tick: Duration) {
             }
         }
     });
-    if let Err(e) = spawned {
+    if let Err(e) = &spawned {
         tracing::error!(error = %e, "cannot start the plugin deadline ticker; plugin deadlines will not fire");
     }
+    spawned.is_ok()
 }
 
 impl PluginRuntime {
     /// Builds the engine and linkers and opens the content store.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<PluginRuntime> {
         let engine = engine(&config).map_err(|e| anyhow::anyhow!("configuring wasmtime: {e:?}"))?;
-        start_epoch_ticker(&engine, config.epoch_tick);
+        let ticking = AtomicBool::new(start_epoch_ticker(&engine, config.epoch_tick));
         let engine_hash = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             engine.precompile_compatibility_hash().hash(&mut h);
@@ -225,6 +229,7 @@ impl PluginRuntime {
             loaded: Mutex::new(HashMap::new()),
             http: HttpClient::new()?,
             compilations: AtomicU64::new(0),
+            ticking,
         })
     }
 
@@ -246,6 +251,18 @@ impl PluginRuntime {
     /// Host limit settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// Whether plugins can be run safely (`/readyz`): the deadline ticker runs and the
+    /// content store is there.
+    pub fn health(&self) -> Result<(), String> {
+        if !self.ticking.load(Ordering::Relaxed) {
+            return Err("the plugin deadline ticker is not running".into());
+        }
+        if !self.store.root().is_dir() {
+            return Err("the plugin store directory is missing".into());
+        }
+        Ok(())
     }
 
     /// Loads a component: checks its sections and contract version before compiling,
@@ -493,6 +510,19 @@ impl PluginRuntime {
         order: &latest::Order,
         context: &latest::RuleContext,
     ) -> CallOutcome<latest::RuleDecision> {
+        let started = Instant::now();
+        let outcome = self.evaluate_unobserved(plugin, config, order, context);
+        observe(plugin, "evaluate", started, &outcome);
+        outcome
+    }
+
+    fn evaluate_unobserved(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        order: &latest::Order,
+        context: &latest::RuleContext,
+    ) -> CallOutcome<latest::RuleDecision> {
         let Pre::RulesV0_1(pre) = &plugin.pre else {
             return CallOutcome::failed(Self::wrong_kind(plugin, PluginKind::MerchantRules));
         };
@@ -511,24 +541,30 @@ impl PluginRuntime {
         outcome
     }
 
-    /// Runs one export of a network adapter in a fresh instance.
+    /// Runs one export of a network adapter (`name`, for the metrics) in a fresh instance.
     fn call_adapter<T: WireSize>(
         &self,
         plugin: &LoadedPlugin,
         config: &PluginConfig,
+        name: &'static str,
         input_size: u64,
         call: impl FnOnce(&AdapterExports, &mut Store<PluginState>) -> wasmtime::Result<Result<T, latest::PluginError>>,
     ) -> CallOutcome<T> {
-        let Pre::AdapterV0_1(pre) = &plugin.pre else {
-            return CallOutcome::failed(Self::wrong_kind(plugin, PluginKind::NetworkAdapter));
-        };
-        if let Err(e) = Self::check_input(plugin, input_size) {
-            return CallOutcome::failed(e);
-        }
-        self.run(plugin, config, Clock::Live, |store| {
-            let bindings = pre.instantiate(&mut *store)?;
-            call(bindings.cashback_plugin_adapter(), store)
-        })
+        let started = Instant::now();
+        let outcome = (|| {
+            let Pre::AdapterV0_1(pre) = &plugin.pre else {
+                return CallOutcome::failed(Self::wrong_kind(plugin, PluginKind::NetworkAdapter));
+            };
+            if let Err(e) = Self::check_input(plugin, input_size) {
+                return CallOutcome::failed(e);
+            }
+            self.run(plugin, config, Clock::Live, |store| {
+                let bindings = pre.instantiate(&mut *store)?;
+                call(bindings.cashback_plugin_adapter(), store)
+            })
+        })();
+        observe(plugin, name, started, &outcome);
+        outcome
     }
 
     /// Parses an S2S postback with a network adapter.
@@ -538,7 +574,9 @@ impl PluginRuntime {
         config: &PluginConfig,
         request: &latest::PostbackRequest,
     ) -> CallOutcome<Vec<latest::ConversionEvent>> {
-        self.call_adapter(plugin, config, request.wire_size(), |a, store| a.call_parse_postback(store, request))
+        self.call_adapter(plugin, config, "parse_postback", request.wire_size(), |a, store| {
+            a.call_parse_postback(store, request)
+        })
     }
 
     /// Fetches one page of a network's report with an adapter.
@@ -548,7 +586,9 @@ impl PluginRuntime {
         config: &PluginConfig,
         request: &latest::ImportRequest,
     ) -> CallOutcome<latest::Page> {
-        self.call_adapter(plugin, config, request.wire_size(), |a, store| a.call_import_page(store, request))
+        self.call_adapter(plugin, config, "import_page", request.wire_size(), |a, store| {
+            a.call_import_page(store, request)
+        })
     }
 
     /// Parses an offline report file with an adapter.
@@ -560,8 +600,14 @@ impl PluginRuntime {
         contents: &[u8],
     ) -> CallOutcome<latest::FileResult> {
         let size = (name.len() + contents.len()) as u64;
-        self.call_adapter(plugin, config, size, |a, store| a.call_parse_file(store, name, contents))
+        self.call_adapter(plugin, config, "parse_file", size, |a, store| a.call_parse_file(store, name, contents))
     }
+}
+
+/// Counts a call in the metrics: its time, and its failure's kind.
+fn observe<T>(plugin: &LoadedPlugin, call: &'static str, started: Instant, outcome: &CallOutcome<T>) {
+    let failure = outcome.result.as_ref().err().map(CallError::kind);
+    crate::metrics::plugin_call(&plugin.label, call, started.elapsed(), failure);
 }
 
 /// The contract a decision must keep: the order's currency, lines that add up to the

@@ -157,6 +157,27 @@ pub async fn ensure_system_jobs(service: &Service) -> Result<(), String> {
     Ok(())
 }
 
+/// Sets a job's schedule to `schedule` if it holds another (`serve` applies the configured
+/// `notify.schedule` at start). Returns whether it changed.
+pub async fn set_schedule(service: &Service, name: &str, schedule: &str) -> Result<bool, String> {
+    let row = sqlx::query("SELECT schedule, kind, target FROM jobs WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&service.db().pool)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no job named {name:?}"))?;
+    let stored: String = row.try_get(0).map_err(|e| e.to_string())?;
+    if stored == schedule {
+        return Ok(false);
+    }
+    let kind = JobKind::from_stored(
+        &row.try_get::<String, _>(1).map_err(|e| e.to_string())?,
+        row.try_get(2).map_err(|e| e.to_string())?,
+    );
+    upsert_job(service, name, schedule, &kind).await?;
+    Ok(true)
+}
+
 /// Every job with its last run.
 pub async fn list(service: &Service) -> Result<Vec<JobInfo>, sqlx::Error> {
     let pool = &service.db().pool;
@@ -362,6 +383,7 @@ impl Scheduler {
         let run_id: i64 = row.try_get(0)?;
         let job = sqlx::query("SELECT kind, target FROM jobs WHERE name = $1").bind(name).fetch_one(pool).await?;
         let (kind, target): (String, Option<String>) = (job.try_get(0)?, job.try_get(1)?);
+        let started = std::time::Instant::now();
         let result = match kind.as_str() {
             "mature" => {
                 self.service.mature_due().await.map(|n| serde_json::json!({ "matured": n })).map_err(|e| e.to_string())
@@ -389,6 +411,7 @@ impl Scheduler {
                 ("failed", serde_json::json!({}), Some(e))
             }
         };
+        crate::metrics::job_run(name, outcome, started.elapsed());
         sqlx::query("UPDATE job_runs SET finished_at = $1, outcome = $2, counts = $3, detail = $4 WHERE id = $5")
             .bind(self.service.now())
             .bind(outcome)

@@ -1,0 +1,848 @@
+//! Configuration in layers, each overriding the one before it: the commented defaults
+//! built into the binary (`host/config/cashbackd.toml`, printed by `cashbackd config
+//! default`), a config file (`--config FILE`, `CASHBACKD_CONFIG`), `CASHBACKD_*`
+//! environment variables, then command-line flags.
+//!
+//! The whole of it is checked once at start: types by serde (every table denies unknown
+//! keys), then values ([`Settings::validate`]). An error names the key and where its value
+//! came from: `callbacks.max_attempts: expected an integer, got "x" (from
+//! CASHBACKD_CALLBACKS_MAX_ATTEMPTS)`.
+//!
+//! Environment variables are read by [`ENV_KEYS`], not by pattern: the environment holds
+//! other `CASHBACKD_` variables (secrets for `network add`, the test database), and a
+//! name with underscores in it cannot be split back into a key unambiguously.
+
+use crate::plugin::limits::{Limits, LimitsOverride};
+use figment::providers::Format as _;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The defaults, commented: the first layer, and `cashbackd config default`.
+pub const DEFAULTS: &str = include_str!("../config/cashbackd.toml");
+
+/// Everything cashbackd reads from its configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Storage.
+    pub database: DatabaseSettings,
+    /// The HTTP server.
+    pub http: HttpSettings,
+    /// `/metrics`.
+    pub metrics: MetricsSettings,
+    /// Logs.
+    pub log: LogSettings,
+    /// The plugin runtime.
+    pub plugin: PluginSettings,
+    /// Partner callbacks.
+    pub callbacks: CallbackSettings,
+    /// The digests' SMTP server.
+    pub smtp: SmtpSettings,
+    /// User notification digests.
+    pub notify: NotifySettings,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` or `postgres://...` (a secret: its password).
+    pub url: String,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Where `serve` listens.
+    pub listen: SocketAddr,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `/metrics` asks for an admin API token (any scope).
+    pub require_token: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// `tracing` filter directives.
+    pub filter: String,
+}
+
+/// `[plugin]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// The content store.
+    pub store: PathBuf,
+    /// Plugin calls at once.
+    pub max_concurrent_calls: u32,
+    /// Limits of a plugin whose manifest asks for nothing.
+    pub defaults: LimitSettings,
+    /// The most a manifest may ask for.
+    pub maxima: LimitSettings,
+    /// An operator's limits per plugin name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, LimitOverrideSettings>,
+}
+
+/// Per-call limits, as [`Limits`] (whose field names are the manifest's, kebab-case; the
+/// configuration's keys are snake_case like the rest of it, to map onto variable names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// See [`Limits::deadline_ms`].
+    pub deadline_ms: u64,
+    /// See [`Limits::memory_mib`].
+    pub memory_mib: u64,
+    /// See [`Limits::max_input_bytes`].
+    pub max_input_bytes: u64,
+    /// See [`Limits::max_output_bytes`].
+    pub max_output_bytes: u64,
+    /// See [`Limits::max_log_bytes`].
+    pub max_log_bytes: u64,
+    /// See [`Limits::max_http_requests`].
+    pub max_http_requests: u32,
+    /// See [`Limits::max_http_response_bytes`].
+    pub max_http_response_bytes: u64,
+    /// See [`Limits::http_timeout_ms`].
+    pub http_timeout_ms: u64,
+}
+
+impl From<Limits> for LimitSettings {
+    fn from(l: Limits) -> Self {
+        LimitSettings {
+            deadline_ms: l.deadline_ms,
+            memory_mib: l.memory_mib,
+            max_input_bytes: l.max_input_bytes,
+            max_output_bytes: l.max_output_bytes,
+            max_log_bytes: l.max_log_bytes,
+            max_http_requests: l.max_http_requests,
+            max_http_response_bytes: l.max_http_response_bytes,
+            http_timeout_ms: l.http_timeout_ms,
+        }
+    }
+}
+
+impl From<LimitSettings> for Limits {
+    fn from(l: LimitSettings) -> Self {
+        Limits {
+            deadline_ms: l.deadline_ms,
+            memory_mib: l.memory_mib,
+            max_input_bytes: l.max_input_bytes,
+            max_output_bytes: l.max_output_bytes,
+            max_log_bytes: l.max_log_bytes,
+            max_http_requests: l.max_http_requests,
+            max_http_response_bytes: l.max_http_response_bytes,
+            http_timeout_ms: l.http_timeout_ms,
+        }
+    }
+}
+
+/// One plugin's limits set by the operator; unset ones keep the manifest's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrideSettings {
+    /// See [`Limits::deadline_ms`].
+    pub deadline_ms: Option<u64>,
+    /// See [`Limits::memory_mib`].
+    pub memory_mib: Option<u64>,
+    /// See [`Limits::max_input_bytes`].
+    pub max_input_bytes: Option<u64>,
+    /// See [`Limits::max_output_bytes`].
+    pub max_output_bytes: Option<u64>,
+    /// See [`Limits::max_log_bytes`].
+    pub max_log_bytes: Option<u64>,
+    /// See [`Limits::max_http_requests`].
+    pub max_http_requests: Option<u32>,
+    /// See [`Limits::max_http_response_bytes`].
+    pub max_http_response_bytes: Option<u64>,
+    /// See [`Limits::http_timeout_ms`].
+    pub http_timeout_ms: Option<u64>,
+}
+
+impl From<LimitOverrideSettings> for LimitsOverride {
+    fn from(o: LimitOverrideSettings) -> Self {
+        LimitsOverride {
+            deadline_ms: o.deadline_ms,
+            memory_mib: o.memory_mib,
+            max_input_bytes: o.max_input_bytes,
+            max_output_bytes: o.max_output_bytes,
+            max_log_bytes: o.max_log_bytes,
+            max_http_requests: o.max_http_requests,
+            max_http_response_bytes: o.max_http_response_bytes,
+            http_timeout_ms: o.http_timeout_ms,
+        }
+    }
+}
+
+/// `[callbacks]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSettings {
+    /// Callbacks may reach private addresses.
+    pub allow_private: bool,
+    /// `endpoint add`'s default: attempts in all.
+    pub max_attempts: u32,
+    /// `endpoint add`'s default: `fixed` or `exponential`.
+    pub backoff: String,
+    /// `endpoint add`'s default: the (first) wait, seconds.
+    pub retry_delay_secs: i64,
+    /// `endpoint add`'s default: the longest wait, seconds.
+    pub max_delay_secs: i64,
+    /// `endpoint add`'s default: random spread of each wait, percent.
+    pub jitter_pct: u32,
+    /// `endpoint add`'s default: request timeout, ms.
+    pub timeout_ms: i64,
+    /// `endpoint add`'s default: failures in a row before the endpoint is disabled.
+    pub disable_after: u32,
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    /// The server (a secret: its password); none, no digest is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The sender.
+    pub from: String,
+}
+
+/// `[notify]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    /// The `notify` job's cron expression.
+    pub schedule: String,
+    /// Attempts per e-mail.
+    pub max_attempts: i64,
+    /// Wait after a failed attempt, seconds (times the attempts so far).
+    pub retry_delay_secs: i64,
+    /// Templates overriding the built-in ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    /// The same values as [`DEFAULTS`] (a test keeps them so).
+    fn default() -> Self {
+        Settings {
+            database: DatabaseSettings { url: "sqlite://.cashbackd/cashbackd.db".into() },
+            http: HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) },
+            metrics: MetricsSettings { require_token: false },
+            log: LogSettings { format: LogFormat::Text, filter: "warn".into() },
+            plugin: PluginSettings {
+                store: ".cashbackd/plugins".into(),
+                max_concurrent_calls: 64,
+                defaults: Limits::host_defaults().into(),
+                maxima: Limits::host_maxima().into(),
+                overrides: BTreeMap::new(),
+            },
+            callbacks: CallbackSettings {
+                allow_private: false,
+                max_attempts: 3,
+                backoff: "fixed".into(),
+                retry_delay_secs: 300,
+                max_delay_secs: 86_400,
+                jitter_pct: 0,
+                timeout_ms: 10_000,
+                disable_after: 20,
+            },
+            smtp: SmtpSettings { url: None, from: "cashbackd <cashback@localhost>".into() },
+            notify: NotifySettings {
+                schedule: "0 */4 * * *".into(),
+                max_attempts: 5,
+                retry_delay_secs: 600,
+                templates: None,
+            },
+        }
+    }
+}
+
+/// What a key's environment variable holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Bool,
+    Int,
+}
+
+/// Every key an environment variable can set: `CASHBACKD_` and the key in capitals with
+/// `.` as `_`. (`plugin.overrides.NAME.*` is only for files: plugin names are free text.)
+const ENV_KEYS: &[(&str, Kind)] = &[
+    ("database.url", Kind::Text),
+    ("http.listen", Kind::Text),
+    ("metrics.require_token", Kind::Bool),
+    ("log.format", Kind::Text),
+    ("log.filter", Kind::Text),
+    ("plugin.store", Kind::Text),
+    ("plugin.max_concurrent_calls", Kind::Int),
+    ("plugin.defaults.deadline_ms", Kind::Int),
+    ("plugin.defaults.memory_mib", Kind::Int),
+    ("plugin.defaults.max_input_bytes", Kind::Int),
+    ("plugin.defaults.max_output_bytes", Kind::Int),
+    ("plugin.defaults.max_log_bytes", Kind::Int),
+    ("plugin.defaults.max_http_requests", Kind::Int),
+    ("plugin.defaults.max_http_response_bytes", Kind::Int),
+    ("plugin.defaults.http_timeout_ms", Kind::Int),
+    ("plugin.maxima.deadline_ms", Kind::Int),
+    ("plugin.maxima.memory_mib", Kind::Int),
+    ("plugin.maxima.max_input_bytes", Kind::Int),
+    ("plugin.maxima.max_output_bytes", Kind::Int),
+    ("plugin.maxima.max_log_bytes", Kind::Int),
+    ("plugin.maxima.max_http_requests", Kind::Int),
+    ("plugin.maxima.max_http_response_bytes", Kind::Int),
+    ("plugin.maxima.http_timeout_ms", Kind::Int),
+    ("callbacks.allow_private", Kind::Bool),
+    ("callbacks.max_attempts", Kind::Int),
+    ("callbacks.backoff", Kind::Text),
+    ("callbacks.retry_delay_secs", Kind::Int),
+    ("callbacks.max_delay_secs", Kind::Int),
+    ("callbacks.jitter_pct", Kind::Int),
+    ("callbacks.timeout_ms", Kind::Int),
+    ("callbacks.disable_after", Kind::Int),
+    ("smtp.url", Kind::Text),
+    ("smtp.from", Kind::Text),
+    ("notify.schedule", Kind::Text),
+    ("notify.max_attempts", Kind::Int),
+    ("notify.retry_delay_secs", Kind::Int),
+    ("notify.templates", Kind::Text),
+];
+
+/// Shorter names kept from before the configuration file; the `CASHBACKD_*` name of the
+/// same key wins when both are set.
+const ENV_ALIASES: &[(&str, &str)] =
+    &[("DATABASE_URL", "database.url"), ("CASHBACKD_LISTEN", "http.listen"), ("CASHBACKD_LOG", "log.filter")];
+
+/// Variables that start with `CASHBACKD_` but are not settings.
+const NOT_SETTINGS: &[&str] = &["CASHBACKD_CONFIG", "CASHBACKD_NETWORK_SECRET", "CASHBACKD_CALLBACK_SECRET"];
+
+/// A key's environment variable.
+pub fn env_name(key: &str) -> String {
+    format!("CASHBACKD_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Keys holding secrets, masked by [`Settings::masked`].
+const SECRET_KEYS: &[&str] = &["database.url", "smtp.url"];
+
+/// Why the configuration was refused: the key, what is wrong, and where the value came
+/// from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}{}", origin.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The key (`callbacks.max_attempts`), or the file or variable when no key applies.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+    /// `from CASHBACKD_X`, `in FILE`, `from --flag`.
+    pub origin: Option<String>,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { key: key.into(), message: message.into(), origin: None }
+    }
+}
+
+/// A layer of values by key with where each came from: the environment or the flags.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    name: &'static str,
+    entries: Vec<(String, Value, String)>,
+}
+
+impl Layer {
+    const ENV: &'static str = "environment variables";
+    const ENV_ALIASES: &'static str = "environment variables (short names)";
+    const FLAGS: &'static str = "command-line flags";
+
+    /// Command-line flags: `(key, value, flag)`, e.g. `("http.listen", "...", "--listen")`.
+    pub fn flags(entries: Vec<(&str, Value, &str)>) -> Layer {
+        Layer {
+            name: Layer::FLAGS,
+            entries: entries.into_iter().map(|(k, v, f)| (k.to_string(), v, f.to_string())).collect(),
+        }
+    }
+
+    /// The settings among `vars`, as two layers (short names first: the `CASHBACKD_`
+    /// names win), and the `CASHBACKD_` variables that are not settings (a typo, most
+    /// likely: they are reported, not refused, as other tools share the prefix).
+    fn from_env(vars: &[(String, String)]) -> (Layer, Layer, Vec<String>) {
+        let mut aliases = Layer { name: Layer::ENV_ALIASES, entries: Vec::new() };
+        let mut canonical = Layer { name: Layer::ENV, entries: Vec::new() };
+        let mut unknown = Vec::new();
+        for (name, raw) in vars {
+            if let Some((_, key)) = ENV_ALIASES.iter().find(|(alias, _)| alias == name) {
+                let kind = ENV_KEYS.iter().find(|(k, _)| k == key).map_or(Kind::Text, |(_, kind)| *kind);
+                aliases.entries.push((key.to_string(), typed(raw, kind), name.clone()));
+            } else if let Some((key, kind)) = ENV_KEYS.iter().find(|(k, _)| env_name(k) == *name) {
+                canonical.entries.push((key.to_string(), typed(raw, *kind), name.clone()));
+            } else if name.starts_with("CASHBACKD_") && !NOT_SETTINGS.contains(&name.as_str()) {
+                unknown.push(name.clone());
+            }
+        }
+        (aliases, canonical, unknown)
+    }
+
+    fn origin(&self, key: &str) -> Option<String> {
+        self.entries.iter().rev().find(|(k, _, _)| k == key).map(|(_, _, from)| format!("from {from}"))
+    }
+}
+
+/// A variable's text as the key's type, where it reads as one; otherwise the text, so that
+/// the error quotes it (`expected an integer, got "x"`).
+fn typed(raw: &str, kind: Kind) -> Value {
+    match kind {
+        Kind::Int => raw.trim().parse::<i64>().map_or_else(|_| Value::from(raw.to_string()), Value::from),
+        // The words clap accepted for these flags' variables before.
+        Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "y" | "on" => Value::from(true),
+            "false" | "0" | "no" | "n" | "off" | "" => Value::from(false),
+            _ => Value::from(raw.to_string()),
+        },
+        Kind::Text => Value::from(raw.to_string()),
+    }
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, value, _) in &self.entries {
+            insert(&mut dict, &key.split('.').collect::<Vec<_>>(), value.clone());
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+fn insert(dict: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict.entry(first.to_string()).or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// The settings in effect and how they were made.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The settings.
+    pub settings: Settings,
+    /// `CASHBACKD_` variables that are not settings (to warn about once logging is up).
+    pub unknown_env: Vec<String>,
+    figment: Figment,
+    layers: Vec<Layer>,
+    file: Option<PathBuf>,
+}
+
+impl Loaded {
+    /// Where a key's value came from: a variable, a flag, the file, or the defaults.
+    pub fn origin(&self, key: &str) -> String {
+        let name = self.figment.find_metadata(key).map(|m| m.name.to_string()).unwrap_or_default();
+        if let Some(layer) = self.layers.iter().find(|l| l.name == name)
+            && let Some(origin) = layer.origin(key)
+        {
+            return origin;
+        }
+        match &self.file {
+            Some(file) if name != DEFAULTS_NAME => format!("in {}", file.display()),
+            _ => "default".to_string(),
+        }
+    }
+}
+
+const DEFAULTS_NAME: &str = "TOML source string";
+
+/// Loads the settings: defaults, then `file`, then the process's environment, then
+/// `flags`; checked.
+pub fn load(file: Option<&Path>, flags: Layer) -> Result<Loaded, ConfigError> {
+    let vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("CASHBACKD_") || k == "DATABASE_URL")
+        .collect();
+    load_from(file, &vars, flags)
+}
+
+/// [`load`] with the environment given (tests).
+pub fn load_from(file: Option<&Path>, env: &[(String, String)], flags: Layer) -> Result<Loaded, ConfigError> {
+    let mut figment = Figment::from(figment::providers::Toml::string(DEFAULTS));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError {
+                key: path.display().to_string(),
+                message: "no such file".into(),
+                origin: Some("the config file, from --config or CASHBACKD_CONFIG".into()),
+            });
+        }
+        figment = figment.merge(figment::providers::Toml::file_exact(path));
+    }
+    let (aliases, canonical, unknown_env) = Layer::from_env(env);
+    let layers = vec![aliases, canonical, flags];
+    for layer in &layers {
+        figment = figment.merge(layer.clone());
+    }
+    let mut loaded =
+        Loaded { settings: Settings::default(), unknown_env, figment, layers, file: file.map(Path::to_path_buf) };
+    loaded.settings = loaded.figment.extract::<Settings>().map_err(|e| describe(&loaded, e))?;
+    if let Err(mut e) = loaded.settings.validate() {
+        e.origin = Some(loaded.origin(&e.key));
+        return Err(e);
+    }
+    Ok(loaded)
+}
+
+/// A figment error as `key: what is wrong (where)`.
+fn describe(loaded: &Loaded, e: figment::Error) -> ConfigError {
+    use figment::error::{Actual, Kind as K};
+    let mut path = e.path.clone();
+    let got = |a: &Actual| match a {
+        Actual::Str(s) => format!("{s:?}"),
+        Actual::Bool(b) => b.to_string(),
+        Actual::Unsigned(n) => n.to_string(),
+        Actual::Signed(n) => n.to_string(),
+        Actual::Float(n) => n.to_string(),
+        Actual::Map => "a table".into(),
+        Actual::Seq => "an array".into(),
+        other => other.to_string(),
+    };
+    let message = match &e.kind {
+        K::InvalidType(actual, expected) | K::InvalidValue(actual, expected) => {
+            format!("expected {}, got {}", expected_words(expected), got(actual))
+        }
+        K::UnknownField(field, known) => {
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+            format!("unknown key; {} has {}", parent(&path), known.join(", "))
+        }
+        K::UnknownVariant(found, known) => format!("expected one of {}, got {found:?}", known.join(", ")),
+        K::MissingField(field) => {
+            if path.last().map(String::as_str) != Some(field) {
+                path.push(field.to_string());
+            }
+            "required".into()
+        }
+        K::Message(m) => m.clone(),
+        other => other.to_string(),
+    };
+    let key = path.join(".");
+    let from = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+    let origin = match loaded.layers.iter().find(|l| l.name == from) {
+        Some(layer) => layer.origin(&key).or_else(|| Some(format!("from the {from}"))),
+        None => match (&loaded.file, from.as_str()) {
+            (_, DEFAULTS_NAME) => Some("in the built-in defaults".into()),
+            (Some(file), _) => Some(format!("in {}", file.display())),
+            (None, _) => None,
+        },
+    };
+    ConfigError { key: if key.is_empty() { "configuration".into() } else { key }, message, origin }
+}
+
+fn parent(path: &[String]) -> String {
+    match path.len() {
+        0 | 1 => "the configuration".into(),
+        n => format!("[{}]", path[..n - 1].join(".")),
+    }
+}
+
+/// serde's name of a type as words.
+fn expected_words(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "i8" | "i16" | "i32" | "i64" | "usize" | "isize" => "an integer".into(),
+        "a boolean" | "bool" => "true or false".into(),
+        "a string" | "string" => "a string".into(),
+        "socket address" => "an address and port (127.0.0.1:8080)".into(),
+        other => other.to_string(),
+    }
+}
+
+impl Settings {
+    /// Checks what types cannot: schemes, ranges, cron expressions, filters. The error's
+    /// key is the first one found wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+            let scheme = url.split_once(':').map_or(url.as_str(), |(s, _)| s);
+            return Err(ConfigError::new(
+                "database.url",
+                format!("unsupported scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(ConfigError::new("log.filter", format!("{e} (in {:?})", self.log.filter)));
+        }
+        self.validate_plugin()?;
+        let c = &self.callbacks;
+        if c.max_attempts == 0 {
+            return Err(ConfigError::new("callbacks.max_attempts", "at least 1"));
+        }
+        if !matches!(c.backoff.as_str(), "fixed" | "exponential") {
+            return Err(ConfigError::new(
+                "callbacks.backoff",
+                format!("expected fixed or exponential, got {:?}", c.backoff),
+            ));
+        }
+        for (key, value) in [
+            ("callbacks.retry_delay_secs", c.retry_delay_secs),
+            ("callbacks.max_delay_secs", c.max_delay_secs),
+            ("callbacks.timeout_ms", c.timeout_ms),
+        ] {
+            if value <= 0 {
+                return Err(ConfigError::new(key, format!("must be greater than 0, got {value}")));
+            }
+        }
+        if c.jitter_pct > 100 {
+            return Err(ConfigError::new("callbacks.jitter_pct", format!("at most 100, got {}", c.jitter_pct)));
+        }
+        if let Some(smtp) = &self.smtp.url {
+            // The URL may hold a password: the message names the scheme, never the URL.
+            match url::Url::parse(smtp) {
+                Ok(u) if matches!(u.scheme(), "smtp" | "smtps") => {}
+                Ok(u) => {
+                    return Err(ConfigError::new(
+                        "smtp.url",
+                        format!("unsupported scheme {:?}: use smtp:// or smtps://", u.scheme()),
+                    ));
+                }
+                Err(e) => return Err(ConfigError::new("smtp.url", format!("not a URL ({e})"))),
+            }
+        }
+        if let Err(e) = self.smtp.from.parse::<lettre::message::Mailbox>() {
+            return Err(ConfigError::new("smtp.from", format!("{e}: expected `Name <address>` or an address")));
+        }
+        crate::scheduler::parse_schedule(&self.notify.schedule).map_err(|e| ConfigError::new("notify.schedule", e))?;
+        if self.notify.max_attempts < 1 {
+            return Err(ConfigError::new("notify.max_attempts", "at least 1"));
+        }
+        if self.notify.retry_delay_secs < 0 {
+            return Err(ConfigError::new("notify.retry_delay_secs", "must not be negative"));
+        }
+        if let Some(dir) = &self.notify.templates {
+            crate::notify::Templates::load(Some(dir))
+                .map_err(|e| ConfigError::new("notify.templates", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn validate_plugin(&self) -> Result<(), ConfigError> {
+        let p = &self.plugin;
+        if p.max_concurrent_calls == 0 {
+            return Err(ConfigError::new("plugin.max_concurrent_calls", "at least 1"));
+        }
+        let (defaults, maxima) = (Limits::from(p.defaults), Limits::from(p.maxima));
+        let pairs = |l: &Limits| -> [(&'static str, u64); 8] {
+            [
+                ("deadline_ms", l.deadline_ms),
+                ("memory_mib", l.memory_mib),
+                ("max_input_bytes", l.max_input_bytes),
+                ("max_output_bytes", l.max_output_bytes),
+                ("max_log_bytes", l.max_log_bytes),
+                ("max_http_requests", u64::from(l.max_http_requests)),
+                ("max_http_response_bytes", l.max_http_response_bytes),
+                ("http_timeout_ms", l.http_timeout_ms),
+            ]
+        };
+        for ((name, default), (_, max)) in pairs(&defaults).into_iter().zip(pairs(&maxima)) {
+            if max == 0 && name != "max_http_requests" {
+                return Err(ConfigError::new(format!("plugin.maxima.{name}"), "must be greater than 0"));
+            }
+            if default == 0 && name != "max_http_requests" {
+                return Err(ConfigError::new(format!("plugin.defaults.{name}"), "must be greater than 0"));
+            }
+            if default > max {
+                return Err(ConfigError::new(
+                    format!("plugin.defaults.{name}"),
+                    format!("{default} exceeds plugin.maxima.{name} ({max})"),
+                ));
+            }
+        }
+        for (plugin, over) in &p.overrides {
+            if let Err(e) = LimitsOverride::from(*over).check_within(&maxima) {
+                // The manifest's error names `limits.kebab-name`; here the key is ours.
+                let text = e.to_string();
+                let field = pairs(&maxima)
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .find(|n| text.contains(&n.replace('_', "-")))
+                    .unwrap_or("limits");
+                let reason = text.split_once(": ").map_or(text.as_str(), |(_, r)| r).to_string();
+                return Err(ConfigError::new(format!("plugin.overrides.{plugin}.{field}"), reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings with their secrets masked (a URL's password as `***`), for
+    /// `config check`.
+    pub fn masked(&self) -> Settings {
+        let mut s = self.clone();
+        s.database.url = mask_url(&s.database.url);
+        s.smtp.url = s.smtp.url.as_deref().map(mask_url);
+        s
+    }
+
+    /// The plugin runtime's settings, storing under `store`.
+    pub fn runtime_config(&self, store: &Path) -> crate::plugin::RuntimeConfig {
+        let mut c = crate::plugin::RuntimeConfig::new(store);
+        c.defaults = self.plugin.defaults.into();
+        c.maxima = self.plugin.maxima.into();
+        c.max_concurrent_calls = self.plugin.max_concurrent_calls;
+        c.overrides = self.plugin.overrides.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
+        c
+    }
+}
+
+/// A URL with its password masked; text that is not a URL with a password as it is
+/// (a SQLite path has none).
+fn mask_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) if u.password().is_some() => crate::db::redact(url),
+        Ok(_) => url.to_string(),
+        Err(_) => "***".to_string(),
+    }
+}
+
+/// Whether a key holds a secret.
+pub fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn no_flags() -> Layer {
+        Layer::flags(Vec::new())
+    }
+
+    #[test]
+    fn the_commented_defaults_file_holds_the_same_values_as_the_code() {
+        let loaded = load_from(None, &[], no_flags()).expect("defaults load");
+        assert_eq!(loaded.settings, Settings::default());
+        assert_eq!(Settings::default().runtime_config(Path::new("x")).defaults, Limits::host_defaults());
+    }
+
+    #[test]
+    fn every_key_of_the_defaults_file_has_an_environment_variable() {
+        let doc: toml::Table = toml::from_str(DEFAULTS).expect("defaults parse");
+        fn leaves(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                match v {
+                    toml::Value::Table(inner) => leaves(&key, inner, out),
+                    _ => out.push(key),
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        leaves("", &doc, &mut keys);
+        for key in &keys {
+            assert!(ENV_KEYS.iter().any(|(k, _)| k == key), "{key} has no environment variable");
+        }
+        // And the commented-out optional ones.
+        for key in ["smtp.url", "notify.templates"] {
+            assert!(ENV_KEYS.iter().any(|(k, _)| *k == key));
+        }
+        assert_eq!(keys.len() + 2, ENV_KEYS.len(), "a variable for a key the file does not document");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_and_variable() {
+        let e = load_from(None, &env(&[("CASHBACKD_CALLBACKS_MAX_ATTEMPTS", "x")]), no_flags()).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            r#"callbacks.max_attempts: expected an integer, got "x" (from CASHBACKD_CALLBACKS_MAX_ATTEMPTS)"#
+        );
+        let e = load_from(None, &env(&[("DATABASE_URL", "mysql://db/x")]), no_flags()).expect_err("refused");
+        assert!(e.to_string().starts_with(r#"database.url: unsupported scheme "mysql""#), "{e}");
+        assert!(e.to_string().ends_with("(from DATABASE_URL)"), "{e}");
+        let e = load_from(None, &env(&[("CASHBACKD_LOG_FORMAT", "xml")]), no_flags()).expect_err("refused");
+        assert!(e.to_string().starts_with("log.format: expected one of text, json, got \"xml\""), "{e}");
+        let e =
+            load_from(None, &env(&[("CASHBACKD_CALLBACKS_ALLOW_PRIVATE", "maybe")]), no_flags()).expect_err("refused");
+        assert!(e.to_string().starts_with(r#"callbacks.allow_private: expected true or false, got "maybe""#), "{e}");
+    }
+
+    #[test]
+    fn the_canonical_variable_wins_over_its_short_name_and_other_prefixed_variables_are_reported() {
+        let loaded = load_from(
+            None,
+            &env(&[
+                ("CASHBACKD_DATABASE_URL", "sqlite://a.db"),
+                ("DATABASE_URL", "sqlite://b.db"),
+                ("CASHBACKD_CALLBACKS_ALLOW_PRIVATE", "1"),
+                ("CASHBACKD_NETWORK_SECRET", "s3cret"),
+                ("CASHBACKD_CALLBAKS_MAX_ATTEMPTS", "4"),
+            ]),
+            no_flags(),
+        )
+        .expect("loads");
+        assert_eq!(loaded.settings.database.url, "sqlite://a.db");
+        assert!(loaded.settings.callbacks.allow_private);
+        assert_eq!(loaded.origin("database.url"), "from CASHBACKD_DATABASE_URL");
+        assert_eq!(loaded.unknown_env, vec!["CASHBACKD_CALLBAKS_MAX_ATTEMPTS".to_string()]);
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let mut s = Settings::default();
+        s.database.url = "postgres://app:hunter2@db/cb".into();
+        s.smtp.url = Some("smtps://mailer:pa55@mail.example".into());
+        let text = toml::to_string(&s.masked()).expect("toml");
+        assert!(!text.contains("hunter2") && !text.contains("pa55"), "{text}");
+        assert!(text.contains("app:***@db"), "{text}");
+    }
+
+    #[test]
+    fn limits_are_checked_against_the_maxima_by_key() {
+        let mut s = Settings::default();
+        s.plugin.defaults.deadline_ms = 500_000;
+        let e = s.validate().expect_err("refused");
+        assert_eq!(e.key, "plugin.defaults.deadline_ms");
+        let mut s = Settings::default();
+        s.plugin
+            .overrides
+            .insert("rate-table".into(), LimitOverrideSettings { memory_mib: Some(4096), ..Default::default() });
+        let e = s.validate().expect_err("refused");
+        assert_eq!(e.key, "plugin.overrides.rate-table.memory_mib", "{e}");
+    }
+}
