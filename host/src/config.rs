@@ -336,8 +336,18 @@ const ENV_KEYS: &[(&str, Kind)] = &[
 const ENV_ALIASES: &[(&str, &str)] =
     &[("DATABASE_URL", "database.url"), ("CASHBACKD_LISTEN", "http.listen"), ("CASHBACKD_LOG", "log.filter")];
 
-/// Variables that start with `CASHBACKD_` but are not settings.
-const NOT_SETTINGS: &[&str] = &["CASHBACKD_CONFIG", "CASHBACKD_NETWORK_SECRET", "CASHBACKD_CALLBACK_SECRET"];
+/// Variables that start with `CASHBACKD_` but are not settings: secrets for one command,
+/// and the test suite's and scripts' own.
+const NOT_SETTINGS: &[&str] = &[
+    "CASHBACKD_CONFIG",
+    "CASHBACKD_NETWORK_SECRET",
+    "CASHBACKD_CALLBACK_SECRET",
+    "CASHBACKD_TEST_POSTGRES",
+    "CASHBACKD_CRASH_CYCLES",
+    "CASHBACKD_CRASH_SEED",
+    "CASHBACKD_WASM_TOOLCHAIN",
+    "CASHBACKD_TOOLCHAIN_DIR",
+];
 
 /// A key's environment variable.
 pub fn env_name(key: &str) -> String {
