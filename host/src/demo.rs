@@ -53,7 +53,88 @@ pub async fn seed(service: &Service, plugins: &Path) -> anyhow::Result<()> {
     for user in ["alice", "bob", "carol"] {
         service.register_user(user, Some(&format!("{user}@example.com"))).await?;
     }
+    // A second merchant on the config-only `rate-table` rule, where the steady stream of
+    // the running demo goes (demo-shop stays as the tutorial expects it).
+    let table = service.store_plugin(&read("rate_table.wasm")?).await?;
+    service.upsert_merchant("demo-store", "Demo Store", false, 14).await?;
+    let table_config = serde_json::json!({
+        "default_bps": 200, "categories": {"books": {"bps": 500}}, "gift_card_categories": ["gift-cards"],
+        "tiers": [{"above": 10000, "bps": 300}], "max_cashback": 3000, "hold_above": 40000
+    });
+    service.set_rules("demo-store", &[(table.digest.to_string(), table_config)]).await?;
+    let store_link = Link {
+        id: "demo-store-link".into(),
+        merchant_id: "demo-store".into(),
+        network_id: "demo-net".into(),
+        url_template: "https://store.example/go?clickref={click_id}&sub1={sub1}".into(),
+    };
+    ingest::upsert_link(service.db(), &store_link, service.now()).await?;
+    for user in STREAM_USERS {
+        service.register_user(user, Some(&format!("{user}@example.com"))).await?;
+    }
     Ok(())
+}
+
+/// The shoppers of the steady stream.
+const STREAM_USERS: [&str; 3] = ["dave", "erin", "frank"];
+
+/// What the running demo keeps doing, like a small live network: every few seconds a
+/// shopper clicks demo-store's link and the network reports the purchase; older orders
+/// are adjusted now and then, then completed (or declined), so the dashboard's figures
+/// move. Failures are logged and the stream goes on.
+pub async fn stream(base: String, every: std::time::Duration) {
+    let client = match reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "demo stream not started");
+            return;
+        }
+    };
+    let mut open: std::collections::VecDeque<(String, String, i64)> = std::collections::VecDeque::new();
+    let mut tick = tokio::time::interval(every);
+    for n in 1u64.. {
+        tick.tick().await;
+        let user = STREAM_USERS[(n % 3) as usize];
+        let step = async {
+            let response = client.get(format!("{base}/c/demo-store-link?user={user}&sub1=stream")).send().await?;
+            let location = response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let click = url::Url::parse(location)?
+                .query_pairs()
+                .find(|(k, _)| k == "clickref")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            let amount = 1_500 + (n as i64 * 7_919) % 48_000;
+            let send = |tid: &str, click: &str, minor: i64, status: &str| {
+                let url = format!(
+                    "{base}/postback/demo-net?tid={tid}&oid=O-{tid}&clickref={click}&sale={}.{:02}&comm={}.{:02}\
+                     &status={status}&token={DEMO_TOKEN}",
+                    minor / 100,
+                    minor % 100,
+                    minor * 8 / 10_000,
+                    minor * 8 / 100 % 100
+                );
+                client.get(url).send()
+            };
+            let tid = format!("LIVE-{n}");
+            send(&tid, &click, amount, "pending").await?;
+            open.push_back((tid, click, amount));
+            if open.len() > 5
+                && let Some((tid, click, amount)) = open.pop_front()
+            {
+                let amount = if n % 4 == 0 {
+                    send(&tid, &click, amount * 8 / 10, "adjusted").await?;
+                    amount * 8 / 10
+                } else {
+                    amount
+                };
+                send(&tid, &click, amount, if n % 9 == 0 { "declined" } else { "approved" }).await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = step.await {
+            tracing::warn!(error = %e, "demo stream step failed");
+        }
+    }
 }
 
 /// Drives clicks and postbacks through the server at `base`.
@@ -168,7 +249,8 @@ pub async fn run(
     if once {
         let _ = stop.send(());
     } else {
-        println!("Ctrl-C to stop.");
+        println!("a steady stream of clicks and postbacks for demo-store runs every 3 s; Ctrl-C to stop.");
+        tokio::spawn(stream(base.clone(), std::time::Duration::from_secs(3)));
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut server = server;
         loop {
