@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 /// cashbackd: self-hosted cashback and affiliate-conversion platform.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "cashbackd", version, about)]
 pub struct Cli {
     // The settings below are also read from the config file and the environment (their
@@ -65,6 +65,22 @@ pub struct Cli {
 }
 
 /// Top-level commands.
+/// By hand, so that no `{:?}` of the command line can print a secret: the database and
+/// SMTP URLs may hold passwords, and subcommands take endpoint and network secrets.
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("config", &self.config)
+            .field("plugin_store", &self.plugin_store)
+            .field("database_url", &crate::db::redact(&self.database_url))
+            .field("callbacks_allow_private", &self.callbacks_allow_private)
+            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "***"))
+            .field("smtp_from", &self.smtp_from)
+            .field("log_format", &self.log_format)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Work with plugin components.
@@ -1361,4 +1377,26 @@ fn test_plugin(runtime: &PluginRuntime, plugin: &LoadedPlugin, extra: Option<&Pa
 fn fmt_time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::Parser;
+
+    #[test]
+    fn debugging_the_command_line_prints_no_secret() {
+        let cli = Cli::try_parse_from([
+            "cashbackd",
+            "--database-url",
+            "postgres://app:db-pass-123@db/cb",
+            "--smtp-url",
+            "smtp://mailer:smtp-pass-456@mail:587",
+            "migrate",
+        ])
+        .expect("parses");
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("db-pass-123") && !shown.contains("smtp-pass-456"), "{shown}");
+        assert!(shown.contains("postgres://app:***@db/cb"), "{shown}");
+    }
 }
