@@ -122,28 +122,6 @@ pub fn booking_entries(user: &str, delta: Booked) -> Vec<Entry> {
     e
 }
 
-/// Adds `amount` to an account's balance, creating the account on first use, and returns
-/// its id: one statement per entry instead of look-up, insert and update.
-async fn credit_account(
-    conn: &mut AnyConnection,
-    owner: &str,
-    kind: AccountKind,
-    currency: &str,
-    amount: i64,
-) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query(
-        "INSERT INTO accounts (owner, kind, currency, balance) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (owner, kind, currency) DO UPDATE SET balance = accounts.balance + excluded.balance RETURNING id",
-    )
-    .bind(owner)
-    .bind(kind.as_str())
-    .bind(currency)
-    .bind(amount)
-    .fetch_one(&mut *conn)
-    .await?;
-    row.try_get(0)
-}
-
 /// Appends a posting inside the caller's transaction. Returns `false` if a posting with
 /// the same key exists (nothing is written then).
 pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerError> {
@@ -176,18 +154,53 @@ pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerE
         return Ok(false);
     };
     let tx_id: i64 = row.try_get(0)?;
+    // Two statements for all the entries instead of two per entry: every statement is a
+    // round trip, and the posting runs inside the single writer. The accounts are
+    // upserted in one statement, with amounts merged per account because one statement
+    // cannot update a row twice; then the entries are inserted in one.
+    let mut merged: Vec<(&str, AccountKind, i64)> = Vec::with_capacity(p.entries.len());
     for e in &p.entries {
-        let account = credit_account(conn, &e.owner, e.kind, &p.currency, e.amount).await?;
-        sqlx::query(
-            "INSERT INTO ledger_entries (transaction_id, account_id, amount, currency) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(tx_id)
-        .bind(account)
-        .bind(e.amount)
-        .bind(&p.currency)
-        .execute(&mut *conn)
-        .await?;
+        match merged.iter_mut().find(|m| m.0 == e.owner && m.1 == e.kind) {
+            Some(m) => m.2 += e.amount,
+            None => merged.push((&e.owner, e.kind, e.amount)),
+        }
     }
+    let rows = |n: usize, width: usize| {
+        (0..n)
+            .map(|i| format!("({})", (1..=width).map(|c| format!("${}", i * width + c)).collect::<Vec<_>>().join(", ")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sql = format!(
+        "INSERT INTO accounts (owner, kind, currency, balance) VALUES {} \
+         ON CONFLICT (owner, kind, currency) DO UPDATE SET balance = accounts.balance + excluded.balance \
+         RETURNING id, owner, kind",
+        rows(merged.len(), 4)
+    );
+    let mut upsert = sqlx::query(&sql);
+    for (owner, kind, amount) in &merged {
+        upsert = upsert.bind(*owner).bind(kind.as_str()).bind(&p.currency).bind(*amount);
+    }
+    let mut ids: Vec<(String, String, i64)> = Vec::with_capacity(merged.len());
+    for r in upsert.fetch_all(&mut *conn).await? {
+        ids.push((r.try_get(1)?, r.try_get(2)?, r.try_get(0)?));
+    }
+    let sql = format!(
+        "INSERT INTO ledger_entries (transaction_id, account_id, amount, currency) VALUES {}",
+        rows(p.entries.len(), 4)
+    );
+    let mut insert = sqlx::query(&sql);
+    for e in &p.entries {
+        let account = ids
+            .iter()
+            .find(|(owner, kind, _)| *owner == e.owner && kind == e.kind.as_str())
+            .map(|(_, _, id)| *id)
+            .ok_or_else(|| {
+                sqlx::Error::Protocol(format!("account {}/{} not returned by its upsert", e.owner, e.kind.as_str()))
+            })?;
+        insert = insert.bind(tx_id).bind(account).bind(e.amount).bind(&p.currency);
+    }
+    insert.execute(&mut *conn).await?;
     Ok(true)
 }
 
