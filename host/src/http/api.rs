@@ -5,7 +5,6 @@
 use super::admin::require;
 use super::{ApiError, AppState};
 use crate::auth::Scope;
-use crate::conversions::service::ServiceError;
 use crate::conversions::{ReviewAction, Status};
 use crate::ingest::{self, InboundAuth, Network};
 use axum::extract::{Path, Query, State};
@@ -34,13 +33,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/partners", get(list_partners))
         .route("/api/v1/partners/{partner}", axum::routing::put(put_partner))
         .route("/api/v1/callbacks/endpoints/{id}", axum::routing::put(put_endpoint))
-}
-
-fn failed(e: ServiceError) -> ApiError {
-    match e {
-        ServiceError::Db(e) => ApiError::unavailable("the database is unavailable", &e),
-        other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", other.to_string()),
-    }
 }
 
 fn db_failed(e: sqlx::Error) -> ApiError {
@@ -142,7 +134,7 @@ async fn put_merchant(
     st.service
         .upsert_merchant(&merchant, &body.name, body.manual_review, body.reward_delay_days)
         .await
-        .map_err(failed)?;
+        .map_err(ApiError::from)?;
     get_merchant(State(st), Path(merchant), headers).await
 }
 
@@ -235,7 +227,7 @@ async fn put_network(
     };
     let adapter = match &body.adapter {
         Some(r) => {
-            let plugin = crate::registry::resolve(&st.service, r).await.map_err(failed)?;
+            let plugin = crate::registry::resolve(&st.service, r).await.map_err(ApiError::from)?;
             plugin
                 .manifest
                 .validate_config(&body.adapter_config)
@@ -295,7 +287,7 @@ async fn search_conversions(
     let mut out = Vec::new();
     for r in &rows {
         let id: String = r.try_get(0).map_err(db_failed)?;
-        if let Some(c) = st.service.conversion(&id).await.map_err(failed)? {
+        if let Some(c) = st.service.conversion(&id).await.map_err(ApiError::from)? {
             out.push(json!(c));
         }
     }
@@ -310,8 +302,8 @@ async fn conversion_timeline(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let c = st.service.conversion(&id).await.map_err(failed)?.ok_or_else(|| not_found("conversion", &id))?;
-    let history = st.service.history(&id).await.map_err(failed)?;
+    let c = st.service.conversion(&id).await.map_err(ApiError::from)?.ok_or_else(|| not_found("conversion", &id))?;
+    let history = st.service.history(&id).await.map_err(ApiError::from)?;
     let postings = sqlx::query(
         "SELECT id, cause, reason, operator, plugin_name, plugin_version, plugin_digest, created_at \
          FROM ledger_transactions WHERE conversion_id = $1 ORDER BY id",
@@ -340,8 +332,8 @@ async fn conversion_timeline(
 /// `GET /api/v1/review`: conversions awaiting review (pending review and held), oldest first.
 async fn review_queue(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let mut queue = st.service.by_status(Status::PendingReview, 500).await.map_err(failed)?;
-    queue.extend(st.service.by_status(Status::Held, 500).await.map_err(failed)?);
+    let mut queue = st.service.by_status(Status::PendingReview, 500).await.map_err(ApiError::from)?;
+    queue.extend(st.service.by_status(Status::Held, 500).await.map_err(ApiError::from)?);
     Ok(Json(json!({ "queue": queue })))
 }
 
@@ -374,7 +366,7 @@ async fn review(
             ));
         }
     };
-    let outcome = st.service.review(&id, action, &body.operator, &body.reason).await.map_err(failed)?;
+    let outcome = st.service.review(&id, action, &body.operator, &body.reason).await.map_err(ApiError::from)?;
     Ok(Json(json!(outcome)))
 }
 

@@ -118,6 +118,19 @@ impl ApiError {
     }
 }
 
+/// A service refusal is the caller's (422 with the reason); database trouble is a 503
+/// whose details are logged, not returned. One mapping for every admin route.
+impl From<crate::conversions::service::ServiceError> for ApiError {
+    fn from(e: crate::conversions::service::ServiceError) -> ApiError {
+        match e {
+            crate::conversions::service::ServiceError::Db(e) => {
+                ApiError::unavailable("the database is unavailable", &e)
+            }
+            other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", other.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });

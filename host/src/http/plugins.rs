@@ -5,7 +5,6 @@
 use super::admin::require;
 use super::{ApiError, AppState};
 use crate::auth::Scope;
-use crate::conversions::service::ServiceError;
 use crate::registry::{self, Target};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -32,14 +31,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/networks/{network}/adapter/rollback", post(rollback_network))
 }
 
-/// Registry refusals are the caller's (422 with the reason); database trouble is a 503.
-fn refused(e: ServiceError) -> ApiError {
-    match e {
-        ServiceError::Db(e) => ApiError::unavailable("the registry is unavailable", &e),
-        other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", other.to_string()),
-    }
-}
-
 fn actor(headers: &HeaderMap) -> String {
     // The token's name is not needed for a trail: record that the API did it.
     headers.get("user-agent").and_then(|v| v.to_str().ok()).map_or("api".into(), |ua| format!("api ({ua})"))
@@ -57,7 +48,7 @@ async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let versions = registry::versions(&st.service, q.name.as_deref()).await.map_err(refused)?;
+    let versions = registry::versions(&st.service, q.name.as_deref()).await.map_err(ApiError::from)?;
     Ok(Json(json!({ "plugins": versions })))
 }
 
@@ -71,7 +62,7 @@ async fn upload(
     if body.is_empty() {
         return Err(ApiError::bad_request("empty_body", "the request body must be the component (.wasm)"));
     }
-    let uploaded = registry::upload(&st.service, &body).await.map_err(refused)?;
+    let uploaded = registry::upload(&st.service, &body).await.map_err(ApiError::from)?;
     let status = if uploaded.already_stored { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json!(uploaded))))
 }
@@ -83,8 +74,8 @@ async fn remove(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
-    let plugin = registry::resolve(&st.service, &reference).await.map_err(refused)?;
-    registry::delete(&st.service, &plugin).await.map_err(refused)?;
+    let plugin = registry::resolve(&st.service, &reference).await.map_err(ApiError::from)?;
+    registry::delete(&st.service, &plugin).await.map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -104,8 +95,10 @@ async fn activate(
     body: ActivateBody,
 ) -> Result<Json<Value>, ApiError> {
     require(st, headers, Scope::Admin).await?;
-    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(refused)?;
-    let a = registry::activate(&st.service, &target, &plugin, body.config, &actor(headers)).await.map_err(refused)?;
+    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(ApiError::from)?;
+    let a = registry::activate(&st.service, &target, &plugin, body.config, &actor(headers))
+        .await
+        .map_err(ApiError::from)?;
     Ok(Json(json!(a)))
 }
 
@@ -152,7 +145,7 @@ async fn rollback_merchant(
     };
     let position = body.position;
     let target = Target::Merchant { id: merchant, position };
-    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(refused)?)))
+    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(ApiError::from)?)))
 }
 
 /// `POST /api/v1/networks/{network}/adapter/rollback`.
@@ -163,7 +156,7 @@ async fn rollback_network(
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     let target = Target::Network { id: network };
-    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(refused)?)))
+    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(ApiError::from)?)))
 }
 
 /// `GET /api/v1/merchants/{merchant}/rules/history`: activations, newest first.
@@ -174,7 +167,7 @@ async fn history_merchant(
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let target = Target::Merchant { id: merchant, position: None };
-    Ok(Json(json!({ "activations": registry::activations(&st.service, &target, 200).await.map_err(refused)? })))
+    Ok(Json(json!({ "activations": registry::activations(&st.service, &target, 200).await.map_err(ApiError::from)? })))
 }
 
 #[derive(Deserialize)]
@@ -193,10 +186,10 @@ async fn shadow_set(
     Json(body): Json<ShadowBody>,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
-    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(refused)?;
+    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(ApiError::from)?;
     let a = registry::set_shadow(&st.service, &merchant, &plugin, body.config, body.position, &actor(&headers))
         .await
-        .map_err(refused)?;
+        .map_err(ApiError::from)?;
     Ok(Json(json!(a)))
 }
 
@@ -207,7 +200,7 @@ async fn shadow_clear(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
-    registry::clear_shadow(&st.service, &merchant).await.map_err(refused)?;
+    registry::clear_shadow(&st.service, &merchant).await.map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -227,12 +220,12 @@ async fn shadow_diff(
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let candidate = match q.plugin {
-        Some(p) => Some(registry::resolve(&st.service, &p).await.map_err(refused)?.digest.to_string()),
+        Some(p) => Some(registry::resolve(&st.service, &p).await.map_err(ApiError::from)?.digest.to_string()),
         None => None,
     };
     let c = registry::shadow_report(&st.service, &merchant, candidate.as_deref(), q.limit.unwrap_or(20).min(1000))
         .await
-        .map_err(refused)?;
+        .map_err(ApiError::from)?;
     Ok(Json(json!(c)))
 }
 
@@ -272,7 +265,7 @@ async fn backtest(
     require(&st, &headers, Scope::Read).await?;
     let from = when("from", body.from)?.unwrap_or(i64::MIN);
     let to = when("to", body.to)?.unwrap_or_else(|| st.service.now() + 1);
-    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(refused)?;
+    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(ApiError::from)?;
     let c = registry::backtest(
         &st.service,
         &merchant,
@@ -284,6 +277,6 @@ async fn backtest(
         body.limit.unwrap_or(100).min(10_000),
     )
     .await
-    .map_err(refused)?;
+    .map_err(ApiError::from)?;
     Ok(Json(json!(c)))
 }
