@@ -615,11 +615,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 command: Command::Migrate,
             };
             let config = (callbacks_config(&cli), notify_config(&cli));
+            let http = crate::http::HttpConfig::from_settings(&cli.settings);
             crate::metrics::install();
             with_service(&demo_cli, |service, runtime| async move {
                 let workers = Workers::start(&service, config.0, config.1, "demo")?;
-                crate::demo::run(service, runtime, workers.deliverer, workers.notifier, &plugins, listen, &url, once)
-                    .await?;
+                let servers = (workers.deliverer, workers.notifier, http);
+                crate::demo::run(service, runtime, servers, &plugins, listen, &url, once).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -638,6 +639,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = (callbacks_config(&cli), notify_config(&cli));
             let listen = listen.unwrap_or(cli.settings.http.listen);
             let metrics_access = crate::http::MetricsAccess { require_token: cli.settings.metrics.require_token };
+            let http = crate::http::HttpConfig::from_settings(&cli.settings);
             let notify_schedule = cli.settings.notify.schedule.clone();
             crate::metrics::install();
             with_service(&cli, |service, runtime| async move {
@@ -669,7 +671,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
-                let app = crate::http::router_with_callbacks(state, workers.deliverer.clone())
+                let app = crate::http::router_with(state, http)
+                    .layer(axum::Extension(workers.deliverer.clone()))
                     .layer(axum::Extension(workers.notifier.clone()))
                     .layer(axum::Extension(metrics_access));
                 crate::http::serve_router(app, listener, shutdown).await?;

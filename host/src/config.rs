@@ -32,6 +32,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The HTTP server.
     pub http: HttpSettings,
+    /// Public ingress (clicks, postbacks): rate limits.
+    pub ingress: IngressSettings,
     /// `/metrics`.
     pub metrics: MetricsSettings,
     /// Logs.
@@ -60,6 +62,48 @@ pub struct DatabaseSettings {
 pub struct HttpSettings {
     /// Where `serve` listens.
     pub listen: SocketAddr,
+    /// Largest request body: postbacks, admin API requests, dashboard forms.
+    pub max_body_bytes: usize,
+    /// Largest report file uploaded to `POST /api/v1/networks/{id}/imports`.
+    pub max_import_bytes: usize,
+    /// Largest plugin component uploaded to `POST /api/v1/plugins`.
+    pub max_plugin_bytes: usize,
+}
+
+/// `[ingress]`: rate limits of `/c/{link}` and `/postback/{network}`, per process. A
+/// rate is per second; 0 turns that limit off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressSettings {
+    /// false: no rate limit at all.
+    pub rate_limit: bool,
+    /// Addresses or CIDR ranges of reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Clicks per second from one client address.
+    pub click_rate_per_address: u32,
+    /// Clicks at once from one client address.
+    pub click_burst_per_address: u32,
+    /// Postbacks per second from one client address.
+    pub postback_rate_per_address: u32,
+    /// Postbacks at once from one client address.
+    pub postback_burst_per_address: u32,
+    /// Postbacks per second to one network.
+    pub postback_rate_per_network: u32,
+    /// Postbacks at once to one network.
+    pub postback_burst_per_network: u32,
+    /// Per-network limits replacing the two above, by network id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, NetworkRateSettings>,
+}
+
+/// `[ingress.networks.ID]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRateSettings {
+    /// Postbacks per second to this network (0: no limit).
+    pub postback_rate: u32,
+    /// Postbacks at once to this network.
+    pub postback_burst: u32,
 }
 
 /// `[metrics]`
@@ -98,6 +142,8 @@ pub struct PluginSettings {
     pub store: PathBuf,
     /// Plugin calls at once.
     pub max_concurrent_calls: u32,
+    /// Adapters' `http.fetch` may reach private, loopback and link-local addresses.
+    pub http_allow_private: bool,
     /// Limits of a plugin whose manifest asks for nothing.
     pub defaults: LimitSettings,
     /// The most a manifest may ask for.
@@ -250,12 +296,29 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             database: DatabaseSettings { url: "sqlite://.cashbackd/cashbackd.db".into() },
-            http: HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) },
+            http: HttpSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                max_body_bytes: 1 << 20,
+                max_import_bytes: 64 << 20,
+                max_plugin_bytes: 32 << 20,
+            },
+            ingress: IngressSettings {
+                rate_limit: true,
+                trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+                click_rate_per_address: 20,
+                click_burst_per_address: 100,
+                postback_rate_per_address: 200,
+                postback_burst_per_address: 2000,
+                postback_rate_per_network: 200,
+                postback_burst_per_network: 2000,
+                networks: BTreeMap::new(),
+            },
             metrics: MetricsSettings { require_token: false },
             log: LogSettings { format: LogFormat::Text, filter: "warn".into() },
             plugin: PluginSettings {
                 store: ".cashbackd/plugins".into(),
                 max_concurrent_calls: 64,
+                http_allow_private: false,
                 defaults: Limits::host_defaults().into(),
                 maxima: Limits::host_maxima().into(),
                 overrides: BTreeMap::new(),
@@ -287,6 +350,8 @@ enum Kind {
     Text,
     Bool,
     Int,
+    /// Comma-separated.
+    List,
 }
 
 /// Every key an environment variable can set: `CASHBACKD_` and the key in capitals with
@@ -294,11 +359,23 @@ enum Kind {
 const ENV_KEYS: &[(&str, Kind)] = &[
     ("database.url", Kind::Text),
     ("http.listen", Kind::Text),
+    ("http.max_body_bytes", Kind::Int),
+    ("http.max_import_bytes", Kind::Int),
+    ("http.max_plugin_bytes", Kind::Int),
+    ("ingress.rate_limit", Kind::Bool),
+    ("ingress.trusted_proxies", Kind::List),
+    ("ingress.click_rate_per_address", Kind::Int),
+    ("ingress.click_burst_per_address", Kind::Int),
+    ("ingress.postback_rate_per_address", Kind::Int),
+    ("ingress.postback_burst_per_address", Kind::Int),
+    ("ingress.postback_rate_per_network", Kind::Int),
+    ("ingress.postback_burst_per_network", Kind::Int),
     ("metrics.require_token", Kind::Bool),
     ("log.format", Kind::Text),
     ("log.filter", Kind::Text),
     ("plugin.store", Kind::Text),
     ("plugin.max_concurrent_calls", Kind::Int),
+    ("plugin.http_allow_private", Kind::Bool),
     ("plugin.defaults.deadline_ms", Kind::Int),
     ("plugin.defaults.memory_mib", Kind::Int),
     ("plugin.defaults.max_input_bytes", Kind::Int),
@@ -433,6 +510,9 @@ fn typed(raw: &str, kind: Kind) -> Value {
             _ => Value::from(raw.to_string()),
         },
         Kind::Text => Value::from(raw.to_string()),
+        Kind::List => {
+            Value::from(raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>())
+        }
     }
 }
 
@@ -617,6 +697,7 @@ impl Settings {
             return Err(ConfigError::new("log.filter", format!("{e} (in {:?})", self.log.filter)));
         }
         self.validate_plugin()?;
+        self.validate_http()?;
         let c = &self.callbacks;
         if c.max_attempts == 0 {
             return Err(ConfigError::new("callbacks.max_attempts", "at least 1"));
@@ -665,6 +746,61 @@ impl Settings {
         if let Some(dir) = &self.notify.templates {
             crate::notify::Templates::load(Some(dir))
                 .map_err(|e| ConfigError::new("notify.templates", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("http.max_body_bytes", self.http.max_body_bytes),
+            ("http.max_import_bytes", self.http.max_import_bytes),
+            ("http.max_plugin_bytes", self.http.max_plugin_bytes),
+        ] {
+            if value < 1024 {
+                return Err(ConfigError::new(key, format!("at least 1024 bytes, got {value}")));
+            }
+        }
+        let i = &self.ingress;
+        for proxy in &i.trusted_proxies {
+            if parse_net(proxy).is_none() {
+                return Err(ConfigError::new(
+                    "ingress.trusted_proxies",
+                    format!("{proxy:?} is not an IP address or CIDR range (10.0.0.0/8, ::1)"),
+                ));
+            }
+        }
+        let key = |k: &str| format!("ingress.{k}");
+        let mut limits = vec![
+            (
+                key("click_rate_per_address"),
+                key("click_burst_per_address"),
+                i.click_rate_per_address,
+                i.click_burst_per_address,
+            ),
+            (
+                key("postback_rate_per_address"),
+                key("postback_burst_per_address"),
+                i.postback_rate_per_address,
+                i.postback_burst_per_address,
+            ),
+            (
+                key("postback_rate_per_network"),
+                key("postback_burst_per_network"),
+                i.postback_rate_per_network,
+                i.postback_burst_per_network,
+            ),
+        ];
+        for (network, n) in &i.networks {
+            let k = |f: &str| format!("ingress.networks.{network}.{f}");
+            limits.push((k("postback_rate"), k("postback_burst"), n.postback_rate, n.postback_burst));
+        }
+        for (rate_key, burst_key, rate, burst) in limits {
+            if rate > 0 && burst == 0 {
+                return Err(ConfigError::new(
+                    burst_key,
+                    format!("at least 1 while {rate_key} is {rate} (a rate of 0 turns the limit off)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -733,6 +869,7 @@ impl Settings {
         c.maxima = self.plugin.maxima.into();
         c.max_concurrent_calls = self.plugin.max_concurrent_calls;
         c.overrides = self.plugin.overrides.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
+        c.http_allow_private = self.plugin.http_allow_private;
         c
     }
 }
@@ -745,6 +882,12 @@ fn mask_url(url: &str) -> String {
         Ok(_) => url.to_string(),
         Err(_) => "***".to_string(),
     }
+}
+
+/// An entry of `ingress.trusted_proxies`: a CIDR range, or one address.
+pub fn parse_net(entry: &str) -> Option<ipnet::IpNet> {
+    let entry = entry.trim();
+    entry.parse::<ipnet::IpNet>().ok().or_else(|| entry.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// Whether a key holds a secret.
@@ -840,6 +983,43 @@ mod tests {
         let text = toml::to_string(&s.masked()).expect("toml");
         assert!(!text.contains("hunter2") && !text.contains("pa55"), "{text}");
         assert!(text.contains("app:***@db"), "{text}");
+    }
+
+    #[test]
+    fn ingress_limits_and_trusted_proxies_are_checked_by_key() {
+        let loaded = load_from(
+            None,
+            &env(&[
+                ("CASHBACKD_INGRESS_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7"),
+                ("CASHBACKD_INGRESS_RATE_LIMIT", "off"),
+            ]),
+            no_flags(),
+        )
+        .expect("loads");
+        assert_eq!(loaded.settings.ingress.trusted_proxies, vec!["10.0.0.0/8".to_string(), "192.0.2.7".to_string()]);
+        assert!(!loaded.settings.ingress.rate_limit);
+        let e = load_from(None, &env(&[("CASHBACKD_INGRESS_TRUSTED_PROXIES", "10.0.0.0/33")]), no_flags())
+            .expect_err("refused");
+        assert!(e.to_string().starts_with(r#"ingress.trusted_proxies: "10.0.0.0/33" is not an IP address"#), "{e}");
+        assert!(e.to_string().ends_with("(from CASHBACKD_INGRESS_TRUSTED_PROXIES)"), "{e}");
+        let e = load_from(None, &env(&[("CASHBACKD_INGRESS_CLICK_BURST_PER_ADDRESS", "0")]), no_flags())
+            .expect_err("refused");
+        assert_eq!(e.key, "ingress.click_burst_per_address", "{e}");
+        let mut s = Settings::default();
+        s.ingress.networks.insert("big".into(), NetworkRateSettings { postback_rate: 10, postback_burst: 0 });
+        assert_eq!(s.validate().expect_err("refused").key, "ingress.networks.big.postback_burst");
+        s.ingress.networks.insert("big".into(), NetworkRateSettings { postback_rate: 0, postback_burst: 0 });
+        assert!(s.validate().is_ok(), "a rate of 0 is no limit");
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[ingress]\nclick_rate = 5\n").expect("write");
+        let e = load_from(Some(&file), &[], no_flags()).expect_err("unknown key");
+        assert!(e.to_string().starts_with("ingress.click_rate: unknown key"), "{e}");
+        let e = load_from(None, &env(&[("CASHBACKD_HTTP_MAX_BODY_BYTES", "10")]), no_flags()).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "http.max_body_bytes: at least 1024 bytes, got 10 (from CASHBACKD_HTTP_MAX_BODY_BYTES)"
+        );
     }
 
     #[test]

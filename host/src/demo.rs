@@ -206,12 +206,14 @@ fn money(minor: i64) -> String {
 /// Runs the demo: seed, serve, simulate, report; then keep serving unless `once`. The
 /// callback worker is running already; the scheduler runs its retries and the
 /// notification batches.
-#[allow(clippy::too_many_arguments)]
+///
+/// The server runs with the operator's settings (`http`: body caps, ingress rate limits);
+/// the demo's own traffic stays far below the default limits (a few requests at start,
+/// then a click and a postback every few seconds).
 pub async fn run(
     service: Service,
     runtime: Arc<PluginRuntime>,
-    deliverer: crate::callbacks::Deliverer,
-    notifier: crate::notify::Notifier,
+    (deliverer, notifier, http): (crate::callbacks::Deliverer, crate::notify::Notifier, crate::http::HttpConfig),
     plugins: &Path,
     listen: std::net::SocketAddr,
     database: &str,
@@ -223,7 +225,9 @@ pub async fn run(
     let state = AppState { service: service.clone(), runtime: runtime.clone() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // The dashboard runs jobs with the server's own notifier.
-    let app = crate::http::router_with_callbacks(state, deliverer.clone()).layer(axum::Extension(notifier.clone()));
+    let app = crate::http::router_with(state, http)
+        .layer(axum::Extension(deliverer.clone()))
+        .layer(axum::Extension(notifier.clone()));
     let server = tokio::spawn(crate::http::serve_router(app, listener, async {
         tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () }
     }));

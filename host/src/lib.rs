@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod plugin;
 pub mod registry;
 pub mod scheduler;

@@ -30,10 +30,14 @@ use std::time::Duration;
 /// postback that failed authentication), `failed` (storage).
 pub const INGEST_EVENTS: &str = "cashbackd_ingest_events_total";
 /// Postback handling time, by network and outcome (`accepted`, `rejected`, `refused`,
-/// `failed`).
+/// `failed`, `throttled`).
 pub const POSTBACK_SECONDS: &str = "cashbackd_postback_duration_seconds";
-/// Tracked clicks, by outcome (`recorded`, `rejected`, `failed`).
+/// Tracked clicks, by outcome (`recorded`, `rejected`, `failed`, `throttled`).
 pub const CLICKS: &str = "cashbackd_clicks_total";
+/// Ingress requests refused by a rate limit (429), by route (`click`, `postback`), limit
+/// (`address`, `network`) and network (`unknown` until it is seen to exist, `none` for
+/// clicks).
+pub const INGRESS_THROTTLED: &str = "cashbackd_ingress_throttled_total";
 /// Plugin call time, by plugin, version and call (`evaluate`, `parse_postback`,
 /// `import_page`, `parse_file`), failed calls included.
 pub const PLUGIN_CALL_SECONDS: &str = "cashbackd_plugin_call_duration_seconds";
@@ -99,6 +103,7 @@ fn describe() {
     describe_counter!(INGEST_EVENTS, "Conversion events recorded, by network, path and outcome");
     describe_histogram!(POSTBACK_SECONDS, Unit::Seconds, "Postback handling time, by network and outcome");
     describe_counter!(CLICKS, "Tracked clicks, by outcome");
+    describe_counter!(INGRESS_THROTTLED, "Ingress requests refused by a rate limit, by route, limit and network");
     describe_histogram!(PLUGIN_CALL_SECONDS, Unit::Seconds, "Plugin call time, by plugin, version and call");
     describe_counter!(PLUGIN_CALL_FAILURES, "Failed plugin calls, by plugin, version, call and kind");
     describe_counter!(CALLBACK_DELIVERIES, "Callback attempts, by endpoint and outcome");
@@ -138,6 +143,12 @@ pub fn postback(network: &str, outcome: &'static str, elapsed: Duration) {
 /// A click answered.
 pub fn click(outcome: &'static str) {
     metrics::counter!(CLICKS, "outcome" => outcome).increment(1);
+}
+
+/// An ingress request refused by a rate limit.
+pub fn ingress_throttled(route: &'static str, limit: &'static str, network: &str) {
+    metrics::counter!(INGRESS_THROTTLED, "route" => route, "limit" => limit, "network" => network.to_string())
+        .increment(1);
 }
 
 /// A plugin call made; `failure` is its error's kind.

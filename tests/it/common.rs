@@ -35,10 +35,15 @@ pub fn shared_store() -> PathBuf {
     target_dir().join("test-plugin-store")
 }
 
-/// The runtime every test shares, like a server process shares one.
+/// The runtime every test shares, like a server process shares one. Its adapters may
+/// reach private addresses: the tests' fake networks listen on 127.0.0.1
+/// (`security.rs` checks the refusal with runtimes of its own).
 pub fn runtime() -> &'static Arc<PluginRuntime> {
     static RUNTIME: OnceLock<Arc<PluginRuntime>> = OnceLock::new();
-    RUNTIME.get_or_init(|| Arc::new(PluginRuntime::new(RuntimeConfig::new(shared_store())).expect("runtime")))
+    RUNTIME.get_or_init(|| {
+        let config = RuntimeConfig { http_allow_private: true, ..RuntimeConfig::new(shared_store()) };
+        Arc::new(PluginRuntime::new(config).expect("runtime"))
+    })
 }
 
 pub fn load(target: &str, crate_name: &str) -> Arc<LoadedPlugin> {

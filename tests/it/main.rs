@@ -23,4 +23,5 @@ mod plugin_new;
 mod plugin_runtime;
 mod registry;
 mod sandbox;
+mod security;
 mod smtp;

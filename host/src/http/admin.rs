@@ -9,13 +9,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-/// Largest report file accepted by upload.
+/// Default largest report file accepted by upload (`http.max_import_bytes`).
 pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 
-/// The admin routes.
-pub fn routes() -> Router<AppState> {
+/// The admin routes; a report file may be up to `max_import` bytes.
+pub fn routes(max_import: usize) -> Router<AppState> {
     Router::new()
-        .route("/api/v1/networks/{network}/imports", post(upload_import).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
+        .route("/api/v1/networks/{network}/imports", post(upload_import).layer(DefaultBodyLimit::max(max_import)))
         .route("/api/v1/networks/{network}/rejects", get(list_rejects))
 }
 
@@ -77,9 +77,11 @@ async fn list_rejects(
     Ok(Json(serde_json::json!({ "rejects": rejects })))
 }
 
-/// Every `/api/v1` route but the OpenAPI document needs a valid token before anything
-/// else: a caller without one learns nothing about the route (not even that its body is
-/// malformed) and claims no idempotency key. Each handler then checks its own scope.
+/// Every `/api/v1` route but the OpenAPI document needs a valid token of the route's scope
+/// (from the route table, [`super::openapi::ROUTES`]) before anything else: a caller
+/// without one, or with too low a scope, learns nothing about the route (not even that
+/// its body is malformed) and claims no idempotency key. Each handler checks its own
+/// scope again.
 pub(super) async fn authenticated(
     State(st): State<AppState>,
     request: axum::extract::Request,
@@ -87,11 +89,18 @@ pub(super) async fn authenticated(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = request.uri().path();
-    if path.starts_with("/api/v1/")
-        && path != "/api/v1/openapi.json"
-        && let Err(refused) = require(&st, request.headers(), Scope::Read).await
-    {
-        return refused.into_response();
+    if path.starts_with("/api/v1/") && path != "/api/v1/openapi.json" {
+        let route = request.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str());
+        let method = request.method().as_str();
+        // A path no route serves still needs a token (it answers 404 only to one).
+        let scope = super::openapi::ROUTES
+            .iter()
+            .find(|r| Some(r.path) == route && r.method == method)
+            .and_then(|r| r.scope)
+            .unwrap_or(Scope::Read);
+        if let Err(refused) = require(&st, request.headers(), scope).await {
+            return refused.into_response();
+        }
     }
     next.run(request).await
 }

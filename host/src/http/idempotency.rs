@@ -16,7 +16,8 @@ use sqlx::Row;
 
 const HEADER: &str = "idempotency-key";
 const TTL_MS: i64 = 24 * 3_600_000;
-/// Larger requests or answers are not kept (uploads are up to 64 MiB).
+/// Larger answers are not kept; requests are read up to the largest body cap of the
+/// routes (this, without the router's caps).
 const MAX_KEPT: usize = 64 << 20;
 
 fn hash(parts: &[&[u8]]) -> String {
@@ -42,11 +43,18 @@ pub async fn guard(State(st): State<AppState>, request: Request, next: Next) -> 
                 .into_response();
         }
     };
+    // The largest body any route takes (an upload's): the route itself enforces its own.
+    let cap = request.extensions().get::<super::BodyLimits>().map_or(MAX_KEPT, |b| b.largest());
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_KEPT).await {
+    let body = match axum::body::to_bytes(body, cap).await {
         Ok(b) => b,
         Err(_) => {
-            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body too large").into_response();
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is over {cap} bytes, the largest any route takes"),
+            )
+            .into_response();
         }
     };
     let credential = parts.headers.get("authorization").map(|v| v.as_bytes()).unwrap_or_default();

@@ -88,19 +88,18 @@ pub async fn postback(State(st): State<AppState>, Path(network): Path<String>, r
     let method = request.method().as_str().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     let headers = request.headers().clone();
-    let body = match axum::body::to_bytes(request.into_body(), super::MAX_BODY_BYTES).await {
+    let cap = request.extensions().get::<super::BodyLimits>().copied().unwrap_or_default().body;
+    // Set when the ingress is rate limited: a network that exists is named in its metrics.
+    let limiter = request.extensions().get::<std::sync::Arc<super::IngressLimiter>>().cloned();
+    let body = match axum::body::to_bytes(request.into_body(), cap).await {
         Ok(b) => b,
         Err(_) => {
-            let e = ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("body over {} bytes", super::MAX_BODY_BYTES),
-            );
+            let e = ApiError::too_large((cap, "http.max_body_bytes"));
             observe_refusal(&network, &e, started);
             return e.into_response();
         }
     };
-    match handle_postback(&st, &network, &method, &query, &headers, &body, remote).await {
+    match handle_postback(&st, &network, &method, &query, &headers, &body, remote, limiter.as_deref()).await {
         Ok(results) => {
             crate::metrics::postback(&network, "accepted", started.elapsed());
             (StatusCode::OK, axum::Json(serde_json::json!({ "results": results }))).into_response()
@@ -148,6 +147,7 @@ fn observe_refusal(network: &str, e: &ApiError, started: std::time::Instant) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle_postback(
     st: &AppState,
     network_id: &str,
@@ -156,11 +156,15 @@ async fn handle_postback(
     headers: &HeaderMap,
     body: &Bytes,
     remote: Option<std::net::IpAddr>,
+    limiter: Option<&super::IngressLimiter>,
 ) -> Result<Vec<serde_json::Value>, ApiError> {
     let network = ingest::network(st.service.db(), network_id)
         .await
         .map_err(|e| ApiError::unavailable("cannot read the network", &e))?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_network", format!("no network {network_id:?}")))?;
+    if let Some(limiter) = limiter {
+        limiter.note_network(&network.id);
+    }
     {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let inbound = Inbound { method, query, header: &header, body, remote };

@@ -10,17 +10,20 @@ mod ingress;
 pub mod openapi;
 mod ops;
 mod plugins;
+pub mod ratelimit;
 
 use crate::conversions::Service;
 use crate::plugin::PluginRuntime;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::sync::Arc;
 
 pub use ops::MetricsAccess;
+pub use ratelimit::IngressLimiter;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -31,28 +34,116 @@ pub struct AppState {
     pub runtime: Arc<PluginRuntime>,
 }
 
-/// Largest request body accepted (postbacks are small; files go through imports).
+/// Default largest request body (postbacks are small; files go through imports).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// The router.
+/// The largest request bodies accepted (`http.max_*_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Every route but the two uploads: postbacks, admin API requests, dashboard forms.
+    pub body: usize,
+    /// Report files, `POST /api/v1/networks/{network}/imports`.
+    pub import: usize,
+    /// Plugin components, `POST /api/v1/plugins`.
+    pub plugin: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits { body: MAX_BODY_BYTES, import: admin::MAX_UPLOAD_BYTES, plugin: plugins::MAX_COMPONENT_BYTES }
+    }
+}
+
+impl BodyLimits {
+    /// The cap of a route (by its template) and the setting that sets it.
+    fn of_route(&self, route: Option<&str>) -> (usize, &'static str) {
+        match route {
+            // The routes of the two uploads (admin.rs, plugins.rs).
+            Some("/api/v1/networks/{network}/imports") => (self.import, "http.max_import_bytes"),
+            Some("/api/v1/plugins") => (self.plugin, "http.max_plugin_bytes"),
+            _ => (self.body, "http.max_body_bytes"),
+        }
+    }
+
+    /// The largest of them (what a middleware that buffers any route's body may take).
+    pub fn largest(&self) -> usize {
+        self.body.max(self.import).max(self.plugin)
+    }
+}
+
+/// How the router is set up: body caps, and the public ingress's rate limits (none: not
+/// limited).
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// Request body caps.
+    pub bodies: BodyLimits,
+    /// Rate limits of `/c/{link}` and `/postback/{network}`.
+    pub ingress: Option<Arc<IngressLimiter>>,
+}
+
+impl HttpConfig {
+    /// As the settings say (`[http]`, `[ingress]`): what `serve` and `demo` run.
+    pub fn from_settings(settings: &crate::config::Settings) -> HttpConfig {
+        let h = &settings.http;
+        HttpConfig {
+            bodies: BodyLimits { body: h.max_body_bytes, import: h.max_import_bytes, plugin: h.max_plugin_bytes },
+            ingress: IngressLimiter::from_settings(&settings.ingress),
+        }
+    }
+}
+
+/// The router with the default body caps and no ingress rate limit (tests, benchmarks,
+/// embedding); `serve` uses [`router_with`] and the settings.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    router_with(state, HttpConfig::default())
+}
+
+/// The router set up as `config` says.
+pub fn router_with(state: AppState, config: HttpConfig) -> Router {
+    let mut ingress = Router::new()
         .route("/c/{link}", get(ingress::click))
-        .route("/postback/{network}", get(ingress::postback).post(ingress::postback))
+        .route("/postback/{network}", get(ingress::postback).post(ingress::postback));
+    if let Some(limiter) = config.ingress {
+        // Before the handler: a throttled request costs no body read and no query.
+        ingress = ingress.route_layer(axum::middleware::from_fn_with_state(limiter, ratelimit::guard));
+    }
+    let bodies = config.bodies;
+    Router::new()
+        .merge(ingress)
         .route("/healthz", get(|| async { "ok" }))
         .merge(ops::routes())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .merge(admin::routes())
+        .merge(admin::routes(bodies.import))
         .merge(callbacks::routes())
-        .merge(plugins::routes())
+        .merge(plugins::routes(bodies.plugin))
         .merge(api::routes())
         .route("/api/v1/openapi.json", get(openapi::serve))
         .merge(crate::dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(bodies, too_large_as_json))
+        // Every route's cap but the uploads', whose own (inner) layers set theirs.
+        .layer(DefaultBodyLimit::max(bodies.body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::guard))
         .layer(axum::middleware::from_fn_with_state(state.clone(), admin::authenticated))
         // Outermost: every request's span, log line and metrics, refusals included.
         .layer(axum::middleware::from_fn(ops::observe))
+        .layer(axum::Extension(bodies))
         .with_state(state)
+}
+
+/// axum's extractors refuse an oversized body with a plain-text 413; every refusal of
+/// this server is JSON with the reason, here the cap and the setting that sets it.
+async fn too_large_as_json(
+    axum::extract::State(bodies): axum::extract::State<BodyLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let response = next.run(request).await;
+    let json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || json {
+        return response;
+    }
+    ApiError::too_large(bodies.of_route(route.as_deref())).into_response()
 }
 
 /// The router with the delivery worker the callback tester sends through (its outbound
@@ -99,6 +190,15 @@ impl ApiError {
     /// 400.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 413: the body is over `cap`, which `setting` sets.
+    pub fn too_large((cap, setting): (usize, &'static str)) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is over {cap} bytes, the limit of this route ({setting})"),
+        )
     }
 
     /// 503: the caller should retry later; details are logged, not returned.

@@ -14,13 +14,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// Largest component accepted.
+/// Default largest component accepted (`http.max_plugin_bytes`).
 pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
 
-/// The registry routes.
-pub fn routes() -> Router<AppState> {
+/// The registry routes; a component may be up to `max_component` bytes.
+pub fn routes(max_component: usize) -> Router<AppState> {
     Router::new()
-        .route("/api/v1/plugins", get(list).post(upload).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
+        .route("/api/v1/plugins", get(list).post(upload).layer(DefaultBodyLimit::max(max_component)))
         .route("/api/v1/plugins/{reference}", delete(remove))
         .route("/api/v1/merchants/{merchant}/rules/activate", post(activate_merchant))
         .route("/api/v1/merchants/{merchant}/rules/rollback", post(rollback_merchant))

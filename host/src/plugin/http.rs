@@ -1,7 +1,11 @@
 //! `http.fetch` for network adapters: the host sends the request, so it decides.
 //!
-//! A request reaches only hosts the manifest declares; a credential named by the plugin
-//! is looked up in the manifest and its secret added by the host (the plugin never holds
+//! A request reaches only hosts the manifest declares, and only public addresses unless
+//! the operator allows private ones (`plugin.http_allow_private`): the same guards as
+//! partner callbacks ([`crate::outbound`]), because a declared host name can resolve to
+//! 10.x or 169.254.169.254 as easily as a callback URL can. Redirects are not followed.
+//! A credential named by the plugin is looked up in *its own* manifest and its secret
+//! taken from *this call's* configuration, then added by the host (the plugin never holds
 //! it); each call has a request budget, a timeout per request, and a cap on response
 //! bodies. A refusal comes back to the plugin as `http-error.denied` naming what was
 //! refused, and is remembered so the call's error can say so too.
@@ -10,6 +14,7 @@ use super::limits::LimitHit;
 use super::manifest::{Credential, Secrets};
 use super::state::PluginState;
 use super::wit::latest::http::{Host, HttpError, Method, Request, Response};
+use crate::outbound::{self, Reach};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +40,7 @@ pub struct HttpClient {
 
 struct ClientInner {
     client: reqwest::Client,
+    reach: Reach,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -49,20 +55,22 @@ impl Drop for ClientInner {
 }
 
 impl HttpClient {
-    /// A client with its own two-thread runtime.
-    pub fn new() -> std::io::Result<HttpClient> {
+    /// A client with its own runtime, reaching private addresses only if
+    /// `allow_private`.
+    pub fn new(allow_private: bool) -> std::io::Result<HttpClient> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("plugin-http")
             .enable_all()
             .build()?;
-        let client = reqwest::Client::builder()
-            // Redirects could lead to a host the manifest does not declare.
-            .redirect(reqwest::redirect::Policy::none())
+        let reach = Reach::plugins(allow_private);
+        // No redirects (they could lead to a host the manifest does not declare, or to a
+        // literal private address), no proxies, names resolved through the guard.
+        let client = outbound::client_builder(reach)
             .user_agent(concat!("cashbackd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(HttpClient { inner: Arc::new(ClientInner { client, runtime: Some(runtime) }) })
+        Ok(HttpClient { inner: Arc::new(ClientInner { client, reach, runtime: Some(runtime) }) })
     }
 
     fn send(&self, request: reqwest::Request, timeout: Duration, cap: u64) -> Result<Response, HttpError> {
@@ -80,10 +88,15 @@ impl HttpClient {
 }
 
 async fn read_response(client: reqwest::Client, request: reqwest::Request, cap: u64) -> Result<Response, HttpError> {
-    let mut resp = client
-        .execute(request)
-        .await
-        .map_err(|e| if e.is_timeout() { HttpError::Timeout } else { HttpError::Transport(without_url(&e)) })?;
+    let mut resp = client.execute(request).await.map_err(|e| {
+        if let Some(why) = outbound::refused(&e) {
+            HttpError::Denied(why)
+        } else if e.is_timeout() {
+            HttpError::Timeout
+        } else {
+            HttpError::Transport(without_url(&e))
+        }
+    })?;
     if resp.content_length().is_some_and(|len| len > cap) {
         return Err(HttpError::TooLarge(cap));
     }
@@ -136,7 +149,7 @@ impl HttpGrant {
         HttpError::Denied(what)
     }
 
-    fn build(&mut self, req: &Request, timeout: Duration) -> Result<reqwest::Request, HttpError> {
+    fn build(&mut self, req: &Request, timeout: Duration, reach: Reach) -> Result<reqwest::Request, HttpError> {
         let mut url = url::Url::parse(&req.url).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
         if url.scheme() != "https" && url.scheme() != "http" {
             return Err(self.deny(format!("scheme {:?} (only http and https)", url.scheme())));
@@ -145,6 +158,12 @@ impl HttpGrant {
         if !host_allowed(&self.hosts, &host, url.port_or_known_default()) {
             let declared = if self.hosts.is_empty() { "none".to_string() } else { self.hosts.join(", ") };
             return Err(self.deny(format!("http host {host:?} is not declared in the manifest (declared: {declared})")));
+        }
+        // A literal address never reaches the resolver's check: it is checked here.
+        if let Some(literal) = url.host()
+            && let Err(why) = outbound::check_host(&literal, reach)
+        {
+            return Err(self.deny(format!("http host {why}")));
         }
         let mut extra_header = None;
         if let Some(name) = &req.credential {
@@ -195,12 +214,19 @@ impl Host for PluginState {
             return Err(wasmtime::format_err!("{hit}"));
         }
         let timeout = Duration::from_millis(limits.http_timeout_ms);
-        let built = match grant.build(&request, timeout) {
+        let reach = grant.client.inner.reach;
+        let built = match grant.build(&request, timeout, reach) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
         tracing::debug!(method = %built.method(), host = built.url().host_str().unwrap_or(""), "plugin http request");
-        Ok(grant.client.send(built, timeout, limits.max_http_response_bytes))
+        let answer = grant.client.send(built, timeout, limits.max_http_response_bytes);
+        if let Err(HttpError::Denied(why)) = &answer {
+            // The resolver refused the name: the call's error says so, as for a host the
+            // manifest does not declare.
+            grant.denied.push(format!("http host {why}"));
+        }
+        Ok(answer)
     }
 }
 

@@ -39,6 +39,9 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Operator overrides per plugin name, applied over the manifest (within maxima).
     pub overrides: HashMap<String, LimitsOverride>,
+    /// Adapters' `http.fetch` may reach private, loopback and link-local addresses
+    /// (`plugin.http_allow_private`; off: see [`crate::outbound`]).
+    pub http_allow_private: bool,
 }
 
 impl RuntimeConfig {
@@ -51,6 +54,7 @@ impl RuntimeConfig {
             max_concurrent_calls: 64,
             epoch_tick: Duration::from_millis(1),
             overrides: HashMap::new(),
+            http_allow_private: false,
         }
     }
 }
@@ -225,9 +229,9 @@ impl PluginRuntime {
             rules_linker,
             adapter_linker,
             store: ContentStore::open(&config.store_dir)?,
+            http: HttpClient::new(config.http_allow_private)?,
             config,
             loaded: Mutex::new(HashMap::new()),
-            http: HttpClient::new()?,
             compilations: AtomicU64::new(0),
             ticking,
         })
