@@ -1231,7 +1231,14 @@ fn print_test(r: &crate::callbacks::deliver::TestReport) {
 }
 
 fn callbacks_config(cli: &Cli) -> crate::callbacks::DeliveryConfig {
-    crate::callbacks::DeliveryConfig { allow_private: cli.callbacks_allow_private, ..Default::default() }
+    let c = &cli.settings.callbacks;
+    crate::callbacks::DeliveryConfig {
+        allow_private: cli.callbacks_allow_private,
+        lease_ms: c.lease_secs.saturating_mul(1000),
+        batch: c.batch,
+        concurrency: c.concurrency,
+        ..Default::default()
+    }
 }
 
 fn notify_config(cli: &Cli) -> crate::notify::NotifyConfig {

@@ -263,6 +263,14 @@ pub struct CallbackSettings {
     pub timeout_ms: i64,
     /// `endpoint add`'s default: failures in a row before the endpoint is disabled.
     pub disable_after: u32,
+    /// The delivery worker: how long a replica owns the deliveries it claimed, seconds.
+    /// A replica that dies holds its claims this long; a request that could outlast the
+    /// claim is not started.
+    pub lease_secs: i64,
+    /// The delivery worker: deliveries claimed at a time.
+    pub batch: usize,
+    /// The delivery worker: requests in flight at once.
+    pub concurrency: usize,
 }
 
 /// `[smtp]`
@@ -332,6 +340,9 @@ impl Default for Settings {
                 jitter_pct: 0,
                 timeout_ms: 10_000,
                 disable_after: 20,
+                lease_secs: 180,
+                batch: 128,
+                concurrency: 32,
             },
             smtp: SmtpSettings { url: None, from: "cashbackd <cashback@localhost>".into() },
             notify: NotifySettings {
@@ -400,6 +411,9 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("callbacks.jitter_pct", Kind::Int),
     ("callbacks.timeout_ms", Kind::Int),
     ("callbacks.disable_after", Kind::Int),
+    ("callbacks.lease_secs", Kind::Int),
+    ("callbacks.batch", Kind::Int),
+    ("callbacks.concurrency", Kind::Int),
     ("smtp.url", Kind::Text),
     ("smtp.from", Kind::Text),
     ("notify.schedule", Kind::Text),
@@ -719,6 +733,14 @@ impl Settings {
         }
         if c.jitter_pct > 100 {
             return Err(ConfigError::new("callbacks.jitter_pct", format!("at most 100, got {}", c.jitter_pct)));
+        }
+        if !(5..=86_400).contains(&c.lease_secs) {
+            return Err(ConfigError::new("callbacks.lease_secs", format!("between 5 and 86400, got {}", c.lease_secs)));
+        }
+        for (key, value) in [("callbacks.batch", c.batch), ("callbacks.concurrency", c.concurrency)] {
+            if !(1..=10_000).contains(&value) {
+                return Err(ConfigError::new(key, format!("between 1 and 10000, got {value}")));
+            }
         }
         if let Some(smtp) = &self.smtp.url {
             // The URL may hold a password: the message names the scheme, never the URL.

@@ -42,6 +42,10 @@ pub enum Reply {
 
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// The status the sink answered with (a timeout or redirect counts as its status).
+    pub status: u16,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -81,7 +85,15 @@ impl Sink {
                 let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
                 let reply = {
                     let mut s = st.lock().expect("lock");
+                    let reply = s.script.pop_front().unwrap_or(Reply::Status(200));
+                    let status = match &reply {
+                        Reply::Status(code) | Reply::RetryAfter(code, _) => *code,
+                        Reply::Redirect => 302,
+                        Reply::Slow(_) | Reply::Huge | Reply::Binary => 200,
+                    };
                     s.received.push(Received {
+                        at: std::time::Instant::now(),
+                        status,
                         method: parts.method.to_string(),
                         path: parts.uri.path().to_string(),
                         query: parts.uri.query().unwrap_or("").to_string(),
@@ -92,7 +104,7 @@ impl Sink {
                             .collect(),
                         body: String::from_utf8_lossy(&body).into_owned(),
                     });
-                    s.script.pop_front().unwrap_or(Reply::Status(200))
+                    reply
                 };
                 ar.notify_one();
                 use axum::response::IntoResponse;

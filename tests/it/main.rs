@@ -8,6 +8,7 @@ mod admin;
 mod api;
 mod backends;
 mod callbacks;
+mod chaos;
 mod common;
 mod crash;
 mod dashboard;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The larger reliability runs recorded in docs/RELIABILITY.md, one command:
+#   scripts/reliability.sh            crash loop (40 kills per backend) + replicas (60 s)
+#   scripts/reliability.sh soak       the soak benchmark (SOAK_MINUTES, default 30)
+# The CI sizes are the tests' defaults (scripts/test.sh runs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/build-plugins.sh
+case "${1:-crash}" in
+  crash)
+    export CASHBACKD_CHAOS_CYCLES="${CASHBACKD_CHAOS_CYCLES:-40}"
+    export CASHBACKD_REPLICA_SECONDS="${CASHBACKD_REPLICA_SECONDS:-60}"
+    export CASHBACKD_CRASH_CYCLES="${CASHBACKD_CRASH_CYCLES:-40}"
+    export CASHBACK_SDK_QUIET=1
+    cargo test -p cashbackd --test it --locked -- chaos:: crash:: --nocapture --test-threads 1
+    ;;
+  soak)
+    SOAK_MINUTES="${SOAK_MINUTES:-30}" cargo bench -p cashbackd --bench soak --locked
+    ;;
+  *)
+    echo "usage: scripts/reliability.sh [crash|soak]" >&2
+    exit 2
+    ;;
+esac

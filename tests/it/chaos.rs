@@ -1,0 +1,1081 @@
+//! The crash loop and the replica test: real `cashbackd serve` processes under mixed load
+//! (clicks, postbacks moving conversions through their states, report-file imports,
+//! plugin swaps, scheduled imports, partner callbacks), killed with SIGKILL at random
+//! moments and restarted. After every kill and at the end, the database and the partner's
+//! server are checked against what the clients were told:
+//!
+//! - every acknowledged postback and imported row is in the journal exactly once, and
+//!   every journaled event was applied (nothing half-written);
+//! - no conversion is credited twice: each conversion's bookings are the fold of its own
+//!   postings, at most one posting per journaled event, and what is booked matches its
+//!   state; the ledger's invariants hold;
+//! - every state change has its callback, every callback is delivered in the end, and a
+//!   callback is sent again only across a kill that came before its delivery was
+//!   recorded (a delivery recorded as acknowledged is never sent again);
+//! - every posting pins one of the two swapped rule versions;
+//! - with several replicas, each scheduled tick runs once and ingest goes on while one
+//!   replica is killed;
+//! - no configured secret appears in any log line of any process (debug level).
+//!
+//! Sizes: `CASHBACKD_CHAOS_CYCLES` (kill cycles per backend, default 6),
+//! `CASHBACKD_CHAOS_SEED` (replays a run's kill times and choices; the seed is printed),
+//! `CASHBACKD_CHAOS_WORKERS` (concurrent clients, default 6). `scripts/reliability.sh`
+//! runs the larger sizes given in docs/RELIABILITY.md.
+
+use crate::backends::{self, TestDb};
+use crate::callbacks::{Reply, Sink};
+use crate::common::*;
+use base64::Engine as _;
+use cashbackd::callbacks::sign::Secret;
+use cashbackd::callbacks::{self, Backoff, EndpointSpec, Method, RetryPolicy};
+use cashbackd::clock::SystemClock;
+use cashbackd::conversions::service::{Service, ServiceConfig};
+use cashbackd::db::Backend;
+use cashbackd::ingest::{self, InboundAuth, Link, Network};
+use cashbackd::registry::{self, Target};
+use cashbackd::scheduler::{self, JobKind};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::BufRead;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SERVE: &str = env!("CARGO_BIN_EXE_cashbackd");
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: a number, got {v:?}")))
+        .unwrap_or(default)
+}
+
+fn seed() -> u64 {
+    std::env::var("CASHBACKD_CHAOS_SEED")
+        .ok()
+        .map(|v| v.parse().expect("CASHBACKD_CHAOS_SEED: a number"))
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        })
+}
+
+/// Every secret the run configures; none may appear in any log.
+struct Secrets {
+    network_token: String,
+    webhook: String,
+    webhook_b64: String,
+    admin_token: String,
+    api_key: String,
+    smtp_password: String,
+    db_password: String,
+}
+
+impl Secrets {
+    fn all(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("the network's postback token", &self.network_token),
+            ("the endpoint's signing secret", &self.webhook),
+            ("the signing secret's key", &self.webhook_b64),
+            ("the admin token", &self.admin_token),
+            ("the network API key", &self.api_key),
+            ("the SMTP password", &self.smtp_password),
+            ("the database password", &self.db_password),
+        ]
+    }
+}
+
+/// What a run set up: the database, the partner's server, the rule versions.
+struct Fixture {
+    t: TestDb,
+    dir: tempfile::TempDir,
+    sink: Sink,
+    secrets: Secrets,
+    v1: String,
+    v2: String,
+    /// The network API the scheduled import reads, and how often it was called.
+    api_calls: Arc<AtomicUsize>,
+}
+
+impl Fixture {
+    /// The URL the processes connect with. On PostgreSQL it carries a password (the
+    /// server trusts local connections and ignores it) so that the log scan can prove the
+    /// URL's password is never logged.
+    fn serve_url(&self) -> String {
+        match self.t.db.backend {
+            Backend::Postgres => {
+                let mut url = url::Url::parse(self.t.url()).expect("url");
+                url.set_password(Some(&self.secrets.db_password)).expect("password");
+                url.to_string()
+            }
+            _ => self.t.url().to_string(),
+        }
+    }
+}
+
+async fn fixture(t: TestDb, import_job: bool) -> Fixture {
+    let mut rng = rand::rng();
+    let mut token = |prefix: &str| format!("{prefix}-{:016x}", rng.random::<u64>());
+    let key: [u8; 32] = rand::random();
+    let webhook_b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    let secrets = Secrets {
+        network_token: token("nettok"),
+        webhook: format!("whsec_{webhook_b64}"),
+        webhook_b64,
+        admin_token: String::new(),
+        api_key: token("apikey"),
+        smtp_password: token("smtppw"),
+        db_password: token("dbpw"),
+    };
+    let s = Service::new(t.db.clone(), runtime().clone(), Arc::new(SystemClock), ServiceConfig::default());
+    let now = s.now();
+    s.upsert_merchant("shop", "Shop", false, 30).await.expect("merchant");
+    let v1 = registry::upload(&s, &plugin_bytes(WASIP2, "swap_rule_v1")).await.expect("upload v1");
+    let v2 = registry::upload(&s, &plugin_bytes(WASIP2, "swap_rule_v2")).await.expect("upload v2");
+    let p1 = registry::resolve(&s, "swap-rule@1.0.0").await.expect("resolve");
+    registry::activate(&s, &Target::Merchant { id: "shop".into(), position: Some(0) }, &p1, None, "chaos")
+        .await
+        .expect("activate v1");
+
+    let s2s = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let network = Network {
+        id: "tok".into(),
+        name: "Token network".into(),
+        adapter_digest: Some(s2s.digest.to_string()),
+        adapter_config: json!({
+            "params": {"transaction_id": "tid", "click_id": "subid", "amount": "amount", "commission": "comm",
+                       "state": "status"},
+            "states": {"pending": "PENDING", "adjusted": "ADJUSTED", "approved": "COMPLETED", "declined": "REJECTED"},
+            "default_currency": "EUR"
+        }),
+        auth: InboundAuth::Token(secrets.network_token.clone()),
+    };
+    ingest::upsert_network(s.db(), &network, now).await.expect("network");
+    let link = Link {
+        id: "l1".into(),
+        merchant_id: "shop".into(),
+        network_id: "tok".into(),
+        url_template: "https://shop.example/?c={click_id}".into(),
+    };
+    ingest::upsert_link(s.db(), &link, now).await.expect("link");
+
+    let csv = s.store_plugin(&plugin_bytes(WASIP2, "csv_report")).await.expect("csv adapter");
+    let csv_network = Network {
+        id: "csvnet".into(),
+        name: "Report network".into(),
+        adapter_digest: Some(csv.digest.to_string()),
+        adapter_config: json!({
+            "columns": {"transaction_id": "Transaction", "click_id": "Click", "amount": "Sale",
+                        "commission": "Commission", "state": "Status", "currency": "Currency", "event_time": "Date"},
+            "states": {"open": "PENDING", "paid": "COMPLETED"},
+            "default_currency": "EUR"
+        }),
+        auth: InboundAuth::None,
+    };
+    ingest::upsert_network(s.db(), &csv_network, now).await.expect("csv network");
+
+    for user in (0..20).map(|n| format!("u{n}")).chain(["u-csvnet".to_string(), "u-apinet".to_string()]) {
+        s.register_user(&user, None).await.expect("user");
+    }
+    // The clicks the report files' and the network API's rows name.
+    for (click, network) in [("file-click", "csvnet"), ("api-click", "apinet")] {
+        s.register_click(cashbackd::conversions::NewClick {
+            click_id: click.into(),
+            user_id: format!("u-{network}"),
+            merchant_id: Some("shop".into()),
+            network_id: Some(network.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("click");
+    }
+
+    let sink = Sink::start().await;
+    let mut spec = EndpointSpec::new("hook", "partner", &format!("{}/hook?tx={{transaction_id}}", sink.base));
+    spec.method = Method::Post;
+    spec.secrets = vec![Secret::parse(&secrets.webhook, true).expect("whsec secret")];
+    spec.retry =
+        RetryPolicy { max_attempts: 50, backoff: Backoff::Fixed, delay_ms: 1_000, max_delay_ms: 2_000, jitter_pct: 0 };
+    spec.timeout_ms = 5_000;
+    spec.disable_after = 1_000;
+    callbacks::upsert_partner(s.db(), "partner", "Partner", now).await.expect("partner");
+    callbacks::save_endpoint(s.db(), &spec, now).await.expect("endpoint");
+
+    let api_calls = Arc::new(AtomicUsize::new(0));
+    if import_job {
+        let base = fake_network_api(api_calls.clone(), secrets.api_key.clone()).await;
+        let json_api = s.store_plugin(&plugin_bytes(WASIP2, "json_api")).await.expect("json-api adapter");
+        let api_network = Network {
+            id: "apinet".into(),
+            name: "API network".into(),
+            adapter_digest: Some(json_api.digest.to_string()),
+            adapter_config: json!({"base_url": base, "page_size": 50, "api_key": secrets.api_key}),
+            auth: InboundAuth::None,
+        };
+        ingest::upsert_network(s.db(), &api_network, now).await.expect("api network");
+        scheduler::upsert_job(&s, "import-apinet", "*/2 * * * * *", &JobKind::Import { network: "apinet".into() })
+            .await
+            .expect("job");
+    }
+    let admin =
+        cashbackd::auth::create_token(s.db(), "chaos", cashbackd::auth::Scope::Admin, now, None).await.expect("token");
+    let secrets = Secrets { admin_token: admin, ..secrets };
+    Fixture { t, dir: tempfile::tempdir().expect("tempdir"), sink, secrets, v1: v1.digest, v2: v2.digest, api_calls }
+}
+
+/// A network's API for the scheduled import: one page of two transactions on the click
+/// `api-click`, the same every time (so every run after the first finds duplicates).
+async fn fake_network_api(calls: Arc<AtomicUsize>, key: String) -> String {
+    let app = axum::Router::new().route(
+        "/v1/transactions",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let (calls, key) = (calls.clone(), key.clone());
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+                if auth != format!("Bearer {key}") {
+                    return (axum::http::StatusCode::UNAUTHORIZED, "bad key".to_string());
+                }
+                let tx = |id: &str, status: &str, amount: &str| {
+                    json!({"id": id, "click_id": "api-click", "order_id": format!("o-{id}"), "status": status,
+                           "amount": amount, "commission": "1.00", "currency": "EUR", "date": "2026-01-01T10:00:00Z",
+                           "merchant_id": "m1", "reason": null, "items": []})
+                };
+                let page = json!({"transactions": [tx("API-1", "pending", "10.00"), tx("API-2", "approved", "20.00")],
+                                  "next_cursor": null});
+                (axum::http::StatusCode::OK, page.to_string())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// One `cashbackd serve` process. Its logs go to a file of its own (debug level, JSON),
+/// read by the secret scan at the end.
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(f: &Fixture, name: &str) -> Server {
+        let log = f.dir.path().join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(SERVE)
+            .arg("--database-url")
+            .arg(f.serve_url())
+            .arg("--plugin-store")
+            .arg(shared_store())
+            .args(["--log-format", "json", "--callbacks-allow-private", "--smtp-url"])
+            .arg(format!("smtp://cashbackd:{}@127.0.0.1:9", f.secrets.smtp_password))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("CASHBACKD_LOG", "debug")
+            // A killed process's claimed callbacks go out once its claim runs out: short
+            // here (above the endpoint's 5 s timeout) so that the test need not wait 3 min.
+            .env("CASHBACKD_CALLBACKS_LEASE_SECS", "8")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start cashbackd serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("cashbackd listening on ") {
+                        break url.trim().to_string();
+                    }
+                }
+                _ => panic!(
+                    "cashbackd serve ({name}) exited before listening:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            }
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, base, log }
+    }
+
+    /// SIGKILL, as the kernel's OOM killer or a power cut of the container would.
+    fn kill(mut self) -> PathBuf {
+        self.child.kill().expect("SIGKILL");
+        let status = self.child.wait().expect("wait");
+        assert_eq!(status.signal(), Some(9), "not killed by SIGKILL: {status}");
+        self.log.clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A network event the clients were told is recorded (200).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Event {
+    tid: String,
+    state: &'static str,
+    amount: i64,
+}
+
+/// A conversion the load moves through its states, one step at a time.
+struct Plan {
+    tid: String,
+    click: String,
+    steps: Vec<(&'static str, &'static str, i64)>,
+    next: usize,
+    busy: bool,
+}
+
+/// What the clients did and were told, across every process lifetime.
+#[derive(Default)]
+struct Book {
+    plans: Vec<Plan>,
+    acked: Vec<Event>,
+    /// Report files not yet acknowledged: sent again until they are.
+    files: Vec<(String, Vec<Event>)>,
+    clicks: usize,
+    imports_acked: usize,
+    import_rows_acked: usize,
+    swaps: usize,
+    refused: usize,
+    unanswered: usize,
+    next_id: usize,
+    next_row: usize,
+    v2_active: bool,
+}
+
+/// The clients: `workers` concurrent loops against the live servers until `stop`.
+struct Load {
+    book: Arc<Mutex<Book>>,
+    stop: Arc<AtomicBool>,
+    http: reqwest::Client,
+}
+
+impl Load {
+    fn new() -> Load {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client");
+        Load { book: Arc::default(), stop: Arc::default(), http }
+    }
+
+    /// Runs the clients against `bases` (shared: a killed replica's address is removed by
+    /// the caller) until `stop` is set.
+    fn spawn(
+        &self,
+        bases: Arc<Mutex<Vec<String>>>,
+        workers: usize,
+        seed: u64,
+        f: &Fixture,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.stop.store(false, Ordering::SeqCst);
+        (0..workers)
+            .map(|w| {
+                let (book, stop, http, bases) =
+                    (self.book.clone(), self.stop.clone(), self.http.clone(), bases.clone());
+                let (token, admin) = (f.secrets.network_token.clone(), f.secrets.admin_token.clone());
+                let mut rng = StdRng::seed_from_u64(seed.wrapping_add(w as u64));
+                tokio::spawn(async move {
+                    let mut turn = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        turn += 1;
+                        let base = {
+                            let b = bases.lock().expect("lock");
+                            if b.is_empty() {
+                                break;
+                            }
+                            b[rng.random_range(0..b.len())].clone()
+                        };
+                        // Worker 0 also uploads report files and swaps the rule.
+                        if w == 0 && turn % 7 == 3 {
+                            import(&http, &base, &admin, &book, &mut rng).await;
+                        } else if w == 0 && turn % 11 == 5 {
+                            swap(&http, &base, &admin, &book).await;
+                        } else {
+                            postback(&http, &base, &token, &book, &mut rng).await;
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    async fn stop(&self, tasks: Vec<tokio::task::JoinHandle<()>>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            t.await.expect("client task");
+        }
+    }
+}
+
+/// Whether an answer means "not recorded, try again" (the process died, or was busy).
+fn retryable(status: Option<u16>) -> bool {
+    matches!(status, None | Some(429 | 502 | 503 | 504))
+}
+
+async fn click(http: &reqwest::Client, base: &str, book: &Mutex<Book>, user: usize) -> Option<String> {
+    let response = http.get(format!("{base}/c/l1?user=u{user}")).send().await.ok()?;
+    if response.status().as_u16() != 302 {
+        assert!(retryable(Some(response.status().as_u16())), "click refused: {}", response.status());
+        return None;
+    }
+    let location = response.headers().get("location")?.to_str().ok()?.to_string();
+    book.lock().expect("lock").clicks += 1;
+    Some(location.rsplit('=').next()?.to_string())
+}
+
+/// Moves one conversion one step (or starts a new one) and books the answer.
+async fn postback(http: &reqwest::Client, base: &str, token: &str, book: &Mutex<Book>, rng: &mut StdRng) {
+    let pick = {
+        let mut b = book.lock().expect("lock");
+        let open: Vec<usize> =
+            (0..b.plans.len()).filter(|&i| !b.plans[i].busy && b.plans[i].next < b.plans[i].steps.len()).collect();
+        if open.is_empty() || rng.random_range(0..4) == 0 {
+            None
+        } else {
+            let i = open[rng.random_range(0..open.len())];
+            b.plans[i].busy = true;
+            Some(i)
+        }
+    };
+    let i = match pick {
+        Some(i) => i,
+        None => {
+            let user = rng.random_range(0..20);
+            let Some(click_id) = click(http, base, book, user).await else { return };
+            let amount = rng.random_range(1_000..50_000);
+            let mut steps = vec![("pending", "PENDING", amount)];
+            if rng.random_range(0..3) == 0 {
+                steps.push(("adjusted", "ADJUSTED", amount * 4 / 5));
+            }
+            let last = steps.last().expect("a step").2;
+            match rng.random_range(0..4) {
+                0 => steps.push(("declined", "REJECTED", last)),
+                1 | 2 => steps.push(("approved", "COMPLETED", last)),
+                _ => {}
+            }
+            let mut b = book.lock().expect("lock");
+            b.next_id += 1;
+            let tid = format!("T{}", b.next_id);
+            b.plans.push(Plan { tid, click: click_id, steps, next: 0, busy: true });
+            b.plans.len() - 1
+        }
+    };
+    let (tid, click_id, (status, state, amount)) = {
+        let b = book.lock().expect("lock");
+        let p = &b.plans[i];
+        (p.tid.clone(), p.click.clone(), p.steps[p.next])
+    };
+    let url = format!(
+        "{base}/postback/tok?tid={tid}&subid={click_id}&amount={}.{:02}&comm={}.{:02}&status={status}&token={token}",
+        amount / 100,
+        amount % 100,
+        amount / 1000,
+        (amount / 10) % 100
+    );
+    let answer = http.get(url).send().await;
+    let code = answer.as_ref().ok().map(|r| r.status().as_u16());
+    if let Some(c) = code.filter(|&c| c != 200 && !retryable(Some(c))) {
+        let text = match answer {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        panic!("postback {tid} {status}: {c} {text}");
+    }
+    let mut b = book.lock().expect("lock");
+    b.plans[i].busy = false;
+    match code {
+        Some(200) => {
+            b.plans[i].next += 1;
+            b.acked.push(Event { tid, state, amount });
+        }
+        // Not recorded as far as the client knows: the network sends it again later.
+        None => b.unanswered += 1,
+        Some(_) => b.refused += 1,
+    }
+}
+
+/// Uploads a report file: new rows plus one row of an earlier file (a duplicate the
+/// importer must skip). A file not acknowledged is sent again, whole, next time.
+async fn import(http: &reqwest::Client, base: &str, admin: &str, book: &Mutex<Book>, rng: &mut StdRng) {
+    let (name, rows) = {
+        let mut b = book.lock().expect("lock");
+        if let Some(f) = b.files.first().cloned() {
+            f
+        } else {
+            let mut rows = Vec::new();
+            for _ in 0..4 {
+                b.next_row += 1;
+                let amount = rng.random_range(1_000..20_000);
+                let state = if rng.random_range(0..3) == 0 { "COMPLETED" } else { "PENDING" };
+                rows.push(Event { tid: format!("F{}", b.next_row), state, amount });
+            }
+            if let Some(old) = b.acked.iter().find(|e| e.tid.starts_with('F')).cloned() {
+                rows.push(old);
+            }
+            let file = (format!("report-{}.csv", b.next_row), rows);
+            b.files.push(file.clone());
+            file
+        }
+    };
+    let mut csv = String::from("Transaction,Click,Sale,Commission,Status,Currency,Date\n");
+    for r in &rows {
+        let status = if r.state == "COMPLETED" { "paid" } else { "open" };
+        csv.push_str(&format!(
+            "{},file-click,{}.{:02},1.00,{status},EUR,2026-01-01\n",
+            r.tid,
+            r.amount / 100,
+            r.amount % 100
+        ));
+    }
+    let answer = http
+        .post(format!("{base}/api/v1/networks/csvnet/imports?name={name}"))
+        .bearer_auth(admin)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await;
+    let code = answer.as_ref().ok().map(|r| r.status().as_u16());
+    match code {
+        Some(200) => {
+            let text = answer.expect("ok").text().await.unwrap_or_default();
+            let summary: Value = serde_json::from_str(&text).unwrap_or_default();
+            let mut b = book.lock().expect("lock");
+            b.files.retain(|(n, _)| *n != name);
+            b.imports_acked += 1;
+            b.import_rows_acked += rows.len();
+            assert!(
+                summary["rejected_rows"].as_array().is_none_or(|r| r.is_empty()),
+                "a valid file had rejected rows: {summary}"
+            );
+            b.acked.extend(rows);
+        }
+        Some(other) if !retryable(Some(other)) => {
+            panic!("import {name}: {other} {}", answer.expect("answer").text().await.unwrap_or_default())
+        }
+        _ => {}
+    }
+}
+
+/// Activates the other version of the shop's rule.
+async fn swap(http: &reqwest::Client, base: &str, admin: &str, book: &Mutex<Book>) {
+    let to_v2 = !book.lock().expect("lock").v2_active;
+    let plugin = if to_v2 { "swap-rule@2.0.0" } else { "swap-rule@1.0.0" };
+    let answer = http
+        .post(format!("{base}/api/v1/merchants/shop/rules/activate"))
+        .bearer_auth(admin)
+        .header("content-type", "application/json")
+        .body(json!({"plugin": plugin}).to_string())
+        .send()
+        .await;
+    let code = answer.as_ref().ok().map(|r| r.status().as_u16());
+    match code {
+        Some(200) => {
+            let mut b = book.lock().expect("lock");
+            b.v2_active = to_v2;
+            b.swaps += 1;
+        }
+        Some(other) if !retryable(Some(other)) => {
+            panic!("activate {plugin}: {other} {}", answer.expect("answer").text().await.unwrap_or_default())
+        }
+        _ => {}
+    }
+}
+
+/// A kill, and which deliveries were recorded as delivered when it happened.
+struct Kill {
+    at: Instant,
+    delivered: HashSet<String>,
+}
+
+async fn delivered_ids(db: &TestDb) -> HashSet<String> {
+    sqlx::query("SELECT id FROM callback_deliveries WHERE state = 'delivered'")
+        .fetch_all(&db.db.pool)
+        .await
+        .expect("deliveries")
+        .iter()
+        .map(|r| cashbackd::callbacks::deliver::message_id(r.try_get::<i64, _>(0).expect("id")))
+        .collect()
+}
+
+/// The run's figures, for the log and docs/RELIABILITY.md.
+#[derive(Debug, Default)]
+struct Figures {
+    kills: usize,
+    acked_events: usize,
+    conversions: usize,
+    changes: usize,
+    callbacks_received: usize,
+    callbacks_resent_after_kill: usize,
+    imports: usize,
+    swaps: usize,
+    clicks: usize,
+    unanswered: usize,
+    log_lines: usize,
+}
+
+/// Checks the database and the partner's server against what the clients were told.
+/// `complete`: every delivery must also have been delivered by now.
+async fn verify(f: &Fixture, book: &Book, kills: &[Kill], complete: bool, when: &str) -> Figures {
+    let pool = &f.t.db.pool;
+    let name = f.t.name;
+    let mut problems = Vec::new();
+
+    // The journal: every acknowledged event exactly once; every journaled event applied.
+    let journal = sqlx::query("SELECT seq, payload FROM journal WHERE fingerprint LIKE 'ev:%'")
+        .fetch_all(pool)
+        .await
+        .expect("journal");
+    let mut journaled: HashMap<Event, usize> = HashMap::new();
+    let mut seqs = Vec::new();
+    for r in &journal {
+        let seq: i64 = r.try_get(0).expect("seq");
+        let payload: String = r.try_get(1).expect("payload");
+        let v: Value = serde_json::from_str(&payload).expect("journal payload is JSON");
+        let Some(e) = find_event(&v) else {
+            problems.push(format!("journal seq {seq}: no event in {payload}"));
+            continue;
+        };
+        *journaled.entry(e).or_default() += 1;
+        seqs.push(seq);
+    }
+    let mut missing = 0;
+    for e in &book.acked {
+        match journaled.get(e) {
+            Some(1) => {}
+            Some(n) => problems.push(format!("acknowledged {e:?} journaled {n} times")),
+            None => {
+                missing += 1;
+                if missing <= 10 {
+                    problems.push(format!("acknowledged {e:?} is not in the journal"));
+                }
+            }
+        }
+    }
+    if missing > 10 {
+        problems.push(format!("... {missing} acknowledged events missing in all"));
+    }
+    let applied: HashSet<i64> =
+        sqlx::query("SELECT DISTINCT journal_seq FROM conversion_history WHERE journal_seq IS NOT NULL")
+            .fetch_all(pool)
+            .await
+            .expect("history")
+            .iter()
+            .map(|r| r.try_get(0).expect("seq"))
+            .collect();
+    for seq in seqs.iter().filter(|s| !applied.contains(s)) {
+        problems.push(format!("journal seq {seq} was journaled but not applied (half-written)"));
+    }
+
+    // No conversion credited twice.
+    problems.extend(cashbackd::ledger::check_invariants(pool).await.expect("invariants"));
+    for r in sqlx::query(
+        "SELECT conversion_id, journal_seq, COUNT(*) FROM ledger_transactions WHERE journal_seq IS NOT NULL \
+         GROUP BY conversion_id, journal_seq HAVING COUNT(*) > 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("postings per event")
+    {
+        let (c, seq, n): (Option<String>, i64, i64) =
+            (r.try_get(0).ok(), r.try_get(1).expect("seq"), r.try_get(2).expect("n"));
+        problems.push(format!("{c:?}: journal seq {seq} posted {n} times"));
+    }
+    let rows = sqlx::query(
+        "SELECT c.id, c.status || ': ' || COALESCE(c.status_reason, ''), c.cashback, c.posted_pending, c.posted_available, c.posted_receivable, \
+           CAST(COALESCE(SUM(CASE WHEN a.kind = 'pending' THEN e.amount ELSE 0 END), 0) AS BIGINT), \
+           CAST(COALESCE(SUM(CASE WHEN a.kind = 'available' THEN e.amount ELSE 0 END), 0) AS BIGINT), \
+           CAST(COALESCE(SUM(CASE WHEN a.kind = 'commission_receivable' THEN e.amount ELSE 0 END), 0) AS BIGINT) \
+         FROM conversions c LEFT JOIN ledger_transactions t ON t.conversion_id = c.id \
+         LEFT JOIN ledger_entries e ON e.transaction_id = t.id LEFT JOIN accounts a ON a.id = e.account_id \
+         GROUP BY c.id, c.status, c.status_reason, c.cashback, c.posted_pending, c.posted_available, c.posted_receivable",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("bookings");
+    for r in &rows {
+        let id: String = r.try_get(0).expect("id");
+        let status: String = r.try_get(1).expect("status");
+        let v: Vec<i64> = (2..9).map(|i| r.try_get::<i64, _>(i).expect("amount")).collect();
+        let (cashback, booked, fold) = (v[0], (v[1], v[2], v[3]), (v[4], v[5], v[6]));
+        if booked != fold {
+            problems.push(format!("{id}: booked {booked:?} but its postings fold to {fold:?}"));
+        }
+        let credited = booked.0 + booked.1;
+        // Every conversion of this load is attributed and decided automatically: it is
+        // processed (its cashback credited) or rejected / reversed (nothing credited).
+        let expected = match status.split(':').next().unwrap_or_default() {
+            "processed" => cashback,
+            "rejected" | "reversed" => 0,
+            _ => {
+                problems.push(format!("{id} is {status}: this load only makes processed or rejected conversions"));
+                continue;
+            }
+        };
+        if credited != expected {
+            problems.push(format!("{id} ({status}): {credited} credited to the user, its cashback is {cashback}"));
+        }
+    }
+
+    // Every posting pins one of the two rule versions.
+    for r in sqlx::query(
+        "SELECT DISTINCT plugin_digest FROM ledger_transactions WHERE plugin_digest IS NOT NULL \
+         AND conversion_id IN (SELECT id FROM conversions WHERE merchant_id = 'shop')",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("pinned")
+    {
+        let digest: String = r.try_get(0).expect("digest");
+        if !digest.split(',').all(|d| d == f.v1 || d == f.v2) {
+            problems.push(format!("a posting pins {digest}, neither swap-rule version"));
+        }
+    }
+
+    // Callbacks: one delivery per change; every delivery delivered in the end; nothing
+    // recorded as delivered sent again.
+    let changes: i64 = sqlx::query("SELECT COUNT(*) FROM conversion_changes")
+        .fetch_one(pool)
+        .await
+        .expect("changes")
+        .try_get(0)
+        .expect("n");
+    let deliveries: i64 = sqlx::query("SELECT COUNT(*) FROM callback_deliveries WHERE endpoint_id = 'hook'")
+        .fetch_one(pool)
+        .await
+        .expect("deliveries")
+        .try_get(0)
+        .expect("n");
+    if changes != deliveries {
+        problems.push(format!("{changes} state changes but {deliveries} callbacks"));
+    }
+    let received = f.sink.received();
+    let mut by_id: BTreeMap<String, Vec<&crate::callbacks::Received>> = BTreeMap::new();
+    for r in received.iter().filter(|r| r.status == 200) {
+        by_id.entry(r.headers.get("webhook-id").cloned().unwrap_or_default()).or_default().push(r);
+    }
+    let mut resent = 0;
+    for (id, rs) in &by_id {
+        for pair in rs.windows(2) {
+            let (first, again) = (pair[0].at, pair[1].at);
+            let excused = kills.iter().any(|k| first < k.at && k.at < again && !k.delivered.contains(id));
+            if excused {
+                resent += 1;
+            } else {
+                problems.push(format!("callback {id} was acknowledged and then sent again without a kill in between that came before its record"));
+            }
+        }
+        for k in kills.iter().filter(|k| k.delivered.contains(id)) {
+            if rs.iter().any(|r| r.at > k.at) {
+                problems.push(format!("callback {id} was recorded as delivered before a kill and sent again after it"));
+            }
+        }
+    }
+    let delivered = delivered_ids(&f.t).await;
+    for id in &delivered {
+        if !by_id.contains_key(id) {
+            problems.push(format!("callback {id} is recorded as delivered but the partner never acknowledged it"));
+        }
+    }
+    if complete {
+        let undelivered = deliveries - delivered.len() as i64;
+        if undelivered != 0 {
+            problems.push(format!("{undelivered} callbacks never delivered"));
+        }
+    }
+    assert!(problems.is_empty(), "[{name}] {when}:\n{}", problems.join("\n"));
+    Figures {
+        kills: kills.len(),
+        acked_events: book.acked.len(),
+        conversions: rows.len(),
+        changes: changes as usize,
+        callbacks_received: received.len(),
+        callbacks_resent_after_kill: resent,
+        imports: book.imports_acked,
+        swaps: book.swaps,
+        clicks: book.clicks,
+        unanswered: book.unanswered,
+        log_lines: 0,
+    }
+}
+
+/// The event inside a journal payload: the object that carries a `transaction_id`.
+fn find_event(v: &Value) -> Option<Event> {
+    match v {
+        Value::Object(map) => {
+            if let (Some(Value::String(tid)), Some(state)) = (map.get("transaction_id"), map.get("state")) {
+                let state = match state.as_str()?.to_ascii_uppercase().as_str() {
+                    "CREATED" => "CREATED",
+                    "PENDING" => "PENDING",
+                    "ADJUSTED" => "ADJUSTED",
+                    "COMPLETED" => "COMPLETED",
+                    "REJECTED" => "REJECTED",
+                    "REVERSED" => "REVERSED",
+                    _ => return None,
+                };
+                let amount = match map.get("amount")? {
+                    Value::Object(m) => m.get("minor")?.as_i64()?,
+                    other => other.as_i64()?,
+                };
+                return Some(Event { tid: tid.clone(), state, amount });
+            }
+            // The command's `event` first: its rule inputs may hold other objects.
+            map.get("event").and_then(find_event).or_else(|| map.values().find_map(find_event))
+        }
+        Value::Array(items) => items.iter().find_map(find_event),
+        _ => None,
+    }
+}
+
+/// Scans every log line of every process for every configured secret.
+fn scan_logs(f: &Fixture, logs: &[PathBuf]) -> usize {
+    let mut lines = 0;
+    for path in logs {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        lines += text.lines().count();
+        for (what, secret) in f.secrets.all() {
+            assert!(!secret.is_empty());
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("[{}] {what} is in {}:\n{line}", f.t.name, path.display());
+            }
+        }
+    }
+    lines
+}
+
+/// Waits until every callback is delivered (the partner answers 200 from now on).
+async fn drain(f: &Fixture, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left: i64 = sqlx::query("SELECT COUNT(*) FROM callback_deliveries WHERE state <> 'delivered'")
+            .fetch_one(&f.t.db.pool)
+            .await
+            .expect("count")
+            .try_get(0)
+            .expect("n");
+        if left == 0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            let rows = sqlx::query(
+                "SELECT id, conversion_id, version, state, attempts, next_attempt_at, lease_owner, lease_until, \
+                 last_status, last_error FROM callback_deliveries WHERE state <> 'delivered'",
+            )
+            .fetch_all(&f.t.db.pool)
+            .await
+            .expect("rows");
+            let now = cashbackd::clock::Clock::now(&SystemClock);
+            let rows: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "delivery {} of {} v{}: {} after {} attempts, next at now{:+} ms, lease {:?} until now+{:?} ms, \
+                         last {:?} {:?}",
+                        r.try_get::<i64, _>(0).unwrap_or_default(),
+                        r.try_get::<String, _>(1).unwrap_or_default(),
+                        r.try_get::<i64, _>(2).unwrap_or_default(),
+                        r.try_get::<String, _>(3).unwrap_or_default(),
+                        r.try_get::<i64, _>(4).unwrap_or_default(),
+                        r.try_get::<i64, _>(5).unwrap_or_default() - now,
+                        r.try_get::<Option<String>, _>(6).ok().flatten(),
+                        r.try_get::<Option<i64>, _>(7).ok().flatten().map(|t| t - now),
+                        r.try_get::<Option<i64>, _>(8).ok().flatten(),
+                        r.try_get::<Option<String>, _>(9).ok().flatten(),
+                    )
+                })
+                .collect();
+            panic!("[{}] {left} callbacks still undelivered after {limit:?}:\n{}", f.t.name, rows.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_under_mixed_load_loses_no_acknowledged_event_and_doubles_nothing() {
+    let cycles = env_number("CASHBACKD_CHAOS_CYCLES", 6) as usize;
+    let workers = env_number("CASHBACKD_CHAOS_WORKERS", 6) as usize;
+    let seed = seed();
+    eprintln!("crash loop: {cycles} kill cycles per backend, {workers} clients, CASHBACKD_CHAOS_SEED={seed}");
+    for t in backends::all().await {
+        let started = Instant::now();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let f = fixture(t, false).await;
+        let load = Load::new();
+        let mut kills = Vec::new();
+        let mut logs = Vec::new();
+        for cycle in 0..=cycles {
+            let server = Server::start(&f, &format!("serve-{cycle}"));
+            let bases = Arc::new(Mutex::new(vec![server.base.clone()]));
+            // The partner fails now and then: retries are part of the load.
+            f.sink.script([Reply::Status(500), Reply::Status(200), Reply::Status(200), Reply::Status(503)]);
+            let tasks = load.spawn(bases, workers, rng.random(), &f);
+            if cycle == cycles {
+                // The last lifetime is not killed: it finishes the work.
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                load.stop(tasks).await;
+                drain(&f, Duration::from_secs(60)).await;
+                drop(server);
+                logs.push(f.dir.path().join(format!("serve-{cycle}.log")));
+                break;
+            }
+            let after = rng.random_range(300..2_500);
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            let at = Instant::now();
+            logs.push(server.kill());
+            load.stop(tasks).await;
+            kills.push(Kill { at, delivered: delivered_ids(&f.t).await });
+            let book = load.book.lock().expect("lock");
+            let so_far = verify(&f, &book, &kills, false, &format!("after kill {cycle} at {after} ms")).await;
+            eprintln!(
+                "  [{}] cycle {cycle}: SIGKILL after {after} ms; {} events acknowledged so far, {} conversions, {} callbacks received",
+                f.t.name, so_far.acked_events, so_far.conversions, so_far.callbacks_received
+            );
+        }
+        let book = load.book.lock().expect("lock");
+        let mut figures = verify(&f, &book, &kills, true, "at the end").await;
+        figures.log_lines = scan_logs(&f, &logs);
+        eprintln!(
+            "crash loop [{}]: {} SIGKILLs + a clean run in {:.1} s; {} acknowledged events ({} report files, {} rule swaps, \
+             {} clicks, {} requests cut off by a kill) over {} conversions, all in the journal once; {} state changes, \
+             {} callbacks received, {} resent across a kill before their record, none resent after; {} log lines scanned, \
+             no secret",
+            f.t.name,
+            figures.kills,
+            started.elapsed().as_secs_f64(),
+            figures.acked_events,
+            figures.imports,
+            figures.swaps,
+            figures.clicks,
+            figures.unanswered,
+            figures.conversions,
+            figures.changes,
+            figures.callbacks_received,
+            figures.callbacks_resent_after_kill,
+            figures.log_lines
+        );
+        assert!(
+            figures.acked_events > 0 && figures.imports > 0 && figures.swaps > 0,
+            "the load did too little: {figures:?}"
+        );
+        drop(book);
+        f.t.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_under_load_run_each_tick_once_send_each_callback_once_and_survive_a_kill() {
+    let Some(t) = backends::postgres().await else { return };
+    let seconds = env_number("CASHBACKD_REPLICA_SECONDS", 8);
+    let workers = env_number("CASHBACKD_CHAOS_WORKERS", 6) as usize;
+    let seed = seed();
+    eprintln!("replicas: 3 processes for {seconds} s, {workers} clients, CASHBACKD_CHAOS_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let f = fixture(t, true).await;
+    let s = Service::new(f.t.db.clone(), runtime().clone(), Arc::new(SystemClock), ServiceConfig::default());
+    let started_at = s.now();
+    let mut servers: Vec<Option<Server>> = (0..3).map(|i| Some(Server::start(&f, &format!("replica-{i}")))).collect();
+    let bases = Arc::new(Mutex::new(servers.iter().flatten().map(|s| s.base.clone()).collect::<Vec<_>>()));
+    let load = Load::new();
+    let tasks = load.spawn(bases.clone(), workers, rng.random(), &f);
+    let kill_after = Duration::from_millis(rng.random_range(1_000..(seconds * 1000 / 2).max(1_500)));
+    tokio::time::sleep(kill_after).await;
+    let victim = rng.random_range(0..3);
+    let at = Instant::now();
+    let dead = servers[victim].take().expect("alive");
+    let dead_base = dead.base.clone();
+    let mut logs = vec![dead.kill()];
+    bases.lock().expect("lock").retain(|b| *b != dead_base);
+    let kills = vec![Kill { at, delivered: delivered_ids(&f.t).await }];
+    let acked_at_kill = load.book.lock().expect("lock").acked.len();
+    tokio::time::sleep(Duration::from_secs(seconds).saturating_sub(kill_after)).await;
+    load.stop(tasks).await;
+    let acked_after_kill = load.book.lock().expect("lock").acked.len() - acked_at_kill;
+    assert!(acked_after_kill > 0, "ingest stopped when replica {victim} was killed");
+    drain(&f, Duration::from_secs(60)).await;
+    let ended_at = s.now();
+    for server in servers.iter_mut().filter_map(Option::take) {
+        logs.push(server.log.clone());
+        drop(server);
+    }
+
+    let book = load.book.lock().expect("lock");
+    let mut figures = verify(&f, &book, &kills, true, "three replicas, one killed").await;
+    figures.log_lines = scan_logs(&f, &logs);
+
+    // Each tick of the two-second import job ran once: one run per scheduled time (the
+    // database refuses a second), no gap longer than a tick plus a catch-up, and each run
+    // read the network's API exactly once (one page, no retries).
+    let runs = sqlx::query("SELECT scheduled_for, owner, outcome, missed FROM job_runs WHERE job_name = 'import-apinet' ORDER BY scheduled_for")
+        .fetch_all(&f.t.db.pool)
+        .await
+        .expect("runs");
+    let mut owners: HashMap<String, usize> = HashMap::new();
+    let mut ticks = HashSet::new();
+    let mut covered = 0i64;
+    for r in &runs {
+        let scheduled_for: i64 = r.try_get(0).expect("tick");
+        let owner: String = r.try_get(1).expect("owner");
+        let outcome: String = r.try_get(2).expect("outcome");
+        let missed: i64 = r.try_get(3).expect("missed");
+        assert!(ticks.insert(scheduled_for), "tick {scheduled_for} ran twice");
+        assert!(outcome == "ok" || outcome == "running", "a run failed: {outcome}");
+        *owners.entry(owner).or_default() += 1;
+        covered += 1 + missed;
+    }
+    let expected_ticks = (ended_at - started_at) / 2_000;
+    assert!(
+        covered >= expected_ticks - 2,
+        "{covered} ticks covered of about {expected_ticks} in {} ms: {runs:?}",
+        ended_at - started_at,
+        runs = runs.len()
+    );
+    let finished = runs.iter().filter(|r| r.try_get::<String, _>(2).ok().as_deref() == Some("ok")).count();
+    let calls = f.api_calls.load(Ordering::SeqCst);
+    assert!(
+        calls >= finished && calls <= runs.len(),
+        "{calls} calls to the network API for {finished} finished and {} started runs",
+        runs.len()
+    );
+    let api_conversions: i64 = sqlx::query("SELECT COUNT(*) FROM conversions WHERE network_id = 'apinet'")
+        .fetch_one(&f.t.db.pool)
+        .await
+        .expect("count")
+        .try_get(0)
+        .expect("n");
+    assert_eq!(api_conversions, 2, "the API's two transactions, imported once whatever the runs");
+    eprintln!(
+        "replicas [postgres]: 3 processes, replica {victim} SIGKILLed after {:.1} s, {acked_after_kill} events \
+         acknowledged after the kill by the other two; {} acknowledged events, {} report files, {} rule swaps over {} \
+         conversions; {} state changes, {} callbacks received, {} resent across the kill before their record; \
+         {} import ticks run once each by {owners:?} ({calls} API calls); {} log lines scanned, no secret",
+        kill_after.as_secs_f64(),
+        figures.acked_events,
+        figures.imports,
+        figures.swaps,
+        figures.conversions,
+        figures.changes,
+        figures.callbacks_received,
+        figures.callbacks_resent_after_kill,
+        runs.len(),
+        figures.log_lines
+    );
+    drop(book);
+    drop(s);
+    f.t.cleanup().await;
+}
