@@ -247,6 +247,9 @@ async fn postback_round(
 
     let fresh = Fresh::new(s, backend, &format!("postback{round}")).await?;
     let service = seeded(s, runtime, fresh.db.clone()).await?;
+    // `router`, not `serve`'s settings: no ingress rate limit. The defaults (200 postbacks/s
+    // per network and per address) would throttle this one client at one network long
+    // before the pipeline's own limit, which is what is measured here.
     let app = cashbackd::http::router(AppState { service: service.clone(), runtime: runtime.clone() });
     let (base, stop) = serve(app).await?;
     let load = drive(
