@@ -118,7 +118,7 @@ impl Fixture {
     }
 }
 
-async fn fixture(t: TestDb, import_job: bool) -> Fixture {
+async fn fixture(t: TestDb) -> Fixture {
     let mut rng = rand::rng();
     let mut token = |prefix: &str| format!("{prefix}-{:016x}", rng.random::<u64>());
     let key: [u8; 32] = rand::random();
@@ -207,21 +207,20 @@ async fn fixture(t: TestDb, import_job: bool) -> Fixture {
     callbacks::save_endpoint(s.db(), &spec, now).await.expect("endpoint");
 
     let api_calls = Arc::new(AtomicUsize::new(0));
-    if import_job {
-        let base = fake_network_api(api_calls.clone(), secrets.api_key.clone()).await;
-        let json_api = s.store_plugin(&plugin_bytes(WASIP2, "json_api")).await.expect("json-api adapter");
-        let api_network = Network {
-            id: "apinet".into(),
-            name: "API network".into(),
-            adapter_digest: Some(json_api.digest.to_string()),
-            adapter_config: json!({"base_url": base, "page_size": 50, "api_key": secrets.api_key}),
-            auth: InboundAuth::None,
-        };
-        ingest::upsert_network(s.db(), &api_network, now).await.expect("api network");
-        scheduler::upsert_job(&s, "import-apinet", "*/2 * * * * *", &JobKind::Import { network: "apinet".into() })
-            .await
-            .expect("job");
-    }
+    // A network API, imported every 2 seconds by the scheduler.
+    let base = fake_network_api(api_calls.clone(), secrets.api_key.clone()).await;
+    let json_api = s.store_plugin(&plugin_bytes(WASIP2, "json_api")).await.expect("json-api adapter");
+    let api_network = Network {
+        id: "apinet".into(),
+        name: "API network".into(),
+        adapter_digest: Some(json_api.digest.to_string()),
+        adapter_config: json!({"base_url": base, "page_size": 50, "api_key": secrets.api_key}),
+        auth: InboundAuth::None,
+    };
+    ingest::upsert_network(s.db(), &api_network, now).await.expect("api network");
+    scheduler::upsert_job(&s, "import-apinet", "*/2 * * * * *", &JobKind::Import { network: "apinet".into() })
+        .await
+        .expect("job");
     let admin =
         cashbackd::auth::create_token(s.db(), "chaos", cashbackd::auth::Scope::Admin, now, None).await.expect("token");
     let secrets = Secrets { admin_token: admin, ..secrets };
@@ -947,7 +946,7 @@ async fn killed_at_random_under_mixed_load_loses_no_acknowledged_event_and_doubl
     for t in backends::all().await {
         let started = Instant::now();
         let mut rng = StdRng::seed_from_u64(seed);
-        let f = fixture(t, false).await;
+        let f = fixture(t).await;
         let load = Load::new();
         let mut kills = Vec::new();
         let mut logs = Vec::new();
@@ -1019,7 +1018,7 @@ async fn three_replicas_under_load_run_each_tick_once_send_each_callback_once_an
     let seed = seed();
     eprintln!("replicas: 3 processes for {seconds} s, {workers} clients, CASHBACKD_CHAOS_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let f = fixture(t, true).await;
+    let f = fixture(t).await;
     let s = Service::new(f.t.db.clone(), runtime().clone(), Arc::new(SystemClock), ServiceConfig::default());
     let started_at = s.now();
     let mut servers: Vec<Option<Server>> = (0..3).map(|i| Some(Server::start(&f, &format!("replica-{i}")))).collect();
