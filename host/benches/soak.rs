@@ -55,6 +55,9 @@ struct Window {
     backlog: i64,
 }
 
+/// Conversions that can take another step: transaction, click, amount, steps taken.
+type Open = Mutex<Vec<(String, String, i64, u8)>>;
+
 /// What the clients record: latencies of the current window, errors.
 #[derive(Default)]
 struct Tally {
@@ -155,7 +158,7 @@ async fn run() -> anyhow::Result<()> {
     // server shows as latency, not as a lower offered rate.
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let open: Arc<Mutex<Vec<(String, String, i64, u8)>>> = Arc::default();
+    let open: Arc<Open> = Arc::default();
     let seq = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(minutes * 60.0);
@@ -238,14 +241,8 @@ async fn run() -> anyhow::Result<()> {
 
 /// One request of the mix: a click and its first postback, or the next step of an open
 /// conversion (ADJUSTED, then COMPLETED or REJECTED).
-async fn one(
-    http: &reqwest::Client,
-    base: &str,
-    n: u64,
-    open: &Mutex<Vec<(String, String, i64, u8)>>,
-    tally: &Mutex<Tally>,
-) {
-    let step = if n % 3 == 0 { open.lock().expect("lock").pop() } else { None };
+async fn one(http: &reqwest::Client, base: &str, n: u64, open: &Open, tally: &Mutex<Tally>) {
+    let step = if n.is_multiple_of(3) { open.lock().expect("lock").pop() } else { None };
     let sent = Instant::now();
     let ok = match step {
         None => {

@@ -362,6 +362,27 @@ struct Book {
     v2_active: bool,
 }
 
+/// What the checks need of the book, copied out of its lock (the checks await).
+struct Told {
+    acked: Vec<Event>,
+    imports_acked: usize,
+    swaps: usize,
+    clicks: usize,
+    unanswered: usize,
+}
+
+impl Book {
+    fn told(&self) -> Told {
+        Told {
+            acked: self.acked.clone(),
+            imports_acked: self.imports_acked,
+            swaps: self.swaps,
+            clicks: self.clicks,
+            unanswered: self.unanswered,
+        }
+    }
+}
+
 /// The clients: `workers` concurrent loops against the live servers until `stop`.
 struct Load {
     book: Arc<Mutex<Book>>,
@@ -663,7 +684,7 @@ struct Figures {
 
 /// Checks the database and the partner's server against what the clients were told.
 /// `complete`: every delivery must also have been delivered by now.
-async fn verify(f: &Fixture, book: &Book, kills: &[Kill], complete: bool, when: &str) -> Figures {
+async fn verify(f: &Fixture, book: &Told, kills: &[Kill], complete: bool, when: &str) -> Figures {
     let pool = &f.t.db.pool;
     let name = f.t.name;
     let mut problems = Vec::new();
@@ -972,14 +993,14 @@ async fn killed_at_random_under_mixed_load_loses_no_acknowledged_event_and_doubl
             load.stop(tasks).await;
             settle(&f.t).await;
             kills.push(Kill { at, delivered: delivered_ids(&f.t).await });
-            let book = load.book.lock().expect("lock");
+            let book = load.book.lock().expect("lock").told();
             let so_far = verify(&f, &book, &kills, false, &format!("after kill {cycle} at {after} ms")).await;
             eprintln!(
                 "  [{}] cycle {cycle}: SIGKILL after {after} ms; {} events acknowledged so far, {} conversions, {} callbacks received",
                 f.t.name, so_far.acked_events, so_far.conversions, so_far.callbacks_received
             );
         }
-        let book = load.book.lock().expect("lock");
+        let book = load.book.lock().expect("lock").told();
         let mut figures = verify(&f, &book, &kills, true, "at the end").await;
         figures.log_lines = scan_logs(&f, &logs);
         eprintln!(
@@ -1005,7 +1026,6 @@ async fn killed_at_random_under_mixed_load_loses_no_acknowledged_event_and_doubl
             figures.acked_events > 0 && figures.imports > 0 && figures.swaps > 0,
             "the load did too little: {figures:?}"
         );
-        drop(book);
         f.t.cleanup().await;
     }
 }
@@ -1046,7 +1066,7 @@ async fn three_replicas_under_load_run_each_tick_once_send_each_callback_once_an
         drop(server);
     }
 
-    let book = load.book.lock().expect("lock");
+    let book = load.book.lock().expect("lock").told();
     let mut figures = verify(&f, &book, &kills, true, "three replicas, one killed").await;
     figures.log_lines = scan_logs(&f, &logs);
 
@@ -1107,7 +1127,6 @@ async fn three_replicas_under_load_run_each_tick_once_send_each_callback_once_an
         runs.len(),
         figures.log_lines
     );
-    drop(book);
     drop(s);
     f.t.cleanup().await;
 }
