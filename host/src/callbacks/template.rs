@@ -104,6 +104,7 @@ impl Template {
                 continue;
             };
             let end = rest[open.len()..].find(close).ok_or(TemplateError::Unterminated(offset))?;
+            let written = &rest[..open.len() + end + close.len()];
             let inner = &rest[open.len()..open.len() + end];
             let (inner, raw) = match open {
                 "[%" => inner.strip_prefix("RAW:").map_or((inner, false), |i| (i, true)),
@@ -113,7 +114,7 @@ impl Template {
                 "[%" => CASHBACK_MACROS.iter().find(|(m, _)| *m == inner).map(|(_, p)| *p),
                 _ => placeholder(inner),
             }
-            .ok_or_else(|| TemplateError::Unknown(format!("{open}{inner}{close}")))?;
+            .ok_or_else(|| TemplateError::Unknown(written.to_string()))?;
             if !literal.is_empty() {
                 pieces.push(Piece::Text(std::mem::take(&mut literal)));
             }
@@ -203,6 +204,13 @@ mod tests {
         assert_eq!(Template::parse("x={clickid}"), Err(TemplateError::Unknown("{clickid}".into())));
         assert_eq!(Template::parse("x=[%CASHBACK:STATUS%]"), Err(TemplateError::Unknown("[%CASHBACK:STATUS%]".into())));
         assert_eq!(Template::parse("x={click_id"), Err(TemplateError::Unterminated(2)));
+        // Found by the fuzz target callback_template: named without its `raw:`, the
+        // refused macro was not the one in the text.
+        assert_eq!(Template::parse("x={raw:clickid}"), Err(TemplateError::Unknown("{raw:clickid}".into())));
+        assert_eq!(
+            Template::parse("x=[%RAW:CASHBACK:STATUS%]"),
+            Err(TemplateError::Unknown("[%RAW:CASHBACK:STATUS%]".into()))
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use crate::conversions::service::ServiceError;
 use crate::conversions::{ApplyError, NewClick, Outcome};
 use crate::ingest::{self, Inbound, Reject};
 use crate::plugin::CallError;
+use crate::plugin::boundary;
 use crate::plugin::wit::latest::{self, PluginError};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
@@ -209,18 +210,9 @@ async fn handle_postback(
         Err(e) => return Err(ApiError::unavailable("the network's adapter failed", &e)),
     };
     let mut results = Vec::with_capacity(events.len());
-    for mut event in events {
-        if event.network.is_empty() {
-            event.network = network.id.clone();
-        } else if event.network != network.id {
-            return Err(ApiError::bad_request(
-                "wrong_network",
-                format!("the adapter produced an event for network {:?}", event.network),
-            ));
-        }
-        if event.transaction_id.trim().is_empty() {
-            return Err(ApiError::bad_request("missing_transaction_id", "transaction id: required"));
-        }
+    for event in events {
+        let event =
+            boundary::adopt_event(&network.id, event).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
         match st.service.ingest(event).await {
             Ok(outcome) => results.push(describe(&outcome)),
             Err(ServiceError::Apply(ApplyError::Invalid(why)) | ServiceError::Invalid(why)) => {

@@ -3,6 +3,7 @@
 use super::{Tally, adapter};
 use crate::clock::DAY_MS;
 use crate::conversions::Service;
+use crate::conversions::service::ServiceError;
 use crate::plugin::wit::latest::{ImportRequest, PluginError};
 use crate::plugin::{CallError, PluginRuntime};
 use sqlx::Row;
@@ -133,15 +134,10 @@ pub async fn import_network(
         summary.rejected_items.extend(page.rejected.into_iter().map(|r| (r.reference, r.reason)));
         summary.events += page.events.len() as u64;
         let mut events = Vec::with_capacity(page.events.len());
-        for mut event in page.events {
-            if event.network.is_empty() {
-                event.network = network.id.clone();
-            }
-            if event.network == network.id {
-                events.push(event);
-            } else {
-                let why = format!("event for network {:?}", event.network);
-                summary.tally.record(&Err(crate::conversions::service::ServiceError::Invalid(why)));
+        for event in page.events {
+            match crate::plugin::boundary::adopt_event(&network.id, event) {
+                Ok(event) => events.push(event),
+                Err(why) => summary.tally.record(&Err(ServiceError::Invalid(why.to_string()))),
             }
         }
         let tally = super::record_events(service, events, crate::conversions::Via::ApiImport, |_, _| {}).await;

@@ -2,6 +2,7 @@
 
 use super::{Tally, adapter};
 use crate::conversions::Service;
+use crate::conversions::service::ServiceError;
 use crate::plugin::PluginRuntime;
 use std::sync::Arc;
 
@@ -51,12 +52,17 @@ pub async fn import_file(
             .collect(),
         ..FileSummary::default()
     };
-    let mut events = parsed.events;
-    for event in &mut events {
-        if event.network.is_empty() {
-            event.network = network.id.clone();
+    // Taken for this network like a postback's or a report page's events: an event for
+    // another network is refused (it was recorded under that network before).
+    let mut refused = Tally::default();
+    let mut events = Vec::with_capacity(parsed.events.len());
+    for event in parsed.events {
+        match crate::plugin::boundary::adopt_event(&network.id, event) {
+            Ok(event) => events.push(event),
+            Err(why) => refused.record(&Err(ServiceError::Invalid(why.to_string()))),
         }
     }
     summary.tally = super::record_events(service, events, crate::conversions::Via::File, progress).await;
+    summary.tally.merge(refused);
     Ok(summary)
 }

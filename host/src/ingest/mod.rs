@@ -169,13 +169,41 @@ pub fn encode_component(value: &str) -> String {
 
 /// Fills a link's URL template. The template itself is the operator's and is left as
 /// it is; each value is encoded exactly once; an absent value becomes empty.
+///
+/// One pass over the template: a value is never read again as template text. (Replacing
+/// one placeholder after the other did that: with `{sub{ref_id}}` in a template, the
+/// user's `ref_id=1` made a `{sub1}` that was then replaced too.)
 pub fn render_click_url(template: &str, click_id: &str, ref_id: Option<&str>, subs: &[Option<String>]) -> String {
-    let mut out = template.replace("{click_id}", &encode_component(click_id));
-    out = out.replace("{ref_id}", &encode_component(ref_id.unwrap_or("")));
-    for i in 0..5 {
-        let value = subs.get(i).cloned().flatten().unwrap_or_default();
-        out = out.replace(&format!("{{sub{}}}", i + 1), &encode_component(&value));
+    let sub = |i: usize| Some(subs.get(i).and_then(Option::as_deref).unwrap_or(""));
+    let value = |name: &str| -> Option<&str> {
+        match name {
+            "click_id" => Some(click_id),
+            "ref_id" => Some(ref_id.unwrap_or("")),
+            "sub1" => sub(0),
+            "sub2" => sub(1),
+            "sub3" => sub(2),
+            "sub4" => sub(3),
+            "sub5" => sub(4),
+            _ => None,
+        }
+    };
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}').and_then(|close| Some((close, value(&after[..close])?))) {
+            Some((close, v)) => {
+                out.push_str(&encode_component(v));
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -199,12 +227,15 @@ pub struct Inbound<'a> {
 const SECRET_PARAMS: [&str; 2] = ["token", "signature"];
 
 /// The query string without its credential parameters, otherwise byte for byte.
+///
+/// A parameter's name is compared decoded, as [`authenticate`] and the adapters read it:
+/// `tok%65n=...` is a token. (Compared as written, it passed the check as a token and then
+/// reached the adapter, the event's raw fields and the rejects log.)
 pub fn strip_secret_params(query: &str) -> String {
     query
         .split('&')
         .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or_default();
-            !SECRET_PARAMS.contains(&name)
+            !url::form_urlencoded::parse(pair.as_bytes()).any(|(name, _)| SECRET_PARAMS.contains(&name.as_ref()))
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -341,6 +372,17 @@ mod tests {
         assert_eq!(pairs[3], ("s3".into(), "ünï €".into()));
     }
 
+    #[test]
+    fn a_value_is_never_read_again_as_template_text() {
+        // Found by the fuzz target click_url: the user's ref_id completed `{sub1}`, which
+        // was then replaced by sub1.
+        let subs = vec![Some("x".to_string())];
+        let url = render_click_url("https://shop.example/p?s={sub{ref_id}}&c={click_id}", "c{sub1}", Some("1"), &subs);
+        assert_eq!(url, "https://shop.example/p?s={sub1}&c=c%7Bsub1%7D");
+        assert_eq!(render_click_url("{{click_id}}{sub6}{sub01}{}{", "c", None, &[]), "{c}{sub6}{sub01}{}{");
+        assert_eq!(render_click_url("{sub5}{sub1}", "c", None, &[None, None, None, None, Some("5".into())]), "5");
+    }
+
     fn inbound<'a>(
         method: &'a str,
         query: &'a str,
@@ -381,6 +423,12 @@ mod tests {
     fn credentials_are_removed_from_what_is_passed_on() {
         assert_eq!(strip_secret_params("tx=1&token=s3cret&amount=2&signature=ab"), "tx=1&amount=2");
         assert_eq!(strip_secret_params("a=%20b"), "a=%20b");
+        // Found by the fuzz target postback: a name the check decodes was compared as
+        // written, so an encoded token passed the check and then reached the adapter.
+        let none = |_: &str| None;
+        let token = InboundAuth::Token("s3cret".into());
+        assert!(authenticate(&token, &inbound("GET", "tok%65n=s3cret&tx=1", b"", &none)).is_ok());
+        assert_eq!(strip_secret_params("tok%65n=s3cret&tx=1&%73ignature=ab&token&x=token"), "tx=1&x=token");
         assert!(!format!("{:?}", InboundAuth::Token("s3cret".into())).contains("s3cret"));
     }
 }

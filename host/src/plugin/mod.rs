@@ -11,8 +11,10 @@
 //! | `state.rs` | what a store holds during one call; log, config, WASI |
 //! | `http.rs` | `http.fetch` for adapters: declared hosts, credentials, caps |
 //! | `wire.rs` | input/output sizes for the caps |
+//! | `boundary.rs` | what a plugin returns, checked before the host uses it |
 //! | `fixtures.rs` | running a plugin against JSON fixtures |
 
+pub mod boundary;
 pub mod error;
 pub mod fixtures;
 pub mod http;

@@ -465,7 +465,7 @@ impl PluginRuntime {
             Ok(Err(error)) => match (state.hit.take(), denied) {
                 (Some(limit), _) => Err(CallError::Limit { plugin: label, limit }),
                 (None, Some(what)) => Err(CallError::Denied { plugin: label, what }),
-                (None, None) => Err(CallError::Plugin { plugin: label, error }),
+                (None, None) => Err(CallError::Plugin { plugin: label, error: super::boundary::plugin_error(error) }),
             },
             Err(trap) => {
                 let limit = state.hit.take().or_else(|| match trap.downcast_ref::<Trap>() {
@@ -538,7 +538,7 @@ impl PluginRuntime {
             bindings.cashback_plugin_rules().call_evaluate(store, order, context)
         });
         if let Ok(decision) = &outcome.result
-            && let Err(reason) = check_decision(order, decision)
+            && let Err(reason) = super::boundary::check_decision(order, decision)
         {
             outcome.result = Err(CallError::InvalidOutput { plugin: plugin.label.clone(), reason });
         }
@@ -612,25 +612,6 @@ impl PluginRuntime {
 fn observe<T>(plugin: &LoadedPlugin, call: &'static str, started: Instant, outcome: &CallOutcome<T>) {
     let failure = outcome.result.as_ref().err().map(CallError::kind);
     crate::metrics::plugin_call(&plugin.label, call, started.elapsed(), failure);
-}
-
-/// The contract a decision must keep: the order's currency, lines that add up to the
-/// total, and one line id per order line.
-fn check_decision(order: &latest::Order, d: &latest::RuleDecision) -> Result<(), String> {
-    if d.total.currency != order.amount.currency {
-        return Err(format!("total is in {}, the order in {}", d.total.currency, order.amount.currency));
-    }
-    let mut sum: i64 = 0;
-    for line in &d.lines {
-        if !order.line_items.iter().any(|l| l.id == line.line_id) {
-            return Err(format!("cashback for unknown line {:?}", line.line_id));
-        }
-        sum = sum.checked_add(line.amount).ok_or("line amounts overflow")?;
-    }
-    if sum != d.total.minor {
-        return Err(format!("lines add up to {sum} but the total is {}", d.total.minor));
-    }
-    Ok(())
 }
 
 /// Pieces of a call, exposed for the benchmark only: production code always goes
