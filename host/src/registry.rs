@@ -14,7 +14,7 @@ use crate::conversions::service::ServiceError;
 use crate::conversions::{Service, Status};
 use crate::ledger::PluginRefs;
 use crate::plugin::wit::latest;
-use crate::plugin::{LoadedPlugin, PluginKind, fixtures};
+use crate::plugin::{LoadedPlugin, Manifest, PluginKind, fixtures};
 use serde::Serialize;
 use sqlx::Row;
 use std::sync::Arc;
@@ -255,24 +255,72 @@ pub async fn activate(
     actor: &str,
 ) -> Result<Activation, ServiceError> {
     let (position, previous, same_name) = place(service, target, plugin).await?;
-    let config = inherited(config, &previous, same_name);
-    plugin.manifest.validate_config(&config).map_err(|e| invalid(format!("{}: {e}", plugin.label())))?;
+    let (config, dropped) = inherited(service, config, &previous, same_name, plugin).await?;
+    check_config(plugin, &config, &dropped)?;
     write_activation(service, target, position, "activate", plugin, &config.to_string(), previous, actor).await
 }
 
 /// The configuration for a version taking a place: the one given, else the replaced
 /// version's when it is another version of the same plugin (a different plugin's
-/// configuration means nothing to it), else `{}`.
-fn inherited(
+/// configuration means nothing to it), else `{}`. The second value names the secret
+/// fields that were not carried over (see `carried_over`).
+async fn inherited(
+    service: &Service,
     given: Option<serde_json::Value>,
     replaced: &Option<(String, String)>,
     same_name: bool,
-) -> serde_json::Value {
+    plugin: &LoadedPlugin,
+) -> Result<(serde_json::Value, Vec<String>), ServiceError> {
     match (given, replaced) {
-        (Some(c), _) => c,
-        (None, Some((_, c))) if same_name => serde_json::from_str(c).unwrap_or(serde_json::json!({})),
-        _ => serde_json::json!({}),
+        (Some(c), _) => Ok((c, Vec::new())),
+        (None, Some((digest, c))) if same_name => {
+            let config = serde_json::from_str(c).unwrap_or(serde_json::json!({}));
+            let previous = resolve(service, digest).await?;
+            Ok(carried_over(&previous.manifest, &plugin.manifest, config))
+        }
+        _ => Ok((serde_json::json!({}), Vec::new())),
     }
+}
+
+/// What of `previous`'s configuration another version of the same plugin keeps. A secret
+/// is only ever used by the host, which sends it to the hosts a version declares, in the
+/// places its credentials name. A version declaring other hosts or other credentials (a
+/// look-alike uploaded under the same name, say) would have the host send the operator's
+/// secret somewhere nobody approved for it: it gets the plain fields but not the secrets,
+/// which the operator gives again with the activation. Returns the secrets left out.
+fn carried_over(
+    previous: &Manifest,
+    next: &Manifest,
+    mut config: serde_json::Value,
+) -> (serde_json::Value, Vec<String>) {
+    let same_reach =
+        previous.capabilities.http_hosts == next.capabilities.http_hosts && previous.credentials == next.credentials;
+    let mut dropped = Vec::new();
+    if !same_reach && let Some(fields) = config.as_object_mut() {
+        for (name, field) in previous.config.iter().chain(&next.config) {
+            if field.secret && fields.remove(name).is_some() {
+                dropped.push(name.clone());
+            }
+        }
+    }
+    (config, dropped)
+}
+
+/// The configuration check of an activation, saying why a secret is missing when it was
+/// left out on purpose.
+fn check_config(plugin: &LoadedPlugin, config: &serde_json::Value, dropped: &[String]) -> Result<(), ServiceError> {
+    plugin.manifest.validate_config(config).map(|_| ()).map_err(|e| {
+        let why = if dropped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (the secret field(s) {} were not carried over from the version it replaces, because this version \
+                 declares other hosts or credentials: give them in the activation's config)",
+                dropped.join(", ")
+            )
+        };
+        invalid(format!("{}: {e}{why}", plugin.label()))
+    })
 }
 
 /// Puts back what the last activation of `target` (at `position` for a merchant)
@@ -554,8 +602,8 @@ pub async fn set_shadow(
 ) -> Result<Activation, ServiceError> {
     let target = Target::Merchant { id: merchant.into(), position };
     let (position, replaced, same_name) = place(service, &target, plugin).await?;
-    let config = inherited(config, &replaced, same_name);
-    plugin.manifest.validate_config(&config).map_err(|e| invalid(format!("{}: {e}", plugin.label())))?;
+    let (config, dropped) = inherited(service, config, &replaced, same_name, plugin).await?;
+    check_config(plugin, &config, &dropped)?;
     let at = service.now();
     let digest = plugin.digest.to_string();
     let mut tx = service.db().pool.begin().await?;
@@ -790,8 +838,8 @@ pub async fn backtest(
 ) -> Result<Comparison, ServiceError> {
     let target = Target::Merchant { id: merchant.into(), position };
     let (position, replaced, same_name) = place(service, &target, plugin).await?;
-    let config = inherited(config, &replaced, same_name);
-    plugin.manifest.validate_config(&config).map_err(|e| invalid(format!("{}: {e}", plugin.label())))?;
+    let (config, dropped) = inherited(service, config, &replaced, same_name, plugin).await?;
+    check_config(plugin, &config, &dropped)?;
     let rows = sqlx::query(
         "SELECT id, currency, cashback, decision, status FROM conversions WHERE merchant_id = $1 \
          AND rule_at >= $2 AND rule_at < $3 AND decision IS NOT NULL ORDER BY rule_at, id",
@@ -873,4 +921,67 @@ pub async fn backtest(
         tracing::info!(merchant, skipped, "backtest skipped conversions decided before rule inputs were recorded");
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::limits::Limits;
+
+    fn adapter(version: &str, hosts: &str, credential_header: &str) -> Manifest {
+        let text = format!(
+            r#"
+name = "api-adapter"
+version = "{version}"
+kind = "network-adapter"
+wit = "0.1.0"
+description = "test"
+
+[capabilities]
+http-hosts = [{hosts}]
+
+[credentials.api-key]
+config = "api_key"
+header = "{credential_header}"
+format = "Bearer {{secret}}"
+
+[config.base_url]
+type = "string"
+required = true
+
+[config.api_key]
+type = "string"
+secret = true
+required = true
+"#
+        );
+        Manifest::parse(&text, &Limits::host_maxima()).expect("manifest")
+    }
+
+    fn config() -> serde_json::Value {
+        serde_json::json!({"base_url": "https://api.network.example/v1", "api_key": "k3y"})
+    }
+
+    #[test]
+    fn a_version_that_reaches_the_same_hosts_the_same_way_keeps_the_secrets() {
+        let (v1, v2) = (
+            adapter("1.0.0", r#""config:base_url""#, "Authorization"),
+            adapter("1.1.0", r#""config:base_url""#, "Authorization"),
+        );
+        let (kept, dropped) = carried_over(&v1, &v2, config());
+        assert_eq!((kept, dropped), (config(), Vec::<String>::new()));
+    }
+
+    #[test]
+    fn a_version_with_other_hosts_or_credentials_keeps_the_plain_fields_but_not_the_secrets() {
+        let v1 = adapter("1.0.0", r#""config:base_url""#, "Authorization");
+        for v2 in [
+            adapter("1.1.0", r#""config:base_url", "collector.example""#, "Authorization"),
+            adapter("1.1.0", r#""config:base_url""#, "X-Forward-Me"),
+        ] {
+            let (kept, dropped) = carried_over(&v1, &v2, config());
+            assert_eq!(kept, serde_json::json!({"base_url": "https://api.network.example/v1"}));
+            assert_eq!(dropped, vec!["api_key".to_string()]);
+        }
+    }
 }
