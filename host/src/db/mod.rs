@@ -98,6 +98,17 @@ impl Db {
                     Ok(())
                 })
             })
+            // A connection goes back to the pool only outside a transaction. On a full
+            // disk (and on I/O errors) SQLite rolls a transaction back by itself; sqlx
+            // does not notice, its ROLLBACK then fails and the connection keeps a phantom
+            // transaction depth. Its next `begin` would issue a SAVEPOINT, which opens a
+            // real transaction, and a failed batch there would `ROLLBACK TO` it and leave
+            // it open: holding the write lock (every other writer gets "database is
+            // locked") or, worse, turning the next batch's COMMIT into a mere RELEASE of a
+            // nested savepoint, acknowledged but never committed. Such a connection is
+            // closed instead (closing rolls back whatever it holds). A transaction dropped
+            // without COMMIT or ROLLBACK (an error path) also ends here.
+            .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
             .connect_with(options)
             .await?;
         let db = Db { pool, backend };
@@ -157,6 +168,17 @@ impl Db {
     }
 }
 
+/// The fault behind a database error, in the words of what the operator must do, when it
+/// is one a retry alone will not cure: SQLite's `SQLITE_FULL` ("database or disk is
+/// full"), PostgreSQL's `53100 disk_full` ("could not extend file ...: No space left on
+/// device"). Read from the error's text, because the group-commit writer hands each
+/// caller of a failed batch the batch's error as text.
+pub fn operator_fault(error: &str) -> Option<&'static str> {
+    let e = error.to_ascii_lowercase();
+    let full = ["database or disk is full", "no space left on device", "could not extend file", "disk full"];
+    full.iter().any(|f| e.contains(f)).then_some("the database's disk is full")
+}
+
 /// A database URL without its password, for messages and logs.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
@@ -171,6 +193,16 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_full_disk_is_named_whichever_backend_says_so() {
+        let sqlite = "batch not acknowledged: error returned from database: (code: 13) database or disk is full";
+        let postgres =
+            "error returned from database: could not extend file \"base/16384/2619\": No space left on device";
+        assert_eq!(super::operator_fault(sqlite), Some("the database's disk is full"));
+        assert_eq!(super::operator_fault(postgres), Some("the database's disk is full"));
+        assert_eq!(super::operator_fault("pool timed out while waiting for an open connection"), None);
+    }
+
     #[test]
     fn passwords_never_reach_messages() {
         assert_eq!(super::redact("postgres://app:hunter2@db/cb"), "postgres://app:***@db/cb");

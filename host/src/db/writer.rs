@@ -80,13 +80,18 @@ async fn run(db: Db, clock: Arc<dyn Clock>, max_batch: usize, mut rx: mpsc::Rece
                 }
             }
             Err(e) => {
-                // Nothing of the batch was committed: every caller hears so, and may retry.
-                tracing::error!(error = %e, jobs = batch.len(), "write batch failed; nothing was committed");
+                // No write of the batch is acknowledged: every caller hears so, and may
+                // retry. Nothing of it was committed, except when the connection broke
+                // during COMMIT (PostgreSQL restarted, say): then the server may have
+                // committed it: a retried network event or adjustment is then recognised
+                // as a duplicate, never applied twice. A connection left inside a
+                // transaction is not reused (see `Db::connect`).
+                tracing::error!(error = %e, jobs = batch.len(), "write batch failed; none of its writes is acknowledged");
                 let message = e.to_string();
                 for job in batch.drain(..) {
                     let _ = job
                         .reply
-                        .send(Err(ApplyError::Db(sqlx::Error::Protocol(format!("batch not committed: {message}")))));
+                        .send(Err(ApplyError::Db(sqlx::Error::Protocol(format!("batch not acknowledged: {message}")))));
                 }
             }
         }

@@ -201,10 +201,15 @@ impl ApiError {
         )
     }
 
-    /// 503: the caller should retry later; details are logged, not returned.
+    /// 503: the caller should retry later (the answer says when, `Retry-After`); details
+    /// are logged, not returned, except a fault the operator must act on (a full disk).
     pub fn unavailable(context: &str, error: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(error = %error, "{context}");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{context}; retry later"))
+        let message = match crate::db::operator_fault(&error.to_string()) {
+            Some(fault) => format!("{context}: {fault}; retry later"),
+            None => format!("{context}; retry later"),
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
     /// The status.
@@ -231,9 +236,17 @@ impl From<crate::conversions::service::ServiceError> for ApiError {
     }
 }
 
+/// When a 503's caller should try again, in seconds: a database restart or a failover
+/// takes about this long, and a network's own retry schedule is usually longer anyway.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        response
     }
 }
