@@ -231,6 +231,9 @@ pub struct BatchSummary {
     pub retrying: i64,
     /// E-mails given up.
     pub failed: i64,
+    /// E-mails due but not tried: the SMTP server could not be reached (refused, silent),
+    /// so they wait for the next run, their attempts untouched.
+    pub deferred: i64,
     /// Users without an e-mail address.
     pub skipped: i64,
     /// E-mails handed to SMTP by a process that died before recording the outcome: not
@@ -395,13 +398,15 @@ impl Notifier {
         let pool = &self.inner.db.pool;
         let now = self.inner.clock.now();
         let due = sqlx::query(
+            // Oldest due first: an e-mail that failed waits its retry delay, so the ones
+            // deferred while the server was unreachable go before it next time.
             "SELECT id, batch_id, user_id, email, subject, body, attempts FROM notifications \
-             WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT 1000",
+             WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 1000",
         )
         .bind(now)
         .fetch_all(pool)
         .await?;
-        for r in &due {
+        for (i, r) in due.iter().enumerate() {
             let id: i64 = r.try_get(0)?;
             let batch: i64 = r.try_get(1)?;
             let user: String = r.try_get(2)?;
@@ -423,10 +428,24 @@ impl Notifier {
             if !claimed {
                 continue; // another replica took it
             }
+            // lettre bounds only the TCP connect by its timeout: a server that accepts and
+            // never answers would hold this run (and the scheduler) forever, so the whole
+            // exchange is bounded here. Such a timeout is a failure like a refused
+            // connection: retried later (the message keeps its Message-ID).
+            let timeout = self.inner.config.timeout;
+            let mut unreachable = false;
             let result = match build_message(&self.inner.from, email.as_deref().unwrap_or(""), &subject, &body, id) {
-                Ok(message) => {
-                    transport.send(message).await.map(|_| ()).map_err(|e| (e.is_permanent(), smtp_error(&e)))
-                }
+                Ok(message) => match tokio::time::timeout(timeout, transport.send(message)).await {
+                    Ok(sent) => sent.map(|_| ()).map_err(|e| {
+                        // No SMTP reply at all: the server is down or unreachable.
+                        unreachable = !e.is_transient() && !e.is_permanent();
+                        (e.is_permanent(), smtp_error(&e))
+                    }),
+                    Err(_) => {
+                        unreachable = true;
+                        Err((false, format!("the SMTP server did not answer within {} s", timeout.as_secs_f64())))
+                    }
+                },
                 Err(why) => Err((true, why)),
             };
             let at = self.inner.clock.now();
@@ -468,6 +487,18 @@ impl Notifier {
                         summary.failed += 1;
                     } else {
                         summary.retrying += 1;
+                    }
+                    if unreachable {
+                        // The others would only wait for the same timeout or refusal, one by
+                        // one: they keep their attempts and go out with the next run.
+                        summary.deferred = (due.len() - i - 1) as i64;
+                        if summary.deferred > 0 {
+                            tracing::warn!(
+                                deferred = summary.deferred,
+                                "the SMTP server is unreachable; the other e-mails due wait for the next run"
+                            );
+                        }
+                        break;
                     }
                 }
             }
