@@ -125,7 +125,13 @@ pub async fn import_network(
                         tokio::time::sleep(wait).await;
                         wait *= 2;
                     }
-                    Err(e) => return Err(format!("page {} of the window: {e}", summary.pages + 1)),
+                    // Named by its cursor: a run that resumes a window starts at its cursor.
+                    Err(e) => {
+                        return Err(match &request.cursor {
+                            Some(c) => format!("the page at cursor {c:?}: {e}"),
+                            None => format!("the first page of the window: {e}"),
+                        });
+                    }
                 }
             }
             return Err("no attempt made".into());
@@ -141,6 +147,16 @@ pub async fn import_network(
             }
         }
         let tally = super::record_events(service, events, crate::conversions::Via::ApiImport, |_, _| {}).await;
+        if tally.unavailable > 0 {
+            // Not past this page: the cursor stays before it, and the next run reads it
+            // again (what was recorded of it is then a duplicate).
+            let why = tally.errors.iter().find(|e| e.starts_with("database")).or(tally.errors.first());
+            let why = why.cloned().unwrap_or_default();
+            return Err(match &request.cursor {
+                Some(c) => format!("the page at cursor {c:?}: {} events not recorded: {why}", tally.unavailable),
+                None => format!("the first page of the window: {} events not recorded: {why}", tally.unavailable),
+            });
+        }
         summary.tally.merge(tally);
         cursor = page.next_cursor;
         match &cursor {

@@ -10,8 +10,9 @@ pub use api::{ImportSummary, Retry, import_network, import_state};
 pub use file::{FileSummary, RowOutcome, import_file};
 
 use crate::conversions::service::ServiceError;
-use crate::conversions::{Outcome, Service, Via, conversion_id, fingerprint};
+use crate::conversions::{ApplyError, Outcome, Service, Via, conversion_id, fingerprint};
 use crate::ingest;
+use crate::ledger::LedgerError;
 use crate::plugin::wit::latest;
 use crate::plugin::{LoadedPlugin, PluginConfig};
 use sqlx::Row;
@@ -36,8 +37,12 @@ pub struct Tally {
     pub duplicates: u64,
     /// Would have moved a conversion backwards or changed nothing; recorded with why.
     pub ignored: u64,
-    /// Refused (bad data); with the reasons in `errors`.
+    /// Refused (bad data), or not recorded (see `unavailable`); with the reasons in
+    /// `errors`.
     pub rejected: u64,
+    /// Not recorded because the database failed (not the data): importing them again
+    /// records them. Counted in `rejected` too; the reasons are in `errors`.
+    pub unavailable: u64,
     /// The first few reasons for refusals.
     pub errors: Vec<String>,
 }
@@ -49,6 +54,7 @@ impl Tally {
         self.duplicates += other.duplicates;
         self.ignored += other.ignored;
         self.rejected += other.rejected;
+        self.unavailable += other.unavailable;
         let room = 20usize.saturating_sub(self.errors.len());
         self.errors.extend(other.errors.into_iter().take(room));
     }
@@ -61,6 +67,15 @@ impl Tally {
             Ok(_) => self.ignored += 1,
             Err(e) => {
                 self.rejected += 1;
+                if matches!(
+                    e,
+                    ServiceError::Db(_)
+                        | ServiceError::Apply(
+                            ApplyError::Db(_) | ApplyError::Ledger(LedgerError::Db(_)) | ApplyError::Stopped
+                        )
+                ) {
+                    self.unavailable += 1;
+                }
                 if self.errors.len() < 20 {
                     self.errors.push(e.to_string());
                 }
