@@ -13,6 +13,7 @@ mod common;
 mod crash;
 mod dashboard;
 mod e2e;
+mod faults;
 mod ingress;
 mod jobs;
 mod ledger;

@@ -30,7 +30,12 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind smtp");
+        SmtpSink::start_on("127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// On a given address (a server coming back where it was).
+    pub async fn start_on(addr: SocketAddr) -> SmtpSink {
+        let listener = TcpListener::bind(addr).await.expect("bind smtp");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
