@@ -2,9 +2,10 @@
 //! dependency fails. PostgreSQL restarted under load (a private cluster, `-m fast` and
 //! `-m immediate`), SQLite's disk full (a tiny tmpfs), the SMTP server refusing
 //! connections or never answering, partner endpoints down or slow, a network's API
-//! hanging or answering garbage. Each fault is injected into real components: `cashbackd
-//! serve` processes, a real PostgreSQL, a real filesystem, lettre against a TCP server,
-//! reqwest against a local partner, the json-api plugin in the sandbox.
+//! hanging or answering garbage, the database refusing the writes of an imported page.
+//! Each fault is injected into real components: `cashbackd serve` processes, a real
+//! PostgreSQL, a real filesystem, lettre against a TCP server, reqwest against a local
+//! partner, the json-api plugin in the sandbox.
 //!
 //! The figures each test prints (`faults [...]: ...`) are the ones `docs/RELIABILITY.md`
 //! quotes.
@@ -340,6 +341,20 @@ impl Load {
         self.acked.lock().expect("lock").len()
     }
 
+    /// Waits until `more` postbacks more are acknowledged.
+    async fn more_acks(&self, more: usize) {
+        let target = self.acked() + more;
+        wait_for("postbacks to be acknowledged", Duration::from_secs(90), || self.acked() >= target).await
+    }
+
+    /// What the clients saw since `mark` (acknowledged, 503s), as a figure; moves the mark.
+    fn since(&self, mark: &mut (usize, usize), phase: &str) -> String {
+        let now = (self.acked(), self.unavailable.load(Ordering::SeqCst));
+        let figure = format!("{phase}: {} acknowledged, {} answered 503", now.0 - mark.0, now.1 - mark.1);
+        *mark = now;
+        figure
+    }
+
     fn problem(&self, p: String) {
         self.problems.lock().expect("lock").push(p);
     }
@@ -429,26 +444,15 @@ async fn postgresql_restarted_under_load_answers_200_or_503_and_loses_or_doubles
     let load = Arc::new(Load::default());
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..12).map(|i| tokio::spawn(load.clone().client(i, bases.clone(), stop.clone()))).collect();
-    let mut figures = Vec::new();
-    let mut phase = |name: &str, load: &Load, before: (usize, usize)| {
-        let now = (load.acked(), load.unavailable.load(Ordering::SeqCst));
-        figures.push(format!("{name}: {} acknowledged, {} answered 503", now.0 - before.0, now.1 - before.1));
-        now
-    };
-    let progress = |load: &Arc<Load>, more: usize| {
-        let load = load.clone();
-        let target = load.acked() + more;
-        async move { wait_for("postbacks to be acknowledged", Duration::from_secs(90), || load.acked() >= target).await }
-    };
-    let mut mark = (0, 0);
-    progress(&load, 100).await;
-    mark = phase("before", &load, mark);
+    let (mut figures, mut mark) = (Vec::new(), (0, 0));
+    load.more_acks(100).await;
+    figures.push(load.since(&mut mark, "before"));
 
     // A fast restart: sessions are terminated, the server is back within a second.
     let cluster = pg.clone();
     tokio::task::spawn_blocking(move || cluster.ctl(&["restart", "-m", "fast"])).await.expect("restart");
-    progress(&load, 100).await;
-    mark = phase("restart -m fast", &load, mark);
+    load.more_acks(100).await;
+    figures.push(load.since(&mut mark, "restart -m fast"));
 
     // A crash (immediate: no checkpoint, recovery on start), and the server stays away for
     // longer than a request waits for a connection.
@@ -457,9 +461,8 @@ async fn postgresql_restarted_under_load_answers_200_or_503_and_loses_or_doubles
     tokio::time::sleep(Duration::from_secs(12)).await;
     let cluster = pg.clone();
     tokio::task::spawn_blocking(move || cluster.ctl(&["start"])).await.expect("start");
-    progress(&load, 100).await;
-    mark = phase("stop -m immediate, 12 s down, start", &load, mark);
-    let _ = mark;
+    load.more_acks(100).await;
+    figures.push(load.since(&mut mark, "stop -m immediate, 12 s down, start"));
 
     stop.store(true, Ordering::SeqCst);
     for c in clients {
