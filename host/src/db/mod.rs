@@ -186,9 +186,22 @@ pub fn redact(url: &str) -> String {
             let _ = u.set_password(Some("***"));
             u.to_string()
         }
+        _ if has_stray_credentials(url) => {
+            let (scheme, rest) = url.split_once(':').unwrap_or_default();
+            let host = rest.rsplit_once('@').map_or("", |(_, host)| host);
+            format!("{scheme}:***@{host}")
+        }
         Ok(u) => u.to_string(),
         Err(_) => "<unparsable URL>".to_string(),
     }
+}
+
+/// Whether `url` holds a `user:password@` that a URL parser does not take for credentials:
+/// `postgres:://app:pw@db` (one colon too many) parses, as a path, and has no password.
+pub fn has_stray_credentials(url: &str) -> bool {
+    let no_password = url::Url::parse(url).map_or(true, |u| u.password().is_none());
+    let userinfo = url.split_once(':').and_then(|(_, rest)| rest.rsplit_once('@')).map(|(userinfo, _)| userinfo);
+    no_password && userinfo.is_some_and(|u| u.contains(':'))
 }
 
 #[cfg(test)]
@@ -207,5 +220,11 @@ mod tests {
     fn passwords_never_reach_messages() {
         assert_eq!(super::redact("postgres://app:hunter2@db/cb"), "postgres://app:***@db/cb");
         assert!(!super::redact("postgres://app:hunter2@db/cb").contains("hunter2"));
+        // Found by the fuzz target `config`: with one colon too many the URL parses, as a
+        // path, without a password, and was shown whole.
+        assert_eq!(super::redact("postgres:://app:hunter2@db/cb"), "postgres:***@db/cb");
+        assert_eq!(super::redact("postgres:/app:hunter2@db"), "postgres:***@db");
+        assert_eq!(super::redact("postgres://app@db/cb"), "postgres://app@db/cb", "no password");
+        assert_eq!(super::redact("sqlite://./data@2026.db"), "sqlite://./data@2026.db", "no credentials");
     }
 }
