@@ -88,6 +88,7 @@ def callback_template():
         "https://p.example/cb?s=[%CASHBACK:STATE%]&c={click_id}&r={raw:click_id}&s1={sub1}"
         "&why=[%CASHBACK:REASON%]&w=[%RAW:CASHBACK:REASON%]&n={ref_id}",
         "https://p.example/cb?x={clickid}",
+        "https://p.example/cb?x={raw:clickid}&y=[%RAW:CASHBACK:STATUS%]",
         "https://p.example/cb?x=[%CASHBACK:STATUS%]",
         "https://p.example/cb?x={click_id",
         "https://p.example/cb?x=[%CASHBACK:STATE",
@@ -103,6 +104,7 @@ def config():
         "[callbacks]\nmax_atempts = 3\n",
         '[database]\nurl = "mysql://user:pw0SECRET0pw@db/x"\n',
         '[smtp]\nurl = "smtp://user:pw0SECRET0pw@mail.example:587"\nfrom = "a <b@c>"\n',
+        '[database]\nurl = "postgres:://user:pw0SECRET0pw@db/x"\n',
         "[plugin.defaults]\ndeadline_ms = 999999999\n",
         "[plugin.overrides.flat-rate]\ndeadline_ms = 5\n",
         '[notify]\nschedule = "every day"\n',
