@@ -257,10 +257,11 @@ fn check(input: Input) {
             let unknown = e.message.starts_with("unknown key")
                 && (e.key == "configuration" || e.key.rsplit('.').next().is_some_and(|last| written.contains(last)));
             assert!(SECTIONS.iter().any(|s| s == first) || names_file || unknown, "the error names no key: {e}");
-            if let Some(var) = e.origin.as_deref().and_then(|o| o.strip_prefix("from ")) {
-                if !var.starts_with("the ") && !var.starts_with("--") {
-                    assert!(env.iter().any(|(k, _)| k == var), "{e}: {var} was not set");
-                }
+            if let Some(var) = e.origin.as_deref().and_then(|o| o.strip_prefix("from "))
+                && !var.starts_with("the ")
+                && !var.starts_with("--")
+            {
+                assert!(env.iter().any(|(k, _)| k == var), "{e}: {var} was not set");
             }
             if planted_only {
                 assert!(!e.to_string().contains(PASSWORD), "the error shows a password: {e}");

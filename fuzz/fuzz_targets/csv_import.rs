@@ -114,7 +114,7 @@ impl<'a> Arbitrary<'a> for Input {
         if u.ratio(1, 4)? {
             config["network"] = json!("refnet");
         }
-        let delimiter = *u.choose(&[b',', b';', b'\t', b'|', b' ', b'"', b'\n'])?;
+        let delimiter = *u.choose(b",;\t| \"\n")?;
         if delimiter != b',' {
             config["delimiter"] = json!((delimiter as char).to_string());
         }
