@@ -4,6 +4,7 @@ mod author;
 mod config_cmd;
 mod decision;
 mod registry;
+mod users;
 
 pub use registry::instant as parse_instant;
 
@@ -177,6 +178,18 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: DeliveriesCommand,
+    },
+    /// User accounts: the site's users, their balances and conversions.
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        command: users::UserCommand,
+    },
+    /// Conversions that wait: process parked or failed ones again, attribute by hand.
+    Conversion {
+        /// What to do.
+        #[command(subcommand)]
+        command: users::ConversionCommand,
     },
 }
 
@@ -363,6 +376,18 @@ pub enum MerchantCommand {
         /// The rule's configuration (JSON).
         #[arg(long, default_value = "{}")]
         rule_config: String,
+    },
+    /// Map a network's merchant reference to the merchant; conversions parked because it
+    /// was not mapped are processed.
+    MapRef {
+        /// The merchant.
+        id: String,
+        /// The network.
+        #[arg(long)]
+        network: String,
+        /// The network's reference for this merchant (its `merchant_ref`).
+        #[arg(long = "ref")]
+        merchant_ref: String,
     },
 }
 
@@ -566,6 +591,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Config { ref command } => config_cmd::run(&cli, None, command),
         Command::Plugin { command: PluginCommand::Registry(ref command) } => registry::run(&cli, command),
+        Command::User { ref command } => users::run_user(&cli, command),
+        Command::Conversion { ref command } => users::run_conversion(&cli, command),
+        Command::Merchant { command: MerchantCommand::MapRef { ref id, ref network, ref merchant_ref } } => {
+            let (id, network, merchant_ref) = (id.clone(), network.clone(), merchant_ref.clone());
+            with_service(&cli, |service, _| async move {
+                let processed = service.map_merchant_ref(&network, &merchant_ref, &id).await?;
+                println!(
+                    "network {network}'s merchant ref {merchant_ref} is merchant {id}; {processed} parked conversion(s) processed"
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Plugin { command: PluginCommand::New { kind, ref name, ref dir, ref sdk } } => {
             author::new(kind, name, dir.as_deref(), sdk.as_deref())
         }

@@ -94,6 +94,13 @@ pub struct IngressSettings {
     /// Per-network limits replacing the two above, by network id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub networks: BTreeMap<String, NetworkRateSettings>,
+    /// A click for a user without an account creates the account (false: the user's
+    /// conversions park until the site creates it).
+    pub create_users_on_click: bool,
+    /// When set, every click carries `sig`, the site's HMAC-SHA256 of the link and user
+    /// id with this secret (docs/INGEST.md): a user id cannot be forged on a public link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_secret: Option<String>,
 }
 
 /// `[ingress.networks.ID]`
@@ -320,6 +327,8 @@ impl Default for Settings {
                 postback_rate_per_network: 200,
                 postback_burst_per_network: 2000,
                 networks: BTreeMap::new(),
+                create_users_on_click: true,
+                click_secret: None,
             },
             metrics: MetricsSettings { require_token: false },
             log: LogSettings { format: LogFormat::Text, filter: "warn".into() },
@@ -381,6 +390,8 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("ingress.postback_burst_per_address", Kind::Int),
     ("ingress.postback_rate_per_network", Kind::Int),
     ("ingress.postback_burst_per_network", Kind::Int),
+    ("ingress.create_users_on_click", Kind::Bool),
+    ("ingress.click_secret", Kind::Text),
     ("metrics.require_token", Kind::Bool),
     ("log.format", Kind::Text),
     ("log.filter", Kind::Text),
@@ -446,7 +457,7 @@ pub fn env_name(key: &str) -> String {
 }
 
 /// Keys holding secrets, masked by [`Settings::masked`].
-const SECRET_KEYS: &[&str] = &["database.url", "smtp.url"];
+const SECRET_KEYS: &[&str] = &["database.url", "smtp.url", "ingress.click_secret"];
 
 /// Why the configuration was refused: the key, what is wrong, and where the value came
 /// from.
@@ -881,6 +892,9 @@ impl Settings {
         let mut s = self.clone();
         s.database.url = mask_url(&s.database.url);
         s.smtp.url = s.smtp.url.as_deref().map(mask_url);
+        if s.ingress.click_secret.is_some() {
+            s.ingress.click_secret = Some("***".into());
+        }
         s
     }
 

@@ -23,3 +23,4 @@ pub mod outbound;
 pub mod plugin;
 pub mod registry;
 pub mod scheduler;
+pub mod users;

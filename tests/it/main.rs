@@ -4,6 +4,7 @@
 //! command runs it first) and compiled once per digest into a store shared by every test
 //! and every run, so no test pays for compiling wasm.
 
+mod accounts;
 mod admin;
 mod api;
 mod backends;
@@ -23,7 +24,9 @@ mod ops;
 mod plugin_cli;
 mod plugin_new;
 mod plugin_runtime;
+mod public;
 mod registry;
+mod replicas;
 mod sandbox;
 mod security;
 mod smtp;

@@ -88,7 +88,7 @@ fn marker(what: &str) -> String {
 fn limits(edit: impl FnOnce(&mut IngressSettings)) -> HttpConfig {
     let mut s = Settings::default().ingress;
     edit(&mut s);
-    HttpConfig { bodies: BodyLimits::default(), ingress: IngressLimiter::from_settings(&s) }
+    HttpConfig { bodies: BodyLimits::default(), ingress: IngressLimiter::from_settings(&s), ..Default::default() }
 }
 
 /// Sends `n` requests one after the other; the answers' statuses, the first 429's
@@ -285,7 +285,7 @@ async fn oversized_bodies_get_413_with_the_cap_and_its_setting_on_ingress_the_ad
         let bodies = BodyLimits { body: 2048, import: 8192, plugin: 16384 };
         let app = router_with(
             AppState { service: s.clone(), runtime: runtime().clone() },
-            HttpConfig { bodies, ingress: None },
+            HttpConfig { bodies, ingress: None, ..Default::default() },
         );
         let request = |method: &str, uri: &str, token: Option<&str>, size: usize, key: Option<&str>| {
             let mut r = Request::builder().method(method).uri(uri).header("content-type", "application/json");

@@ -82,7 +82,7 @@ pub struct ConversionRow {
 pub(crate) const COLUMNS: &str = "id, network_id, transaction_id, click_id, user_id, merchant_id, order_id, event_type, state, \
     status, status_reason, currency, amount, commission, cashback, reward_delay_days, posted_pending, posted_available, \
     posted_receivable, line_items, decision, completed_at, matures_at, matured_at, event_time, clicked_at, reported_at, \
-    rule_at, ledger_at, updated_at, version, reported_via";
+    rule_at, ledger_at, updated_at, version, reported_via, merchant_ref";
 
 fn bad(what: &str, value: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("unknown {what} {value:?} in the database").into())
@@ -98,7 +98,7 @@ pub(crate) fn from_row(r: &AnyRow) -> Result<ConversionRow, sqlx::Error> {
         click_id: r.try_get("click_id")?,
         user_id: r.try_get("user_id")?,
         merchant_id: r.try_get("merchant_id")?,
-        merchant_ref: None,
+        merchant_ref: r.try_get("merchant_ref")?,
         order_id: r.try_get("order_id")?,
         event_type: r.try_get("event_type")?,
         state: State::parse(&state).ok_or_else(|| bad("state", &state))?,
@@ -146,23 +146,30 @@ pub async fn by_status(
     sqlx::query(&sql).bind(status.as_str()).bind(limit).fetch_all(conn).await?.iter().map(from_row).collect()
 }
 
-async fn save(conn: &mut AnyConnection, r: &ConversionRow, insert: bool) -> Result<(), sqlx::Error> {
+/// Writes the conversion as decided on the version it was read at (`r.version - 1`).
+/// Returns `false` when another writer got there first: the row was inserted by someone
+/// else, or its version moved on. The caller must then roll back and decide again from
+/// fresh state; the check is in the statement itself, so it holds across replicas (on
+/// PostgreSQL a concurrent UPDATE waits for the other transaction, then re-reads the row
+/// and finds the newer version).
+async fn save(conn: &mut AnyConnection, r: &ConversionRow, insert: bool) -> Result<bool, sqlx::Error> {
     let sql = if insert {
         format!(
             "INSERT INTO conversions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
+             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33) \
+             ON CONFLICT (id) DO NOTHING"
         )
     } else {
-        // Same parameter order; `id` stays $1 and is the key.
+        // Same parameter order; `id` stays $1 and is the key, $34 the version decided on.
         "UPDATE conversions SET network_id = $2, transaction_id = $3, click_id = $4, user_id = $5, merchant_id = $6, \
          order_id = $7, event_type = $8, state = $9, status = $10, status_reason = $11, currency = $12, amount = $13, \
          commission = $14, cashback = $15, reward_delay_days = $16, posted_pending = $17, posted_available = $18, \
          posted_receivable = $19, line_items = $20, decision = $21, completed_at = $22, matures_at = $23, \
          matured_at = $24, event_time = $25, clicked_at = $26, reported_at = $27, rule_at = $28, ledger_at = $29, \
-         updated_at = $30, version = $31, reported_via = $32 WHERE id = $1"
+         updated_at = $30, version = $31, reported_via = $32, merchant_ref = $33 WHERE id = $1 AND version = $34"
             .to_string()
     };
-    sqlx::query(&sql)
+    let query = sqlx::query(&sql)
         .bind(&r.id)
         .bind(&r.network_id)
         .bind(&r.transaction_id)
@@ -195,9 +202,10 @@ async fn save(conn: &mut AnyConnection, r: &ConversionRow, insert: bool) -> Resu
         .bind(r.updated_at)
         .bind(r.version)
         .bind(&r.reported_via)
-        .execute(conn)
-        .await?;
-    Ok(())
+        .bind(&r.merchant_ref);
+    // Both drivers check the parameter count: the insert does not reference $34.
+    let query = if insert { query } else { query.bind(r.version - 1) };
+    Ok(query.execute(conn).await?.rows_affected() == 1)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -241,25 +249,69 @@ pub struct Attribution {
     pub missing: Option<String>,
 }
 
+/// What an operator assigned to a conversion that no click attributes: used only when the
+/// click does not say (a click always wins).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Assigned<'a> {
+    /// The user.
+    pub user_id: Option<&'a str>,
+    /// The merchant.
+    pub merchant_id: Option<&'a str>,
+}
+
+impl<'a> Assigned<'a> {
+    /// What a stored conversion carries.
+    pub fn of(r: Option<&'a ConversionRow>) -> Assigned<'a> {
+        Assigned {
+            user_id: r.and_then(|r| r.user_id.as_deref()),
+            merchant_id: r.and_then(|r| r.merchant_id.as_deref()),
+        }
+    }
+}
+
 /// Finds the user and merchant of a conversion from its click (and the network's
-/// merchant reference when the click names no merchant).
+/// merchant reference when the click names no merchant). Without a click, a user and
+/// merchant an operator assigned attribute it.
 pub async fn attribute(
     conn: &mut AnyConnection,
     network: &str,
     click_id: Option<&str>,
     merchant_ref: Option<&str>,
+    assigned: Assigned<'_>,
 ) -> Result<Attribution, sqlx::Error> {
     let mut a = Attribution::default();
-    let Some(click_id) = click_id else {
-        a.missing = Some("no click id reported: the conversion cannot be attributed to a user".into());
-        return Ok(a);
+    let click = match click_id {
+        Some(id) => {
+            sqlx::query("SELECT user_id, merchant_id, created_at FROM clicks WHERE click_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        None => None,
     };
-    let click = sqlx::query("SELECT user_id, merchant_id, created_at FROM clicks WHERE click_id = $1")
-        .bind(click_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    // No click, or one nobody recorded: what an operator assigned, if anything. (A click
+    // that is known always decides; a conversion not attributed by hand has no user
+    // while its click is unknown.)
     let Some(click) = click else {
-        a.missing = Some(format!("customer not found: click {click_id} is unknown"));
+        match (assigned.user_id, assigned.merchant_id) {
+            (Some(user), Some(merchant)) => {
+                a.user_id = Some(user.to_string());
+                a.merchant_id = Some(merchant.to_string());
+                let known =
+                    sqlx::query("SELECT 1 FROM users WHERE id = $1").bind(user).fetch_optional(&mut *conn).await?;
+                if known.is_none() {
+                    a.missing = Some(format!("customer not found: user {user} has no account yet"));
+                }
+            }
+            _ => {
+                a.missing = Some(match click_id {
+                    Some(id) => format!("customer not found: click {id} is unknown"),
+                    None => "no click id reported: the conversion cannot be attributed to a user (assign a click, \
+                             or a user and a merchant: POST /api/v1/conversions/{id}/attribute)"
+                        .into(),
+                })
+            }
+        }
         return Ok(a);
     };
     let user: String = click.try_get(0)?;
@@ -280,6 +332,9 @@ pub async fn attribute(
             .fetch_optional(&mut *conn)
             .await?;
         a.merchant_id = row.map(|row| row.try_get(0)).transpose()?;
+    }
+    if a.merchant_id.is_none() {
+        a.merchant_id = assigned.merchant_id.map(str::to_string);
     }
     if a.merchant_id.is_none() {
         a.missing = Some(format!(
@@ -381,7 +436,7 @@ async fn apply(
         Command::Event { event, via, evaluation } => {
             apply_event(conn, seq, at, event, *via, evaluation.as_ref(), expected_version).await
         }
-        Command::Reprocess { conversion_id, evaluation } => {
+        Command::Reprocess { conversion_id, evaluation, reason, assign } => {
             let mut r = load(conn, conversion_id).await?.ok_or_else(|| unknown(conversion_id))?;
             check_version(Some(&r), expected_version)?;
             if !matches!(r.status, Status::Parked | Status::Failed) {
@@ -390,8 +445,32 @@ async fn apply(
                     reason: format!("status is {}, not parked or failed", r.status),
                 });
             }
+            let mut note = reason.clone().unwrap_or_else(|| "processed again".into());
+            if let Some(a) = assign {
+                if r.status != Status::Parked {
+                    return Err(ApplyError::Invalid(format!(
+                        "conversion {} is {}: only a parked conversion is attributed by hand",
+                        r.id, r.status
+                    )));
+                }
+                // The click decides when there is one; otherwise what the operator named.
+                if let Some(click) = &a.click_id {
+                    r.click_id = Some(click.clone());
+                    r.user_id = None;
+                    r.merchant_id = None;
+                } else {
+                    r.user_id = a.user_id.clone().or(r.user_id.take());
+                    r.merchant_id = a.merchant_id.clone().or(r.merchant_id.take());
+                }
+                let what = [("click", &a.click_id), ("user", &a.user_id), ("merchant", &a.merchant_id)]
+                    .iter()
+                    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                note = format!("attributed by {} to {what}; {note}", a.operator);
+            }
             let plugins = settle(conn, &mut r, true, false, evaluation.as_ref(), at).await?;
-            finish(conn, r, seq, at, "reprocess", "processed again", plugins, None, false).await
+            finish(conn, r, seq, at, "reprocess", &note, plugins, None, false).await
         }
         Command::Review { conversion_id, action, operator, reason } => {
             let mut r = load(conn, conversion_id).await?.ok_or_else(|| unknown(conversion_id))?;
@@ -421,16 +500,40 @@ async fn apply(
             r.matured_at = Some(at);
             finish(conn, r, seq, at, "matured", "reward delay passed: cashback available", None, None, false).await
         }
-        Command::RegisterUser { user_id, email } => {
-            sqlx::query("INSERT INTO users (id, email, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+        Command::RegisterUser { user_id, email, name, notify, source, update } => {
+            let on_conflict = if *update {
+                "ON CONFLICT (id) DO UPDATE SET email = $2, name = $4, notify = $5, updated_at = $3"
+            } else {
+                "ON CONFLICT (id) DO NOTHING"
+            };
+            let sql = format!(
+                "INSERT INTO users (id, email, created_at, name, notify, source, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $3) {on_conflict}"
+            );
+            sqlx::query(&sql)
                 .bind(user_id)
                 .bind(email)
                 .bind(at)
+                .bind(name)
+                .bind(i64::from(notify.unwrap_or(true)))
+                .bind(source.as_deref().unwrap_or("api"))
                 .execute(&mut *conn)
                 .await?;
-            unparked(conn, "user_id", user_id).await
+            Ok(Outcome::Registered { unparked: unparked(conn, "user_id", user_id).await? })
         }
-        Command::RegisterClick { click_id, user_id, merchant_id, network_id, ref_id, link_id, subs } => {
+        Command::RegisterClick { click_id, user_id, merchant_id, network_id, ref_id, link_id, subs, create_user } => {
+            if *create_user {
+                // The site passes its own user id on the link (INGEST.md, "who may put
+                // which user id on a link"): the account exists from the first click.
+                sqlx::query(
+                    "INSERT INTO users (id, email, created_at, notify, source, updated_at) \
+                     VALUES ($1, NULL, $2, 1, 'click', $2) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            }
             let sub = |i: usize| subs.get(i).cloned().flatten();
             sqlx::query(
                 "INSERT INTO clicks (click_id, user_id, merchant_id, network_id, ref_id, created_at, link_id, \
@@ -451,7 +554,15 @@ async fn apply(
             .bind(sub(4))
             .execute(&mut *conn)
             .await?;
-            unparked(conn, "click_id", click_id).await
+            let mut ids = unparked(conn, "click_id", click_id).await?;
+            if *create_user {
+                for id in unparked(conn, "user_id", user_id).await? {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+            Ok(Outcome::Registered { unparked: ids })
         }
         Command::Adjustment { key, user_id, currency, amount, operator, reason } => {
             let posting = Posting {
@@ -486,11 +597,11 @@ fn check_version(row: Option<&ConversionRow>, expected: Option<i64>) -> Result<(
     }
 }
 
-async fn unparked(conn: &mut AnyConnection, column: &str, value: &str) -> Result<Outcome, ApplyError> {
+/// Parked conversions whose `column` is `value`: they may be processed now.
+async fn unparked(conn: &mut AnyConnection, column: &str, value: &str) -> Result<Vec<String>, ApplyError> {
     let sql = format!("SELECT id FROM conversions WHERE status = 'parked' AND {column} = $1 ORDER BY reported_at");
     let rows = sqlx::query(&sql).bind(value).fetch_all(conn).await?;
-    let unparked = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
-    Ok(Outcome::Registered { unparked })
+    Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?)
 }
 
 async fn apply_event(
@@ -571,7 +682,7 @@ async fn apply_event(
     r.line_items = serde_json::to_string(&event.line_items).unwrap_or_else(|_| "[]".into());
     r.click_id = event.click_id.clone().or(r.click_id);
     r.order_id = event.order_id.clone().or(r.order_id);
-    r.merchant_ref = event.merchant_ref.clone();
+    r.merchant_ref = event.merchant_ref.clone().or(r.merchant_ref.take());
     let plugins = settle(conn, &mut r, evaluate, was_credited, evaluation, at).await?;
     if to == State::Completed && r.completed_at.is_none() {
         r.completed_at = Some(at);
@@ -627,7 +738,8 @@ async fn settle(
             r.status_reason = None;
         }
     } else if r.user_id.is_none() || r.merchant_id.is_none() || r.status == Status::Parked {
-        let a = attribute(conn, &r.network_id, r.click_id.as_deref(), r.merchant_ref.as_deref()).await?;
+        let assigned = Assigned { user_id: r.user_id.as_deref(), merchant_id: r.merchant_id.as_deref() };
+        let a = attribute(conn, &r.network_id, r.click_id.as_deref(), r.merchant_ref.as_deref(), assigned).await?;
         r.user_id = a.user_id.or(r.user_id.take());
         r.merchant_id = a.merchant_id.or(r.merchant_id.take());
         r.clicked_at = a.clicked_at.or(r.clicked_at);
@@ -742,7 +854,11 @@ async fn finish(
         None => format!("{note}; status {}", r.status),
     };
     history(conn, &r.id, seq, at, cause, None, Some(r.state), &detail).await?;
-    save(conn, &r, insert).await?;
+    if !save(conn, &r, insert).await? {
+        // Lost the race to another writer (another replica): everything this command
+        // wrote is rolled back with its savepoint, and the service decides again.
+        return Err(ApplyError::Conflict);
+    }
     Ok(Outcome::Applied {
         conversion_id: r.id,
         created: insert,

@@ -92,6 +92,23 @@ impl Via {
     }
 }
 
+/// An operator's attribution of a conversion parked because its click, user or merchant
+/// is unknown: the click it came from, or the user and merchant directly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The click the conversion came from.
+    #[serde(default)]
+    pub click_id: Option<String>,
+    /// The user to credit (with `merchant_id`, when no click is known).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// The merchant whose rules apply.
+    #[serde(default)]
+    pub merchant_id: Option<String>,
+    /// Who decided.
+    pub operator: String,
+}
+
 /// An operator's decision on a conversion awaiting review (seed 002).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -118,12 +135,25 @@ pub enum Command {
         /// The rule evaluation made for it, if one was needed.
         evaluation: Option<Evaluation>,
     },
-    /// A user account exists now.
+    /// A user account exists now, or its profile changed.
     RegisterUser {
         /// Its id.
         user_id: String,
         /// Its e-mail.
         email: Option<String>,
+        /// The name the digests greet.
+        #[serde(default)]
+        name: Option<String>,
+        /// Whether the user gets digests (absent: yes).
+        #[serde(default)]
+        notify: Option<bool>,
+        /// Where the account came from: `api`, `cli`, `import`, `click`.
+        #[serde(default)]
+        source: Option<String>,
+        /// Replace the profile of an existing account (`PUT`); otherwise an existing
+        /// account is left as it is (journals written before profiles existed).
+        #[serde(default)]
+        update: bool,
     },
     /// A tracked click.
     RegisterClick {
@@ -143,6 +173,9 @@ pub enum Command {
         /// The partner's sub ids (sub1..sub5).
         #[serde(default)]
         subs: Vec<Option<String>>,
+        /// Create the user's account if it does not exist (`ingress.create_users_on_click`).
+        #[serde(default)]
+        create_user: bool,
     },
     /// A parked or failed conversion processed again (its customer appeared, or its
     /// plugin was fixed).
@@ -151,6 +184,12 @@ pub enum Command {
         conversion_id: String,
         /// The new evaluation.
         evaluation: Option<Evaluation>,
+        /// Why it is processed again, for its history.
+        #[serde(default)]
+        reason: Option<String>,
+        /// An operator's attribution of a parked conversion.
+        #[serde(default)]
+        assign: Option<Assignment>,
     },
     /// An operator's review decision.
     Review {

@@ -45,6 +45,9 @@ pub enum ServiceError {
     /// The request makes no sense.
     #[error("{0}")]
     Invalid(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// A click to record.
@@ -151,7 +154,10 @@ impl Service {
             };
             let attribution = if needs_rules {
                 let click = event.click_id.clone().or_else(|| row.as_ref().and_then(|r| r.click_id.clone()));
-                Some(attribute(&mut conn, &event.network, click.as_deref(), event.merchant_ref.as_deref()).await?)
+                let merchant_ref =
+                    event.merchant_ref.as_deref().or(row.as_ref().and_then(|r| r.merchant_ref.as_deref()));
+                let assigned = apply::Assigned::of(row.as_ref());
+                Some(attribute(&mut conn, &event.network, click.as_deref(), merchant_ref, assigned).await?)
             } else {
                 None
             };
@@ -193,37 +199,186 @@ impl Service {
         }
     }
 
+    /// Submits a command that carries no evaluation, again while it loses a race with
+    /// another writer: each attempt is decided from the state its transaction reads.
+    async fn submit_retrying(&self, command: Command) -> Result<Outcome, ServiceError> {
+        self.retrying(|| async { Ok(self.writer.submit(command.clone(), None).await?) }).await
+    }
+
     /// Processes a parked or failed conversion again with the current rules.
     pub async fn reprocess(&self, id: &str) -> Result<Outcome, ServiceError> {
+        self.reprocess_with(id, None, None).await
+    }
+
+    /// [`Service::reprocess`], saying why in the conversion's history, and optionally
+    /// with an operator's attribution of a parked conversion.
+    pub async fn reprocess_with(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        assign: Option<super::Assignment>,
+    ) -> Result<Outcome, ServiceError> {
+        if let Some(a) = &assign {
+            self.check_assignment(a).await?;
+        }
         self.retrying(|| async {
             let mut conn = self.db.pool.acquire().await?;
             let row = apply::load(&mut conn, id)
                 .await?
-                .ok_or_else(|| ServiceError::Invalid(format!("conversion {id} does not exist")))?;
-            let a = attribute(&mut conn, &row.network_id, row.click_id.as_deref(), row.merchant_ref.as_deref()).await?;
+                .ok_or_else(|| ServiceError::NotFound(format!("conversion {id} does not exist")))?;
+            if !matches!(row.status, Status::Parked | Status::Failed) {
+                return Ok(Outcome::Ignored {
+                    conversion_id: row.id,
+                    reason: format!("status is {}, not parked or failed", row.status),
+                });
+            }
+            // What the row will carry once the assignment is applied (see apply.rs).
+            let (click, assigned_user, assigned_merchant) = match &assign {
+                Some(a) if a.click_id.is_some() => (a.click_id.clone(), None, None),
+                Some(a) => (
+                    row.click_id.clone(),
+                    a.user_id.clone().or(row.user_id.clone()),
+                    a.merchant_id.clone().or(row.merchant_id.clone()),
+                ),
+                None => (row.click_id.clone(), row.user_id.clone(), row.merchant_id.clone()),
+            };
+            let assigned =
+                apply::Assigned { user_id: assigned_user.as_deref(), merchant_id: assigned_merchant.as_deref() };
+            let a =
+                attribute(&mut conn, &row.network_id, click.as_deref(), row.merchant_ref.as_deref(), assigned).await?;
             drop(conn);
-            let evaluation = match (a.missing, a.user_id, a.merchant_id.or(row.merchant_id.clone())) {
+            let evaluation = match (a.missing, a.user_id, a.merchant_id) {
                 (None, Some(user), Some(merchant)) => {
-                    Some(self.evaluate(&merchant, &user, order_from_row(&row, &merchant, &user)).await?)
+                    let mut order = order_from_row(&row, &merchant, &user);
+                    order.click_time = a.clicked_at.or(order.click_time);
+                    Some(self.evaluate(&merchant, &user, order).await?)
                 }
                 _ => None,
             };
-            let command = Command::Reprocess { conversion_id: id.to_string(), evaluation };
+            let command = Command::Reprocess {
+                conversion_id: id.to_string(),
+                evaluation,
+                reason: reason.map(str::to_string),
+                assign: assign.clone(),
+            };
             Ok(self.writer.submit(command, Some(row.version)).await?)
         })
         .await
     }
 
+    /// An assignment names a click that exists, or a user and a merchant that exist.
+    async fn check_assignment(&self, a: &super::Assignment) -> Result<(), ServiceError> {
+        if a.operator.trim().is_empty() {
+            return Err(ServiceError::Invalid("operator: required".into()));
+        }
+        let exists = |sql: &'static str, id: String| async move {
+            Ok::<_, ServiceError>(sqlx::query(sql).bind(id).fetch_optional(&self.db.pool).await?.is_some())
+        };
+        match (&a.click_id, &a.user_id, &a.merchant_id) {
+            (Some(click), None, None) => {
+                if !exists("SELECT 1 FROM clicks WHERE click_id = $1", click.clone()).await? {
+                    return Err(ServiceError::Invalid(format!("click_id: no click {click:?} was recorded")));
+                }
+            }
+            (None, Some(user), Some(merchant)) => {
+                if !exists("SELECT 1 FROM users WHERE id = $1", user.clone()).await? {
+                    return Err(ServiceError::Invalid(format!("user_id: user {user:?} has no account")));
+                }
+                if !exists("SELECT 1 FROM merchants WHERE id = $1", merchant.clone()).await? {
+                    return Err(ServiceError::Invalid(format!("merchant_id: no merchant {merchant:?}")));
+                }
+            }
+            (None, None, Some(merchant)) => {
+                if !exists("SELECT 1 FROM merchants WHERE id = $1", merchant.clone()).await? {
+                    return Err(ServiceError::Invalid(format!("merchant_id: no merchant {merchant:?}")));
+                }
+            }
+            _ => {
+                return Err(ServiceError::Invalid(
+                    "give click_id alone, or user_id with merchant_id, or merchant_id alone".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes again every conversion with `status` (parked or failed), of one merchant
+    /// or all, oldest first. Returns (processed again, still parked or failed).
+    pub async fn reprocess_all(
+        &self,
+        merchant: Option<&str>,
+        status: Status,
+        reason: &str,
+    ) -> Result<(usize, usize), ServiceError> {
+        if !matches!(status, Status::Parked | Status::Failed) {
+            return Err(ServiceError::Invalid(format!("status: {status} is not parked or failed")));
+        }
+        if let Some(m) = merchant
+            && sqlx::query("SELECT 1 FROM merchants WHERE id = $1")
+                .bind(m)
+                .fetch_optional(&self.db.pool)
+                .await?
+                .is_none()
+        {
+            return Err(ServiceError::NotFound(format!("no merchant {m:?}")));
+        }
+        // A snapshot of the ids first: each one is then decided on its own fresh state.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM conversions WHERE status = $1 AND ($2 = '' OR merchant_id = $2) ORDER BY reported_at, id",
+        )
+        .bind(status.as_str())
+        .bind(merchant.unwrap_or(""))
+        .fetch_all(&self.db.pool)
+        .await?;
+        let (mut done, mut still) = (0, 0);
+        for id in ids {
+            match self.reprocess_with(&id, Some(reason), None).await? {
+                Outcome::Applied { status: Status::Parked | Status::Failed, .. } => still += 1,
+                Outcome::Applied { .. } => done += 1,
+                _ => {}
+            }
+        }
+        Ok((done, still))
+    }
+
     /// A user account exists: conversions parked for it are processed.
     pub async fn register_user(&self, user_id: &str, email: Option<&str>) -> Result<Outcome, ServiceError> {
-        let command = Command::RegisterUser { user_id: user_id.into(), email: email.map(Into::into) };
+        let profile = crate::users::Profile { email: email.map(Into::into), name: None, notify: true };
+        self.put_user(user_id, &profile, "api").await
+    }
+
+    /// Creates a user account or replaces its profile; conversions parked for the user
+    /// are processed, and their history says why.
+    pub async fn put_user(
+        &self,
+        user_id: &str,
+        profile: &crate::users::Profile,
+        source: &str,
+    ) -> Result<Outcome, ServiceError> {
+        crate::users::check_id(user_id).map_err(ServiceError::Invalid)?;
+        profile.check().map_err(ServiceError::Invalid)?;
+        let command = Command::RegisterUser {
+            user_id: user_id.into(),
+            email: profile.email.clone(),
+            name: profile.name.clone(),
+            notify: Some(profile.notify),
+            source: Some(source.into()),
+            update: true,
+        };
         let outcome = self.writer.submit(command, None).await?;
-        self.unpark(&outcome).await?;
+        self.unpark(&outcome, &format!("user {user_id}'s account exists now")).await?;
         Ok(outcome)
     }
 
     /// A tracked click: conversions parked for it are processed.
     pub async fn register_click(&self, click: NewClick) -> Result<Outcome, ServiceError> {
+        self.record_click(click, false).await
+    }
+
+    /// [`Service::register_click`]; with `create_user`, the user's account is created
+    /// if it does not exist (`ingress.create_users_on_click`).
+    pub async fn record_click(&self, click: NewClick, create_user: bool) -> Result<Outcome, ServiceError> {
+        let reason = format!("click {} of user {} was recorded", click.click_id, click.user_id);
         let command = Command::RegisterClick {
             click_id: click.click_id,
             user_id: click.user_id,
@@ -232,16 +387,17 @@ impl Service {
             ref_id: click.ref_id,
             link_id: click.link_id,
             subs: click.subs,
+            create_user,
         };
         let outcome = self.writer.submit(command, None).await?;
-        self.unpark(&outcome).await?;
+        self.unpark(&outcome, &reason).await?;
         Ok(outcome)
     }
 
-    async fn unpark(&self, outcome: &Outcome) -> Result<(), ServiceError> {
+    async fn unpark(&self, outcome: &Outcome, reason: &str) -> Result<(), ServiceError> {
         if let Outcome::Registered { unparked } = outcome {
             for id in unparked {
-                self.reprocess(id).await?;
+                self.reprocess_with(id, Some(reason), None).await?;
             }
         }
         Ok(())
@@ -260,7 +416,7 @@ impl Service {
         }
         let command =
             Command::Review { conversion_id: id.into(), action, operator: operator.into(), reason: reason.into() };
-        Ok(self.writer.submit(command, None).await?)
+        self.submit_retrying(command).await
     }
 
     /// A manual credit or debit of a user's available cashback. `key` makes it idempotent.
@@ -301,7 +457,7 @@ impl Service {
         let mut matured = 0;
         for row in rows {
             let id: String = row.try_get(0)?;
-            if let Outcome::Applied { .. } = self.writer.submit(Command::Mature { conversion_id: id }, None).await? {
+            if let Outcome::Applied { .. } = self.submit_retrying(Command::Mature { conversion_id: id }).await? {
                 matured += 1;
             }
         }
@@ -369,13 +525,34 @@ impl Service {
         Ok(())
     }
 
-    /// Maps a network's merchant reference to a merchant.
+    /// Maps a network's merchant reference to a merchant; conversions parked because the
+    /// reference was not mapped are processed. Returns how many of them were processed
+    /// (and credited or decided; some may stay parked for another reason).
     pub async fn map_merchant_ref(
         &self,
         network: &str,
         merchant_ref: &str,
         merchant: &str,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<usize, ServiceError> {
+        if merchant_ref.is_empty() || merchant_ref.chars().count() > 255 {
+            return Err(ServiceError::Invalid("merchant_ref: 1 to 255 characters".into()));
+        }
+        if sqlx::query("SELECT 1 FROM merchants WHERE id = $1")
+            .bind(merchant)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::Invalid(format!("merchant: no merchant {merchant:?}")));
+        }
+        if sqlx::query("SELECT 1 FROM networks WHERE id = $1")
+            .bind(network)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::NotFound(format!("no network {network:?}")));
+        }
         sqlx::query(
             "INSERT INTO merchant_refs (network_id, merchant_ref, merchant_id) VALUES ($1, $2, $3) \
              ON CONFLICT (network_id, merchant_ref) DO UPDATE SET merchant_id = $3",
@@ -385,7 +562,24 @@ impl Service {
         .bind(merchant)
         .execute(&self.db.pool)
         .await?;
-        Ok(())
+        let parked: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM conversions WHERE status = 'parked' AND network_id = $1 AND merchant_ref = $2 \
+             ORDER BY reported_at, id",
+        )
+        .bind(network)
+        .bind(merchant_ref)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let reason = format!("network {network}'s merchant ref {merchant_ref} was mapped to merchant {merchant}");
+        let mut processed = 0;
+        for id in &parked {
+            if let Outcome::Applied { status, .. } = self.reprocess_with(id, Some(&reason), None).await?
+                && status != Status::Parked
+            {
+                processed += 1;
+            }
+        }
+        Ok(processed)
     }
 
     /// Validates a plugin component and stores it in the database by digest, so every

@@ -95,8 +95,21 @@ pub(super) async fn search(State(st): State<AppState>, session: Session, Query(f
     layout(&session, Nav::Conversions, "Conversions", body).into_response()
 }
 
+/// What the page was redirected with after an action.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+pub(super) struct Reprocessed {
+    reprocessed: String,
+    now: String,
+}
+
 /// `GET /dashboard/conversions/{id}`.
-pub(super) async fn timeline(State(st): State<AppState>, session: Session, Path(id): Path<String>) -> Response {
+pub(super) async fn timeline(
+    State(st): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Query(done): Query<Reprocessed>,
+) -> Response {
     let s = &st.service;
     let row = match s.conversion(&id).await {
         Ok(Some(r)) => r,
@@ -148,12 +161,18 @@ pub(super) async fn timeline(State(st): State<AppState>, session: Session, Path(
         .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
         .and_then(|d| d.get("plugins").cloned());
     let body = html! {
+        @if !done.reprocessed.is_empty() { (super::notice("ok", &format!("Processed again: now {}.", done.now))) }
         div.grid2 {
             section.card {
                 h2 { "Conversion" }
                 dl.facts {
                     dt { "Id" } dd { code { (c.id) } }
-                    dt { "Status" } dd { (badge(c.status)) @if let Some(r) = &c.status_reason { " " span.muted { (r) } } }
+                    dt { "Status" } dd {
+                        (badge(c.status)) @if let Some(r) = &c.status_reason { " " span.muted { (r) } }
+                        @if matches!(c.status, Status::Parked | Status::Failed) && session.scope() >= crate::auth::Scope::Write {
+                            " " (super::reprocess::button(&session, &c.id, "conversion"))
+                        }
+                    }
                     dt { "State" } dd { (c.state.as_str()) }
                     dt { "Network" } dd { (c.network_id) " · transaction " code { (c.transaction_id) } }
                     dt { "Merchant" } dd { (c.merchant_id.as_deref().unwrap_or("—")) }

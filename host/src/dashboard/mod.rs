@@ -33,6 +33,7 @@ mod login;
 mod overview;
 mod plugins;
 pub mod queries;
+mod reprocess;
 mod review;
 
 use crate::auth::{self, AuthError, Caller, Scope};
@@ -68,6 +69,8 @@ pub const PAGES: &[&str] = &[
 /// Every action and the scope it needs (keep in step with [`routes`]).
 pub const ACTIONS: &[(&str, Scope)] = &[
     ("/dashboard/review/cv_x", Scope::Write),
+    ("/dashboard/conversions/cv_x/reprocess", Scope::Write),
+    ("/dashboard/reprocess", Scope::Write),
     ("/dashboard/plugins/activate", Scope::Admin),
     ("/dashboard/plugins/rollback", Scope::Admin),
     ("/dashboard/plugins/shadow", Scope::Admin),
@@ -90,6 +93,8 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/review/{id}", post(review::act))
         .route("/dashboard/conversions", get(conversions::search))
         .route("/dashboard/conversions/{id}", get(conversions::timeline))
+        .route("/dashboard/conversions/{id}/reprocess", post(reprocess::one))
+        .route("/dashboard/reprocess", post(reprocess::all))
         .route("/dashboard/delays", get(delays::page))
         .route("/dashboard/plugins", get(plugins::page))
         .route("/dashboard/plugins/activate", post(plugins::activate))

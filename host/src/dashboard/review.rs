@@ -21,6 +21,13 @@ const LIMIT: i64 = 500;
 pub(super) struct Done {
     done: String,
     id: String,
+    /// One conversion processed again, and its status now.
+    reprocessed: String,
+    now: String,
+    /// A bulk reprocess: the status, how many were processed, how many still wait.
+    bulk: String,
+    done_count: String,
+    still: String,
 }
 
 /// `GET /dashboard/review`.
@@ -31,6 +38,17 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
             (Ok(p), Ok(h)) => (p, h),
             (Err(e), _) | (_, Err(e)) => return unavailable("cannot read the review queue", &e),
         };
+    let (parked, failed, merchants) = match (
+        s.by_status(Status::Parked, LIMIT).await,
+        s.by_status(Status::Failed, LIMIT).await,
+        super::queries::distinct(s.db(), super::queries::Column::Merchant).await,
+    ) {
+        (Ok(p), Ok(f), Ok(m)) => (p, f, m),
+        (Err(e), _, _) | (_, Err(e), _) => return unavailable("cannot read the parked and failed conversions", &e),
+        (_, _, Err(e)) => return unavailable("cannot read the merchants", &e),
+    };
+    let mut waiting: Vec<_> = failed.into_iter().chain(parked).collect();
+    waiting.sort_by(|a, b| (a.reported_at, &a.id).cmp(&(b.reported_at, &b.id)));
     let mut queue: Vec<_> = pending.into_iter().chain(held).collect();
     queue.sort_by(|a, b| (a.reported_at, &a.id).cmp(&(b.reported_at, &b.id)));
     let can_act = session.scope() >= Scope::Write;
@@ -42,6 +60,10 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
     };
     let body = html! {
         @if let Some(what) = done { (notice("ok", &format!("{} {what}.", q.id))) }
+        @if !q.reprocessed.is_empty() { (notice("ok", &format!("{} processed again: now {}.", q.reprocessed, q.now))) }
+        @if !q.bulk.is_empty() {
+            (notice("ok", &format!("{} {} conversion(s) processed again; {} still {}.", q.done_count, q.bulk, q.still, q.bulk)))
+        }
         p.lede {
             "Orders of merchants in manual mode, and orders a rule or an operator held. "
             "Approving credits the cashback as pending; rejecting denies it; holding keeps it here. "
@@ -94,6 +116,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
             }
         }
     };
+    let body = html! { (body) (super::reprocess::waiting_section(&session, &waiting, &merchants)) };
     layout(&session, Nav::Review, "Review queue", body).into_response()
 }
 

@@ -20,8 +20,14 @@ const MAX_REF_ID_LEN: usize = 32;
 
 /// `GET /c/{link}?user=U[&ref_id=R][&sub1..sub5=S]`: records a click, then redirects (302)
 /// to the merchant with the click id and sub ids filled in.
-pub async fn click(State(st): State<AppState>, Path(link): Path<String>, RawQuery(query): RawQuery) -> Response {
-    match record_click(&st, &link, query.as_deref().unwrap_or("")).await {
+pub async fn click(
+    State(st): State<AppState>,
+    Path(link): Path<String>,
+    policy: Option<axum::Extension<super::ClickPolicy>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let policy = policy.map(|p| p.0).unwrap_or_default();
+    match record_click(&st, &policy, &link, query.as_deref().unwrap_or("")).await {
         Ok(location) => {
             crate::metrics::click("recorded");
             (StatusCode::FOUND, [(header::LOCATION, location), (header::CACHE_CONTROL, "no-store".into())])
@@ -34,13 +40,27 @@ pub async fn click(State(st): State<AppState>, Path(link): Path<String>, RawQuer
     }
 }
 
-async fn record_click(st: &AppState, link_id: &str, query: &str) -> Result<String, ApiError> {
+async fn record_click(
+    st: &AppState,
+    policy: &super::ClickPolicy,
+    link_id: &str,
+    query: &str,
+) -> Result<String, ApiError> {
     let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
     let user = get("user")
         .ok_or_else(|| ApiError::bad_request("missing_user", "user: required (the id of the user who clicks)"))?;
-    if user.chars().count() > 128 {
-        return Err(ApiError::bad_request("invalid_user", "user: at most 128 characters"));
+    crate::users::check_id(&user).map_err(|e| ApiError::bad_request("invalid_user", format!("user: {e}")))?;
+    if let Some(secret) = &policy.secret {
+        crate::ingest::signed::verify(
+            secret,
+            link_id,
+            &user,
+            get("sig").as_deref(),
+            get("exp").as_deref(),
+            st.service.now(),
+        )
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_signature", e.to_string()))?;
     }
     let ref_id = get("ref_id");
     if let Some(r) = &ref_id
@@ -66,15 +86,18 @@ async fn record_click(st: &AppState, link_id: &str, query: &str) -> Result<Strin
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_link", format!("no tracked link {link_id:?}")))?;
     let click_id = format!("{:032x}", rand::random::<u128>());
     st.service
-        .register_click(NewClick {
-            click_id: click_id.clone(),
-            user_id: user,
-            merchant_id: Some(link.merchant_id.clone()),
-            network_id: Some(link.network_id.clone()),
-            ref_id: ref_id.clone(),
-            link_id: Some(link.id.clone()),
-            subs: subs.clone(),
-        })
+        .record_click(
+            NewClick {
+                click_id: click_id.clone(),
+                user_id: user,
+                merchant_id: Some(link.merchant_id.clone()),
+                network_id: Some(link.network_id.clone()),
+                ref_id: ref_id.clone(),
+                link_id: Some(link.id.clone()),
+                subs: subs.clone(),
+            },
+            policy.create_users,
+        )
         .await
         .map_err(|e| ApiError::unavailable("cannot record the click", &e))?;
     Ok(ingest::render_click_url(&link.url_template, &click_id, ref_id.as_deref(), &subs))

@@ -11,6 +11,7 @@ pub mod openapi;
 mod ops;
 mod plugins;
 pub mod ratelimit;
+mod users;
 
 use crate::conversions::Service;
 use crate::plugin::PluginRuntime;
@@ -79,6 +80,33 @@ pub struct HttpConfig {
     pub bodies: BodyLimits,
     /// Rate limits of `/c/{link}` and `/postback/{network}`.
     pub ingress: Option<Arc<IngressLimiter>>,
+    /// What a click may do: create accounts, and whether it must be signed.
+    pub clicks: ClickPolicy,
+}
+
+/// What `/c/{link}` does with the user id it is given (`ingress.create_users_on_click`,
+/// `ingress.click_secret`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClickPolicy {
+    /// A click for an unknown user creates the account.
+    pub create_users: bool,
+    /// Every click carries the site's signature of the link and user id.
+    pub secret: Option<String>,
+}
+
+impl Default for ClickPolicy {
+    fn default() -> Self {
+        ClickPolicy { create_users: true, secret: None }
+    }
+}
+
+impl std::fmt::Debug for ClickPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickPolicy")
+            .field("create_users", &self.create_users)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl HttpConfig {
@@ -88,6 +116,10 @@ impl HttpConfig {
         HttpConfig {
             bodies: BodyLimits { body: h.max_body_bytes, import: h.max_import_bytes, plugin: h.max_plugin_bytes },
             ingress: IngressLimiter::from_settings(&settings.ingress),
+            clicks: ClickPolicy {
+                create_users: settings.ingress.create_users_on_click,
+                secret: settings.ingress.click_secret.clone(),
+            },
         }
     }
 }
@@ -116,6 +148,7 @@ pub fn router_with(state: AppState, config: HttpConfig) -> Router {
         .merge(callbacks::routes())
         .merge(plugins::routes(bodies.plugin))
         .merge(api::routes())
+        .merge(users::routes())
         .route("/api/v1/openapi.json", get(openapi::serve))
         .merge(crate::dashboard::routes())
         .layer(axum::middleware::from_fn_with_state(bodies, too_large_as_json))
@@ -126,6 +159,7 @@ pub fn router_with(state: AppState, config: HttpConfig) -> Router {
         // Outermost: every request's span, log line and metrics, refusals included.
         .layer(axum::middleware::from_fn(ops::observe))
         .layer(axum::Extension(bodies))
+        .layer(axum::Extension(config.clicks))
         .with_state(state)
 }
 
@@ -230,6 +264,9 @@ impl From<crate::conversions::service::ServiceError> for ApiError {
         match e {
             crate::conversions::service::ServiceError::Db(e) => {
                 ApiError::unavailable("the database is unavailable", &e)
+            }
+            crate::conversions::service::ServiceError::NotFound(what) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
             }
             other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", other.to_string()),
         }

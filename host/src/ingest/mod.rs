@@ -10,6 +10,8 @@ use std::fmt;
 use std::net::IpAddr;
 use subtle::ConstantTimeEq;
 
+pub mod signed;
+
 /// How a network's postbacks prove they come from it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum InboundAuth {
