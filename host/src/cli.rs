@@ -596,6 +596,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Merchant { command: MerchantCommand::MapRef { ref id, ref network, ref merchant_ref } } => {
             let (id, network, merchant_ref) = (id.clone(), network.clone(), merchant_ref.clone());
             with_service(&cli, |service, _| async move {
+                if crate::ingest::network(service.db(), &network).await?.is_none() {
+                    bail!("--network: no network {network:?}");
+                }
                 let processed = service.map_merchant_ref(&network, &merchant_ref, &id).await?;
                 println!(
                     "network {network}'s merchant ref {merchant_ref} is merchant {id}; {processed} parked conversion(s) processed"

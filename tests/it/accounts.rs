@@ -456,3 +456,144 @@ async fn with_a_click_secret_only_the_site_can_say_which_user_a_click_is_for() {
     drop(s);
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_an_operator_reprocesses_failed_conversions_once_the_rule_is_fixed() {
+    use crate::dashboard::{browser, chromedriver, on, screenshot, text};
+    use fantoccini::Locator::Css;
+    let Some(driver) = chromedriver().await else { return };
+    let t = backends::sqlite().await;
+    let i = Install::new(&t);
+    let token = i.admin_token();
+    configure(&i, ("looping_rule_v1", "looping-rule@1.0.0"), "{}");
+    let s = i.serve("a", &[]);
+    let c = Client::new(&s.base, &token);
+    let click = c.click("/c/sale?user=shopper", "ref").await;
+    for tx in ["B1", "B2"] {
+        let (status, _, body) = c.public(&postback(&click, tx, "pending", "100.00")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (b1, b2) = (conversion(&c, "B1").await, conversion(&c, "B2").await);
+    assert_eq!((b1["status"].as_str(), b2["status"].as_str()), (Some("failed"), Some("failed")));
+    let (b1, b2) = (b1["id"].as_str().expect("id").to_string(), b2["id"].as_str().expect("id").to_string());
+    i.ok(&["plugin", "upload", &arg(&component("looping_rule_v2"))]);
+    i.ok(&["plugin", "activate", "looping-rule@1.0.1", "--merchant", "shop"]);
+
+    let b = browser(&driver).await;
+    b.goto(&format!("{}/dashboard/login", s.base)).await.expect("goto");
+    b.find(Css("#token")).await.expect("token field").send_keys(&token).await.expect("type");
+    b.find(Css("button[type=submit]")).await.expect("submit").click().await.expect("click");
+    on(&b, "/dashboard").await;
+
+    // One from its own page.
+    b.goto(&format!("{}/dashboard/conversions/{b1}", s.base)).await.expect("goto");
+    screenshot(&b, "conversion-failed").await;
+    b.find(Css("button.reprocess")).await.expect("the Reprocess button").click().await.expect("click");
+    assert!(text(&b, ".notice-ok").await.contains("now processed"));
+    assert!(text(&b, "#history").await.contains("processed again by ops in the dashboard"));
+    assert!(b.find(Css("button.reprocess")).await.is_err(), "a processed conversion has no Reprocess button");
+
+    // The rest from the review page's bulk form.
+    b.goto(&format!("{}/dashboard/review", s.base)).await.expect("goto");
+    assert!(text(&b, "#waiting-list").await.contains(&b2));
+    screenshot(&b, "review-waiting").await;
+    b.find(Css("#reprocess-all select[name=status]"))
+        .await
+        .expect("status")
+        .select_by_value("failed")
+        .await
+        .expect("select");
+    b.find(Css("#reprocess-all select[name=merchant]"))
+        .await
+        .expect("merchant")
+        .select_by_value("shop")
+        .await
+        .expect("select");
+    b.find(Css("#reprocess-all button")).await.expect("bulk").click().await.expect("click");
+    assert!(text(&b, ".notice-ok").await.contains("1 failed conversion(s) processed again; 0 still failed"));
+    assert!(text(&b, "#waiting").await.contains("Nothing is parked or failed"));
+    screenshot(&b, "review-reprocessed").await;
+    b.close().await.expect("close");
+
+    let user = c.expect(200, "GET", "/api/v1/users/shopper", None).await;
+    assert_eq!(balance(&user, "EUR", "pending"), 400, "2 % of 100.00, twice: {user}");
+    drop(s);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_parked_on_an_unmapped_merchant_ref_is_processed_once_the_ref_is_mapped() {
+    for t in backends::all().await {
+        let i = Install::new(&t);
+        let token = i.admin_token();
+        configure(&i, ("flat_rate", "flat-rate@0.1.0"), r#"{"rate_bps": 1000}"#);
+        // The network also reports its own reference of the merchant (`mid`).
+        let config = S2S_CONFIG.replace(r#""cur"},"#, r#""cur", "merchant_ref": "mid"},"#);
+        i.ok_env(
+            &[
+                "network",
+                "add",
+                "net",
+                "--name",
+                "Net",
+                "--adapter",
+                &arg(&component("generic_s2s")),
+                "--config",
+                &config,
+                "--auth",
+                "token",
+            ],
+            &[("CASHBACKD_NETWORK_SECRET", TOKEN)],
+        );
+        let s = i.serve("a", &[]);
+        let c = Client::new(&s.base, &token);
+        c.expect(201, "PUT", "/api/v1/users/known", Some(json!({}))).await;
+        // Two orders whose click id the network lost, both of its merchant 9001.
+        for tx in ["M1", "M2"] {
+            let (status, _, body) = c.public(&format!("{}&mid=9001", postback("lost", tx, "pending", "60.00"))).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        // Support knows the user; the merchant is the one behind ref 9001, not mapped yet.
+        let mut ids = Vec::new();
+        for tx in ["M1", "M2"] {
+            let id = conversion(&c, tx).await["id"].as_str().expect("id").to_string();
+            let out = c
+                .expect(
+                    200,
+                    "POST",
+                    &format!("/api/v1/conversions/{id}/attribute"),
+                    Some(json!({"user_id": "known", "operator": "support"})),
+                )
+                .await;
+            assert_eq!(out["status"], "parked", "{}: {out}", t.name);
+            ids.push(id);
+        }
+        let cv = conversion(&c, "M1").await;
+        assert_eq!(
+            cv["status_reason"], "merchant unknown: network net merchant ref 9001 is not mapped to a merchant",
+            "{cv}"
+        );
+        c.expect(404, "PUT", "/api/v1/networks/nope/merchant-refs/9001", Some(json!({"merchant": "shop"}))).await;
+        c.expect(422, "PUT", "/api/v1/networks/net/merchant-refs/9001", Some(json!({"merchant": "nope"}))).await;
+        // Mapping the reference processes both.
+        let out =
+            c.expect(200, "PUT", "/api/v1/networks/net/merchant-refs/9001", Some(json!({"merchant": "shop"}))).await;
+        assert_eq!(out["processed"], 2, "{out}");
+        let refs = c.expect(200, "GET", "/api/v1/networks/net/merchant-refs", None).await;
+        assert_eq!(refs["merchant_refs"], json!([{"merchant_ref": "9001", "merchant": "shop"}]));
+        for id in &ids {
+            let tl = timeline(&c, id).await;
+            assert_eq!(tl["conversion"]["status"], "processed", "{tl}");
+            assert!(history_says(&tl, "network net's merchant ref 9001 was mapped to merchant shop"), "{tl}");
+        }
+        let user = c.expect(200, "GET", "/api/v1/users/known", None).await;
+        assert_eq!(balance(&user, "EUR", "pending"), 1200, "10 % of 60.00, twice: {user}");
+        // The CLI maps too, and names a bad flag.
+        let err = i.fails(&["merchant", "map-ref", "shop", "--network", "nope", "--ref", "1"]);
+        assert!(err.contains("--network: no network \"nope\""), "{err}");
+        let out = i.ok(&["merchant", "map-ref", "shop", "--network", "net", "--ref", "9002"]);
+        assert!(out.contains("0 parked conversion(s) processed"), "{out}");
+        drop(s);
+        t.cleanup().await;
+    }
+}

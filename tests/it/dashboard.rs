@@ -338,7 +338,7 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
 // ---- the browser ------------------------------------------------------------------------
 
 /// chromedriver on a free port, killed with the test.
-struct Driver {
+pub struct Driver {
     child: std::process::Child,
     url: String,
 }
@@ -356,7 +356,7 @@ fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
 
 /// Starts chromedriver, or says why the browser test cannot run: without it the test is
 /// skipped, except in CI where it is required (`.ci/run` installs it).
-async fn chromedriver() -> Option<Driver> {
+pub async fn chromedriver() -> Option<Driver> {
     let Some(binary) = find_in_path("chromedriver") else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -383,7 +383,7 @@ async fn chromedriver() -> Option<Driver> {
     Some(driver)
 }
 
-async fn browser(driver: &Driver) -> fantoccini::Client {
+pub async fn browser(driver: &Driver) -> fantoccini::Client {
     let mut options = json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                                       "--window-size=1360,900", "--hide-scrollbars"]});
     if std::path::Path::new("/usr/bin/chromium").exists() {
@@ -399,7 +399,7 @@ async fn browser(driver: &Driver) -> fantoccini::Client {
 }
 
 /// A screenshot of the whole page, to `target/test-output/dashboard/<name>.png`.
-async fn screenshot(b: &fantoccini::Client, name: &str) {
+pub async fn screenshot(b: &fantoccini::Client, name: &str) {
     let height = b.execute("return document.documentElement.scrollHeight;", vec![]).await.expect("height");
     let height = height.as_u64().unwrap_or(900).clamp(600, 6000) as u32;
     b.set_window_size(1360, height).await.expect("resize");
@@ -412,7 +412,7 @@ async fn screenshot(b: &fantoccini::Client, name: &str) {
 
 /// The text of the first element matching `css`, once there is one (a click's page may
 /// still be loading).
-async fn text(b: &fantoccini::Client, css: &str) -> String {
+pub async fn text(b: &fantoccini::Client, css: &str) -> String {
     let wait = b.wait().at_most(Duration::from_secs(15));
     wait.for_element(fantoccini::Locator::Css(css))
         .await
@@ -423,7 +423,7 @@ async fn text(b: &fantoccini::Client, css: &str) -> String {
 }
 
 /// Waits until the browser is on `path`.
-async fn on(b: &fantoccini::Client, path: &str) {
+pub async fn on(b: &fantoccini::Client, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let url = b.current_url().await.expect("url");

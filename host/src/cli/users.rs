@@ -83,8 +83,9 @@ pub enum ConversionCommand {
         /// The click it came from.
         #[arg(long, conflicts_with_all = ["user"])]
         click: Option<String>,
-        /// The user to credit (with --merchant).
-        #[arg(long, requires = "merchant")]
+        /// The user to credit (the merchant: --merchant, or the one the network's merchant
+        /// reference is mapped to).
+        #[arg(long)]
         user: Option<String>,
         /// The merchant whose rules apply.
         #[arg(long)]

@@ -294,13 +294,18 @@ pub async fn attribute(
     // while its click is unknown.)
     let Some(click) = click else {
         match (assigned.user_id, assigned.merchant_id) {
-            (Some(user), Some(merchant)) => {
+            (Some(user), merchant) => {
                 a.user_id = Some(user.to_string());
-                a.merchant_id = Some(merchant.to_string());
+                a.merchant_id = match merchant {
+                    Some(m) => Some(m.to_string()),
+                    None => mapped_merchant(conn, network, merchant_ref).await?,
+                };
                 let known =
                     sqlx::query("SELECT 1 FROM users WHERE id = $1").bind(user).fetch_optional(&mut *conn).await?;
                 if known.is_none() {
                     a.missing = Some(format!("customer not found: user {user} has no account yet"));
+                } else if a.merchant_id.is_none() {
+                    a.missing = Some(unmapped(network, merchant_ref));
                 }
             }
             _ => {
@@ -323,25 +328,38 @@ pub async fn attribute(
         a.missing = Some(format!("customer not found: user {user} has no account yet"));
         return Ok(a);
     }
-    if a.merchant_id.is_none()
-        && let Some(r) = merchant_ref
-    {
-        let row = sqlx::query("SELECT merchant_id FROM merchant_refs WHERE network_id = $1 AND merchant_ref = $2")
-            .bind(network)
-            .bind(r)
-            .fetch_optional(&mut *conn)
-            .await?;
-        a.merchant_id = row.map(|row| row.try_get(0)).transpose()?;
+    if a.merchant_id.is_none() {
+        a.merchant_id = mapped_merchant(conn, network, merchant_ref).await?;
     }
     if a.merchant_id.is_none() {
         a.merchant_id = assigned.merchant_id.map(str::to_string);
     }
     if a.merchant_id.is_none() {
-        a.missing = Some(format!(
-            "merchant unknown: the click names none and network {network} merchant ref {merchant_ref:?} is not mapped"
-        ));
+        a.missing = Some(unmapped(network, merchant_ref));
     }
     Ok(a)
+}
+
+/// The merchant a network's merchant reference is mapped to.
+async fn mapped_merchant(
+    conn: &mut AnyConnection,
+    network: &str,
+    merchant_ref: Option<&str>,
+) -> Result<Option<String>, sqlx::Error> {
+    let Some(r) = merchant_ref else { return Ok(None) };
+    let row = sqlx::query("SELECT merchant_id FROM merchant_refs WHERE network_id = $1 AND merchant_ref = $2")
+        .bind(network)
+        .bind(r)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| row.try_get(0)).transpose()
+}
+
+fn unmapped(network: &str, merchant_ref: Option<&str>) -> String {
+    match merchant_ref {
+        Some(r) => format!("merchant unknown: network {network} merchant ref {r} is not mapped to a merchant"),
+        None => format!("merchant unknown: neither the click nor network {network}'s event names a merchant"),
+    }
 }
 
 /// A merchant's processing mode and default reward delay.

@@ -280,11 +280,13 @@ impl Service {
                     return Err(ServiceError::Invalid(format!("click_id: no click {click:?} was recorded")));
                 }
             }
-            (None, Some(user), Some(merchant)) => {
+            (None, Some(user), merchant) => {
                 if !exists("SELECT 1 FROM users WHERE id = $1", user.clone()).await? {
                     return Err(ServiceError::Invalid(format!("user_id: user {user:?} has no account")));
                 }
-                if !exists("SELECT 1 FROM merchants WHERE id = $1", merchant.clone()).await? {
+                if let Some(merchant) = merchant
+                    && !exists("SELECT 1 FROM merchants WHERE id = $1", merchant.clone()).await?
+                {
                     return Err(ServiceError::Invalid(format!("merchant_id: no merchant {merchant:?}")));
                 }
             }
@@ -295,7 +297,9 @@ impl Service {
             }
             _ => {
                 return Err(ServiceError::Invalid(
-                    "give click_id alone, or user_id with merchant_id, or merchant_id alone".into(),
+                    "give click_id alone, or user_id (with merchant_id, or the merchant its reference maps to), or \
+                     merchant_id alone"
+                        .into(),
                 ));
             }
         }
@@ -544,14 +548,6 @@ impl Service {
             .is_none()
         {
             return Err(ServiceError::Invalid(format!("merchant: no merchant {merchant:?}")));
-        }
-        if sqlx::query("SELECT 1 FROM networks WHERE id = $1")
-            .bind(network)
-            .fetch_optional(&self.db.pool)
-            .await?
-            .is_none()
-        {
-            return Err(ServiceError::NotFound(format!("no network {network:?}")));
         }
         sqlx::query(
             "INSERT INTO merchant_refs (network_id, merchant_ref, merchant_id) VALUES ($1, $2, $3) \

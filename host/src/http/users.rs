@@ -289,6 +289,9 @@ async fn put_ref(
     Json(body): Json<RefBody>,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
+    if crate::ingest::network(st.service.db(), &network).await.map_err(db_failed)?.is_none() {
+        return Err(not_found("network", &network));
+    }
     let processed =
         st.service.map_merchant_ref(&network, &merchant_ref, &body.merchant).await.map_err(ApiError::from)?;
     Ok(Json(json!({
