@@ -103,10 +103,16 @@ async fn wait_for(sink: &Sink, path: &str, n: usize) -> Vec<Received> {
     }
 }
 
-async fn api(client: &reqwest::Client, method: reqwest::Method, url: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+async fn api(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut request = client.request(method, url).bearer_auth(token);
     if let Some(body) = body {
-        request = request.json(&body);
+        request = request.header("content-type", "application/json").body(body.to_string());
     }
     let response = request.send().await.expect("api call");
     let status = response.status().as_u16();
@@ -115,44 +121,62 @@ async fn api(client: &reqwest::Client, method: reqwest::Method, url: &str, token
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_through_the_cli_api_and_a_real_server()
-{
+async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_through_the_cli_api_and_a_real_server() {
     for t in backends::all().await {
         let url = t.url().to_string();
         let sink = Sink::start().await;
         let flat_rate = plugin_path(WASIP2, "flat_rate");
         let s2s = plugin_path(WASIP2, "generic_s2s");
-        cli_ok(&url, &[
-            "merchant",
-            "add",
-            "shop",
-            "--name",
-            "Shoe Shop",
-            "--rule",
-            flat_rate.to_str().expect("utf8"),
-            "--rule-config",
-            r#"{"rate_bps": 1000}"#,
-        ]);
+        cli_ok(
+            &url,
+            &[
+                "merchant",
+                "add",
+                "shop",
+                "--name",
+                "Shoe Shop",
+                "--rule",
+                flat_rate.to_str().expect("utf8"),
+                "--rule-config",
+                r#"{"rate_bps": 1000}"#,
+            ],
+        );
         let config = r#"{"params": {"transaction_id": "tid", "click_id": "clickref", "amount": "sale", "commission": "comm",
                         "state": "status", "currency": "cur"},
              "states": {"created": "CREATED", "pending": "PENDING", "approved": "COMPLETED", "declined": "REJECTED"},
              "default_currency": "EUR"}"#;
-        cli_ok(&url, &[
-            "network",
-            "add",
-            "net",
-            "--name",
-            "Net",
-            "--adapter",
-            s2s.to_str().expect("utf8"),
-            "--config",
-            config,
-            "--auth",
-            "token",
-            "--secret",
-            "tk",
-        ]);
-        cli_ok(&url, &["link", "add", "shoe-sale", "--merchant", "shop", "--network", "net", "--url", "https://shop.example/landing?clickref={click_id}"]);
+        cli_ok(
+            &url,
+            &[
+                "network",
+                "add",
+                "net",
+                "--name",
+                "Net",
+                "--adapter",
+                s2s.to_str().expect("utf8"),
+                "--config",
+                config,
+                "--auth",
+                "token",
+                "--secret",
+                "tk",
+            ],
+        );
+        cli_ok(
+            &url,
+            &[
+                "link",
+                "add",
+                "shoe-sale",
+                "--merchant",
+                "shop",
+                "--network",
+                "net",
+                "--url",
+                "https://shop.example/landing?clickref={click_id}",
+            ],
+        );
         cli_ok(&url, &["partner", "add", "p1", "--name", "Partner One"]);
         // Every macro: the click's are filled, the order's render empty.
         let every = format!(
@@ -166,7 +190,10 @@ async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_th
         );
         cli_ok(&url, &["endpoint", "add", "every", "--partner", "p1", "--url", &every]);
         let later = format!("{}/later?state=[%CASHBACK:STATE%]&ev={{event}}", sink.base);
-        cli_ok(&url, &["endpoint", "add", "later", "--partner", "p1", "--url", &later, "--states", "PENDING,COMPLETED"]);
+        cli_ok(
+            &url,
+            &["endpoint", "add", "later", "--partner", "p1", "--url", &later, "--states", "PENDING,COMPLETED"],
+        );
         let elsewhere = format!("{}/elsewhere?state={{state}}", sink.base);
         cli_ok(&url, &["endpoint", "add", "elsewhere", "--partner", "p1", "--url", &elsewhere, "--merchant", "other"]);
         // An unknown state is refused, naming the option and the state.
@@ -188,12 +215,16 @@ async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_th
         let endpoints = format!("{base}/api/v1/callbacks/endpoints");
         let body = json!({"partner_id": "p1", "url_template": format!("{}/created-only?s={{state}}", sink.base),
                           "states": ["created"]});
-        let (status, view) = api(&client, reqwest::Method::PUT, &format!("{endpoints}/created-only"), &admin, Some(body)).await;
+        let (status, view) =
+            api(&client, reqwest::Method::PUT, &format!("{endpoints}/created-only"), &admin, Some(body)).await;
         assert_eq!(status, 200, "{view}");
         assert_eq!(view["states"], json!(["CREATED"]), "{view}");
-        for (states, why) in [(json!(["PENDING", "paid"]), "states: \"paid\" is not a state"), (json!([]), "states: at least one")] {
+        for (states, why) in
+            [(json!(["PENDING", "paid"]), "states: \"paid\" is not a state"), (json!([]), "states: at least one")]
+        {
             let body = json!({"partner_id": "p1", "url_template": format!("{}/x", sink.base), "states": states});
-            let (status, refused) = api(&client, reqwest::Method::PUT, &format!("{endpoints}/typo"), &admin, Some(body)).await;
+            let (status, refused) =
+                api(&client, reqwest::Method::PUT, &format!("{endpoints}/typo"), &admin, Some(body)).await;
             assert_eq!(status, 400, "{refused}");
             let message = refused["error"]["message"].as_str().unwrap_or_default();
             assert!(message.starts_with(why), "{}: {refused}", t.name);
@@ -273,9 +304,13 @@ async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_th
         let r = client.get(pb("T-2", "created")).send().await.expect("postback");
         assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap_or_default());
         let later = wait_for(&sink, "/later", 1).await;
-        assert_eq!((later[0].param("state").as_deref(), later[0].param("ev").as_deref()), (Some("PENDING"), Some("sale")));
+        assert_eq!(
+            (later[0].param("state").as_deref(), later[0].param("ev").as_deref()),
+            (Some("PENDING"), Some("sale"))
+        );
         let every = wait_for(&sink, "/every", 3).await;
-        let by_state = |state: &str| every.iter().filter(|r| r.param("state").as_deref() == Some(state)).collect::<Vec<_>>();
+        let by_state =
+            |state: &str| every.iter().filter(|r| r.param("state").as_deref() == Some(state)).collect::<Vec<_>>();
         assert_eq!(by_state("PENDING").len(), 1, "{every:#?}");
         let network_created = by_state("CREATED").into_iter().find(|r| r.param("ev").as_deref() == Some("sale"));
         let network_created = network_created.unwrap_or_else(|| panic!("the network's CREATED: {every:#?}"));
@@ -313,12 +348,33 @@ async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_th
             assert_eq!((d["conversion_id"].clone(), d["click_id"].clone()), (Value::Null, json!(click_id)), "{d}");
             assert_eq!(d["conversion_state"], "CREATED");
         }
-        let (status, one) = api(&client, reqwest::Method::GET, &format!("{deliveries}?click={click_id}&endpoint=every"), &admin, None).await;
+        let (status, one) =
+            api(&client, reqwest::Method::GET, &format!("{deliveries}?click={click_id}&endpoint=every"), &admin, None)
+                .await;
         assert_eq!(status, 200, "{one}");
         assert_eq!(one["deliveries"].as_array().map(Vec::len), Some(1), "the click's CREATED to every: {one}");
         let cli_list = cli_ok(&url, &["deliveries", "list", "--click", &click_id]);
         assert_eq!(cli_list.lines().count(), 2, "{cli_list}");
         assert!(cli_list.contains(&format!("click {click_id}")), "{cli_list}");
+        // The dashboard's Deliveries page: the endpoints' states, the click's CREATED
+        // listed under its click (there is no conversion to link to), and its page.
+        let page = |path: String| {
+            let request = client
+                .get(format!("{base}{path}"))
+                .header(reqwest::header::COOKIE, format!("{}={admin}", cashbackd::dashboard::COOKIE));
+            async move {
+                let response = request.send().await.expect("dashboard");
+                assert_eq!(response.status().as_u16(), 200);
+                response.text().await.expect("page")
+            }
+        };
+        let html = page(format!("/dashboard/deliveries?click={click_id}")).await;
+        assert!(html.contains("PENDING, COMPLETED") && html.contains("every state"), "{html}");
+        assert!(html.contains("merchant <code>other</code>"), "{html}");
+        assert_eq!(html.matches(&format!("<code>{click_id}</code>")).count(), 2, "{html}");
+        let created = clicks[0]["message_id"].as_str().expect("message id");
+        let html = page(format!("/dashboard/deliveries/{created}")).await;
+        assert!(html.contains("<dt>Click</dt>") && html.contains("(sent on the click)"), "{html}");
         drop(server);
         t.cleanup().await;
     }
@@ -361,7 +417,7 @@ async fn a_click_registered_again_or_rolled_back_is_told_once_before_its_convers
         // Its key is taken: even called again by hand in a transaction, nothing is added.
         let mut tx = db.pool.begin().await.expect("begin");
         let again = Click { click_id: "k1", user_id: "u1", merchant_id: Some("shop"), network_id: Some("net") };
-        assert!(!outbox::enqueue_click(&mut *tx, &again, None, w.service.now()).await.expect("enqueue"));
+        assert!(!outbox::enqueue_click(&mut tx, &again, None, w.service.now()).await.expect("enqueue"));
         tx.rollback().await.expect("rollback");
         // A click whose transaction rolls back (a crash before the commit) leaves no
         // CREATED behind, nor a click.
@@ -375,7 +431,7 @@ async fn a_click_registered_again_or_rolled_back_is_told_once_before_its_convers
             link_id: None,
             subs: Vec::new(),
         };
-        journal_and_apply(&mut *tx, &command, w.service.now(), None, None).await.expect("apply");
+        journal_and_apply(&mut tx, &command, w.service.now(), None, None).await.expect("apply");
         let inside: i64 = sqlx::query("SELECT COUNT(*) FROM conversion_changes WHERE click_id = 'k-lost'")
             .fetch_one(&mut *tx)
             .await
@@ -419,7 +475,11 @@ async fn a_click_registered_again_or_rolled_back_is_told_once_before_its_convers
             .collect();
         assert_eq!(
             told,
-            [(500, "click.created", "CREATED"), (200, "click.created", "CREATED"), (200, "conversion.changed", "PENDING")],
+            [
+                (500, "click.created", "CREATED"),
+                (200, "click.created", "CREATED"),
+                (200, "conversion.changed", "PENDING")
+            ],
             "{}",
             t.name
         );
@@ -447,7 +507,8 @@ async fn a_click_registered_again_or_rolled_back_is_told_once_before_its_convers
         assert_eq!(bodies[2]["data"]["conversion_id"], json!(conversion_id("net", "T1")));
         assert_eq!(bodies[2]["data"]["event"], "sale");
         // PENDING-only got the PENDING alone; with-ref skipped it (its click has no ref_id).
-        let other: Vec<(String, Option<String>)> = sink.received().iter().map(|r| (r.path.clone(), r.param("s"))).collect();
+        let other: Vec<(String, Option<String>)> =
+            sink.received().iter().map(|r| (r.path.clone(), r.param("s"))).collect();
         assert_eq!(other, [("/pending".to_string(), Some("PENDING".to_string()))], "{}", t.name);
 
         // A click with a ref_id: with-ref gets its CREATED; PENDING-only does not.

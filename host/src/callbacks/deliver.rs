@@ -1226,6 +1226,60 @@ pub async fn replay_range(
 mod tests {
     use super::*;
 
+    fn endpoint(states: Option<Vec<crate::conversions::State>>) -> Endpoint {
+        let spec =
+            super::super::EndpointSpec { states, ..super::super::EndpointSpec::new("e", "p", "https://p.example/") };
+        Endpoint { spec, enabled: true, consecutive_failures: 0, disabled_at: None, disabled_reason: None }
+    }
+
+    #[test]
+    fn a_clicks_created_fills_the_clicks_values_and_leaves_every_order_value_empty() {
+        use crate::conversions::State;
+        let job = sample_job(&endpoint(Some(vec![State::Created, State::Completed])), 1_767_225_600_000);
+        let v = Deliverer::values(&job);
+        let got = |k: &str| v.get(k).map(String::as_str);
+        assert_eq!(got("state"), Some("CREATED"));
+        assert_eq!(
+            (got("click_id"), got("ref_id"), got("sub1")),
+            (Some("test-click"), Some("test-ref"), Some("test-sub1"))
+        );
+        assert_eq!(
+            (got("user_id"), got("merchant_name"), got("network")),
+            (Some("test-user"), Some("Test Merchant"), Some("test-network"))
+        );
+        assert_eq!((got("event"), got("timestamp")), (Some("click"), Some("1767225600")));
+        for order in [
+            "conversion_id",
+            "transaction_id",
+            "order_id",
+            "payout",
+            "payout_minor",
+            "amount",
+            "commission",
+            "currency",
+            "status",
+            "line_id",
+            "reward_delay_days",
+            "reason",
+        ] {
+            assert_eq!(got(order), None, "{order} of a click");
+        }
+        let body = post_body(&job, &v, &std::collections::BTreeMap::new());
+        assert_eq!(body["type"], "click.created");
+        for order in ["conversion_id", "payout", "payout_minor", "amount_minor", "currency", "transaction_id", "status"]
+        {
+            assert!(body["data"][order].is_null(), "{order}: {body}");
+        }
+
+        // An endpoint that takes PENDING (or every state) is tested with a PENDING order.
+        for states in [None, Some(vec![State::Created, State::Pending])] {
+            let job = sample_job(&endpoint(states), 0);
+            let v = Deliverer::values(&job);
+            assert_eq!((v["state"].as_str(), v["payout"].as_str(), v["event"].as_str()), ("PENDING", "5.00", "sale"));
+            assert_eq!(post_body(&job, &v, &std::collections::BTreeMap::new())["type"], "conversion.changed");
+        }
+    }
+
     #[test]
     fn retry_after_is_read_as_seconds_or_a_date() {
         assert_eq!(parse_retry_after("120", 0), Some(120_000));
