@@ -192,8 +192,28 @@ async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_th
         let later = format!("{}/later?state=[%CASHBACK:STATE%]&ev={{event}}", sink.base);
         cli_ok(
             &url,
-            &["endpoint", "add", "later", "--partner", "p1", "--url", &later, "--states", "PENDING,COMPLETED"],
+            &[
+                "endpoint",
+                "add",
+                "later",
+                "--partner",
+                "p1",
+                "--url",
+                &later,
+                "--states",
+                "PENDING,COMPLETED",
+                "--secret",
+                "a-long-enough-plain-secret",
+            ],
         );
+        // `set-states` changes the filter alone: the secret stays (the callback below is
+        // signed).
+        let said = cli_ok(&url, &["endpoint", "set-states", "later", "--every-state"]);
+        assert!(said.contains("receives every state"), "{said}");
+        let said = cli_ok(&url, &["endpoint", "set-states", "later", "--states", "completed,Pending"]);
+        assert!(said.contains("receives PENDING, COMPLETED only"), "{said}");
+        let (ok, _, stderr) = cli(&url, &["endpoint", "set-states", "later", "--states", "PAID"]);
+        assert!(!ok && stderr.contains("--states: \"PAID\" is not a state"), "{}: {stderr}", t.name);
         let elsewhere = format!("{}/elsewhere?state={{state}}", sink.base);
         cli_ok(&url, &["endpoint", "add", "elsewhere", "--partner", "p1", "--url", &elsewhere, "--merchant", "other"]);
         // An unknown state is refused, naming the option and the state.
@@ -304,6 +324,7 @@ async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_th
         let r = client.get(pb("T-2", "created")).send().await.expect("postback");
         assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap_or_default());
         let later = wait_for(&sink, "/later", 1).await;
+        assert!(later[0].param("signature").is_some_and(|s| s.len() == 64), "signed: {}", later[0].query);
         assert_eq!(
             (later[0].param("state").as_deref(), later[0].param("ev").as_deref()),
             (Some("PENDING"), Some("sale"))
