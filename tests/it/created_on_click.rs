@@ -437,7 +437,8 @@ async fn a_click_registered_again_or_rolled_back_is_told_once_before_its_convers
         }
         // Its key is taken: even called again by hand in a transaction, nothing is added.
         let mut tx = db.pool.begin().await.expect("begin");
-        let again = Click { click_id: "k1", user_id: "u1", merchant_id: Some("shop"), network_id: Some("net") };
+        let again =
+            Click { click_id: "k1", user_id: "u1", merchant_id: Some("shop"), network_id: Some("net"), ref_id: None };
         assert!(!outbox::enqueue_click(&mut tx, &again, None, w.service.now()).await.expect("enqueue"));
         tx.rollback().await.expect("rollback");
         // A click whose transaction rolls back (a crash before the commit) leaves no
@@ -486,6 +487,10 @@ async fn a_click_registered_again_or_rolled_back_is_told_once_before_its_convers
         d.run_due().await.expect("pass");
         assert_eq!(hook_sink.received().len(), 1, "{}: still waiting (the CREATED retries in 5 minutes)", t.name);
         w.clock.advance(5 * MINUTE);
+        d.run_due().await.expect("pass");
+        assert_eq!(hook_sink.received().len(), 2, "{}: the CREATED again, and the PENDING held back beside it", t.name);
+        // Held back until a second after the CREATED's attempt.
+        w.clock.advance(1_000);
         d.run_due().await.expect("pass");
         let got = hook_sink.received();
         let bodies: Vec<Value> = got.iter().map(|r| serde_json::from_str(&r.body).expect("json body")).collect();

@@ -454,8 +454,9 @@ async fn apply(
             .rows_affected();
             // ---- issue 13: CREATED on click (seed 001), in the click's own transaction ----
             if inserted == 1 {
-                let (merchant_id, network_id) = (merchant_id.as_deref(), network_id.as_deref());
-                let click = crate::callbacks::outbox::Click { click_id, user_id, merchant_id, network_id };
+                let (merchant_id, network_id, ref_id) =
+                    (merchant_id.as_deref(), network_id.as_deref(), ref_id.as_deref());
+                let click = crate::callbacks::outbox::Click { click_id, user_id, merchant_id, network_id, ref_id };
                 crate::callbacks::outbox::enqueue_click(conn, &click, Some(seq), at).await?;
             }
             // ---- end issue 13 ----
