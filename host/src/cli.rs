@@ -248,6 +248,10 @@ pub enum EndpointCommand {
         /// Only conversions whose click carried a ref_id (seed 003).
         #[arg(long)]
         require_ref_id: bool,
+        /// Only these states, comma-separated: CREATED (sent on every click, seed 001),
+        /// PENDING, ADJUSTED, COMPLETED, REJECTED, REVERSED [default: every state].
+        #[arg(long, value_delimiter = ',')]
+        states: Vec<String>,
         // Unset, these take the configuration's callbacks.* (seed 003's values by default).
         /// Attempts in all [default: callbacks.max_attempts, 3].
         #[arg(long)]
@@ -311,6 +315,19 @@ pub enum EndpointCommand {
         /// The endpoint.
         id: String,
     },
+    /// Change only which states an endpoint receives (its other settings, secrets
+    /// included, stay as they are).
+    SetStates {
+        /// The endpoint.
+        id: String,
+        /// The states, comma-separated: CREATED (sent on every click), PENDING, ADJUSTED,
+        /// COMPLETED, REJECTED, REVERSED.
+        #[arg(long, value_delimiter = ',', required_unless_present = "every_state", conflicts_with = "every_state")]
+        states: Vec<String>,
+        /// Every state, CREATED on click included (the default of a new endpoint).
+        #[arg(long)]
+        every_state: bool,
+    },
 }
 
 /// `cashbackd deliveries ...`
@@ -327,6 +344,9 @@ pub enum DeliveriesCommand {
         /// Of one conversion.
         #[arg(long)]
         conversion: Option<String>,
+        /// Of one click: its CREATED (sent on the click).
+        #[arg(long)]
+        click: Option<String>,
         /// At most.
         #[arg(long, default_value_t = 50)]
         limit: i64,
@@ -976,8 +996,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     EndpointAction::List => {
                         for e in crate::callbacks::endpoints(db).await? {
+                            let states = e.states.as_ref().map_or("every state".to_string(), |v| {
+                                v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+                            });
                             println!(
-                                "{:<20} {:<12} {:<4} {:<8} backlog {:<5} failures {:<3} secrets [{}] {}{}",
+                                "{:<20} {:<12} {:<4} {:<8} backlog {:<5} failures {:<3} states {states} secrets [{}] {}{}",
                                 e.id,
                                 e.partner_id,
                                 e.method.as_str(),
@@ -1016,6 +1039,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         return Ok(if report.delivered { ExitCode::SUCCESS } else { ExitCode::FAILURE });
                     }
+                    EndpointAction::SetStates { id, states } => {
+                        let mut e = crate::callbacks::endpoint(db, &id).await?.spec;
+                        e.states = states
+                            .map(|names| crate::callbacks::parse_states(&names))
+                            .transpose()
+                            .map_err(|e| anyhow::anyhow!("--{e}"))?;
+                        crate::callbacks::save_endpoint(db, &e, now).await?;
+                        match &e.states {
+                            None => println!("endpoint {id} receives every state (CREATED on every click included)"),
+                            Some(v) => println!(
+                                "endpoint {id} receives {} only",
+                                v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                            ),
+                        }
+                    }
                     EndpointAction::Rotate { id, drop_old } => {
                         let mut e = crate::callbacks::endpoint(db, &id).await?.spec;
                         if drop_old {
@@ -1050,11 +1088,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 DeliveriesCommand::Replay { id: Some(id), .. } => DeliveriesAction::Replay(parse_delivery(id)?),
                 DeliveriesCommand::Show { id } => DeliveriesAction::Show(parse_delivery(id)?),
-                DeliveriesCommand::List { endpoint, state, conversion, limit } => {
+                DeliveriesCommand::List { endpoint, state, conversion, click, limit } => {
                     DeliveriesAction::List(crate::callbacks::deliver::DeliveryFilter {
                         endpoint_id: endpoint.clone(),
                         state: state.clone(),
                         conversion_id: conversion.clone(),
+                        click_id: click.clone(),
                         limit: Some(*limit),
                         ..Default::default()
                     })
@@ -1071,7 +1110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 "{:<10} {:<16} {} v{:<3} {:<9} {:<9} attempts {} {}",
                                 d.message_id,
                                 d.endpoint_id,
-                                d.conversion_id,
+                                d.subject(),
                                 d.version,
                                 d.conversion_state,
                                 d.state,
@@ -1082,14 +1121,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     DeliveriesAction::Show(id) => {
                         let (d, attempts) = deliver::delivery(db, id).await?;
+                        let about = match &d.conversion_id {
+                            Some(conversion) => format!("conversion {conversion} v{}", d.version),
+                            None => d.subject(),
+                        };
                         println!(
-                            "{} to {}: {} {} (conversion {} v{}), {} attempts, next {}",
+                            "{} to {}: {} {} ({about}), {} attempts, next {}",
                             d.message_id,
                             d.endpoint_id,
                             d.conversion_state,
                             d.state,
-                            d.conversion_id,
-                            d.version,
                             d.attempts,
                             fmt_time(d.next_attempt_at)
                         );
@@ -1139,6 +1180,7 @@ enum EndpointAction {
     Disable { id: String, reason: String },
     Test { id: String, json: bool },
     Rotate { id: String, drop_old: bool },
+    SetStates { id: String, states: Option<Vec<String>> },
 }
 
 impl EndpointAction {
@@ -1153,6 +1195,9 @@ impl EndpointAction {
             EndpointCommand::Test { id, json } => EndpointAction::Test { id: id.clone(), json: *json },
             EndpointCommand::RotateSecret { id } => EndpointAction::Rotate { id: id.clone(), drop_old: false },
             EndpointCommand::DropOldSecrets { id } => EndpointAction::Rotate { id: id.clone(), drop_old: true },
+            EndpointCommand::SetStates { id, states, every_state } => {
+                EndpointAction::SetStates { id: id.clone(), states: Some(states.clone()).filter(|_| !every_state) }
+            }
         }
     }
 }
@@ -1183,6 +1228,7 @@ fn endpoint_spec(
         merchant,
         network,
         require_ref_id,
+        states,
         max_attempts,
         backoff,
         retry_delay,
@@ -1210,6 +1256,9 @@ fn endpoint_spec(
     spec.merchant_id = merchant.clone();
     spec.network_id = network.clone();
     spec.require_ref_id = *require_ref_id;
+    if !states.is_empty() {
+        spec.states = Some(crate::callbacks::parse_states(states).map_err(|e| anyhow::anyhow!("--{e}"))?);
+    }
     spec.retry = RetryPolicy {
         max_attempts: max_attempts.unwrap_or(defaults.max_attempts),
         backoff: match backoff.as_deref().unwrap_or(&defaults.backoff) {

@@ -560,7 +560,9 @@ async fn a_request_that_could_outlast_its_lease_is_not_started_but_released() {
     ingest(&w, "tx1", ConversionState::Pending, 10_000).await;
     let config = DeliveryConfig { allow_private: true, lease_ms: 5_000, ..DeliveryConfig::default() };
     let short = Deliverer::new(w.service.db().clone(), w.clock.clone(), config, "short-lease").expect("d");
-    let pass = short.run_due().await.expect("pass");
+    // One pass: `run_due`'s two lanes could each claim the delivery in turn (one releases
+    // it, the other claims it again), which made this count flaky under load.
+    let pass = short.run_once().await.expect("pass");
     assert_eq!((pass.claimed, pass.released, pass.delivered), (1, 1, 0), "{pass:?}");
     assert!(sink.received().is_empty());
     assert_eq!(

@@ -12,6 +12,7 @@ mod callbacks;
 mod chaos;
 mod common;
 mod crash;
+mod created_on_click;
 mod dashboard;
 mod e2e;
 mod faults;

@@ -151,7 +151,8 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
     assert_eq!(m("cashbackd_database_up", &[]), Some(1.0));
 
     let ep = ("endpoint", "ops-metrics-ep");
-    assert_eq!(m("cashbackd_callback_deliveries_total", &[ep, ("outcome", "delivered")]), Some(2.0), "{text}");
+    // The click's CREATED (seed 001: sent on the click) and the two orders' PENDING.
+    assert_eq!(m("cashbackd_callback_deliveries_total", &[ep, ("outcome", "delivered")]), Some(3.0), "{text}");
     assert!(m("cashbackd_callback_delivery_duration_seconds_count", &[("outcome", "delivered")]).is_some());
     assert!(m("cashbackd_job_runs_total", &[("job", "mature"), ("outcome", "ok")]).is_some_and(|n| n >= 1.0));
     assert!(m("cashbackd_job_duration_seconds_count", &[("job", "mature")]).is_some());

@@ -299,7 +299,7 @@ fn round3(x: f64) -> f64 {
 mod callbacks {
     use super::{Args, round3};
     use anyhow::Context;
-    use cashbackd::callbacks::outbox::{Change, Snapshot, enqueue};
+    use cashbackd::callbacks::outbox::{Change, ChangeKind, Snapshot, enqueue};
     use cashbackd::callbacks::sign::Secret;
     use cashbackd::callbacks::{self, Deliverer, DeliveryConfig, EndpointSpec};
     use cashbackd::clock::{Clock, SystemClock};
@@ -352,6 +352,7 @@ mod callbacks {
                     journal_seq: None,
                     at: now,
                     snapshot: Snapshot {
+                        kind: ChangeKind::Conversion,
                         state: State::Pending,
                         status: Status::Processed,
                         network_id: "bench-net".into(),

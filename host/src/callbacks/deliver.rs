@@ -5,7 +5,10 @@
 //! one), sends them concurrently, and records every attempt and its outcome in one
 //! transaction. Per endpoint and conversion, deliveries go in the order of the changes: a
 //! delivery is due only when every earlier one of the same conversion to the same endpoint
-//! is delivered, given up or skipped, so a partner never sees COMPLETED before PENDING.
+//! is delivered, given up or skipped, so a partner never sees COMPLETED before PENDING;
+//! and a claimed delivery of a conversion whose click's CREATED (seed 001: sent on the
+//! click) to the same endpoint is still pending is given back until after that CREATED's
+//! next attempt (`hold_back`), so a partner never sees PENDING before it.
 //!
 //! Only a 200 counts as delivered (seed 003: a 302 is a failure, and redirects are not
 //! followed). A failed attempt is retried on the endpoint's schedule, later if the
@@ -20,7 +23,7 @@
 //! `webhook-id` / `{delivery_id}`, so the partner can tell). A delivery recorded as
 //! delivered is never sent again, except by an operator's replay.
 
-use super::outbox::Snapshot;
+use super::outbox::{ChangeKind, Snapshot};
 use super::sign::{self, Secret};
 use super::template::{Template, Values, append_params};
 use super::{CallbackError, Endpoint, Method, net};
@@ -289,8 +292,10 @@ impl Deliverer {
         if claimed.is_empty() {
             return Ok(PassSummary::default());
         }
+        let held = self.hold_back(&claimed, now).await?;
+        let to_send: Vec<i64> = claimed.iter().copied().filter(|id| !held.contains(id)).collect();
         let t_claim = t0.elapsed();
-        let jobs = self.load_jobs(&claimed).await?;
+        let jobs = self.load_jobs(&to_send).await?;
         let t_load = t0.elapsed();
         let mut endpoints = HashMap::new();
         for j in &jobs {
@@ -300,7 +305,7 @@ impl Deliverer {
                 endpoints.insert(j.endpoint_id.clone(), (e, t));
             }
         }
-        let mut summary = PassSummary { claimed: claimed.len(), ..PassSummary::default() };
+        let mut summary = PassSummary { claimed: claimed.len(), released: held.len(), ..PassSummary::default() };
         let mut skipped = Vec::new();
         let mut skipped_endpoints = Vec::new();
         let mut set = tokio::task::JoinSet::new();
@@ -360,7 +365,7 @@ impl Deliverer {
             "callback delivery pass"
         );
         if !late.is_empty() {
-            summary.released = late.len();
+            summary.released += late.len();
             self.release(&late).await?;
         }
         Ok(summary)
@@ -399,6 +404,40 @@ impl Deliverer {
         Ok(ids)
     }
 
+    /// Gives back the claimed deliveries of conversions whose click's CREATED (seed 001:
+    /// sent on the click) to the same endpoint is still pending, due again a second after
+    /// that CREATED's next attempt (or a second from now, if it is being sent right now):
+    /// a partner never gets PENDING before the click's CREATED. Returns their ids.
+    ///
+    /// This is a phase of its own, on the claimed batch only, rather than one more
+    /// condition in `claim`: in `claim`, on a PostgreSQL database whose statistics are
+    /// still those of empty tables, the extra correlated lookup made each claim scan the
+    /// pending deliveries once per pending delivery and take seconds under load.
+    async fn hold_back(&self, claimed: &[i64], now: i64) -> Result<Vec<i64>, sqlx::Error> {
+        const AFTER_MS: i64 = 1_000;
+        let later = match self.inner.db.backend {
+            crate::db::Backend::Postgres => "GREATEST",
+            crate::db::Backend::Sqlite => "MAX",
+        };
+        let waited = "FROM callback_deliveries w WHERE w.endpoint_id = callback_deliveries.endpoint_id \
+             AND w.conversion_id = callback_deliveries.waits_for AND w.state = 'pending'";
+        let sql = format!(
+            "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL, \
+             next_attempt_at = {later}($1, (SELECT MAX(w.next_attempt_at) {waited})) + $2 \
+             WHERE lease_owner = $3 AND waits_for IS NOT NULL AND id IN ({}) AND EXISTS (SELECT 1 {waited}) \
+             RETURNING id",
+            super::ids_from_json(self.inner.db.backend, 4)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now)
+            .bind(AFTER_MS)
+            .bind(&self.inner.owner)
+            .bind(json_ids(claimed))
+            .fetch_all(&self.inner.db.pool)
+            .await?;
+        rows.iter().map(|r| r.try_get(0)).collect()
+    }
+
     async fn load_jobs(&self, ids: &[i64]) -> Result<Vec<Job>, CallbackError> {
         let mut jobs = Vec::with_capacity(ids.len());
         let sql = format!(
@@ -434,22 +473,28 @@ impl Deliverer {
     /// The values of a delivery, by placeholder.
     fn values(job: &Job) -> Values {
         let s = &job.snapshot;
+        // A click's CREATED has no conversion yet: no order, amounts, cashback or status
+        // of ours. Those render empty (an absent value), never as a made-up 0.00 that a
+        // partner could book.
+        let conversion = s.kind == ChangeKind::Conversion;
         let mut v = Values::new();
         let mut put = |k: &'static str, val: Option<String>| {
             if let Some(val) = val {
                 v.insert(k, val);
             }
         };
+        let of_conversion = |val: String| Some(val).filter(|_| conversion);
         put("state", Some(s.state.as_str().into()));
-        put("status", Some(s.status.as_str().into()));
+        put("status", of_conversion(s.status.as_str().into()));
         put("click_id", s.click_id.clone());
         put("ref_id", job.ref_id.clone());
-        put("payout", Some(super::decimal(s.cashback, &s.currency)));
-        put("payout_minor", Some(s.cashback.to_string()));
-        put("amount", Some(super::decimal(s.amount, &s.currency)));
-        put("commission", Some(super::decimal(s.commission, &s.currency)));
-        put("currency", Some(s.currency.clone()));
-        put("transaction_id", Some(s.transaction_id.clone()));
+        put("user_id", s.user_id.clone());
+        put("payout", of_conversion(super::decimal(s.cashback, &s.currency)));
+        put("payout_minor", of_conversion(s.cashback.to_string()));
+        put("amount", of_conversion(super::decimal(s.amount, &s.currency)));
+        put("commission", of_conversion(super::decimal(s.commission, &s.currency)));
+        put("currency", of_conversion(s.currency.clone()));
+        put("transaction_id", of_conversion(s.transaction_id.clone()));
         put("order_id", s.order_id.clone());
         put("event", Some(s.event_type.clone()));
         put("reason", s.reason.clone());
@@ -457,9 +502,9 @@ impl Deliverer {
         put("reward_delay_days", s.reward_delay_days.map(|d| d.to_string()));
         put("merchant_ref", job.merchant_ref.clone());
         put("merchant_name", job.merchant_name.clone());
-        put("conversion_id", Some(job_conversion(job)));
+        put("conversion_id", of_conversion(job_conversion(job)));
         put("delivery_id", Some(message_id(job.delivery_id)));
-        put("network", Some(s.network_id.clone()));
+        put("network", Some(s.network_id.clone()).filter(|n| !n.is_empty()));
         put("timestamp", Some((job.change_at / 1000).to_string()));
         for (i, name) in ["sub1", "sub2", "sub3", "sub4", "sub5"].into_iter().enumerate() {
             put(name, job.subs[i].clone());
@@ -761,7 +806,7 @@ impl Deliverer {
         let endpoint = super::endpoint(&self.inner.db, endpoint_id).await?;
         let template = endpoint.spec.validate()?;
         let now = self.inner.clock.now();
-        let job = sample_job(endpoint_id, now);
+        let job = sample_job(&endpoint, now);
         let prepared = self.prepare(&endpoint, &template, &job);
         let t0 = Instant::now();
         let result = self.exchange(&prepared.request, prepared.timeout).await;
@@ -825,28 +870,35 @@ pub fn message_id(delivery_id: i64) -> String {
 fn post_body(job: &Job, v: &Values, params: &std::collections::BTreeMap<String, String>) -> serde_json::Value {
     let s = &job.snapshot;
     let get = |k: &str| v.get(k).cloned();
+    // A click's CREATED: the same shape, its conversion's fields null (see `values`).
+    let (kind, of_conversion) = match s.kind {
+        ChangeKind::Conversion => ("conversion.changed", true),
+        ChangeKind::Click => ("click.created", false),
+    };
+    let minor = |n: i64| Some(n).filter(|_| of_conversion);
     serde_json::json!({
-        "type": "conversion.changed",
+        "type": kind,
         "id": message_id(job.delivery_id),
         "data": {
             "conversion_id": get("conversion_id"),
             "state": s.state,
-            "status": s.status,
+            "status": get("status"),
             "payout": get("payout"),
-            "payout_minor": s.cashback,
-            "amount_minor": s.amount,
-            "currency": s.currency,
+            "payout_minor": minor(s.cashback),
+            "amount_minor": minor(s.amount),
+            "currency": get("currency"),
             "click_id": s.click_id,
             "ref_id": job.ref_id,
+            "user_id": s.user_id,
             "subs": { "sub1": job.subs[0], "sub2": job.subs[1], "sub3": job.subs[2], "sub4": job.subs[3], "sub5": job.subs[4] },
-            "transaction_id": s.transaction_id,
+            "transaction_id": get("transaction_id"),
             "order_id": s.order_id,
             "event": s.event_type,
             "merchant": { "ref": job.merchant_ref, "name": job.merchant_name },
             "reason": s.reason,
             "line_id": get("line_id"),
             "reward_delay_days": s.reward_delay_days,
-            "network": s.network_id,
+            "network": get("network"),
             "changed_at": job.change_at,
         },
         "params": params,
@@ -868,15 +920,23 @@ fn webhook_headers(secrets: &[Secret], id: &str, ts: i64, body: &str) -> (Header
     (headers, logged)
 }
 
-fn sample_job(endpoint_id: &str, now: i64) -> Job {
+/// The tester's sample: a PENDING conversion, or, for an endpoint that does not take
+/// PENDING, the first state it takes (a click's CREATED for CREATED), so that the partner
+/// sees the kind of callback it will get.
+fn sample_job(endpoint: &Endpoint, now: i64) -> Job {
     use crate::conversions::{State, Status};
-    Job {
+    let state = match &endpoint.spec.states {
+        Some(states) if !states.contains(&State::Pending) => states.first().copied().unwrap_or(State::Pending),
+        _ => State::Pending,
+    };
+    let mut job = Job {
         delivery_id: 0,
-        endpoint_id: endpoint_id.to_string(),
+        endpoint_id: endpoint.spec.id.clone(),
         attempt: 1,
         change_at: now,
         snapshot: Snapshot {
-            state: State::Pending,
+            kind: ChangeKind::Conversion,
+            state,
             status: Status::Processed,
             network_id: "test-network".into(),
             transaction_id: "test-transaction".into(),
@@ -898,7 +958,18 @@ fn sample_job(endpoint_id: &str, now: i64) -> Job {
         subs: [Some("test-sub1".into()), None, None, None, None],
         merchant_name: Some("Test Merchant".into()),
         merchant_ref: Some("test-merchant-ref".into()),
+    };
+    if state == State::Created {
+        let click = super::outbox::Click {
+            click_id: "test-click",
+            user_id: "test-user",
+            merchant_id: Some("test-merchant"),
+            network_id: Some("test-network"),
+            ref_id: Some("test-ref"),
+        };
+        job.snapshot = super::outbox::Change::of_click(&click, None, now).snapshot;
     }
+    job
 }
 
 /// A Retry-After value (seconds, or an HTTP date) as milliseconds from `now`.
@@ -942,9 +1013,14 @@ pub struct DeliveryView {
     pub message_id: String,
     /// The endpoint.
     pub endpoint_id: String,
-    /// The conversion.
-    pub conversion_id: String,
-    /// The conversion's version (order).
+    /// What it tells of: a conversion's change (`conversion`) or a click's CREATED
+    /// (`click`, seed 001).
+    pub kind: ChangeKind,
+    /// The conversion; none for a click's CREATED.
+    pub conversion_id: Option<String>,
+    /// The click, when known.
+    pub click_id: Option<String>,
+    /// The conversion's version (order); 1 for a click.
     pub version: i64,
     /// The state it tells.
     pub conversion_state: String,
@@ -962,6 +1038,17 @@ pub struct DeliveryView {
     pub created_at: i64,
     /// Delivered.
     pub delivered_at: Option<i64>,
+}
+
+impl DeliveryView {
+    /// What it tells of, for listings: the conversion id, or `click <click id>`.
+    pub fn subject(&self) -> String {
+        match (&self.conversion_id, &self.click_id) {
+            (Some(conversion), _) => conversion.clone(),
+            (None, Some(click)) => format!("click {click}"),
+            (None, None) => "click".to_string(),
+        }
+    }
 }
 
 /// One logged attempt.
@@ -1000,6 +1087,8 @@ pub struct DeliveryFilter {
     pub state: Option<String>,
     /// Of one conversion.
     pub conversion_id: Option<String>,
+    /// Of one click's CREATED (seed 001: sent on the click).
+    pub click_id: Option<String>,
     /// Created at or after.
     pub from: Option<i64>,
     /// Created before.
@@ -1009,15 +1098,22 @@ pub struct DeliveryFilter {
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.conversion_id, d.version, c.state, d.state, d.attempts, \
-    d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.delivered_at";
+    d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.delivered_at, c.kind, c.click_id";
 
 fn delivery_from_row(r: &sqlx::any::AnyRow) -> Result<DeliveryView, sqlx::Error> {
     let id: i64 = r.try_get(0)?;
+    let kind = match r.try_get::<String, _>(12)?.as_str() {
+        "click" => ChangeKind::Click,
+        _ => ChangeKind::Conversion,
+    };
     Ok(DeliveryView {
         id,
         message_id: message_id(id),
         endpoint_id: r.try_get(1)?,
-        conversion_id: r.try_get(2)?,
+        kind,
+        // A click's row holds its outbox key (`click:...`) there, not a conversion id.
+        conversion_id: Some(r.try_get::<String, _>(2)?).filter(|_| kind == ChangeKind::Conversion),
+        click_id: r.try_get(13)?,
         version: r.try_get(3)?,
         conversion_state: r.try_get(4)?,
         state: r.try_get(5)?,
@@ -1040,7 +1136,8 @@ pub async fn deliveries(db: &Db, f: &DeliveryFilter) -> Result<Vec<DeliveryView>
     let sql = format!(
         "SELECT {DELIVERY_COLUMNS} FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
          WHERE ($1 IS NULL OR d.endpoint_id = $1) AND ($2 IS NULL OR d.state = $2) AND ($3 IS NULL OR d.conversion_id = $3) \
-         AND ($4 IS NULL OR d.created_at >= $4) AND ($5 IS NULL OR d.created_at < $5) ORDER BY d.id DESC LIMIT $6"
+         AND ($4 IS NULL OR d.created_at >= $4) AND ($5 IS NULL OR d.created_at < $5) AND ($7 IS NULL OR d.conversion_id = 'click:' || $7) \
+         ORDER BY d.id DESC LIMIT $6"
     );
     let rows = sqlx::query(&sql)
         .bind(&f.endpoint_id)
@@ -1049,6 +1146,7 @@ pub async fn deliveries(db: &Db, f: &DeliveryFilter) -> Result<Vec<DeliveryView>
         .bind(f.from)
         .bind(f.to)
         .bind(f.limit.unwrap_or(100).clamp(1, 10_000))
+        .bind(&f.click_id)
         .fetch_all(&db.pool)
         .await?;
     Ok(rows.iter().map(delivery_from_row).collect::<Result<_, _>>()?)
@@ -1163,6 +1261,60 @@ pub async fn replay_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn endpoint(states: Option<Vec<crate::conversions::State>>) -> Endpoint {
+        let spec =
+            super::super::EndpointSpec { states, ..super::super::EndpointSpec::new("e", "p", "https://p.example/") };
+        Endpoint { spec, enabled: true, consecutive_failures: 0, disabled_at: None, disabled_reason: None }
+    }
+
+    #[test]
+    fn a_clicks_created_fills_the_clicks_values_and_leaves_every_order_value_empty() {
+        use crate::conversions::State;
+        let job = sample_job(&endpoint(Some(vec![State::Created, State::Completed])), 1_767_225_600_000);
+        let v = Deliverer::values(&job);
+        let got = |k: &str| v.get(k).map(String::as_str);
+        assert_eq!(got("state"), Some("CREATED"));
+        assert_eq!(
+            (got("click_id"), got("ref_id"), got("sub1")),
+            (Some("test-click"), Some("test-ref"), Some("test-sub1"))
+        );
+        assert_eq!(
+            (got("user_id"), got("merchant_name"), got("network")),
+            (Some("test-user"), Some("Test Merchant"), Some("test-network"))
+        );
+        assert_eq!((got("event"), got("timestamp")), (Some("click"), Some("1767225600")));
+        for order in [
+            "conversion_id",
+            "transaction_id",
+            "order_id",
+            "payout",
+            "payout_minor",
+            "amount",
+            "commission",
+            "currency",
+            "status",
+            "line_id",
+            "reward_delay_days",
+            "reason",
+        ] {
+            assert_eq!(got(order), None, "{order} of a click");
+        }
+        let body = post_body(&job, &v, &std::collections::BTreeMap::new());
+        assert_eq!(body["type"], "click.created");
+        for order in ["conversion_id", "payout", "payout_minor", "amount_minor", "currency", "transaction_id", "status"]
+        {
+            assert!(body["data"][order].is_null(), "{order}: {body}");
+        }
+
+        // An endpoint that takes PENDING (or every state) is tested with a PENDING order.
+        for states in [None, Some(vec![State::Created, State::Pending])] {
+            let job = sample_job(&endpoint(states), 0);
+            let v = Deliverer::values(&job);
+            assert_eq!((v["state"].as_str(), v["payout"].as_str(), v["event"].as_str()), ("PENDING", "5.00", "sale"));
+            assert_eq!(post_body(&job, &v, &std::collections::BTreeMap::new())["type"], "conversion.changed");
+        }
+    }
 
     #[test]
     fn retry_after_is_read_as_seconds_or_a_date() {

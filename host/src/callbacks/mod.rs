@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod sign;
 pub mod template;
 
+use crate::conversions::State;
 use crate::db::Db;
 use serde::Serialize;
 use sign::Secret;
@@ -171,6 +172,9 @@ pub struct EndpointSpec {
     pub network_id: Option<String>,
     /// Only conversions whose click carried a ref_id (seed 003).
     pub require_ref_id: bool,
+    /// The states it receives, in the lifecycle's order; `None`: every state (seed 001:
+    /// stateful), the click's CREATED included.
+    pub states: Option<Vec<State>>,
     /// Retries.
     pub retry: RetryPolicy,
     /// Per-request timeout, ms.
@@ -193,6 +197,7 @@ impl EndpointSpec {
             merchant_id: None,
             network_id: None,
             require_ref_id: false,
+            states: None,
             retry: RetryPolicy::default(),
             timeout_ms: 10_000,
             disable_after: 20,
@@ -246,8 +251,36 @@ impl EndpointSpec {
         if !(1..=10_000).contains(&self.disable_after) {
             return Err(invalid("disable_after", "between 1 and 10000"));
         }
+        if self.states.as_ref().is_some_and(Vec::is_empty) {
+            return Err(invalid("states", "at least one state (leave it out for every state)"));
+        }
         Ok(t)
     }
+}
+
+/// Every state, in the lifecycle's order: what an endpoint without a states filter gets.
+pub const ALL_STATES: [State; 6] =
+    [State::Created, State::Pending, State::Adjusted, State::Completed, State::Rejected, State::Reversed];
+
+/// An endpoint's states filter from the names an operator gave (any case, each once or
+/// more): the states in the lifecycle's order. The error names the field `states` and
+/// the name it does not know.
+pub fn parse_states<S: AsRef<str>>(names: &[S]) -> Result<Vec<State>, CallbackError> {
+    let mut wanted = Vec::new();
+    for name in names {
+        let name = name.as_ref().trim();
+        let state = State::parse(&name.to_ascii_uppercase()).ok_or_else(|| {
+            let known = ALL_STATES.map(State::as_str).join(", ");
+            invalid("states", format!("{name:?} is not a state (one of {known})"))
+        })?;
+        wanted.push(state);
+    }
+    Ok(ALL_STATES.into_iter().filter(|s| wanted.contains(s)).collect())
+}
+
+/// The column `callback_endpoints.states`: `CREATED,PENDING`, or NULL for every state.
+fn states_column(states: Option<&[State]>) -> Option<String> {
+    states.map(|v| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","))
 }
 
 fn valid_id(id: &str) -> bool {
@@ -292,6 +325,8 @@ pub struct EndpointView {
     pub network_id: Option<String>,
     /// ref_id required.
     pub require_ref_id: bool,
+    /// The states it receives; null: every state.
+    pub states: Option<Vec<State>>,
     /// Retries.
     pub retry: RetryPolicy,
     /// Timeout, ms.
@@ -325,6 +360,7 @@ impl Endpoint {
             merchant_id: s.merchant_id.clone(),
             network_id: s.network_id.clone(),
             require_ref_id: s.require_ref_id,
+            states: s.states.clone(),
             retry: s.retry,
             timeout_ms: s.timeout_ms,
             disable_after: s.disable_after,
@@ -379,11 +415,12 @@ pub async fn save_endpoint(db: &Db, spec: &EndpointSpec, now: i64) -> Result<(),
     sqlx::query(
         "INSERT INTO callback_endpoints (id, partner_id, url_template, method, params, secrets, signature_param, \
          merchant_id, network_id, require_ref_id, max_attempts, backoff, retry_delay_ms, max_delay_ms, jitter_pct, \
-         timeout_ms, disable_after, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18) \
+         timeout_ms, disable_after, created_at, updated_at, states) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19) \
          ON CONFLICT (id) DO UPDATE SET partner_id = $2, url_template = $3, method = $4, params = $5, secrets = $6, \
          signature_param = $7, merchant_id = $8, network_id = $9, require_ref_id = $10, max_attempts = $11, backoff = $12, \
-         retry_delay_ms = $13, max_delay_ms = $14, jitter_pct = $15, timeout_ms = $16, disable_after = $17, updated_at = $18",
+         retry_delay_ms = $13, max_delay_ms = $14, jitter_pct = $15, timeout_ms = $16, disable_after = $17, updated_at = $18, \
+         states = $19",
     )
     .bind(&spec.id)
     .bind(&spec.partner_id)
@@ -403,6 +440,7 @@ pub async fn save_endpoint(db: &Db, spec: &EndpointSpec, now: i64) -> Result<(),
     .bind(spec.timeout_ms)
     .bind(i64::from(spec.disable_after))
     .bind(now)
+    .bind(states_column(spec.states.as_deref()))
     .execute(&db.pool)
     .await?;
     Ok(())
@@ -410,7 +448,7 @@ pub async fn save_endpoint(db: &Db, spec: &EndpointSpec, now: i64) -> Result<(),
 
 const ENDPOINT_COLUMNS: &str = "id, partner_id, url_template, method, params, secrets, signature_param, merchant_id, \
     network_id, require_ref_id, max_attempts, backoff, retry_delay_ms, max_delay_ms, jitter_pct, timeout_ms, \
-    disable_after, enabled, consecutive_failures, disabled_at, disabled_reason";
+    disable_after, enabled, consecutive_failures, disabled_at, disabled_reason, states";
 
 fn endpoint_from_row(r: &sqlx::any::AnyRow) -> Result<Endpoint, sqlx::Error> {
     let bad = |what: &str| sqlx::Error::Decode(format!("callback_endpoints: bad {what}").into());
@@ -419,6 +457,10 @@ fn endpoint_from_row(r: &sqlx::any::AnyRow) -> Result<Endpoint, sqlx::Error> {
     let secrets: String = r.try_get(5)?;
     let backoff: String = r.try_get(11)?;
     let method = Method::parse(&method).ok_or_else(|| bad("method"))?;
+    let states = r
+        .try_get::<Option<String>, _>(21)?
+        .map(|list| list.split(',').map(|s| State::parse(s).ok_or_else(|| bad("states"))).collect())
+        .transpose()?;
     Ok(Endpoint {
         spec: EndpointSpec {
             id: r.try_get(0)?,
@@ -436,6 +478,7 @@ fn endpoint_from_row(r: &sqlx::any::AnyRow) -> Result<Endpoint, sqlx::Error> {
             merchant_id: r.try_get(7)?,
             network_id: r.try_get(8)?,
             require_ref_id: r.try_get::<i64, _>(9)? != 0,
+            states,
             retry: RetryPolicy {
                 max_attempts: u32::try_from(r.try_get::<i64, _>(10)?).map_err(|_| bad("max_attempts"))?,
                 backoff: if backoff == "exponential" { Backoff::Exponential } else { Backoff::Fixed },
@@ -648,6 +691,18 @@ mod tests {
         assert!(e(EndpointSpec { timeout_ms: 5, ..ok.clone() }).starts_with("timeout:"));
         let plain = Secret::parse("a-long-enough-plain-secret", false).expect("secret");
         assert!(e(EndpointSpec { method: Method::Post, secrets: vec![plain], ..ok.clone() }).starts_with("secret:"));
+        assert!(e(EndpointSpec { states: Some(Vec::new()), ..ok.clone() }).starts_with("states:"));
         assert!(e(EndpointSpec { id: "bad id".into(), ..ok }).starts_with("id:"));
+    }
+
+    #[test]
+    fn a_states_filter_is_read_in_any_case_and_order_and_an_unknown_state_is_refused_by_name() {
+        let states = parse_states(&["completed", " PENDING", "Created", "pending"]).expect("states");
+        assert_eq!(states, vec![State::Created, State::Pending, State::Completed]);
+        assert_eq!(states_column(Some(&states)).as_deref(), Some("CREATED,PENDING,COMPLETED"));
+        assert_eq!(states_column(None), None, "no filter: every state");
+        let refused = parse_states(&["PENDING", "PAID"]).expect_err("PAID is no state").to_string();
+        assert!(refused.starts_with("states: \"PAID\" is not a state"), "{refused}");
+        assert!(refused.contains("CREATED, PENDING, ADJUSTED, COMPLETED, REJECTED, REVERSED"), "{refused}");
     }
 }

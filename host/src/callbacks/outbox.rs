@@ -16,9 +16,41 @@ use crate::conversions::{State, Status};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
+/// What a change is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// A conversion changed.
+    #[default]
+    Conversion,
+    /// A user clicked a tracked link: the click's CREATED. There is no conversion (nor
+    /// order, amount or cashback) yet.
+    Click,
+}
+
+impl ChangeKind {
+    /// Its name (`conversion_changes.kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Conversion => "conversion",
+            ChangeKind::Click => "click",
+        }
+    }
+}
+
+/// The outbox key of a click's change, in place of a conversion id: it orders the click's
+/// deliveries and makes its CREATED unique. The SQL of [`fan_out`] builds the same key.
+pub fn click_key(click_id: &str) -> String {
+    format!("click:{click_id}")
+}
+
 /// The values a callback or a digest shows, as they were at the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// A conversion's change or a click's (snapshots written before clicks had changes
+    /// have none: conversions).
+    #[serde(default)]
+    pub kind: ChangeKind,
     /// The network's state.
     pub state: State,
     /// Our status.
@@ -94,6 +126,7 @@ impl Change {
             journal_seq,
             at,
             snapshot: Snapshot {
+                kind: ChangeKind::Conversion,
                 state: r.state,
                 status: r.status,
                 network_id: r.network_id.clone(),
@@ -115,11 +148,47 @@ impl Change {
         }
     }
 
+    /// The CREATED of a click, as it is recorded: no conversion, order or amounts yet.
+    pub fn of_click(click: &Click<'_>, journal_seq: Option<i64>, at: i64) -> Change {
+        Change {
+            conversion_id: click_key(click.click_id),
+            // A click is created once: its CREATED is the only change under its key.
+            version: 1,
+            journal_seq,
+            at,
+            snapshot: Snapshot {
+                kind: ChangeKind::Click,
+                state: State::Created,
+                // What a network's CREATED gets too; callbacks show no status for a click.
+                status: Status::Processed,
+                network_id: click.network_id.unwrap_or_default().to_string(),
+                transaction_id: String::new(),
+                click_id: Some(click.click_id.to_string()),
+                user_id: Some(click.user_id.to_string()),
+                merchant_id: click.merchant_id.map(str::to_string),
+                merchant_ref: None,
+                order_id: None,
+                event_type: CLICK_EVENT.to_string(),
+                reason: None,
+                currency: String::new(),
+                amount: 0,
+                commission: 0,
+                cashback: 0,
+                reward_delay_days: None,
+                line_ids: Vec::new(),
+            },
+        }
+    }
+
     /// What the user's digest says about this change, if anything: parked and failed
-    /// conversions are not the user's news yet (they will be once processed).
+    /// conversions are not the user's news yet (they will be once processed), and a
+    /// click never is (digests are about cashback).
     pub fn notify_kind(&self) -> Option<&'static str> {
         let s = &self.snapshot;
         s.user_id.as_ref()?;
+        if s.kind == ChangeKind::Click {
+            return None;
+        }
         match (s.state, s.status) {
             (_, Status::Parked | Status::Failed) | (State::Created, _) => None,
             (State::Rejected, _) => Some("rejected"),
@@ -129,6 +198,49 @@ impl Change {
             (State::Completed, _) => Some("completed"),
         }
     }
+}
+
+/// The event name (`{event}`, `[%CASHBACK:EVENT:NAME%]`) of a click's CREATED: how a
+/// partner tells it from a network's CREATED of a conversion (`sale`...).
+pub const CLICK_EVENT: &str = "click";
+
+/// A click, as [`enqueue_click`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Click<'a> {
+    /// The click id.
+    pub click_id: &'a str,
+    /// Who clicked.
+    pub user_id: &'a str,
+    /// The link's merchant.
+    pub merchant_id: Option<&'a str>,
+    /// The link's network.
+    pub network_id: Option<&'a str>,
+    /// The partner's reference on the click (for endpoints that require one).
+    pub ref_id: Option<&'a str>,
+}
+
+/// Records a new click's CREATED (seed 001), with one delivery per callback endpoint that
+/// takes it, on `conn`: call it inside the transaction that inserts the click row, and
+/// only when that insert created it, so that a click registered again sends nothing.
+/// (A second call for the same click records nothing either: its key is taken.) When no
+/// endpoint takes it, nothing is kept: clicks are many, and a change without deliveries
+/// would only fill the table (digests never mention clicks). Returns whether it was
+/// recorded.
+pub async fn enqueue_click(
+    conn: &mut AnyConnection,
+    click: &Click<'_>,
+    journal_seq: Option<i64>,
+    at: i64,
+) -> Result<bool, sqlx::Error> {
+    let Some(id) = insert_change(conn, &Change::of_click(click, journal_seq, at), false).await? else {
+        return Ok(false);
+    };
+    let has_ref_id = click.ref_id.is_some_and(|r| !r.is_empty());
+    if fan_out(conn, &[id], has_ref_id).await? > 0 {
+        return Ok(true);
+    }
+    sqlx::query("DELETE FROM conversion_changes WHERE id = $1").bind(id).execute(&mut *conn).await?;
+    Ok(false)
 }
 
 /// Records changes, and their deliveries to every callback endpoint that takes them, on
@@ -143,7 +255,7 @@ pub async fn enqueue(conn: &mut AnyConnection, changes: &[Change]) -> Result<usi
             ids.push(id);
         }
     }
-    fan_out(conn, &ids).await?;
+    fan_out(conn, &ids, false).await?;
     Ok(ids.len())
 }
 
@@ -152,7 +264,7 @@ pub async fn enqueue(conn: &mut AnyConnection, changes: &[Change]) -> Result<usi
 /// the conversion row is saved. Returns whether it was recorded.
 pub async fn enqueue_if_changed(conn: &mut AnyConnection, change: &Change) -> Result<bool, sqlx::Error> {
     let Some(id) = insert_change(conn, change, true).await? else { return Ok(false) };
-    fan_out(conn, &[id]).await?;
+    fan_out(conn, &[id], false).await?;
     Ok(true)
 }
 
@@ -172,8 +284,8 @@ async fn insert_change(
     // INSERT ... SELECT so that the guard and the insert are one statement.
     let sql = format!(
         "INSERT INTO conversion_changes (conversion_id, version, journal_seq, user_id, click_id, merchant_id, network_id, \
-         state, status, notify_kind, snapshot, at) \
-         SELECT $1, $2, $3, $4, $5, $6, $9, $7, $8, $10, $11, $14 {guard} \
+         state, status, notify_kind, snapshot, at, kind) \
+         SELECT $1, $2, $3, $4, $5, $6, $9, $7, $8, $10, $11, $14, $15 {guard} \
          ON CONFLICT (conversion_id, version) DO NOTHING RETURNING id"
     );
     let row = sqlx::query(&sql)
@@ -185,36 +297,53 @@ async fn insert_change(
         .bind(&s.merchant_id)
         .bind(s.state.as_str())
         .bind(s.status.as_str())
-        .bind(&s.network_id)
+        // A click without a network has none (never "", which a network filter could match).
+        .bind((!s.network_id.is_empty()).then_some(s.network_id.as_str()))
         .bind(c.notify_kind())
         .bind(snapshot)
         .bind(s.cashback)
         .bind(s.amount)
         .bind(c.at)
+        .bind(s.kind.as_str())
         .fetch_optional(&mut *conn)
         .await?;
     row.map(|r| r.try_get(0)).transpose()
 }
 
-/// One delivery per (change, endpoint) whose filters take it. Disabled endpoints get
-/// theirs too: they are the backlog replayed when the endpoint is enabled again.
-async fn fan_out(conn: &mut AnyConnection, change_ids: &[i64]) -> Result<(), sqlx::Error> {
+/// One delivery per (change, endpoint) whose filters take it: the endpoint's merchant,
+/// network and states (NULL: any), and for a click an endpoint's `require_ref_id`:
+/// `click_has_ref_id` says whether the click carried one (it is known now; a conversion's
+/// delivery is checked when it is sent instead, as its click may be registered later; the
+/// flag does not matter for conversions' changes). Disabled endpoints get theirs too: they
+/// are the backlog replayed when the endpoint is enabled again. A conversion's delivery
+/// `waits_for` its click's CREATED to the same endpoint (see `deliver.rs`). Returns the
+/// deliveries recorded.
+async fn fan_out(conn: &mut AnyConnection, change_ids: &[i64], click_has_ref_id: bool) -> Result<u64, sqlx::Error> {
     if change_ids.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let backend = match conn.backend_name() {
         "PostgreSQL" => crate::db::Backend::Postgres,
         _ => crate::db::Backend::Sqlite,
     };
+    // `states` is a comma-separated list of names, none of which contains a comma: the
+    // state is in it when ",STATE," is in ",LIST,". The key 'click:' || click_id is
+    // `click_key`. No subquery on `clicks` for the ref_id: on PostgreSQL its estimated cost
+    // put this statement, run for every click, over `jit_above_cost`, and the JIT
+    // compilation took some 40 ms each time.
     let sql = format!(
-        "INSERT INTO callback_deliveries (endpoint_id, change_id, conversion_id, version, next_attempt_at, created_at, updated_at) \
-         SELECT e.id, c.id, c.conversion_id, c.version, c.at, c.at, c.at FROM conversion_changes c, callback_endpoints e \
+        "INSERT INTO callback_deliveries (endpoint_id, change_id, conversion_id, version, waits_for, next_attempt_at, \
+         created_at, updated_at) \
+         SELECT e.id, c.id, c.conversion_id, c.version, \
+         CASE WHEN c.kind = 'conversion' AND c.click_id IS NOT NULL THEN 'click:' || c.click_id END, c.at, c.at, c.at \
+         FROM conversion_changes c, callback_endpoints e \
          WHERE c.id IN ({}) AND (e.merchant_id IS NULL OR e.merchant_id = c.merchant_id) \
          AND (e.network_id IS NULL OR e.network_id = c.network_id) \
+         AND (e.states IS NULL OR (',' || e.states || ',') LIKE ('%,' || c.state || ',%')) \
+         AND (c.kind <> 'click' OR e.require_ref_id = 0 OR $2 = 1) \
          ON CONFLICT (endpoint_id, change_id) DO NOTHING",
         super::ids_from_json(backend, 1)
     );
     let ids = serde_json::to_string(change_ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(&sql).bind(ids).execute(&mut *conn).await?;
-    Ok(())
+    Ok(sqlx::query(&sql).bind(ids).bind(i64::from(click_has_ref_id)).execute(&mut *conn).await?.rows_affected())
 }

@@ -25,9 +25,10 @@ pub const CASHBACK_MACROS: [(&str, &str); 8] = [
 ];
 
 /// Every `{name}` placeholder.
-pub const PLACEHOLDERS: [&str; 26] = [
+pub const PLACEHOLDERS: [&str; 27] = [
     "click_id",
     "ref_id",
+    "user_id",
     "status",
     "payout",
     "payout_minor",

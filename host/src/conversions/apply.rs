@@ -553,7 +553,7 @@ async fn apply(
                 .await?;
             }
             let sub = |i: usize| subs.get(i).cloned().flatten();
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO clicks (click_id, user_id, merchant_id, network_id, ref_id, created_at, link_id, \
                  sub1, sub2, sub3, sub4, sub5) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (click_id) DO NOTHING",
@@ -571,7 +571,16 @@ async fn apply(
             .bind(sub(3))
             .bind(sub(4))
             .execute(&mut *conn)
-            .await?;
+            .await?
+            .rows_affected();
+            // ---- issue 13: CREATED on click (seed 001), in the click's own transaction ----
+            if inserted == 1 {
+                let (merchant_id, network_id, ref_id) =
+                    (merchant_id.as_deref(), network_id.as_deref(), ref_id.as_deref());
+                let click = crate::callbacks::outbox::Click { click_id, user_id, merchant_id, network_id, ref_id };
+                crate::callbacks::outbox::enqueue_click(conn, &click, Some(seq), at).await?;
+            }
+            // ---- end issue 13 ----
             let mut ids = unparked(conn, "click_id", click_id).await?;
             if *create_user {
                 for id in unparked(conn, "user_id", user_id).await? {

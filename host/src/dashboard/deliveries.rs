@@ -4,8 +4,8 @@
 
 use super::{ActionSession, Nav, Session, conversion_link, layout, notice, time, time_opt, unavailable};
 use crate::auth::Scope;
-use crate::callbacks::deliver::{self, AttemptView, DeliveryFilter, RequestView, TestReport};
-use crate::callbacks::{self, CallbackError, Deliverer, DeliveryConfig};
+use crate::callbacks::deliver::{self, AttemptView, DeliveryFilter, DeliveryView, RequestView, TestReport};
+use crate::callbacks::{self, CallbackError, Deliverer, DeliveryConfig, EndpointView};
 use crate::http::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -26,12 +26,36 @@ fn state_badge(state: &str) -> Markup {
     html! { span class={ "badge badge-" (state) } { (state) } }
 }
 
+/// What a delivery tells of: its conversion (a link), or the click whose CREATED it is
+/// (seed 001: sent on the click; there is no conversion to link to).
+fn subject(d: &DeliveryView) -> Markup {
+    match &d.conversion_id {
+        Some(id) => conversion_link(id),
+        None => html! { span.muted { "click " } code { (d.click_id.as_deref().unwrap_or("")) } },
+    }
+}
+
+/// Which changes an endpoint is sent: its states, and its merchant, network and ref_id
+/// filters.
+fn sends(e: &EndpointView) -> Markup {
+    html! {
+        @match &e.states {
+            None => { "every state" }
+            Some(states) => { (states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")) }
+        }
+        @if let Some(m) = &e.merchant_id { div.muted { "merchant " code { (m) } } }
+        @if let Some(n) = &e.network_id { div.muted { "network " code { (n) } } }
+        @if e.require_ref_id { div.muted { "only with a ref_id" } }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub(super) struct Filter {
     state: String,
     endpoint: String,
     conversion: String,
+    click: String,
     replayed: String,
 }
 
@@ -39,13 +63,14 @@ fn opt(s: &str) -> Option<String> {
     Some(s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// `GET /dashboard/deliveries?state=&endpoint=&conversion=`.
+/// `GET /dashboard/deliveries?state=&endpoint=&conversion=&click=`.
 pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q): Query<Filter>) -> Response {
     let db = st.service.db();
     let filter = DeliveryFilter {
         endpoint_id: opt(&q.endpoint),
         state: opt(&q.state),
         conversion_id: opt(&q.conversion),
+        click_id: opt(&q.click),
         limit: Some(200),
         ..DeliveryFilter::default()
     };
@@ -74,7 +99,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
             } @else {
                 div.table-wrap {
                     table #endpoints {
-                        thead { tr { th { "Endpoint" } th { "Partner" } th { "Request" } th { "Signing" } th { "Retries" } th { "State" } th.num { "Backlog" } @if can_act { th { "Tester" } } } }
+                        thead { tr { th { "Endpoint" } th { "Partner" } th { "Request" } th { "Sends" } th { "Signing" } th { "Retries" } th { "State" } th.num { "Backlog" } @if can_act { th { "Tester" } } } }
                         tbody {
                             @for e in &endpoints {
                                 tr {
@@ -82,6 +107,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                                     td { (e.partner_id) }
                                     td { (e.method.as_str()) " " code { (e.url_template) }
                                         @if !e.params.is_empty() { div.muted { "static params: " (e.params.keys().cloned().collect::<Vec<_>>().join(", ")) } } }
+                                    td { (sends(e)) }
                                     td { @match e.secrets.len() { 0 => { span.muted { "unsigned" } } 1 => { "1 secret" } n => { (n) " secrets (rotating)" } } }
                                     td.nowrap { (e.retry.max_attempts) " tries, " (e.retry.backoff.as_str()) }
                                     td {
@@ -117,6 +143,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                     @for e in &endpoints { option value=(e.id) selected[q.endpoint == e.id] { (e.id) } }
                 } }
                 label { "Conversion" input type="text" name="conversion" value=(q.conversion) placeholder="cv_…"; }
+                label { "Click" input type="text" name="click" value=(q.click) placeholder="its CREATED"; }
                 button.primary type="submit" { "Filter" }
             }
             @if list.is_empty() {
@@ -125,7 +152,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                 div.table-wrap {
                     table #deliveries {
                         thead { tr {
-                            th { "Message" } th { "Endpoint" } th { "Conversion" } th { "Tells" } th { "State" } th.num { "Attempts" }
+                            th { "Message" } th { "Endpoint" } th { "Conversion or click" } th { "Tells" } th { "State" } th.num { "Attempts" }
                             th { "Last answer" } th { "Created" } th { "Delivered / next try" } @if can_act { th {} }
                         } }
                         tbody {
@@ -133,7 +160,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                                 tr {
                                     td { a href={ "/dashboard/deliveries/" (d.id) } { code { (d.message_id) } } }
                                     td { (d.endpoint_id) }
-                                    td { (conversion_link(&d.conversion_id)) }
+                                    td { (subject(d)) }
                                     td { (d.conversion_state) }
                                     td { (state_badge(&d.state)) }
                                     td.num { (d.attempts) }
@@ -212,7 +239,11 @@ pub(super) async fn show(State(st): State<AppState>, session: Session, Path(id):
             dl.facts {
                 dt { "Message id" } dd { code { (d.message_id) } }
                 dt { "Endpoint" } dd { (d.endpoint_id) }
-                dt { "Conversion" } dd { (conversion_link(&d.conversion_id)) " version " (d.version) ", tells " (d.conversion_state) }
+                @if d.conversion_id.is_some() {
+                    dt { "Conversion" } dd { (subject(&d)) " version " (d.version) ", tells " (d.conversion_state) }
+                } @else {
+                    dt { "Click" } dd { (subject(&d)) ", tells " (d.conversion_state) " (sent on the click)" }
+                }
                 dt { "State" } dd { (state_badge(&d.state)) " after " (d.attempts) " attempts" }
                 dt { "Created" } dd { (time(d.created_at)) }
                 dt { "Delivered" } dd { (time_opt(d.delivered_at)) }

@@ -472,6 +472,9 @@ struct EndpointBody {
     network_id: Option<String>,
     #[serde(default)]
     require_ref_id: bool,
+    /// The states it receives (`["CREATED", "PENDING"]`, any case); absent or null:
+    /// every state.
+    states: Option<Vec<String>>,
     max_attempts: Option<u32>,
     /// `fixed` (default) or `exponential`.
     backoff: Option<String>,
@@ -513,6 +516,7 @@ async fn put_endpoint(
     spec.merchant_id = b.merchant_id;
     spec.network_id = b.network_id;
     spec.require_ref_id = b.require_ref_id;
+    spec.states = b.states.as_deref().map(crate::callbacks::parse_states).transpose().map_err(callback_failed)?;
     let d = spec.retry;
     spec.retry.max_attempts = b.max_attempts.unwrap_or(d.max_attempts);
     spec.retry.backoff = match b.backoff.as_deref() {

@@ -134,6 +134,7 @@ async fn list_deliveries(
         endpoint_id: q.get("endpoint").cloned(),
         state: q.get("state").cloned(),
         conversion_id: q.get("conversion").cloned(),
+        click_id: q.get("click").cloned(),
         from: int_param(&q, "from")?,
         to: int_param(&q, "to")?,
         limit: int_param(&q, "limit")?,
