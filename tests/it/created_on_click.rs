@@ -452,6 +452,7 @@ async fn a_click_registered_again_or_rolled_back_is_told_once_before_its_convers
             ref_id: Some("r-lost".into()),
             link_id: None,
             subs: Vec::new(),
+            create_user: false,
         };
         journal_and_apply(&mut tx, &command, w.service.now(), None, None).await.expect("apply");
         let inside: i64 = sqlx::query("SELECT COUNT(*) FROM conversion_changes WHERE click_id = 'k-lost'")
