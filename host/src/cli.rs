@@ -3,6 +3,7 @@
 mod author;
 mod config_cmd;
 mod decision;
+mod payout;
 mod registry;
 
 pub use registry::instant as parse_instant;
@@ -178,6 +179,13 @@ pub enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Payouts of users' available cashback: list, show, approve, reject, mark paid or
+    /// failed (and request, for operators).
+    Payout {
+        /// What to do.
+        #[command(subcommand)]
+        command: payout::PayoutCommand,
+    },
 }
 
 /// `cashbackd partner ...`
@@ -235,6 +243,10 @@ pub enum EndpointCommand {
         /// Only conversions whose click carried a ref_id (seed 003).
         #[arg(long)]
         require_ref_id: bool,
+        /// What it is sent, comma-separated: `conversions` (every state of a
+        /// conversion), `payouts` (every step of a payout).
+        #[arg(long, default_value = "conversions")]
+        events: String,
         // Unset, these take the configuration's callbacks.* (seed 003's values by default).
         /// Attempts in all [default: callbacks.max_attempts, 3].
         #[arg(long)]
@@ -565,6 +577,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Config { ref command } => config_cmd::run(&cli, None, command),
+        Command::Payout { ref command } => payout::run(&cli, command),
         Command::Plugin { command: PluginCommand::Registry(ref command) } => registry::run(&cli, command),
         Command::Plugin { command: PluginCommand::New { kind, ref name, ref dir, ref sdk } } => {
             author::new(kind, name, dir.as_deref(), sdk.as_deref())
@@ -641,6 +654,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let metrics_access = crate::http::MetricsAccess { require_token: cli.settings.metrics.require_token };
             let http = crate::http::HttpConfig::from_settings(&cli.settings);
             let notify_schedule = cli.settings.notify.schedule.clone();
+            let payout_policy = cli.settings.payouts.policy();
             crate::metrics::install();
             with_service(&cli, |service, runtime| async move {
                 let listener =
@@ -674,7 +688,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let app = crate::http::router_with(state, http)
                     .layer(axum::Extension(workers.deliverer.clone()))
                     .layer(axum::Extension(workers.notifier.clone()))
-                    .layer(axum::Extension(metrics_access));
+                    .layer(axum::Extension(metrics_access))
+                    .layer(axum::Extension(payout_policy));
                 crate::http::serve_router(app, listener, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })
@@ -937,11 +952,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     EndpointAction::List => {
                         for e in crate::callbacks::endpoints(db).await? {
                             println!(
-                                "{:<20} {:<12} {:<4} {:<8} backlog {:<5} failures {:<3} secrets [{}] {}{}",
+                                "{:<20} {:<12} {:<4} {:<8} {:<20} backlog {:<5} failures {:<3} secrets [{}] {}{}",
                                 e.id,
                                 e.partner_id,
                                 e.method.as_str(),
                                 if e.enabled { "enabled" } else { "DISABLED" },
+                                e.events.join(","),
                                 e.backlog,
                                 e.consecutive_failures,
                                 e.secrets.join(", "),
@@ -1143,6 +1159,7 @@ fn endpoint_spec(
         merchant,
         network,
         require_ref_id,
+        events,
         max_attempts,
         backoff,
         retry_delay,
@@ -1170,6 +1187,7 @@ fn endpoint_spec(
     spec.merchant_id = merchant.clone();
     spec.network_id = network.clone();
     spec.require_ref_id = *require_ref_id;
+    spec.events = crate::callbacks::Events::parse(events.split(',')).map_err(|e| anyhow::anyhow!("--{e}"))?;
     spec.retry = RetryPolicy {
         max_attempts: max_attempts.unwrap_or(defaults.max_attempts),
         backoff: match backoff.as_deref().unwrap_or(&defaults.backoff) {

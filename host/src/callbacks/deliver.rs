@@ -20,7 +20,7 @@
 //! `webhook-id` / `{delivery_id}`, so the partner can tell). A delivery recorded as
 //! delivered is never sent again, except by an operator's replay.
 
-use super::outbox::Snapshot;
+use super::outbox::{PayoutSnapshot, Snapshot};
 use super::sign::{self, Secret};
 use super::template::{Template, Values, append_params};
 use super::{CallbackError, Endpoint, Method, net};
@@ -167,13 +167,19 @@ pub struct TestReport {
     pub delivered: bool,
 }
 
+/// What a change is about, as it was then.
+enum Subject {
+    Conversion(Box<Snapshot>),
+    Payout(PayoutSnapshot),
+}
+
 /// One claimed delivery with what it needs to be sent.
 struct Job {
     delivery_id: i64,
     endpoint_id: String,
     attempt: i64,
     change_at: i64,
-    snapshot: Snapshot,
+    subject: Subject,
     ref_id: Option<String>,
     subs: [Option<String>; 5],
     merchant_name: Option<String>,
@@ -307,7 +313,10 @@ impl Deliverer {
         let permits = self.inner.permits.clone();
         for job in jobs {
             let Some((endpoint, template)) = endpoints.get(&job.endpoint_id) else { continue };
-            if endpoint.spec.require_ref_id && job.ref_id.as_deref().unwrap_or("").is_empty() {
+            // Seed 003's "no ref_id, no postback" is about a click's conversions; a payout
+            // has no click.
+            let conversion = matches!(job.subject, Subject::Conversion(_));
+            if conversion && endpoint.spec.require_ref_id && job.ref_id.as_deref().unwrap_or("").is_empty() {
                 skipped.push(job.delivery_id);
                 skipped_endpoints.push(job.endpoint_id.clone());
                 continue;
@@ -404,25 +413,33 @@ impl Deliverer {
         let sql = format!(
             "SELECT d.id, d.endpoint_id, d.attempts, c.at, c.snapshot, cl.ref_id, cl.sub1, cl.sub2, cl.sub3, cl.sub4, \
              cl.sub5, m.name, (SELECT MIN(r.merchant_ref) FROM merchant_refs r WHERE r.network_id = c.network_id \
-             AND r.merchant_id = c.merchant_id) \
+             AND r.merchant_id = c.merchant_id), c.subject \
              FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
              LEFT JOIN clicks cl ON cl.click_id = c.click_id LEFT JOIN merchants m ON m.id = c.merchant_id \
              WHERE d.id IN ({}) ORDER BY d.id",
             super::ids_from_json(self.inner.db.backend, 1)
         );
         let rows = sqlx::query(&sql).bind(json_ids(ids)).fetch_all(&self.inner.db.pool).await?;
+        let unreadable = |e: serde_json::Error| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}"));
         for r in rows {
             let snapshot: String = r.try_get(4)?;
-            let snapshot: Snapshot = serde_json::from_str(&snapshot)
-                .map_err(|e| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}")))?;
+            let subject: String = r.try_get(13)?;
+            let subject = match subject.as_str() {
+                "payout" => Subject::Payout(serde_json::from_str(&snapshot).map_err(unreadable)?),
+                _ => Subject::Conversion(Box::new(serde_json::from_str(&snapshot).map_err(unreadable)?)),
+            };
             let attempts: i64 = r.try_get(2)?;
+            let merchant_ref = match &subject {
+                Subject::Conversion(s) => s.merchant_ref.clone().or(r.try_get(12)?),
+                Subject::Payout(_) => None,
+            };
             jobs.push(Job {
                 delivery_id: r.try_get(0)?,
                 endpoint_id: r.try_get(1)?,
                 attempt: attempts + 1,
                 change_at: r.try_get(3)?,
-                merchant_ref: snapshot.merchant_ref.clone().or(r.try_get(12)?),
-                snapshot,
+                merchant_ref,
+                subject,
                 ref_id: r.try_get(5)?,
                 subs: [r.try_get(6)?, r.try_get(7)?, r.try_get(8)?, r.try_get(9)?, r.try_get(10)?],
                 merchant_name: r.try_get(11)?,
@@ -433,13 +450,34 @@ impl Deliverer {
 
     /// The values of a delivery, by placeholder.
     fn values(job: &Job) -> Values {
-        let s = &job.snapshot;
         let mut v = Values::new();
         let mut put = |k: &'static str, val: Option<String>| {
             if let Some(val) = val {
                 v.insert(k, val);
             }
         };
+        put("delivery_id", Some(message_id(job.delivery_id)));
+        put("timestamp", Some((job.change_at / 1000).to_string()));
+        let s = match &job.subject {
+            Subject::Conversion(s) => s,
+            Subject::Payout(p) => {
+                // A payout's own values, and the common ones; a conversion's (order,
+                // click, merchant) are empty.
+                put("type", Some("payout.changed".into()));
+                put("status", Some(p.status.as_str().into()));
+                put("user_id", Some(p.user_id.clone()));
+                put("currency", Some(p.currency.clone()));
+                put("reason", p.reason.clone());
+                put("payout_id", Some(p.payout_id.clone()));
+                put("payout_status", Some(p.status.as_str().into()));
+                put("payout_amount", Some(super::decimal(p.amount, &p.currency)));
+                put("payout_amount_minor", Some(p.amount.to_string()));
+                put("payout_reference", p.reference.clone());
+                return v;
+            }
+        };
+        put("type", Some("conversion.changed".into()));
+        put("user_id", s.user_id.clone());
         put("state", Some(s.state.as_str().into()));
         put("status", Some(s.status.as_str().into()));
         put("click_id", s.click_id.clone());
@@ -457,10 +495,8 @@ impl Deliverer {
         put("reward_delay_days", s.reward_delay_days.map(|d| d.to_string()));
         put("merchant_ref", job.merchant_ref.clone());
         put("merchant_name", job.merchant_name.clone());
-        put("conversion_id", Some(job_conversion(job)));
-        put("delivery_id", Some(message_id(job.delivery_id)));
+        put("conversion_id", Some(crate::conversions::conversion_id(&s.network_id, &s.transaction_id)));
         put("network", Some(s.network_id.clone()));
-        put("timestamp", Some((job.change_at / 1000).to_string()));
         for (i, name) in ["sub1", "sub2", "sub3", "sub4", "sub5"].into_iter().enumerate() {
             put(name, job.subs[i].clone());
         }
@@ -761,7 +797,7 @@ impl Deliverer {
         let endpoint = super::endpoint(&self.inner.db, endpoint_id).await?;
         let template = endpoint.spec.validate()?;
         let now = self.inner.clock.now();
-        let job = sample_job(endpoint_id, now);
+        let job = sample_job(endpoint_id, now, !endpoint.spec.events.conversions);
         let prepared = self.prepare(&endpoint, &template, &job);
         let t0 = Instant::now();
         let result = self.exchange(&prepared.request, prepared.timeout).await;
@@ -812,10 +848,6 @@ fn outcome_of(s: &Sent, max_attempts: u32) -> &'static str {
     }
 }
 
-fn job_conversion(job: &Job) -> String {
-    crate::conversions::conversion_id(&job.snapshot.network_id, &job.snapshot.transaction_id)
-}
-
 /// The message id of a delivery: the same for every attempt and replay of it
 /// (`webhook-id`, `{delivery_id}`), so partners can deduplicate.
 pub fn message_id(delivery_id: i64) -> String {
@@ -823,8 +855,29 @@ pub fn message_id(delivery_id: i64) -> String {
 }
 
 fn post_body(job: &Job, v: &Values, params: &std::collections::BTreeMap<String, String>) -> serde_json::Value {
-    let s = &job.snapshot;
     let get = |k: &str| v.get(k).cloned();
+    let s = match &job.subject {
+        Subject::Conversion(s) => s,
+        Subject::Payout(p) => {
+            return serde_json::json!({
+                "type": "payout.changed",
+                "id": message_id(job.delivery_id),
+                "data": {
+                    "payout_id": p.payout_id,
+                    "user_id": p.user_id,
+                    "status": p.status,
+                    "amount": get("payout_amount"),
+                    "amount_minor": p.amount,
+                    "currency": p.currency,
+                    "reference": p.reference,
+                    "reason": p.reason,
+                    "requested_at": p.requested_at,
+                    "changed_at": job.change_at,
+                },
+                "params": params,
+            });
+        }
+    };
     serde_json::json!({
         "type": "conversion.changed",
         "id": message_id(job.delivery_id),
@@ -868,14 +921,23 @@ fn webhook_headers(secrets: &[Secret], id: &str, ts: i64, body: &str) -> (Header
     (headers, logged)
 }
 
-fn sample_job(endpoint_id: &str, now: i64) -> Job {
+/// The tester's sample: a conversion, or a paid payout for an endpoint that takes payouts
+/// only.
+fn sample_job(endpoint_id: &str, now: i64, payout: bool) -> Job {
     use crate::conversions::{State, Status};
-    Job {
-        delivery_id: 0,
-        endpoint_id: endpoint_id.to_string(),
-        attempt: 1,
-        change_at: now,
-        snapshot: Snapshot {
+    let subject = if payout {
+        Subject::Payout(PayoutSnapshot {
+            payout_id: "po_test".into(),
+            user_id: "test-user".into(),
+            currency: "EUR".into(),
+            amount: 2_500,
+            status: crate::payouts::PayoutStatus::Paid,
+            reference: Some("test-reference".into()),
+            reason: None,
+            requested_at: now,
+        })
+    } else {
+        Subject::Conversion(Box::new(Snapshot {
             state: State::Pending,
             status: Status::Processed,
             network_id: "test-network".into(),
@@ -893,7 +955,14 @@ fn sample_job(endpoint_id: &str, now: i64) -> Job {
             cashback: 500,
             reward_delay_days: Some(30),
             line_ids: vec!["line-1".into()],
-        },
+        }))
+    };
+    Job {
+        delivery_id: 0,
+        endpoint_id: endpoint_id.to_string(),
+        attempt: 1,
+        change_at: now,
+        subject,
         ref_id: Some("test-ref".into()),
         subs: [Some("test-sub1".into()), None, None, None, None],
         merchant_name: Some("Test Merchant".into()),
@@ -942,11 +1011,13 @@ pub struct DeliveryView {
     pub message_id: String,
     /// The endpoint.
     pub endpoint_id: String,
-    /// The conversion.
+    /// What the change is about: `conversion` or `payout`.
+    pub subject: String,
+    /// The conversion (for a payout event, the payout).
     pub conversion_id: String,
-    /// The conversion's version (order).
+    /// The conversion's (or payout's) version (order).
     pub version: i64,
-    /// The state it tells.
+    /// The state it tells (a payout's status).
     pub conversion_state: String,
     /// pending, delivered, failed, skipped.
     pub state: String,
@@ -1009,7 +1080,7 @@ pub struct DeliveryFilter {
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.conversion_id, d.version, c.state, d.state, d.attempts, \
-    d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.delivered_at";
+    d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.delivered_at, c.subject";
 
 fn delivery_from_row(r: &sqlx::any::AnyRow) -> Result<DeliveryView, sqlx::Error> {
     let id: i64 = r.try_get(0)?;
@@ -1017,6 +1088,7 @@ fn delivery_from_row(r: &sqlx::any::AnyRow) -> Result<DeliveryView, sqlx::Error>
         id,
         message_id: message_id(id),
         endpoint_id: r.try_get(1)?,
+        subject: r.try_get(12)?,
         conversion_id: r.try_get(2)?,
         version: r.try_get(3)?,
         conversion_state: r.try_get(4)?,

@@ -25,7 +25,7 @@ pub const CASHBACK_MACROS: [(&str, &str); 8] = [
 ];
 
 /// Every `{name}` placeholder.
-pub const PLACEHOLDERS: [&str; 26] = [
+pub const PLACEHOLDERS: [&str; 33] = [
     "click_id",
     "ref_id",
     "status",
@@ -52,6 +52,15 @@ pub const PLACEHOLDERS: [&str; 26] = [
     "delivery_id",
     "network",
     "timestamp",
+    // Both kinds of events: `conversion.changed` or `payout.changed`, and the user.
+    "type",
+    "user_id",
+    // Payout events (docs/CALLBACKS.md).
+    "payout_id",
+    "payout_status",
+    "payout_amount",
+    "payout_amount_minor",
+    "payout_reference",
 ];
 
 /// The values of one callback, by placeholder name. An absent value renders empty.

@@ -472,6 +472,8 @@ struct EndpointBody {
     network_id: Option<String>,
     #[serde(default)]
     require_ref_id: bool,
+    /// `["conversions"]` (default), `["payouts"]` or both.
+    events: Option<Vec<String>>,
     max_attempts: Option<u32>,
     /// `fixed` (default) or `exponential`.
     backoff: Option<String>,
@@ -513,6 +515,9 @@ async fn put_endpoint(
     spec.merchant_id = b.merchant_id;
     spec.network_id = b.network_id;
     spec.require_ref_id = b.require_ref_id;
+    if let Some(events) = &b.events {
+        spec.events = crate::callbacks::Events::parse(events.iter().map(String::as_str)).map_err(callback_failed)?;
+    }
     let d = spec.retry;
     spec.retry.max_attempts = b.max_attempts.unwrap_or(d.max_attempts);
     spec.retry.backoff = match b.backoff.as_deref() {

@@ -124,6 +124,27 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/callbacks/deliveries/{id}/replay", Write, "callbacks", "Replay one delivery", None),
     r("POST", "/api/v1/callbacks/replay", Write, "callbacks", "Replay deliveries in a time range", JSON),
     r("GET", "/api/v1/alerts", Read, "callbacks", "Alerts (endpoints disabled after failures)", None),
+    r(
+        "POST",
+        "/api/v1/users/{id}/payouts",
+        Write,
+        "payouts",
+        "Request a payout of a user's available cashback (all of it without an amount)",
+        JSON,
+    ),
+    r("GET", "/api/v1/payouts", Read, "payouts", "Payouts, by status or user, a page at a time", None),
+    r("GET", "/api/v1/payouts/{id}", Read, "payouts", "A payout with its history and ledger postings", None),
+    r("POST", "/api/v1/payouts/{id}/approve", Write, "payouts", "Approve a requested payout", JSON),
+    r("POST", "/api/v1/payouts/{id}/reject", Write, "payouts", "Reject a payout: the amount returns to available", JSON),
+    r("POST", "/api/v1/payouts/{id}/paid", Write, "payouts", "Mark a payout paid with the external reference", JSON),
+    r(
+        "POST",
+        "/api/v1/payouts/{id}/failed",
+        Write,
+        "payouts",
+        "Mark a payout's payment failed: the amount returns to available",
+        JSON,
+    ),
 ];
 
 fn method(m: &str) -> HttpMethod {
