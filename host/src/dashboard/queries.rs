@@ -37,6 +37,14 @@ pub struct Overview {
     pub parked: i64,
     /// Conversions reported since `day_start` (any status).
     pub reported_today: i64,
+    /// Payouts requested since `day_start` (whatever became of them).
+    pub payouts_requested_today: i64,
+    /// Their amounts, per currency.
+    pub payouts_requested_amount: BTreeMap<String, i64>,
+    /// Payouts marked paid since `day_start` (and not failed since).
+    pub payouts_paid_today: i64,
+    /// Their amounts, per currency.
+    pub payouts_paid_amount: BTreeMap<String, i64>,
 }
 
 /// Midnight UTC of the day `now` falls in.
@@ -98,7 +106,36 @@ pub async fn overview(db: &Db, now: i64) -> Result<Overview, sqlx::Error> {
         .bind(start)
         .fetch_one(pool)
         .await?;
+    for (sql, count, amounts) in [
+        (
+            "SELECT currency, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM payouts WHERE requested_at >= $1 GROUP BY currency",
+            &mut o.payouts_requested_today,
+            &mut o.payouts_requested_amount,
+        ),
+        (
+            "SELECT currency, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM payouts WHERE status = 'paid' AND paid_at >= $1 \
+             GROUP BY currency",
+            &mut o.payouts_paid_today,
+            &mut o.payouts_paid_amount,
+        ),
+    ] {
+        for r in sqlx::query(sql).bind(start).fetch_all(pool).await? {
+            let (currency, n, sum): (String, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            *count += n;
+            amounts.insert(currency, sum);
+        }
+    }
     Ok(o)
+}
+
+/// The latest payouts paid, rejected or failed, most recently changed first.
+pub async fn closed_payouts(db: &Db, limit: i64) -> Result<Vec<crate::payouts::Payout>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {} FROM payouts WHERE status IN ('paid', 'rejected', 'failed') ORDER BY updated_at DESC, id LIMIT $1",
+        crate::payouts::store::COLUMNS
+    );
+    let rows = sqlx::query(&sql).bind(limit).fetch_all(&db.pool).await?;
+    rows.iter().map(crate::payouts::store::from_row).collect()
 }
 
 /// What to search conversions by; empty fields match everything.
