@@ -244,7 +244,7 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
             }
             // Any valid token reads; nothing secret is rendered.
             let (status, _, body) = call(&app, get(page, Some(&w.read))).await;
-            let missing = page.ends_with("/cv_x") || page.ends_with("/deliveries/1");
+            let missing = page.ends_with("/cv_x") || page.ends_with("/deliveries/1") || page.ends_with("/po_x");
             let expected = if missing { StatusCode::NOT_FOUND } else { StatusCode::OK };
             assert_eq!(status, expected, "{}: {page}: {body}", t.name);
             assert_no_secret(&w, page, &body);

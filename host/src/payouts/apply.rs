@@ -24,7 +24,7 @@ use sqlx::AnyConnection;
 /// The entries that move `amount` of `user`'s cashback as `movement` says.
 pub fn movement_entries(user: &str, movement: Movement, amount: i64) -> Vec<Entry> {
     let (from, to) = match movement {
-        Movement::None => return Vec::new(),
+        Movement::Nothing => return Vec::new(),
         Movement::AvailableToInFlight => ((user, AccountKind::Available), (user, AccountKind::PayoutInFlight)),
         Movement::InFlightToAvailable => ((user, AccountKind::PayoutInFlight), (user, AccountKind::Available)),
         Movement::InFlightToPaid => ((user, AccountKind::PayoutInFlight), (PLATFORM, AccountKind::PayoutsPaid)),
@@ -269,7 +269,7 @@ mod tests {
             assert_eq!(e.len(), 2, "{m:?}");
             assert_eq!(e.iter().map(|e| e.amount).sum::<i64>(), 0, "{m:?}");
         }
-        assert!(movement_entries("u1", Movement::None, 1_250).is_empty());
+        assert!(movement_entries("u1", Movement::Nothing, 1_250).is_empty());
         let paid = movement_entries("u1", Movement::InFlightToPaid, 1_250);
         assert_eq!(
             paid,

@@ -125,7 +125,7 @@ impl PayoutAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Movement {
     /// No money moves (an approval).
-    None,
+    Nothing,
     /// From the user's available to their payout in flight (a request).
     AvailableToInFlight,
     /// Back from in flight to available (a rejection, a failed payment).
@@ -273,7 +273,7 @@ pub fn decide(id: &str, status: PayoutStatus, reference: Option<&str>, action: &
     let step = |to, movement| Ok(Step::Move { to, movement });
     let refuse = |why: &str| Err(Refusal::Transition { id: id.to_string(), status, why: why.to_string() });
     match (action, status) {
-        (PayoutAction::Approve, Requested) => step(Approved, None),
+        (PayoutAction::Approve, Requested) => step(Approved, Nothing),
         (PayoutAction::Approve, Approved) => Ok(Step::Unchanged),
         (PayoutAction::Approve, Paid) => refuse("it is paid already"),
         (PayoutAction::Approve, Rejected | Failed) => refuse("it is closed; the user may request a new payout"),
@@ -341,7 +341,7 @@ mod tests {
     fn every_step_follows_the_lifecycle_and_a_repeated_step_changes_nothing() {
         use Movement::*;
         let mv = |to, movement| Ok(Step::Move { to, movement });
-        assert_eq!(decide("p", Requested, None, &act("approve")), mv(Approved, None));
+        assert_eq!(decide("p", Requested, None, &act("approve")), mv(Approved, Nothing));
         assert_eq!(decide("p", Requested, None, &act("reject")), mv(Rejected, InFlightToAvailable));
         assert_eq!(decide("p", Approved, None, &act("reject")), mv(Rejected, InFlightToAvailable));
         assert_eq!(decide("p", Approved, None, &act("paid")), mv(Paid, InFlightToPaid));
@@ -378,7 +378,7 @@ mod tests {
                 let action = act(a);
                 if let Ok(Step::Move { to, movement }) = decide("p", status, reference.as_deref(), &action) {
                     let (from, into) = match movement {
-                        Movement::None => (0, 0),
+                        Movement::Nothing => (0, 0),
                         Movement::AvailableToInFlight => (0, 1),
                         Movement::InFlightToAvailable => (1, 0),
                         Movement::InFlightToPaid => (1, 2),
