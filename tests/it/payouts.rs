@@ -596,6 +596,8 @@ async fn operators_decide_payouts_from_the_dashboard_queue_and_the_overview_coun
         assert_eq!((m["payouts_requested_today"].as_i64(), m["payouts_requested_amount"]["EUR"].as_i64()), (Some(2), Some(3_500)), "{v}");
         assert_eq!((m["payouts_paid_today"].as_i64(), m["payouts_paid_amount"]["EUR"].as_i64()), (Some(1), Some(2_500)));
         assert_eq!((v["display"]["payouts_requested_amount"].as_str(), v["display"]["payouts_paid_amount"].as_str()), (Some("35.00 EUR"), Some("25.00 EUR")));
+        // Where the 40.00 issued is: 15.00 available, 25.00 paid out.
+        assert_eq!(v["display"]["cashback_split"], "0.00 EUR pending · 15.00 EUR available · 25.00 EUR paid out", "{v}");
         // Tomorrow they are yesterday's.
         w.clock.advance(DAY_MS);
         let (_, _, json) = page(&app, page_request("GET", "/dashboard/overview.json", &read, &[])).await;

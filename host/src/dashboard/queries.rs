@@ -25,6 +25,13 @@ pub struct Overview {
     pub cashback_pending: BTreeMap<String, i64>,
     /// Of it, available to users, per currency.
     pub cashback_available: BTreeMap<String, i64>,
+    /// Of it, requested for payout and not paid yet, per currency.
+    pub cashback_in_payout: BTreeMap<String, i64>,
+    /// Of it, paid out, per currency.
+    pub cashback_paid_out: BTreeMap<String, i64>,
+    /// Owed back by users (refunds after payout beyond their available balance), per
+    /// currency: a positive figure, taken off what was issued.
+    pub cashback_owed: BTreeMap<String, i64>,
     /// Awaiting an operator because the merchant processes manually.
     pub pending_review: i64,
     /// Flagged for review (by a rule's hold or an operator).
@@ -71,16 +78,21 @@ pub async fn overview(db: &Db, now: i64) -> Result<Overview, sqlx::Error> {
     .await?;
     for r in sqlx::query(
         "SELECT kind, currency, CAST(SUM(balance) AS BIGINT) FROM accounts \
-         WHERE (owner = 'platform' AND kind = 'cashback_expense') OR (owner <> 'platform' AND kind IN ('pending', 'available')) \
+         WHERE (owner = 'platform' AND kind IN ('cashback_expense', 'payouts_paid')) \
+         OR (owner <> 'platform' AND kind IN ('pending', 'available', 'payout_in_flight', 'debt')) \
          GROUP BY kind, currency",
     )
     .fetch_all(pool)
     .await?
     {
         let (kind, currency, sum): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        // Issued = pending + available + in payout + paid out - owed.
         let into = match kind.as_str() {
             "cashback_expense" => (&mut o.cashback_issued, -sum),
             "pending" => (&mut o.cashback_pending, sum),
+            "payout_in_flight" => (&mut o.cashback_in_payout, sum),
+            "payouts_paid" => (&mut o.cashback_paid_out, sum),
+            "debt" => (&mut o.cashback_owed, -sum),
             _ => (&mut o.cashback_available, sum),
         };
         *into.0.entry(currency).or_default() += into.1;
