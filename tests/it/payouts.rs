@@ -200,6 +200,11 @@ async fn a_payout_is_requested_approved_and_paid_through_the_api_with_one_balanc
         let ids = [&page1, &page2].map(|p| p["payouts"][0]["id"].as_str().expect("id").to_string());
         assert_ne!(ids[0], ids[1]);
         assert_eq!(page1["payouts"][0]["request_key"], "req-2", "oldest first");
+        // A back office acting for a person names them; the token is recorded beside.
+        let reject = format!("/api/v1/payouts/{}/reject", ids[1]);
+        let (status, v) = call(&app, "POST", &reject, &ops, None, json!({"reason": "duplicate", "operator": "alice"})).await;
+        assert_eq!((status, v["payout"]["operator"].as_str()), (StatusCode::OK, Some("alice (token ops)")), "{v}");
+        assert_eq!(accounts(s).await, [750 + 1_000, 1_000, 0, 1_250], "its 10.00 back");
         let (status, v) = call(&app, "GET", "/api/v1/payouts?status=sent", &read, None, Value::Null).await;
         assert_eq!((status, message(&v)), (StatusCode::BAD_REQUEST, "status: \"sent\" is not requested, approved, rejected, paid or failed"));
         let (status, _) = call(&app, "GET", "/api/v1/payouts?after=garbage", &read, None, Value::Null).await;

@@ -194,6 +194,11 @@ pub fn document() -> OpenApi {
             .response("400", error_response("The request is malformed; the reason says which field"))
             .response("422", error_response("Refused; the reason says why"))
             .response("503", error_response("The database is unavailable; retry later"));
+        if route.tag == "payouts" {
+            op = op
+                .response("404", error_response("No such user or payout"))
+                .response("409", error_response("The payout's status does not allow the step, or it changed since read"));
+        }
         if let Some(scope) = route.scope {
             op = op
                 .security(SecurityRequirement::new("bearer", Vec::<String>::new()))

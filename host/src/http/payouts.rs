@@ -147,7 +147,8 @@ async fn show(State(st): State<AppState>, Path(id): Path<String>, headers: Heade
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct StepBody {
-    /// Who (default: the token's name).
+    /// Who, when the token acts for several people (recorded with the token's name);
+    /// default: the token's name.
     operator: Option<String>,
     /// The version the caller saw: refused (409) if the payout changed since.
     version: Option<i64>,
@@ -164,11 +165,13 @@ async fn step(
 ) -> Result<Json<Value>, ApiError> {
     let caller = require_caller(&st, &headers, Scope::Write).await?;
     let b: StepBody = body(&bytes)?;
-    let t = payouts::Transition {
-        action: action(&b),
-        operator: b.operator.clone().unwrap_or(caller.name),
-        expected_version: b.version,
+    // The operator a back office names is recorded with the token it acted through: the
+    // name alone could be anyone's.
+    let operator = match b.operator.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
+        Some(o) if o != caller.name => format!("{o} (token {})", caller.name),
+        _ => caller.name,
     };
+    let t = payouts::Transition { action: action(&b), operator, expected_version: b.version };
     let name = t.action.name();
     let (payout, changed) = payouts::service::transition(&st.service, &id, t).await.map_err(error)?;
     tracing::info!(payout = %payout.id, action = name, status = %payout.status, changed, "payout step");
