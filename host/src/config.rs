@@ -1103,17 +1103,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[payouts.minimum]\nEUR = 1000\nGBP = 500\n").expect("write");
-        let loaded =
-            load_from(Some(&file), &env(&[("CASHBACKD_PAYOUTS_MINIMUM", "USD=2500, GBP=800")]), no_flags()).expect("loads");
+        let loaded = load_from(Some(&file), &env(&[("CASHBACKD_PAYOUTS_MINIMUM", "USD=2500, GBP=800")]), no_flags())
+            .expect("loads");
         let m = &loaded.settings.payouts.minimum;
         assert_eq!((m.get("EUR"), m.get("GBP"), m.get("USD")), (Some(&1000), Some(&800), Some(&2500)));
         assert_eq!(loaded.settings.payouts.policy().minimum("JPY"), 1, "not listed: any amount above zero");
         let e = load_from(None, &env(&[("CASHBACKD_PAYOUTS_MINIMUM", "EUR=ten")]), no_flags()).expect_err("refused");
-        assert_eq!(e.to_string(), r#"payouts.minimum.EUR: expected an integer, got "ten" (from CASHBACKD_PAYOUTS_MINIMUM)"#);
+        assert_eq!(
+            e.to_string(),
+            r#"payouts.minimum.EUR: expected an integer, got "ten" (from CASHBACKD_PAYOUTS_MINIMUM)"#
+        );
         let e = load_from(None, &env(&[("CASHBACKD_PAYOUTS_MINIMUM", "eur=1000")]), no_flags()).expect_err("refused");
         assert_eq!(e.key, "payouts.minimum.eur", "{e}");
         let e = load_from(None, &env(&[("CASHBACKD_PAYOUTS_MINIMUM", "EUR=0")]), no_flags()).expect_err("refused");
-        assert_eq!(e.to_string(), "payouts.minimum.EUR: at least 1 (minor units), got 0 (from CASHBACKD_PAYOUTS_MINIMUM)");
+        assert_eq!(
+            e.to_string(),
+            "payouts.minimum.EUR: at least 1 (minor units), got 0 (from CASHBACKD_PAYOUTS_MINIMUM)"
+        );
     }
 
     #[test]

@@ -644,14 +644,16 @@ async fn in_a_browser_an_operator_approves_pays_and_rejects_payouts_and_the_over
     row.find(Css("button[value=paid]")).await.expect("mark paid").click().await.expect("click");
     assert!(text(&b, ".notice-ok").await.contains("marked paid"));
     // Reject the other, with a reason.
-    let row = b.find(Css(&format!("#payouts-requested tbody[data-payout='{}']", rejected.id))).await.expect("requested");
+    let row =
+        b.find(Css(&format!("#payouts-requested tbody[data-payout='{}']", rejected.id))).await.expect("requested");
     row.find(Css("input[name=reason]")).await.expect("reason").send_keys("duplicate request").await.expect("type");
     row.find(Css("button[value=reject]")).await.expect("reject").click().await.expect("click");
     assert!(text(&b, ".notice-ok").await.contains("rejected"));
     let closed = text(&b, "#payouts-closed").await;
     assert!(closed.contains("SEPA-0042") && closed.contains("duplicate request"), "{closed}");
     screenshot(&b, "payouts-after").await;
-    let status = |id: String| async move { payouts::store::get(s.db(), &id).await.expect("read").expect("payout").status };
+    let status =
+        |id: String| async move { payouts::store::get(s.db(), &id).await.expect("read").expect("payout").status };
     assert_eq!(status(paid.id.clone()).await, PayoutStatus::Paid);
     assert_eq!(status(rejected.id.clone()).await, PayoutStatus::Rejected);
 

@@ -85,7 +85,14 @@ fn api(w: &World) -> axum::Router {
     cashbackd::http::router(state).layer(axum::Extension(policy()))
 }
 
-async fn call(app: &axum::Router, method: &str, uri: &str, token: &str, key: Option<&str>, body: Value) -> (StatusCode, Value) {
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: &str,
+    key: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
     let mut r = Request::builder()
         .method(method)
         .uri(uri)
@@ -123,14 +130,18 @@ async fn a_payout_is_requested_approved_and_paid_through_the_api_with_one_balanc
         assert_eq!(v["error"]["code"], "below_minimum");
         assert_eq!(message(&v), "amount: 9.99 EUR is below the minimum payout of 10.00 EUR (payouts.minimum.EUR)");
         let (status, v) = call(&app, "POST", uri, &site, None, json!({"currency": "EUR", "amount": 4_001})).await;
-        assert_eq!((status, message(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "amount: 40.01 EUR is more than the available balance of 40.00 EUR"));
+        assert_eq!(
+            (status, message(&v)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "amount: 40.01 EUR is more than the available balance of 40.00 EUR")
+        );
         let (status, v) = call(&app, "POST", uri, &site, None, json!({"currency": "eur"})).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(message(&v).starts_with("currency: "), "{v}");
         let (status, v) = call(&app, "POST", uri, &site, None, json!({"currency": "EUR", "amout": 5})).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(message(&v).contains("unknown field `amout`"), "{v}");
-        let (status, v) = call(&app, "POST", "/api/v1/users/nobody/payouts", &site, None, json!({"currency": "EUR"})).await;
+        let (status, v) =
+            call(&app, "POST", "/api/v1/users/nobody/payouts", &site, None, json!({"currency": "EUR"})).await;
         assert_eq!((status, message(&v)), (StatusCode::NOT_FOUND, "no user \"nobody\""));
         let (status, _) = call(&app, "POST", uri, &read, None, json!({"currency": "EUR"})).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "a read token cannot request");
@@ -138,17 +149,23 @@ async fn a_payout_is_requested_approved_and_paid_through_the_api_with_one_balanc
 
         // 12.50 requested: available to in flight. The same key again, even from another
         // token and long after, is the same payout.
-        let (status, v) = call(&app, "POST", uri, &site, Some("req-1"), json!({"currency": "EUR", "amount": 1_250})).await;
+        let (status, v) =
+            call(&app, "POST", uri, &site, Some("req-1"), json!({"currency": "EUR", "amount": 1_250})).await;
         assert_eq!(status, StatusCode::CREATED, "{v}");
         let id = v["payout"]["id"].as_str().expect("id").to_string();
         assert_eq!((v["payout"]["status"].as_str(), v["payout"]["amount"].as_i64()), (Some("requested"), Some(1_250)));
         assert_eq!(v["payout"]["requested_by"], "site");
         assert_eq!(accounts(s).await, [4_000 - 1_250, 1_250, 0, 0]);
-        let (status, again) = call(&app, "POST", uri, &ops, Some("req-1"), json!({"currency": "EUR", "amount": 1_250})).await;
+        let (status, again) =
+            call(&app, "POST", uri, &ops, Some("req-1"), json!({"currency": "EUR", "amount": 1_250})).await;
         assert_eq!((status, again["created"].as_bool()), (StatusCode::OK, Some(false)), "{again}");
         assert_eq!(again["payout"]["id"].as_str(), Some(id.as_str()));
-        let (status, v) = call(&app, "POST", uri, &ops, Some("req-1"), json!({"currency": "EUR", "amount": 1_300})).await;
-        assert_eq!((status, v["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("idempotency_key_reused")));
+        let (status, v) =
+            call(&app, "POST", uri, &ops, Some("req-1"), json!({"currency": "EUR", "amount": 1_300})).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("idempotency_key_reused"))
+        );
         assert_eq!(accounts(s).await, [2_750, 1_250, 0, 0], "one payout for one key");
 
         // Paid before approval: refused; approved (twice: once changes it); paid without a
@@ -156,57 +173,97 @@ async fn a_payout_is_requested_approved_and_paid_through_the_api_with_one_balanc
         // with another is refused; a paid payout cannot be rejected.
         let step_uri = |what: &str| format!("/api/v1/payouts/{id}/{what}");
         let (status, v) = call(&app, "POST", &step_uri("paid"), &ops, None, json!({"reference": "SEPA-1"})).await;
-        assert_eq!((status, message(&v)), (StatusCode::CONFLICT, format!("payout {id} is requested: approve it before marking it paid").as_str()));
+        assert_eq!(
+            (status, message(&v)),
+            (StatusCode::CONFLICT, format!("payout {id} is requested: approve it before marking it paid").as_str())
+        );
         let (status, v) = call(&app, "POST", &step_uri("approve"), &ops, None, Value::Null).await;
-        assert_eq!((status, v["changed"].as_bool(), v["payout"]["status"].as_str()), (StatusCode::OK, Some(true), Some("approved")), "{v}");
+        assert_eq!(
+            (status, v["changed"].as_bool(), v["payout"]["status"].as_str()),
+            (StatusCode::OK, Some(true), Some("approved")),
+            "{v}"
+        );
         let (_, v) = call(&app, "POST", &step_uri("approve"), &ops, None, json!({})).await;
         assert_eq!(v["changed"].as_bool(), Some(false), "{v}");
         let (status, v) = call(&app, "POST", &step_uri("paid"), &ops, None, json!({})).await;
         assert_eq!((status, message(&v)), (StatusCode::BAD_REQUEST, "reference: required"));
-        let (status, v) = call(&app, "POST", &step_uri("paid"), &ops, None, json!({"reference": "SEPA-1", "version": 1})).await;
-        assert_eq!((status, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("stale")), "the page saw version 1, it is at 2: {v}");
-        let (status, v) = call(&app, "POST", &step_uri("paid"), &ops, None, json!({"reference": "SEPA-1", "version": 2})).await;
-        assert_eq!((status, v["payout"]["status"].as_str(), v["payout"]["reference"].as_str()), (StatusCode::OK, Some("paid"), Some("SEPA-1")), "{v}");
+        let (status, v) =
+            call(&app, "POST", &step_uri("paid"), &ops, None, json!({"reference": "SEPA-1", "version": 1})).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("stale")),
+            "the page saw version 1, it is at 2: {v}"
+        );
+        let (status, v) =
+            call(&app, "POST", &step_uri("paid"), &ops, None, json!({"reference": "SEPA-1", "version": 2})).await;
+        assert_eq!(
+            (status, v["payout"]["status"].as_str(), v["payout"]["reference"].as_str()),
+            (StatusCode::OK, Some("paid"), Some("SEPA-1")),
+            "{v}"
+        );
         assert_eq!(accounts(s).await, [2_750, 0, 0, 1_250], "in flight out to payouts paid");
         let (status, v) = call(&app, "POST", &step_uri("paid"), &ops, None, json!({"reference": "SEPA-1"})).await;
         assert_eq!((status, v["changed"].as_bool()), (StatusCode::OK, Some(false)));
         let (status, _) = call(&app, "POST", &step_uri("paid"), &ops, None, json!({"reference": "SEPA-2"})).await;
         assert_eq!(status, StatusCode::CONFLICT);
-        let (status, v) = call(&app, "POST", &step_uri("reject"), &ops, None, json!({"reason": "changed my mind"})).await;
-        assert_eq!((status, message(&v)), (StatusCode::CONFLICT, format!("payout {id} is paid: it is paid; if the payment came back, mark it failed").as_str()));
+        let (status, v) =
+            call(&app, "POST", &step_uri("reject"), &ops, None, json!({"reason": "changed my mind"})).await;
+        assert_eq!(
+            (status, message(&v)),
+            (
+                StatusCode::CONFLICT,
+                format!("payout {id} is paid: it is paid; if the payment came back, mark it failed").as_str()
+            )
+        );
         assert_eq!(accounts(s).await, [2_750, 0, 0, 1_250], "refused steps moved nothing");
 
         // Its history and postings; the list by status, a page at a time.
         let (status, v) = call(&app, "GET", &format!("/api/v1/payouts/{id}"), &read, None, Value::Null).await;
         assert_eq!(status, StatusCode::OK);
-        let history: Vec<&str> = v["history"].as_array().expect("history").iter().filter_map(|h| h["to_status"].as_str()).collect();
+        let history: Vec<&str> =
+            v["history"].as_array().expect("history").iter().filter_map(|h| h["to_status"].as_str()).collect();
         assert_eq!(history, ["requested", "approved", "paid"]);
         assert_eq!(v["history"][1]["operator"], "ops");
         assert_eq!(causes(s, &id).await, ["payout_requested", "payout_paid"], "approval moves no money");
         for p in v["postings"].as_array().expect("postings") {
-            let sum: i64 = p["entries"].as_array().expect("entries").iter().map(|e| e[2].as_i64().expect("amount")).sum();
+            let sum: i64 =
+                p["entries"].as_array().expect("entries").iter().map(|e| e[2].as_i64().expect("amount")).sum();
             assert_eq!(sum, 0, "{p}");
         }
         for (key, amount) in [("req-2", 1_000), ("req-3", 1_000)] {
-            let (status, v) = call(&app, "POST", uri, &site, Some(key), json!({"currency": "EUR", "amount": amount})).await;
+            let (status, v) =
+                call(&app, "POST", uri, &site, Some(key), json!({"currency": "EUR", "amount": amount})).await;
             assert_eq!(status, StatusCode::CREATED, "{v}");
             w.clock.advance(1_000);
         }
         assert_eq!(accounts(s).await, [2_750 - 2_000, 2_000, 0, 1_250]);
-        let (_, page1) = call(&app, "GET", "/api/v1/payouts?status=requested&limit=1&order=oldest", &read, None, Value::Null).await;
+        let (_, page1) =
+            call(&app, "GET", "/api/v1/payouts?status=requested&limit=1&order=oldest", &read, None, Value::Null).await;
         let next = page1["next"].as_str().expect("a next page").to_string();
-        let (_, page2) = call(&app, "GET", &format!("/api/v1/payouts?status=requested&limit=1&order=oldest&after={next}"), &read, None, Value::Null).await;
+        let (_, page2) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/payouts?status=requested&limit=1&order=oldest&after={next}"),
+            &read,
+            None,
+            Value::Null,
+        )
+        .await;
         assert_eq!(page2["next"], Value::Null, "{page2}");
         let ids = [&page1, &page2].map(|p| p["payouts"][0]["id"].as_str().expect("id").to_string());
         assert_ne!(ids[0], ids[1]);
         assert_eq!(page1["payouts"][0]["request_key"], "req-2", "oldest first");
         // A back office acting for a person names them; the token is recorded beside.
         let reject = format!("/api/v1/payouts/{}/reject", ids[1]);
-        let (status, v) = call(&app, "POST", &reject, &ops, None, json!({"reason": "duplicate", "operator": "alice"})).await;
+        let (status, v) =
+            call(&app, "POST", &reject, &ops, None, json!({"reason": "duplicate", "operator": "alice"})).await;
         assert_eq!((status, v["payout"]["operator"].as_str()), (StatusCode::OK, Some("alice (token ops)")), "{v}");
         assert_eq!(accounts(s).await, [750 + 1_000, 1_000, 0, 1_250], "its 10.00 back");
         let (status, v) = call(&app, "GET", "/api/v1/payouts?status=sent", &read, None, Value::Null).await;
-        assert_eq!((status, message(&v)), (StatusCode::BAD_REQUEST, "status: \"sent\" is not requested, approved, rejected, paid or failed"));
+        assert_eq!(
+            (status, message(&v)),
+            (StatusCode::BAD_REQUEST, "status: \"sent\" is not requested, approved, rejected, paid or failed")
+        );
         let (status, _) = call(&app, "GET", "/api/v1/payouts?after=garbage", &read, None, Value::Null).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         sound(s, t.name).await;
@@ -226,12 +283,22 @@ async fn a_rejected_payout_and_a_failed_or_returned_payment_give_the_amount_back
         let refused = step(s, &a.id, PayoutAction::Reject { reason: "  ".into() }).await.expect_err("no reason");
         assert_eq!(refused.to_string(), "reason: required");
         assert_eq!(accounts(s).await, [3_500, 1_500, 0, 0], "{}", t.name);
-        let (a, changed) = step(s, &a.id, PayoutAction::Reject { reason: "bank details missing".into() }).await.expect("reject");
+        let (a, changed) =
+            step(s, &a.id, PayoutAction::Reject { reason: "bank details missing".into() }).await.expect("reject");
         assert!(changed);
-        assert_eq!((a.status, a.reason.as_deref(), a.operator.as_deref()), (PayoutStatus::Rejected, Some("bank details missing"), Some("ops")));
+        assert_eq!(
+            (a.status, a.reason.as_deref(), a.operator.as_deref()),
+            (PayoutStatus::Rejected, Some("bank details missing"), Some("ops"))
+        );
         assert!(a.closed_at.is_some());
         assert_eq!(accounts(s).await, [5_000, 0, 0, 0]);
-        assert!(matches!(step(s, &a.id, PayoutAction::Approve).await, Err(PayoutError::Refused(Refusal::Transition { .. }))), "closed");
+        assert!(
+            matches!(
+                step(s, &a.id, PayoutAction::Approve).await,
+                Err(PayoutError::Refused(Refusal::Transition { .. }))
+            ),
+            "closed"
+        );
 
         // Never approved: it cannot fail, only be rejected.
         let (b, _) = request(s, Some(2_000), None).await.expect("request B");
@@ -257,9 +324,17 @@ async fn a_rejected_payout_and_a_failed_or_returned_payment_give_the_amount_back
         assert_eq!(accounts(s).await, [5_000, 0, 0, 0]);
         assert_eq!(causes(s, &c.id).await, ["payout_requested", "payout_paid", "payout_failed"]);
         let history = payouts::store::history(s.db(), &c.id).await.expect("history");
-        assert!(history.last().is_some_and(|h| h.detail.contains("payment came back") && h.detail.contains("returned by the bank")), "{history:?}");
+        assert!(
+            history
+                .last()
+                .is_some_and(|h| h.detail.contains("payment came back") && h.detail.contains("returned by the bank")),
+            "{history:?}"
+        );
         assert!(step(s, &c.id, paid("SEPA-78")).await.is_err(), "failed is final");
-        assert!(matches!(step(s, "po_nothing", PayoutAction::Approve).await, Err(PayoutError::Refused(Refusal::NotFound(_)))));
+        assert!(matches!(
+            step(s, "po_nothing", PayoutAction::Approve).await,
+            Err(PayoutError::Refused(Refusal::NotFound(_)))
+        ));
         sound(s, t.name).await;
         t.cleanup().await;
     }
@@ -282,13 +357,16 @@ async fn a_refund_after_payout_becomes_a_debt_repaid_first_from_the_next_cashbac
         s.ingest(event("A", Reversed, 60_000, 6_000)).await.expect("refund");
         assert_eq!(accounts(s).await, [0, 0, -5_000, 7_000]);
         assert_eq!(balance(s, "platform", "cashback_expense").await, -2_000, "only B's 20.00 is still granted");
-        let debt: (String, String) = sqlx::query_as(
-            "SELECT cause, reason FROM ledger_transactions WHERE idempotency_key = $1",
-        )
-        .bind(format!("{}:{}:reversed:debt", cashbackd::conversions::conversion_id("net", "A"), journal_seq_of(s, "A", "reversed").await))
-        .fetch_one(&s.db().pool)
-        .await
-        .expect("the debt posting");
+        let debt: (String, String) =
+            sqlx::query_as("SELECT cause, reason FROM ledger_transactions WHERE idempotency_key = $1")
+                .bind(format!(
+                    "{}:{}:reversed:debt",
+                    cashbackd::conversions::conversion_id("net", "A"),
+                    journal_seq_of(s, "A", "reversed").await
+                ))
+                .fetch_one(&s.db().pool)
+                .await
+                .expect("the debt posting");
         assert_eq!(debt.0, "debt");
         assert!(debt.1.contains("-50.00 EUR"), "{}", debt.1);
         assert!(request(s, None, None).await.is_err(), "nothing available");
@@ -299,10 +377,11 @@ async fn a_refund_after_payout_becomes_a_debt_repaid_first_from_the_next_cashbac
         assert_eq!(accounts(s).await, [0, 0, -2_000, 7_000]);
         earn(&w, "D", 25_000).await;
         assert_eq!(accounts(s).await, [500, 0, 0, 7_000]);
-        let repaid: Vec<String> = sqlx::query_scalar("SELECT cause FROM ledger_transactions WHERE cause LIKE 'debt%' ORDER BY id")
-            .fetch_all(&s.db().pool)
-            .await
-            .expect("causes");
+        let repaid: Vec<String> =
+            sqlx::query_scalar("SELECT cause FROM ledger_transactions WHERE cause LIKE 'debt%' ORDER BY id")
+                .fetch_all(&s.db().pool)
+                .await
+                .expect("causes");
         assert_eq!(repaid, ["debt", "debt_repayment", "debt_repayment"]);
 
         // A rejected payout's amount repays a debt first too.
@@ -323,7 +402,8 @@ async fn a_refund_after_payout_becomes_a_debt_repaid_first_from_the_next_cashbac
         .await
         .expect("count");
         assert_eq!(negative, 0);
-        let fresh = if t.name == "sqlite" { backends::sqlite().await } else { backends::postgres().await.expect("postgres") };
+        let fresh =
+            if t.name == "sqlite" { backends::sqlite().await } else { backends::postgres().await.expect("postgres") };
         s.replay_into(&fresh.db).await.expect("replay");
         let replayed = ledger::all_balances(&fresh.db.pool).await.expect("balances");
         assert_eq!(replayed, ledger::all_balances(&s.db().pool).await.expect("balances"));
@@ -368,7 +448,8 @@ async fn two_replicas_racing_on_one_payout_or_one_balance_post_once() {
                 step(&a, &p.id, paid(&format!("A-{round}"))),
                 step(&b, &p.id, paid(&format!("B-{round}")))
             );
-            let won: Vec<&payouts::Payout> = [&x, &y].into_iter().filter_map(|r| r.as_ref().ok()).map(|(p, _)| p).collect();
+            let won: Vec<&payouts::Payout> =
+                [&x, &y].into_iter().filter_map(|r| r.as_ref().ok()).map(|(p, _)| p).collect();
             assert_eq!(won.len(), 1, "{}: round {round}: exactly one reference wins: {x:?} {y:?}", t.name);
             let loser = if x.is_ok() { &y } else { &x };
             if t.name == "postgres" {
@@ -389,7 +470,8 @@ async fn two_replicas_racing_on_one_payout_or_one_balance_post_once() {
         );
         assert!(x.is_ok() != y.is_ok(), "{}: one of reject and paid: {x:?} {y:?}", t.name);
         let end = payouts::store::get(a.db(), &p.id).await.expect("read").expect("payout");
-        let expected_causes = if x.is_ok() { ["payout_requested", "payout_rejected"] } else { ["payout_requested", "payout_paid"] };
+        let expected_causes =
+            if x.is_ok() { ["payout_requested", "payout_rejected"] } else { ["payout_requested", "payout_paid"] };
         assert_eq!(causes(&a, &p.id).await, expected_causes, "{:?}", end.status);
         let paid_out = 4 * 1_000 + if x.is_ok() { 0 } else { 1_000 };
         assert_eq!(accounts(&a).await, [10_000 - paid_out, 0, 0, paid_out]);
@@ -421,7 +503,8 @@ async fn two_replicas_racing_on_one_payout_or_one_balance_post_once() {
             payouts::service::request(&a, &limits, NewPayout { amount: Some(1_000), ..new("same") }),
             payouts::service::request(&b, &limits, NewPayout { amount: Some(1_000), ..new("same") })
         );
-        let made: Vec<bool> = [&x, &y].into_iter().filter_map(|r| r.as_ref().ok()).map(|(_, created)| *created).collect();
+        let made: Vec<bool> =
+            [&x, &y].into_iter().filter_map(|r| r.as_ref().ok()).map(|(_, created)| *created).collect();
         assert!(made.iter().filter(|c| **c).count() <= 1, "{}: {x:?} {y:?}", t.name);
         let same: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payouts WHERE request_key = 'same'")
             .fetch_one(&a.db().pool)
@@ -453,7 +536,8 @@ async fn partners_who_ask_for_payout_events_get_every_step_and_the_digest_tells_
         );
         payouts_only.events = Events::parse(["payouts"]).expect("events");
         add_endpoint(&w, payouts_only).await;
-        add_endpoint(&w, EndpointSpec::new("conv", "p1", &format!("{}/conv?state=[%CASHBACK:STATE%]", sink.base))).await;
+        add_endpoint(&w, EndpointSpec::new("conv", "p1", &format!("{}/conv?state=[%CASHBACK:STATE%]", sink.base)))
+            .await;
         let mut both = EndpointSpec::new("both", "p1", &format!("{}/both", sink.base));
         both.method = cashbackd::callbacks::Method::Post;
         both.events = Events { conversions: true, payouts: true };
@@ -480,25 +564,43 @@ async fn partners_who_ask_for_payout_events_get_every_step_and_the_digest_tells_
         assert_eq!(steps(&q.id), ["requested", "approved", "failed"], "{}", t.name);
         assert_eq!(pay.len(), 6, "each step once");
         let of = |id: &str, status: &str| {
-            *pay.iter().find(|r| r.param("id").as_deref() == Some(id) && r.param("s").as_deref() == Some(status)).expect("a step")
+            *pay.iter()
+                .find(|r| r.param("id").as_deref() == Some(id) && r.param("s").as_deref() == Some(status))
+                .expect("a step")
         };
         let paid_cb = of(&p.id, "paid");
-        for (param, value) in [("t", "payout.changed"), ("amt", "25.00"), ("minor", "2500"), ("ref", "SEPA-9"), ("u", "u1"), ("cur", "EUR"), ("order", "")] {
+        for (param, value) in [
+            ("t", "payout.changed"),
+            ("amt", "25.00"),
+            ("minor", "2500"),
+            ("ref", "SEPA-9"),
+            ("u", "u1"),
+            ("cur", "EUR"),
+            ("order", ""),
+        ] {
             assert_eq!(paid_cb.param(param).as_deref(), Some(value), "{param} in {}", paid_cb.query);
         }
         assert_eq!(of(&q.id, "failed").param("why").as_deref(), Some("account closed"));
         // The conversions endpoint got the conversion, not one payout event; the POST
         // endpoint both, payouts as `payout.changed` bodies.
-        let conv: Vec<String> = received.iter().filter(|r| r.path == "/conv").filter_map(|r| r.param("state")).collect();
+        let conv: Vec<String> =
+            received.iter().filter(|r| r.path == "/conv").filter_map(|r| r.param("state")).collect();
         assert_eq!(conv, ["COMPLETED"]);
-        let bodies: Vec<Value> = received.iter().filter(|r| r.path == "/both").map(|r| serde_json::from_str(&r.body).expect("json")).collect();
+        let bodies: Vec<Value> = received
+            .iter()
+            .filter(|r| r.path == "/both")
+            .map(|r| serde_json::from_str(&r.body).expect("json"))
+            .collect();
         assert_eq!(bodies.len(), 7, "one conversion change, six payout steps");
         let last = bodies
             .iter()
             .find(|b| b["type"] == "payout.changed" && b["data"]["status"] == "failed")
             .expect("the failed payout's body");
         assert_eq!(last["data"]["payout_id"].as_str(), Some(q.id.as_str()));
-        assert_eq!((last["data"]["status"].as_str(), last["data"]["amount"].as_str(), last["data"]["amount_minor"].as_i64()), (Some("failed"), Some("12.00"), Some(1_200)));
+        assert_eq!(
+            (last["data"]["status"].as_str(), last["data"]["amount"].as_str(), last["data"]["amount_minor"].as_i64()),
+            (Some("failed"), Some("12.00"), Some(1_200))
+        );
         assert_eq!(last["data"]["reason"], "account closed");
 
         // The digest: the conversion, the paid payout and the failed one.
@@ -515,7 +617,10 @@ async fn partners_who_ask_for_payout_events_get_every_step_and_the_digest_tells_
             text.contains("- Payout of 12.00 EUR: the payment did not go through (account closed); the amount is back in your available balance."),
             "{text}"
         );
-        assert!(!text.contains("requested") && !text.contains("approved"), "requests and approvals are the site's to tell: {text}");
+        assert!(
+            !text.contains("requested") && !text.contains("approved"),
+            "requests and approvals are the site's to tell: {text}"
+        );
         t.cleanup().await;
     }
 }
@@ -553,7 +658,9 @@ async fn operators_decide_payouts_from_the_dashboard_queue_and_the_overview_coun
         // The queue, read-only for a read token.
         let (status, _, body) = page(&app, page_request("GET", "/dashboard/payouts", &read, &[])).await;
         assert_eq!(status, StatusCode::OK, "{}: {body}", t.name);
-        assert!(body.contains(&format!("data-payout=\"{}\"", p.id)) && body.contains(&format!("data-payout=\"{}\"", q.id)));
+        assert!(
+            body.contains(&format!("data-payout=\"{}\"", p.id)) && body.contains(&format!("data-payout=\"{}\"", q.id))
+        );
         assert!(body.contains("25.00 EUR") && body.contains("needs write"), "{body}");
         assert!(!body.contains("value=\"approve\""), "no action for a read token");
         let (_, _, overview) = page(&app, page_request("GET", "/dashboard", &write, &[])).await;
@@ -568,29 +675,44 @@ async fn operators_decide_payouts_from_the_dashboard_queue_and_the_overview_coun
             let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
             page_request("POST", &format!("/dashboard/payouts/{id}"), &write, &pairs)
         };
-        let (status, location, _) = page(&app, act(&p.id, vec![("action", "approve".into()), ("version", "1".into())])).await;
-        assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some(format!("/dashboard/payouts?done=approve&id={}", p.id).as_str())));
+        let (status, location, _) =
+            page(&app, act(&p.id, vec![("action", "approve".into()), ("version", "1".into())])).await;
+        assert_eq!(
+            (status, location.as_deref()),
+            (StatusCode::SEE_OTHER, Some(format!("/dashboard/payouts?done=approve&id={}", p.id).as_str()))
+        );
         // A second operator on the same page: refused, told why.
-        let (status, _, body) = page(&app, act(&p.id, vec![("action", "approve".into()), ("version", "1".into())])).await;
+        let (status, _, body) =
+            page(&app, act(&p.id, vec![("action", "approve".into()), ("version", "1".into())])).await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert!(body.contains("it changed meanwhile"), "{body}");
-        let (status, _, body) = page(&app, act(&p.id, vec![("action", "paid".into()), ("reference", " ".into())])).await;
+        let (status, _, body) =
+            page(&app, act(&p.id, vec![("action", "paid".into()), ("reference", " ".into())])).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(body.contains("reference: required"), "{body}");
-        let (status, _, _) = page(&app, act(&p.id, vec![("action", "paid".into()), ("reference", "SEPA-5".into()), ("version", "2".into())])).await;
+        let (status, _, _) = page(
+            &app,
+            act(&p.id, vec![("action", "paid".into()), ("reference", "SEPA-5".into()), ("version", "2".into())]),
+        )
+        .await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         let (status, _, body) = page(&app, act(&q.id, vec![("action", "reject".into()), ("reason", "".into())])).await;
         assert_eq!((status, body.contains("reason: required")), (StatusCode::UNPROCESSABLE_ENTITY, true));
-        let (status, location, _) = page(&app, act(&q.id, vec![("action", "reject".into()), ("reason", "duplicate request".into())])).await;
+        let (status, location, _) =
+            page(&app, act(&q.id, vec![("action", "reject".into()), ("reason", "duplicate request".into())])).await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         let (_, _, done) = page(&app, page_request("GET", location.as_deref().expect("location"), &write, &[])).await;
         assert!(done.contains(&format!("Payout {} rejected", q.id)), "{done}");
         assert_eq!(accounts(s).await, [4_000 - 2_500, 0, 0, 2_500], "P paid, Q's 10.00 back");
 
         // One payout's page: its steps by this operator, its postings.
-        let (status, _, detail) = page(&app, page_request("GET", &format!("/dashboard/payouts/{}", p.id), &read, &[])).await;
+        let (status, _, detail) =
+            page(&app, page_request("GET", &format!("/dashboard/payouts/{}", p.id), &read, &[])).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(detail.contains("approved by reviewer") && detail.contains("SEPA-5") && detail.contains("payout_paid"), "{detail}");
+        assert!(
+            detail.contains("approved by reviewer") && detail.contains("SEPA-5") && detail.contains("payout_paid"),
+            "{detail}"
+        );
         let (status, _, _) = page(&app, page_request("GET", "/dashboard/payouts/po_none", &read, &[])).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -598,16 +720,32 @@ async fn operators_decide_payouts_from_the_dashboard_queue_and_the_overview_coun
         let (_, _, json) = page(&app, page_request("GET", "/dashboard/overview.json", &read, &[])).await;
         let v: Value = serde_json::from_str(&json).expect("json");
         let m = &v["metrics"];
-        assert_eq!((m["payouts_requested_today"].as_i64(), m["payouts_requested_amount"]["EUR"].as_i64()), (Some(2), Some(3_500)), "{v}");
-        assert_eq!((m["payouts_paid_today"].as_i64(), m["payouts_paid_amount"]["EUR"].as_i64()), (Some(1), Some(2_500)));
-        assert_eq!((v["display"]["payouts_requested_amount"].as_str(), v["display"]["payouts_paid_amount"].as_str()), (Some("35.00 EUR"), Some("25.00 EUR")));
+        assert_eq!(
+            (m["payouts_requested_today"].as_i64(), m["payouts_requested_amount"]["EUR"].as_i64()),
+            (Some(2), Some(3_500)),
+            "{v}"
+        );
+        assert_eq!(
+            (m["payouts_paid_today"].as_i64(), m["payouts_paid_amount"]["EUR"].as_i64()),
+            (Some(1), Some(2_500))
+        );
+        assert_eq!(
+            (v["display"]["payouts_requested_amount"].as_str(), v["display"]["payouts_paid_amount"].as_str()),
+            (Some("35.00 EUR"), Some("25.00 EUR"))
+        );
         // Where the 40.00 issued is: 15.00 available, 25.00 paid out.
-        assert_eq!(v["display"]["cashback_split"], "0.00 EUR pending · 15.00 EUR available · 25.00 EUR paid out", "{v}");
+        assert_eq!(
+            v["display"]["cashback_split"], "0.00 EUR pending · 15.00 EUR available · 25.00 EUR paid out",
+            "{v}"
+        );
         // Tomorrow they are yesterday's.
         w.clock.advance(DAY_MS);
         let (_, _, json) = page(&app, page_request("GET", "/dashboard/overview.json", &read, &[])).await;
         let v: Value = serde_json::from_str(&json).expect("json");
-        assert_eq!((v["metrics"]["payouts_requested_today"].as_i64(), v["metrics"]["payouts_paid_today"].as_i64()), (Some(0), Some(0)));
+        assert_eq!(
+            (v["metrics"]["payouts_requested_today"].as_i64(), v["metrics"]["payouts_paid_today"].as_i64()),
+            (Some(0), Some(0))
+        );
         t.cleanup().await;
     }
 }
@@ -669,7 +807,11 @@ fn serve(url: &str) -> Serve {
 
 /// Sends a request with a JSON body (none for null) and reads the JSON answer.
 async fn json_of(request: reqwest::RequestBuilder, body: Value) -> (reqwest::StatusCode, Value) {
-    let request = if body.is_null() { request } else { request.header("content-type", "application/json").body(body.to_string()) };
+    let request = if body.is_null() {
+        request
+    } else {
+        request.header("content-type", "application/json").body(body.to_string())
+    };
     let r = request.send().await.expect("send");
     let status = r.status();
     (status, serde_json::from_str(&r.text().await.expect("body")).unwrap_or(Value::Null))
@@ -695,39 +837,88 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
                                         "amount": "sale", "commission": "comm", "state": "status", "currency": "cur"},
                              "states": {"pending": "PENDING", "approved": "COMPLETED", "refunded": "REVERSED"}});
         run(cashbackd(&url)
-            .args(["network", "add", "net", "--name", "Net", "--auth", "token", "--config", &adapter.to_string(), "--adapter"])
+            .args([
+                "network",
+                "add",
+                "net",
+                "--name",
+                "Net",
+                "--auth",
+                "token",
+                "--config",
+                &adapter.to_string(),
+                "--adapter",
+            ])
             .arg(plugin_path(WASIP2, "generic_s2s"))
             .env("CASHBACKD_NETWORK_SECRET", "net-t0ken"));
-        run(cashbackd(&url).args(["link", "add", "l1", "--merchant", "shop", "--network", "net", "--url", "https://shop.example/?c={click_id}"]));
+        run(cashbackd(&url).args([
+            "link",
+            "add",
+            "l1",
+            "--merchant",
+            "shop",
+            "--network",
+            "net",
+            "--url",
+            "https://shop.example/?c={click_id}",
+        ]));
         run(cashbackd(&url).args(["partner", "add", "app", "--name", "Rewards App"]));
         let payout_url = format!(
             "{}/payouts?id={{payout_id}}&s={{payout_status}}&amt={{payout_amount}}&ref={{payout_reference}}&u={{user_id}}",
             partner.base
         );
-        run(cashbackd(&url).args(["endpoint", "add", "app-payouts", "--partner", "app", "--events", "payouts", "--url", &payout_url]));
+        run(cashbackd(&url).args([
+            "endpoint",
+            "add",
+            "app-payouts",
+            "--partner",
+            "app",
+            "--events",
+            "payouts",
+            "--url",
+            &payout_url,
+        ]));
         run(cashbackd(&url)
             .args(["endpoint", "add", "app-conversions", "--partner", "app", "--url"])
             .arg(format!("{}/conversions?state=[%CASHBACK:STATE%]&payout={{payout}}", partner.base)));
-        let bad = cashbackd(&url).args(["endpoint", "add", "x", "--partner", "app", "--events", "payout", "--url", "https://p.example/"]).output().expect("run");
-        assert!(String::from_utf8_lossy(&bad.stderr).contains("--events: \"payout\" is not conversions or payouts"), "{}", t.name);
+        let bad = cashbackd(&url)
+            .args(["endpoint", "add", "x", "--partner", "app", "--events", "payout", "--url", "https://p.example/"])
+            .output()
+            .expect("run");
+        assert!(
+            String::from_utf8_lossy(&bad.stderr).contains("--events: \"payout\" is not conversions or payouts"),
+            "{}",
+            t.name
+        );
         let token = run(cashbackd(&url).args(["token", "create", "site", "--scope", "write"])).trim().to_string();
 
         // USER-API: the site's user account is created through the service until user
         // accounts have a public interface (issue 13, point 1); switch this to it then.
         {
             let db = cashbackd::db::Db::connect(&url).await.expect("db");
-            let s = Service::new(db, runtime().clone(), std::sync::Arc::new(cashbackd::clock::SystemClock), ServiceConfig::default());
+            let s = Service::new(
+                db,
+                runtime().clone(),
+                std::sync::Arc::new(cashbackd::clock::SystemClock),
+                ServiceConfig::default(),
+            );
             s.register_user("newbie", Some("newbie@example.com")).await.expect("user");
         }
 
         let server = serve(&url);
         let base = server.1.clone();
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-        let api = |method: reqwest::Method, path: &str| http.request(method, format!("{base}{path}")).bearer_auth(&token);
+        let api =
+            |method: reqwest::Method, path: &str| http.request(method, format!("{base}{path}")).bearer_auth(&token);
         let balances = || async {
             let (_, v) = json_of(api(reqwest::Method::GET, "/api/v1/balances?user=newbie"), Value::Null).await;
             let of = |kind: &str| {
-                v["balances"].as_array().expect("balances").iter().find(|b| b["kind"] == kind && b["currency"] == "EUR").map_or(0, |b| b["balance"].as_i64().expect("balance"))
+                v["balances"]
+                    .as_array()
+                    .expect("balances")
+                    .iter()
+                    .find(|b| b["kind"] == kind && b["currency"] == "EUR")
+                    .map_or(0, |b| b["balance"].as_i64().expect("balance"))
             };
             [of("available"), of("payout_in_flight"), of("debt")]
         };
@@ -741,7 +932,9 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
                 let to = url::Url::parse(r.headers()["location"].to_str().expect("location")).expect("url");
                 let click = to.query_pairs().find(|(k, _)| k == "c").expect("click id").1.into_owned();
                 for status in ["pending", status] {
-                    let pb = format!("{base}/postback/net?tid={tid}&clickref={click}&oid=O-{tid}&sale={sale}&comm=1.00&cur=EUR&status={status}&token=net-t0ken");
+                    let pb = format!(
+                        "{base}/postback/net?tid={tid}&clickref={click}&oid=O-{tid}&sale={sale}&comm=1.00&cur=EUR&status={status}&token=net-t0ken"
+                    );
                     let r = http.get(pb).send().await.expect("postback");
                     assert_eq!(r.status(), reqwest::StatusCode::OK, "{}", r.text().await.unwrap_or_default());
                 }
@@ -754,9 +947,16 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
         assert_eq!(balances().await, [1_200, 0, 0], "{}", t.name);
 
         // The site asks for 4.00 (below the 5.00 minimum), then for all of it.
-        let (status, v) = json_of(api(reqwest::Method::POST, "/api/v1/users/newbie/payouts"), json!({"currency": "EUR", "amount": 400})).await;
+        let (status, v) = json_of(
+            api(reqwest::Method::POST, "/api/v1/users/newbie/payouts"),
+            json!({"currency": "EUR", "amount": 400}),
+        )
+        .await;
         assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
-        assert_eq!(v["error"]["message"], "amount: 4.00 EUR is below the minimum payout of 5.00 EUR (payouts.minimum.EUR)");
+        assert_eq!(
+            v["error"]["message"],
+            "amount: 4.00 EUR is below the minimum payout of 5.00 EUR (payouts.minimum.EUR)"
+        );
         let (status, v) = json_of(
             api(reqwest::Method::POST, "/api/v1/users/newbie/payouts").header("idempotency-key", "newbie-1"),
             json!({"currency": "EUR"}),
@@ -774,11 +974,18 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
         assert!(String::from_utf8_lossy(&bad.stderr).contains("--status: \"sent\" is not requested"), "{bad:?}");
         let approved = run(cashbackd(&url).args(["payout", "approve", &id, "--operator", "ops-alice"]));
         assert!(approved.contains(&format!("payout {id} is approved")), "{approved}");
-        let (status, v) = json_of(api(reqwest::Method::POST, &format!("/api/v1/payouts/{id}/paid")), json!({"reference": "SEPA-2026-001"})).await;
+        let (status, v) = json_of(
+            api(reqwest::Method::POST, &format!("/api/v1/payouts/{id}/paid")),
+            json!({"reference": "SEPA-2026-001"}),
+        )
+        .await;
         assert_eq!(status, reqwest::StatusCode::OK, "{v}");
         assert_eq!(balances().await, [0, 0, 0]);
         let shown = run(cashbackd(&url).args(["payout", "show", &id]));
-        assert!(shown.contains("paid") && shown.contains("SEPA-2026-001") && shown.contains("approved by ops-alice"), "{shown}");
+        assert!(
+            shown.contains("paid") && shown.contains("SEPA-2026-001") && shown.contains("approved by ops-alice"),
+            "{shown}"
+        );
         assert!(shown.contains("platform/payouts_paid 12.00 EUR"), "{shown}");
 
         // The partner heard every step of the payout, and the conversion's states.
@@ -791,7 +998,14 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
                 .received()
                 .iter()
                 .filter(|r| r.path == "/payouts")
-                .map(|r| (r.param("s").unwrap_or_default(), r.param("amt").unwrap_or_default(), r.param("ref").unwrap_or_default(), r.param("u").unwrap_or_default()))
+                .map(|r| {
+                    (
+                        r.param("s").unwrap_or_default(),
+                        r.param("amt").unwrap_or_default(),
+                        r.param("ref").unwrap_or_default(),
+                        r.param("u").unwrap_or_default(),
+                    )
+                })
                 .collect();
             if (got.len() >= 3 && states().len() >= 2) || std::time::Instant::now() > deadline {
                 break got;
@@ -799,19 +1013,27 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };
         let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string(), "newbie".to_string());
-        assert_eq!(heard, [s("requested", "12.00", ""), s("approved", "12.00", ""), s("paid", "12.00", "SEPA-2026-001")], "{}", t.name);
+        assert_eq!(
+            heard,
+            [s("requested", "12.00", ""), s("approved", "12.00", ""), s("paid", "12.00", "SEPA-2026-001")],
+            "{}",
+            t.name
+        );
         assert_eq!(states(), ["PENDING", "COMPLETED"]);
 
         // The order is refunded after it was paid out: 12.00 owed, available stays at 0;
         // the next order's 8.00 repays it first.
-        let refund = format!("{base}/postback/net?tid=T-1&clickref={click}&oid=O-T-1&sale=120.00&comm=1.00&cur=EUR&status=refunded&token=net-t0ken");
+        let refund = format!(
+            "{base}/postback/net?tid=T-1&clickref={click}&oid=O-T-1&sale=120.00&comm=1.00&cur=EUR&status=refunded&token=net-t0ken"
+        );
         let r = http.get(refund).send().await.expect("refund");
         assert_eq!(r.status(), reqwest::StatusCode::OK, "{}", r.text().await.unwrap_or_default());
         assert_eq!(balances().await, [0, 0, -1_200]);
         order("T-2", "80.00", "approved").await; // 8.00 of cashback
         api(reqwest::Method::POST, "/api/v1/jobs/mature/run").send().await.expect("mature");
         assert_eq!(balances().await, [0, 0, -400]);
-        let (status, v) = json_of(api(reqwest::Method::POST, "/api/v1/users/newbie/payouts"), json!({"currency": "EUR"})).await;
+        let (status, v) =
+            json_of(api(reqwest::Method::POST, "/api/v1/users/newbie/payouts"), json!({"currency": "EUR"})).await;
         assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "nothing to pay out while owing: {v}");
         drop(server);
         let db = cashbackd::db::Db::connect(&url).await.expect("db");

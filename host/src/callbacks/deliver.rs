@@ -420,7 +420,8 @@ impl Deliverer {
             super::ids_from_json(self.inner.db.backend, 1)
         );
         let rows = sqlx::query(&sql).bind(json_ids(ids)).fetch_all(&self.inner.db.pool).await?;
-        let unreadable = |e: serde_json::Error| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}"));
+        let unreadable =
+            |e: serde_json::Error| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}"));
         for r in rows {
             let snapshot: String = r.try_get(4)?;
             let subject: String = r.try_get(13)?;

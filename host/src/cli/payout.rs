@@ -125,12 +125,10 @@ fn operator(given: &Option<String>) -> String {
 fn parse_amount(text: &str, currency: &str) -> anyhow::Result<i64> {
     let minor = money::parse_decimal(text, currency, money::Rounding::Down)
         .map_err(|e| anyhow::anyhow!("--amount: {text:?}: {e}"))?;
-    let exact = money::parse_decimal(text, currency, money::Rounding::Up).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+    let exact =
+        money::parse_decimal(text, currency, money::Rounding::Up).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
     if minor != exact {
-        bail!(
-            "--amount: {text:?} has more decimals than {currency} has ({})",
-            money::minor_unit_exponent(currency)
-        );
+        bail!("--amount: {text:?} has more decimals than {currency} has ({})", money::minor_unit_exponent(currency));
     }
     if minor <= 0 {
         bail!("--amount: must be above 0, got {text:?}");
@@ -141,10 +139,16 @@ fn parse_amount(text: &str, currency: &str) -> anyhow::Result<i64> {
 /// A refusal as the command line words it: the API's field names are flags here.
 fn refused(e: PayoutError) -> anyhow::Error {
     let text = e.to_string();
-    for (field, flag) in [("amount: ", "--amount: "), ("currency: ", "--currency: "), ("after: ", "--after: "),
-        ("limit: ", "--limit: "), ("reason: ", "--reason: "), ("reference: ", "--reference: "),
-        ("operator: ", "--operator: "), ("idempotency key: ", "--key: ")]
-    {
+    for (field, flag) in [
+        ("amount: ", "--amount: "),
+        ("currency: ", "--currency: "),
+        ("after: ", "--after: "),
+        ("limit: ", "--limit: "),
+        ("reason: ", "--reason: "),
+        ("reference: ", "--reference: "),
+        ("operator: ", "--operator: "),
+        ("idempotency key: ", "--key: "),
+    ] {
         if let Some(rest) = text.strip_prefix(field) {
             return anyhow::anyhow!("{flag}{rest}");
         }
@@ -169,12 +173,13 @@ fn line(p: &Payout) -> String {
 /// Runs a `payout` command.
 pub fn run(cli: &Cli, command: &PayoutCommand) -> anyhow::Result<ExitCode> {
     // Input checked before anything is opened: a bad flag costs no database connection.
-    let status = match command {
-        PayoutCommand::List { status: Some(s), .. } => Some(PayoutStatus::parse(s).ok_or_else(|| {
-            anyhow::anyhow!("--status: {s:?} is not requested, approved, rejected, paid or failed")
-        })?),
-        _ => None,
-    };
+    let status =
+        match command {
+            PayoutCommand::List { status: Some(s), .. } => Some(PayoutStatus::parse(s).ok_or_else(|| {
+                anyhow::anyhow!("--status: {s:?} is not requested, approved, rejected, paid or failed")
+            })?),
+            _ => None,
+        };
     let amount = match command {
         PayoutCommand::Request { amount: Some(a), currency, .. } => {
             payouts::service::check_currency(currency).map_err(refused)?;

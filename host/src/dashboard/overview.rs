@@ -30,13 +30,18 @@ fn display(o: &Overview, now: i64) -> BTreeMap<&'static str, String> {
         ("failed", o.failed.to_string()),
         ("reported_today", format!("{} reported today", o.reported_today)),
         ("cashback_split", {
-            let mut split =
-                format!("{} pending · {} available", per_currency(&o.cashback_pending), per_currency(&o.cashback_available));
+            let mut split = format!(
+                "{} pending · {} available",
+                per_currency(&o.cashback_pending),
+                per_currency(&o.cashback_available)
+            );
             // Once payouts began, where the rest went: pending + available + in payout +
             // paid out - owed back is the total.
-            for (part, what) in
-                [(&o.cashback_in_payout, "in payout"), (&o.cashback_paid_out, "paid out"), (&o.cashback_owed, "owed back")]
-            {
+            for (part, what) in [
+                (&o.cashback_in_payout, "in payout"),
+                (&o.cashback_paid_out, "paid out"),
+                (&o.cashback_owed, "owed back"),
+            ] {
                 if part.values().any(|v| *v != 0) {
                     split.push_str(&format!(" · {} {what}", per_currency(part)));
                 }

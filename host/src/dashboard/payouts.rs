@@ -41,7 +41,8 @@ pub(super) struct Done {
 /// `GET /dashboard/payouts`.
 pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q): Query<Done>) -> Response {
     let s = &st.service;
-    let queue = |status| PayoutFilter { status: Some(status), oldest_first: true, limit: Some(LIMIT), ..Default::default() };
+    let queue =
+        |status| PayoutFilter { status: Some(status), oldest_first: true, limit: Some(LIMIT), ..Default::default() };
     let (requested, approved, recent) = match (
         payouts::service::list(s, &queue(PayoutStatus::Requested)).await,
         payouts::service::list(s, &queue(PayoutStatus::Approved)).await,

@@ -135,7 +135,14 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/api/v1/payouts", Read, "payouts", "Payouts, by status or user, a page at a time", None),
     r("GET", "/api/v1/payouts/{id}", Read, "payouts", "A payout with its history and ledger postings", None),
     r("POST", "/api/v1/payouts/{id}/approve", Write, "payouts", "Approve a requested payout", JSON),
-    r("POST", "/api/v1/payouts/{id}/reject", Write, "payouts", "Reject a payout: the amount returns to available", JSON),
+    r(
+        "POST",
+        "/api/v1/payouts/{id}/reject",
+        Write,
+        "payouts",
+        "Reject a payout: the amount returns to available",
+        JSON,
+    ),
     r("POST", "/api/v1/payouts/{id}/paid", Write, "payouts", "Mark a payout paid with the external reference", JSON),
     r(
         "POST",
@@ -195,9 +202,10 @@ pub fn document() -> OpenApi {
             .response("422", error_response("Refused; the reason says why"))
             .response("503", error_response("The database is unavailable; retry later"));
         if route.tag == "payouts" {
-            op = op
-                .response("404", error_response("No such user or payout"))
-                .response("409", error_response("The payout's status does not allow the step, or it changed since read"));
+            op = op.response("404", error_response("No such user or payout")).response(
+                "409",
+                error_response("The payout's status does not allow the step, or it changed since read"),
+            );
         }
         if let Some(scope) = route.scope {
             op = op

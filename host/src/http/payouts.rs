@@ -119,7 +119,9 @@ async fn list(
     };
     let limit = q
         .limit
-        .map(|l| l.parse::<i64>().map_err(|_| ApiError::bad_request("invalid", format!("limit: {l:?} is not an integer"))))
+        .map(|l| {
+            l.parse::<i64>().map_err(|_| ApiError::bad_request("invalid", format!("limit: {l:?} is not an integer")))
+        })
         .transpose()?;
     let oldest_first = match q.order.as_deref() {
         None | Some("newest") => false,

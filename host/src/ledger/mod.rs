@@ -165,7 +165,14 @@ pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerE
         let Some(debit) = entries.iter().find(|e| e.kind == AccountKind::Debt).map(|e| e.amount) else { continue };
         let money = |minor: i64| cashback_sdk::money::format(minor, &p.currency);
         let (cause, reason) = if debit < 0 {
-            ("debt", format!("{} left available at {}: owed back, repaid from future cashback", p.key, money(held.available)))
+            (
+                "debt",
+                format!(
+                    "{} left available at {}: owed back, repaid from future cashback",
+                    p.key,
+                    money(held.available)
+                ),
+            )
         } else {
             ("debt_repayment", format!("{}: {} of the debt repaid from available", p.key, money(debit)))
         };

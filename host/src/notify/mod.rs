@@ -204,7 +204,10 @@ impl PayoutLine {
                 "the payment did not go through; the amount is back in your available balance".into()
             }
             "failed" => {
-                format!("the payment did not go through ({}); the amount is back in your available balance", self.reason)
+                format!(
+                    "the payment did not go through ({}); the amount is back in your available balance",
+                    self.reason
+                )
             }
             other => other.to_string(),
         }
@@ -394,7 +397,8 @@ impl Notifier {
             let subject: String = r.try_get(6)?;
             let entry = users.entry(user).or_insert_with(|| (email, Lines::default()));
             if subject == "payout" {
-                let p: crate::callbacks::outbox::PayoutSnapshot = serde_json::from_str(&snapshot).map_err(unreadable)?;
+                let p: crate::callbacks::outbox::PayoutSnapshot =
+                    serde_json::from_str(&snapshot).map_err(unreadable)?;
                 let line = PayoutLine {
                     payout_id: p.payout_id,
                     amount: cashback_sdk::money::format(p.amount, &p.currency),

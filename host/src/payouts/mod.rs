@@ -237,12 +237,7 @@ impl PayoutPolicy {
 /// The amount a request pays out: the one asked for, or all of `available` without one.
 /// Refused below `minimum` (checked first: the site learns the rule even when the user
 /// could not afford the amount) and above `available`.
-pub fn request_amount(
-    asked: Option<i64>,
-    available: i64,
-    minimum: i64,
-    currency: &str,
-) -> Result<i64, Refusal> {
+pub fn request_amount(asked: Option<i64>, available: i64, minimum: i64, currency: &str) -> Result<i64, Refusal> {
     let amount = match asked {
         Some(a) if a <= 0 => {
             return Err(Refusal::Invalid { field: "amount", why: format!("must be above 0 (minor units), got {a}") });
@@ -321,7 +316,10 @@ mod tests {
         assert_eq!(request_amount(None, 2_000, 1_000, "EUR"), Ok(2_000), "all of it without an amount");
         assert_eq!(request_amount(Some(1_000), 1_000, 1_000, "EUR"), Ok(1_000), "the minimum itself is allowed");
         let below = request_amount(Some(999), 2_000, 1_000, "EUR").expect_err("below");
-        assert_eq!(below.to_string(), "amount: 9.99 EUR is below the minimum payout of 10.00 EUR (payouts.minimum.EUR)");
+        assert_eq!(
+            below.to_string(),
+            "amount: 9.99 EUR is below the minimum payout of 10.00 EUR (payouts.minimum.EUR)"
+        );
         let all_below = request_amount(None, 400, 1_000, "EUR").expect_err("available below the minimum");
         assert!(matches!(all_below, Refusal::BelowMinimum { .. }), "{all_below}");
         let over = request_amount(Some(2_001), 2_000, 1_000, "EUR").expect_err("over");
@@ -347,9 +345,7 @@ mod tests {
         assert_eq!(decide("p", Approved, None, &act("paid")), mv(Paid, InFlightToPaid));
         assert_eq!(decide("p", Approved, None, &act("failed")), mv(Failed, InFlightToAvailable));
         assert_eq!(decide("p", Paid, Some("TR-1"), &act("failed")), mv(Failed, PaidToAvailable));
-        for (status, action) in
-            [(Approved, "approve"), (Rejected, "reject"), (Paid, "paid"), (Failed, "failed")]
-        {
+        for (status, action) in [(Approved, "approve"), (Rejected, "reject"), (Paid, "paid"), (Failed, "failed")] {
             assert_eq!(decide("p", status, Some("TR-1"), &act(action)), Ok(Step::Unchanged), "{status} {action}");
         }
         let paid_elsewhere = decide("p", Paid, Some("TR-0"), &act("paid")).expect_err("another reference");
