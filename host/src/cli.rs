@@ -49,7 +49,7 @@ pub struct Cli {
     /// The sender of notification e-mails [config: smtp.from, env: CASHBACKD_SMTP_FROM].
     #[arg(long, global = true, default_value = "cashbackd <cashback@localhost>")]
     pub smtp_from: String,
-    /// A directory whose subject.txt, body.txt, change.txt override the built-in
+    /// A directory whose subject.txt, body.txt, change.txt, payout.txt override the built-in
     /// notification templates [config: notify.templates, env: CASHBACKD_NOTIFY_TEMPLATES].
     #[arg(long, global = true)]
     pub notify_templates: Option<PathBuf>,
