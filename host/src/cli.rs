@@ -3,6 +3,7 @@
 mod author;
 mod config_cmd;
 mod decision;
+mod payout;
 mod registry;
 mod users;
 
@@ -49,7 +50,7 @@ pub struct Cli {
     /// The sender of notification e-mails [config: smtp.from, env: CASHBACKD_SMTP_FROM].
     #[arg(long, global = true, default_value = "cashbackd <cashback@localhost>")]
     pub smtp_from: String,
-    /// A directory whose subject.txt, body.txt, change.txt override the built-in
+    /// A directory whose subject.txt, body.txt, change.txt, payout.txt override the built-in
     /// notification templates [config: notify.templates, env: CASHBACKD_NOTIFY_TEMPLATES].
     #[arg(long, global = true)]
     pub notify_templates: Option<PathBuf>,
@@ -191,6 +192,13 @@ pub enum Command {
         #[command(subcommand)]
         command: users::ConversionCommand,
     },
+    /// Payouts of users' available cashback: list, show, approve, reject, mark paid or
+    /// failed (and request, for operators).
+    Payout {
+        /// What to do.
+        #[command(subcommand)]
+        command: payout::PayoutCommand,
+    },
 }
 
 /// `cashbackd partner ...`
@@ -252,6 +260,10 @@ pub enum EndpointCommand {
         /// PENDING, ADJUSTED, COMPLETED, REJECTED, REVERSED [default: every state].
         #[arg(long, value_delimiter = ',')]
         states: Vec<String>,
+        /// What it is sent, comma-separated: `conversions` (every state of a
+        /// conversion), `payouts` (every step of a payout).
+        #[arg(long, default_value = "conversions")]
+        events: String,
         // Unset, these take the configuration's callbacks.* (seed 003's values by default).
         /// Attempts in all [default: callbacks.max_attempts, 3].
         #[arg(long)]
@@ -610,6 +622,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Config { ref command } => config_cmd::run(&cli, None, command),
+        Command::Payout { ref command } => payout::run(&cli, command),
         Command::Plugin { command: PluginCommand::Registry(ref command) } => registry::run(&cli, command),
         Command::User { ref command } => users::run_user(&cli, command),
         Command::Conversion { ref command } => users::run_conversion(&cli, command),
@@ -701,6 +714,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let metrics_access = crate::http::MetricsAccess { require_token: cli.settings.metrics.require_token };
             let http = crate::http::HttpConfig::from_settings(&cli.settings);
             let notify_schedule = cli.settings.notify.schedule.clone();
+            let payout_policy = cli.settings.payouts.policy();
             crate::metrics::install();
             with_service(&cli, |service, runtime| async move {
                 let listener =
@@ -734,7 +748,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let app = crate::http::router_with(state, http)
                     .layer(axum::Extension(workers.deliverer.clone()))
                     .layer(axum::Extension(workers.notifier.clone()))
-                    .layer(axum::Extension(metrics_access));
+                    .layer(axum::Extension(metrics_access))
+                    .layer(axum::Extension(payout_policy));
                 crate::http::serve_router(app, listener, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })
@@ -1000,11 +1015,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
                             });
                             println!(
-                                "{:<20} {:<12} {:<4} {:<8} backlog {:<5} failures {:<3} states {states} secrets [{}] {}{}",
+                                "{:<20} {:<12} {:<4} {:<8} {:<20} backlog {:<5} failures {:<3} states {states} secrets [{}] {}{}",
                                 e.id,
                                 e.partner_id,
                                 e.method.as_str(),
                                 if e.enabled { "enabled" } else { "DISABLED" },
+                                e.events.join(","),
                                 e.backlog,
                                 e.consecutive_failures,
                                 e.secrets.join(", "),
@@ -1229,6 +1245,7 @@ fn endpoint_spec(
         network,
         require_ref_id,
         states,
+        events,
         max_attempts,
         backoff,
         retry_delay,
@@ -1259,6 +1276,7 @@ fn endpoint_spec(
     if !states.is_empty() {
         spec.states = Some(crate::callbacks::parse_states(states).map_err(|e| anyhow::anyhow!("--{e}"))?);
     }
+    spec.events = crate::callbacks::Events::parse(events.split(',')).map_err(|e| anyhow::anyhow!("--{e}"))?;
     spec.retry = RetryPolicy {
         max_attempts: max_attempts.unwrap_or(defaults.max_attempts),
         backoff: match backoff.as_deref().unwrap_or(&defaults.backoff) {

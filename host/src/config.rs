@@ -46,6 +46,8 @@ pub struct Settings {
     pub smtp: SmtpSettings,
     /// User notification digests.
     pub notify: NotifySettings,
+    /// Payouts.
+    pub payouts: PayoutSettings,
 }
 
 /// `[database]`
@@ -306,6 +308,23 @@ pub struct NotifySettings {
     pub templates: Option<PathBuf>,
 }
 
+/// `[payouts]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutSettings {
+    /// The smallest payout per currency (ISO code), in minor units; a currency not
+    /// listed takes any amount above zero.
+    #[serde(default)]
+    pub minimum: BTreeMap<String, i64>,
+}
+
+impl PayoutSettings {
+    /// The policy the payouts module applies.
+    pub fn policy(&self) -> crate::payouts::PayoutPolicy {
+        crate::payouts::PayoutPolicy { minimum: self.minimum.clone() }
+    }
+}
+
 impl Default for Settings {
     /// The same values as [`DEFAULTS`] (a test keeps them so).
     fn default() -> Self {
@@ -360,6 +379,7 @@ impl Default for Settings {
                 retry_delay_secs: 600,
                 templates: None,
             },
+            payouts: PayoutSettings::default(),
         }
     }
 }
@@ -372,6 +392,8 @@ enum Kind {
     Int,
     /// Comma-separated.
     List,
+    /// Comma-separated `NAME=INTEGER` pairs (a table of integers).
+    Map,
 }
 
 /// Every key an environment variable can set: `CASHBACKD_` and the key in capitals with
@@ -431,6 +453,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("notify.max_attempts", Kind::Int),
     ("notify.retry_delay_secs", Kind::Int),
     ("notify.templates", Kind::Text),
+    ("payouts.minimum", Kind::Map),
 ];
 
 /// Shorter names kept from before the configuration file; the `CASHBACKD_*` name of the
@@ -519,7 +542,10 @@ impl Layer {
     }
 
     fn origin(&self, key: &str) -> Option<String> {
-        self.entries.iter().rev().find(|(k, _, _)| k == key).map(|(_, _, from)| format!("from {from}"))
+        // A key inside a table-valued setting (`payouts.minimum.EUR`) comes from the
+        // variable of the table.
+        let within = |k: &str| k == key || key.strip_prefix(k).is_some_and(|rest| rest.starts_with('.'));
+        self.entries.iter().rev().find(|(k, _, _)| within(k)).map(|(_, _, from)| format!("from {from}"))
     }
 }
 
@@ -537,6 +563,15 @@ fn typed(raw: &str, kind: Kind) -> Value {
         Kind::Text => Value::from(raw.to_string()),
         Kind::List => {
             Value::from(raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>())
+        }
+        Kind::Map => {
+            let mut dict = Dict::new();
+            for pair in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                // Not NAME=VALUE: the text as it is, so that the error quotes it.
+                let Some((name, value)) = pair.split_once('=') else { return Value::from(raw.to_string()) };
+                dict.insert(name.trim().to_string(), typed(value, Kind::Int));
+            }
+            Value::from(dict)
         }
     }
 }
@@ -780,6 +815,15 @@ impl Settings {
             crate::notify::Templates::load(Some(dir))
                 .map_err(|e| ConfigError::new("notify.templates", e.to_string()))?;
         }
+        for (currency, minimum) in &self.payouts.minimum {
+            let key = format!("payouts.minimum.{currency}");
+            if crate::payouts::service::check_currency(currency).is_err() {
+                return Err(ConfigError::new(key, "not an ISO 4217 currency code (three capital letters, EUR)"));
+            }
+            if *minimum < 1 {
+                return Err(ConfigError::new(key, format!("at least 1 (minor units), got {minimum}")));
+            }
+        }
         Ok(())
     }
 
@@ -958,8 +1002,10 @@ mod tests {
         fn leaves(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
             for (k, v) in t {
                 let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                // A table-valued key (payouts.minimum) is one setting with one variable.
+                let map = ENV_KEYS.iter().any(|(name, kind)| *name == key && *kind == Kind::Map);
                 match v {
-                    toml::Value::Table(inner) => leaves(&key, inner, out),
+                    toml::Value::Table(inner) if !map => leaves(&key, inner, out),
                     _ => out.push(key),
                 }
             }
@@ -1065,6 +1111,30 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "http.max_body_bytes: at least 1024 bytes, got 10 (from CASHBACKD_HTTP_MAX_BODY_BYTES)"
+        );
+    }
+
+    #[test]
+    fn payout_minimums_come_from_the_file_and_the_variable_and_are_checked_by_currency() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[payouts.minimum]\nEUR = 1000\nGBP = 500\n").expect("write");
+        let loaded = load_from(Some(&file), &env(&[("CASHBACKD_PAYOUTS_MINIMUM", "USD=2500, GBP=800")]), no_flags())
+            .expect("loads");
+        let m = &loaded.settings.payouts.minimum;
+        assert_eq!((m.get("EUR"), m.get("GBP"), m.get("USD")), (Some(&1000), Some(&800), Some(&2500)));
+        assert_eq!(loaded.settings.payouts.policy().minimum("JPY"), 1, "not listed: any amount above zero");
+        let e = load_from(None, &env(&[("CASHBACKD_PAYOUTS_MINIMUM", "EUR=ten")]), no_flags()).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            r#"payouts.minimum.EUR: expected an integer, got "ten" (from CASHBACKD_PAYOUTS_MINIMUM)"#
+        );
+        let e = load_from(None, &env(&[("CASHBACKD_PAYOUTS_MINIMUM", "eur=1000")]), no_flags()).expect_err("refused");
+        assert_eq!(e.key, "payouts.minimum.eur", "{e}");
+        let e = load_from(None, &env(&[("CASHBACKD_PAYOUTS_MINIMUM", "EUR=0")]), no_flags()).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "payouts.minimum.EUR: at least 1 (minor units), got 0 (from CASHBACKD_PAYOUTS_MINIMUM)"
         );
     }
 

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod outbound;
+pub mod payouts;
 pub mod plugin;
 pub mod registry;
 pub mod scheduler;

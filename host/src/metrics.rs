@@ -122,7 +122,7 @@ pub fn ingest_result(network: &str, via: &'static str, result: &Result<Outcome, 
         Ok(Outcome::Applied { created: false, .. }) => "updated",
         Ok(Outcome::Duplicate { .. }) => "duplicate",
         Ok(Outcome::Ignored { .. }) => "ignored",
-        Ok(Outcome::Registered { .. } | Outcome::Adjusted { .. }) => return,
+        Ok(Outcome::Registered { .. } | Outcome::Adjusted { .. } | Outcome::Payout { .. }) => return,
         Err(ServiceError::Invalid(_) | ServiceError::Apply(ApplyError::Invalid(_))) => "rejected",
         Err(_) => "failed",
     };

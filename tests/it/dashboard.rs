@@ -244,7 +244,7 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
             }
             // Any valid token reads; nothing secret is rendered.
             let (status, _, body) = call(&app, get(page, Some(&w.read))).await;
-            let missing = page.ends_with("/cv_x") || page.ends_with("/deliveries/1");
+            let missing = page.ends_with("/cv_x") || page.ends_with("/deliveries/1") || page.ends_with("/po_x");
             let expected = if missing { StatusCode::NOT_FOUND } else { StatusCode::OK };
             assert_eq!(status, expected, "{}: {page}: {body}", t.name);
             assert_no_secret(&w, page, &body);
@@ -590,6 +590,93 @@ async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_
     on(&b, "/dashboard/login").await;
     b.goto(&format!("{base}/dashboard/review")).await.expect("goto");
     on(&b, "/dashboard/login").await;
+
+    b.close().await.expect("close");
+    drop(driver);
+    let _ = stop.send(());
+    server.await.expect("server").expect("serve");
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_an_operator_approves_pays_and_rejects_payouts_and_the_overview_counts_them() {
+    use cashbackd::payouts::{self, NewPayout, PayoutPolicy, PayoutStatus};
+    use fantoccini::Locator::Css;
+    let Some(driver) = chromedriver().await else { return };
+    let t = backends::sqlite().await;
+    let sink = sink().await;
+    let w = seed(t.db.clone(), &sink).await;
+    let s = &w.service;
+    // 80.00 of carol's cashback is available (a manual credit stands in for her orders).
+    s.adjust("payouts-browser", "carol", "EUR", 8_000, "test", "available to pay out").await.expect("credit");
+    let request = |amount: i64| NewPayout {
+        user_id: "carol".into(),
+        currency: "EUR".into(),
+        amount: Some(amount),
+        key: None,
+        requested_by: "site".into(),
+    };
+    let (paid, _) = payouts::service::request(s, &PayoutPolicy::default(), request(5_000)).await.expect("request");
+    let (rejected, _) = payouts::service::request(s, &PayoutPolicy::default(), request(2_000)).await.expect("request");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cashbackd::http::serve_router(app(&w), listener, async {
+        let _ = stopped.await;
+    }));
+
+    let b = browser(&driver).await;
+    b.goto(&format!("{base}/dashboard/payouts")).await.expect("goto");
+    on(&b, "/dashboard/login").await;
+    b.find(Css("#token")).await.expect("token field").send_keys(&w.write).await.expect("type");
+    b.find(Css("button[type=submit]")).await.expect("submit").click().await.expect("click");
+    on(&b, "/dashboard/payouts").await;
+    assert!(text(&b, "header nav a.active").await.contains("Payouts"));
+    assert!(text(&b, "#payouts-requested").await.contains("50.00 EUR"));
+    screenshot(&b, "payouts").await;
+
+    // Approve one: it moves to the payments to make; mark it paid with its reference.
+    let row = b.find(Css(&format!("#payouts-requested tbody[data-payout='{}']", paid.id))).await.expect("requested");
+    row.find(Css("button[value=approve]")).await.expect("approve").click().await.expect("click");
+    assert!(text(&b, ".notice-ok").await.contains("approved"));
+    let row = b.find(Css(&format!("#payouts-approved tbody[data-payout='{}']", paid.id))).await.expect("to pay");
+    row.find(Css("input[name=reference]")).await.expect("reference").send_keys("SEPA-0042").await.expect("type");
+    row.find(Css("button[value=paid]")).await.expect("mark paid").click().await.expect("click");
+    assert!(text(&b, ".notice-ok").await.contains("marked paid"));
+    // Reject the other, with a reason.
+    let row =
+        b.find(Css(&format!("#payouts-requested tbody[data-payout='{}']", rejected.id))).await.expect("requested");
+    row.find(Css("input[name=reason]")).await.expect("reason").send_keys("duplicate request").await.expect("type");
+    row.find(Css("button[value=reject]")).await.expect("reject").click().await.expect("click");
+    assert!(text(&b, ".notice-ok").await.contains("rejected"));
+    let closed = text(&b, "#payouts-closed").await;
+    assert!(closed.contains("SEPA-0042") && closed.contains("duplicate request"), "{closed}");
+    screenshot(&b, "payouts-after").await;
+    let status =
+        |id: String| async move { payouts::store::get(s.db(), &id).await.expect("read").expect("payout").status };
+    assert_eq!(status(paid.id.clone()).await, PayoutStatus::Paid);
+    assert_eq!(status(rejected.id.clone()).await, PayoutStatus::Rejected);
+
+    // The payout's page: its steps, by this operator, and its postings.
+    b.find(Css(&format!("#payouts-closed a[href='/dashboard/payouts/{}']", paid.id)))
+        .await
+        .expect("link")
+        .click()
+        .await
+        .expect("click");
+    assert!(text(&b, "#history").await.contains("approved by reviewer"));
+    assert!(text(&b, "#postings").await.contains("payouts_paid"));
+    screenshot(&b, "payout").await;
+
+    // The overview: two requested today (70.00), one paid (50.00).
+    b.goto(&format!("{base}/dashboard")).await.expect("goto");
+    assert_eq!(text(&b, ".metric .value[data-metric=payouts_requested]").await, "2");
+    assert_eq!(text(&b, ".metric .sub[data-metric=payouts_requested_amount]").await, "70.00 EUR");
+    assert_eq!(text(&b, ".metric .value[data-metric=payouts_paid]").await, "1");
+    assert_eq!(text(&b, ".metric .sub[data-metric=payouts_paid_amount]").await, "50.00 EUR");
+    let split = text(&b, ".metric .sub[data-metric=cashback_split]").await;
+    assert!(split.ends_with(" · 50.00 EUR paid out"), "where the issued cashback is: {split}");
+    screenshot(&b, "overview-payouts").await;
 
     b.close().await.expect("close");
     drop(driver);

@@ -1,12 +1,15 @@
 //! Property tests of the ledger and lifecycle: random sequences of network events
 //! (duplicates, reorderings, adjustments, rejections, reversals), operator reviews,
-//! maturation and manual adjustments, on both backends. After every sequence:
+//! maturation, manual adjustments, and payouts requested and moved through their steps
+//! (refused ones included), on both backends. After every sequence:
 //!
 //! - every transaction balances per currency and each currency sums to zero;
 //! - each balance equals the fold of its entries, and each conversion's bookings equal
 //!   the fold of its own postings;
 //! - no conversion's state ever moved backwards;
 //! - re-applying any event changes nothing;
+//! - no available balance, payout in flight or payout paid is negative, and no debt
+//!   positive (a refund after payout is a debt, never a negative available balance);
 //! - replaying the journal from empty reproduces every balance exactly.
 //!
 //! `PROPTEST_CASES` sets the number of sequences per backend (default 12).
@@ -16,18 +19,43 @@ use crate::ledger::{event, world};
 use cashbackd::clock::DAY_MS;
 use cashbackd::conversions::{Outcome, ReviewAction, conversion_id};
 use cashbackd::ledger;
+use cashbackd::payouts;
 use cashbackd::plugin::wit::latest::{ConversionEvent, ConversionState};
 use proptest::prelude::*;
 use sqlx::Row;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Event { tx: u8, state: ConversionState, amount: i64, commission: i64 },
-    Repeat { index: usize },
-    Review { tx: u8, action: ReviewAction },
-    Advance { days: i64 },
-    Adjust { user: u8, amount: i64 },
+    Event {
+        tx: u8,
+        state: ConversionState,
+        amount: i64,
+        commission: i64,
+    },
+    Repeat {
+        index: usize,
+    },
+    Review {
+        tx: u8,
+        action: ReviewAction,
+    },
+    Advance {
+        days: i64,
+    },
+    Adjust {
+        user: u8,
+        amount: i64,
+    },
     ManualMode(bool),
+    /// u1 asks for `amount` (none: all of it).
+    Payout {
+        amount: Option<i64>,
+    },
+    /// A step on the `index`-th payout: 0 approve, 1 reject, 2 paid, 3 failed.
+    PayoutStep {
+        index: usize,
+        step: u8,
+    },
 }
 
 fn state() -> impl Strategy<Value = ConversionState> {
@@ -49,8 +77,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..4, prop_oneof![Just(ReviewAction::Approve), Just(ReviewAction::Reject), Just(ReviewAction::Hold)])
             .prop_map(|(tx, action)| Op::Review { tx, action }),
         2 => (0i64..45).prop_map(|days| Op::Advance { days }),
-        1 => (0u8..2, -500i64..500).prop_map(|(user, amount)| Op::Adjust { user, amount }),
+        // Credits more often than debits: payouts need something available.
+        2 => (0u8..2, -500i64..1_500).prop_map(|(user, amount)| Op::Adjust { user, amount }),
         1 => any::<bool>().prop_map(Op::ManualMode),
+        3 => proptest::option::of(1i64..1_500).prop_map(|amount| Op::Payout { amount }),
+        8 => (0usize..4, 0u8..4).prop_map(|(index, step)| Op::PayoutStep { index, step }),
     ]
 }
 
@@ -72,6 +103,12 @@ async fn run_sequence(ops: Vec<Op>, postgres: bool) -> Result<(), TestCaseError>
     let w = world(t.db.clone()).await;
     let s = &w.service;
     let mut sent: Vec<ConversionEvent> = Vec::new();
+    let mut payouts_made: Vec<String> = Vec::new();
+    // Something to pay out from the start, so that payouts and their steps interleave
+    // with everything else (later credits come from adjustments and maturations).
+    s.adjust("prop-seed", "u1", "EUR", 5_000, "prop", "property test")
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     for (i, op) in ops.into_iter().enumerate() {
         match op {
             Op::Event { tx, state, amount, commission } => {
@@ -101,11 +138,49 @@ async fn run_sequence(ops: Vec<Op>, postgres: bool) -> Result<(), TestCaseError>
             Op::ManualMode(manual) => {
                 s.upsert_merchant("shop", "Shop", manual, 30).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
             }
+            Op::Payout { amount } => {
+                let new = payouts::NewPayout {
+                    user_id: "u1".into(),
+                    currency: "EUR".into(),
+                    amount,
+                    key: Some(format!("prop-{i}")),
+                    requested_by: "prop".into(),
+                };
+                // Refused above the available balance: a refusal is a valid outcome.
+                match payouts::service::request(s, &Default::default(), new).await {
+                    Ok((p, _)) => payouts_made.push(p.id),
+                    Err(payouts::PayoutError::Refused(_)) => {}
+                    Err(e) => return Err(TestCaseError::fail(format!("payout: {e}"))),
+                }
+            }
+            Op::PayoutStep { index, step } if !payouts_made.is_empty() => {
+                let action = match step {
+                    0 => payouts::PayoutAction::Approve,
+                    1 => payouts::PayoutAction::Reject { reason: "prop".into() },
+                    2 => payouts::PayoutAction::MarkPaid { reference: format!("ref-{index}") },
+                    _ => payouts::PayoutAction::MarkFailed { reason: "prop".into() },
+                };
+                let t = payouts::Transition { action, operator: "prop".into(), expected_version: None };
+                // Out of order is refused; either way nothing breaks.
+                match payouts::service::transition(s, &payouts_made[index % payouts_made.len()], t).await {
+                    Ok(_) | Err(payouts::PayoutError::Refused(_)) => {}
+                    Err(e) => return Err(TestCaseError::fail(format!("payout step: {e}"))),
+                }
+            }
+            Op::PayoutStep { .. } => {}
         }
     }
     let pool = &s.db().pool;
     let problems = ledger::check_invariants(pool).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert!(problems.is_empty(), "{problems:#?}");
+    let wrong_sign: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT owner, kind, balance FROM accounts WHERE (kind IN ('available', 'payout_in_flight', 'payouts_paid') \
+         AND balance < 0) OR (kind = 'debt' AND balance > 0)",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert!(wrong_sign.is_empty(), "balances of the wrong sign: {wrong_sign:?}");
 
     // Each conversion's bookings are the fold of its own postings.
     let rows = sqlx::query(

@@ -22,6 +22,7 @@ mod ledger;
 mod ledger_props;
 mod notify;
 mod ops;
+mod payouts;
 mod plugin_cli;
 mod plugin_new;
 mod plugin_runtime;

@@ -23,7 +23,7 @@
 //! `webhook-id` / `{delivery_id}`, so the partner can tell). A delivery recorded as
 //! delivered is never sent again, except by an operator's replay.
 
-use super::outbox::{ChangeKind, Snapshot};
+use super::outbox::{ChangeKind, PayoutSnapshot, Snapshot};
 use super::sign::{self, Secret};
 use super::template::{Template, Values, append_params};
 use super::{CallbackError, Endpoint, Method, net};
@@ -170,13 +170,19 @@ pub struct TestReport {
     pub delivered: bool,
 }
 
+/// What a change is about, as it was then.
+enum Subject {
+    Conversion(Box<Snapshot>),
+    Payout(PayoutSnapshot),
+}
+
 /// One claimed delivery with what it needs to be sent.
 struct Job {
     delivery_id: i64,
     endpoint_id: String,
     attempt: i64,
     change_at: i64,
-    snapshot: Snapshot,
+    subject: Subject,
     ref_id: Option<String>,
     subs: [Option<String>; 5],
     merchant_name: Option<String>,
@@ -312,7 +318,10 @@ impl Deliverer {
         let permits = self.inner.permits.clone();
         for job in jobs {
             let Some((endpoint, template)) = endpoints.get(&job.endpoint_id) else { continue };
-            if endpoint.spec.require_ref_id && job.ref_id.as_deref().unwrap_or("").is_empty() {
+            // Seed 003's "no ref_id, no postback" is about a click's conversions; a payout
+            // has no click.
+            let conversion = matches!(job.subject, Subject::Conversion(_));
+            if conversion && endpoint.spec.require_ref_id && job.ref_id.as_deref().unwrap_or("").is_empty() {
                 skipped.push(job.delivery_id);
                 skipped_endpoints.push(job.endpoint_id.clone());
                 continue;
@@ -443,25 +452,34 @@ impl Deliverer {
         let sql = format!(
             "SELECT d.id, d.endpoint_id, d.attempts, c.at, c.snapshot, cl.ref_id, cl.sub1, cl.sub2, cl.sub3, cl.sub4, \
              cl.sub5, m.name, (SELECT MIN(r.merchant_ref) FROM merchant_refs r WHERE r.network_id = c.network_id \
-             AND r.merchant_id = c.merchant_id) \
+             AND r.merchant_id = c.merchant_id), c.subject \
              FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
              LEFT JOIN clicks cl ON cl.click_id = c.click_id LEFT JOIN merchants m ON m.id = c.merchant_id \
              WHERE d.id IN ({}) ORDER BY d.id",
             super::ids_from_json(self.inner.db.backend, 1)
         );
         let rows = sqlx::query(&sql).bind(json_ids(ids)).fetch_all(&self.inner.db.pool).await?;
+        let unreadable =
+            |e: serde_json::Error| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}"));
         for r in rows {
             let snapshot: String = r.try_get(4)?;
-            let snapshot: Snapshot = serde_json::from_str(&snapshot)
-                .map_err(|e| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}")))?;
+            let subject: String = r.try_get(13)?;
+            let subject = match subject.as_str() {
+                "payout" => Subject::Payout(serde_json::from_str(&snapshot).map_err(unreadable)?),
+                _ => Subject::Conversion(Box::new(serde_json::from_str(&snapshot).map_err(unreadable)?)),
+            };
+            let merchant_ref = match &subject {
+                Subject::Conversion(s) => s.merchant_ref.clone().or(r.try_get(12)?),
+                Subject::Payout(_) => None,
+            };
             let attempts: i64 = r.try_get(2)?;
             jobs.push(Job {
                 delivery_id: r.try_get(0)?,
                 endpoint_id: r.try_get(1)?,
                 attempt: attempts + 1,
                 change_at: r.try_get(3)?,
-                merchant_ref: snapshot.merchant_ref.clone().or(r.try_get(12)?),
-                snapshot,
+                merchant_ref,
+                subject,
                 ref_id: r.try_get(5)?,
                 subs: [r.try_get(6)?, r.try_get(7)?, r.try_get(8)?, r.try_get(9)?, r.try_get(10)?],
                 merchant_name: r.try_get(11)?,
@@ -472,17 +490,37 @@ impl Deliverer {
 
     /// The values of a delivery, by placeholder.
     fn values(job: &Job) -> Values {
-        let s = &job.snapshot;
-        // A click's CREATED has no conversion yet: no order, amounts, cashback or status
-        // of ours. Those render empty (an absent value), never as a made-up 0.00 that a
-        // partner could book.
-        let conversion = s.kind == ChangeKind::Conversion;
         let mut v = Values::new();
         let mut put = |k: &'static str, val: Option<String>| {
             if let Some(val) = val {
                 v.insert(k, val);
             }
         };
+        put("delivery_id", Some(message_id(job.delivery_id)));
+        put("timestamp", Some((job.change_at / 1000).to_string()));
+        let s = match &job.subject {
+            Subject::Conversion(s) => s,
+            Subject::Payout(p) => {
+                // A payout's own values, and the common ones; a conversion's (order,
+                // click, merchant) are empty.
+                put("type", Some("payout.changed".into()));
+                put("status", Some(p.status.as_str().into()));
+                put("user_id", Some(p.user_id.clone()));
+                put("currency", Some(p.currency.clone()));
+                put("reason", p.reason.clone());
+                put("payout_id", Some(p.payout_id.clone()));
+                put("payout_status", Some(p.status.as_str().into()));
+                put("payout_amount", Some(super::decimal(p.amount, &p.currency)));
+                put("payout_amount_minor", Some(p.amount.to_string()));
+                put("payout_reference", p.reference.clone());
+                return v;
+            }
+        };
+        // A click's CREATED has no conversion yet: no order, amounts, cashback or status
+        // of ours. Those render empty (an absent value), never as a made-up 0.00 that a
+        // partner could book.
+        let conversion = s.kind == ChangeKind::Conversion;
+        put("type", Some(if conversion { "conversion.changed" } else { "click.created" }.into()));
         let of_conversion = |val: String| Some(val).filter(|_| conversion);
         put("state", Some(s.state.as_str().into()));
         put("status", of_conversion(s.status.as_str().into()));
@@ -502,10 +540,8 @@ impl Deliverer {
         put("reward_delay_days", s.reward_delay_days.map(|d| d.to_string()));
         put("merchant_ref", job.merchant_ref.clone());
         put("merchant_name", job.merchant_name.clone());
-        put("conversion_id", of_conversion(job_conversion(job)));
-        put("delivery_id", Some(message_id(job.delivery_id)));
+        put("conversion_id", of_conversion(crate::conversions::conversion_id(&s.network_id, &s.transaction_id)));
         put("network", Some(s.network_id.clone()).filter(|n| !n.is_empty()));
-        put("timestamp", Some((job.change_at / 1000).to_string()));
         for (i, name) in ["sub1", "sub2", "sub3", "sub4", "sub5"].into_iter().enumerate() {
             put(name, job.subs[i].clone());
         }
@@ -857,10 +893,6 @@ fn outcome_of(s: &Sent, max_attempts: u32) -> &'static str {
     }
 }
 
-fn job_conversion(job: &Job) -> String {
-    crate::conversions::conversion_id(&job.snapshot.network_id, &job.snapshot.transaction_id)
-}
-
 /// The message id of a delivery: the same for every attempt and replay of it
 /// (`webhook-id`, `{delivery_id}`), so partners can deduplicate.
 pub fn message_id(delivery_id: i64) -> String {
@@ -868,8 +900,29 @@ pub fn message_id(delivery_id: i64) -> String {
 }
 
 fn post_body(job: &Job, v: &Values, params: &std::collections::BTreeMap<String, String>) -> serde_json::Value {
-    let s = &job.snapshot;
     let get = |k: &str| v.get(k).cloned();
+    let s = match &job.subject {
+        Subject::Conversion(s) => s,
+        Subject::Payout(p) => {
+            return serde_json::json!({
+                "type": "payout.changed",
+                "id": message_id(job.delivery_id),
+                "data": {
+                    "payout_id": p.payout_id,
+                    "user_id": p.user_id,
+                    "status": p.status,
+                    "amount": get("payout_amount"),
+                    "amount_minor": p.amount,
+                    "currency": p.currency,
+                    "reference": p.reference,
+                    "reason": p.reason,
+                    "requested_at": p.requested_at,
+                    "changed_at": job.change_at,
+                },
+                "params": params,
+            });
+        }
+    };
     // A click's CREATED: the same shape, its conversion's fields null (see `values`).
     let (kind, of_conversion) = match s.kind {
         ChangeKind::Conversion => ("conversion.changed", true),
@@ -921,10 +974,33 @@ fn webhook_headers(secrets: &[Secret], id: &str, ts: i64, body: &str) -> (Header
 }
 
 /// The tester's sample: a PENDING conversion, or, for an endpoint that does not take
-/// PENDING, the first state it takes (a click's CREATED for CREATED), so that the partner
-/// sees the kind of callback it will get.
+/// PENDING, the first state it takes (a click's CREATED for CREATED), or a paid payout for
+/// an endpoint that takes payouts only, so that the partner sees the kind of callback it
+/// will get.
 fn sample_job(endpoint: &Endpoint, now: i64) -> Job {
     use crate::conversions::{State, Status};
+    if !endpoint.spec.events.conversions {
+        return Job {
+            delivery_id: 0,
+            endpoint_id: endpoint.spec.id.clone(),
+            attempt: 1,
+            change_at: now,
+            subject: Subject::Payout(PayoutSnapshot {
+                payout_id: "po_test".into(),
+                user_id: "test-user".into(),
+                currency: "EUR".into(),
+                amount: 2_500,
+                status: crate::payouts::PayoutStatus::Paid,
+                reference: Some("test-reference".into()),
+                reason: None,
+                requested_at: now,
+            }),
+            ref_id: None,
+            subs: [None, None, None, None, None],
+            merchant_name: None,
+            merchant_ref: None,
+        };
+    }
     let state = match &endpoint.spec.states {
         Some(states) if !states.contains(&State::Pending) => states.first().copied().unwrap_or(State::Pending),
         _ => State::Pending,
@@ -934,7 +1010,7 @@ fn sample_job(endpoint: &Endpoint, now: i64) -> Job {
         endpoint_id: endpoint.spec.id.clone(),
         attempt: 1,
         change_at: now,
-        snapshot: Snapshot {
+        subject: Subject::Conversion(Box::new(Snapshot {
             kind: ChangeKind::Conversion,
             state,
             status: Status::Processed,
@@ -953,7 +1029,7 @@ fn sample_job(endpoint: &Endpoint, now: i64) -> Job {
             cashback: 500,
             reward_delay_days: Some(30),
             line_ids: vec!["line-1".into()],
-        },
+        })),
         ref_id: Some("test-ref".into()),
         subs: [Some("test-sub1".into()), None, None, None, None],
         merchant_name: Some("Test Merchant".into()),
@@ -967,7 +1043,7 @@ fn sample_job(endpoint: &Endpoint, now: i64) -> Job {
             network_id: Some("test-network"),
             ref_id: Some("test-ref"),
         };
-        job.snapshot = super::outbox::Change::of_click(&click, None, now).snapshot;
+        job.subject = Subject::Conversion(Box::new(super::outbox::Change::of_click(&click, None, now).snapshot));
     }
     job
 }
@@ -1020,7 +1096,10 @@ pub struct DeliveryView {
     pub conversion_id: Option<String>,
     /// The click, when known.
     pub click_id: Option<String>,
-    /// The conversion's version (order); 1 for a click.
+    /// What the change is about: `conversion` (a conversion's change or a click's
+    /// CREATED) or `payout` (then `conversion_id` holds the payout's id).
+    pub subject: String,
+    /// The conversion's (or payout's) version (order); 1 for a click.
     pub version: i64,
     /// The state it tells.
     pub conversion_state: String,
@@ -1098,7 +1177,7 @@ pub struct DeliveryFilter {
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.conversion_id, d.version, c.state, d.state, d.attempts, \
-    d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.delivered_at, c.kind, c.click_id";
+    d.next_attempt_at, d.last_status, d.last_error, d.created_at, d.delivered_at, c.kind, c.click_id, c.subject";
 
 fn delivery_from_row(r: &sqlx::any::AnyRow) -> Result<DeliveryView, sqlx::Error> {
     let id: i64 = r.try_get(0)?;
@@ -1114,6 +1193,7 @@ fn delivery_from_row(r: &sqlx::any::AnyRow) -> Result<DeliveryView, sqlx::Error>
         // A click's row holds its outbox key (`click:...`) there, not a conversion id.
         conversion_id: Some(r.try_get::<String, _>(2)?).filter(|_| kind == ChangeKind::Conversion),
         click_id: r.try_get(13)?,
+        subject: r.try_get(14)?,
         version: r.try_get(3)?,
         conversion_state: r.try_get(4)?,
         state: r.try_get(5)?,

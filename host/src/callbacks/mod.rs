@@ -181,6 +181,51 @@ pub struct EndpointSpec {
     pub timeout_ms: i64,
     /// Failed attempts in a row after which the endpoint is disabled.
     pub disable_after: u32,
+    /// What it is sent: conversion changes, payout changes, or both.
+    pub events: Events,
+}
+
+/// What an endpoint is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Events {
+    /// Conversion changes (every state, seed 001).
+    pub conversions: bool,
+    /// Payout changes (requested, approved, rejected, paid, failed).
+    pub payouts: bool,
+}
+
+impl Default for Events {
+    /// Conversions only: an endpoint takes payout events when its partner asks for them.
+    fn default() -> Self {
+        Events { conversions: true, payouts: false }
+    }
+}
+
+impl Events {
+    /// Parses a list of `conversions` and `payouts` (`--events conversions,payouts`).
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Events, CallbackError> {
+        let mut e = Events { conversions: false, payouts: false };
+        for name in names {
+            match name.trim() {
+                "conversions" => e.conversions = true,
+                "payouts" => e.payouts = true,
+                "" => {}
+                other => return Err(invalid("events", format!("{other:?} is not conversions or payouts"))),
+            }
+        }
+        if !(e.conversions || e.payouts) {
+            return Err(invalid("events", "at least one of conversions, payouts"));
+        }
+        Ok(e)
+    }
+
+    /// The names, as listed and returned by the API.
+    pub fn names(self) -> Vec<&'static str> {
+        [(self.conversions, "conversions"), (self.payouts, "payouts")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect()
+    }
 }
 
 impl EndpointSpec {
@@ -201,6 +246,7 @@ impl EndpointSpec {
             retry: RetryPolicy::default(),
             timeout_ms: 10_000,
             disable_after: 20,
+            events: Events::default(),
         }
     }
 
@@ -253,6 +299,9 @@ impl EndpointSpec {
         }
         if self.states.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid("states", "at least one state (leave it out for every state)"));
+        }
+        if !(self.events.conversions || self.events.payouts) {
+            return Err(invalid("events", "at least one of conversions, payouts"));
         }
         Ok(t)
     }
@@ -333,6 +382,8 @@ pub struct EndpointView {
     pub timeout_ms: i64,
     /// Auto-disable threshold.
     pub disable_after: u32,
+    /// What it is sent: `conversions`, `payouts`.
+    pub events: Vec<&'static str>,
     /// Enabled.
     pub enabled: bool,
     /// Failed attempts in a row.
@@ -364,6 +415,7 @@ impl Endpoint {
             retry: s.retry,
             timeout_ms: s.timeout_ms,
             disable_after: s.disable_after,
+            events: s.events.names(),
             enabled: self.enabled,
             consecutive_failures: self.consecutive_failures,
             disabled_at: self.disabled_at,
@@ -415,12 +467,12 @@ pub async fn save_endpoint(db: &Db, spec: &EndpointSpec, now: i64) -> Result<(),
     sqlx::query(
         "INSERT INTO callback_endpoints (id, partner_id, url_template, method, params, secrets, signature_param, \
          merchant_id, network_id, require_ref_id, max_attempts, backoff, retry_delay_ms, max_delay_ms, jitter_pct, \
-         timeout_ms, disable_after, created_at, updated_at, states) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19) \
+         timeout_ms, disable_after, created_at, updated_at, states, send_conversions, send_payouts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19, $20, $21) \
          ON CONFLICT (id) DO UPDATE SET partner_id = $2, url_template = $3, method = $4, params = $5, secrets = $6, \
          signature_param = $7, merchant_id = $8, network_id = $9, require_ref_id = $10, max_attempts = $11, backoff = $12, \
          retry_delay_ms = $13, max_delay_ms = $14, jitter_pct = $15, timeout_ms = $16, disable_after = $17, updated_at = $18, \
-         states = $19",
+         states = $19, send_conversions = $20, send_payouts = $21",
     )
     .bind(&spec.id)
     .bind(&spec.partner_id)
@@ -441,6 +493,8 @@ pub async fn save_endpoint(db: &Db, spec: &EndpointSpec, now: i64) -> Result<(),
     .bind(i64::from(spec.disable_after))
     .bind(now)
     .bind(states_column(spec.states.as_deref()))
+    .bind(i64::from(spec.events.conversions))
+    .bind(i64::from(spec.events.payouts))
     .execute(&db.pool)
     .await?;
     Ok(())
@@ -448,7 +502,7 @@ pub async fn save_endpoint(db: &Db, spec: &EndpointSpec, now: i64) -> Result<(),
 
 const ENDPOINT_COLUMNS: &str = "id, partner_id, url_template, method, params, secrets, signature_param, merchant_id, \
     network_id, require_ref_id, max_attempts, backoff, retry_delay_ms, max_delay_ms, jitter_pct, timeout_ms, \
-    disable_after, enabled, consecutive_failures, disabled_at, disabled_reason, states";
+    disable_after, enabled, consecutive_failures, disabled_at, disabled_reason, states, send_conversions, send_payouts";
 
 fn endpoint_from_row(r: &sqlx::any::AnyRow) -> Result<Endpoint, sqlx::Error> {
     let bad = |what: &str| sqlx::Error::Decode(format!("callback_endpoints: bad {what}").into());
@@ -488,6 +542,7 @@ fn endpoint_from_row(r: &sqlx::any::AnyRow) -> Result<Endpoint, sqlx::Error> {
             },
             timeout_ms: r.try_get(15)?,
             disable_after: u32::try_from(r.try_get::<i64, _>(16)?).map_err(|_| bad("disable_after"))?,
+            events: Events { conversions: r.try_get::<i64, _>(22)? != 0, payouts: r.try_get::<i64, _>(23)? != 0 },
         },
         enabled: r.try_get::<i64, _>(17)? != 0,
         consecutive_failures: r.try_get(18)?,
@@ -692,7 +747,20 @@ mod tests {
         let plain = Secret::parse("a-long-enough-plain-secret", false).expect("secret");
         assert!(e(EndpointSpec { method: Method::Post, secrets: vec![plain], ..ok.clone() }).starts_with("secret:"));
         assert!(e(EndpointSpec { states: Some(Vec::new()), ..ok.clone() }).starts_with("states:"));
-        assert!(e(EndpointSpec { id: "bad id".into(), ..ok }).starts_with("id:"));
+        assert!(e(EndpointSpec { id: "bad id".into(), ..ok.clone() }).starts_with("id:"));
+        let none = Events { conversions: false, payouts: false };
+        assert!(e(EndpointSpec { events: none, ..ok }).starts_with("events:"));
+    }
+
+    #[test]
+    fn an_endpoint_takes_conversions_by_default_and_payouts_when_asked() {
+        assert_eq!(Events::default().names(), ["conversions"]);
+        let both = Events::parse("conversions,payouts".split(',')).expect("both");
+        assert_eq!(both.names(), ["conversions", "payouts"]);
+        assert_eq!(Events::parse(["payouts"]).expect("payouts").names(), ["payouts"]);
+        let e = Events::parse(["payout"]).expect_err("typo").to_string();
+        assert_eq!(e, "events: \"payout\" is not conversions or payouts");
+        assert!(Events::parse([""]).is_err(), "nothing");
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! differs from what was stored: every state is sent (seed 001: callbacks are stateful),
 //! and so is a review decision that changes what the user gets. A maturation or a
 //! history-only step is not a change for partners.
+//!
+//! Payouts use the same outbox ([`enqueue_payout`]): every step of a payout is a change
+//! (`subject` `payout`, the payout's id and version in place of the conversion's), sent
+//! to the endpoints that take payout events and, once paid or failed, told in the user's
+//! digest.
 
 use crate::conversions::apply::ConversionRow;
 use crate::conversions::{State, Status};
@@ -243,6 +248,78 @@ pub async fn enqueue_click(
     Ok(false)
 }
 
+/// The values a payout callback or digest line shows, as they were at the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutSnapshot {
+    /// The payout.
+    pub payout_id: String,
+    /// Whose.
+    pub user_id: String,
+    /// Currency.
+    pub currency: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Its status after the change.
+    pub status: crate::payouts::PayoutStatus,
+    /// The external payment reference, once paid.
+    pub reference: Option<String>,
+    /// Why it was rejected or failed.
+    pub reason: Option<String>,
+    /// When it was requested.
+    pub requested_at: i64,
+}
+
+/// One change of one payout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayoutChange {
+    /// The payout's version after the change (orders its changes).
+    pub version: i64,
+    /// The journal entry that made it.
+    pub journal_seq: Option<i64>,
+    /// When.
+    pub at: i64,
+    /// What it is now.
+    pub snapshot: PayoutSnapshot,
+}
+
+impl PayoutChange {
+    /// What the user's digest says about it: a payout paid, or whose payment failed (its
+    /// amount is back in their balance). A request, an approval or a rejection is the
+    /// site's to tell: the user asked, and the reason of a rejection is the operator's.
+    pub fn notify_kind(&self) -> Option<&'static str> {
+        match self.snapshot.status {
+            crate::payouts::PayoutStatus::Paid => Some("payout_paid"),
+            crate::payouts::PayoutStatus::Failed => Some("payout_failed"),
+            _ => None,
+        }
+    }
+}
+
+/// Records a payout's change and its deliveries to every endpoint that takes payout
+/// events, on `conn`: call it inside the transaction that saves the payout. A change
+/// whose (payout, version) is recorded already is skipped.
+pub async fn enqueue_payout(conn: &mut AnyConnection, c: &PayoutChange) -> Result<(), sqlx::Error> {
+    let s = &c.snapshot;
+    let snapshot = serde_json::to_string(s).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let row = sqlx::query(
+        "INSERT INTO conversion_changes (subject, conversion_id, version, journal_seq, user_id, state, status,          notify_kind, snapshot, at) VALUES ('payout', $1, $2, $3, $4, $5, $5, $6, $7, $8)          ON CONFLICT (conversion_id, version) DO NOTHING RETURNING id",
+    )
+    .bind(&s.payout_id)
+    .bind(c.version)
+    .bind(c.journal_seq)
+    .bind(&s.user_id)
+    .bind(s.status.as_str())
+    .bind(c.notify_kind())
+    .bind(snapshot)
+    .bind(c.at)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(r) = row {
+        fan_out(conn, &[r.try_get(0)?], false).await?;
+    }
+    Ok(())
+}
+
 /// Records changes, and their deliveries to every callback endpoint that takes them, on
 /// `conn`: call it inside the transaction that saves the changes. Every change given is
 /// recorded (the caller decided they are changes); a change whose (conversion, version)
@@ -310,12 +387,15 @@ async fn insert_change(
     row.map(|r| r.try_get(0)).transpose()
 }
 
-/// One delivery per (change, endpoint) whose filters take it: the endpoint's merchant,
-/// network and states (NULL: any), and for a click an endpoint's `require_ref_id`:
+/// One delivery per (change, endpoint) whose filters take it: the endpoint takes the
+/// change's subject (conversions, payouts); its merchant and network filters match (a
+/// payout has neither, so an endpoint filtered to a merchant or a network gets none); its
+/// states filter takes a conversion's or a click's state (NULL: any; payouts are not
+/// filtered by state); and for a click, an endpoint's `require_ref_id`:
 /// `click_has_ref_id` says whether the click carried one (it is known now; a conversion's
 /// delivery is checked when it is sent instead, as its click may be registered later; the
-/// flag does not matter for conversions' changes). Disabled endpoints get theirs too: they
-/// are the backlog replayed when the endpoint is enabled again. A conversion's delivery
+/// flag does not matter for other changes). Disabled endpoints get theirs too: they are
+/// the backlog replayed when the endpoint is enabled again. A conversion's delivery
 /// `waits_for` its click's CREATED to the same endpoint (see `deliver.rs`). Returns the
 /// deliveries recorded.
 async fn fan_out(conn: &mut AnyConnection, change_ids: &[i64], click_has_ref_id: bool) -> Result<u64, sqlx::Error> {
@@ -338,8 +418,9 @@ async fn fan_out(conn: &mut AnyConnection, change_ids: &[i64], click_has_ref_id:
          CASE WHEN c.kind = 'conversion' AND c.click_id IS NOT NULL THEN 'click:' || c.click_id END, c.at, c.at, c.at \
          FROM conversion_changes c, callback_endpoints e \
          WHERE c.id IN ({}) AND (e.merchant_id IS NULL OR e.merchant_id = c.merchant_id) \
+         AND ((c.subject = 'conversion' AND e.send_conversions = 1) OR (c.subject = 'payout' AND e.send_payouts = 1)) \
          AND (e.network_id IS NULL OR e.network_id = c.network_id) \
-         AND (e.states IS NULL OR (',' || e.states || ',') LIKE ('%,' || c.state || ',%')) \
+         AND (c.subject <> 'conversion' OR e.states IS NULL OR (',' || e.states || ',') LIKE ('%,' || c.state || ',%')) \
          AND (c.kind <> 'click' OR e.require_ref_id = 0 OR $2 = 1) \
          ON CONFLICT (endpoint_id, change_id) DO NOTHING",
         super::ids_from_json(backend, 1)

@@ -25,7 +25,7 @@ pub const CASHBACK_MACROS: [(&str, &str); 8] = [
 ];
 
 /// Every `{name}` placeholder.
-pub const PLACEHOLDERS: [&str; 27] = [
+pub const PLACEHOLDERS: [&str; 33] = [
     "click_id",
     "ref_id",
     "user_id",
@@ -53,6 +53,15 @@ pub const PLACEHOLDERS: [&str; 27] = [
     "delivery_id",
     "network",
     "timestamp",
+    // Every kind of event: `conversion.changed`, `click.created` or `payout.changed`
+    // (`user_id` is with the first names: clicks and payouts fill it too).
+    "type",
+    // Payout events (docs/CALLBACKS.md).
+    "payout_id",
+    "payout_status",
+    "payout_amount",
+    "payout_amount_minor",
+    "payout_reference",
 ];
 
 /// The values of one callback, by placeholder name. An absent value renders empty.

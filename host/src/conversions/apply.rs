@@ -389,6 +389,8 @@ pub async fn journal_and_apply(
         Command::Review { .. } => ("review", None),
         Command::Mature { .. } => ("mature", None),
         Command::Adjustment { .. } => ("adjustment", None),
+        Command::PayoutRequest { .. } => ("payout_request", None),
+        Command::PayoutStep { .. } => ("payout_step", None),
     };
     let payload = serde_json::to_string(command).map_err(|e| ApplyError::Invalid(e.to_string()))?;
     let inserted = match replay_seq {
@@ -609,6 +611,21 @@ async fn apply(
             };
             let posted = ledger::post(conn, &posting).await?;
             Ok(Outcome::Adjusted { key: key.clone(), posted })
+        }
+        Command::PayoutRequest { payout_id, user_id, currency, amount, minimum, request_key, requested_by } => {
+            let request = crate::payouts::apply::Request {
+                payout_id,
+                user_id,
+                currency,
+                amount: *amount,
+                minimum: *minimum,
+                request_key,
+                requested_by,
+            };
+            crate::payouts::apply::request(conn, seq, at, request).await
+        }
+        Command::PayoutStep { payout_id, action, operator } => {
+            crate::payouts::apply::step(conn, seq, at, payout_id, action, operator, expected_version).await
         }
     }
 }

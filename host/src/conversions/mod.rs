@@ -222,6 +222,33 @@ pub enum Command {
         /// Why.
         reason: String,
     },
+    /// A site asks for a payout of a user's available cashback (`payouts`).
+    PayoutRequest {
+        /// The payout's id, derived from the user and the request key.
+        payout_id: String,
+        /// The user.
+        user_id: String,
+        /// Currency.
+        currency: String,
+        /// Minor units; none: all of the available balance.
+        amount: Option<i64>,
+        /// The currency's minimum payout when it was requested (the setting travels with
+        /// the command, so a replay decides as the request did).
+        minimum: i64,
+        /// The requester's idempotency key.
+        request_key: String,
+        /// Who asked.
+        requested_by: String,
+    },
+    /// An operator's step on a payout: approve, reject, paid, failed.
+    PayoutStep {
+        /// The payout.
+        payout_id: String,
+        /// What to do.
+        action: crate::payouts::PayoutAction,
+        /// Who.
+        operator: String,
+    },
 }
 
 /// What applying a command did.
@@ -265,6 +292,13 @@ pub enum Outcome {
         /// Whether this call posted it.
         posted: bool,
     },
+    /// A payout was requested or moved (or was already where the command leads).
+    Payout {
+        /// The payout as it is now.
+        payout: Box<crate::payouts::Payout>,
+        /// Whether this command changed it.
+        changed: bool,
+    },
 }
 
 /// Why a command could not be applied.
@@ -288,6 +322,9 @@ pub enum ApplyError {
     /// The writer is gone (shutting down).
     #[error("the writer stopped")]
     Stopped,
+    /// A payout request or step was refused; nothing was written.
+    #[error(transparent)]
+    Payout(#[from] crate::payouts::Refusal),
 }
 
 /// A fingerprint of what the network said, for deduplication: the same event twice

@@ -121,6 +121,12 @@ impl Service {
         self.clock.clone()
     }
 
+    /// Applies a command as it is, through the writer (payouts: their checks run inside
+    /// the write, on what the transaction reads).
+    pub(crate) async fn submit(&self, command: Command, expected_version: Option<i64>) -> Result<Outcome, ApplyError> {
+        self.writer.submit(command, expected_version).await
+    }
+
     /// Records a network event: deduplicates it, moves the conversion's state (never
     /// backwards), runs the merchant's rules when the cashback must be computed, and posts
     /// to the ledger. Returns once the result is durable.

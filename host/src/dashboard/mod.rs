@@ -7,6 +7,7 @@
 //! | `login.rs` | sign in with an admin API token, sign out |
 //! | `overview.rs` | seed 002's four metrics, refreshed as postbacks arrive (`overview.json`) |
 //! | `review.rs` | the review queue: approve / reject / hold |
+//! | `payouts.rs` | the payouts queue: approve / reject, mark paid (reference) / failed; one payout |
 //! | `conversions.rs` | search, and one conversion's timeline, history and postings |
 //! | `delays.rs` | seed 000's delays: purchase to tracked, per network and integration type |
 //! | `plugins.rs` | versions, placements, shadow diff, backtest, activate, rollback |
@@ -18,7 +19,7 @@
 //! checked like a bearer token and kept in an `HttpOnly`, `SameSite=Strict` cookie
 //! scoped to `/dashboard`. Every request checks it again, so a revoked or expired token
 //! signs its sessions out at once. Pages need any valid token; actions are POST forms
-//! that need the write scope (reviews, replays, the tester, running a job) or the admin
+//! that need the write scope (reviews, payouts, replays, the tester, running a job) or the admin
 //! scope (activating, rolling back, shadowing plugins), and a CSRF token derived from
 //! the session's token (an HMAC of it: it proves the form came from a page this session
 //! was shown, and reveals nothing of the token). Refusals: a page redirects to the login,
@@ -31,6 +32,7 @@ mod deliveries;
 mod jobs;
 mod login;
 mod overview;
+mod payouts;
 mod plugins;
 pub mod queries;
 mod reprocess;
@@ -57,6 +59,8 @@ pub const PAGES: &[&str] = &[
     "/dashboard",
     "/dashboard/overview.json",
     "/dashboard/review",
+    "/dashboard/payouts",
+    "/dashboard/payouts/po_x",
     "/dashboard/conversions",
     "/dashboard/conversions/cv_x",
     "/dashboard/delays",
@@ -71,6 +75,7 @@ pub const ACTIONS: &[(&str, Scope)] = &[
     ("/dashboard/review/cv_x", Scope::Write),
     ("/dashboard/conversions/cv_x/reprocess", Scope::Write),
     ("/dashboard/reprocess", Scope::Write),
+    ("/dashboard/payouts/po_x", Scope::Write),
     ("/dashboard/plugins/activate", Scope::Admin),
     ("/dashboard/plugins/rollback", Scope::Admin),
     ("/dashboard/plugins/shadow", Scope::Admin),
@@ -91,6 +96,8 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/logout", post(login::logout))
         .route("/dashboard/review", get(review::page))
         .route("/dashboard/review/{id}", post(review::act))
+        .route("/dashboard/payouts", get(payouts::page))
+        .route("/dashboard/payouts/{id}", get(payouts::show).post(payouts::act))
         .route("/dashboard/conversions", get(conversions::search))
         .route("/dashboard/conversions/{id}", get(conversions::timeline))
         .route("/dashboard/conversions/{id}/reprocess", post(reprocess::one))
@@ -313,6 +320,8 @@ pub enum Nav {
     Overview,
     /// Review queue.
     Review,
+    /// Payouts.
+    Payouts,
     /// Conversions.
     Conversions,
     /// Delays.
@@ -325,9 +334,10 @@ pub enum Nav {
     Jobs,
 }
 
-const NAV: [(Nav, &str, &str); 7] = [
+const NAV: [(Nav, &str, &str); 8] = [
     (Nav::Overview, "/dashboard", "Overview"),
     (Nav::Review, "/dashboard/review", "Review queue"),
+    (Nav::Payouts, "/dashboard/payouts", "Payouts"),
     (Nav::Conversions, "/dashboard/conversions", "Conversions"),
     (Nav::Delays, "/dashboard/delays", "Delays"),
     (Nav::Plugins, "/dashboard/plugins", "Plugins"),

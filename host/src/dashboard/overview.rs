@@ -1,5 +1,6 @@
 //! The overview: seed 002's four metrics (orders processed today, total cashback issued,
-//! pending queue size, failed processing count), refreshed every few seconds by
+//! pending queue size, failed processing count) and the payouts requested and paid today
+//! (counts, amounts per currency), refreshed every few seconds by
 //! `refresh.js` from `overview.json`, and the latest conversions.
 
 use super::queries::{self, Overview};
@@ -28,16 +29,31 @@ fn display(o: &Overview, now: i64) -> BTreeMap<&'static str, String> {
         ("review_queue", o.review_queue.to_string()),
         ("failed", o.failed.to_string()),
         ("reported_today", format!("{} reported today", o.reported_today)),
-        (
-            "cashback_split",
-            format!(
+        ("cashback_split", {
+            let mut split = format!(
                 "{} pending · {} available",
                 per_currency(&o.cashback_pending),
                 per_currency(&o.cashback_available)
-            ),
-        ),
+            );
+            // Once payouts began, where the rest went: pending + available + in payout +
+            // paid out - owed back is the total.
+            for (part, what) in [
+                (&o.cashback_in_payout, "in payout"),
+                (&o.cashback_paid_out, "paid out"),
+                (&o.cashback_owed, "owed back"),
+            ] {
+                if part.values().any(|v| *v != 0) {
+                    split.push_str(&format!(" · {} {what}", per_currency(part)));
+                }
+            }
+            split
+        }),
         ("review_split", format!("{} pending review · {} held", o.pending_review, o.held)),
         ("parked", format!("{} waiting for their customer", o.parked)),
+        ("payouts_requested", o.payouts_requested_today.to_string()),
+        ("payouts_requested_amount", per_currency(&o.payouts_requested_amount)),
+        ("payouts_paid", o.payouts_paid_today.to_string()),
+        ("payouts_paid_amount", per_currency(&o.payouts_paid_amount)),
         ("at", time(now)),
     ])
 }
@@ -70,6 +86,8 @@ pub(super) async fn page(State(st): State<AppState>, session: Session) -> Respon
             (metric("cashback_issued", "Total cashback issued", "cashback_split", "/dashboard/conversions?status=processed", false))
             (metric("review_queue", "Pending queue size", "review_split", "/dashboard/review", o.review_queue > 0))
             (metric("failed", "Failed processing", "parked", "/dashboard/conversions?status=failed", o.failed > 0))
+            (metric("payouts_requested", "Payouts requested today", "payouts_requested_amount", "/dashboard/payouts", false))
+            (metric("payouts_paid", "Payouts paid today", "payouts_paid_amount", "/dashboard/payouts", false))
         }
         section.card {
             h2 { "Latest conversions" }

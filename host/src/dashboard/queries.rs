@@ -25,6 +25,13 @@ pub struct Overview {
     pub cashback_pending: BTreeMap<String, i64>,
     /// Of it, available to users, per currency.
     pub cashback_available: BTreeMap<String, i64>,
+    /// Of it, requested for payout and not paid yet, per currency.
+    pub cashback_in_payout: BTreeMap<String, i64>,
+    /// Of it, paid out, per currency.
+    pub cashback_paid_out: BTreeMap<String, i64>,
+    /// Owed back by users (refunds after payout beyond their available balance), per
+    /// currency: a positive figure, taken off what was issued.
+    pub cashback_owed: BTreeMap<String, i64>,
     /// Awaiting an operator because the merchant processes manually.
     pub pending_review: i64,
     /// Flagged for review (by a rule's hold or an operator).
@@ -37,6 +44,14 @@ pub struct Overview {
     pub parked: i64,
     /// Conversions reported since `day_start` (any status).
     pub reported_today: i64,
+    /// Payouts requested since `day_start` (whatever became of them).
+    pub payouts_requested_today: i64,
+    /// Their amounts, per currency.
+    pub payouts_requested_amount: BTreeMap<String, i64>,
+    /// Payouts marked paid since `day_start` (and not failed since).
+    pub payouts_paid_today: i64,
+    /// Their amounts, per currency.
+    pub payouts_paid_amount: BTreeMap<String, i64>,
 }
 
 /// Midnight UTC of the day `now` falls in.
@@ -63,16 +78,21 @@ pub async fn overview(db: &Db, now: i64) -> Result<Overview, sqlx::Error> {
     .await?;
     for r in sqlx::query(
         "SELECT kind, currency, CAST(SUM(balance) AS BIGINT) FROM accounts \
-         WHERE (owner = 'platform' AND kind = 'cashback_expense') OR (owner <> 'platform' AND kind IN ('pending', 'available')) \
+         WHERE (owner = 'platform' AND kind IN ('cashback_expense', 'payouts_paid')) \
+         OR (owner <> 'platform' AND kind IN ('pending', 'available', 'payout_in_flight', 'debt')) \
          GROUP BY kind, currency",
     )
     .fetch_all(pool)
     .await?
     {
         let (kind, currency, sum): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        // Issued = pending + available + in payout + paid out - owed.
         let into = match kind.as_str() {
             "cashback_expense" => (&mut o.cashback_issued, -sum),
             "pending" => (&mut o.cashback_pending, sum),
+            "payout_in_flight" => (&mut o.cashback_in_payout, sum),
+            "payouts_paid" => (&mut o.cashback_paid_out, sum),
+            "debt" => (&mut o.cashback_owed, -sum),
             _ => (&mut o.cashback_available, sum),
         };
         *into.0.entry(currency).or_default() += into.1;
@@ -98,7 +118,36 @@ pub async fn overview(db: &Db, now: i64) -> Result<Overview, sqlx::Error> {
         .bind(start)
         .fetch_one(pool)
         .await?;
+    for (sql, count, amounts) in [
+        (
+            "SELECT currency, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM payouts WHERE requested_at >= $1 GROUP BY currency",
+            &mut o.payouts_requested_today,
+            &mut o.payouts_requested_amount,
+        ),
+        (
+            "SELECT currency, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM payouts WHERE status = 'paid' AND paid_at >= $1 \
+             GROUP BY currency",
+            &mut o.payouts_paid_today,
+            &mut o.payouts_paid_amount,
+        ),
+    ] {
+        for r in sqlx::query(sql).bind(start).fetch_all(pool).await? {
+            let (currency, n, sum): (String, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            *count += n;
+            amounts.insert(currency, sum);
+        }
+    }
     Ok(o)
+}
+
+/// The latest payouts paid, rejected or failed, most recently changed first.
+pub async fn closed_payouts(db: &Db, limit: i64) -> Result<Vec<crate::payouts::Payout>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {} FROM payouts WHERE status IN ('paid', 'rejected', 'failed') ORDER BY updated_at DESC, id LIMIT $1",
+        crate::payouts::store::COLUMNS
+    );
+    let rows = sqlx::query(&sql).bind(limit).fetch_all(&db.pool).await?;
+    rows.iter().map(crate::payouts::store::from_row).collect()
 }
 
 /// What to search conversions by; empty fields match everything.

@@ -22,14 +22,23 @@ pub fn routes(max_import: usize) -> Router<AppState> {
 /// Checks the request's bearer token against `scope`.
 pub(super) async fn require(st: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
     let header = headers.get("authorization").and_then(|v| v.to_str().ok());
-    auth::authorize(st.service.db(), header, scope, st.service.now()).await.map(|_| ()).map_err(|e| {
-        let status = match e {
-            AuthError::Scope { .. } => StatusCode::FORBIDDEN,
-            AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        ApiError::new(status, "unauthorized", e.to_string())
-    })
+    auth::authorize(st.service.db(), header, scope, st.service.now()).await.map(|_| ()).map_err(refused)
+}
+
+/// [`require`], answering who the token is (its name is recorded with what it does).
+pub(super) async fn require_caller(st: &AppState, headers: &HeaderMap, scope: Scope) -> Result<auth::Caller, ApiError> {
+    let header = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let token = header.and_then(|h| h.strip_prefix("Bearer ")).ok_or(AuthError::Missing).map_err(refused)?;
+    auth::caller(st.service.db(), token, scope, st.service.now()).await.map_err(refused)
+}
+
+fn refused(e: AuthError) -> ApiError {
+    let status = match e {
+        AuthError::Scope { .. } => StatusCode::FORBIDDEN,
+        AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    ApiError::new(status, "unauthorized", e.to_string())
 }
 
 #[derive(Deserialize)]

@@ -475,6 +475,8 @@ struct EndpointBody {
     /// The states it receives (`["CREATED", "PENDING"]`, any case); absent or null:
     /// every state.
     states: Option<Vec<String>>,
+    /// `["conversions"]` (default), `["payouts"]` or both.
+    events: Option<Vec<String>>,
     max_attempts: Option<u32>,
     /// `fixed` (default) or `exponential`.
     backoff: Option<String>,
@@ -517,6 +519,9 @@ async fn put_endpoint(
     spec.network_id = b.network_id;
     spec.require_ref_id = b.require_ref_id;
     spec.states = b.states.as_deref().map(crate::callbacks::parse_states).transpose().map_err(callback_failed)?;
+    if let Some(events) = &b.events {
+        spec.events = crate::callbacks::Events::parse(events.iter().map(String::as_str)).map_err(callback_failed)?;
+    }
     let d = spec.retry;
     spec.retry.max_attempts = b.max_attempts.unwrap_or(d.max_attempts);
     spec.retry.backoff = match b.backoff.as_deref() {

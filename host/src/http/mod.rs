@@ -9,6 +9,7 @@ mod idempotency;
 mod ingress;
 pub mod openapi;
 mod ops;
+mod payouts;
 mod plugins;
 pub mod ratelimit;
 mod users;
@@ -149,6 +150,7 @@ pub fn router_with(state: AppState, config: HttpConfig) -> Router {
         .merge(plugins::routes(bodies.plugin))
         .merge(api::routes())
         .merge(users::routes())
+        .merge(payouts::routes())
         .route("/api/v1/openapi.json", get(openapi::serve))
         .merge(crate::dashboard::routes())
         .layer(axum::middleware::from_fn_with_state(bodies, too_large_as_json))

@@ -182,6 +182,34 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/callbacks/deliveries/{id}/replay", Write, "callbacks", "Replay one delivery", None),
     r("POST", "/api/v1/callbacks/replay", Write, "callbacks", "Replay deliveries in a time range", JSON),
     r("GET", "/api/v1/alerts", Read, "callbacks", "Alerts (endpoints disabled after failures)", None),
+    r(
+        "POST",
+        "/api/v1/users/{id}/payouts",
+        Write,
+        "payouts",
+        "Request a payout of a user's available cashback (all of it without an amount)",
+        JSON,
+    ),
+    r("GET", "/api/v1/payouts", Read, "payouts", "Payouts, by status or user, a page at a time", None),
+    r("GET", "/api/v1/payouts/{id}", Read, "payouts", "A payout with its history and ledger postings", None),
+    r("POST", "/api/v1/payouts/{id}/approve", Write, "payouts", "Approve a requested payout", JSON),
+    r(
+        "POST",
+        "/api/v1/payouts/{id}/reject",
+        Write,
+        "payouts",
+        "Reject a payout: the amount returns to available",
+        JSON,
+    ),
+    r("POST", "/api/v1/payouts/{id}/paid", Write, "payouts", "Mark a payout paid with the external reference", JSON),
+    r(
+        "POST",
+        "/api/v1/payouts/{id}/failed",
+        Write,
+        "payouts",
+        "Mark a payout's payment failed: the amount returns to available",
+        JSON,
+    ),
 ];
 
 fn method(m: &str) -> HttpMethod {
@@ -231,6 +259,12 @@ pub fn document() -> OpenApi {
             .response("400", error_response("The request is malformed; the reason says which field"))
             .response("422", error_response("Refused; the reason says why"))
             .response("503", error_response("The database is unavailable; retry later"));
+        if route.tag == "payouts" {
+            op = op.response("404", error_response("No such user or payout")).response(
+                "409",
+                error_response("The payout's status does not allow the step, or it changed since read"),
+            );
+        }
         if let Some(scope) = route.scope {
             op = op
                 .security(SecurityRequirement::new("bearer", Vec::<String>::new()))

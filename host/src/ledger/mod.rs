@@ -6,6 +6,14 @@
 //! (their pending and available cashback) is positive; the matching platform expense is
 //! negative. Commission the network owes us is positive (receivable) against commission
 //! income. The sum over all accounts of a currency is therefore always zero.
+//!
+//! **The debt rule.** A user's `available` never stays negative: a posting that takes
+//! more from it than it holds (a refund of cashback already paid out, a manual debit) is
+//! followed, in the same transaction, by a transfer of the shortfall to the user's `debt`
+//! account (zero or negative: what the user owes back); and a posting that credits
+//! `available` while the user owes something repays the debt from it first. Both are
+//! postings of their own (`debt`, `debt_repayment`), keyed by the posting that caused
+//! them. docs/LEDGER.md states the policy.
 
 use crate::conversions::lifecycle::Booked;
 use serde::Serialize;
@@ -28,6 +36,14 @@ pub enum AccountKind {
     CommissionReceivable,
     /// Platform: commission earned.
     CommissionIncome,
+    /// A user's cashback requested for payout and not paid yet (requested or approved).
+    PayoutInFlight,
+    /// What a user owes back: cashback taken back (a refund after payout) beyond their
+    /// available balance. Zero or negative by the sign convention (what we owe a user is
+    /// positive); repaid first from the next cashback that becomes available.
+    Debt,
+    /// Platform: cashback paid out to users (money that left the platform).
+    PayoutsPaid,
 }
 
 impl AccountKind {
@@ -39,6 +55,9 @@ impl AccountKind {
             AccountKind::CashbackExpense => "cashback_expense",
             AccountKind::CommissionReceivable => "commission_receivable",
             AccountKind::CommissionIncome => "commission_income",
+            AccountKind::PayoutInFlight => "payout_in_flight",
+            AccountKind::Debt => "debt",
+            AccountKind::PayoutsPaid => "payouts_paid",
         }
     }
 }
@@ -124,7 +143,112 @@ pub fn booking_entries(user: &str, delta: Booked) -> Vec<Entry> {
 
 /// Appends a posting inside the caller's transaction. Returns `false` if a posting with
 /// the same key exists (nothing is written then).
+///
+/// When the posting moved a user's `available`, the debt rule follows in the same
+/// transaction (see the module's documentation): a shortfall becomes debt, a credit
+/// repays debt first. The rule reads the user's balances after this posting's own
+/// upsert, which holds the `available` row locked until the commit on PostgreSQL, so two
+/// replicas settling one user's account run one after the other.
 pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerError> {
+    if !post_one(conn, p).await? {
+        return Ok(false);
+    }
+    let mut users: Vec<&str> = Vec::new();
+    for e in &p.entries {
+        if e.kind == AccountKind::Available && e.owner != PLATFORM && !users.contains(&e.owner.as_str()) {
+            users.push(&e.owner);
+        }
+    }
+    for user in users {
+        let held = position(conn, user, &p.currency, true).await?;
+        let entries = debt_entries(user, held);
+        let Some(debit) = entries.iter().find(|e| e.kind == AccountKind::Debt).map(|e| e.amount) else { continue };
+        let money = |minor: i64| cashback_sdk::money::format(minor, &p.currency);
+        let (cause, reason) = if debit < 0 {
+            (
+                "debt",
+                format!(
+                    "{} left available at {}: owed back, repaid from future cashback",
+                    p.key,
+                    money(held.available)
+                ),
+            )
+        } else {
+            ("debt_repayment", format!("{}: {} of the debt repaid from available", p.key, money(debit)))
+        };
+        let settle = Posting {
+            key: format!("{}:debt", p.key),
+            conversion_id: None,
+            journal_seq: p.journal_seq,
+            cause: cause.into(),
+            operator: None,
+            reason: Some(reason),
+            plugins: None,
+            currency: p.currency.clone(),
+            entries,
+            at: p.at,
+        };
+        post_one(conn, &settle).await?;
+    }
+    Ok(true)
+}
+
+/// A user's available balance and debt in one currency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Position {
+    /// The `available` account (never negative once the debt rule ran).
+    pub available: i64,
+    /// The `debt` account (zero or negative).
+    pub debt: i64,
+}
+
+/// The entries that apply the debt rule to `held`: a negative available is moved to
+/// debt; a positive available repays the debt as far as it goes. Empty: nothing to do.
+pub fn debt_entries(user: &str, held: Position) -> Vec<Entry> {
+    let moved = if held.available < 0 {
+        held.available
+    } else if held.debt < 0 {
+        held.available.min(-held.debt)
+    } else {
+        0
+    };
+    if moved == 0 {
+        return Vec::new();
+    }
+    vec![
+        Entry { owner: user.to_string(), kind: AccountKind::Available, amount: -moved },
+        Entry { owner: user.to_string(), kind: AccountKind::Debt, amount: moved },
+    ]
+}
+
+/// A user's position in `currency`, read inside the caller's transaction. With `lock`,
+/// on PostgreSQL the rows are locked until the commit (`FOR UPDATE`), so a decision made
+/// on them (a payout request's amount) cannot race another replica's; SQLite has one
+/// writer at a time and needs no lock.
+pub async fn position(
+    conn: &mut AnyConnection,
+    user: &str,
+    currency: &str,
+    lock: bool,
+) -> Result<Position, sqlx::Error> {
+    let lock = if lock && conn.backend_name() == "PostgreSQL" { " FOR UPDATE" } else { "" };
+    let sql = format!(
+        "SELECT kind, balance FROM accounts WHERE owner = $1 AND currency = $2 AND kind IN ('available', 'debt') \
+         ORDER BY kind{lock}"
+    );
+    let mut held = Position::default();
+    for r in sqlx::query(&sql).bind(user).bind(currency).fetch_all(&mut *conn).await? {
+        let (kind, balance): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+        match kind.as_str() {
+            "available" => held.available = balance,
+            _ => held.debt = balance,
+        }
+    }
+    Ok(held)
+}
+
+/// One balanced posting, without the debt rule.
+async fn post_one(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerError> {
     let sum: i64 = p.entries.iter().map(|e| e.amount).sum();
     if sum != 0 {
         return Err(LedgerError::Unbalanced { key: p.key.clone(), sum });
@@ -288,5 +412,26 @@ mod tests {
             assert!(entries.iter().all(|e| e.amount != 0));
         }
         assert!(booking_entries("u1", Booked::default()).is_empty());
+    }
+
+    #[test]
+    fn the_debt_rule_moves_a_shortfall_to_debt_and_repays_debt_from_a_credit_first() {
+        let amounts = |held: Position| {
+            let e = debt_entries("u1", held);
+            assert_eq!(e.iter().map(|e| e.amount).sum::<i64>(), 0, "{held:?}");
+            let of = |k: AccountKind| e.iter().filter(|e| e.kind == k).map(|e| e.amount).sum::<i64>();
+            (of(AccountKind::Available), of(AccountKind::Debt))
+        };
+        // A refund of 5.00 with 2.00 available: available -3.00 → 0, debt -3.00.
+        assert_eq!(amounts(Position { available: -300, debt: 0 }), (300, -300));
+        // Owing 3.00 already, another 1.00 short: the debt grows to 4.00.
+        assert_eq!(amounts(Position { available: -100, debt: -300 }), (100, -100));
+        // 2.00 becomes available while owing 3.00: all of it repays, 1.00 still owed.
+        assert_eq!(amounts(Position { available: 200, debt: -300 }), (-200, 200));
+        // 5.00 available while owing 3.00: 3.00 repays, 2.00 stays available.
+        assert_eq!(amounts(Position { available: 500, debt: -300 }), (-300, 300));
+        // Nothing owed, nothing short: nothing to do.
+        assert!(debt_entries("u1", Position { available: 500, debt: 0 }).is_empty());
+        assert!(debt_entries("u1", Position::default()).is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! A batch takes every change recorded in the outbox (`callbacks::outbox`) since the last
 //! batch that a user should hear about (tracked, adjusted, completed, declined,
-//! reversed), and renders one e-mail per user from the templates
+//! reversed; payouts paid or failed), and renders one e-mail per user from the templates
 //! (`host/templates/notify/`, overridable by the operator). Forming the batch is one
 //! transaction: the changes are marked with the batch and the rendered e-mails stored
 //! together, so a crash leaves either the whole batch or none of it.
@@ -103,15 +103,21 @@ pub struct Templates {
     subject: String,
     body: String,
     change: String,
+    payout: String,
 }
 
-const BUILT_IN: [(&str, &str, &[&str]); 3] = [
+const BUILT_IN: [(&str, &str, &[&str]); 4] = [
     ("subject.txt", include_str!("../../templates/notify/subject.txt"), &["count", "plural", "user"]),
     ("body.txt", include_str!("../../templates/notify/body.txt"), &["count", "plural", "user", "changes"]),
     (
         "change.txt",
         include_str!("../../templates/notify/change.txt"),
         &["merchant", "order", "what", "kind", "cashback", "amount", "state"],
+    ),
+    (
+        "payout.txt",
+        include_str!("../../templates/notify/payout.txt"),
+        &["amount", "what", "status", "reference", "reason"],
     ),
 ];
 
@@ -128,9 +134,9 @@ impl Templates {
             check_placeholders(file, &text, allowed)?;
             texts.push(text);
         }
-        let [subject, body, change]: [String; 3] =
-            texts.try_into().map_err(|_| NotifyError::Config("three templates".into()))?;
-        Ok(Templates { subject: subject.lines().next().unwrap_or_default().to_string(), body, change })
+        let [subject, body, change, payout]: [String; 4] =
+            texts.try_into().map_err(|_| NotifyError::Config("four templates".into()))?;
+        Ok(Templates { subject: subject.lines().next().unwrap_or_default().to_string(), body, change, payout })
     }
 }
 
@@ -179,6 +185,48 @@ struct Line {
     state: String,
 }
 
+/// A payout's line of a digest: its latest news in the batch.
+#[derive(Debug, Clone)]
+struct PayoutLine {
+    payout_id: String,
+    amount: String,
+    status: String,
+    reference: String,
+    reason: String,
+}
+
+impl PayoutLine {
+    fn what(&self) -> String {
+        match self.status.as_str() {
+            "paid" if self.reference.is_empty() => "paid".into(),
+            "paid" => format!("paid (reference {})", self.reference),
+            "failed" if self.reason.is_empty() => {
+                "the payment did not go through; the amount is back in your available balance".into()
+            }
+            "failed" => {
+                format!(
+                    "the payment did not go through ({}); the amount is back in your available balance",
+                    self.reason
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A digest's lines: conversions, then payouts, each in the order of its first change.
+#[derive(Debug, Clone, Default)]
+struct Lines {
+    conversions: Vec<Line>,
+    payouts: Vec<PayoutLine>,
+}
+
+impl Lines {
+    fn len(&self) -> usize {
+        self.conversions.len() + self.payouts.len()
+    }
+}
+
 fn phrase(kind: &str) -> &'static str {
     match kind {
         "tracked" => "tracked",
@@ -191,8 +239,9 @@ fn phrase(kind: &str) -> &'static str {
 }
 
 impl Templates {
-    fn render(&self, user: &str, lines: &[Line]) -> (String, String) {
-        let count = lines.len();
+    fn render(&self, user: &str, all: &Lines) -> (String, String) {
+        let (lines, payouts) = (&all.conversions, &all.payouts);
+        let count = all.len();
         let mut v: BTreeMap<&str, String> = BTreeMap::new();
         v.insert("count", count.to_string());
         v.insert("plural", if count == 1 { String::new() } else { "s".into() });
@@ -210,6 +259,15 @@ impl Templates {
                 c.insert("state", l.state.clone());
                 fill(&self.change, &c).trim_end_matches('\n').to_string()
             })
+            .chain(payouts.iter().map(|p| {
+                let mut c: BTreeMap<&str, String> = BTreeMap::new();
+                c.insert("amount", p.amount.clone());
+                c.insert("what", p.what());
+                c.insert("status", p.status.clone());
+                c.insert("reference", p.reference.clone());
+                c.insert("reason", p.reason.clone());
+                fill(&self.payout, &c).trim_end_matches('\n').to_string()
+            }))
             .collect();
         v.insert("changes", changes.join("\n"));
         (fill(&self.subject, &v), fill(&self.body, &v))
@@ -319,7 +377,7 @@ impl Notifier {
             return Ok(summary);
         }
         let rows = sqlx::query(
-            "SELECT c.user_id, u.email, c.notify_kind, c.snapshot, m.name, c.conversion_id FROM conversion_changes c \
+            "SELECT c.user_id, u.email, c.notify_kind, c.snapshot, m.name, c.conversion_id, c.subject FROM conversion_changes c \
              LEFT JOIN users u ON u.id = c.user_id LEFT JOIN merchants m ON m.id = c.merchant_id \
              WHERE c.notify_batch_id = $1 ORDER BY c.user_id, c.id",
         )
@@ -327,7 +385,8 @@ impl Notifier {
         .fetch_all(&mut *tx)
         .await?;
         // user -> (email, lines in order of first change)
-        let mut users: BTreeMap<String, (Option<String>, Vec<Line>)> = BTreeMap::new();
+        let mut users: BTreeMap<String, (Option<String>, Lines)> = BTreeMap::new();
+        let unreadable = |e: serde_json::Error| NotifyError::Config(format!("a change's snapshot does not parse: {e}"));
         for r in &rows {
             let user: String = r.try_get(0)?;
             let email: Option<String> = r.try_get(1)?;
@@ -335,9 +394,26 @@ impl Notifier {
             let snapshot: String = r.try_get(3)?;
             let merchant: Option<String> = r.try_get(4)?;
             let conversion_id: String = r.try_get(5)?;
-            let s: crate::callbacks::outbox::Snapshot = serde_json::from_str(&snapshot)
-                .map_err(|e| NotifyError::Config(format!("a change's snapshot does not parse: {e}")))?;
-            let entry = users.entry(user).or_insert_with(|| (email, Vec::new()));
+            let subject: String = r.try_get(6)?;
+            let entry = users.entry(user).or_insert_with(|| (email, Lines::default()));
+            if subject == "payout" {
+                let p: crate::callbacks::outbox::PayoutSnapshot =
+                    serde_json::from_str(&snapshot).map_err(unreadable)?;
+                let line = PayoutLine {
+                    payout_id: p.payout_id,
+                    amount: cashback_sdk::money::format(p.amount, &p.currency),
+                    status: p.status.as_str().to_string(),
+                    reference: p.reference.unwrap_or_default(),
+                    reason: p.reason.unwrap_or_default(),
+                };
+                // A payout paid and failed in one batch: its latest news only.
+                match entry.1.payouts.iter_mut().find(|l| l.payout_id == line.payout_id) {
+                    Some(existing) => *existing = line,
+                    None => entry.1.payouts.push(line),
+                }
+                continue;
+            }
+            let s: crate::callbacks::outbox::Snapshot = serde_json::from_str(&snapshot).map_err(unreadable)?;
             let line = Line {
                 conversion_id: conversion_id.clone(),
                 kinds: vec![kind.clone()],
@@ -349,7 +425,7 @@ impl Notifier {
             };
             // Several changes of one conversion in a batch make one line: its latest
             // figures, and what happened in order ("tracked, then adjusted").
-            match entry.1.iter_mut().find(|l| l.conversion_id == conversion_id) {
+            match entry.1.conversions.iter_mut().find(|l| l.conversion_id == conversion_id) {
                 Some(existing) => {
                     let mut kinds = std::mem::take(&mut existing.kinds);
                     if kinds.last() != Some(&kind) {
@@ -357,7 +433,7 @@ impl Notifier {
                     }
                     *existing = Line { kinds, ..line };
                 }
-                None => entry.1.push(line),
+                None => entry.1.conversions.push(line),
             }
         }
         for (user, (email, lines)) in &users {
@@ -568,9 +644,24 @@ mod tests {
             amount: "123.40 EUR".into(),
             state: "ADJUSTED".into(),
         };
-        let (subject, body) = t.render("u1", &[line]);
-        assert_eq!(subject, "Your cashback: 1 update");
+        let payout = PayoutLine {
+            payout_id: "po_1".into(),
+            amount: "25.00 EUR".into(),
+            status: "paid".into(),
+            reference: "TR-1".into(),
+            reason: String::new(),
+        };
+        let failed = PayoutLine { status: "failed".into(), reason: "account closed".into(), ..payout.clone() };
+        let (subject, body) = t.render("u1", &Lines { conversions: vec![line], payouts: vec![payout, failed] });
+        assert_eq!(subject, "Your cashback: 3 updates");
         assert!(body.contains("- Shop, order O-1: tracked, then adjusted. Cashback 12.34 EUR."), "{body}");
+        assert!(body.contains("- Payout of 25.00 EUR: paid (reference TR-1)."), "{body}");
+        assert!(
+            body.contains(
+                "- Payout of 25.00 EUR: the payment did not go through (account closed); the amount is back in your available balance."
+            ),
+            "{body}"
+        );
         assert!(check_placeholders("x.txt", "{{nope}}", &["count"]).is_err());
         assert!(check_placeholders("x.txt", "{{count", &["count"]).is_err());
     }
