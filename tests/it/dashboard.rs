@@ -413,13 +413,21 @@ pub async fn screenshot(b: &fantoccini::Client, name: &str) {
 /// The text of the first element matching `css`, once there is one (a click's page may
 /// still be loading).
 pub async fn text(b: &fantoccini::Client, css: &str) -> String {
-    let wait = b.wait().at_most(Duration::from_secs(15));
-    wait.for_element(fantoccini::Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .expect("text")
+    // The overview replaces its figures every few seconds: an element found may be gone
+    // by the time its text is read (a stale reference); then find it again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let wait = b.wait().at_most(Duration::from_secs(15));
+        let element = wait.for_element(fantoccini::Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(e) if Instant::now() < deadline => {
+                assert!(format!("{e:?}").contains("StaleElementReference"), "{css}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
 }
 
 /// Waits until the browser is on `path`.
