@@ -683,13 +683,37 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: MerchantCommand::Add { ref id, ref name, manual, reward_delay_days, ref rule, ref rule_config },
         } => {
             let (id, name, rule, rule_config) = (id.clone(), name.clone(), rule.clone(), rule_config.clone());
-            with_service(&cli, |service, _| async move {
-                service.upsert_merchant(&id, &name, manual, reward_delay_days).await?;
-                if let Some(path) = rule {
-                    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                    let plugin = service.store_plugin(&bytes).await?;
+            // Everything that can be checked before a write is: a refused rule leaves
+            // neither a merchant nor a stored component behind.
+            let rule = match rule {
+                Some(path) => {
+                    let bytes = std::fs::read(&path).with_context(|| format!("--rule: reading {}", path.display()))?;
                     let config: serde_json::Value =
                         serde_json::from_str(&rule_config).context("--rule-config: not JSON")?;
+                    Some((bytes, config))
+                }
+                None => None,
+            };
+            if !(0..=3650).contains(&reward_delay_days) {
+                bail!("--reward-delay-days: must be between 0 and 3650, got {reward_delay_days}");
+            }
+            with_service(&cli, |service, _| async move {
+                let rule = match rule {
+                    Some((bytes, config)) => {
+                        let plugin = service.runtime().load(&bytes).map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
+                        if plugin.kind() != PluginKind::MerchantRules {
+                            bail!("--rule: {} is a {}, not a rule plugin", plugin.manifest.label(), plugin.kind());
+                        }
+                        plugin.manifest.validate_config(&config).map_err(|e| anyhow::anyhow!("--rule-config: {e}"))?;
+                        // The registry's own checks (fixtures), as `plugin upload` runs them.
+                        let plugin =
+                            crate::registry::upload(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
+                        Some((plugin.plugin, config))
+                    }
+                    None => None,
+                };
+                service.upsert_merchant(&id, &name, manual, reward_delay_days).await?;
+                if let Some((plugin, config)) = rule {
                     service.set_rules(&id, &[(plugin.digest.to_string(), config)]).await?;
                     println!("merchant {id}: rule {} ({})", plugin.manifest.label(), plugin.digest);
                 }
@@ -719,14 +743,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (other, _, _) => bail!("--auth: {other:?} is not one of token, hmac, ip, none"),
             };
             let config: serde_json::Value = serde_json::from_str(config).context("--config: not JSON")?;
-            let bytes = std::fs::read(adapter).with_context(|| format!("reading {}", adapter.display()))?;
+            let bytes = std::fs::read(adapter).with_context(|| format!("--adapter: reading {}", adapter.display()))?;
             let (id, name) = (id.clone(), name.clone());
             with_service(&cli, |service, _| async move {
-                let plugin = service.store_plugin(&bytes).await?;
+                let plugin = service.runtime().load(&bytes).map_err(|e| anyhow::anyhow!("--adapter: {e}"))?;
                 if plugin.kind() != PluginKind::NetworkAdapter {
                     bail!("--adapter: {} is a {}, not a network adapter", plugin.manifest.label(), plugin.kind());
                 }
                 plugin.manifest.validate_config(&config).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+                // The registry's own checks (fixtures), as `plugin upload` runs them.
+                let plugin =
+                    crate::registry::upload(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--adapter: {e}"))?.plugin;
                 let network = crate::ingest::Network {
                     id: id.clone(),
                     name,

@@ -22,8 +22,9 @@ pub async fn seed(service: &Service, plugins: &Path) -> anyhow::Result<()> {
             format!("{} not found: build the plugins first (scripts/build-plugins.sh)", path.display())
         })
     };
-    let rule = service.store_plugin(&read("flat_rate.wasm")?).await?;
-    let adapter = service.store_plugin(&read("generic_s2s.wasm")?).await?;
+    // Through the registry, as `plugin upload` stores them: compiled, checked, fixtures run.
+    let rule = crate::registry::upload(service, &read("flat_rate.wasm")?).await?.plugin;
+    let adapter = crate::registry::upload(service, &read("generic_s2s.wasm")?).await?.plugin;
     service.upsert_merchant("demo-shop", "Demo Shop", false, 30).await?;
     let rule_config = serde_json::json!({
         "rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500, "hold_above": 50000
@@ -55,7 +56,7 @@ pub async fn seed(service: &Service, plugins: &Path) -> anyhow::Result<()> {
     }
     // A second merchant on the config-only `rate-table` rule, where the steady stream of
     // the running demo goes (demo-shop stays as the tutorial expects it).
-    let table = service.store_plugin(&read("rate_table.wasm")?).await?;
+    let table = crate::registry::upload(service, &read("rate_table.wasm")?).await?.plugin;
     service.upsert_merchant("demo-store", "Demo Store", false, 14).await?;
     let table_config = serde_json::json!({
         "default_bps": 200, "categories": {"books": {"bps": 500}}, "gift_card_categories": ["gift-cards"],

@@ -50,9 +50,8 @@ async fn seed(db: Db, sink: &str) -> Seeded {
     let flat = registry::resolve(s, "flat-rate@0.1.0").await.expect("flat-rate").digest.to_string();
     s.upsert_merchant("manual-shop", "Manual Shop", true, 30).await.expect("merchant");
     s.set_rules("manual-shop", &[(flat.clone(), json!({"rate_bps": 500}))]).await.expect("rules");
-    let broken = s.store_plugin(&plugin_bytes(WASIP2, "hostile_rule")).await.expect("hostile rule");
     s.upsert_merchant("broken-shop", "Broken Shop", false, 30).await.expect("merchant");
-    s.set_rules("broken-shop", &[(broken.digest.to_string(), json!({"mode": "panic"}))]).await.expect("rules");
+    install_unproven_rule(s, "broken-shop", "hostile_rule", json!({"mode": "panic"})).await;
     for (link, merchant) in [("manual-link", "manual-shop"), ("broken-link", "broken-shop")] {
         let link = Link {
             id: link.into(),
@@ -62,7 +61,7 @@ async fn seed(db: Db, sink: &str) -> Seeded {
         };
         ingest::upsert_link(s.db(), &link, s.now()).await.expect("link");
     }
-    let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let adapter = cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = Network {
         id: "report-net".into(),
         name: "Report Network".into(),

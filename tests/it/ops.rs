@@ -64,7 +64,7 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
     let w = world(t.db.clone()).await;
     let s = &w.service;
     // Labels of this test's own: the recorder is shared by every test of the binary.
-    let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let adapter = cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = Network {
         id: "ops-metrics".into(),
         name: "Ops".into(),
