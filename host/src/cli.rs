@@ -602,19 +602,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let url = format!("sqlite://{}", demo_database.display());
             let plugins = plugins.clone();
+            // The demo plays a network's reporting API and a partner's callback receiver
+            // itself, on 127.0.0.1 (`demo/history.rs`): its adapters and callbacks may
+            // reach loopback, which `serve` refuses unless configured.
+            let mut settings = cli.settings.clone();
+            settings.plugin.http_allow_private = true;
             let demo_cli = Cli {
                 config: None,
                 database_url: url.clone(),
                 plugin_store: cli.plugin_store.clone(),
-                callbacks_allow_private: cli.callbacks_allow_private,
+                callbacks_allow_private: true,
                 smtp_url: cli.smtp_url.clone(),
                 smtp_from: cli.smtp_from.clone(),
                 notify_templates: cli.notify_templates.clone(),
                 log_format: cli.log_format,
-                settings: cli.settings.clone(),
+                settings,
                 command: Command::Migrate,
             };
-            let config = (callbacks_config(&cli), notify_config(&cli));
+            let config = (callbacks_config(&demo_cli), notify_config(&cli));
             let http = crate::http::HttpConfig::from_settings(&cli.settings);
             crate::metrics::install();
             with_service(&demo_cli, |service, runtime| async move {
@@ -700,15 +705,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             with_service(&cli, |service, _| async move {
                 let rule = match rule {
                     Some((bytes, config)) => {
-                        let plugin = service.runtime().load(&bytes).map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
+                        // `plugin upload`'s checks first, with its reason, then the rest.
+                        let vetted =
+                            crate::registry::vet(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
+                        let plugin = vetted.plugin.clone();
                         if plugin.kind() != PluginKind::MerchantRules {
                             bail!("--rule: {} is a {}, not a rule plugin", plugin.manifest.label(), plugin.kind());
                         }
                         plugin.manifest.validate_config(&config).map_err(|e| anyhow::anyhow!("--rule-config: {e}"))?;
-                        // The registry's own checks (fixtures), as `plugin upload` runs them.
-                        let plugin =
-                            crate::registry::upload(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
-                        Some((plugin.plugin, config))
+                        crate::registry::admit(&service, &vetted, &bytes).await?;
+                        Some((plugin, config))
                     }
                     None => None,
                 };
@@ -746,14 +752,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bytes = std::fs::read(adapter).with_context(|| format!("--adapter: reading {}", adapter.display()))?;
             let (id, name) = (id.clone(), name.clone());
             with_service(&cli, |service, _| async move {
-                let plugin = service.runtime().load(&bytes).map_err(|e| anyhow::anyhow!("--adapter: {e}"))?;
+                // `plugin upload`'s checks first, with its reason, then the rest.
+                let vetted =
+                    crate::registry::vet(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--adapter: {e}"))?;
+                let plugin = vetted.plugin.clone();
                 if plugin.kind() != PluginKind::NetworkAdapter {
                     bail!("--adapter: {} is a {}, not a network adapter", plugin.manifest.label(), plugin.kind());
                 }
                 plugin.manifest.validate_config(&config).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
-                // The registry's own checks (fixtures), as `plugin upload` runs them.
-                let plugin =
-                    crate::registry::upload(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--adapter: {e}"))?.plugin;
+                crate::registry::admit(&service, &vetted, &bytes).await?;
                 let network = crate::ingest::Network {
                     id: id.clone(),
                     name,
@@ -954,6 +961,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match command {
                     EndpointAction::Add { generated } => {
                         let spec = spec.ok_or_else(|| anyhow::anyhow!("no endpoint"))?;
+                        if !crate::callbacks::partners(db).await?.iter().any(|p| p.id == spec.partner_id) {
+                            bail!("--partner: no partner {:?} (cashbackd partner add)", spec.partner_id);
+                        }
                         crate::callbacks::save_endpoint(db, &spec, now).await?;
                         println!("endpoint {} saved ({} {})", spec.id, spec.method.as_str(), spec.url_template);
                         if generated && let Some(secret) = spec.secrets.first() {
@@ -1157,7 +1167,7 @@ fn endpoint_spec(
     c: &EndpointCommand,
     defaults: &crate::config::CallbackSettings,
 ) -> anyhow::Result<crate::callbacks::EndpointSpec> {
-    use crate::callbacks::{Backoff, EndpointSpec, Method, RetryPolicy, sign::Secret};
+    use crate::callbacks::{Backoff, EndpointField, EndpointSpec, Method, RetryPolicy, sign::Secret};
     let EndpointCommand::Add {
         id,
         partner,
@@ -1210,7 +1220,24 @@ fn endpoint_spec(
     };
     spec.timeout_ms = timeout_ms.unwrap_or(defaults.timeout_ms);
     spec.disable_after = disable_after.unwrap_or(defaults.disable_after);
-    spec.validate().map_err(|e| anyhow::anyhow!("--{e}").context(format!("endpoint {id}")))?;
+    spec.check().map_err(|e| {
+        // Named as the operator gave it: the option, or the configuration key whose
+        // default was taken when the option was not given.
+        let given = match e.field {
+            EndpointField::MaxAttempts => max_attempts.is_some(),
+            EndpointField::RetryDelay => retry_delay.is_some(),
+            EndpointField::MaxDelay => max_delay.is_some(),
+            EndpointField::Jitter => jitter.is_some(),
+            EndpointField::Timeout => timeout_ms.is_some(),
+            EndpointField::DisableAfter => disable_after.is_some(),
+            _ => true,
+        };
+        let name = match e.field.config_key() {
+            Some(key) if !given => format!("{key} (the default of {})", e.field.flag()),
+            _ => e.field.flag().to_string(),
+        };
+        anyhow::anyhow!("{name}: {}", e.why).context(format!("endpoint {id}"))
+    })?;
     Ok(spec)
 }
 

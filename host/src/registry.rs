@@ -80,14 +80,23 @@ pub struct Uploaded {
 
 /// Validates and stores a component: it must compile, export a known world at a
 /// supported contract version, carry a sane manifest (all checked by loading it), and
-/// pass its own embedded fixtures in the sandbox ([`crate::plugin::fixtures::prove`]). A different
-/// component under a name and version already stored is refused: a changed plugin needs
-/// a new version.
+/// pass its own embedded fixtures in the sandbox ([`crate::plugin::fixtures::prove`]). A
+/// different component under a name and version already stored is refused: a changed
+/// plugin needs a new version.
 ///
 /// This is the only way a component gets into the `plugins` table: `plugin upload`,
 /// `POST /api/v1/plugins`, `merchant add --rule`, `network add --adapter` and the demo
-/// all come through here, so none of them can store what another would refuse.
+/// all come through here (or through [`vet`] then [`admit`]), so none of them can store
+/// what another would refuse.
 pub async fn upload(service: &Service, bytes: &[u8]) -> Result<Uploaded, ServiceError> {
+    let vetted = vet(service, bytes).await?;
+    admit(service, &vetted, bytes).await?;
+    Ok(vetted)
+}
+
+/// Every check of [`upload`], storing nothing: for a command that has more to check (a
+/// rule's configuration) before it writes anything.
+pub async fn vet(service: &Service, bytes: &[u8]) -> Result<Uploaded, ServiceError> {
     let plugin = service.runtime().load(bytes)?;
     let digest = plugin.digest.to_string();
     let existing: Vec<String> = sqlx::query_scalar("SELECT digest FROM plugins WHERE name = $1 AND version = $2")
@@ -104,18 +113,6 @@ pub async fn upload(service: &Service, bytes: &[u8]) -> Result<Uploaded, Service
         )));
     }
     let fixtures_passed = service.prove_plugin(&plugin).await?;
-    sqlx::query(
-        "INSERT INTO plugins (digest, name, version, kind, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (digest) DO NOTHING",
-    )
-    .bind(&digest)
-    .bind(&plugin.manifest.name)
-    .bind(plugin.manifest.version.to_string())
-    .bind(plugin.kind().to_string())
-    .bind(bytes.to_vec())
-    .bind(service.now())
-    .execute(&service.db().pool)
-    .await?;
     Ok(Uploaded {
         digest,
         name: plugin.manifest.name.clone(),
@@ -126,6 +123,26 @@ pub async fn upload(service: &Service, bytes: &[u8]) -> Result<Uploaded, Service
         already_stored: !existing.is_empty(),
         plugin,
     })
+}
+
+/// Stores the component [`vet`] passed; `bytes` must be the same component.
+pub async fn admit(service: &Service, vetted: &Uploaded, bytes: &[u8]) -> Result<(), ServiceError> {
+    if crate::plugin::Digest::of(bytes) != vetted.plugin.digest {
+        return Err(invalid(format!("these bytes are not the component {} that was vetted", vetted.plugin.label())));
+    }
+    sqlx::query(
+        "INSERT INTO plugins (digest, name, version, kind, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(&vetted.digest)
+    .bind(&vetted.name)
+    .bind(&vetted.version)
+    .bind(&vetted.kind)
+    .bind(bytes.to_vec())
+    .bind(service.now())
+    .execute(&service.db().pool)
+    .await?;
+    Ok(())
 }
 
 /// A stored version and where it is used.

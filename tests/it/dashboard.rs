@@ -212,7 +212,7 @@ async fn order(client: &reqwest::Client, base: &str, link: &str, user: &str, tid
     let url = url::Url::parse(&location).expect("url");
     let click = url.query_pairs().find(|(k, _)| k == "clickref").expect("click id").1.into_owned();
     let pb = format!(
-        "{base}/postback/demo-net?tid={tid}&oid=O-{tid}&clickref={click}&sale={sale}&comm=4.00&status=pending&token={}",
+        "{base}/postback/demo-net?tid={tid}&oid=O-{tid}&clickref={click}&sale={sale}&comm=4.00&status=pending&ts=&token={}",
         demo::DEMO_TOKEN
     );
     let r = client.get(pb).send().await.expect("postback");
@@ -286,7 +286,7 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
         };
         w.service.register_click(click).await.expect("click");
         let postback = Request::get(format!(
-            "/postback/demo-net?tid=M-1&clickref=manual-click&sale=80.00&comm=6.40&status=pending&token={}",
+            "/postback/demo-net?tid=M-1&oid=O-M-1&clickref=manual-click&sale=80.00&comm=6.40&status=pending&ts=&token={}",
             demo::DEMO_TOKEN
         ))
         .body(Body::empty())

@@ -125,7 +125,7 @@ async fn put_merchant(
     Json(body): Json<MerchantBody>,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
-    if merchant.is_empty() || merchant.len() > 64 {
+    if merchant.is_empty() || merchant.chars().count() > 64 {
         return Err(ApiError::bad_request("bad_id", "merchant id: 1 to 64 characters"));
     }
     if body.name.trim().is_empty() {
