@@ -91,7 +91,9 @@ pub fn try_form_decode(input: &str) -> Result<Vec<(String, String)>, PluginError
             PluginError::InvalidInput(format!("a parameter name is not UTF-8 once percent-decoded ({k:?})"))
         })?;
         let value = String::from_utf8(percent_decode_bytes(v)).map_err(|_| {
-            PluginError::InvalidInput(format!("parameter {name:?}: the value is not UTF-8 once percent-decoded ({v:?})"))
+            PluginError::InvalidInput(format!(
+                "parameter {name:?}: the value is not UTF-8 once percent-decoded ({v:?})"
+            ))
         })?;
         pairs.push((name, value));
     }

@@ -209,7 +209,8 @@ async fn fixture(t: TestDb) -> Fixture {
     let api_calls = Arc::new(AtomicUsize::new(0));
     // A network API, imported every 2 seconds by the scheduler.
     let base = fake_network_api(api_calls.clone(), secrets.api_key.clone()).await;
-    let json_api = cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "json_api")).await.expect("json-api adapter").plugin;
+    let json_api =
+        cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "json_api")).await.expect("json-api adapter").plugin;
     let api_network = Network {
         id: "apinet".into(),
         name: "API network".into(),

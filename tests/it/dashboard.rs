@@ -61,7 +61,7 @@ async fn seed(db: Db, sink: &str) -> Seeded {
         };
         ingest::upsert_link(s.db(), &link, s.now()).await.expect("link");
     }
-    let adapter = cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
+    let adapter = cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = Network {
         id: "report-net".into(),
         name: "Report Network".into(),

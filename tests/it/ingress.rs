@@ -27,7 +27,8 @@ pub fn get(uri: &str) -> Request<Body> {
 
 pub async fn app(w: &crate::ledger::World, auth: InboundAuth) -> Router {
     let s = &w.service;
-    let adapter = cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("store adapter").plugin;
+    let adapter =
+        cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("store adapter").plugin;
     let network = Network {
         id: "net".into(),
         name: "Test Network".into(),

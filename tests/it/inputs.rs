@@ -49,7 +49,8 @@ async fn merchant_add_refuses_a_rule_without_fixtures_with_plugin_uploads_reason
         let why = reason(&upload);
         assert!(why.contains("hostile-rule@0.1.0") && why.contains("embeds no fixtures"), "{why}");
 
-        let (ok, out) = cashbackd(&["--database-url", &url, "merchant", "add", "shop2", "--name", "Shop 2", "--rule", hostile]);
+        let (ok, out) =
+            cashbackd(&["--database-url", &url, "merchant", "add", "shop2", "--name", "Shop 2", "--rule", hostile]);
         assert!(!ok, "{out}");
         assert_eq!(reason(&out), format!("--rule: {why}"), "the same reason as plugin upload, naming the flag");
         let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM plugins WHERE name = 'hostile-rule'")
@@ -97,7 +98,8 @@ async fn merchant_add_refuses_a_rule_without_fixtures_with_plugin_uploads_reason
             r#"{"rate_bps": 300}"#,
         ]);
         assert!(ok, "{out}");
-        let (ok, out) = cashbackd(&["--database-url", &url, "merchant", "add", "shop3", "--name", "S", "--rule", hostile]);
+        let (ok, out) =
+            cashbackd(&["--database-url", &url, "merchant", "add", "shop3", "--name", "S", "--rule", hostile]);
         assert!(!ok && reason(&out) == format!("--rule: {why}"), "{out}");
         t.cleanup().await;
     }
@@ -133,10 +135,11 @@ async fn a_stored_plugin_without_fixtures_can_be_activated_by_no_path() {
             r#"{"mode": "ok"}"#,
         ]);
         assert!(!ok && out.contains("embeds no fixtures"), "{out}");
-        let chain: Vec<String> = sqlx::query_scalar("SELECT plugin_digest FROM merchant_rules WHERE merchant_id = 'shop'")
-            .fetch_all(&s.db().pool)
-            .await
-            .expect("chain");
+        let chain: Vec<String> =
+            sqlx::query_scalar("SELECT plugin_digest FROM merchant_rules WHERE merchant_id = 'shop'")
+                .fetch_all(&s.db().pool)
+                .await
+                .expect("chain");
         assert_eq!(chain, vec![w.rule.clone()]);
 
         // Nor can a rollback put one back where it had been placed behind the registry's back.
@@ -317,9 +320,10 @@ async fn an_api_import_and_a_report_file_refuse_negative_amounts_by_the_same_rul
         assert!(summary.tally.errors[0].contains(r#"transaction "F-1": amount: -500 minor units on a PENDING"#));
         // The report's correction row for F-2, a month later, negative by nature.
         let correction = "Transaction,Click,Sale,Commission,Status,Date\nF-2,c1,-5.00,-0.50,REVERSED,2026-01-30\n";
-        let summary = import_file(&w.service, runtime(), "csv-net", "r2.csv", correction.as_bytes().to_vec(), |_, _| {})
-            .await
-            .expect("import");
+        let summary =
+            import_file(&w.service, runtime(), "csv-net", "r2.csv", correction.as_bytes().to_vec(), |_, _| {})
+                .await
+                .expect("import");
         assert_eq!((summary.tally.updated, summary.tally.rejected), (1, 0), "{summary:?}");
         let f2 = w.service.conversion(&conversion_id("csv-net", "F-2")).await.expect("load").expect("F-2");
         assert_eq!(f2.state, State::Reversed);
@@ -347,8 +351,14 @@ async fn bytes_that_are_not_utf8_are_refused_alike_in_a_query_a_form_body_and_a_
         let v = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("json")["error"].clone();
         let (q, b) = (v(&query), v(&body));
         assert_eq!((q["code"].as_str(), b["code"].as_str()), (Some("invalid_encoding"), Some("invalid_encoding")));
-        assert_eq!(q["message"], r#"query string: parameter "tid": the value is not UTF-8 once percent-decoded ("A%FF%FE")"#);
-        assert_eq!(b["message"], r#"form body: parameter "tid": the value is not UTF-8 once percent-decoded ("A%FE%FF")"#);
+        assert_eq!(
+            q["message"],
+            r#"query string: parameter "tid": the value is not UTF-8 once percent-decoded ("A%FF%FE")"#
+        );
+        assert_eq!(
+            b["message"],
+            r#"form body: parameter "tid": the value is not UTF-8 once percent-decoded ("A%FE%FF")"#
+        );
         let mut raw = b"tid=A".to_vec();
         raw.extend([0xFF, 0xFE]);
         raw.extend(format!("&{rest}").into_bytes());
@@ -395,7 +405,10 @@ async fn ids_are_limited_in_characters_so_seed_003s_64_character_ids_fit_in_any_
         assert_eq!(status, StatusCode::OK, "255 characters, 510 bytes: {body}");
 
         for (query, why) in [
-            (format!("tid={}&oid=O&{rest}", "x".repeat(256)), "transaction id: 256 characters, at most 255 (at most 1020 bytes"),
+            (
+                format!("tid={}&oid=O&{rest}", "x".repeat(256)),
+                "transaction id: 256 characters, at most 255 (at most 1020 bytes",
+            ),
             (format!("tid=T-3&oid={}&{rest}", encode(&"é".repeat(256))), "order id: 256 characters, at most 255"),
             // PostgreSQL cannot store U+0000: this was a 503 there, a stored id on SQLite.
             (format!("tid=T%004&oid=O&{rest}"), "transaction id: a control character (U+0000)"),
@@ -408,10 +421,14 @@ async fn ids_are_limited_in_characters_so_seed_003s_64_character_ids_fit_in_any_
         assert_eq!(count(&w, "SELECT COUNT(*) FROM conversions").await, 2);
 
         // Clicks: ref_id at most 32 characters (seed 003), in any script; the user 128.
-        let (status, _, body) = send(&app, get(&format!("/c/shoe-sale?user=u2&ref_id={}", encode(&"🎉".repeat(32))))).await;
+        let (status, _, body) =
+            send(&app, get(&format!("/c/shoe-sale?user=u2&ref_id={}", encode(&"🎉".repeat(32))))).await;
         assert_eq!(status, StatusCode::FOUND, "{body}");
         for (query, why) in [
-            (format!("user=u2&ref_id={}", encode(&"🎉".repeat(33))), "ref_id: 33 characters, at most 32 (at most 128 bytes"),
+            (
+                format!("user=u2&ref_id={}", encode(&"🎉".repeat(33))),
+                "ref_id: 33 characters, at most 32 (at most 128 bytes",
+            ),
             (format!("user={}", "u".repeat(129)), "user: 129 characters, at most 128"),
             ("user=u%002".to_string(), "user: a control character (U+0000)"),
             (format!("user=u2&sub3={}", "s".repeat(256)), "sub3: 256 characters, at most 255"),
@@ -431,7 +448,10 @@ async fn a_postback_without_a_click_id_is_refused_and_kept_never_silently_parked
         let w = world(t.db.clone()).await;
         let app = app(&w).await;
         for (query, why) in [
-            ("tid=P-1&subid=&oid=O-1&sale=10.00&comm=1.00&status=pending", r#"parameter \"subid\" (click_id): is empty"#),
+            (
+                "tid=P-1&subid=&oid=O-1&sale=10.00&comm=1.00&status=pending",
+                r#"parameter \"subid\" (click_id): is empty"#,
+            ),
             ("tid=P-2&oid=O-2&sale=10.00&comm=1.00&status=pending", r#"missing parameter \"subid\" (click_id)"#),
             ("tid=P-3&subid=c1&sale=10.00&comm=1.00&status=pending", r#"missing parameter \"oid\" (order_id)"#),
         ] {

@@ -23,7 +23,12 @@ pub struct World {
 pub async fn world(db: Db) -> World {
     let clock = ManualClock::at(T0);
     let service = Service::new(db, runtime().clone(), clock.clone(), ServiceConfig::default());
-    let rule = cashbackd::registry::upload(&service, &plugin_bytes(WASIP2, "flat_rate")).await.expect("store plugin").plugin.digest.to_string();
+    let rule = cashbackd::registry::upload(&service, &plugin_bytes(WASIP2, "flat_rate"))
+        .await
+        .expect("store plugin")
+        .plugin
+        .digest
+        .to_string();
     service.upsert_merchant("shop", "Shop", false, 30).await.expect("merchant");
     service
         .set_rules("shop", &[(rule.clone(), json!({"rate_bps": 1000, "hold_above": 100_000}))])

@@ -107,8 +107,10 @@ async fn ingests_first_network_works_as_written_for_every_state_it_maps() {
     let config = doc_argument(&doc, "cashbackd network add awin", "config");
     let parsed: serde_json::Value = serde_json::from_str(&config).expect("the documented --config is JSON");
     let link_url = doc_argument(&doc, "cashbackd link add spring-sale", "url");
-    let postback_line =
-        doc.lines().find(|l| l.starts_with("https://YOUR-CASHBACKD/postback/awin?")).expect("the documented postback URL");
+    let postback_line = doc
+        .lines()
+        .find(|l| l.starts_with("https://YOUR-CASHBACKD/postback/awin?"))
+        .expect("the documented postback URL");
     let template: Vec<(String, String)> = url::Url::parse(postback_line)
         .expect("a URL")
         .query_pairs()
@@ -139,8 +141,30 @@ async fn ingests_first_network_works_as_written_for_every_state_it_maps() {
         let flat = plugin_path(WASIP2, "flat_rate");
         let adapter = plugin_path(WASIP2, "generic_s2s");
         for args in [
-            vec!["merchant", "add", "shop", "--name", "Shop", "--rule", flat.to_str().expect("utf8"), "--rule-config", r#"{"rate_bps": 500}"#],
-            vec!["network", "add", "awin", "--name", "Awin", "--adapter", adapter.to_str().expect("utf8"), "--config", &config, "--auth", "token"],
+            vec![
+                "merchant",
+                "add",
+                "shop",
+                "--name",
+                "Shop",
+                "--rule",
+                flat.to_str().expect("utf8"),
+                "--rule-config",
+                r#"{"rate_bps": 500}"#,
+            ],
+            vec![
+                "network",
+                "add",
+                "awin",
+                "--name",
+                "Awin",
+                "--adapter",
+                adapter.to_str().expect("utf8"),
+                "--config",
+                &config,
+                "--auth",
+                "token",
+            ],
             vec!["link", "add", "spring-sale", "--merchant", "shop", "--network", "awin", "--url", &link_url],
         ] {
             let mut all = vec!["--database-url", url.as_str()];
@@ -228,11 +252,10 @@ async fn a_fresh_demo_shows_seed_000s_delays_per_path_and_a_partners_deliveries(
     ]
     .map(String::from)
     .to_vec();
-    let (ok, out) = tokio::task::spawn_blocking(move || {
-        cashbackd(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[])
-    })
-    .await
-    .expect("demo");
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || cashbackd(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]))
+            .await
+            .expect("demo");
     assert!(ok, "{out}");
     assert!(out.contains("8 orders reported by postback") && out.contains("callbacks delivered"), "{out}");
 
@@ -262,4 +285,3 @@ async fn a_fresh_demo_shows_seed_000s_delays_per_path_and_a_partners_deliveries(
     let waiting = DeliveryFilter { state: Some("pending".into()), ..Default::default() };
     assert!(deliveries(&db, &waiting).await.expect("deliveries").is_empty(), "none left waiting");
 }
-

@@ -64,7 +64,7 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
     let w = world(t.db.clone()).await;
     let s = &w.service;
     // Labels of this test's own: the recorder is shared by every test of the binary.
-    let adapter = cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
+    let adapter = cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = Network {
         id: "ops-metrics".into(),
         name: "Ops".into(),
@@ -97,14 +97,14 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
 
     let (status, _, _) = send(&app, get("/c/ops-link?user=u1")).await;
     assert_eq!(status, StatusCode::FOUND);
-    let ok = "/postback/ops-metrics?tid=OPS-1&subid=ops-click&amount=20.00&comm=2.00&cur=EUR&status=pending&token=ops-t0ken";
+    let ok =
+        "/postback/ops-metrics?tid=OPS-1&subid=ops-click&amount=20.00&comm=2.00&cur=EUR&status=pending&token=ops-t0ken";
     let (status, _, body) = send(&app, get(ok)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _, _) = send(&app, get(ok)).await;
     assert_eq!(status, StatusCode::OK, "the duplicate");
     // Above the rule's hold threshold: held for review.
-    let held =
-        "/postback/ops-metrics?tid=OPS-2&subid=ops-click&amount=2000.00&comm=2.00&cur=EUR&status=pending&token=ops-t0ken";
+    let held = "/postback/ops-metrics?tid=OPS-2&subid=ops-click&amount=2000.00&comm=2.00&cur=EUR&status=pending&token=ops-t0ken";
     let (status, _, body) = send(&app, get(held)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _, _) = send(&app, get("/postback/ops-metrics?tid=OPS-3&status=pending&token=wrong")).await;

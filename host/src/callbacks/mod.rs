@@ -778,7 +778,9 @@ mod tests {
                 .starts_with("url_template:")
         );
         assert!(e(EndpointSpec { url_template: "ftp://p.example/".into(), ..ok.clone() }).starts_with("url_template:"));
-        assert!(e(EndpointSpec { url_template: "https://{click_id}/".into(), ..ok.clone() }).starts_with("url_template:"));
+        assert!(
+            e(EndpointSpec { url_template: "https://{click_id}/".into(), ..ok.clone() }).starts_with("url_template:")
+        );
         assert_eq!(e(EndpointSpec { timeout_ms: 5, ..ok.clone() }), "timeout_ms: between 100 and 120000 ms, got 5");
         let r = |delay_ms, max_delay_ms| EndpointSpec {
             retry: RetryPolicy { delay_ms, max_delay_ms, ..ok.retry },
@@ -791,11 +793,10 @@ mod tests {
         );
         assert!(r(1_000, 60_000).validate().is_ok(), "1 s is allowed");
         let err = r(0, 60_000).check().expect_err("0 s");
-        assert_eq!((err.field, err.field.flag(), err.field.config_key()), (
-            EndpointField::RetryDelay,
-            "--retry-delay",
-            Some("callbacks.retry_delay_secs")
-        ));
+        assert_eq!(
+            (err.field, err.field.flag(), err.field.config_key()),
+            (EndpointField::RetryDelay, "--retry-delay", Some("callbacks.retry_delay_secs"))
+        );
         assert!(e(r(60_000, 1_000)).starts_with("max_delay_secs: at least the retry delay (60 s)"));
         let plain = Secret::parse("a-long-enough-plain-secret", false).expect("secret");
         assert!(e(EndpointSpec { method: Method::Post, secrets: vec![plain], ..ok.clone() }).starts_with("secret:"));

@@ -194,9 +194,12 @@ pub async fn configure(service: &Service, plugins: &Path, fake: &FakeNetwork) ->
         auth: InboundAuth::None,
     };
     ingest::upsert_network(service.db(), &file_network, now).await?;
-    crate::scheduler::upsert_job(service, IMPORT_JOB, "0 * * * *", &crate::scheduler::JobKind::Import {
-        network: API_NETWORK.into(),
-    })
+    crate::scheduler::upsert_job(
+        service,
+        IMPORT_JOB,
+        "0 * * * *",
+        &crate::scheduler::JobKind::Import { network: API_NETWORK.into() },
+    )
     .await
     .map_err(anyhow::Error::msg)?;
 

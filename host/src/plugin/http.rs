@@ -268,7 +268,9 @@ impl Host for PluginState {
         };
         if let Some(answer) = grant.client.replayed(&request) {
             let cap = limits.max_http_response_bytes;
-            return Ok(answer.and_then(|r| if r.body.len() as u64 > cap { Err(HttpError::TooLarge(cap)) } else { Ok(r) }));
+            return Ok(
+                answer.and_then(|r| if r.body.len() as u64 > cap { Err(HttpError::TooLarge(cap)) } else { Ok(r) })
+            );
         }
         tracing::debug!(method = %built.method(), host = built.url().host_str().unwrap_or(""), "plugin http request");
         let answer = grant.client.send(built, timeout, limits.max_http_response_bytes);

@@ -135,10 +135,10 @@ mod tests {
             .build();
         assert_eq!(order.amount.minor, 23_148);
         let d = FlatRate::evaluate(&order, &testing::context()).expect("decision");
-        assert_eq!(d.lines.iter().map(|l| (l.line_id.as_str(), l.amount)).collect::<Vec<_>>(), vec![
-            ("l1", 45),
-            ("l4", 607)
-        ]);
+        assert_eq!(
+            d.lines.iter().map(|l| (l.line_id.as_str(), l.amount)).collect::<Vec<_>>(),
+            vec![("l1", 45), ("l4", 607)]
+        );
         assert_eq!((d.total.minor, d.hold.as_deref()), (652, None));
         assert_eq!(d.exclusions.len(), 2);
         let tv = testing::order("o-8", "EUR").line("l1", "TV", "electronics", 1, 90_000).build();

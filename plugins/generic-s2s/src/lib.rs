@@ -608,7 +608,9 @@ mod tests {
 
     #[test]
     fn empty_values_are_not_reported_except_the_transaction_id_and_the_click_id() {
-        assert!(invalid_input(CONFIG, &get(&query(&[("tid", Some(""))]))).contains("\"tid\" (transaction_id): is empty"));
+        assert!(
+            invalid_input(CONFIG, &get(&query(&[("tid", Some(""))]))).contains("\"tid\" (transaction_id): is empty")
+        );
         // A lead has no order value, a network without order ids sends none.
         let e = parse(CONFIG, &get(&query(&[("amt", Some("")), ("com", Some(""))]))).expect("empty values");
         assert_eq!((e.amount, e.commission, e.order_id, e.reason), (0, 0, None, None));
@@ -639,15 +641,18 @@ mod tests {
     fn the_same_parameter_twice_with_different_values_is_refused() {
         let m = invalid_input(CONFIG, &get(&format!("{}&tid=T-11", query(&[("tid", Some("T-10"))]))));
         assert!(m.contains("\"T-10\"") && m.contains("\"T-11\""), "{m}");
-        let mut request =
-            post(Some("application/x-www-form-urlencoded"), &query(&[("tid", Some("T-12")), ("status", Some("pending"))]));
+        let mut request = post(
+            Some("application/x-www-form-urlencoded"),
+            &query(&[("tid", Some("T-12")), ("status", Some("pending"))]),
+        );
         request.query = "tid=T-12".into();
         assert_eq!(parse(CONFIG, &request).expect("same value twice").transaction_id, "T-12");
     }
 
     #[test]
     fn without_an_event_time_the_receive_time_is_used() {
-        let minimal = r#"{"params": {"transaction_id": "tid", "click_id": "sub"}, "states": {}, "default_currency": "EUR"}"#;
+        let minimal =
+            r#"{"params": {"transaction_id": "tid", "click_id": "sub"}, "states": {}, "default_currency": "EUR"}"#;
         let e = parse(minimal, &get("tid=T-13&sub=c-13")).expect("event");
         assert_eq!(e.event_time, RECEIVED_AT, "the host's receive time, not a clock of the plugin's own");
         assert_eq!(e.state, ConversionState::Pending, "no status parameter: pending");
