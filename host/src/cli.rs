@@ -699,8 +699,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            if !(0..=3650).contains(&reward_delay_days) {
-                bail!("--reward-delay-days: must be between 0 and 3650, got {reward_delay_days}");
+            let most = i64::from(crate::plugin::boundary::MAX_REWARD_DELAY_DAYS);
+            if !(0..=most).contains(&reward_delay_days) {
+                bail!("--reward-delay-days: must be between 0 and {most}, got {reward_delay_days}");
             }
             with_service(&cli, |service, _| async move {
                 let rule = match rule {

@@ -98,7 +98,9 @@ pub async fn stream(base: String, every: std::time::Duration) {
             return;
         }
     };
-    let mut open: std::collections::VecDeque<(String, String, i64)> = std::collections::VecDeque::new();
+    // (transaction, click, amount, purchase time): a network's later postbacks for an
+    // order carry its purchase time again (the transaction's date), not their own.
+    let mut open: std::collections::VecDeque<(String, String, i64, i64)> = std::collections::VecDeque::new();
     // Clicked, bought (a second later), reported two ticks later: a postback's seconds.
     let mut bought: std::collections::VecDeque<(String, i64)> = std::collections::VecDeque::new();
     let mut tick = tokio::time::interval(every);
@@ -132,17 +134,17 @@ pub async fn stream(base: String, every: std::time::Duration) {
             let Some((click, purchased)) = bought.pop_front() else { return anyhow::Ok(()) };
             let tid = format!("LIVE-{n}");
             send(&tid, &click, amount, "pending", purchased).await?;
-            open.push_back((tid, click, amount));
+            open.push_back((tid, click, amount, purchased));
             if open.len() > 5
-                && let Some((tid, click, amount)) = open.pop_front()
+                && let Some((tid, click, amount, purchased)) = open.pop_front()
             {
                 let amount = if n % 4 == 0 {
-                    send(&tid, &click, amount * 8 / 10, "adjusted", now_ms()).await?;
+                    send(&tid, &click, amount * 8 / 10, "adjusted", purchased).await?;
                     amount * 8 / 10
                 } else {
                     amount
                 };
-                send(&tid, &click, amount, if n % 9 == 0 { "declined" } else { "approved" }, now_ms()).await?;
+                send(&tid, &click, amount, if n % 9 == 0 { "declined" } else { "approved" }, purchased).await?;
             }
             anyhow::Ok(())
         };

@@ -159,7 +159,7 @@ pub fn parse(json: &str) -> Result<Vec<Fixture>, String> {
 
 /// Runs every case and reports each.
 pub fn run(runtime: &PluginRuntime, plugin: &LoadedPlugin, fixtures: &[Fixture]) -> Vec<CaseResult> {
-    fixtures.iter().map(|f| run_one(runtime, plugin, f)).collect()
+    super::runtime::proving(|| fixtures.iter().map(|f| run_one(runtime, plugin, f)).collect())
 }
 
 fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseResult {

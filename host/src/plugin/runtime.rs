@@ -121,6 +121,27 @@ impl<T> CallOutcome<T> {
 
 type AdapterExports = latest::adapter_world::exports::cashback::plugin::adapter::Guest;
 
+std::thread_local! {
+    /// Set while a plugin's fixtures run on this thread (calls are synchronous, so they run
+    /// on the thread that asked): see [`proving`].
+    static PROVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, a plugin's fixtures, on this thread. A fixture may expect an error, and every
+/// upload and activation runs the fixtures again: their calls' failures are the plugin
+/// proving itself, not failures of live traffic, so they are logged at debug level only
+/// and left out of the plugin call metrics (an operator's alerts watch those).
+pub(crate) fn proving<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PROVING.set(self.0);
+        }
+    }
+    let _reset = Reset(PROVING.replace(true));
+    f()
+}
+
 /// Loads and runs plugins. Cheap to share behind an `Arc`.
 pub struct PluginRuntime {
     engine: Engine,
@@ -507,7 +528,11 @@ impl PluginRuntime {
             }
         };
         if let Err(e) = &result {
-            tracing::warn!(plugin = %e.plugin(), kind = e.kind(), error = %e, "plugin call failed");
+            if PROVING.get() {
+                tracing::debug!(plugin = %e.plugin(), kind = e.kind(), error = %e, "plugin fixture call failed");
+            } else {
+                tracing::warn!(plugin = %e.plugin(), kind = e.kind(), error = %e, "plugin call failed");
+            }
         }
         CallOutcome { result, logs }
     }
@@ -636,6 +661,9 @@ impl PluginRuntime {
 
 /// Counts a call in the metrics: its time, and its failure's kind.
 fn observe<T>(plugin: &LoadedPlugin, call: &'static str, started: Instant, outcome: &CallOutcome<T>) {
+    if PROVING.get() {
+        return;
+    }
     let failure = outcome.result.as_ref().err().map(CallError::kind);
     crate::metrics::plugin_call(&plugin.label, call, started.elapsed(), failure);
 }
