@@ -709,12 +709,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         // `plugin upload`'s checks first, with its reason, then the rest.
                         let vetted =
                             crate::registry::vet(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
-                        let plugin = vetted.plugin.clone();
+                        let plugin = vetted.uploaded().plugin.clone();
                         if plugin.kind() != PluginKind::MerchantRules {
                             bail!("--rule: {} is a {}, not a rule plugin", plugin.manifest.label(), plugin.kind());
                         }
                         plugin.manifest.validate_config(&config).map_err(|e| anyhow::anyhow!("--rule-config: {e}"))?;
-                        crate::registry::admit(&service, &vetted, &bytes).await?;
+                        crate::registry::admit(&service, vetted).await?;
                         Some((plugin, config))
                     }
                     None => None,
@@ -756,12 +756,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // `plugin upload`'s checks first, with its reason, then the rest.
                 let vetted =
                     crate::registry::vet(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--adapter: {e}"))?;
-                let plugin = vetted.plugin.clone();
+                let plugin = vetted.uploaded().plugin.clone();
                 if plugin.kind() != PluginKind::NetworkAdapter {
                     bail!("--adapter: {} is a {}, not a network adapter", plugin.manifest.label(), plugin.kind());
                 }
                 plugin.manifest.validate_config(&config).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
-                crate::registry::admit(&service, &vetted, &bytes).await?;
+                crate::registry::admit(&service, vetted).await?;
                 let network = crate::ingest::Network {
                     id: id.clone(),
                     name,

@@ -89,14 +89,27 @@ pub struct Uploaded {
 /// all come through here (or through [`vet`] then [`admit`]), so none of them can store
 /// what another would refuse.
 pub async fn upload(service: &Service, bytes: &[u8]) -> Result<Uploaded, ServiceError> {
-    let vetted = vet(service, bytes).await?;
-    admit(service, &vetted, bytes).await?;
-    Ok(vetted)
+    admit(service, vet(service, bytes).await?).await
+}
+
+/// A component that passed every check of [`upload`], not stored yet. Only [`vet`] makes
+/// one, so [`admit`] stores nothing unchecked.
+#[derive(Debug)]
+pub struct Vetted {
+    uploaded: Uploaded,
+    bytes: Vec<u8>,
+}
+
+impl Vetted {
+    /// What was checked: the plugin, its digest, its fixtures.
+    pub fn uploaded(&self) -> &Uploaded {
+        &self.uploaded
+    }
 }
 
 /// Every check of [`upload`], storing nothing: for a command that has more to check (a
 /// rule's configuration) before it writes anything.
-pub async fn vet(service: &Service, bytes: &[u8]) -> Result<Uploaded, ServiceError> {
+pub async fn vet(service: &Service, bytes: &[u8]) -> Result<Vetted, ServiceError> {
     let plugin = service.runtime().load(bytes)?;
     let digest = plugin.digest.to_string();
     let existing: Vec<String> = sqlx::query_scalar("SELECT digest FROM plugins WHERE name = $1 AND version = $2")
@@ -113,7 +126,7 @@ pub async fn vet(service: &Service, bytes: &[u8]) -> Result<Uploaded, ServiceErr
         )));
     }
     let fixtures_passed = service.prove_plugin(&plugin).await?;
-    Ok(Uploaded {
+    let uploaded = Uploaded {
         digest,
         name: plugin.manifest.name.clone(),
         version: plugin.manifest.version.to_string(),
@@ -122,27 +135,26 @@ pub async fn vet(service: &Service, bytes: &[u8]) -> Result<Uploaded, ServiceErr
         fixtures_passed,
         already_stored: !existing.is_empty(),
         plugin,
-    })
+    };
+    Ok(Vetted { uploaded, bytes: bytes.to_vec() })
 }
 
-/// Stores the component [`vet`] passed; `bytes` must be the same component.
-pub async fn admit(service: &Service, vetted: &Uploaded, bytes: &[u8]) -> Result<(), ServiceError> {
-    if crate::plugin::Digest::of(bytes) != vetted.plugin.digest {
-        return Err(invalid(format!("these bytes are not the component {} that was vetted", vetted.plugin.label())));
-    }
+/// Stores a component [`vet`] passed.
+pub async fn admit(service: &Service, vetted: Vetted) -> Result<Uploaded, ServiceError> {
+    let Vetted { uploaded, bytes } = vetted;
     sqlx::query(
         "INSERT INTO plugins (digest, name, version, kind, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (digest) DO NOTHING",
     )
-    .bind(&vetted.digest)
-    .bind(&vetted.name)
-    .bind(&vetted.version)
-    .bind(&vetted.kind)
-    .bind(bytes.to_vec())
+    .bind(&uploaded.digest)
+    .bind(&uploaded.name)
+    .bind(&uploaded.version)
+    .bind(&uploaded.kind)
+    .bind(bytes)
     .bind(service.now())
     .execute(&service.db().pool)
     .await?;
-    Ok(())
+    Ok(uploaded)
 }
 
 /// A stored version and where it is used.
