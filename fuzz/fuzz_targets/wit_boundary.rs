@@ -102,7 +102,12 @@ fn check_accepted_event(e: &latest::ConversionEvent) {
     .into_iter()
     .flatten()
     {
+        assert!(id.chars().count() <= boundary::MAX_ID_CHARS, "identifier of {} characters", id.chars().count());
         assert!(id.len() <= boundary::MAX_ID_BYTES, "identifier of {} bytes", id.len());
+        assert!(!id.chars().any(char::is_control), "control character in {id:?}");
+    }
+    if !matches!(e.state, latest::ConversionState::Rejected | latest::ConversionState::Reversed) {
+        assert!(e.amount >= 0 && e.commission >= 0, "negative {:?} event: {} / {}", e.state, e.amount, e.commission);
     }
     let c = &e.currency;
     assert!(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()), "currency {c:?}");

@@ -306,7 +306,7 @@ struct Import {
 
 async fn csv_network(service: &Service, s: &Settings) -> anyhow::Result<()> {
     let bytes = std::fs::read(s.plugins.join("csv_report.wasm")).context("csv_report.wasm: build the plugins")?;
-    let adapter = service.store_plugin(&bytes).await?;
+    let adapter = cashbackd::registry::upload(service, &bytes).await?.plugin;
     let network = Network {
         id: "csv-net".into(),
         name: "CSV network".into(),
@@ -345,7 +345,7 @@ async fn import_round(
     let service = seeded(s, runtime, fresh.db.clone()).await?;
     csv_network(&service, s).await?;
     let bytes = std::fs::read(s.plugins.join("csv_report.wasm"))?;
-    let plugin = service.store_plugin(&bytes).await?;
+    let plugin = cashbackd::registry::upload(&service, &bytes).await?.plugin;
     let config = plugin.manifest.validate_config(&serde_json::from_str(CSV_CONFIG)?).map_err(anyhow::Error::msg)?;
     let t = Instant::now();
     let in_wasm = runtime.parse_file(&plugin, &config, "report.csv", &file).result?;

@@ -675,19 +675,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let url = format!("sqlite://{}", demo_database.display());
             let plugins = plugins.clone();
+            // The demo plays a network's reporting API and a partner's callback receiver
+            // itself, on 127.0.0.1 (`demo/history.rs`): its adapters and callbacks may
+            // reach loopback, which `serve` refuses unless configured.
+            let mut settings = cli.settings.clone();
+            settings.plugin.http_allow_private = true;
             let demo_cli = Cli {
                 config: None,
                 database_url: url.clone(),
                 plugin_store: cli.plugin_store.clone(),
-                callbacks_allow_private: cli.callbacks_allow_private,
+                callbacks_allow_private: true,
                 smtp_url: cli.smtp_url.clone(),
                 smtp_from: cli.smtp_from.clone(),
                 notify_templates: cli.notify_templates.clone(),
                 log_format: cli.log_format,
-                settings: cli.settings.clone(),
+                settings,
                 command: Command::Migrate,
             };
-            let config = (callbacks_config(&cli), notify_config(&cli));
+            let config = (callbacks_config(&demo_cli), notify_config(&cli));
             let http = crate::http::HttpConfig::from_settings(&cli.settings);
             crate::metrics::install();
             with_service(&demo_cli, |service, runtime| async move {
@@ -758,13 +763,39 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: MerchantCommand::Add { ref id, ref name, manual, reward_delay_days, ref rule, ref rule_config },
         } => {
             let (id, name, rule, rule_config) = (id.clone(), name.clone(), rule.clone(), rule_config.clone());
-            with_service(&cli, |service, _| async move {
-                service.upsert_merchant(&id, &name, manual, reward_delay_days).await?;
-                if let Some(path) = rule {
-                    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                    let plugin = service.store_plugin(&bytes).await?;
+            // Everything that can be checked before a write is: a refused rule leaves
+            // neither a merchant nor a stored component behind.
+            let rule = match rule {
+                Some(path) => {
+                    let bytes = std::fs::read(&path).with_context(|| format!("--rule: reading {}", path.display()))?;
                     let config: serde_json::Value =
                         serde_json::from_str(&rule_config).context("--rule-config: not JSON")?;
+                    Some((bytes, config))
+                }
+                None => None,
+            };
+            let most = i64::from(crate::plugin::boundary::MAX_REWARD_DELAY_DAYS);
+            if !(0..=most).contains(&reward_delay_days) {
+                bail!("--reward-delay-days: must be between 0 and {most}, got {reward_delay_days}");
+            }
+            with_service(&cli, |service, _| async move {
+                let rule = match rule {
+                    Some((bytes, config)) => {
+                        // `plugin upload`'s checks first, with its reason, then the rest.
+                        let vetted =
+                            crate::registry::vet(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
+                        let plugin = vetted.uploaded().plugin.clone();
+                        if plugin.kind() != PluginKind::MerchantRules {
+                            bail!("--rule: {} is a {}, not a rule plugin", plugin.manifest.label(), plugin.kind());
+                        }
+                        plugin.manifest.validate_config(&config).map_err(|e| anyhow::anyhow!("--rule-config: {e}"))?;
+                        crate::registry::admit(&service, vetted).await?;
+                        Some((plugin, config))
+                    }
+                    None => None,
+                };
+                service.upsert_merchant(&id, &name, manual, reward_delay_days).await?;
+                if let Some((plugin, config)) = rule {
                     service.set_rules(&id, &[(plugin.digest.to_string(), config)]).await?;
                     println!("merchant {id}: rule {} ({})", plugin.manifest.label(), plugin.digest);
                 }
@@ -794,14 +825,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (other, _, _) => bail!("--auth: {other:?} is not one of token, hmac, ip, none"),
             };
             let config: serde_json::Value = serde_json::from_str(config).context("--config: not JSON")?;
-            let bytes = std::fs::read(adapter).with_context(|| format!("reading {}", adapter.display()))?;
+            let bytes = std::fs::read(adapter).with_context(|| format!("--adapter: reading {}", adapter.display()))?;
             let (id, name) = (id.clone(), name.clone());
             with_service(&cli, |service, _| async move {
-                let plugin = service.store_plugin(&bytes).await?;
+                // `plugin upload`'s checks first, with its reason, then the rest.
+                let vetted =
+                    crate::registry::vet(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--adapter: {e}"))?;
+                let plugin = vetted.uploaded().plugin.clone();
                 if plugin.kind() != PluginKind::NetworkAdapter {
                     bail!("--adapter: {} is a {}, not a network adapter", plugin.manifest.label(), plugin.kind());
                 }
                 plugin.manifest.validate_config(&config).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+                crate::registry::admit(&service, vetted).await?;
                 let network = crate::ingest::Network {
                     id: id.clone(),
                     name,
@@ -1002,6 +1037,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match command {
                     EndpointAction::Add { generated } => {
                         let spec = spec.ok_or_else(|| anyhow::anyhow!("no endpoint"))?;
+                        if !crate::callbacks::partners(db).await?.iter().any(|p| p.id == spec.partner_id) {
+                            bail!("--partner: no partner {:?} (cashbackd partner add)", spec.partner_id);
+                        }
                         crate::callbacks::save_endpoint(db, &spec, now).await?;
                         println!("endpoint {} saved ({} {})", spec.id, spec.method.as_str(), spec.url_template);
                         if generated && let Some(secret) = spec.secrets.first() {
@@ -1231,7 +1269,7 @@ fn endpoint_spec(
     c: &EndpointCommand,
     defaults: &crate::config::CallbackSettings,
 ) -> anyhow::Result<crate::callbacks::EndpointSpec> {
-    use crate::callbacks::{Backoff, EndpointSpec, Method, RetryPolicy, sign::Secret};
+    use crate::callbacks::{Backoff, EndpointField, EndpointSpec, Method, RetryPolicy, sign::Secret};
     let EndpointCommand::Add {
         id,
         partner,
@@ -1290,7 +1328,24 @@ fn endpoint_spec(
     };
     spec.timeout_ms = timeout_ms.unwrap_or(defaults.timeout_ms);
     spec.disable_after = disable_after.unwrap_or(defaults.disable_after);
-    spec.validate().map_err(|e| anyhow::anyhow!("--{e}").context(format!("endpoint {id}")))?;
+    spec.check().map_err(|e| {
+        // Named as the operator gave it: the option, or the configuration key whose
+        // default was taken when the option was not given.
+        let given = match e.field {
+            EndpointField::MaxAttempts => max_attempts.is_some(),
+            EndpointField::RetryDelay => retry_delay.is_some(),
+            EndpointField::MaxDelay => max_delay.is_some(),
+            EndpointField::Jitter => jitter.is_some(),
+            EndpointField::Timeout => timeout_ms.is_some(),
+            EndpointField::DisableAfter => disable_after.is_some(),
+            _ => true,
+        };
+        let name = match e.field.config_key() {
+            Some(key) if !given => format!("{key} (the default of {})", e.field.flag()),
+            _ => e.field.flag().to_string(),
+        };
+        anyhow::anyhow!("{name}: {}", e.why).context(format!("endpoint {id}"))
+    })?;
     Ok(spec)
 }
 

@@ -759,26 +759,31 @@ impl Settings {
         self.validate_plugin()?;
         self.validate_http()?;
         let c = &self.callbacks;
-        if c.max_attempts == 0 {
-            return Err(ConfigError::new("callbacks.max_attempts", "at least 1"));
-        }
         if !matches!(c.backoff.as_str(), "fixed" | "exponential") {
             return Err(ConfigError::new(
                 "callbacks.backoff",
                 format!("expected fixed or exponential, got {:?}", c.backoff),
             ));
         }
-        for (key, value) in [
-            ("callbacks.retry_delay_secs", c.retry_delay_secs),
-            ("callbacks.max_delay_secs", c.max_delay_secs),
-            ("callbacks.timeout_ms", c.timeout_ms),
+        // The defaults of `endpoint add`: the bounds every endpoint is held to
+        // (`EndpointSpec::check`), so that a default cannot be one no endpoint may have.
+        use crate::callbacks::{MAX_ATTEMPTS, MAX_LONGEST_WAIT_MS, MAX_RETRY_DELAY_MS, MIN_RETRY_DELAY_MS};
+        let (min_delay, max_delay, longest) =
+            (MIN_RETRY_DELAY_MS / 1000, MAX_RETRY_DELAY_MS / 1000, MAX_LONGEST_WAIT_MS / 1000);
+        for (key, value, range) in [
+            ("callbacks.max_attempts", i64::from(c.max_attempts), 1..=i64::from(MAX_ATTEMPTS)),
+            ("callbacks.retry_delay_secs", c.retry_delay_secs, min_delay..=max_delay),
+            ("callbacks.max_delay_secs", c.max_delay_secs, c.retry_delay_secs.max(min_delay)..=longest),
+            ("callbacks.timeout_ms", c.timeout_ms, 100..=120_000),
+            ("callbacks.jitter_pct", i64::from(c.jitter_pct), 0..=100),
+            ("callbacks.disable_after", i64::from(c.disable_after), 1..=10_000),
         ] {
-            if value <= 0 {
-                return Err(ConfigError::new(key, format!("must be greater than 0, got {value}")));
+            if !range.contains(&value) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("between {} and {}, got {value}", range.start(), range.end()),
+                ));
             }
-        }
-        if c.jitter_pct > 100 {
-            return Err(ConfigError::new("callbacks.jitter_pct", format!("at most 100, got {}", c.jitter_pct)));
         }
         if !(5..=86_400).contains(&c.lease_secs) {
             return Err(ConfigError::new("callbacks.lease_secs", format!("between 5 and 86400, got {}", c.lease_secs)));

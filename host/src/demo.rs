@@ -1,7 +1,11 @@
 //! `cashbackd demo`: a running cashbackd on a fresh SQLite file with something to see. A
 //! merchant with a rule plugin, a network with an adapter, a tracked link and users; then
 //! real clicks and postbacks through the real HTTP server: credited, adjusted, completed,
-//! held for review, and one parked because its click is unknown.
+//! held for review, and one parked because its click is unknown. Then the past
+//! (`history.rs`): orders reported by postback, API import and file, seconds, hours and
+//! days after their purchase (seed 000), and a partner receiving their callbacks.
+
+mod history;
 
 use crate::conversions::{Service, Status};
 use crate::http::AppState;
@@ -22,8 +26,9 @@ pub async fn seed(service: &Service, plugins: &Path) -> anyhow::Result<()> {
             format!("{} not found: build the plugins first (scripts/build-plugins.sh)", path.display())
         })
     };
-    let rule = service.store_plugin(&read("flat_rate.wasm")?).await?;
-    let adapter = service.store_plugin(&read("generic_s2s.wasm")?).await?;
+    // Through the registry, as `plugin upload` stores them: compiled, checked, fixtures run.
+    let rule = crate::registry::upload(service, &read("flat_rate.wasm")?).await?.plugin;
+    let adapter = crate::registry::upload(service, &read("generic_s2s.wasm")?).await?.plugin;
     service.upsert_merchant("demo-shop", "Demo Shop", false, 30).await?;
     let rule_config = serde_json::json!({
         "rate_bps": 350, "excluded_categories": ["gift-cards"], "max_cashback": 2500, "hold_above": 50000
@@ -33,10 +38,13 @@ pub async fn seed(service: &Service, plugins: &Path) -> anyhow::Result<()> {
         id: "demo-net".into(),
         name: "Demo Network".into(),
         adapter_digest: Some(adapter.digest.to_string()),
+        // A network that reports in euros only, with the purchase time (`ts`, Unix seconds
+        // or milliseconds, or RFC 3339): the Delays page measures from it.
         adapter_config: serde_json::json!({
             "params": { "transaction_id": "tid", "click_id": "clickref", "amount": "sale", "commission": "comm",
-                        "state": "status", "currency": "cur", "order_id": "oid" },
-            "states": { "pending": "PENDING", "adjusted": "ADJUSTED", "approved": "COMPLETED", "declined": "REJECTED" },
+                        "state": "status", "order_id": "oid", "event_time": "ts" },
+            "states": { "pending": "PENDING", "adjusted": "ADJUSTED", "approved": "COMPLETED", "declined": "REJECTED",
+                        "reversed": "REVERSED" },
             "default_currency": "EUR"
         }),
         auth: InboundAuth::Token(DEMO_TOKEN.into()),
@@ -55,7 +63,7 @@ pub async fn seed(service: &Service, plugins: &Path) -> anyhow::Result<()> {
     }
     // A second merchant on the config-only `rate-table` rule, where the steady stream of
     // the running demo goes (demo-shop stays as the tutorial expects it).
-    let table = service.store_plugin(&read("rate_table.wasm")?).await?;
+    let table = crate::registry::upload(service, &read("rate_table.wasm")?).await?.plugin;
     service.upsert_merchant("demo-store", "Demo Store", false, 14).await?;
     let table_config = serde_json::json!({
         "default_bps": 200, "categories": {"books": {"bps": 500}}, "gift_card_categories": ["gift-cards"],
@@ -90,7 +98,11 @@ pub async fn stream(base: String, every: std::time::Duration) {
             return;
         }
     };
-    let mut open: std::collections::VecDeque<(String, String, i64)> = std::collections::VecDeque::new();
+    // (transaction, click, amount, purchase time): a network's later postbacks for an
+    // order carry its purchase time again (the transaction's date), not their own.
+    let mut open: std::collections::VecDeque<(String, String, i64, i64)> = std::collections::VecDeque::new();
+    // Clicked, bought (a second later), reported two ticks later: a postback's seconds.
+    let mut bought: std::collections::VecDeque<(String, i64)> = std::collections::VecDeque::new();
     let mut tick = tokio::time::interval(every);
     for n in 1u64.. {
         tick.tick().await;
@@ -103,11 +115,12 @@ pub async fn stream(base: String, every: std::time::Duration) {
                 .find(|(k, _)| k == "clickref")
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default();
+            bought.push_back((click, now_ms() + 1_000));
             let amount = 1_500 + (n as i64 * 7_919) % 48_000;
-            let send = |tid: &str, click: &str, minor: i64, status: &str| {
+            let send = |tid: &str, click: &str, minor: i64, status: &str, at: i64| {
                 let url = format!(
                     "{base}/postback/demo-net?tid={tid}&oid=O-{tid}&clickref={click}&sale={}.{:02}&comm={}.{:02}\
-                     &status={status}&token={DEMO_TOKEN}",
+                     &status={status}&ts={at}&token={DEMO_TOKEN}",
                     minor / 100,
                     minor % 100,
                     minor * 8 / 10_000,
@@ -115,19 +128,23 @@ pub async fn stream(base: String, every: std::time::Duration) {
                 );
                 client.get(url).send()
             };
+            if bought.len() <= 2 {
+                return anyhow::Ok(());
+            }
+            let Some((click, purchased)) = bought.pop_front() else { return anyhow::Ok(()) };
             let tid = format!("LIVE-{n}");
-            send(&tid, &click, amount, "pending").await?;
-            open.push_back((tid, click, amount));
+            send(&tid, &click, amount, "pending", purchased).await?;
+            open.push_back((tid, click, amount, purchased));
             if open.len() > 5
-                && let Some((tid, click, amount)) = open.pop_front()
+                && let Some((tid, click, amount, purchased)) = open.pop_front()
             {
                 let amount = if n % 4 == 0 {
-                    send(&tid, &click, amount * 8 / 10, "adjusted").await?;
+                    send(&tid, &click, amount * 8 / 10, "adjusted", purchased).await?;
                     amount * 8 / 10
                 } else {
                     amount
                 };
-                send(&tid, &click, amount, if n % 9 == 0 { "declined" } else { "approved" }).await?;
+                send(&tid, &click, amount, if n % 9 == 0 { "declined" } else { "approved" }, purchased).await?;
             }
             anyhow::Ok(())
         };
@@ -160,14 +177,16 @@ pub async fn simulate(base: &str) -> anyhow::Result<()> {
     };
     let alice = click("alice", "spring-newsletter").await?;
     let bob = click("bob", "instagram").await?;
+    // They buy as soon as they land; the network reports each purchase (`ts`) at once.
+    let at = now_ms();
     for q in [
-        format!("tid=T-1001&oid=O-1&clickref={alice}&sale=120.00&comm=9.60&status=pending"),
-        format!("tid=T-1001&oid=O-1&clickref={alice}&sale=120.00&comm=9.60&status=pending"),
-        format!("tid=T-1001&oid=O-1&clickref={alice}&sale=90.00&comm=7.20&status=adjusted"),
-        format!("tid=T-1002&oid=O-2&clickref={bob}&sale=45.50&comm=3.64&status=approved"),
-        format!("tid=T-1003&oid=O-3&clickref={bob}&sale=899.00&comm=71.92&status=pending"),
-        "tid=T-1004&oid=O-4&clickref=unknown-click&sale=30.00&comm=2.40&status=pending".to_string(),
-        format!("tid=T-1005&oid=O-5&clickref={alice}&sale=60.00&comm=4.80&status=declined"),
+        format!("tid=T-1001&oid=O-1&clickref={alice}&sale=120.00&comm=9.60&status=pending&ts={at}"),
+        format!("tid=T-1001&oid=O-1&clickref={alice}&sale=120.00&comm=9.60&status=pending&ts={at}"),
+        format!("tid=T-1001&oid=O-1&clickref={alice}&sale=90.00&comm=7.20&status=adjusted&ts={at}"),
+        format!("tid=T-1002&oid=O-2&clickref={bob}&sale=45.50&comm=3.64&status=approved&ts={at}"),
+        format!("tid=T-1003&oid=O-3&clickref={bob}&sale=899.00&comm=71.92&status=pending&ts={at}"),
+        format!("tid=T-1004&oid=O-4&clickref=unknown-click&sale=30.00&comm=2.40&status=pending&ts={at}"),
+        format!("tid=T-1005&oid=O-5&clickref={alice}&sale=60.00&comm=4.80&status=declined&ts={at}"),
     ] {
         postback(q).await?;
     }
@@ -199,6 +218,11 @@ pub async fn report(service: &Service) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn now_ms() -> i64 {
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now()
+}
+
 fn money(minor: i64) -> String {
     format!("{}{}.{:02}", if minor < 0 { "-" } else { "" }, minor.abs() / 100, minor.abs() % 100)
 }
@@ -219,7 +243,9 @@ pub async fn run(
     database: &str,
     once: bool,
 ) -> anyhow::Result<()> {
+    let fake = history::FakeNetwork::start().await?;
     seed(&service, plugins).await?;
+    history::configure(&service, plugins, &fake).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let base = format!("http://{}", listener.local_addr()?);
     let state = AppState { service: service.clone(), runtime: runtime.clone() };
@@ -231,12 +257,29 @@ pub async fn run(
     let server = tokio::spawn(crate::http::serve_router(app, listener, async {
         tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () }
     }));
-    let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime, "demo")
-        .with_callbacks(deliverer)
+    let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime.clone(), "demo")
+        .with_callbacks(deliverer.clone())
         .with_notifier(notifier);
     crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
     simulate(&base).await?;
+    let past = history::replay(&service, &runtime, &base, &fake, &scheduler).await?;
     report(&service).await?;
+    let delivered = history::deliver_all(&deliverer, std::time::Duration::from_secs(20)).await?;
+    println!(
+        "\nthe past (Delays page): {} orders reported by postback, seconds after the purchase; {} by {}'s hourly API \
+         import, hours after; {} by a report file of {}, days after",
+        past.postbacks,
+        past.imported,
+        history::API_NETWORK,
+        past.from_file,
+        history::FILE_NETWORK
+    );
+    println!(
+        "partner {} (Deliveries page): {delivered} callbacks delivered to its endpoint {}, {} received",
+        history::PARTNER,
+        history::ENDPOINT,
+        fake.callbacks_received()
+    );
     println!("\ncashbackd is running on {base} (database {})", crate::db::redact(database));
     // A fresh admin token for the demo only: every demo database is new, so is its token.
     let token =
@@ -247,7 +290,8 @@ pub async fn run(
     println!("try:");
     println!("  curl -i '{base}/c/demo-link?user=alice&sub1=try-me'");
     println!(
-        "  curl '{base}/postback/demo-net?tid=T-2001&clickref=CLICK_ID&sale=50.00&comm=4.00&status=pending&token={DEMO_TOKEN}'"
+        "  curl \"{base}/postback/demo-net?tid=T-2001&oid=O-2001&clickref=CLICK_ID&sale=50.00&comm=4.00&status=pending\
+         &ts=$(date +%s)&token={DEMO_TOKEN}\""
     );
     println!("  cashbackd --database-url {database} jobs list");
     if once {

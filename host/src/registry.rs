@@ -14,7 +14,7 @@ use crate::conversions::service::ServiceError;
 use crate::conversions::{Service, Status};
 use crate::ledger::PluginRefs;
 use crate::plugin::wit::latest;
-use crate::plugin::{LoadedPlugin, Manifest, PluginKind, fixtures};
+use crate::plugin::{LoadedPlugin, Manifest, PluginKind};
 use serde::Serialize;
 use sqlx::Row;
 use std::sync::Arc;
@@ -73,13 +73,43 @@ pub struct Uploaded {
     pub fixtures_passed: usize,
     /// It was stored already (same digest).
     pub already_stored: bool,
+    /// The plugin, loaded.
+    #[serde(skip)]
+    pub plugin: Arc<LoadedPlugin>,
 }
 
 /// Validates and stores a component: it must compile, export a known world at a
 /// supported contract version, carry a sane manifest (all checked by loading it), and
-/// pass its own embedded fixtures in the sandbox. A different component under a name and
-/// version already stored is refused: a changed plugin needs a new version.
+/// pass its own embedded fixtures in the sandbox ([`crate::plugin::fixtures::prove`]). A
+/// different component under a name and version already stored is refused: a changed
+/// plugin needs a new version.
+///
+/// This is the only way a component gets into the `plugins` table: `plugin upload`,
+/// `POST /api/v1/plugins`, `merchant add --rule`, `network add --adapter` and the demo
+/// all come through here (or through [`vet`] then [`admit`]), so none of them can store
+/// what another would refuse.
 pub async fn upload(service: &Service, bytes: &[u8]) -> Result<Uploaded, ServiceError> {
+    admit(service, vet(service, bytes).await?).await
+}
+
+/// A component that passed every check of [`upload`], not stored yet. Only [`vet`] makes
+/// one, so [`admit`] stores nothing unchecked.
+#[derive(Debug)]
+pub struct Vetted {
+    uploaded: Uploaded,
+    bytes: Vec<u8>,
+}
+
+impl Vetted {
+    /// What was checked: the plugin, its digest, its fixtures.
+    pub fn uploaded(&self) -> &Uploaded {
+        &self.uploaded
+    }
+}
+
+/// Every check of [`upload`], storing nothing: for a command that has more to check (a
+/// rule's configuration) before it writes anything.
+pub async fn vet(service: &Service, bytes: &[u8]) -> Result<Vetted, ServiceError> {
     let plugin = service.runtime().load(bytes)?;
     let digest = plugin.digest.to_string();
     let existing: Vec<String> = sqlx::query_scalar("SELECT digest FROM plugins WHERE name = $1 AND version = $2")
@@ -95,44 +125,36 @@ pub async fn upload(service: &Service, bytes: &[u8]) -> Result<Uploaded, Service
             existing.join(", ")
         )));
     }
-    let cases = match plugin.fixtures.as_deref() {
-        Some(json) => {
-            fixtures::parse(json).map_err(|e| invalid(format!("{}: embedded fixtures: {e}", plugin.label())))?
-        }
-        None => Vec::new(),
-    };
-    if cases.is_empty() {
-        return Err(invalid(format!(
-            "{} embeds no fixtures: the registry only takes plugins that prove themselves \
-             (export_rule!/export_adapter! with fixtures = \"fixtures.json\")",
-            plugin.label()
-        )));
-    }
-    let (runtime, p) = (service.runtime().clone(), plugin.clone());
-    let results = tokio::task::spawn_blocking(move || fixtures::run(&runtime, &p, &cases))
-        .await
-        .map_err(|e| invalid(format!("fixture task failed: {e}")))?;
-    let failed: Vec<String> =
-        results.iter().filter(|r| !r.passed).map(|r| format!("{:?}: {}", r.name, r.detail)).collect();
-    if !failed.is_empty() {
-        return Err(invalid(format!(
-            "{}: {} of {} fixtures failed: {}",
-            plugin.label(),
-            failed.len(),
-            results.len(),
-            failed.join("; ")
-        )));
-    }
-    service.store_plugin(bytes).await?;
-    Ok(Uploaded {
+    let fixtures_passed = service.prove_plugin(&plugin).await?;
+    let uploaded = Uploaded {
         digest,
         name: plugin.manifest.name.clone(),
         version: plugin.manifest.version.to_string(),
         kind: plugin.kind().to_string(),
         wit: plugin.api_version.clone(),
-        fixtures_passed: results.len(),
+        fixtures_passed,
         already_stored: !existing.is_empty(),
-    })
+        plugin,
+    };
+    Ok(Vetted { uploaded, bytes: bytes.to_vec() })
+}
+
+/// Stores a component [`vet`] passed.
+pub async fn admit(service: &Service, vetted: Vetted) -> Result<Uploaded, ServiceError> {
+    let Vetted { uploaded, bytes } = vetted;
+    sqlx::query(
+        "INSERT INTO plugins (digest, name, version, kind, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(&uploaded.digest)
+    .bind(&uploaded.name)
+    .bind(&uploaded.version)
+    .bind(&uploaded.kind)
+    .bind(bytes)
+    .bind(service.now())
+    .execute(&service.db().pool)
+    .await?;
+    Ok(uploaded)
 }
 
 /// A stored version and where it is used.
@@ -257,6 +279,7 @@ pub async fn activate(
     let (position, previous, same_name) = place(service, target, plugin).await?;
     let (config, dropped) = inherited(service, config, &previous, same_name, plugin).await?;
     check_config(plugin, &config, &dropped)?;
+    service.prove_plugin(plugin).await?;
     write_activation(service, target, position, "activate", plugin, &config.to_string(), previous, actor).await
 }
 
@@ -353,6 +376,9 @@ pub async fn rollback(service: &Service, target: &Target, actor: &str) -> Result
         ))
     })?;
     let plugin = service.plugin(&previous).await?;
+    // What it puts back must prove itself like any activation: the version it replaced
+    // may have been stored before the registry checked fixtures.
+    service.prove_plugin(&plugin).await?;
     let current_config = current_config(service, target, position).await?;
     let config = previous_config.unwrap_or_else(|| "{}".into());
     write_activation(
@@ -604,6 +630,7 @@ pub async fn set_shadow(
     let (position, replaced, same_name) = place(service, &target, plugin).await?;
     let (config, dropped) = inherited(service, config, &replaced, same_name, plugin).await?;
     check_config(plugin, &config, &dropped)?;
+    service.prove_plugin(plugin).await?;
     let at = service.now();
     let digest = plugin.digest.to_string();
     let mut tx = service.db().pool.begin().await?;

@@ -33,14 +33,32 @@ pub trait Adapter {
 }
 
 impl PostbackRequest {
-    /// The query string's parameters, URL-decoded once, in order.
+    /// The query string's parameters, URL-decoded once, in order. Bytes that are not
+    /// UTF-8 become U+FFFD; cashbackd refuses such a query string before the adapter is
+    /// called, but [`try_query_pairs`](Self::try_query_pairs) says so itself.
     pub fn query_pairs(&self) -> Vec<(String, String)> {
         form_decode(&self.query)
     }
 
-    /// The body's parameters, when it is `application/x-www-form-urlencoded`.
+    /// The query string's parameters, URL-decoded once, in order; a name or value that is
+    /// not UTF-8 once decoded is [`PluginError::InvalidInput`] naming it (two different
+    /// ids must never become the same text).
+    pub fn try_query_pairs(&self) -> Result<Vec<(String, String)>, PluginError> {
+        try_form_decode(&self.query)
+    }
+
+    /// The body's parameters, when it is `application/x-www-form-urlencoded`. Lossy like
+    /// [`query_pairs`](Self::query_pairs); prefer [`try_form_pairs`](Self::try_form_pairs).
     pub fn form_pairs(&self) -> Vec<(String, String)> {
         form_decode(&String::from_utf8_lossy(&self.body))
+    }
+
+    /// The body's parameters, when it is `application/x-www-form-urlencoded`; a body, name
+    /// or value that is not UTF-8 is [`PluginError::InvalidInput`].
+    pub fn try_form_pairs(&self) -> Result<Vec<(String, String)>, PluginError> {
+        let text = core::str::from_utf8(&self.body)
+            .map_err(|e| PluginError::InvalidInput(format!("the postback body is not UTF-8: {e}")))?;
+        try_form_decode(text)
     }
 
     /// A header's value (names compare case-insensitively).
@@ -62,7 +80,31 @@ pub fn form_decode(input: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Decodes `application/x-www-form-urlencoded` text like [`form_decode`], refusing
+/// instead of replacing: a name or value whose bytes are not UTF-8 once decoded is
+/// [`PluginError::InvalidInput`] naming the parameter, quoted as it was sent.
+pub fn try_form_decode(input: &str) -> Result<Vec<(String, String)>, PluginError> {
+    let mut pairs = Vec::new();
+    for part in input.split('&').filter(|part| !part.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let name = String::from_utf8(percent_decode_bytes(k)).map_err(|_| {
+            PluginError::InvalidInput(format!("a parameter name is not UTF-8 once percent-decoded ({k:?})"))
+        })?;
+        let value = String::from_utf8(percent_decode_bytes(v)).map_err(|_| {
+            PluginError::InvalidInput(format!(
+                "parameter {name:?}: the value is not UTF-8 once percent-decoded ({v:?})"
+            ))
+        })?;
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
 fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -80,7 +122,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -211,5 +253,18 @@ mod tests {
                 ("f".into(), "€".into()),
             ]
         );
+    }
+
+    #[test]
+    fn strict_form_decoding_refuses_what_is_not_utf8_instead_of_replacing_it() {
+        let same = try_form_decode("a=1&b=x%20y+z&c=%2541&d=%zz&e&f=%E2%82%AC").expect("UTF-8");
+        assert_eq!(same, form_decode("a=1&b=x%20y+z&c=%2541&d=%zz&e&f=%E2%82%AC"));
+        match try_form_decode("tid=A%FF%FE") {
+            Err(PluginError::InvalidInput(m)) => {
+                assert_eq!(m, r#"parameter "tid": the value is not UTF-8 once percent-decoded ("A%FF%FE")"#)
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(try_form_decode("%FF=1").is_err());
     }
 }

@@ -31,7 +31,8 @@ async fn the_admin_api_refuses_missing_wrong_expired_revoked_and_underscoped_tok
     for t in backends::all().await {
         let w = world(t.db.clone()).await;
         let s = &w.service;
-        let adapter = s.store_plugin(&plugin_bytes(WASIP2, "csv_report")).await.expect("adapter");
+        let adapter =
+            cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "csv_report")).await.expect("adapter").plugin;
         let config = json!({"columns": {"transaction_id": "tx", "click_id": "click", "amount": "sale", "commission": "comm",
                                         "state": "status", "event_time": "date"},
                             "states": {"open": "PENDING"}, "default_currency": "EUR"});

@@ -142,7 +142,7 @@ async fn fixture(t: TestDb) -> Fixture {
         .await
         .expect("activate v1");
 
-    let s2s = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let s2s = cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = Network {
         id: "tok".into(),
         name: "Token network".into(),
@@ -164,7 +164,7 @@ async fn fixture(t: TestDb) -> Fixture {
     };
     ingest::upsert_link(s.db(), &link, now).await.expect("link");
 
-    let csv = s.store_plugin(&plugin_bytes(WASIP2, "csv_report")).await.expect("csv adapter");
+    let csv = cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "csv_report")).await.expect("csv adapter").plugin;
     let csv_network = Network {
         id: "csvnet".into(),
         name: "Report network".into(),
@@ -209,7 +209,8 @@ async fn fixture(t: TestDb) -> Fixture {
     let api_calls = Arc::new(AtomicUsize::new(0));
     // A network API, imported every 2 seconds by the scheduler.
     let base = fake_network_api(api_calls.clone(), secrets.api_key.clone()).await;
-    let json_api = s.store_plugin(&plugin_bytes(WASIP2, "json_api")).await.expect("json-api adapter");
+    let json_api =
+        cashbackd::registry::upload(&s, &plugin_bytes(WASIP2, "json_api")).await.expect("json-api adapter").plugin;
     let api_network = Network {
         id: "apinet".into(),
         name: "API network".into(),

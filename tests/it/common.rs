@@ -67,3 +67,49 @@ pub fn order(id: &str, lines: Vec<latest::LineItem>) -> latest::Order {
 }
 
 pub use cashbackd::plugin::sample::context;
+
+/// Stores a component that no product path would take (`hostile_rule` and
+/// `hostile_adapter` embed no fixtures, so the registry refuses them) with SQL, behind the
+/// registry's back: what a database written before the registry checked fixtures may
+/// hold. Returns its digest.
+pub async fn store_unproven(service: &cashbackd::conversions::Service, crate_name: &str) -> String {
+    let bytes = plugin_bytes(WASIP2, crate_name);
+    let plugin = service.runtime().load(&bytes).expect("load");
+    let digest = plugin.digest.to_string();
+    sqlx::query(
+        "INSERT INTO plugins (digest, name, version, kind, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(&digest)
+    .bind(&plugin.manifest.name)
+    .bind(plugin.manifest.version.to_string())
+    .bind(plugin.kind().to_string())
+    .bind(bytes)
+    .bind(service.now())
+    .execute(&service.db().pool)
+    .await
+    .expect("plugin row");
+    digest
+}
+
+/// Puts such a component ([`store_unproven`]) into `merchant`'s chain, alone, with SQL:
+/// the stand-in for a rule whose fixtures pass but which breaks on live input. The tests
+/// of what the host does with a plugin that fails need one in place.
+pub async fn install_unproven_rule(
+    service: &cashbackd::conversions::Service,
+    merchant: &str,
+    crate_name: &str,
+    config: serde_json::Value,
+) -> String {
+    let digest = store_unproven(service, crate_name).await;
+    let pool = &service.db().pool;
+    sqlx::query("DELETE FROM merchant_rules WHERE merchant_id = $1").bind(merchant).execute(pool).await.expect("chain");
+    sqlx::query("INSERT INTO merchant_rules (merchant_id, position, plugin_digest, config) VALUES ($1, 0, $2, $3)")
+        .bind(merchant)
+        .bind(&digest)
+        .bind(config.to_string())
+        .execute(pool)
+        .await
+        .expect("chain row");
+    digest
+}

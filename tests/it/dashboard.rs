@@ -50,9 +50,8 @@ async fn seed(db: Db, sink: &str) -> Seeded {
     let flat = registry::resolve(s, "flat-rate@0.1.0").await.expect("flat-rate").digest.to_string();
     s.upsert_merchant("manual-shop", "Manual Shop", true, 30).await.expect("merchant");
     s.set_rules("manual-shop", &[(flat.clone(), json!({"rate_bps": 500}))]).await.expect("rules");
-    let broken = s.store_plugin(&plugin_bytes(WASIP2, "hostile_rule")).await.expect("hostile rule");
     s.upsert_merchant("broken-shop", "Broken Shop", false, 30).await.expect("merchant");
-    s.set_rules("broken-shop", &[(broken.digest.to_string(), json!({"mode": "panic"}))]).await.expect("rules");
+    install_unproven_rule(s, "broken-shop", "hostile_rule", json!({"mode": "panic"})).await;
     for (link, merchant) in [("manual-link", "manual-shop"), ("broken-link", "broken-shop")] {
         let link = Link {
             id: link.into(),
@@ -62,7 +61,7 @@ async fn seed(db: Db, sink: &str) -> Seeded {
         };
         ingest::upsert_link(s.db(), &link, s.now()).await.expect("link");
     }
-    let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let adapter = cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = Network {
         id: "report-net".into(),
         name: "Report Network".into(),
@@ -213,7 +212,7 @@ async fn order(client: &reqwest::Client, base: &str, link: &str, user: &str, tid
     let url = url::Url::parse(&location).expect("url");
     let click = url.query_pairs().find(|(k, _)| k == "clickref").expect("click id").1.into_owned();
     let pb = format!(
-        "{base}/postback/demo-net?tid={tid}&oid=O-{tid}&clickref={click}&sale={sale}&comm=4.00&status=pending&token={}",
+        "{base}/postback/demo-net?tid={tid}&oid=O-{tid}&clickref={click}&sale={sale}&comm=4.00&status=pending&ts=&token={}",
         demo::DEMO_TOKEN
     );
     let r = client.get(pb).send().await.expect("postback");
@@ -287,7 +286,7 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
         };
         w.service.register_click(click).await.expect("click");
         let postback = Request::get(format!(
-            "/postback/demo-net?tid=M-1&clickref=manual-click&sale=80.00&comm=6.40&status=pending&token={}",
+            "/postback/demo-net?tid=M-1&oid=O-M-1&clickref=manual-click&sale=80.00&comm=6.40&status=pending&ts=&token={}",
             demo::DEMO_TOKEN
         ))
         .body(Body::empty())

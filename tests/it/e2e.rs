@@ -43,7 +43,7 @@ async fn the_lifecycle_through_a_click_and_postbacks() {
             .1
             .into_owned();
         let pb = |status: &str, amount: &str| {
-            format!("/postback/net?tid=P1&subid={click}&amount={amount}&comm=5.00&status={status}&token=tk")
+            format!("/postback/net?tid=P1&subid={click}&amount={amount}&comm=5.00&cur=EUR&status={status}&token=tk")
         };
         for (uri, expected) in [
             (pb("pending", "100.00"), "PENDING"),
@@ -149,7 +149,8 @@ async fn the_lifecycle_through_report_files() {
 async fn distinct_events_stay_distinct_and_keep_their_names() {
     let t = backends::sqlite().await;
     let w = world(t.db.clone()).await;
-    let adapter = w.service.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let adapter =
+        cashbackd::registry::upload(&w.service, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = cashbackd::ingest::Network {
         id: "net".into(),
         name: "Net".into(),

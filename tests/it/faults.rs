@@ -109,7 +109,8 @@ impl Server {
 /// change also writes a delivery row that waits in the outbox (checked: nothing half-written).
 async fn postback_world(db: Db) -> World {
     let w = world(db).await;
-    let adapter = w.service.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let adapter =
+        cashbackd::registry::upload(&w.service, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = cashbackd::ingest::Network {
         id: "net".into(),
         name: "Net".into(),
@@ -1098,7 +1099,12 @@ async fn import_world(db: Db, base: &str) -> (cashbackd::conversions::Service, A
     use cashbackd::conversions::{NewClick, Service, ServiceConfig};
     let clock = cashbackd::clock::ManualClock::at(crate::ledger::T0);
     let service = Service::new(db, impatient_runtime().clone(), clock.clone(), ServiceConfig::default());
-    let rule = service.store_plugin(&plugin_bytes(WASIP2, "flat_rate")).await.expect("rule").digest.to_string();
+    let rule = cashbackd::registry::upload(&service, &plugin_bytes(WASIP2, "flat_rate"))
+        .await
+        .expect("rule")
+        .plugin
+        .digest
+        .to_string();
     service.upsert_merchant("shop", "Shop", false, 30).await.expect("merchant");
     service.set_rules("shop", &[(rule, json!({"rate_bps": 1000}))]).await.expect("rules");
     service.register_user("u1", Some("u1@example.com")).await.expect("user");
@@ -1110,7 +1116,8 @@ async fn import_world(db: Db, base: &str) -> (cashbackd::conversions::Service, A
         ..Default::default()
     };
     service.register_click(click).await.expect("click");
-    let adapter = service.store_plugin(&plugin_bytes(WASIP2, "json_api")).await.expect("adapter");
+    let adapter =
+        cashbackd::registry::upload(&service, &plugin_bytes(WASIP2, "json_api")).await.expect("adapter").plugin;
     let network = cashbackd::ingest::Network {
         id: "api-net".into(),
         name: "API network".into(),

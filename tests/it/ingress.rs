@@ -27,7 +27,8 @@ pub fn get(uri: &str) -> Request<Body> {
 
 pub async fn app(w: &crate::ledger::World, auth: InboundAuth) -> Router {
     let s = &w.service;
-    let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("store adapter");
+    let adapter =
+        cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("store adapter").plugin;
     let network = Network {
         id: "net".into(),
         name: "Test Network".into(),
@@ -78,7 +79,7 @@ async fn a_click_is_recorded_and_redirected_with_every_parameter_encoded_exactly
         let long = "x".repeat(33);
         let (status, _, body) = send(&app, get(&format!("/c/shoe-sale?user=u1&ref_id={long}"))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(body.contains("ref_id: at most 32 characters, got 33"), "{body}");
+        assert!(body.contains("ref_id: 33 characters, at most 32"), "{body}");
         let (status, _, body) = send(&app, get("/c/shoe-sale")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("user: required"), "{body}");
@@ -93,7 +94,7 @@ async fn a_postback_is_acknowledged_only_once_recorded_and_a_bad_one_is_refused_
     for t in backends::all().await {
         let w = world(t.db.clone()).await;
         let app = app(&w, InboundAuth::Token("t0ken".into())).await;
-        let ok = "/postback/net?tid=T-1&subid=c1&amount=100.00&comm=8.00&status=pending&token=t0ken";
+        let ok = "/postback/net?tid=T-1&subid=c1&amount=100.00&comm=8.00&cur=EUR&status=pending&token=t0ken";
         let (status, _, body) = send(&app, get(ok)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"applied\""), "{body}");
@@ -135,7 +136,7 @@ async fn a_signed_postback_is_checked_with_the_host_held_secret() {
     let t = backends::sqlite().await;
     let w = world(t.db.clone()).await;
     let app = app(&w, InboundAuth::Hmac("sh4red".into())).await;
-    let query = "tid=T-9&subid=c1&amount=50.00&comm=2.00&status=approved";
+    let query = "tid=T-9&subid=c1&amount=50.00&comm=2.00&cur=EUR&status=approved";
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"sh4red").expect("key");
     mac.update(query.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
@@ -143,7 +144,7 @@ async fn a_signed_postback_is_checked_with_the_host_held_secret() {
         Request::get(format!("/postback/net?{query}")).header("x-cashbackd-signature", &signature).body(Body::empty());
     let (status, _, body) = send(&app, request.expect("request")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let forged = Request::get("/postback/net?tid=T-9&subid=c1&amount=5000.00&comm=2.00&status=approved")
+    let forged = Request::get("/postback/net?tid=T-9&subid=c1&amount=5000.00&comm=2.00&cur=EUR&status=approved")
         .header("x-cashbackd-signature", &signature)
         .body(Body::empty())
         .expect("request");
@@ -180,7 +181,7 @@ async fn a_click_then_its_postback_credits_the_user_over_real_http_with_an_ip_al
     let postback = client
         .post(format!("{base}/postback/net"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("tid=T-77&subid={click_id}&amount=80.00&comm=4.00&status=pending"))
+        .body(format!("tid=T-77&subid={click_id}&amount=80.00&comm=4.00&cur=EUR&status=pending"))
         .send()
         .await
         .expect("postback");

@@ -110,7 +110,7 @@ async fn fake_network() -> (String, Arc<AtomicUsize>) {
 }
 
 pub async fn add_network(w: &World, id: &str, plugin: &str, config: serde_json::Value) {
-    let adapter = w.service.store_plugin(&plugin_bytes(WASIP2, plugin)).await.expect("adapter");
+    let adapter = cashbackd::registry::upload(&w.service, &plugin_bytes(WASIP2, plugin)).await.expect("adapter").plugin;
     let network = Network {
         id: id.into(),
         name: id.into(),

@@ -23,7 +23,12 @@ pub struct World {
 pub async fn world(db: Db) -> World {
     let clock = ManualClock::at(T0);
     let service = Service::new(db, runtime().clone(), clock.clone(), ServiceConfig::default());
-    let rule = service.store_plugin(&plugin_bytes(WASIP2, "flat_rate")).await.expect("store plugin").digest.to_string();
+    let rule = cashbackd::registry::upload(&service, &plugin_bytes(WASIP2, "flat_rate"))
+        .await
+        .expect("store plugin")
+        .plugin
+        .digest
+        .to_string();
     service.upsert_merchant("shop", "Shop", false, 30).await.expect("merchant");
     service
         .set_rules("shop", &[(rule.clone(), json!({"rate_bps": 1000, "hold_above": 100_000}))])
@@ -295,9 +300,7 @@ async fn a_hold_verdict_from_the_rule_sends_the_order_to_review() {
 async fn a_failing_plugin_marks_the_conversion_failed_and_it_can_be_reprocessed_after_a_fix() {
     each_backend(|t| async move {
         let w = world(t.db.clone()).await;
-        let hostile =
-            w.service.store_plugin(&plugin_bytes(WASIP2, "hostile_rule")).await.expect("store").digest.to_string();
-        w.service.set_rules("shop", &[(hostile, json!({"mode": "loop"}))]).await.expect("bad rules");
+        install_unproven_rule(&w.service, "shop", "hostile_rule", json!({"mode": "loop"})).await;
         let out = w.service.ingest(event("tx1", ConversionState::Pending, 10_000, 800)).await.expect("ingest");
         assert!(matches!(out, Outcome::Applied { status: Status::Failed, .. }), "{out:?}");
         let c = w.service.conversion(&conversion_id("net", "tx1")).await.expect("load").expect("row");

@@ -64,7 +64,7 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
     let w = world(t.db.clone()).await;
     let s = &w.service;
     // Labels of this test's own: the recorder is shared by every test of the binary.
-    let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let adapter = cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = Network {
         id: "ops-metrics".into(),
         name: "Ops".into(),
@@ -97,14 +97,14 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
 
     let (status, _, _) = send(&app, get("/c/ops-link?user=u1")).await;
     assert_eq!(status, StatusCode::FOUND);
-    let ok = "/postback/ops-metrics?tid=OPS-1&subid=ops-click&amount=20.00&comm=2.00&status=pending&token=ops-t0ken";
+    let ok =
+        "/postback/ops-metrics?tid=OPS-1&subid=ops-click&amount=20.00&comm=2.00&cur=EUR&status=pending&token=ops-t0ken";
     let (status, _, body) = send(&app, get(ok)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _, _) = send(&app, get(ok)).await;
     assert_eq!(status, StatusCode::OK, "the duplicate");
     // Above the rule's hold threshold: held for review.
-    let held =
-        "/postback/ops-metrics?tid=OPS-2&subid=ops-click&amount=2000.00&comm=2.00&status=pending&token=ops-t0ken";
+    let held = "/postback/ops-metrics?tid=OPS-2&subid=ops-click&amount=2000.00&comm=2.00&cur=EUR&status=pending&token=ops-t0ken";
     let (status, _, body) = send(&app, get(held)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _, _) = send(&app, get("/postback/ops-metrics?tid=OPS-3&status=pending&token=wrong")).await;
@@ -334,7 +334,7 @@ async fn json_logs_are_one_object_per_line_and_a_whole_postback_flow_logs_no_sec
     let click_id = location.rsplit('=').next().expect("click id").to_string();
     let pb = client
         .get(format!(
-            "{base}/postback/tok?tid=S-1&subid={click_id}&amount=50.00&comm=5.00&status=pending&token={TOKEN}"
+            "{base}/postback/tok?tid=S-1&subid={click_id}&amount=50.00&comm=5.00&cur=EUR&status=pending&token={TOKEN}"
         ))
         .send()
         .await
@@ -342,7 +342,7 @@ async fn json_logs_are_one_object_per_line_and_a_whole_postback_flow_logs_no_sec
     assert_eq!(pb.status().as_u16(), 200, "{:?}", pb.text().await);
     let wrong = client.get(format!("{base}/postback/tok?tid=S-2&status=pending&token={TOKEN}x")).send().await;
     assert_eq!(wrong.expect("refused postback").status().as_u16(), 401);
-    let query = format!("tid=S-3&subid={click_id}&amount=60.00&comm=6.00&status=pending");
+    let query = format!("tid=S-3&subid={click_id}&amount=60.00&comm=6.00&cur=EUR&status=pending");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(HMAC_SECRET.as_bytes()).expect("key");
     mac.update(query.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());

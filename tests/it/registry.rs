@@ -52,7 +52,8 @@ async fn uploads_are_validated_and_versions_activate_roll_back_and_delete_only_w
         assert!(twin.to_string().contains("needs a new version"), "{twin}");
         let again = registry::upload(s, &plugin_bytes(WASIP2, "swap_rule_v1")).await.expect("same bytes again");
         assert!(again.already_stored);
-        let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+        let adapter =
+            cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
         let wrong_kind = registry::activate(s, &shop(None), &adapter, None, "test").await.expect_err("kind");
         assert!(wrong_kind.to_string().contains("not a rule plugin"), "{wrong_kind}");
         let p2 = registry::resolve(s, "swap-rule@2.0.0").await.expect("v2");
@@ -286,7 +287,7 @@ async fn three_replicas_on_one_postgresql_switch_to_an_activated_version_at_once
     let Some(t) = backends::postgres().await else { return };
     let (w, v1, v2) = registry_world(t.db.clone()).await;
     let s = &w.service;
-    let adapter = s.store_plugin(&plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter");
+    let adapter = cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
     let network = cashbackd::ingest::Network {
         id: "net".into(),
         name: "Net".into(),

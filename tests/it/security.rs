@@ -192,7 +192,8 @@ async fn ingress_is_rate_limited_per_client_address_and_per_network_with_a_clear
             s.postback_burst_per_network = 2;
         });
         let (base, _stop3) = serve(router_with(state.clone(), config)).await;
-        let pb = |tid: &str| format!("{base}/postback/net?tid={tid}&subid=c1&amount=10.00&comm=1.00&status=pending");
+        let pb =
+            |tid: &str| format!("{base}/postback/net?tid={tid}&subid=c1&amount=10.00&comm=1.00&cur=EUR&status=pending");
         let started = Instant::now();
         let mut statuses = Vec::new();
         let mut refused = None;

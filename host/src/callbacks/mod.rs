@@ -250,58 +250,89 @@ impl EndpointSpec {
         }
     }
 
-    /// Checks every field; the error names the field.
+    /// Checks every field; the error names the field as the admin API does
+    /// (`retry_delay_secs: ...`). The CLI names it by its option: [`EndpointSpec::check`].
     pub fn validate(&self) -> Result<template::Template, CallbackError> {
+        self.check().map_err(|e| CallbackError::Invalid(e.to_string()))
+    }
+
+    /// Checks every field; the error says which, so that each interface can name it its
+    /// own way ([`EndpointField`]).
+    pub fn check(&self) -> Result<template::Template, FieldError> {
+        use EndpointField as F;
+        let bad = |field: EndpointField, why: String| Err(FieldError { field, why });
         if !valid_id(&self.id) {
-            return Err(invalid("id", "1 to 64 characters: letters, digits, '-', '_', '.'"));
+            return bad(F::Id, "1 to 64 characters: letters, digits, '-', '_', '.'".into());
         }
-        let t = template::Template::parse(&self.url_template).map_err(|e| invalid("url", e))?;
+        let t = match template::Template::parse(&self.url_template) {
+            Ok(t) => t,
+            Err(e) => return bad(F::Url, e.to_string()),
+        };
         // The template must make an http(s) URL whatever the values.
         let sample = t.render(&template::Values::new());
-        let parsed = url::Url::parse(&sample).map_err(|e| invalid("url", format!("not a valid URL ({e})")))?;
+        let parsed = match url::Url::parse(&sample) {
+            Ok(u) => u,
+            Err(e) => return bad(F::Url, format!("not a valid URL ({e})")),
+        };
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(invalid("url", "must start with https:// or http://"));
+            return bad(F::Url, "must start with https:// or http://".into());
         }
         if parsed.host_str().is_none_or(|h| h.is_empty()) {
-            return Err(invalid("url", "has no host (the host cannot be a macro)"));
+            return bad(F::Url, "has no host (the host cannot be a macro)".into());
         }
         for k in self.params.keys() {
             if k.is_empty() || k == &self.signature_param {
-                return Err(invalid("param", format!("{k:?} is empty or the signature parameter")));
+                return bad(F::Param, format!("{k:?} is empty or the signature parameter"));
             }
         }
         if self.signature_param.is_empty()
             || !self.signature_param.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return Err(invalid("signature_param", "letters, digits and '_' only"));
+            return bad(F::SignatureParam, "letters, digits and '_' only".into());
         }
         if self.method == Method::Post && self.secrets.iter().any(|s| !s.expose().starts_with(sign::PREFIX)) {
-            return Err(invalid("secret", "POST endpoints sign with Standard Webhooks: whsec_ secrets only"));
+            return bad(F::Secret, "POST endpoints sign with Standard Webhooks: whsec_ secrets only".into());
         }
         let r = &self.retry;
-        if !(1..=50).contains(&r.max_attempts) {
-            return Err(invalid("max_attempts", "between 1 and 50"));
+        if !(1..=MAX_ATTEMPTS).contains(&r.max_attempts) {
+            return bad(F::MaxAttempts, format!("between 1 and {MAX_ATTEMPTS}, got {}", r.max_attempts));
         }
-        if !(1_000..=7 * 86_400_000).contains(&r.delay_ms) {
-            return Err(invalid("retry_delay", "between 1 second and 7 days"));
+        if !(MIN_RETRY_DELAY_MS..=MAX_RETRY_DELAY_MS).contains(&r.delay_ms) {
+            return bad(
+                F::RetryDelay,
+                format!(
+                    "between {} and {} seconds (1 s to 7 days), got {}",
+                    MIN_RETRY_DELAY_MS / 1000,
+                    MAX_RETRY_DELAY_MS / 1000,
+                    seconds(r.delay_ms)
+                ),
+            );
         }
-        if r.max_delay_ms < r.delay_ms || r.max_delay_ms > 30 * 86_400_000 {
-            return Err(invalid("max_delay", "at least the retry delay and at most 30 days"));
+        if r.max_delay_ms < r.delay_ms || r.max_delay_ms > MAX_LONGEST_WAIT_MS {
+            return bad(
+                F::MaxDelay,
+                format!(
+                    "at least the retry delay ({} s) and at most {} seconds (30 days), got {}",
+                    seconds(r.delay_ms),
+                    MAX_LONGEST_WAIT_MS / 1000,
+                    seconds(r.max_delay_ms)
+                ),
+            );
         }
         if r.jitter_pct > 100 {
-            return Err(invalid("jitter", "a percentage, 0 to 100"));
+            return bad(F::Jitter, format!("a percentage, 0 to 100, got {}", r.jitter_pct));
         }
         if !(100..=120_000).contains(&self.timeout_ms) {
-            return Err(invalid("timeout", "between 100 ms and 120 s"));
+            return bad(F::Timeout, format!("between 100 and 120000 ms, got {}", self.timeout_ms));
         }
         if !(1..=10_000).contains(&self.disable_after) {
-            return Err(invalid("disable_after", "between 1 and 10000"));
+            return bad(F::DisableAfter, format!("between 1 and 10000, got {}", self.disable_after));
         }
         if self.states.as_ref().is_some_and(Vec::is_empty) {
-            return Err(invalid("states", "at least one state (leave it out for every state)"));
+            return bad(F::States, "at least one state (leave it out for every state)".into());
         }
         if !(self.events.conversions || self.events.payouts) {
-            return Err(invalid("events", "at least one of conversions, payouts"));
+            return bad(F::Events, "at least one of conversions, payouts".into());
         }
         Ok(t)
     }
@@ -330,6 +361,116 @@ pub fn parse_states<S: AsRef<str>>(names: &[S]) -> Result<Vec<State>, CallbackEr
 /// The column `callback_endpoints.states`: `CREATED,PENDING`, or NULL for every state.
 fn states_column(states: Option<&[State]>) -> Option<String> {
     states.map(|v| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","))
+}
+
+/// Most attempts of one delivery.
+pub const MAX_ATTEMPTS: u32 = 50;
+/// The shortest wait between attempts: 1 s (a partner that fails gets at least that long).
+pub const MIN_RETRY_DELAY_MS: i64 = 1_000;
+/// The longest first wait between attempts: 7 days.
+pub const MAX_RETRY_DELAY_MS: i64 = 7 * 86_400_000;
+/// The longest wait between attempts (with backoff, or a partner's `Retry-After`): 30 days.
+pub const MAX_LONGEST_WAIT_MS: i64 = 30 * 86_400_000;
+
+/// Milliseconds as the seconds an operator gave (`1.5` for 1500 ms).
+fn seconds(ms: i64) -> String {
+    if ms % 1000 == 0 { (ms / 1000).to_string() } else { format!("{:.3}", ms as f64 / 1000.0) }
+}
+
+/// A field of an endpoint, as each interface names it: the admin API's JSON, the CLI's
+/// option, the configuration's default. An error message is only useful if it names what
+/// the operator typed (`--retry-delay`, not `--retry_delay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointField {
+    /// The endpoint's id.
+    Id,
+    /// The URL template.
+    Url,
+    /// A static parameter.
+    Param,
+    /// The GET signature's parameter.
+    SignatureParam,
+    /// The signing secret.
+    Secret,
+    /// Attempts in all.
+    MaxAttempts,
+    /// The (first) wait between attempts.
+    RetryDelay,
+    /// The longest wait.
+    MaxDelay,
+    /// The random spread.
+    Jitter,
+    /// The request timeout.
+    Timeout,
+    /// The auto-disable threshold.
+    DisableAfter,
+    /// The states it receives.
+    States,
+    /// What it is sent: conversions, payouts.
+    Events,
+}
+
+impl EndpointField {
+    /// Its name in `PUT /api/v1/callbacks/endpoints/{id}`.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            EndpointField::Id => "id",
+            EndpointField::Url => "url_template",
+            EndpointField::Param => "params",
+            EndpointField::SignatureParam => "signature_param",
+            EndpointField::Secret => "secret",
+            EndpointField::MaxAttempts => "max_attempts",
+            EndpointField::RetryDelay => "retry_delay_secs",
+            EndpointField::MaxDelay => "max_delay_secs",
+            EndpointField::Jitter => "jitter_pct",
+            EndpointField::Timeout => "timeout_ms",
+            EndpointField::DisableAfter => "disable_after",
+            EndpointField::States => "states",
+            EndpointField::Events => "events",
+        }
+    }
+
+    /// Its option in `cashbackd endpoint add` (the id is the positional `ID`).
+    pub fn flag(self) -> &'static str {
+        match self {
+            EndpointField::Id => "ID",
+            EndpointField::Url => "--url",
+            EndpointField::Param => "--param",
+            EndpointField::SignatureParam => "--signature-param",
+            EndpointField::Secret => "--secret",
+            EndpointField::MaxAttempts => "--max-attempts",
+            EndpointField::RetryDelay => "--retry-delay",
+            EndpointField::MaxDelay => "--max-delay",
+            EndpointField::Jitter => "--jitter",
+            EndpointField::Timeout => "--timeout-ms",
+            EndpointField::DisableAfter => "--disable-after",
+            EndpointField::States => "--states",
+            EndpointField::Events => "--events",
+        }
+    }
+
+    /// The configuration key that gives its default, for the fields that have one.
+    pub fn config_key(self) -> Option<&'static str> {
+        match self {
+            EndpointField::MaxAttempts => Some("callbacks.max_attempts"),
+            EndpointField::RetryDelay => Some("callbacks.retry_delay_secs"),
+            EndpointField::MaxDelay => Some("callbacks.max_delay_secs"),
+            EndpointField::Jitter => Some("callbacks.jitter_pct"),
+            EndpointField::Timeout => Some("callbacks.timeout_ms"),
+            EndpointField::DisableAfter => Some("callbacks.disable_after"),
+            _ => None,
+        }
+    }
+}
+
+/// A field of an endpoint that is refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {why}", field.api_name())]
+pub struct FieldError {
+    /// Which.
+    pub field: EndpointField,
+    /// Why, without the field's name.
+    pub why: String,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -739,11 +880,30 @@ mod tests {
         assert!(ok.validate().is_ok());
         let e = |spec: EndpointSpec| spec.validate().expect_err("refused").to_string();
         assert!(
-            e(EndpointSpec { url_template: "https://p.example/?x={nope}".into(), ..ok.clone() }).starts_with("url:")
+            e(EndpointSpec { url_template: "https://p.example/?x={nope}".into(), ..ok.clone() })
+                .starts_with("url_template:")
         );
-        assert!(e(EndpointSpec { url_template: "ftp://p.example/".into(), ..ok.clone() }).starts_with("url:"));
-        assert!(e(EndpointSpec { url_template: "https://{click_id}/".into(), ..ok.clone() }).starts_with("url:"));
-        assert!(e(EndpointSpec { timeout_ms: 5, ..ok.clone() }).starts_with("timeout:"));
+        assert!(e(EndpointSpec { url_template: "ftp://p.example/".into(), ..ok.clone() }).starts_with("url_template:"));
+        assert!(
+            e(EndpointSpec { url_template: "https://{click_id}/".into(), ..ok.clone() }).starts_with("url_template:")
+        );
+        assert_eq!(e(EndpointSpec { timeout_ms: 5, ..ok.clone() }), "timeout_ms: between 100 and 120000 ms, got 5");
+        let r = |delay_ms, max_delay_ms| EndpointSpec {
+            retry: RetryPolicy { delay_ms, max_delay_ms, ..ok.retry },
+            ..ok.clone()
+        };
+        assert_eq!(
+            e(r(500, 60_000)),
+            "retry_delay_secs: between 1 and 604800 seconds (1 s to 7 days), got 0.500",
+            "the 1 s minimum"
+        );
+        assert!(r(1_000, 60_000).validate().is_ok(), "1 s is allowed");
+        let err = r(0, 60_000).check().expect_err("0 s");
+        assert_eq!(
+            (err.field, err.field.flag(), err.field.config_key()),
+            (EndpointField::RetryDelay, "--retry-delay", Some("callbacks.retry_delay_secs"))
+        );
+        assert!(e(r(60_000, 1_000)).starts_with("max_delay_secs: at least the retry delay (60 s)"));
         let plain = Secret::parse("a-long-enough-plain-secret", false).expect("secret");
         assert!(e(EndpointSpec { method: Method::Post, secrets: vec![plain], ..ok.clone() }).starts_with("secret:"));
         assert!(e(EndpointSpec { states: Some(Vec::new()), ..ok.clone() }).starts_with("states:"));

@@ -584,27 +584,22 @@ impl Service {
         Ok(processed)
     }
 
-    /// Validates a plugin component and stores it in the database by digest, so every
-    /// replica sees it.
-    pub async fn store_plugin(&self, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, ServiceError> {
-        let plugin = self.runtime.load(bytes)?;
-        sqlx::query(
-            "INSERT INTO plugins (digest, name, version, kind, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(plugin.digest.to_string())
-        .bind(&plugin.manifest.name)
-        .bind(plugin.manifest.version.to_string())
-        .bind(plugin.kind().to_string())
-        .bind(bytes.to_vec())
-        .bind(self.clock.now())
-        .execute(&self.db.pool)
-        .await?;
-        Ok(plugin)
+    /// Whether a stored plugin may be put to use: it embeds fixtures and passes them all
+    /// in the sandbox ([`crate::plugin::fixtures::prove`], what `plugin upload` checks).
+    /// Checked again at every activation, so that a component stored before the registry
+    /// checked fixtures (or by any other way around it) cannot go live.
+    pub async fn prove_plugin(&self, plugin: &LoadedPlugin) -> Result<usize, ServiceError> {
+        // The loaded plugin is cached by digest: this is a lookup, not a compilation.
+        let (runtime, p) = (self.runtime.clone(), self.runtime.load_digest(&plugin.digest)?);
+        tokio::task::spawn_blocking(move || crate::plugin::fixtures::prove(&runtime, &p))
+            .await
+            .map_err(|e| ServiceError::Invalid(format!("fixture task failed: {e}")))?
+            .map_err(ServiceError::Invalid)
     }
 
     /// Sets a merchant's rule chain: plugins (by digest) with their configs, applied in
-    /// order. Each config is checked against its plugin's schema.
+    /// order. Each plugin must prove itself ([`Service::prove_plugin`]) and each config is
+    /// checked against its plugin's schema.
     pub async fn set_rules(&self, merchant: &str, chain: &[(String, serde_json::Value)]) -> Result<(), ServiceError> {
         let mut loaded = Vec::new();
         for (digest, config) in chain {
@@ -620,6 +615,7 @@ impl Service {
                 .manifest
                 .validate_config(config)
                 .map_err(|e| ServiceError::Invalid(format!("{}: {e}", plugin.label())))?;
+            self.prove_plugin(&plugin).await?;
             loaded.push((digest, config));
         }
         let mut tx = self.db.pool.begin().await?;

@@ -125,7 +125,7 @@ async fn put_merchant(
     Json(body): Json<MerchantBody>,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
-    if merchant.is_empty() || merchant.len() > 64 {
+    if merchant.is_empty() || merchant.chars().count() > 64 {
         return Err(ApiError::bad_request("bad_id", "merchant id: 1 to 64 characters"));
     }
     if body.name.trim().is_empty() {
@@ -228,10 +228,18 @@ async fn put_network(
     let adapter = match &body.adapter {
         Some(r) => {
             let plugin = crate::registry::resolve(&st.service, r).await.map_err(ApiError::from)?;
+            if plugin.kind() != crate::plugin::PluginKind::NetworkAdapter {
+                return Err(ApiError::bad_request(
+                    "bad_adapter",
+                    format!("adapter: {} is a {}, not a network adapter", plugin.label(), plugin.kind()),
+                ));
+            }
             plugin
                 .manifest
                 .validate_config(&body.adapter_config)
                 .map_err(|e| ApiError::bad_request("bad_config", format!("adapter_config: {e}")))?;
+            // As for every activation: a stored version must still pass its own fixtures.
+            st.service.prove_plugin(&plugin).await.map_err(ApiError::from)?;
             Some(plugin.digest.to_string())
         }
         None => None,

@@ -3,7 +3,7 @@
 use super::{ApiError, AppState};
 use crate::conversions::service::ServiceError;
 use crate::conversions::{ApplyError, NewClick, Outcome};
-use crate::ingest::{self, Inbound, Reject};
+use crate::ingest::{self, Inbound, Reject, input};
 use crate::plugin::CallError;
 use crate::plugin::boundary;
 use crate::plugin::wit::latest::{self, PluginError};
@@ -12,11 +12,6 @@ use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
-
-/// Longest sub id accepted.
-const MAX_SUB_LEN: usize = 255;
-/// Seed 003: a partner's ref_id is at most 32 characters.
-const MAX_REF_ID_LEN: usize = 32;
 
 /// `GET /c/{link}?user=U[&ref_id=R][&sub1..sub5=S]`: records a click, then redirects (302)
 /// to the merchant with the click id and sub ids filled in.
@@ -46,11 +41,12 @@ async fn record_click(
     link_id: &str,
     query: &str,
 ) -> Result<String, ApiError> {
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    // Refused like a postback's query: an id is never stored with U+FFFD in it.
+    let params = input::form_pairs(query).map_err(|why| ApiError::bad_request("invalid_encoding", why))?;
     let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
     let user = get("user")
         .ok_or_else(|| ApiError::bad_request("missing_user", "user: required (the id of the user who clicks)"))?;
-    crate::users::check_id(&user).map_err(|e| ApiError::bad_request("invalid_user", format!("user: {e}")))?;
+    crate::users::check_id(&user).map_err(|why| ApiError::bad_request("invalid_user", why))?;
     if let Some(secret) = &policy.secret {
         crate::ingest::signed::verify(
             secret,
@@ -63,19 +59,15 @@ async fn record_click(
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_signature", e.to_string()))?;
     }
     let ref_id = get("ref_id");
-    if let Some(r) = &ref_id
-        && r.chars().count() > MAX_REF_ID_LEN
-    {
-        return Err(ApiError::bad_request(
-            "invalid_ref_id",
-            format!("ref_id: at most {MAX_REF_ID_LEN} characters, got {}", r.chars().count()),
-        ));
+    if let Some(r) = &ref_id {
+        input::REF_ID.check(r).map_err(|why| ApiError::bad_request("invalid_ref_id", why))?;
     }
     let mut subs = Vec::with_capacity(5);
     for i in 1..=5 {
         let sub = get(&format!("sub{i}"));
-        if sub.as_ref().is_some_and(|s| s.chars().count() > MAX_SUB_LEN) {
-            return Err(ApiError::bad_request("invalid_sub", format!("sub{i}: at most {MAX_SUB_LEN} characters")));
+        if let Some(s) = &sub {
+            let limit = input::IdLimit { field: ["sub1", "sub2", "sub3", "sub4", "sub5"][i - 1], ..input::SUB_ID };
+            limit.check(s).map_err(|why| ApiError::bad_request("invalid_sub", why))?;
         }
         subs.push(sub);
     }
@@ -196,6 +188,8 @@ async fn handle_postback(
             .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))?;
     }
 
+    check_encoding(query, headers, body)?;
+
     let digest = network
         .adapter_digest
         .clone()
@@ -232,10 +226,14 @@ async fn handle_postback(
         // The adapter or its configuration is broken: the network should retry after the fix.
         Err(e) => return Err(ApiError::unavailable("the network's adapter failed", &e)),
     };
+    // Every event is checked before any is recorded: a refused postback stores nothing.
+    let events = events
+        .into_iter()
+        .map(|event| boundary::adopt_event(&network.id, event))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
     let mut results = Vec::with_capacity(events.len());
     for event in events {
-        let event =
-            boundary::adopt_event(&network.id, event).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
         match st.service.ingest(event).await {
             Ok(outcome) => results.push(describe(&outcome)),
             Err(ServiceError::Apply(ApplyError::Invalid(why)) | ServiceError::Invalid(why)) => {
@@ -245,6 +243,25 @@ async fn handle_postback(
         }
     }
     Ok(results)
+}
+
+/// The query string, and a body sent as `application/x-www-form-urlencoded`, must be UTF-8
+/// once percent-decoded, whichever adapter reads them: `tid=A%FF%FE` was stored as
+/// `A\u{FFFD}\u{FFFD}`, the same as `tid=A%FE%FF`, so two conversions became one. Refused
+/// here, before the adapter, with the same answer for the query and the body.
+fn check_encoding(query: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    let refuse = |why: String| ApiError::bad_request("invalid_encoding", why);
+    input::form_pairs(query).map_err(|why| refuse(format!("query string: {why}")))?;
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if form {
+        let text = std::str::from_utf8(body).map_err(|_| refuse("form body: not UTF-8".into()))?;
+        input::form_pairs(text).map_err(|why| refuse(format!("form body: {why}")))?;
+    }
+    Ok(())
 }
 
 fn describe(outcome: &Outcome) -> serde_json::Value {

@@ -141,9 +141,10 @@ pub async fn import_network(
         summary.events += page.events.len() as u64;
         let mut events = Vec::with_capacity(page.events.len());
         for event in page.events {
+            let tid = event.transaction_id.clone();
             match crate::plugin::boundary::adopt_event(&network.id, event) {
                 Ok(event) => events.push(event),
-                Err(why) => summary.tally.record(&Err(ServiceError::Invalid(why.to_string()))),
+                Err(why) => summary.tally.record(&Err(ServiceError::Invalid(format!("transaction {tid:?}: {why}")))),
             }
         }
         let tally = super::record_events(service, events, crate::conversions::Via::ApiImport, |_, _| {}).await;

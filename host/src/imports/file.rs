@@ -57,9 +57,10 @@ pub async fn import_file(
     let mut refused = Tally::default();
     let mut events = Vec::with_capacity(parsed.events.len());
     for event in parsed.events {
+        let tid = event.transaction_id.clone();
         match crate::plugin::boundary::adopt_event(&network.id, event) {
             Ok(event) => events.push(event),
-            Err(why) => refused.record(&Err(ServiceError::Invalid(why.to_string()))),
+            Err(why) => refused.record(&Err(ServiceError::Invalid(format!("transaction {tid:?}: {why}")))),
         }
     }
     summary.tally = super::record_events(service, events, crate::conversions::Via::File, progress).await;

@@ -1,5 +1,8 @@
 //! Ingress configuration and checks: networks (their adapter and how their postbacks
-//! authenticate), tracked links, click URL rendering, and the log of refused postbacks.
+//! authenticate), tracked links, click URL rendering, and the log of refused postbacks;
+//! `input.rs`: what the ingress takes of its input (identifier limits, URL-encoded text).
+
+pub mod input;
 
 use crate::db::Db;
 use hmac::{Hmac, Mac};

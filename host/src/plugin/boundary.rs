@@ -9,17 +9,26 @@
 //! (`conversions::apply`, `ledger::booking_entries`). An amount near `i64::MAX` from a
 //! plugin made that arithmetic overflow: a panic in a debug build, and in a release build
 //! a wrapped posting that still sums to zero and corrupts the balances.
+//!
+//! Every event of every path (postback, API import, file) comes through
+//! [`adopt_event`], so what it refuses is refused the same way everywhere: a postback
+//! answers 400 with the reason, an import counts the event as rejected with it.
 
 use super::wit::latest;
+use crate::ingest::input::{self, IdLimit};
+use latest::ConversionState;
 
 /// The largest amount, in minor units, the host takes from a plugin (ten trillion euros):
 /// far above any order, and far enough below `i64::MAX` that the ledger's arithmetic on a
 /// conversion (differences and sums of a few amounts) cannot overflow.
 pub const MAX_MINOR: i64 = 1_000_000_000_000_000;
 
-/// The longest identifier (transaction, click, order, merchant reference, event type), in
-/// bytes: the same bound as a click's sub ids.
-pub const MAX_ID_BYTES: usize = 255;
+/// The longest identifier (transaction, click, order, merchant reference, event type, line
+/// id), in characters ([`crate::ingest::input`]).
+pub const MAX_ID_CHARS: usize = input::MAX_EVENT_ID_CHARS;
+
+/// The byte cap that follows: UTF-8 takes at most 4 bytes a character.
+pub const MAX_ID_BYTES: usize = 4 * MAX_ID_CHARS;
 
 /// The longest reward delay a rule may ask for: the merchants' own bound (ten years).
 pub const MAX_REWARD_DELAY_DAYS: u32 = 3650;
@@ -71,9 +80,10 @@ pub fn is_currency_code(code: &str) -> bool {
 
 /// Takes an adapter's event for `network`: an empty network is filled in, another one is
 /// refused; so is an event without a transaction id, or with a field outside the host's
-/// bounds (an identifier over [`MAX_ID_BYTES`], a currency that is not an ISO 4217 code,
-/// an amount beyond ±[`MAX_MINOR`], two line items with one id, a time before 1970 or
-/// after 9999).
+/// bounds (an identifier over [`MAX_ID_CHARS`] characters or with a control character, a
+/// currency that is not an ISO 4217 code, an amount beyond ±[`MAX_MINOR`], a negative
+/// amount or commission where the state says what the order is worth
+/// ([`check_signs`]), two line items with one id, a time before 1970 or after 9999).
 pub fn adopt_event(network: &str, mut event: latest::ConversionEvent) -> Result<latest::ConversionEvent, EventError> {
     if event.network.is_empty() {
         event.network = network.to_string();
@@ -88,18 +98,16 @@ pub fn adopt_event(network: &str, mut event: latest::ConversionEvent) -> Result<
 }
 
 fn check_event_values(e: &latest::ConversionEvent) -> Result<(), String> {
-    let ids = [
-        ("transaction id", Some(&e.transaction_id)),
-        ("click id", e.click_id.as_ref()),
-        ("order id", e.order_id.as_ref()),
-        ("merchant ref", e.merchant_ref.as_ref()),
-        ("event type", Some(&e.event_type)),
+    let ids: [(IdLimit, Option<&String>); 5] = [
+        (input::TRANSACTION_ID, Some(&e.transaction_id)),
+        (input::CLICK_ID, e.click_id.as_ref()),
+        (input::ORDER_ID, e.order_id.as_ref()),
+        (input::MERCHANT_REF, e.merchant_ref.as_ref()),
+        (input::EVENT_TYPE, Some(&e.event_type)),
     ];
-    for (field, id) in ids {
-        if let Some(id) = id
-            && id.len() > MAX_ID_BYTES
-        {
-            return Err(format!("{field}: {} bytes, at most {MAX_ID_BYTES}", id.len()));
+    for (limit, id) in ids {
+        if let Some(id) = id {
+            limit.check(id)?;
         }
     }
     if !is_currency_code(&e.currency) {
@@ -107,7 +115,11 @@ fn check_event_values(e: &latest::ConversionEvent) -> Result<(), String> {
     }
     amount_within("amount", e.amount)?;
     amount_within("commission", e.commission)?;
+    check_signs(e.state, e.amount, e.commission)?;
     for (i, line) in e.line_items.iter().enumerate() {
+        input::LINE_ID.check(&line.id)?;
+        input::LINE_SKU.check(&line.sku)?;
+        input::LINE_CATEGORY.check(&line.category)?;
         amount_within(&format!("line {:?} amount", line.id), line.amount)?;
         if e.line_items[..i].iter().any(|other| other.id == line.id) {
             return Err(format!("line id {:?} appears twice (line ids are unique within an order)", line.id));
@@ -115,6 +127,43 @@ fn check_event_values(e: &latest::ConversionEvent) -> Result<(), String> {
     }
     if !(0..=MAX_EVENT_TIME).contains(&e.event_time) {
         return Err(format!("event time: {} is not between 1970 and 9999", e.event_time));
+    }
+    Ok(())
+}
+
+/// The upper-case name of a state, as networks and the docs write it.
+pub fn state_name(state: ConversionState) -> &'static str {
+    match state {
+        ConversionState::Created => "CREATED",
+        ConversionState::Pending => "PENDING",
+        ConversionState::Adjusted => "ADJUSTED",
+        ConversionState::Completed => "COMPLETED",
+        ConversionState::Rejected => "REJECTED",
+        ConversionState::Reversed => "REVERSED",
+    }
+}
+
+/// The sign rule per state (`docs/INGEST.md`, "Amounts"). CREATED, PENDING, ADJUSTED and
+/// COMPLETED say what the order is worth *now*: its value and the commission on it, 0 or
+/// more (an ADJUSTED to a lower amount carries the new, lower total, not the difference;
+/// the host books the difference itself). The rules would otherwise see a negative order
+/// (and compute nothing for it) while the network's refund went unbooked. REJECTED and
+/// REVERSED take back whatever was credited, whatever amounts they carry, so a report's
+/// correction row, often written with negative amounts, is accepted as it is. A line item
+/// may be negative in any state (a discount or returned line within an order).
+pub fn check_signs(state: ConversionState, amount: i64, commission: i64) -> Result<(), String> {
+    if matches!(state, ConversionState::Rejected | ConversionState::Reversed) {
+        return Ok(());
+    }
+    for (field, value) in [("amount", amount), ("commission", commission)] {
+        if value < 0 {
+            return Err(format!(
+                "{field}: {value} minor units on a {} event: that state carries what the order is worth now, 0 or \
+                 more; report a refund or cancellation as REVERSED or REJECTED, a partial return as ADJUSTED to the new \
+                 amount",
+                state_name(state)
+            ));
+        }
     }
     Ok(())
 }
@@ -228,7 +277,7 @@ mod tests {
             event_type: "sale".into(),
             state: ConversionState::Pending,
             amount: 3000,
-            commission: -300,
+            commission: 300,
             currency: "EUR".into(),
             event_time: 1_767_225_000_000,
             reason: None,
@@ -297,7 +346,7 @@ mod tests {
         assert!(refused(ConversionEvent { amount: MAX_MINOR + 1, ..event() }).starts_with("amount:"));
         assert!(refused(ConversionEvent { currency: "eur".into(), ..event() }).contains("\"eur\""));
         assert!(refused(ConversionEvent { currency: String::new(), ..event() }).starts_with("currency:"));
-        assert!(refused(ConversionEvent { transaction_id: "x".repeat(256), ..event() }).contains("256 bytes"));
+        assert!(refused(ConversionEvent { transaction_id: "x".repeat(256), ..event() }).contains("256 characters"));
         assert!(refused(ConversionEvent { click_id: Some("x".repeat(300)), ..event() }).starts_with("click id"));
         assert!(refused(ConversionEvent { event_time: -1, ..event() }).starts_with("event time"));
         assert!(refused(ConversionEvent { event_time: i64::MAX, ..event() }).starts_with("event time"));
@@ -305,9 +354,37 @@ mod tests {
         assert!(refused(ConversionEvent { line_items: lines, ..event() }).contains("twice"));
         let lines = vec![line("l1", i64::MAX)];
         assert!(refused(ConversionEvent { line_items: lines, ..event() }).contains("\"l1\""));
-        // Negative amounts are refunds, and allowed.
-        assert!(adopt_event("awin", ConversionEvent { amount: -MAX_MINOR, ..event() }).is_ok());
         assert!(adopt_event("awin", ConversionEvent { transaction_id: "x".repeat(255), ..event() }).is_ok());
+        // Seed 003's 64-character conversion id, in 4-byte characters (256 bytes).
+        assert!(adopt_event("awin", ConversionEvent { transaction_id: "🎉".repeat(64), ..event() }).is_ok());
+        assert!(refused(ConversionEvent { order_id: Some("O\u{0}1".into()), ..event() }).starts_with("order id:"));
+        let lines = vec![line(&"l".repeat(256), 1)];
+        assert!(refused(ConversionEvent { line_items: lines, ..event() }).starts_with("line id:"));
+    }
+
+    #[test]
+    fn amounts_must_not_be_negative_where_the_state_says_what_the_order_is_worth() {
+        use ConversionState::*;
+        let with = |state, amount, commission| ConversionEvent { state, amount, commission, ..event() };
+        for state in [Created, Pending, Adjusted, Completed] {
+            let why = match adopt_event("awin", with(state, -2500, -250)) {
+                Err(EventError::Invalid(why)) => why,
+                other => panic!("{state:?}: expected a refusal, got {other:?}"),
+            };
+            assert!(why.starts_with("amount: -2500 minor units on a"), "{why}");
+            assert!(why.contains(state_name(state)) && why.contains("REVERSED"), "{why}");
+            let why = adopt_event("awin", with(state, 2500, -1)).expect_err("commission");
+            assert!(why.to_string().starts_with("commission: -1"), "{why}");
+            assert!(adopt_event("awin", with(state, 0, 0)).is_ok(), "{state:?}: zero is an amount");
+        }
+        // A correction row and a refund take back what was credited, whatever they carry.
+        for state in [Rejected, Reversed] {
+            assert!(adopt_event("awin", with(state, -2500, -250)).is_ok(), "{state:?}");
+            assert!(adopt_event("awin", with(state, -MAX_MINOR, 0)).is_ok(), "{state:?}");
+        }
+        // A returned or discounted line within an order that is still worth something.
+        let lines = vec![line("l1", 3500), line("l2", -500)];
+        assert!(adopt_event("awin", ConversionEvent { line_items: lines, ..event() }).is_ok());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   "order": { ... },                    // rules: an Order (context optional)
 //!   "postback": { "method": "GET", "query": "tx=1&amount=10.00" },   // adapters
 //!   "file": { "name": "report.csv", "contents": "..." },           // adapters
+//!   "import": { "window_start": 0, "window_end": 1, "cursor": null,  // adapters: a page
+//!               "http": [{ "url": "https://...", "status": 200, "body": "..." }] },
 //!   "expect": { "total": { "minor": 338 } },   // a subset of the result's JSON
 //!   "expect_error": "Config"                   // or: text the error must contain
 //! }]
@@ -18,7 +20,13 @@
 //! `expect` matches when every key it names has the same value in the result (objects
 //! recursively; arrays element by element with the same length), so a fixture states only
 //! what it is about.
+//!
+//! An `import` case runs one `import-page` call whose HTTP requests are answered from
+//! `http`, in order, and never leave the host: each request must be the next one listed
+//! (method and URL, as the plugin asks for it), and still passes the host's checks
+//! (declared hosts, declared credentials, the response cap).
 
+use super::http::{Exchange, HttpClient};
 use super::manifest::PluginKind;
 use super::runtime::{LoadedPlugin, PluginRuntime};
 use super::wit::latest;
@@ -42,6 +50,8 @@ pub struct Fixture {
     pub postback: Option<FixturePostback>,
     /// Adapters: a file.
     pub file: Option<FixtureFile>,
+    /// Adapters: one page of an API import, with the network's recorded answers.
+    pub import: Option<FixtureImport>,
     /// The expected result (subset).
     pub expect: Option<Value>,
     /// Text the error must contain.
@@ -91,6 +101,46 @@ pub struct FixtureFile {
     pub contents: String,
 }
 
+/// One page of an API import in a fixture.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureImport {
+    /// Start of the window (ms, inclusive).
+    pub window_start: i64,
+    /// End of the window (ms, exclusive).
+    pub window_end: i64,
+    /// The previous page's cursor; none for the first page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// The requests the adapter must make, in order, each with the network's answer.
+    #[serde(default)]
+    pub http: Vec<FixtureExchange>,
+}
+
+/// A request an import fixture expects, and the answer it gets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureExchange {
+    /// GET, POST or PUT.
+    #[serde(default = "get")]
+    pub method: String,
+    /// The URL the plugin asks for (before the host adds a credential).
+    pub url: String,
+    /// The answer's status.
+    #[serde(default = "ok")]
+    pub status: u16,
+    /// The answer's headers.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The answer's body, as text.
+    #[serde(default)]
+    pub body: String,
+}
+
+fn ok() -> u16 {
+    200
+}
+
 /// The outcome of one case.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CaseResult {
@@ -109,15 +159,15 @@ pub fn parse(json: &str) -> Result<Vec<Fixture>, String> {
 
 /// Runs every case and reports each.
 pub fn run(runtime: &PluginRuntime, plugin: &LoadedPlugin, fixtures: &[Fixture]) -> Vec<CaseResult> {
-    fixtures.iter().map(|f| run_one(runtime, plugin, f)).collect()
+    super::runtime::proving(|| fixtures.iter().map(|f| run_one(runtime, plugin, f)).collect())
 }
 
 fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseResult {
     let result = |passed: bool, detail: String| CaseResult { name: f.name.clone(), passed, detail };
     let outcome: Result<Value, String> = match plugin.manifest.validate_config(&f.config) {
         Err(e) => Err(format!("Config: {e}")),
-        Ok(config) => match (plugin.kind(), &f.order, &f.postback, &f.file) {
-            (PluginKind::MerchantRules, Some(order), None, None) => {
+        Ok(config) => match (plugin.kind(), &f.order, &f.postback, &f.file, &f.import) {
+            (PluginKind::MerchantRules, Some(order), None, None, None) => {
                 let context = f.context.clone().unwrap_or(latest::RuleContext {
                     now: order.event_time,
                     prior_orders: 0,
@@ -126,7 +176,7 @@ fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseR
                 });
                 to_json(runtime.evaluate(plugin, &config, order, &context).result)
             }
-            (PluginKind::NetworkAdapter, None, Some(p), None) => {
+            (PluginKind::NetworkAdapter, None, Some(p), None, None) => {
                 let request = latest::PostbackRequest {
                     method: p.method.clone(),
                     path: p.path.clone(),
@@ -137,13 +187,34 @@ fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseR
                 };
                 to_json(runtime.parse_postback(plugin, &config, &request).result)
             }
-            (PluginKind::NetworkAdapter, None, None, Some(file)) => {
+            (PluginKind::NetworkAdapter, None, None, Some(file), None) => {
                 to_json(runtime.parse_file(plugin, &config, &file.name, file.contents.as_bytes()).result)
+            }
+            (PluginKind::NetworkAdapter, None, None, None, Some(import)) => {
+                let request = latest::ImportRequest {
+                    window_start: import.window_start,
+                    window_end: import.window_end,
+                    cursor: import.cursor.clone(),
+                };
+                let exchanges = import
+                    .http
+                    .iter()
+                    .map(|x| Exchange {
+                        method: x.method.clone(),
+                        url: x.url.clone(),
+                        response: latest::http::Response {
+                            status: x.status,
+                            headers: x.headers.clone(),
+                            body: x.body.clone().into_bytes(),
+                        },
+                    })
+                    .collect();
+                to_json(runtime.import_page_with(plugin, &config, &request, &HttpClient::replay(exchanges)).result)
             }
             (kind, ..) => {
                 let wanted = match kind {
                     PluginKind::MerchantRules => "`order`",
-                    PluginKind::NetworkAdapter => "exactly one of `postback` or `file`",
+                    PluginKind::NetworkAdapter => "exactly one of `postback`, `file` or `import`",
                 };
                 return result(false, format!("a {kind} fixture needs {wanted}"));
             }
@@ -164,6 +235,38 @@ fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseR
             result(false, "set exactly one of `expect` or `expect_error`".into())
         }
     }
+}
+
+/// The registry's admission test, the same for every way a component comes in
+/// (`plugin upload`, `merchant add --rule`, `network add --adapter`) and checked again
+/// before a stored version is put to use: the plugin embeds fixtures, and passes every
+/// one of them in the sandbox. Returns how many passed; the error says which failed and
+/// why. Runs plugin code: call it off the async runtime's workers.
+pub fn prove(runtime: &PluginRuntime, plugin: &LoadedPlugin) -> Result<usize, String> {
+    let cases = match plugin.fixtures.as_deref() {
+        Some(json) => parse(json).map_err(|e| format!("{}: embedded fixtures: {e}", plugin.label()))?,
+        None => Vec::new(),
+    };
+    if cases.is_empty() {
+        return Err(format!(
+            "{} embeds no fixtures: the registry only takes plugins that prove themselves \
+             (export_rule!/export_adapter! with fixtures = \"fixtures.json\")",
+            plugin.label()
+        ));
+    }
+    let results = run(runtime, plugin, &cases);
+    let failed: Vec<String> =
+        results.iter().filter(|r| !r.passed).map(|r| format!("{:?}: {}", r.name, r.detail)).collect();
+    if !failed.is_empty() {
+        return Err(format!(
+            "{}: {} of {} fixtures failed: {}",
+            plugin.label(),
+            failed.len(),
+            results.len(),
+            failed.join("; ")
+        ));
+    }
+    Ok(results.len())
 }
 
 fn to_json<T: serde::Serialize>(r: Result<T, super::CallError>) -> Result<Value, String> {

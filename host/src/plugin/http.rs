@@ -42,6 +42,19 @@ struct ClientInner {
     client: reqwest::Client,
     reach: Reach,
     runtime: Option<tokio::runtime::Runtime>,
+    /// A fixture's recorded exchanges: answered in order instead of going out.
+    replay: Option<std::sync::Mutex<std::collections::VecDeque<Exchange>>>,
+}
+
+/// A request a fixture expects an adapter to make, with the network's answer to it.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// `GET`, `POST` or `PUT`.
+    pub method: String,
+    /// The URL as the plugin asks for it (before the host adds a credential).
+    pub url: String,
+    /// The answer.
+    pub response: Response,
 }
 
 impl Drop for ClientInner {
@@ -70,7 +83,41 @@ impl HttpClient {
             .user_agent(concat!("cashbackd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(HttpClient { inner: Arc::new(ClientInner { client, reach, runtime: Some(runtime) }) })
+        Ok(HttpClient { inner: Arc::new(ClientInner { client, reach, runtime: Some(runtime), replay: None }) })
+    }
+
+    /// A client that sends nothing: it answers the requests of one fixture from
+    /// `exchanges`, in order, so that an adapter that imports over HTTP proves itself
+    /// like any other plugin (`plugin::fixtures`). The host's checks still run first: a
+    /// request to a host the manifest does not declare, or naming a credential it does
+    /// not declare, is refused as in production.
+    pub fn replay(exchanges: Vec<Exchange>) -> HttpClient {
+        HttpClient {
+            inner: Arc::new(ClientInner {
+                client: reqwest::Client::new(),
+                reach: Reach::plugins(false),
+                runtime: None,
+                replay: Some(std::sync::Mutex::new(exchanges.into())),
+            }),
+        }
+    }
+
+    /// The recorded answer to `request`, when this client replays a fixture.
+    fn replayed(&self, request: &Request) -> Option<Result<Response, HttpError>> {
+        let queue = self.inner.replay.as_ref()?;
+        let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+        let method = match request.method {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+        };
+        Some(match queue.pop_front() {
+            None => Err(HttpError::Transport(format!("fixture: no answer recorded for {method} {}", request.url))),
+            Some(e) if !e.method.eq_ignore_ascii_case(method) || e.url != request.url => Err(HttpError::Transport(
+                format!("fixture: expected {} {}, the adapter asked for {method} {}", e.method, e.url, request.url),
+            )),
+            Some(e) => Ok(e.response),
+        })
     }
 
     fn send(&self, request: reqwest::Request, timeout: Duration, cap: u64) -> Result<Response, HttpError> {
@@ -219,6 +266,12 @@ impl Host for PluginState {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
+        if let Some(answer) = grant.client.replayed(&request) {
+            let cap = limits.max_http_response_bytes;
+            return Ok(
+                answer.and_then(|r| if r.body.len() as u64 > cap { Err(HttpError::TooLarge(cap)) } else { Ok(r) })
+            );
+        }
         tracing::debug!(method = %built.method(), host = built.url().host_str().unwrap_or(""), "plugin http request");
         let answer = grant.client.send(built, timeout, limits.max_http_response_bytes);
         if let Err(HttpError::Denied(why)) = &answer {

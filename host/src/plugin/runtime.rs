@@ -121,6 +121,27 @@ impl<T> CallOutcome<T> {
 
 type AdapterExports = latest::adapter_world::exports::cashback::plugin::adapter::Guest;
 
+std::thread_local! {
+    /// Set while a plugin's fixtures run on this thread (calls are synchronous, so they run
+    /// on the thread that asked): see [`proving`].
+    static PROVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, a plugin's fixtures, on this thread. A fixture may expect an error, and every
+/// upload and activation runs the fixtures again: their calls' failures are the plugin
+/// proving itself, not failures of live traffic, so they are logged at debug level only
+/// and left out of the plugin call metrics (an operator's alerts watch those).
+pub(crate) fn proving<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PROVING.set(self.0);
+        }
+    }
+    let _reset = Reset(PROVING.replace(true));
+    f()
+}
+
 /// Loads and runs plugins. Cheap to share behind an `Arc`.
 pub struct PluginRuntime {
     engine: Engine,
@@ -408,11 +429,21 @@ impl PluginRuntime {
     }
 
     fn new_store(&self, plugin: &LoadedPlugin, config: &PluginConfig, clock: Clock) -> Store<PluginState> {
+        self.new_store_with(plugin, config, clock, &self.http)
+    }
+
+    fn new_store_with(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        clock: Clock,
+        http: &HttpClient,
+    ) -> Store<PluginState> {
         let http = (plugin.kind() == PluginKind::NetworkAdapter).then(|| HttpGrant {
             hosts: Arc::new(config.hosts.clone()),
             credentials: Arc::new(plugin.manifest.credentials.clone()),
             secrets: config.secrets.clone(),
-            client: self.http.clone(),
+            client: http.clone(),
             requests: 0,
             denied: Vec::new(),
         });
@@ -442,9 +473,10 @@ impl PluginRuntime {
         plugin: &LoadedPlugin,
         config: &PluginConfig,
         clock: Clock,
+        http: &HttpClient,
         f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<T, latest::PluginError>>,
     ) -> CallOutcome<T> {
-        let mut store = self.new_store(plugin, config, clock);
+        let mut store = self.new_store_with(plugin, config, clock, http);
         let raw = f(&mut store);
         let state = store.data_mut();
         let logs = std::mem::take(&mut state.logs);
@@ -496,7 +528,11 @@ impl PluginRuntime {
             }
         };
         if let Err(e) = &result {
-            tracing::warn!(plugin = %e.plugin(), kind = e.kind(), error = %e, "plugin call failed");
+            if PROVING.get() {
+                tracing::debug!(plugin = %e.plugin(), kind = e.kind(), error = %e, "plugin fixture call failed");
+            } else {
+                tracing::warn!(plugin = %e.plugin(), kind = e.kind(), error = %e, "plugin call failed");
+            }
         }
         CallOutcome { result, logs }
     }
@@ -533,7 +569,7 @@ impl PluginRuntime {
         if let Err(e) = Self::check_input(plugin, order.wire_size() + context.wire_size()) {
             return CallOutcome::failed(e);
         }
-        let mut outcome = self.run(plugin, config, Clock::FixedAt(context.now), |store| {
+        let mut outcome = self.run(plugin, config, Clock::FixedAt(context.now), &self.http, |store| {
             let bindings = pre.instantiate(&mut *store)?;
             bindings.cashback_plugin_rules().call_evaluate(store, order, context)
         });
@@ -550,6 +586,7 @@ impl PluginRuntime {
         &self,
         plugin: &LoadedPlugin,
         config: &PluginConfig,
+        http: &HttpClient,
         name: &'static str,
         input_size: u64,
         call: impl FnOnce(&AdapterExports, &mut Store<PluginState>) -> wasmtime::Result<Result<T, latest::PluginError>>,
@@ -562,7 +599,7 @@ impl PluginRuntime {
             if let Err(e) = Self::check_input(plugin, input_size) {
                 return CallOutcome::failed(e);
             }
-            self.run(plugin, config, Clock::Live, |store| {
+            self.run(plugin, config, Clock::Live, http, |store| {
                 let bindings = pre.instantiate(&mut *store)?;
                 call(bindings.cashback_plugin_adapter(), store)
             })
@@ -578,7 +615,7 @@ impl PluginRuntime {
         config: &PluginConfig,
         request: &latest::PostbackRequest,
     ) -> CallOutcome<Vec<latest::ConversionEvent>> {
-        self.call_adapter(plugin, config, "parse_postback", request.wire_size(), |a, store| {
+        self.call_adapter(plugin, config, &self.http, "parse_postback", request.wire_size(), |a, store| {
             a.call_parse_postback(store, request)
         })
     }
@@ -590,7 +627,19 @@ impl PluginRuntime {
         config: &PluginConfig,
         request: &latest::ImportRequest,
     ) -> CallOutcome<latest::Page> {
-        self.call_adapter(plugin, config, "import_page", request.wire_size(), |a, store| {
+        self.import_page_with(plugin, config, request, &self.http)
+    }
+
+    /// [`import_page`](Self::import_page) with another HTTP client: a fixture's
+    /// [`HttpClient::replay`], which answers from recorded exchanges.
+    pub fn import_page_with(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        request: &latest::ImportRequest,
+        http: &HttpClient,
+    ) -> CallOutcome<latest::Page> {
+        self.call_adapter(plugin, config, http, "import_page", request.wire_size(), |a, store| {
             a.call_import_page(store, request)
         })
     }
@@ -604,12 +653,17 @@ impl PluginRuntime {
         contents: &[u8],
     ) -> CallOutcome<latest::FileResult> {
         let size = (name.len() + contents.len()) as u64;
-        self.call_adapter(plugin, config, "parse_file", size, |a, store| a.call_parse_file(store, name, contents))
+        self.call_adapter(plugin, config, &self.http, "parse_file", size, |a, store| {
+            a.call_parse_file(store, name, contents)
+        })
     }
 }
 
 /// Counts a call in the metrics: its time, and its failure's kind.
 fn observe<T>(plugin: &LoadedPlugin, call: &'static str, started: Instant, outcome: &CallOutcome<T>) {
+    if PROVING.get() {
+        return;
+    }
     let failure = outcome.result.as_ref().err().map(CallError::kind);
     crate::metrics::plugin_call(&plugin.label, call, started.elapsed(), failure);
 }

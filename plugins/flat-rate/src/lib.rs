@@ -122,6 +122,38 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_worked_example() {
+        testing::set_config(
+            r#"{"rate_bps": 350, "excluded_categories": ["gift-cards"], "excluded_skus": ["SVC-WARRANTY"],
+                "max_cashback": 2500, "hold_above": 50000}"#,
+        );
+        let order = testing::order("o-7", "EUR")
+            .line("l1", "BK-1", "books", 1, 1299)
+            .line("l2", "GC-25", "Gift-Cards", 1, 2500)
+            .line("l3", "SVC-WARRANTY", "electronics", 1, 1999)
+            .line("l4", "HD-2", "electronics", 1, 17350)
+            .build();
+        assert_eq!(order.amount.minor, 23_148);
+        let d = FlatRate::evaluate(&order, &testing::context()).expect("decision");
+        assert_eq!(
+            d.lines.iter().map(|l| (l.line_id.as_str(), l.amount)).collect::<Vec<_>>(),
+            vec![("l1", 45), ("l4", 607)]
+        );
+        assert_eq!((d.total.minor, d.hold.as_deref()), (652, None));
+        assert_eq!(d.exclusions.len(), 2);
+        let tv = testing::order("o-8", "EUR").line("l1", "TV", "electronics", 1, 90_000).build();
+        let d = FlatRate::evaluate(&tv, &testing::context()).expect("decision");
+        assert_eq!((d.total.minor, d.notes.clone()), (2500, vec!["capped at 25.00 EUR".to_string()]));
+        assert_eq!(d.hold.as_deref(), Some("order of 900.00 EUR is above 500.00 EUR"));
+        let whole = testing::order("o-9", "EUR").line("order", "", "", 1, 23_148).build();
+        assert_eq!(FlatRate::evaluate(&whole, &testing::context()).expect("decision").total.minor, 810);
+        // Rounding per line: 2 x 12.99 at 3 % is 0.76, the total at 3 % would be 0.77.
+        testing::set_config(r#"{"rate_bps": 300}"#);
+        let two = testing::order("o-10", "EUR").line("a", "A", "x", 1, 1299).line("b", "B", "x", 1, 1299).build();
+        assert_eq!(FlatRate::evaluate(&two, &testing::context()).expect("decision").total.minor, 76);
+    }
+
+    #[test]
     fn missing_rate_is_a_config_error() {
         testing::set_config("{}");
         let order = testing::order("o-4", "EUR").line("l1", "A", "books", 1, 100).build();

@@ -7,12 +7,18 @@
 //! also goes unchanged into the event's `raw` fields.
 //!
 //! What counts as an error (answered to the network with a 4xx and kept in the rejects
-//! log): a missing transaction id, a mapped parameter that is absent from the request
-//! (a postback URL that lacks it), a parameter given twice with different values, an
-//! unknown status value, an amount or time that does not parse. An *empty* value means
-//! "not reported": no click id, zero amount, the default event type.
+//! log): a missing or empty transaction id or click id, a mapped parameter that is absent
+//! from the request (a postback URL that lacks it), a parameter given twice with different
+//! values, a name or value that is not UTF-8, an unknown status value, an amount or time
+//! that does not parse. An *empty* value of any other parameter means "not reported": no
+//! order id, zero amount, the default currency and event type.
+//!
+//! The click id is required (in the configuration and in every postback) because it is
+//! the only way a postback names the user: without it the conversion could only be
+//! parked, with no operator action that resolves it. A postback without one is refused,
+//! so the network and the rejects log both see it.
 
-use cashback_sdk::adapter::form_decode;
+use cashback_sdk::adapter::try_form_decode;
 use cashback_sdk::prelude::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -42,14 +48,16 @@ fn sale() -> String {
     "sale".into()
 }
 
-/// The postback parameter that carries each event field; only the transaction id is
-/// required.
+/// The postback parameter that carries each event field; the transaction id and the
+/// click id are required.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// The network's transaction id (the deduplication key).
     pub transaction_id: String,
-    /// The click id cashbackd minted and the network echoes.
+    /// The click id cashbackd minted and the network echoes (checked in [`Mapping::new`]:
+    /// an `Option` so that its absence is a configuration error naming it, not a
+    /// deserialization error).
     pub click_id: Option<String>,
     /// The merchant's order id.
     pub order_id: Option<String>,
@@ -146,6 +154,14 @@ impl Mapping {
         if config.default_event_type.trim().is_empty() {
             return bad("default_event_type", "is empty".into());
         }
+        if p.click_id.is_none() {
+            return bad(
+                "params.click_id",
+                "required: a postback names its user only through the click id cashbackd minted (pass {click_id} to \
+                 the network on your tracked links and map the parameter its postbacks return it in)"
+                    .into(),
+            );
+        }
         Ok(Mapping { config, states, default_currency })
     }
 
@@ -158,6 +174,19 @@ impl Mapping {
             Some(v) if !v.is_empty() => v.to_string(),
             Some(_) => return Err(invalid(&p.transaction_id, "transaction_id", "is empty")),
             None => return Err(missing(&p.transaction_id, "transaction_id")),
+        };
+        let click_name = p.click_id.as_deref().unwrap_or_default();
+        let click_id = match params.get(click_name)? {
+            Some(v) if !v.trim().is_empty() => v.to_string(),
+            Some(_) => {
+                return Err(invalid(
+                    click_name,
+                    "click_id",
+                    "is empty: without the click id cashbackd minted the conversion cannot be attributed to a user \
+                     (the tracked link must pass {click_id} to the network, and the network must return it)",
+                ));
+            }
+            None => return Err(missing(click_name, "click_id")),
         };
         let state = match &p.state {
             None => ConversionState::Pending,
@@ -177,10 +206,13 @@ impl Mapping {
             }
         };
         let currency = match &p.currency {
-            Some(name) => match params.get(name)?.map(str::trim).filter(|v| !v.is_empty()) {
+            Some(name) => match params.get(name)?.map(str::trim) {
+                None => return Err(missing(name, "currency")),
+                Some("") => self.default_currency.clone().ok_or_else(|| {
+                    invalid(name, "currency", "is empty and the configuration has no default_currency")
+                })?,
                 Some(v) => money::currency_code(v)
                     .ok_or_else(|| invalid(name, "currency", &format!("{v:?} is not an ISO 4217 currency code")))?,
-                None => self.default_currency.clone().ok_or_else(|| missing(name, "currency"))?,
             },
             None => self.default_currency.clone().unwrap_or_default(),
         };
@@ -194,25 +226,30 @@ impl Mapping {
             },
             None => request.received_at,
         };
-        let optional = |name: &Option<String>| -> Result<Option<String>, PluginError> {
+        // Mapped, a parameter must be in the postback; empty, it is not reported.
+        let optional = |name: &Option<String>, field: &str| -> Result<Option<String>, PluginError> {
             Ok(match name {
-                Some(n) => params.get(n)?.filter(|v| !v.is_empty()).map(str::to_string),
+                Some(n) => match params.get(n)? {
+                    None => return Err(missing(n, field)),
+                    Some(v) => Some(v).filter(|v| !v.is_empty()).map(str::to_string),
+                },
                 None => None,
             })
         };
         Ok(ConversionEvent {
             network: self.config.network.clone(),
             transaction_id,
-            click_id: optional(&p.click_id)?,
-            order_id: optional(&p.order_id)?,
-            event_type: optional(&p.event_type)?.unwrap_or_else(|| self.config.default_event_type.clone()),
+            click_id: Some(click_id),
+            order_id: optional(&p.order_id, "order_id")?,
+            event_type: optional(&p.event_type, "event_type")?
+                .unwrap_or_else(|| self.config.default_event_type.clone()),
             state,
             amount,
             commission,
             currency,
             event_time,
-            reason: optional(&p.reason)?,
-            merchant_ref: optional(&p.merchant_ref)?,
+            reason: optional(&p.reason, "reason")?,
+            merchant_ref: optional(&p.merchant_ref, "merchant_ref")?,
             line_items: Vec::new(),
             raw: params.pairs,
         })
@@ -243,7 +280,7 @@ struct Parameters {
 
 impl Parameters {
     fn of(request: &PostbackRequest) -> Result<Parameters, PluginError> {
-        let mut pairs = request.query_pairs();
+        let mut pairs = request.try_query_pairs()?;
         if !request.body.is_empty() {
             pairs.extend(body_pairs(request)?);
         }
@@ -288,7 +325,7 @@ fn body_pairs(request: &PostbackRequest) -> Result<Vec<(String, String)>, Plugin
     let text = std::str::from_utf8(&request.body)
         .map_err(|e| PluginError::InvalidInput(format!("the postback body is not UTF-8: {e}")))?;
     if !json {
-        return Ok(form_decode(text));
+        return try_form_decode(text);
     }
     let OrderedObject(object) = serde_json::from_str(text)
         .map_err(|e| PluginError::InvalidInput(format!("the postback body is not a JSON object: {e}")))?;
@@ -369,6 +406,32 @@ mod tests {
 
     const RECEIVED_AT: i64 = 1_767_225_600_000;
 
+    /// A postback URL with every parameter CONFIG maps, as a network fills it in, with
+    /// `changes`: `Some` sets a value, `None` leaves the parameter out of the URL.
+    fn query(changes: &[(&str, Option<&str>)]) -> String {
+        let base = [
+            ("tid", "T-1"),
+            ("sub", "c-1"),
+            ("oid", ""),
+            ("amt", "1"),
+            ("com", "0"),
+            ("cur", ""),
+            ("status", "pending"),
+            ("ts", "0"),
+            ("why", ""),
+            ("mid", ""),
+            ("type", ""),
+        ];
+        base.iter()
+            .filter_map(|(name, value)| match changes.iter().find(|(n, _)| n == name) {
+                Some((_, None)) => None,
+                Some((_, Some(v))) => Some(format!("{name}={v}")),
+                None => Some(format!("{name}={value}")),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
     fn get(query: &str) -> PostbackRequest {
         PostbackRequest {
             method: "GET".into(),
@@ -427,39 +490,55 @@ mod tests {
 
     #[test]
     fn values_are_url_decoded_exactly_once() {
-        let e = parse(CONFIG, &get("tid=a%2Bb+c%26d%2541&sub=%E2%82%AC%F0%9F%8E%89&status=pending&ts=0&amt=1&com=0"))
-            .expect("event");
+        let q = query(&[("tid", Some("a%2Bb+c%26d%2541")), ("sub", Some("%E2%82%AC%F0%9F%8E%89"))]);
+        let e = parse(CONFIG, &get(&q)).expect("event");
         assert_eq!(e.transaction_id, "a+b c&d%41");
         assert_eq!(e.click_id.as_deref(), Some("€🎉"));
         assert!(e.raw.contains(&("tid".to_string(), "a+b c&d%41".to_string())));
     }
 
     #[test]
+    fn a_name_or_value_that_is_not_utf8_is_refused_in_the_query_and_in_a_form_body() {
+        // Replaced by U+FFFD, A%FF%FE and A%FE%FF would be one transaction id.
+        let m = invalid_input(CONFIG, &get(&query(&[("tid", Some("A%FF%FE"))])));
+        assert_eq!(m, r#"parameter "tid": the value is not UTF-8 once percent-decoded ("A%FF%FE")"#);
+        let body = query(&[("tid", Some("A%FE%FF"))]);
+        let m = invalid_input(CONFIG, &post(Some("application/x-www-form-urlencoded"), &body));
+        assert_eq!(m, r#"parameter "tid": the value is not UTF-8 once percent-decoded ("A%FE%FF")"#);
+        let m = invalid_input(CONFIG, &post(None, &body));
+        assert!(m.contains("not UTF-8"), "a sniffed form body too: {m}");
+        let mut raw = post(Some("application/x-www-form-urlencoded"), "");
+        raw.body = b"tid=A\xff\xfe".to_vec();
+        assert!(invalid_input(CONFIG, &raw).contains("not UTF-8"));
+    }
+
+    #[test]
     fn a_form_body_is_read_alongside_the_query() {
         let mut request = post(
             Some("application/x-www-form-urlencoded; charset=utf-8"),
-            "amt=5.5&com=0&status=Rejected&why=fraud+check",
+            "sub=c-2&oid=&amt=5.5&com=0&cur=&status=Rejected&why=fraud+check&mid=&type=",
         );
         request.query = "tid=T-2&ts=1767435630".into();
         let e = parse(CONFIG, &request).expect("event");
         assert_eq!(e.transaction_id, "T-2");
+        assert_eq!(e.click_id.as_deref(), Some("c-2"));
         assert_eq!(e.amount, 550);
         assert_eq!(e.state, ConversionState::Rejected);
         assert_eq!(e.reason.as_deref(), Some("fraud check"));
-        assert_eq!(e.currency, "EUR", "the default currency");
-        assert_eq!(e.raw.len(), 6);
+        assert_eq!(e.currency, "EUR", "an empty currency: the default currency");
+        assert_eq!(e.raw.len(), 11);
     }
 
     #[test]
     fn a_json_body_is_read_and_its_values_are_not_url_decoded() {
-        let body = r#"{"tid": "T%2B3", "amt": 12.5, "com": "0.99", "status": "PENDING", "ts": 1767435630250,
-                       "sub": null, "meta": {"a": 1}}"#;
+        let body = r#"{"tid": "T%2B3", "sub": "c-3", "amt": 12.5, "com": "0.99", "cur": null, "status": "PENDING",
+                       "ts": 1767435630250, "oid": null, "why": null, "mid": null, "type": null, "meta": {"a": 1}}"#;
         let e = parse(CONFIG, &post(Some("application/json"), body)).expect("event");
         assert_eq!(e.transaction_id, "T%2B3");
         assert_eq!((e.amount, e.commission), (1250, 99));
         assert_eq!(e.state, ConversionState::Pending);
         assert_eq!(e.event_time, 1_767_435_630_250);
-        assert_eq!(e.click_id, None);
+        assert_eq!((e.click_id.as_deref(), e.order_id), (Some("c-3"), None), "null is not reported");
         assert_eq!(e.raw.first(), Some(&("tid".to_string(), "T%2B3".to_string())), "in the order sent");
         assert_eq!(e.raw.last(), Some(&("meta".to_string(), r#"{"a":1}"#.to_string())));
         let m = invalid_input(CONFIG, &post(Some("application/json"), r#"["tid", "T-3"]"#));
@@ -468,80 +547,127 @@ mod tests {
 
     #[test]
     fn a_body_without_a_content_type_is_sniffed() {
-        let json =
-            parse(CONFIG, &post(None, r#" {"tid": "T-4", "status": "pending", "ts": "0", "amt": "", "com": ""}"#))
-                .expect("json");
-        assert_eq!(json.transaction_id, "T-4");
-        let form = parse(CONFIG, &post(None, "tid=T-5&status=pending&ts=0&amt=&com=")).expect("form");
+        let json = r#" {"tid": "T-4", "sub": "c-4", "status": "pending", "ts": "0", "amt": "", "com": "", "cur": "",
+                        "oid": "", "why": "", "mid": "", "type": ""}"#;
+        assert_eq!(parse(CONFIG, &post(None, json)).expect("json").transaction_id, "T-4");
+        let form = parse(CONFIG, &post(None, &query(&[("tid", Some("T-5"))]))).expect("form");
         assert_eq!(form.transaction_id, "T-5");
     }
 
     #[test]
     fn an_unknown_status_names_the_parameter_and_the_value() {
-        let m = invalid_input(CONFIG, &get("tid=T-6&status=on-hold&ts=0"));
+        let m = invalid_input(CONFIG, &get(&query(&[("tid", Some("T-6")), ("status", Some("on-hold"))])));
         assert!(m.contains("\"on-hold\"") && m.contains("\"status\""), "{m}");
         assert!(m.contains("Approved, pending, rejected"), "lists the known values: {m}");
     }
 
     #[test]
     fn a_bad_amount_names_the_parameter_and_the_value() {
-        let m = invalid_input(CONFIG, &get("tid=T-7&status=pending&ts=0&amt=12,34&com=0"));
+        let m = invalid_input(CONFIG, &get(&query(&[("amt", Some("12,34"))])));
         assert!(m.contains("\"amt\"") && m.contains("12,34"), "{m}");
         let minor = CONFIG.replace(r#""default_currency""#, r#""amount_format": "minor", "default_currency""#);
-        let m = invalid_input(&minor, &get("tid=T-7&status=pending&ts=0&amt=1&com=12.34"));
+        let m = invalid_input(&minor, &get(&query(&[("com", Some("12.34"))])));
         assert!(m.contains("\"com\"") && m.contains("12.34"), "{m}");
-        let e = parse(&minor, &get("tid=T-7&status=pending&ts=0&amt=1234&com=-5")).expect("minor units");
+        // The adapter reads the sign as written; the host decides what a state may carry.
+        let e = parse(&minor, &get(&query(&[("amt", Some("1234")), ("com", Some("-5"))]))).expect("minor units");
         assert_eq!((e.amount, e.commission), (1234, -5));
     }
 
     #[test]
     fn decimals_round_down_to_the_currency_minor_unit() {
-        let e = parse(CONFIG, &get("tid=T-8&status=pending&ts=0&amt=10.129&com=-0.019")).expect("euros");
+        let e = parse(CONFIG, &get(&query(&[("amt", Some("10.129")), ("com", Some("-0.019"))]))).expect("euros");
         assert_eq!((e.amount, e.commission, e.currency.as_str()), (1012, -1, "EUR"));
-        let e = parse(CONFIG, &get("tid=T-8&status=pending&ts=0&amt=1500.7&com=15&cur=JPY")).expect("yen");
+        let yen = query(&[("amt", Some("1500.7")), ("com", Some("15")), ("cur", Some("JPY"))]);
+        let e = parse(CONFIG, &get(&yen)).expect("yen");
         assert_eq!((e.amount, e.commission, e.currency.as_str()), (1500, 15, "JPY"));
-        let e = parse(CONFIG, &get("tid=T-8&status=pending&ts=0&amt=1.2345&com=0&cur=kwd")).expect("dinars");
+        let e = parse(CONFIG, &get(&query(&[("amt", Some("1.2345")), ("cur", Some("kwd"))]))).expect("dinars");
         assert_eq!((e.amount, e.currency.as_str()), (1234, "KWD"));
     }
 
     #[test]
-    fn missing_parameters_are_errors_but_empty_ones_are_not_reported() {
-        assert!(invalid_input(CONFIG, &get("status=pending&ts=0")).contains("missing parameter \"tid\""));
-        assert!(invalid_input(CONFIG, &get("tid=&status=pending&ts=0")).contains("\"tid\""));
-        assert!(invalid_input(CONFIG, &get("tid=T-9&ts=0")).contains("missing parameter \"status\""));
-        // A postback URL without a mapped amount is misconfigured at the network...
-        let m = invalid_input(CONFIG, &get("tid=T-9&status=pending&ts=0&com=1"));
-        assert_eq!(m, "missing parameter \"amt\" (amount)");
-        // ...while an empty value (a lead has no order value) is not reported.
-        let e = parse(CONFIG, &get("tid=T-9&status=pending&ts=0&amt=&com&sub=&type=")).expect("empty values");
-        assert_eq!((e.amount, e.commission, e.click_id, e.event_type.as_str()), (0, 0, None, "sale"));
+    fn every_mapped_parameter_absent_from_the_postback_is_an_error() {
+        // A postback URL that lacks a mapped parameter is misconfigured at the network: a
+        // currency left out would book dollars as euros, a click id left out loses the user.
+        for (name, field) in [
+            ("tid", "transaction_id"),
+            ("sub", "click_id"),
+            ("status", "state"),
+            ("cur", "currency"),
+            ("amt", "amount"),
+            ("com", "commission"),
+            ("ts", "event_time"),
+            ("oid", "order_id"),
+            ("why", "reason"),
+            ("mid", "merchant_ref"),
+            ("type", "event_type"),
+        ] {
+            let m = invalid_input(CONFIG, &get(&query(&[(name, None)])));
+            assert_eq!(m, format!("missing parameter {name:?} ({field})"));
+        }
+    }
+
+    #[test]
+    fn empty_values_are_not_reported_except_the_transaction_id_and_the_click_id() {
+        assert!(
+            invalid_input(CONFIG, &get(&query(&[("tid", Some(""))]))).contains("\"tid\" (transaction_id): is empty")
+        );
+        // A lead has no order value, a network without order ids sends none.
+        let e = parse(CONFIG, &get(&query(&[("amt", Some("")), ("com", Some(""))]))).expect("empty values");
+        assert_eq!((e.amount, e.commission, e.order_id, e.reason), (0, 0, None, None));
+        assert_eq!((e.event_type.as_str(), e.currency.as_str(), e.merchant_ref), ("sale", "EUR", None));
+        let no_default = CONFIG.replace(r#""default_currency": "EUR""#, r#""default_event_type": "sale""#);
+        let m = invalid_input(&no_default, &get(&query(&[])));
+        assert!(m.contains("\"cur\" (currency): is empty and the configuration has no default_currency"), "{m}");
+    }
+
+    #[test]
+    fn a_postback_without_a_click_id_is_refused_not_parked() {
+        for empty in ["", "+", "%20"] {
+            let m = invalid_input(CONFIG, &get(&query(&[("sub", Some(empty))])));
+            assert!(m.starts_with("parameter \"sub\" (click_id): is empty: without the click id"), "{empty:?}: {m}");
+        }
+        let json = r#"{"tid": "T-3", "sub": null, "amt": 1, "com": 0, "cur": "", "status": "pending", "ts": 0,
+                       "oid": "", "why": "", "mid": "", "type": ""}"#;
+        assert!(invalid_input(CONFIG, &post(Some("application/json"), json)).contains("(click_id): is empty"));
+        // And a configuration without it cannot attribute anything: refused as such.
+        let unmapped = r#"{"params": {"transaction_id": "tid"}, "states": {}, "default_currency": "EUR"}"#;
+        match parse(unmapped, &get("tid=T-1")) {
+            Err(PluginError::Config(m)) => assert!(m.starts_with("params.click_id: required"), "{m}"),
+            other => panic!("expected a config error, got {other:?}"),
+        }
     }
 
     #[test]
     fn the_same_parameter_twice_with_different_values_is_refused() {
-        let m = invalid_input(CONFIG, &get("tid=T-10&tid=T-11&status=pending&ts=0&amt=1&com=0"));
+        let m = invalid_input(CONFIG, &get(&format!("{}&tid=T-11", query(&[("tid", Some("T-10"))]))));
         assert!(m.contains("\"T-10\"") && m.contains("\"T-11\""), "{m}");
-        let mut request = post(Some("application/x-www-form-urlencoded"), "tid=T-12&status=pending&ts=0&amt=1&com=0");
+        let mut request = post(
+            Some("application/x-www-form-urlencoded"),
+            &query(&[("tid", Some("T-12")), ("status", Some("pending"))]),
+        );
         request.query = "tid=T-12".into();
         assert_eq!(parse(CONFIG, &request).expect("same value twice").transaction_id, "T-12");
     }
 
     #[test]
     fn without_an_event_time_the_receive_time_is_used() {
-        let minimal = r#"{"params": {"transaction_id": "tid"}, "states": {}, "default_currency": "EUR"}"#;
-        let e = parse(minimal, &get("tid=T-13")).expect("event");
+        let minimal =
+            r#"{"params": {"transaction_id": "tid", "click_id": "sub"}, "states": {}, "default_currency": "EUR"}"#;
+        let e = parse(minimal, &get("tid=T-13&sub=c-13")).expect("event");
         assert_eq!(e.event_time, RECEIVED_AT, "the host's receive time, not a clock of the plugin's own");
         assert_eq!(e.state, ConversionState::Pending, "no status parameter: pending");
         assert_eq!((e.amount, e.commission), (0, 0));
         assert_eq!(e.event_type, "sale");
         assert_eq!(e.network, "");
+        let e = parse(CONFIG, &get(&query(&[("ts", Some(""))]))).expect("empty time");
+        assert_eq!(e.event_time, RECEIVED_AT, "an empty time is not reported");
     }
 
     #[test]
     fn a_bad_time_or_currency_names_the_parameter() {
-        let m = invalid_input(CONFIG, &get("tid=T-14&status=pending&ts=yesterday&amt=1&com=0"));
+        let m = invalid_input(CONFIG, &get(&query(&[("ts", Some("yesterday"))])));
         assert!(m.contains("\"ts\"") && m.contains("\"yesterday\""), "{m}");
-        let m = invalid_input(CONFIG, &get("tid=T-14&status=pending&ts=0&cur=euro&amt=1&com=0"));
+        let m = invalid_input(CONFIG, &get(&query(&[("cur", Some("euro"))])));
         assert!(m.contains("\"cur\"") && m.contains("\"euro\""), "{m}");
     }
 
@@ -554,24 +680,31 @@ mod tests {
                 "clickid",
             ),
             (
-                r#"{"params": {"transaction_id": "t"}, "states": {"ok": "APPROVED"}, "default_currency": "EUR"}"#,
+                r#"{"params": {"transaction_id": "t", "click_id": "c"}, "states": {"ok": "APPROVED"}, "default_currency": "EUR"}"#,
                 "states.ok",
             ),
-            (r#"{"params": {"transaction_id": "t"}, "states": {}}"#, "default_currency"),
-            (r#"{"params": {"transaction_id": "t", "state": "s"}, "states": {}, "default_currency": "EUR"}"#, "states"),
-            (r#"{"params": {"transaction_id": "t"}, "states": {}, "default_currency": "EURO"}"#, "default_currency"),
+            (r#"{"params": {"transaction_id": "t", "click_id": "c"}, "states": {}}"#, "default_currency"),
+            (
+                r#"{"params": {"transaction_id": "t", "click_id": "c", "state": "s"}, "states": {}, "default_currency": "EUR"}"#,
+                "states",
+            ),
+            (
+                r#"{"params": {"transaction_id": "t", "click_id": "c"}, "states": {}, "default_currency": "EURO"}"#,
+                "default_currency",
+            ),
             (r#"{"params": {"transaction_id": ""}, "states": {}, "default_currency": "EUR"}"#, "params.transaction_id"),
             (
-                r#"{"params": {"transaction_id": "t"}, "states": {"ok": "PENDING", "OK": "REJECTED"}, "default_currency": "EUR"}"#,
+                r#"{"params": {"transaction_id": "t", "click_id": "c"}, "states": {"ok": "PENDING", "OK": "REJECTED"}, "default_currency": "EUR"}"#,
                 "two states",
             ),
             (
-                r#"{"params": {"transaction_id": "t"}, "states": {}, "default_currency": "EUR", "amount_format": "cents"}"#,
+                r#"{"params": {"transaction_id": "t", "click_id": "c"}, "states": {}, "default_currency": "EUR", "amount_format": "cents"}"#,
                 "cents",
             ),
+            (r#"{"params": {"transaction_id": "t"}, "states": {}, "default_currency": "EUR"}"#, "params.click_id"),
         ];
         for (config, needle) in cases {
-            match parse(config, &get("t=1")) {
+            match parse(config, &get("t=1&c=2")) {
                 Err(PluginError::Config(m)) => assert!(m.contains(needle), "{m:?} should name {needle}"),
                 other => panic!("{config}: expected a config error, got {other:?}"),
             }

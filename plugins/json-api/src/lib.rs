@@ -342,7 +342,7 @@ impl Adapter for JsonApi {
     }
 }
 
-export_adapter!(JsonApi);
+export_adapter!(JsonApi, fixtures = "fixtures.json");
 
 /// How a rejected transaction is named: its id, or its position on the page.
 fn tx_reference(position: usize, tx: &Value) -> String {
