@@ -597,3 +597,33 @@ async fn a_conversion_parked_on_an_unmapped_merchant_ref_is_processed_once_the_r
         t.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_digest_greets_a_user_by_the_name_the_site_gave_and_skips_a_user_who_wants_none() {
+    let t = backends::sqlite().await;
+    let i = Install::new(&t);
+    let token = i.admin_token();
+    configure(&i, ("flat_rate", "flat-rate@0.1.0"), r#"{"rate_bps": 100}"#);
+    let smtp = crate::smtp::SmtpSink::start().await;
+    let s = i.serve("a", &[("CASHBACKD_SMTP_URL", &smtp.url()), ("CASHBACKD_SMTP_FROM", "cashback@site.test")]);
+    let c = Client::new(&s.base, &token);
+    for (user, body) in [
+        ("ann", json!({"email": "ann@example.com", "name": "Ann"})),
+        ("bob", json!({"email": "bob@example.com", "notify": false})),
+    ] {
+        c.expect(201, "PUT", &format!("/api/v1/users/{user}"), Some(body)).await;
+        let click = c.click(&format!("/c/sale?user={user}"), "ref").await;
+        let (status, _, text) = c.public(&postback(&click, &format!("D-{user}"), "pending", "10.00")).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let run = c.expect(200, "POST", "/api/v1/jobs/notify/run", None).await;
+    assert_eq!(run["outcome"], "ok", "{run}");
+    let mails = smtp.accepted();
+    assert_eq!(mails.len(), 1, "bob asked for no digest: {mails:?}; the run: {run}; log: {}", s.log());
+    assert_eq!(mails[0].to, vec!["<ann@example.com>".to_string()]);
+    let text = mails[0].data.replace("=\r\n", "").replace("\r\n", "\n");
+    assert!(text.contains("Hello Ann,"), "{text}");
+    assert!(text.contains("Cashback 0.10 EUR"), "1 % of 10.00: {text}");
+    drop(s);
+    t.cleanup().await;
+}

@@ -315,7 +315,9 @@ async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_th
         // A PENDING postback for the click: the endpoint of PENDING and COMPLETED gets it
         // (and nothing of the click); the one of CREATED only does not.
         let pb = |tid: &str, status: &str| {
-            format!("{base}/postback/net?tid={tid}&clickref={click_id}&sale=100.00&comm=8.00&status={status}&token=tk")
+            format!(
+                "{base}/postback/net?tid={tid}&clickref={click_id}&sale=100.00&comm=8.00&cur=EUR&status={status}&token=tk"
+            )
         };
         let r = client.get(pb("T-1", "pending")).send().await.expect("postback");
         assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap_or_default());

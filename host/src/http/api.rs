@@ -419,11 +419,22 @@ async fn job_runs(
 async fn run_job(
     State(st): State<AppState>,
     Path(name): Path<String>,
+    deliverer: Option<axum::Extension<crate::callbacks::Deliverer>>,
+    notifier: Option<axum::Extension<crate::notify::Notifier>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
-    let scheduler =
+    // The server's own delivery worker and notifier (its SMTP settings), as the dashboard's
+    // "run now" and the scheduler use: without them `notify` would say no SMTP server is
+    // configured, whatever the configuration says.
+    let mut scheduler =
         crate::scheduler::Scheduler::new(st.service.clone(), st.runtime.clone(), format!("api-{}", std::process::id()));
+    if let Some(axum::Extension(d)) = deliverer {
+        scheduler = scheduler.with_callbacks(d);
+    }
+    if let Some(axum::Extension(n)) = notifier {
+        scheduler = scheduler.with_notifier(n);
+    }
     let run =
         scheduler.run_now(&name).await.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e))?;
     Ok(Json(json!(run)))

@@ -107,8 +107,8 @@ pub struct Templates {
 }
 
 const BUILT_IN: [(&str, &str, &[&str]); 4] = [
-    ("subject.txt", include_str!("../../templates/notify/subject.txt"), &["count", "plural", "user"]),
-    ("body.txt", include_str!("../../templates/notify/body.txt"), &["count", "plural", "user", "changes"]),
+    ("subject.txt", include_str!("../../templates/notify/subject.txt"), &["count", "plural", "user", "name"]),
+    ("body.txt", include_str!("../../templates/notify/body.txt"), &["count", "plural", "user", "name", "changes"]),
     (
         "change.txt",
         include_str!("../../templates/notify/change.txt"),
@@ -239,13 +239,15 @@ fn phrase(kind: &str) -> &'static str {
 }
 
 impl Templates {
-    fn render(&self, user: &str, all: &Lines) -> (String, String) {
+    fn render(&self, user: &str, name: Option<&str>, all: &Lines) -> (String, String) {
         let (lines, payouts) = (&all.conversions, &all.payouts);
         let count = all.len();
         let mut v: BTreeMap<&str, String> = BTreeMap::new();
         v.insert("count", count.to_string());
         v.insert("plural", if count == 1 { String::new() } else { "s".into() });
         v.insert("user", user.to_string());
+        // The name the site gave the account (PUT /api/v1/users/{id}), else the user id.
+        v.insert("name", name.filter(|n| !n.trim().is_empty()).unwrap_or(user).to_string());
         let changes: Vec<String> = lines
             .iter()
             .map(|l| {
@@ -377,15 +379,16 @@ impl Notifier {
             return Ok(summary);
         }
         let rows = sqlx::query(
-            "SELECT c.user_id, u.email, c.notify_kind, c.snapshot, m.name, c.conversion_id, c.subject FROM conversion_changes c \
+            "SELECT c.user_id, u.email, c.notify_kind, c.snapshot, m.name, c.conversion_id, c.subject, u.name, \
+             COALESCE(u.notify, 1) FROM conversion_changes c \
              LEFT JOIN users u ON u.id = c.user_id LEFT JOIN merchants m ON m.id = c.merchant_id \
              WHERE c.notify_batch_id = $1 ORDER BY c.user_id, c.id",
         )
         .bind(batch)
         .fetch_all(&mut *tx)
         .await?;
-        // user -> (email, lines in order of first change)
-        let mut users: BTreeMap<String, (Option<String>, Lines)> = BTreeMap::new();
+        // user -> (email, name, wants digests, lines in order of first change)
+        let mut users: BTreeMap<String, (Option<String>, Option<String>, bool, Lines)> = BTreeMap::new();
         let unreadable = |e: serde_json::Error| NotifyError::Config(format!("a change's snapshot does not parse: {e}"));
         for r in &rows {
             let user: String = r.try_get(0)?;
@@ -395,7 +398,8 @@ impl Notifier {
             let merchant: Option<String> = r.try_get(4)?;
             let conversion_id: String = r.try_get(5)?;
             let subject: String = r.try_get(6)?;
-            let entry = users.entry(user).or_insert_with(|| (email, Lines::default()));
+            let (name, wants): (Option<String>, i64) = (r.try_get(7)?, r.try_get(8)?);
+            let entry = users.entry(user).or_insert_with(|| (email, name, wants != 0, Lines::default()));
             if subject == "payout" {
                 let p: crate::callbacks::outbox::PayoutSnapshot =
                     serde_json::from_str(&snapshot).map_err(unreadable)?;
@@ -407,9 +411,9 @@ impl Notifier {
                     reason: p.reason.unwrap_or_default(),
                 };
                 // A payout paid and failed in one batch: its latest news only.
-                match entry.1.payouts.iter_mut().find(|l| l.payout_id == line.payout_id) {
+                match entry.3.payouts.iter_mut().find(|l| l.payout_id == line.payout_id) {
                     Some(existing) => *existing = line,
-                    None => entry.1.payouts.push(line),
+                    None => entry.3.payouts.push(line),
                 }
                 continue;
             }
@@ -425,7 +429,7 @@ impl Notifier {
             };
             // Several changes of one conversion in a batch make one line: its latest
             // figures, and what happened in order ("tracked, then adjusted").
-            match entry.1.conversions.iter_mut().find(|l| l.conversion_id == conversion_id) {
+            match entry.3.conversions.iter_mut().find(|l| l.conversion_id == conversion_id) {
                 Some(existing) => {
                     let mut kinds = std::mem::take(&mut existing.kinds);
                     if kinds.last() != Some(&kind) {
@@ -433,12 +437,14 @@ impl Notifier {
                     }
                     *existing = Line { kinds, ..line };
                 }
-                None => entry.1.conversions.push(line),
+                None => entry.3.conversions.push(line),
             }
         }
-        for (user, (email, lines)) in &users {
-            let (subject, body) = self.inner.templates.render(user, lines);
-            let state = if email.as_deref().unwrap_or("").trim().is_empty() { "skipped" } else { "pending" };
+        for (user, (email, name, wants, lines)) in &users {
+            let (subject, body) = self.inner.templates.render(user, name.as_deref(), lines);
+            // No address, or the user asked for no digest (`"notify": false`): recorded as
+            // skipped, never sent.
+            let state = if !*wants || email.as_deref().unwrap_or("").trim().is_empty() { "skipped" } else { "pending" };
             if state == "skipped" {
                 summary.skipped += 1;
             }
@@ -652,8 +658,12 @@ mod tests {
             reason: String::new(),
         };
         let failed = PayoutLine { status: "failed".into(), reason: "account closed".into(), ..payout.clone() };
-        let (subject, body) = t.render("u1", &Lines { conversions: vec![line], payouts: vec![payout, failed] });
+        let lines = Lines { conversions: vec![line], payouts: vec![payout, failed] };
+        let (subject, body) = t.render("u1", Some("Ann"), &lines);
         assert_eq!(subject, "Your cashback: 3 updates");
+        assert!(body.starts_with("Hello Ann,\n"), "{body}");
+        let (_, body) = t.render("u1", None, &lines);
+        assert!(body.starts_with("Hello u1,\n"), "without a name, the user id: {body}");
         assert!(body.contains("- Shop, order O-1: tracked, then adjusted. Cashback 12.34 EUR."), "{body}");
         assert!(body.contains("- Payout of 25.00 EUR: paid (reference TR-1)."), "{body}");
         assert!(
