@@ -104,7 +104,7 @@ async fn the_openapi_document_validates_and_every_admin_route_refuses_a_caller_w
     match out {
         Ok(o) if o.status.success() => {}
         Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named") && std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPING the OpenAPI validation: pip install openapi-spec-validator");
+            crate::common::skip("the OpenAPI validation", "no openapi-spec-validator (pip install openapi-spec-validator)");
         }
         Ok(o) => panic!(
             "openapi-spec-validator refused the document:\n{}\n{}",

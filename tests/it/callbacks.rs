@@ -484,16 +484,31 @@ async fn a_crash_in_the_middle_of_a_delivery_loses_nothing_and_nothing_acknowled
         spec.timeout_ms = 60_000;
         add_endpoint(&w, spec).await;
 
-        // A change rolled back with its transaction leaves no callback behind.
+        // A change rolled back with its transaction leaves no callback behind. The command
+        // carries its rules' decision, so it runs to the end: its change and that change's
+        // delivery are written inside the transaction (checked there), then rolled back.
+        // Without the decision it would stop before writing anything and prove nothing.
         {
             let mut tx = w.service.db().pool.begin().await.expect("begin");
             let command = cashbackd::conversions::Command::Event {
                 event: Box::new(event("ghost", ConversionState::Pending, 10_000, 500)),
                 via: Default::default(),
-                evaluation: None,
+                evaluation: Some(cashbackd::conversions::Evaluation::Decided {
+                    cashback: 1_000,
+                    hold: None,
+                    reward_delay_days: None,
+                    manual_review: false,
+                    default_delay_days: 30,
+                    plugins: Default::default(),
+                    decision: serde_json::json!({}),
+                    inputs: None,
+                }),
             };
-            let _ =
-                cashbackd::conversions::apply::journal_and_apply(&mut tx, &command, w.service.now(), None, None).await;
+            cashbackd::conversions::apply::journal_and_apply(&mut tx, &command, w.service.now(), None, None)
+                .await
+                .expect("the command runs to the end inside the transaction");
+            let (changes, deliveries) = ghost_outbox(&mut tx).await;
+            assert_eq!((changes, deliveries), (1, 1), "{}: inside the transaction the outbox has the change", t.name);
             tx.rollback().await.expect("rollback");
         }
 
@@ -537,16 +552,29 @@ async fn a_crash_in_the_middle_of_a_delivery_loses_nothing_and_nothing_acknowled
             .try_get(0)
             .expect("n");
         assert_eq!(delivered, 2);
-        let ghosts: i64 = sqlx::query("SELECT COUNT(*) FROM conversion_changes WHERE conversion_id = $1")
-            .bind(conversion_id("net", "ghost"))
-            .fetch_one(&w.service.db().pool)
-            .await
-            .expect("count")
-            .try_get(0)
-            .expect("n");
-        assert_eq!(ghosts, 0, "a rolled-back change has no outbox row");
+        let mut conn = w.service.db().pool.acquire().await.expect("connection");
+        assert_eq!(ghost_outbox(&mut conn).await, (0, 0), "{}: a rolled-back change has no outbox row", t.name);
+        drop(conn);
         t.cleanup().await;
     }
+}
+
+/// The outbox rows of the rolled-back conversion "ghost": its changes and their deliveries.
+async fn ghost_outbox(conn: &mut sqlx::AnyConnection) -> (i64, i64) {
+    let count = |sql: &'static str| sqlx::query(sql).bind(conversion_id("net", "ghost"));
+    let changes: i64 = count("SELECT COUNT(*) FROM conversion_changes WHERE conversion_id = $1")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count")
+        .try_get(0)
+        .expect("n");
+    let deliveries: i64 = count("SELECT COUNT(*) FROM callback_deliveries WHERE conversion_id = $1")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count")
+        .try_get(0)
+        .expect("n");
+    (changes, deliveries)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,7 +67,7 @@ fn rank(state: &str) -> u8 {
 
 async fn run_sequence(ops: Vec<Op>, postgres: bool) -> Result<(), TestCaseError> {
     let Some(t) = (if postgres { backends::postgres().await } else { Some(backends::sqlite().await) }) else {
-        return Ok(()); // PostgreSQL skipped (reason printed once)
+        return Ok(()); // PostgreSQL skipped (recorded by `backends::postgres`)
     };
     let w = world(t.db.clone()).await;
     let s = &w.service;
