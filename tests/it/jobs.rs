@@ -182,19 +182,20 @@ async fn an_api_import_pages_through_the_report_with_the_host_held_key_and_retri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_import_that_fails_is_recorded_with_its_reason() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    add_network(&w, "dead-net", "json_api", json!({"base_url": "http://127.0.0.1:9/v1", "api_key": "k"})).await;
-    scheduler::upsert_job(&w.service, "import-dead", "@hourly", &JobKind::Import { network: "dead-net".into() })
-        .await
-        .expect("job");
-    let s = Scheduler::new(w.service.clone(), runtime().clone(), "r1")
-        .with_retry(Retry { attempts: 2, first_backoff: Duration::from_millis(5) });
-    let run = s.run_now("import-dead").await.expect("run");
-    assert_eq!(run.outcome, "failed");
-    assert!(run.detail.as_deref().unwrap_or("").contains("json-api@0.1.0"), "{run:?}");
-    assert!(s.run_now("nope").await.expect_err("unknown").contains("cashbackd jobs list"));
-    t.cleanup().await;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        add_network(&w, "dead-net", "json_api", json!({"base_url": "http://127.0.0.1:9/v1", "api_key": "k"})).await;
+        scheduler::upsert_job(&w.service, "import-dead", "@hourly", &JobKind::Import { network: "dead-net".into() })
+            .await
+            .expect("job");
+        let s = Scheduler::new(w.service.clone(), runtime().clone(), "r1")
+            .with_retry(Retry { attempts: 2, first_backoff: Duration::from_millis(5) });
+        let run = s.run_now("import-dead").await.expect("run");
+        assert_eq!(run.outcome, "failed");
+        assert!(run.detail.as_deref().unwrap_or("").contains("json-api@0.1.0"), "{run:?}");
+        assert!(s.run_now("nope").await.expect_err("unknown").contains("cashbackd jobs list"));
+        t.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
