@@ -2,6 +2,8 @@
 # The larger reliability runs recorded in docs/RELIABILITY.md, one command:
 #   scripts/reliability.sh            crash loop (40 kills per backend) + replicas (60 s)
 #   scripts/reliability.sh soak       the soak benchmark (SOAK_MINUTES, default 30)
+#   scripts/reliability.sh props      the money model's property tests, 10,000 sequences
+#                                     per backend (PROPTEST_CASES; CI runs 1,000)
 # The CI sizes are the tests' defaults (scripts/test.sh runs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +16,16 @@ case "${1:-crash}" in
     export CASHBACK_SDK_QUIET=1
     cargo test -p cashbackd --test it --locked -- chaos:: crash:: --nocapture --test-threads 1
     ;;
+  props)
+    export PROPTEST_CASES="${PROPTEST_CASES:-10000}"
+    export CASHBACK_SDK_QUIET=1
+    cargo test -p cashbackd --test it --locked -- ledger_props:: --nocapture
+    ;;
   soak)
     SOAK_MINUTES="${SOAK_MINUTES:-30}" cargo bench -p cashbackd --bench soak --locked
     ;;
   *)
-    echo "usage: scripts/reliability.sh [crash|soak]" >&2
+    echo "usage: scripts/reliability.sh [crash|soak|props]" >&2
     exit 2
     ;;
 esac

@@ -13,4 +13,22 @@ python3 -c "import openapi_spec_validator" 2>/dev/null \
   || echo "test.sh: could not install openapi-spec-validator; the OpenAPI validation will be skipped (fails in CI)" >&2
 # Plugins log through the SDK's test harness; keep the output readable.
 export CASHBACK_SDK_QUIET=1
-cargo test --workspace --locked "$@"
+# Every skip (no PostgreSQL, no chromedriver...) is appended to this file by the tests'
+# `common::skip`: cargo hides a passing test's output, so the list is printed here, at the
+# end, where the log shows it. In CI nothing may be skipped: a skip fails the run (the
+# test itself panics there too).
+SKIPS=${CARGO_TARGET_DIR:-target}/test-skips.log
+rm -f "$SKIPS"
+status=0
+cargo test --workspace --locked "$@" || status=$?
+if [[ -s $SKIPS ]]; then
+  echo "== skipped ($(wc -l < "$SKIPS") times; count, then what and why):"
+  sort "$SKIPS" | uniq -c
+  if [[ -n ${CI:-} ]]; then
+    echo "test.sh: nothing may be skipped in CI" >&2
+    status=1
+  fi
+else
+  echo "== skipped: nothing"
+fi
+exit $status

@@ -1,7 +1,8 @@
 //! The two storage backends the conformance tests run against: a SQLite file in a
 //! temporary directory, and a fresh PostgreSQL database on 127.0.0.1:5432 (or
-//! `CASHBACKD_TEST_POSTGRES`). PostgreSQL is skipped, with the reason printed, only when
-//! no server answers and `CI` is not set; in CI it is required.
+//! `CASHBACKD_TEST_POSTGRES`). PostgreSQL is skipped only when no server answers and `CI`
+//! is not set (in CI it is required); each skipped half is recorded by `common::skip`, so
+//! the end of `scripts/test.sh` lists it.
 
 use cashbackd::db::Db;
 use sqlx::{Connection, Executor};
@@ -43,10 +44,11 @@ pub async fn sqlite() -> TestDb {
     TestDb { db: Db::connect(&url).await.expect("sqlite"), name: "sqlite", url, _dir: Some(dir), pg_database: None }
 }
 
-/// Whether PostgreSQL answers; the first call also drops databases left by crashed runs.
-async fn postgres_available() -> bool {
-    static AVAILABLE: OnceCell<bool> = OnceCell::const_new();
-    *AVAILABLE
+/// Whether PostgreSQL answers, or why not; the first call also drops databases left by
+/// crashed runs.
+async fn postgres_available() -> Result<(), String> {
+    static AVAILABLE: OnceCell<Result<(), String>> = OnceCell::const_new();
+    AVAILABLE
         .get_or_init(|| async {
             let connect =
                 tokio::time::timeout(std::time::Duration::from_secs(5), sqlx::PgConnection::connect(&admin_url()))
@@ -67,26 +69,21 @@ async fn postgres_available() -> bool {
                             let _ = admin.execute(sql.as_str()).await;
                         }
                     }
-                    true
+                    Ok(())
                 }
-                Ok(Err(e)) => unavailable(&e.to_string()),
-                Err(_) => unavailable("no answer within 5 s"),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 5 s".into()),
             }
         })
         .await
-}
-
-fn unavailable(why: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("PostgreSQL at {} is required in CI: {why}", admin_url());
-    }
-    eprintln!("SKIPPING the PostgreSQL half of the conformance tests: {} does not answer ({why})", admin_url());
-    false
+        .clone()
 }
 
 pub async fn postgres() -> Option<TestDb> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    if !postgres_available().await {
+    if let Err(why) = postgres_available().await {
+        // Every test's skipped half is recorded, not only the first: the list says which.
+        crate::common::skip(&format!("PostgreSQL at {}", admin_url()), &why);
         return None;
     }
     let name = format!("cbt_{}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst), rand_suffix());

@@ -322,24 +322,25 @@ async fn post_callbacks_pass_the_standard_webhooks_verification_with_either_secr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_callbacks_carry_an_hmac_of_their_query_string() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    let sink = Sink::start().await;
-    let secret = Secret::parse("partner-shared-secret-42", false).expect("secret");
-    let mut spec =
-        EndpointSpec::new("ep", "p1", &format!("{}/pb?s=[%CASHBACK:STATE%]&tx={{transaction_id}}", sink.base));
-    spec.secrets = vec![secret];
-    spec.signature_param = "sig".into();
-    add_endpoint(&w, spec).await;
-    ingest(&w, "tx 1", ConversionState::Pending, 10_000).await;
-    deliverer(&w, "r1").run_due().await.expect("deliver");
-    let r = &sink.received()[0];
-    let (signed, sig) = r.query.rsplit_once("&sig=").expect("signature parameter last");
-    let mut mac = Hmac::<Sha256>::new_from_slice(b"partner-shared-secret-42").expect("key");
-    mac.update(signed.as_bytes());
-    assert_eq!(sig, hex::encode(mac.finalize().into_bytes()));
-    assert_eq!(signed, "s=PENDING&tx=tx%201");
-    t.cleanup().await;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let sink = Sink::start().await;
+        let secret = Secret::parse("partner-shared-secret-42", false).expect("secret");
+        let mut spec =
+            EndpointSpec::new("ep", "p1", &format!("{}/pb?s=[%CASHBACK:STATE%]&tx={{transaction_id}}", sink.base));
+        spec.secrets = vec![secret];
+        spec.signature_param = "sig".into();
+        add_endpoint(&w, spec).await;
+        ingest(&w, "tx 1", ConversionState::Pending, 10_000).await;
+        deliverer(&w, "r1").run_due().await.expect("deliver");
+        let r = &sink.received()[0];
+        let (signed, sig) = r.query.rsplit_once("&sig=").expect("signature parameter last");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"partner-shared-secret-42").expect("key");
+        mac.update(signed.as_bytes());
+        assert_eq!(sig, hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(signed, "s=PENDING&tx=tx%201");
+        t.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,16 +485,31 @@ async fn a_crash_in_the_middle_of_a_delivery_loses_nothing_and_nothing_acknowled
         spec.timeout_ms = 60_000;
         add_endpoint(&w, spec).await;
 
-        // A change rolled back with its transaction leaves no callback behind.
+        // A change rolled back with its transaction leaves no callback behind. The command
+        // carries its rules' decision, so it runs to the end: its change and that change's
+        // delivery are written inside the transaction (checked there), then rolled back.
+        // Without the decision it would stop before writing anything and prove nothing.
         {
             let mut tx = w.service.db().pool.begin().await.expect("begin");
             let command = cashbackd::conversions::Command::Event {
                 event: Box::new(event("ghost", ConversionState::Pending, 10_000, 500)),
                 via: Default::default(),
-                evaluation: None,
+                evaluation: Some(cashbackd::conversions::Evaluation::Decided {
+                    cashback: 1_000,
+                    hold: None,
+                    reward_delay_days: None,
+                    manual_review: false,
+                    default_delay_days: 30,
+                    plugins: Default::default(),
+                    decision: serde_json::json!({}),
+                    inputs: None,
+                }),
             };
-            let _ =
-                cashbackd::conversions::apply::journal_and_apply(&mut tx, &command, w.service.now(), None, None).await;
+            cashbackd::conversions::apply::journal_and_apply(&mut tx, &command, w.service.now(), None, None)
+                .await
+                .expect("the command runs to the end inside the transaction");
+            let (changes, deliveries) = ghost_outbox(&mut tx).await;
+            assert_eq!((changes, deliveries), (1, 1), "{}: inside the transaction the outbox has the change", t.name);
             tx.rollback().await.expect("rollback");
         }
 
@@ -537,45 +553,59 @@ async fn a_crash_in_the_middle_of_a_delivery_loses_nothing_and_nothing_acknowled
             .try_get(0)
             .expect("n");
         assert_eq!(delivered, 2);
-        let ghosts: i64 = sqlx::query("SELECT COUNT(*) FROM conversion_changes WHERE conversion_id = $1")
-            .bind(conversion_id("net", "ghost"))
-            .fetch_one(&w.service.db().pool)
-            .await
-            .expect("count")
-            .try_get(0)
-            .expect("n");
-        assert_eq!(ghosts, 0, "a rolled-back change has no outbox row");
+        let mut conn = w.service.db().pool.acquire().await.expect("connection");
+        assert_eq!(ghost_outbox(&mut conn).await, (0, 0), "{}: a rolled-back change has no outbox row", t.name);
+        drop(conn);
         t.cleanup().await;
     }
 }
 
+/// The outbox rows of the rolled-back conversion "ghost": its changes and their deliveries.
+async fn ghost_outbox(conn: &mut sqlx::AnyConnection) -> (i64, i64) {
+    let count = |sql: &'static str| sqlx::query(sql).bind(conversion_id("net", "ghost"));
+    let changes: i64 = count("SELECT COUNT(*) FROM conversion_changes WHERE conversion_id = $1")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count")
+        .try_get(0)
+        .expect("n");
+    let deliveries: i64 = count("SELECT COUNT(*) FROM callback_deliveries WHERE conversion_id = $1")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count")
+        .try_get(0)
+        .expect("n");
+    (changes, deliveries)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_could_outlast_its_lease_is_not_started_but_released() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    let sink = Sink::start().await;
-    let mut spec = EndpointSpec::new("ep", "p1", &format!("{}/cb", sink.base));
-    spec.timeout_ms = 10_000;
-    add_endpoint(&w, spec).await;
-    ingest(&w, "tx1", ConversionState::Pending, 10_000).await;
-    let config = DeliveryConfig { allow_private: true, lease_ms: 5_000, ..DeliveryConfig::default() };
-    let short = Deliverer::new(w.service.db().clone(), w.clock.clone(), config, "short-lease").expect("d");
-    // One pass: `run_due`'s two lanes could each claim the delivery in turn (one releases
-    // it, the other claims it again), which made this count flaky under load.
-    let pass = short.run_once().await.expect("pass");
-    assert_eq!((pass.claimed, pass.released, pass.delivered), (1, 1, 0), "{pass:?}");
-    assert!(sink.received().is_empty());
-    assert_eq!(
-        delivery_states(&w).await,
-        vec![("PENDING".to_string(), "pending".to_string(), 0)],
-        "no attempt counted"
-    );
-    assert_eq!(
-        deliverer(&w, "normal").run_due().await.expect("pass").delivered,
-        1,
-        "released at once, not after the lease"
-    );
-    t.cleanup().await;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let sink = Sink::start().await;
+        let mut spec = EndpointSpec::new("ep", "p1", &format!("{}/cb", sink.base));
+        spec.timeout_ms = 10_000;
+        add_endpoint(&w, spec).await;
+        ingest(&w, "tx1", ConversionState::Pending, 10_000).await;
+        let config = DeliveryConfig { allow_private: true, lease_ms: 5_000, ..DeliveryConfig::default() };
+        let short = Deliverer::new(w.service.db().clone(), w.clock.clone(), config, "short-lease").expect("d");
+        // One pass: `run_due`'s two lanes could each claim the delivery in turn (one releases
+        // it, the other claims it again), which made this count flaky under load.
+        let pass = short.run_once().await.expect("pass");
+        assert_eq!((pass.claimed, pass.released, pass.delivered), (1, 1, 0), "{pass:?}");
+        assert!(sink.received().is_empty());
+        assert_eq!(
+            delivery_states(&w).await,
+            vec![("PENDING".to_string(), "pending".to_string(), 0)],
+            "no attempt counted"
+        );
+        assert_eq!(
+            deliverer(&w, "normal").run_due().await.expect("pass").delivered,
+            1,
+            "released at once, not after the lease"
+        );
+        t.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -612,41 +642,45 @@ async fn replicas_delivering_at_the_same_time_send_each_delivery_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_and_loopback_addresses_are_refused_unless_allowed_and_bodies_are_capped() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    let sink = Sink::start().await;
-    let port = sink.base.rsplit(':').next().expect("port").to_string();
-    add_endpoint(&w, EndpointSpec::new("literal", "p1", &format!("{}/cb", sink.base))).await;
-    add_endpoint(&w, EndpointSpec::new("by-name", "p1", &format!("http://localhost:{port}/cb"))).await;
-    ingest(&w, "tx1", ConversionState::Pending, 10_000).await;
-    let strict =
-        Deliverer::new(w.service.db().clone(), w.clock.clone(), DeliveryConfig::default(), "strict").expect("d");
-    let pass = strict.run_due().await.expect("pass");
-    assert_eq!(pass.retrying, 2, "{pass:?}");
-    assert!(sink.received().is_empty(), "nothing reached the loopback server");
-    let errors: Vec<String> = deliver::attempts(w.service.db(), None, None, 10)
-        .await
-        .expect("attempts")
-        .into_iter()
-        .map(|a| a.error.unwrap_or_default())
-        .collect();
-    assert!(errors.iter().any(|e| e.contains("127.0.0.1 is a private, loopback or link-local address")), "{errors:?}");
-    assert!(
-        errors.iter().any(|e| e.contains("localhost resolves only to private")),
-        "the resolved address is checked: {errors:?}"
-    );
-    let report = strict.test("literal").await.expect("tester");
-    assert!(!report.delivered && report.error.as_deref().unwrap_or("").contains("private"), "{report:?}");
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let sink = Sink::start().await;
+        let port = sink.base.rsplit(':').next().expect("port").to_string();
+        add_endpoint(&w, EndpointSpec::new("literal", "p1", &format!("{}/cb", sink.base))).await;
+        add_endpoint(&w, EndpointSpec::new("by-name", "p1", &format!("http://localhost:{port}/cb"))).await;
+        ingest(&w, "tx1", ConversionState::Pending, 10_000).await;
+        let strict =
+            Deliverer::new(w.service.db().clone(), w.clock.clone(), DeliveryConfig::default(), "strict").expect("d");
+        let pass = strict.run_due().await.expect("pass");
+        assert_eq!(pass.retrying, 2, "{pass:?}");
+        assert!(sink.received().is_empty(), "nothing reached the loopback server");
+        let errors: Vec<String> = deliver::attempts(w.service.db(), None, None, 10)
+            .await
+            .expect("attempts")
+            .into_iter()
+            .map(|a| a.error.unwrap_or_default())
+            .collect();
+        assert!(
+            errors.iter().any(|e| e.contains("127.0.0.1 is a private, loopback or link-local address")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("localhost resolves only to private")),
+            "the resolved address is checked: {errors:?}"
+        );
+        let report = strict.test("literal").await.expect("tester");
+        assert!(!report.delivered && report.error.as_deref().unwrap_or("").contains("private"), "{report:?}");
 
-    // Allowed by the operator: delivered, and a huge answer is read only up to the cap.
-    sink.script([Reply::Huge, Reply::Huge]);
-    w.clock.advance(5 * MINUTE);
-    let pass = deliverer(&w, "open").run_due().await.expect("pass");
-    assert_eq!(pass.delivered, 2, "{pass:?}");
-    let attempts = deliver::attempts(w.service.db(), None, None, 10).await.expect("attempts");
-    let excerpt = attempts.last().and_then(|a| a.response_excerpt.clone()).unwrap_or_default();
-    assert_eq!(excerpt.len(), 1024, "the log keeps an excerpt");
-    t.cleanup().await;
+        // Allowed by the operator: delivered, and a huge answer is read only up to the cap.
+        sink.script([Reply::Huge, Reply::Huge]);
+        w.clock.advance(5 * MINUTE);
+        let pass = deliverer(&w, "open").run_due().await.expect("pass");
+        assert_eq!(pass.delivered, 2, "{pass:?}");
+        let attempts = deliver::attempts(w.service.db(), None, None, 10).await.expect("attempts");
+        let excerpt = attempts.last().and_then(|a| a.response_excerpt.clone()).unwrap_or_default();
+        assert_eq!(excerpt.len(), 1024, "the log keeps an excerpt");
+        t.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,33 @@ use std::sync::{Arc, OnceLock};
 pub const WASIP2: &str = "wasm32-wasip2";
 pub const UNKNOWN: &str = "wasm32-unknown-unknown";
 
+/// Where every skip of this run is written, one line each: cargo hides a passing test's
+/// output, so `scripts/test.sh` prints this file at the end of the run (and fails in CI).
+pub fn skips_file() -> PathBuf {
+    target_dir().join("test-skips.log")
+}
+
+/// Skips part of a test for a missing dependency: fails in CI, where nothing may be
+/// skipped; elsewhere says why on stderr and appends it to [`skips_file`], naming the test
+/// (the harness names each test's thread after it).
+pub fn skip(what: &str, why: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is required in CI: {why}");
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("SKIPPED {what} in {test}: {why}");
+    eprintln!("{line}");
+    // One write per line in append mode: the test threads and processes do not interleave.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skips_file())
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
+        eprintln!("could not record the skip in {}: {e}", skips_file().display());
+    }
+}
+
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -147,27 +147,29 @@ async fn the_lifecycle_through_report_files() {
 /// Seed 004: registration, deposit and purchase are different events, each mapped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_events_stay_distinct_and_keep_their_names() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    let adapter =
-        cashbackd::registry::upload(&w.service, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
-    let network = cashbackd::ingest::Network {
-        id: "net".into(),
-        name: "Net".into(),
-        adapter_digest: Some(adapter.digest.to_string()),
-        adapter_config: json!({"params": {"transaction_id": "tid", "click_id": "subid", "event_type": "goal", "amount": "amount",
-                                          "state": "status"}, "states": {"ok": "PENDING"}, "default_currency": "EUR"}),
-        auth: InboundAuth::None,
-    };
-    cashbackd::ingest::upsert_network(w.service.db(), &network, w.service.now()).await.expect("network");
-    let app =
-        cashbackd::http::router(cashbackd::http::AppState { service: w.service.clone(), runtime: runtime().clone() });
-    for (tid, goal) in [("E1", "registration"), ("E2", "deposit"), ("E3", "purchase")] {
-        let (status, _, body) =
-            send(&app, get(&format!("/postback/net?tid={tid}&subid=c1&goal={goal}&amount=10.00&status=ok"))).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let c = w.service.conversion(&conversion_id("net", tid)).await.expect("load").expect("row");
-        assert_eq!(c.event_type, goal);
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let adapter = cashbackd::registry::upload(&w.service, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
+        let network = cashbackd::ingest::Network {
+            id: "net".into(),
+            name: "Net".into(),
+            adapter_digest: Some(adapter.digest.to_string()),
+            adapter_config: json!({"params": {"transaction_id": "tid", "click_id": "subid", "event_type": "goal", "amount": "amount",
+                                              "state": "status"}, "states": {"ok": "PENDING"}, "default_currency": "EUR"}),
+            auth: InboundAuth::None,
+        };
+        cashbackd::ingest::upsert_network(w.service.db(), &network, w.service.now()).await.expect("network");
+        let app = cashbackd::http::router(cashbackd::http::AppState {
+            service: w.service.clone(),
+            runtime: runtime().clone(),
+        });
+        for (tid, goal) in [("E1", "registration"), ("E2", "deposit"), ("E3", "purchase")] {
+            let (status, _, body) =
+                send(&app, get(&format!("/postback/net?tid={tid}&subid=c1&goal={goal}&amount=10.00&status=ok"))).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let c = w.service.conversion(&conversion_id("net", tid)).await.expect("load").expect("row");
+            assert_eq!(c.event_type, goal);
+        }
+        t.cleanup().await;
     }
-    t.cleanup().await;
 }

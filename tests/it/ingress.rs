@@ -133,61 +133,64 @@ async fn a_postback_is_acknowledged_only_once_recorded_and_a_bad_one_is_refused_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_postback_is_checked_with_the_host_held_secret() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    let app = app(&w, InboundAuth::Hmac("sh4red".into())).await;
-    let query = "tid=T-9&subid=c1&amount=50.00&comm=2.00&cur=EUR&status=approved";
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"sh4red").expect("key");
-    mac.update(query.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
-    let request =
-        Request::get(format!("/postback/net?{query}")).header("x-cashbackd-signature", &signature).body(Body::empty());
-    let (status, _, body) = send(&app, request.expect("request")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let forged = Request::get("/postback/net?tid=T-9&subid=c1&amount=5000.00&comm=2.00&cur=EUR&status=approved")
-        .header("x-cashbackd-signature", &signature)
-        .body(Body::empty())
-        .expect("request");
-    let (status, _, body) = send(&app, forged).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(body.contains("signature does not match"), "{body}");
-    t.cleanup().await;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let app = app(&w, InboundAuth::Hmac("sh4red".into())).await;
+        let query = "tid=T-9&subid=c1&amount=50.00&comm=2.00&cur=EUR&status=approved";
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"sh4red").expect("key");
+        mac.update(query.as_bytes());
+        let signature = hex::encode(mac.finalize().into_bytes());
+        let request = Request::get(format!("/postback/net?{query}"))
+            .header("x-cashbackd-signature", &signature)
+            .body(Body::empty());
+        let (status, _, body) = send(&app, request.expect("request")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let forged = Request::get("/postback/net?tid=T-9&subid=c1&amount=5000.00&comm=2.00&cur=EUR&status=approved")
+            .header("x-cashbackd-signature", &signature)
+            .body(Body::empty())
+            .expect("request");
+        let (status, _, body) = send(&app, forged).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("signature does not match"), "{body}");
+        t.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_click_then_its_postback_credits_the_user_over_real_http_with_an_ip_allow_list() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    let app = app(&w, InboundAuth::IpAllowList(vec!["127.0.0.1".parse().expect("ip")])).await;
-    drop(app);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let state = AppState { service: w.service.clone(), runtime: runtime().clone() };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(cashbackd::http::serve(state, listener, async {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let click = client.get(format!("{base}/c/shoe-sale?user=u1&sub1=spring")).send().await.expect("click");
-    assert_eq!(click.status(), 302);
-    let location = click.headers()["location"].to_str().expect("location").to_string();
-    let click_id = url::Url::parse(&location)
-        .expect("url")
-        .query_pairs()
-        .find(|(k, _)| k == "clickref")
-        .expect("clickref")
-        .1
-        .into_owned();
-    let postback = client
-        .post(format!("{base}/postback/net"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("tid=T-77&subid={click_id}&amount=80.00&comm=4.00&cur=EUR&status=pending"))
-        .send()
-        .await
-        .expect("postback");
-    assert_eq!(postback.status(), 200, "{}", postback.text().await.unwrap_or_default());
-    assert_eq!(balance(&w.service, "u1", "pending").await, 800, "the click's user is credited");
-    let _ = stop.send(());
-    server.await.expect("server task").expect("server");
-    t.cleanup().await;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let app = app(&w, InboundAuth::IpAllowList(vec!["127.0.0.1".parse().expect("ip")])).await;
+        drop(app);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let state = AppState { service: w.service.clone(), runtime: runtime().clone() };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(cashbackd::http::serve(state, listener, async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        let click = client.get(format!("{base}/c/shoe-sale?user=u1&sub1=spring")).send().await.expect("click");
+        assert_eq!(click.status(), 302);
+        let location = click.headers()["location"].to_str().expect("location").to_string();
+        let click_id = url::Url::parse(&location)
+            .expect("url")
+            .query_pairs()
+            .find(|(k, _)| k == "clickref")
+            .expect("clickref")
+            .1
+            .into_owned();
+        let postback = client
+            .post(format!("{base}/postback/net"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("tid=T-77&subid={click_id}&amount=80.00&comm=4.00&cur=EUR&status=pending"))
+            .send()
+            .await
+            .expect("postback");
+        assert_eq!(postback.status(), 200, "{}", postback.text().await.unwrap_or_default());
+        assert_eq!(balance(&w.service, "u1", "pending").await, 800, "the click's user is credited");
+        let _ = stop.send(());
+        server.await.expect("server task").expect("server");
+        t.cleanup().await;
+    }
 }

@@ -23,28 +23,41 @@ async fn each_tick_runs_once_across_replicas_and_missed_ticks_are_caught_up_by_o
     for t in backends::all().await {
         let w = world(t.db.clone()).await;
         scheduler::upsert_job(&w.service, "hourly-mature", "0 * * * *", &JobKind::Mature).await.expect("job");
-        let job = scheduler::list(&w.service)
-            .await
-            .expect("list")
-            .into_iter()
-            .find(|j| j.name == "hourly-mature")
-            .expect("job");
-        // Three replicas tick at the same moment, each on its own connection.
-        w.clock.set(job.next_run_at);
-        let replicas: Vec<Scheduler> =
-            (0..3).map(|i| Scheduler::new(w.service.clone(), runtime().clone(), format!("replica-{i}"))).collect();
-        let ran = futures_join(replicas.iter().map(|s| s.tick())).await;
-        assert_eq!(ran.iter().filter(|r| r.contains(&"hourly-mature".to_string())).count(), 1, "{}: {ran:?}", t.name);
-        let runs = scheduler::runs(&w.service, "hourly-mature", 10).await.expect("runs");
-        assert_eq!(runs.len(), 1);
-        assert_eq!((runs[0].outcome.as_str(), runs[0].missed), ("ok", 0));
+        // Three replicas tick at the same moment: each has its own connection pool (as a
+        // process of its own would), runs on its own task, and is released by a barrier, so
+        // all three read the due job before any has claimed it. Ticked one after another,
+        // the later ones would find nothing due and prove nothing about the claim. The
+        // manual clock (shared, so the tick is the same moment for all three) is why these
+        // are tasks and not `cashbackd serve` processes. Twenty ticks in a row, so that the
+        // race is run many times, not once.
+        let mut replicas = Vec::new();
+        for i in 0..3 {
+            let db = cashbackd::db::Db::connect(t.url()).await.expect("replica's own pool");
+            let service =
+                cashbackd::conversions::Service::new(db, runtime().clone(), w.clock.clone(), Default::default());
+            replicas.push(Arc::new(Scheduler::new(service, runtime().clone(), format!("replica-{i}"))));
+        }
+        const TICKS: usize = 20;
+        let mut winners = Vec::new();
+        for tick in 0..TICKS {
+            let job = scheduler::list(&w.service).await.expect("list").into_iter().find(|j| j.name == "hourly-mature");
+            w.clock.set(job.expect("job").next_run_at);
+            let ran = tick_together(&replicas).await;
+            let won: Vec<usize> = (0..3).filter(|&i| ran[i].contains(&"hourly-mature".to_string())).collect();
+            assert_eq!(won.len(), 1, "{}: tick {tick} ran {} times: {ran:?}", t.name, won.len());
+            winners.push(won[0]);
+        }
+        let runs = scheduler::runs(&w.service, "hourly-mature", 100).await.expect("runs");
+        assert_eq!(runs.len(), TICKS, "{}: one run per tick", t.name);
+        assert!(runs.iter().all(|r| (r.outcome.as_str(), r.missed) == ("ok", 0)), "{runs:?}");
+        eprintln!("{}: the {TICKS} ticks were won by replicas {winners:?}", t.name);
 
         // Five hours of downtime: one catch-up run, which says how many ticks it covers.
         w.clock.advance(5 * HOUR + 60_000);
         let ran = replicas[1].tick().await.expect("tick");
         assert_eq!(ran, vec!["hourly-mature".to_string()]);
-        let runs = scheduler::runs(&w.service, "hourly-mature", 10).await.expect("runs");
-        assert_eq!(runs.len(), 2);
+        let runs = scheduler::runs(&w.service, "hourly-mature", 100).await.expect("runs");
+        assert_eq!(runs.len(), TICKS + 1);
         assert_eq!(runs[0].missed, 4, "the ticks between the missed one and now: {runs:?}");
         let next = scheduler::list(&w.service)
             .await
@@ -58,13 +71,22 @@ async fn each_tick_runs_once_across_replicas_and_missed_ticks_are_caught_up_by_o
     }
 }
 
-async fn futures_join<F: Future<Output = Result<Vec<String>, sqlx::Error>>>(
-    futs: impl Iterator<Item = F>,
-) -> Vec<Vec<String>> {
-    let handles: Vec<_> = futs.map(|f| async move { f.await.expect("tick") }).collect();
+/// Each replica ticks on a task of its own, all released at once; what each one ran.
+async fn tick_together(replicas: &[Arc<Scheduler>]) -> Vec<Vec<String>> {
+    let start = Arc::new(tokio::sync::Barrier::new(replicas.len()));
+    let tasks: Vec<_> = replicas
+        .iter()
+        .map(|s| {
+            let (s, start) = (s.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                s.tick().await.expect("tick")
+            })
+        })
+        .collect();
     let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await);
+    for task in tasks {
+        out.push(task.await.expect("replica task"));
     }
     out
 }
@@ -160,19 +182,20 @@ async fn an_api_import_pages_through_the_report_with_the_host_held_key_and_retri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_import_that_fails_is_recorded_with_its_reason() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    add_network(&w, "dead-net", "json_api", json!({"base_url": "http://127.0.0.1:9/v1", "api_key": "k"})).await;
-    scheduler::upsert_job(&w.service, "import-dead", "@hourly", &JobKind::Import { network: "dead-net".into() })
-        .await
-        .expect("job");
-    let s = Scheduler::new(w.service.clone(), runtime().clone(), "r1")
-        .with_retry(Retry { attempts: 2, first_backoff: Duration::from_millis(5) });
-    let run = s.run_now("import-dead").await.expect("run");
-    assert_eq!(run.outcome, "failed");
-    assert!(run.detail.as_deref().unwrap_or("").contains("json-api@0.1.0"), "{run:?}");
-    assert!(s.run_now("nope").await.expect_err("unknown").contains("cashbackd jobs list"));
-    t.cleanup().await;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        add_network(&w, "dead-net", "json_api", json!({"base_url": "http://127.0.0.1:9/v1", "api_key": "k"})).await;
+        scheduler::upsert_job(&w.service, "import-dead", "@hourly", &JobKind::Import { network: "dead-net".into() })
+            .await
+            .expect("job");
+        let s = Scheduler::new(w.service.clone(), runtime().clone(), "r1")
+            .with_retry(Retry { attempts: 2, first_backoff: Duration::from_millis(5) });
+        let run = s.run_now("import-dead").await.expect("run");
+        assert_eq!(run.outcome, "failed");
+        assert!(run.detail.as_deref().unwrap_or("").contains("json-api@0.1.0"), "{run:?}");
+        assert!(s.run_now("nope").await.expect_err("unknown").contains("cashbackd jobs list"));
+        t.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,11 +71,12 @@ async fn one_digest_per_user_per_batch_lists_what_changed_with_amounts_over_smtp
         assert!(text.contains("- Shop, order order-A: tracked, then adjusted. Cashback 8.00 EUR."), "{text}");
         assert!(text.contains("- Shop, order order-B: confirmed by the shop. Cashback 5.00 EUR."), "{text}");
         let to_u2 = mails.iter().find(|m| m.to == vec!["<u2@example.com>".to_string()]).expect("u2's digest");
-        assert!(
-            to_u2.data.contains("Cashback 12.34 EUR") || to_u2.data.contains("Cashback 12.35 EUR"),
-            "{}",
-            to_u2.data
-        );
+        // 10 % of 123.45 EUR is 12.345 EUR; the rule rounds down (never more than the
+        // rate), so 12.34 exactly. 12.35 would be a rounding bug.
+        let cashback = 12_345 * 1_000 / 10_000;
+        assert_eq!(cashback, 1_234);
+        let expected = format!("Cashback {}.{:02} EUR", cashback / 100, cashback % 100);
+        assert!(to_u2.data.contains(&expected), "{expected} in {}", to_u2.data);
 
         // The stage timestamp: when the user was told.
         let told = notify::notified_at(w.service.db(), &conversion_id("net", "A")).await.expect("read");
@@ -147,31 +148,32 @@ async fn a_failed_send_is_retried_later_and_no_digest_is_ever_sent_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduled_notify_job_sends_digests_and_operator_templates_replace_the_built_in_ones() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    let smtp = SmtpSink::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("change.txt"), "* {{merchant}}: {{cashback}} ({{kind}}, order {{amount}})\n")
-        .expect("write");
-    ingest(&w, "A", "c1", ConversionState::Pending, 10_000).await;
-    scheduler::ensure_system_jobs(&w.service).await.expect("system jobs");
-    let s = Scheduler::new(w.service.clone(), crate::common::runtime().clone(), "r1").with_notifier(notifier(
-        &w,
-        &smtp,
-        Some(dir.path().to_path_buf()),
-    ));
-    let run = s.run_now("notify").await.expect("run");
-    assert_eq!(run.outcome, "ok", "{run:?}");
-    assert_eq!(run.counts["sent"], 1, "{run:?}");
-    let mail = &smtp.accepted()[0];
-    assert!(mail.data.contains("* Shop: 10.00 EUR (tracked, order 100.00 EUR)"), "{}", mail.data);
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let smtp = SmtpSink::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("change.txt"), "* {{merchant}}: {{cashback}} ({{kind}}, order {{amount}})\n")
+            .expect("write");
+        ingest(&w, "A", "c1", ConversionState::Pending, 10_000).await;
+        scheduler::ensure_system_jobs(&w.service).await.expect("system jobs");
+        let s = Scheduler::new(w.service.clone(), crate::common::runtime().clone(), "r1").with_notifier(notifier(
+            &w,
+            &smtp,
+            Some(dir.path().to_path_buf()),
+        ));
+        let run = s.run_now("notify").await.expect("run");
+        assert_eq!(run.outcome, "ok", "{run:?}");
+        assert_eq!(run.counts["sent"], 1, "{run:?}");
+        let mail = &smtp.accepted()[0];
+        assert!(mail.data.contains("* Shop: 10.00 EUR (tracked, order 100.00 EUR)"), "{}", mail.data);
 
-    std::fs::write(dir.path().join("subject.txt"), "{{nope}}").expect("write");
-    let config = NotifyConfig { templates_dir: Some(dir.path().to_path_buf()), ..NotifyConfig::default() };
-    let err = Notifier::new(w.service.db().clone(), w.clock.clone(), config).expect_err("bad template");
-    assert!(err.to_string().contains("subject.txt") && err.to_string().contains("{{nope}}"), "{err}");
-    let jobs = scheduler::list(&w.service).await.expect("jobs");
-    assert!(jobs.iter().any(|j| j.name == "notify" && j.schedule == "0 */4 * * *"), "{jobs:?}");
-    assert!(jobs.iter().any(|j| j.name == "deliver"), "{jobs:?}");
-    t.cleanup().await;
+        std::fs::write(dir.path().join("subject.txt"), "{{nope}}").expect("write");
+        let config = NotifyConfig { templates_dir: Some(dir.path().to_path_buf()), ..NotifyConfig::default() };
+        let err = Notifier::new(w.service.db().clone(), w.clock.clone(), config).expect_err("bad template");
+        assert!(err.to_string().contains("subject.txt") && err.to_string().contains("{{nope}}"), "{err}");
+        let jobs = scheduler::list(&w.service).await.expect("jobs");
+        assert!(jobs.iter().any(|j| j.name == "notify" && j.schedule == "0 */4 * * *"), "{jobs:?}");
+        assert!(jobs.iter().any(|j| j.name == "deliver"), "{jobs:?}");
+        t.cleanup().await;
+    }
 }

@@ -60,6 +60,9 @@ fn adapter_config() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postback_and_a_job_run() {
     cashbackd::metrics::install().expect("the Prometheus recorder is this process's");
+    // SQLite only: what is checked are the counters, which the process-wide recorder keeps
+    // across databases (a second backend would count into the same series); the storage
+    // behind them runs on both backends in the tests of ingest, callbacks and jobs.
     let t = backends::sqlite().await;
     let w = world(t.db.clone()).await;
     let s = &w.service;

@@ -73,6 +73,7 @@ fn a_file_that_is_not_a_plugin_gets_a_clear_message() {
     assert!(out.contains("not a component"), "{out}");
 }
 
+/// SQLite only by design: the demo makes its own SQLite file (`--demo-database`).
 #[test]
 fn demo_runs_on_a_fresh_sqlite_file_with_clicks_and_postbacks_through_http() {
     let dir = plugin_path(WASIP2, "flat_rate").parent().expect("dir").to_path_buf();
@@ -101,6 +102,8 @@ fn demo_runs_on_a_fresh_sqlite_file_with_clicks_and_postbacks_through_http() {
     assert!(again.contains("alice  pending     3.15"), "{again}");
 }
 
+/// SQLite only by design: creating the file (and its directory) is SQLite's case;
+/// PostgreSQL's migrations run in every `backends::all()` test and the crash loop.
 #[test]
 fn migrate_creates_the_sqlite_file_on_first_start_and_names_a_bad_url() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -349,56 +349,57 @@ async fn the_registry_api_needs_the_right_scope_and_answers_refusals_with_reason
     use axum::http::{Request, StatusCode};
     use cashbackd::auth::{self, Scope};
     use tower::ServiceExt;
-    let t = backends::sqlite().await;
-    let (w, _v1, v2) = registry_world(t.db.clone()).await;
-    let s = &w.service;
-    let app = cashbackd::http::router(cashbackd::http::AppState { service: s.clone(), runtime: runtime().clone() });
-    let read = auth::create_token(s.db(), "viewer", Scope::Read, s.now(), None).await.expect("token");
-    let admin = auth::create_token(s.db(), "ops", Scope::Admin, s.now(), None).await.expect("token");
-    let call = |method: &str, uri: &str, token: Option<&str>, body: Body| {
-        let mut r = Request::builder().method(method).uri(uri).header("content-type", "application/json");
-        if let Some(t) = token {
-            r = r.header("authorization", format!("Bearer {t}"));
-        }
-        let (app, request) = (app.clone(), r.body(body).expect("request"));
-        async move {
-            let response = app.oneshot(request).await.expect("response");
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
-            (status, String::from_utf8_lossy(&bytes).into_owned())
-        }
-    };
-    let activate = json!({"plugin": "swap-rule@2.0.0"}).to_string();
-    assert_eq!(call("GET", "/api/v1/plugins", None, Body::empty()).await.0, StatusCode::UNAUTHORIZED);
-    let (status, body) = call("GET", "/api/v1/plugins?name=swap-rule", Some(&read), Body::empty()).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body.contains("merchant:shop#0") && body.contains(&v2), "{body}");
-    let uri = "/api/v1/merchants/shop/rules/activate";
-    assert_eq!(call("POST", uri, Some(&read), Body::from(activate.clone())).await.0, StatusCode::FORBIDDEN);
-    let (status, body) = call("POST", uri, Some(&admin), Body::from(activate)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body.contains(&v2), "{body}");
-    let (status, body) =
-        call("POST", uri, Some(&admin), Body::from(json!({"plugin": "nothing@9.9.9"}).to_string())).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(body.contains("no stored plugin matches"), "{body}");
-    let (status, body) = call("POST", "/api/v1/plugins", Some(&admin), Body::from("garbage")).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (status, body) = call("POST", "/api/v1/merchants/shop/rules/rollback", Some(&admin), Body::empty()).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    s.ingest(event("R1", Pending, 10_000, 800)).await.expect("ingest");
-    let backtest = json!({"plugin": "swap-rule@2.0.0", "from": "2025-12-31T00:00:00Z"}).to_string();
-    let (status, body) = call("POST", "/api/v1/merchants/shop/backtest", Some(&read), Body::from(backtest)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let c: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!((c["compared"].as_u64(), c["delta"]["EUR"].as_i64()), (Some(1), Some(100)), "{body}");
-    let shadow = json!({"plugin": "swap-rule@2.0.0"}).to_string();
-    let (status, body) = call("PUT", "/api/v1/merchants/shop/shadow", Some(&admin), Body::from(shadow)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    s.ingest(event("R2", Pending, 5_000, 800)).await.expect("ingest");
-    let (status, body) = call("GET", "/api/v1/merchants/shop/shadow", Some(&read), Body::empty()).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let d: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!((d["changed"].as_u64(), d["delta"]["EUR"].as_i64()), (Some(1), Some(50)), "{body}");
-    t.cleanup().await;
+    for t in backends::all().await {
+        let (w, _v1, v2) = registry_world(t.db.clone()).await;
+        let s = &w.service;
+        let app = cashbackd::http::router(cashbackd::http::AppState { service: s.clone(), runtime: runtime().clone() });
+        let read = auth::create_token(s.db(), "viewer", Scope::Read, s.now(), None).await.expect("token");
+        let admin = auth::create_token(s.db(), "ops", Scope::Admin, s.now(), None).await.expect("token");
+        let call = |method: &str, uri: &str, token: Option<&str>, body: Body| {
+            let mut r = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+            if let Some(t) = token {
+                r = r.header("authorization", format!("Bearer {t}"));
+            }
+            let (app, request) = (app.clone(), r.body(body).expect("request"));
+            async move {
+                let response = app.oneshot(request).await.expect("response");
+                let status = response.status();
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        let activate = json!({"plugin": "swap-rule@2.0.0"}).to_string();
+        assert_eq!(call("GET", "/api/v1/plugins", None, Body::empty()).await.0, StatusCode::UNAUTHORIZED);
+        let (status, body) = call("GET", "/api/v1/plugins?name=swap-rule", Some(&read), Body::empty()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("merchant:shop#0") && body.contains(&v2), "{body}");
+        let uri = "/api/v1/merchants/shop/rules/activate";
+        assert_eq!(call("POST", uri, Some(&read), Body::from(activate.clone())).await.0, StatusCode::FORBIDDEN);
+        let (status, body) = call("POST", uri, Some(&admin), Body::from(activate)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains(&v2), "{body}");
+        let (status, body) =
+            call("POST", uri, Some(&admin), Body::from(json!({"plugin": "nothing@9.9.9"}).to_string())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.contains("no stored plugin matches"), "{body}");
+        let (status, body) = call("POST", "/api/v1/plugins", Some(&admin), Body::from("garbage")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let (status, body) = call("POST", "/api/v1/merchants/shop/rules/rollback", Some(&admin), Body::empty()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        s.ingest(event("R1", Pending, 10_000, 800)).await.expect("ingest");
+        let backtest = json!({"plugin": "swap-rule@2.0.0", "from": "2025-12-31T00:00:00Z"}).to_string();
+        let (status, body) = call("POST", "/api/v1/merchants/shop/backtest", Some(&read), Body::from(backtest)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let c: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!((c["compared"].as_u64(), c["delta"]["EUR"].as_i64()), (Some(1), Some(100)), "{body}");
+        let shadow = json!({"plugin": "swap-rule@2.0.0"}).to_string();
+        let (status, body) = call("PUT", "/api/v1/merchants/shop/shadow", Some(&admin), Body::from(shadow)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        s.ingest(event("R2", Pending, 5_000, 800)).await.expect("ingest");
+        let (status, body) = call("GET", "/api/v1/merchants/shop/shadow", Some(&read), Body::empty()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let d: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!((d["changed"].as_u64(), d["delta"]["EUR"].as_i64()), (Some(1), Some(50)), "{body}");
+        t.cleanup().await;
+    }
 }

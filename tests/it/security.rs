@@ -256,22 +256,23 @@ async fn ingress_is_rate_limited_per_client_address_and_per_network_with_a_clear
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_with_limits_of_its_own_is_limited_by_them() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    let _ = crate::ingress::app(&w, InboundAuth::None).await;
-    let state = AppState { service: w.service.clone(), runtime: runtime().clone() };
-    let config = limits(|s| {
-        s.postback_rate_per_network = 1;
-        s.postback_burst_per_network = 1;
-        s.networks.insert("net".into(), NetworkRateSettings { postback_rate: 0, postback_burst: 0 });
-    });
-    let (base, _stop) = serve(router_with(state, config)).await;
-    let client = reqwest::Client::new();
-    let (statuses, _, _) = burst(&client, 10, &format!("{base}/postback/net?tid=OWN"), None).await;
-    assert!(statuses.iter().all(|s| *s != 429), "net's own limit is none: {statuses:?}");
-    let (statuses, _, _) = burst(&client, 3, &format!("{base}/postback/other?tid=X"), None).await;
-    assert!(statuses.contains(&429), "the others keep the default: {statuses:?}");
-    t.cleanup().await;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let _ = crate::ingress::app(&w, InboundAuth::None).await;
+        let state = AppState { service: w.service.clone(), runtime: runtime().clone() };
+        let config = limits(|s| {
+            s.postback_rate_per_network = 1;
+            s.postback_burst_per_network = 1;
+            s.networks.insert("net".into(), NetworkRateSettings { postback_rate: 0, postback_burst: 0 });
+        });
+        let (base, _stop) = serve(router_with(state, config)).await;
+        let client = reqwest::Client::new();
+        let (statuses, _, _) = burst(&client, 10, &format!("{base}/postback/net?tid=OWN"), None).await;
+        assert!(statuses.iter().all(|s| *s != 429), "net's own limit is none: {statuses:?}");
+        let (statuses, _, _) = burst(&client, 3, &format!("{base}/postback/other?tid=X"), None).await;
+        assert!(statuses.contains(&429), "the others keep the default: {statuses:?}");
+        t.cleanup().await;
+    }
 }
 
 // ---- body caps --------------------------------------------------------------------------
@@ -437,19 +438,21 @@ async fn a_plugin_cannot_reach_a_private_address_by_literal_by_name_or_by_redire
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_redirected_to_a_private_address_is_not_followed() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    let (base, _) = fake_server("-").await;
-    let (canary, canary_seen) = fake_server("-").await;
-    for (id, to) in [("to-loopback", format!("{canary}/steal")), ("to-metadata", "http://169.254.169.254/".into())] {
-        add_endpoint(&w, EndpointSpec::new(id, "p1", &format!("{base}/redirect?to={to}"))).await;
-        // Allowed to reach the first hop (loopback here), so only the redirect is at stake.
-        let report = deliverer(&w, "redirects").test(id).await.expect("tester");
-        assert!(!report.delivered, "a 302 is not delivered: {report:?}");
-        assert_eq!(report.response.as_ref().map(|r| r.status), Some(302), "{report:?}");
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let (base, _) = fake_server("-").await;
+        let (canary, canary_seen) = fake_server("-").await;
+        for (id, to) in [("to-loopback", format!("{canary}/steal")), ("to-metadata", "http://169.254.169.254/".into())]
+        {
+            add_endpoint(&w, EndpointSpec::new(id, "p1", &format!("{base}/redirect?to={to}"))).await;
+            // Allowed to reach the first hop (loopback here), so only the redirect is at stake.
+            let report = deliverer(&w, "redirects").test(id).await.expect("tester");
+            assert!(!report.delivered, "a 302 is not delivered: {report:?}");
+            assert_eq!(report.response.as_ref().map(|r| r.status), Some(302), "{report:?}");
+        }
+        assert!(canary_seen.lock().expect("lock").is_empty(), "the redirects were not followed");
+        t.cleanup().await;
     }
-    assert!(canary_seen.lock().expect("lock").is_empty(), "the redirects were not followed");
-    t.cleanup().await;
 }
 
 // ---- tokens -------------------------------------------------------------------------------
@@ -513,111 +516,113 @@ async fn every_admin_route_refuses_wrong_expired_revoked_and_under_scoped_tokens
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_cannot_read_another_plugins_config_secrets_or_leftover_memory() {
-    let t = backends::sqlite().await;
-    let w = world(t.db.clone()).await;
-    // The host's own admin API, with data behind it, on loopback.
-    let admin = auth::create_token(w.service.db(), "ops", Scope::Admin, w.service.now(), None).await.expect("token");
-    let (api, _stop) = serve(router(AppState { service: w.service.clone(), runtime: runtime().clone() })).await;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        // The host's own admin API, with data behind it, on loopback.
+        let admin =
+            auth::create_token(w.service.db(), "ops", Scope::Admin, w.service.now(), None).await.expect("token");
+        let (api, _stop) = serve(router(AppState { service: w.service.clone(), runtime: runtime().clone() })).await;
 
-    let secret_b = marker("network-b-api-key");
-    let config_b = marker("network-b-config");
-    let page_b = marker("network-b-page");
-    let rule_config = marker("rule-config");
-    let (base, seen) = fake_server(&page_b).await;
+        let secret_b = marker("network-b-api-key");
+        let config_b = marker("network-b-config");
+        let page_b = marker("network-b-page");
+        let rule_config = marker("rule-config");
+        let (base, seen) = fake_server(&page_b).await;
 
-    // One process, one call slot: every call reuses the memory the previous one had.
-    let mut cfg = RuntimeConfig::new(shared_store());
-    cfg.max_concurrent_calls = 1;
-    cfg.http_allow_private = true; // the fake network and the admin API are on loopback
-    cfg.overrides
-        .insert("hostile-adapter".into(), LimitsOverride { max_http_requests: Some(16), ..Default::default() });
-    let rt = PluginRuntime::new(cfg).expect("runtime");
+        // One process, one call slot: every call reuses the memory the previous one had.
+        let mut cfg = RuntimeConfig::new(shared_store());
+        cfg.max_concurrent_calls = 1;
+        cfg.http_allow_private = true; // the fake network and the admin API are on loopback
+        cfg.overrides
+            .insert("hostile-adapter".into(), LimitsOverride { max_http_requests: Some(16), ..Default::default() });
+        let rt = PluginRuntime::new(cfg).expect("runtime");
 
-    // Network B's adapter runs first, with its secret, its config and its page in memory.
-    let config = json!({"base_url": format!("{base}/v1"), "api_key": secret_b, "network": config_b});
-    tokio::task::block_in_place(|| import_with(&rt, "json_api", config)).expect("network B imports");
-    let to_b: Vec<Seen> = seen.lock().expect("lock").clone();
-    assert!(to_b.iter().any(|s| s.headers.contains(&secret_b)), "B's key went to B's host only: {to_b:?}");
-    // A merchant's rules run too, with their config in memory.
-    let flat = rt.load(&plugin_bytes(WASIP2, "flat_rate")).expect("flat");
-    let hostile_rule = rt.load(&plugin_bytes(WASIP2, "hostile_rule")).expect("hostile rule");
-    let rule_b = rt.load(&plugin_bytes(WASIP2, "rate_table")).expect("rate table");
-    let inputs = RuleInputs { order: order("o-1", vec![line("l1", "books", 10_000)]), now: 0, prior_orders: 0 };
-    let chain = vec![
-        Link {
-            plugin: rule_b.clone(),
-            config: json!({"default_bps": 100, "excluded_skus": [rule_config]}).to_string(),
-        },
-        Link { plugin: flat.clone(), config: json!({"rate_bps": 200, "excluded_skus": [rule_config]}).to_string() },
-        Link {
-            plugin: hostile_rule.clone(),
-            config:
-                json!({"mode": "exfiltrate", "probe_paths": [shared_store(), t.url().trim_start_matches("sqlite://")]})
-                    .to_string(),
-        },
-    ];
-    let decision = tokio::task::block_in_place(|| run_chain(&rt, &chain, &inputs)).expect("the chain runs");
-    let rule_report = decision.notes.join("\n");
+        // Network B's adapter runs first, with its secret, its config and its page in memory.
+        let config = json!({"base_url": format!("{base}/v1"), "api_key": secret_b, "network": config_b});
+        tokio::task::block_in_place(|| import_with(&rt, "json_api", config)).expect("network B imports");
+        let to_b: Vec<Seen> = seen.lock().expect("lock").clone();
+        assert!(to_b.iter().any(|s| s.headers.contains(&secret_b)), "B's key went to B's host only: {to_b:?}");
+        // A merchant's rules run too, with their config in memory.
+        let flat = rt.load(&plugin_bytes(WASIP2, "flat_rate")).expect("flat");
+        let hostile_rule = rt.load(&plugin_bytes(WASIP2, "hostile_rule")).expect("hostile rule");
+        let rule_b = rt.load(&plugin_bytes(WASIP2, "rate_table")).expect("rate table");
+        let inputs = RuleInputs { order: order("o-1", vec![line("l1", "books", 10_000)]), now: 0, prior_orders: 0 };
+        let chain = vec![
+            Link {
+                plugin: rule_b.clone(),
+                config: json!({"default_bps": 100, "excluded_skus": [rule_config]}).to_string(),
+            },
+            Link { plugin: flat.clone(), config: json!({"rate_bps": 200, "excluded_skus": [rule_config]}).to_string() },
+            Link {
+                plugin: hostile_rule.clone(),
+                config:
+                    json!({"mode": "exfiltrate", "probe_paths": [shared_store(), t.url().trim_start_matches("sqlite://")]})
+                        .to_string(),
+            },
+        ];
+        let decision = tokio::task::block_in_place(|| run_chain(&rt, &chain, &inputs)).expect("the chain runs");
+        let rule_report = decision.notes.join("\n");
 
-    // Then the hostile adapter of network H, in the same process and slot.
-    let config = json!({
-        "mode": "exfiltrate",
-        "url": format!("{base}/echo"),
-        "api_key": "h-own-key",
-        "probe_paths": [shared_store(), t.url().trim_start_matches("sqlite://"), target_dir()],
-        "probe_urls": [format!("{api}/api/v1/networks"), format!("{api}/api/v1/plugins"), "https://evil.example/"],
-        "probe_credentials": ["api-key", "api", "token"],
-    });
-    let plugin = rt.load(&plugin_bytes(WASIP2, "hostile_adapter")).expect("hostile adapter");
-    let cfg = plugin.manifest.validate_config(&config).expect("config");
-    let request = ImportRequest { window_start: 0, window_end: 1, cursor: None };
-    let outcome = tokio::task::block_in_place(|| rt.import_page(&plugin, &cfg, &request));
-    let report = outcome.result.expect("the probes ran").next_cursor.expect("report");
-    let logs: Vec<String> = outcome.logs.iter().map(|l| l.message.clone()).collect();
-    let from_h: Vec<Seen> = seen.lock().expect("lock").iter().skip(to_b.len()).cloned().collect();
+        // Then the hostile adapter of network H, in the same process and slot.
+        let config = json!({
+            "mode": "exfiltrate",
+            "url": format!("{base}/echo"),
+            "api_key": "h-own-key",
+            "probe_paths": [shared_store(), t.url().trim_start_matches("sqlite://"), target_dir()],
+            "probe_urls": [format!("{api}/api/v1/networks"), format!("{api}/api/v1/plugins"), "https://evil.example/"],
+            "probe_credentials": ["api-key", "api", "token"],
+        });
+        let plugin = rt.load(&plugin_bytes(WASIP2, "hostile_adapter")).expect("hostile adapter");
+        let cfg = plugin.manifest.validate_config(&config).expect("config");
+        let request = ImportRequest { window_start: 0, window_end: 1, cursor: None };
+        let outcome = tokio::task::block_in_place(|| rt.import_page(&plugin, &cfg, &request));
+        let report = outcome.result.expect("the probes ran").next_cursor.expect("report");
+        let logs: Vec<String> = outcome.logs.iter().map(|l| l.message.clone()).collect();
+        let from_h: Vec<Seen> = seen.lock().expect("lock").iter().skip(to_b.len()).cloned().collect();
 
-    assert!(from_h.iter().all(|s| s.target == "/echo"), "H reached only what it asked for: {from_h:?}");
-    // What each probe got: nothing that is not its own.
-    for (what, expected) in [
-        ("env: 0 variables", "no environment"),
-        ("args: []", "no arguments"),
-        ("file /: dir Err", "no file system"),
-        ("file /proc/self/environ: dir Err", "not the host's environment"),
-        ("401", "the admin API wants a token"),
-        (r#"credential api-key at"#, "json-api's credential asked for"),
-        (r#"credential \"api-key\" is not declared in the manifest"#, "...and refused"),
-        ("credential api at", "its own"),
-        ("auth=Bearer h-own-key", "...is its own secret"),
-        (r#"\"evil.example\" is not declared"#, "an undeclared host"),
-        ("memory: 0 leftovers", "its memory holds nothing of the calls before"),
-    ] {
-        assert!(report.contains(what), "{expected}: {what:?} not in\n{report}");
+        assert!(from_h.iter().all(|s| s.target == "/echo"), "H reached only what it asked for: {from_h:?}");
+        // What each probe got: nothing that is not its own.
+        for (what, expected) in [
+            ("env: 0 variables", "no environment"),
+            ("args: []", "no arguments"),
+            ("file /: dir Err", "no file system"),
+            ("file /proc/self/environ: dir Err", "not the host's environment"),
+            ("401", "the admin API wants a token"),
+            (r#"credential api-key at"#, "json-api's credential asked for"),
+            (r#"credential \"api-key\" is not declared in the manifest"#, "...and refused"),
+            ("credential api at", "its own"),
+            ("auth=Bearer h-own-key", "...is its own secret"),
+            (r#"\"evil.example\" is not declared"#, "an undeclared host"),
+            ("memory: 0 leftovers", "its memory holds nothing of the calls before"),
+        ] {
+            assert!(report.contains(what), "{expected}: {what:?} not in\n{report}");
+        }
+        for line in report.lines().filter(|l| l.starts_with("file ")) {
+            assert!(line.contains("dir Err") && line.contains("read Err"), "no file is readable: {line}");
+        }
+        assert!(rule_report.contains("env: []") && rule_report.contains("memory: 0 leftovers"), "{rule_report}");
+        assert!(rule_report.contains("file /: dir Err"), "{rule_report}");
+
+        // And nowhere, not in its answers, its logs or the requests it made, anything of the
+        // others: not B's API key, B's config, B's page, the rules' config, or the admin token.
+        let everything = [report.as_str(), &rule_report, &logs.join("\n"), &format!("{from_h:?}")].join("\n");
+        for secret in [&secret_b, &config_b, &page_b, &rule_config, &admin] {
+            assert!(!everything.contains(secret.as_str()), "{secret} leaked:\n{everything}");
+        }
+        assert!(!everything.contains("XSECRET"), "no trace of another plugin's values:\n{everything}");
+
+        // The control: the same scan finds a marker that is in the plugin's own memory (its
+        // own config), so "0 leftovers" above is a finding, not a blind scanner.
+        let own = json!({"mode": "exfiltrate", "probe_paths": [marker("own-config")]});
+        let plugin = hostile_rule.clone();
+        let cfg = plugin.manifest.validate_config(&own).expect("config");
+        let context = cashbackd::plugin::sample::context(0);
+        let seen_own = tokio::task::block_in_place(|| rt.evaluate(&plugin, &cfg, &inputs.order, &context))
+            .result
+            .expect("runs")
+            .notes
+            .join("\n");
+        assert!(seen_own.contains("memory now: [\"0x") && seen_own.contains("XSECRET-own-config"), "{seen_own}");
+        t.cleanup().await;
     }
-    for line in report.lines().filter(|l| l.starts_with("file ")) {
-        assert!(line.contains("dir Err") && line.contains("read Err"), "no file is readable: {line}");
-    }
-    assert!(rule_report.contains("env: []") && rule_report.contains("memory: 0 leftovers"), "{rule_report}");
-    assert!(rule_report.contains("file /: dir Err"), "{rule_report}");
-
-    // And nowhere, not in its answers, its logs or the requests it made, anything of the
-    // others: not B's API key, B's config, B's page, the rules' config, or the admin token.
-    let everything = [report.as_str(), &rule_report, &logs.join("\n"), &format!("{from_h:?}")].join("\n");
-    for secret in [&secret_b, &config_b, &page_b, &rule_config, &admin] {
-        assert!(!everything.contains(secret.as_str()), "{secret} leaked:\n{everything}");
-    }
-    assert!(!everything.contains("XSECRET"), "no trace of another plugin's values:\n{everything}");
-
-    // The control: the same scan finds a marker that is in the plugin's own memory (its
-    // own config), so "0 leftovers" above is a finding, not a blind scanner.
-    let own = json!({"mode": "exfiltrate", "probe_paths": [marker("own-config")]});
-    let plugin = hostile_rule.clone();
-    let cfg = plugin.manifest.validate_config(&own).expect("config");
-    let context = cashbackd::plugin::sample::context(0);
-    let seen_own = tokio::task::block_in_place(|| rt.evaluate(&plugin, &cfg, &inputs.order, &context))
-        .result
-        .expect("runs")
-        .notes
-        .join("\n");
-    assert!(seen_own.contains("memory now: [\"0x") && seen_own.contains("XSECRET-own-config"), "{seen_own}");
-    t.cleanup().await;
 }

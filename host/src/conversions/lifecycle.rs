@@ -1,5 +1,8 @@
 //! The conversion state machine, as pure functions: given what we have and what the
-//! network says, what happens. No I/O, so every rule here is property-tested directly.
+//! network says, what happens. No I/O, so every rule here is tested directly: below, on
+//! every pair of states; and in `tests/it/ledger_props.rs`, where the whole system is
+//! compared with an independent model of a conversion's money on random event sequences
+//! (proptest, 1,000 per backend in CI).
 //!
 //! States follow the networks (seed 001): CREATED → PENDING → ADJUSTED* → COMPLETED, plus
 //! REJECTED (declined before completion) and REVERSED (refund after completion). A
@@ -239,15 +242,17 @@ mod tests {
     const ALL: [State; 6] =
         [State::Created, State::Pending, State::Adjusted, State::Completed, State::Rejected, State::Reversed];
 
-    fn rank(s: State) -> u8 {
-        match s {
-            State::Created => 0,
-            State::Pending => 1,
-            State::Adjusted => 2,
-            State::Completed => 3,
-            State::Rejected => 4,
-            State::Reversed => 5,
-        }
+    /// Where a conversion may go from each state (seed 001). Not an order on ranks: REJECTED
+    /// is reachable before completion only, REVERSED after it only.
+    fn allowed(from: State, to: State) -> bool {
+        use State::*;
+        matches!(
+            (from, to),
+            (Created, Pending | Adjusted | Completed | Rejected)
+                | (Pending, Adjusted | Completed | Rejected)
+                | (Adjusted, Adjusted | Completed | Rejected)
+                | (Completed, Reversed)
+        )
     }
 
     #[test]
@@ -257,14 +262,7 @@ mod tests {
                 let cur = Current { state: from, status: Status::Processed, amount: 100, commission: 10 };
                 for (amount, commission) in [(100, 10), (50, 5)] {
                     if let Step::Advance { to, .. } = step(Some(&cur), reported, amount, commission) {
-                        assert!(
-                            rank(to) >= rank(from) || (from == State::Adjusted && to == State::Adjusted),
-                            "{from} + {reported} went to {to}"
-                        );
-                        assert!(
-                            !(from == State::Completed && to == State::Rejected),
-                            "a refund after completion is REVERSED"
-                        );
+                        assert!(allowed(from, to), "{from} + {reported} went to {to}");
                         assert!(!from.is_final(), "{from} is final");
                     }
                 }
