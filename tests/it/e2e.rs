@@ -149,7 +149,10 @@ async fn the_lifecycle_through_report_files() {
 async fn distinct_events_stay_distinct_and_keep_their_names() {
     for t in backends::all().await {
         let w = world(t.db.clone()).await;
-        let adapter = cashbackd::registry::upload(&w.service, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
+        let adapter = cashbackd::registry::upload(&w.service, &plugin_bytes(WASIP2, "generic_s2s"))
+            .await
+            .expect("adapter")
+            .plugin;
         let network = cashbackd::ingest::Network {
             id: "net".into(),
             name: "Net".into(),

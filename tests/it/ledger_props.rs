@@ -322,7 +322,8 @@ fn fail(what: &str) -> impl Fn(cashbackd::conversions::service::ServiceError) ->
 async fn balances(w: &World, user: &str) -> Result<(i64, i64), TestCaseError> {
     let all =
         ledger::user_balances(&w.service.db().pool, user).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let of = |kind: &str| -> i64 { all.iter().filter(|b| b.kind == kind && b.currency == "EUR").map(|b| b.balance).sum() };
+    let of =
+        |kind: &str| -> i64 { all.iter().filter(|b| b.kind == kind && b.currency == "EUR").map(|b| b.balance).sum() };
     // The debt rule (docs/LEDGER.md) splits what the model calls available: never below
     // 0 in `available`, the rest owed in `debt` (0 or less). Their sum is the model's.
     let (available, debt) = (of("available"), of("debt"));

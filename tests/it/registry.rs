@@ -182,8 +182,10 @@ async fn hot_swaps_during_a_stream_of_conversions_evaluate_each_once_with_the_ve
         let digests: Vec<String> = (0..=30).map(|j| if j % 2 == 0 { v1.clone() } else { v2.clone() }).collect();
         let started = Arc::new(AtomicUsize::new(0));
         let finished = Arc::new(AtomicUsize::new(0));
+        let swapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let swapper = {
             let (s, started, finished, digests) = (s.clone(), started.clone(), finished.clone(), digests.clone());
+            let swapped = swapped.clone();
             tokio::spawn(async move {
                 for d in digests.iter().skip(1) {
                     let plugin = registry::resolve(&s, d).await.expect("resolve");
@@ -192,14 +194,19 @@ async fn hot_swaps_during_a_stream_of_conversions_evaluate_each_once_with_the_ve
                     finished.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(std::time::Duration::from_millis(15)).await;
                 }
+                swapped.store(true, Ordering::SeqCst);
             })
         };
         let mut streams = Vec::new();
         for task in 0..8 {
-            let (s, started, finished) = (s.clone(), started.clone(), finished.clone());
+            let (s, started, finished, swapped) = (s.clone(), started.clone(), finished.clone(), swapped.clone());
             streams.push(tokio::spawn(async move {
                 let mut seen = Vec::new();
-                for n in 0..25 {
+                // At least 25 each, and on until the last swap: on a loaded machine the
+                // first activation (it re-runs the plugin's fixtures) may otherwise come
+                // after the whole stream.
+                let mut n = 0;
+                while (n < 25 || !swapped.load(Ordering::SeqCst)) && n < 2_000 {
                     let tx = format!("H{task}-{n}");
                     let mut e = event(&tx, Pending, 10_000 + n * 7, 500);
                     e.click_id = Some(format!("hc{task}"));
@@ -207,6 +214,7 @@ async fn hot_swaps_during_a_stream_of_conversions_evaluate_each_once_with_the_ve
                     s.ingest(e).await.expect("ingest during swaps");
                     let b = started.load(Ordering::SeqCst);
                     seen.push((tx, 10_000 + n * 7, a, b));
+                    n += 1;
                 }
                 seen
             }));
@@ -233,7 +241,7 @@ async fn hot_swaps_during_a_stream_of_conversions_evaluate_each_once_with_the_ve
             assert_eq!(conversion.cashback, amount * rate / 10_000, "{tx}: amount computed by the pinned version");
             used.insert(digest.clone());
         }
-        assert_eq!(conversions.len(), 200);
+        assert!(conversions.len() >= 200, "{}", conversions.len());
         assert_eq!(used.len(), 2, "the stream saw both versions: {used:?}");
         let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversions WHERE status <> 'processed'")
             .fetch_one(&s.db().pool)
