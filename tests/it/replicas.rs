@@ -88,3 +88,67 @@ async fn two_replicas_racing_on_every_conversion_lose_no_update() {
     drop((a, b));
     t.cleanup().await;
 }
+
+/// Two replicas reprocess the same failed conversions at the same moment (an operator on
+/// each, after the broken rule was replaced): each conversion is credited once, by one
+/// of them, and their answers add up to the number of conversions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_reprocessing_the_same_failed_conversions_credit_each_once() {
+    const FAILED: usize = 12;
+    let Some(t) = backends::postgres().await else { return };
+    let i = Install::new(&t);
+    let token = i.admin_token();
+    i.ok(&["plugin", "upload", &arg(&component("looping_rule_v1"))]);
+    i.ok(&["merchant", "add", "shop", "--name", "Shop"]);
+    i.ok(&["plugin", "activate", "looping-rule@1.0.0", "--merchant", "shop"]);
+    let config = r#"{"params": {"transaction_id": "tid", "click_id": "clickref", "amount": "sale", "commission": "comm",
+        "state": "status"}, "states": {"pending": "PENDING"}, "default_currency": "EUR"}"#;
+    i.ok_env(
+        &["network", "add", "net", "--name", "Net", "--adapter", &arg(&component("generic_s2s")), "--config", config],
+        &[("CASHBACKD_NETWORK_SECRET", TOKEN)],
+    );
+    i.ok(&[
+        "link",
+        "add",
+        "sale",
+        "--merchant",
+        "shop",
+        "--network",
+        "net",
+        "--url",
+        "https://shop.example/?ref={click_id}",
+    ]);
+    let a = i.serve("a", &[]);
+    let b = i.serve("b", &[]);
+    let ca = Arc::new(Client::new(&a.base, &token));
+    let cb = Arc::new(Client::new(&b.base, &token));
+    let click = ca.click("/c/sale?user=again", "ref").await;
+    // 1.0.0 loops on orders of 50.00 or more: every one fails on its deadline.
+    for n in 0..FAILED {
+        let path =
+            format!("/postback/net?tid=F{n}&clickref={click}&sale=100.00&comm=5.00&status=pending&token={TOKEN}");
+        let (status, _, body) = ca.public(&path).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    i.ok(&["plugin", "upload", &arg(&component("looping_rule_v2"))]);
+    i.ok(&["plugin", "activate", "looping-rule@1.0.1", "--merchant", "shop"]);
+    let body = Some(serde_json::json!({"status": "failed", "merchant": "shop"}));
+    let (ra, rb) = tokio::join!(
+        ca.expect(200, "POST", "/api/v1/conversions/reprocess", body.clone()),
+        cb.expect(200, "POST", "/api/v1/conversions/reprocess", body.clone())
+    );
+    let done = ra["reprocessed"].as_i64().expect("a") + rb["reprocessed"].as_i64().expect("b");
+    assert_eq!(done, FAILED as i64, "each conversion processed by one replica: A {ra}, B {rb}");
+    let page = ca.expect(200, "GET", "/api/v1/conversions?user=again&limit=1000", None).await;
+    for c in page["conversions"].as_array().expect("conversions") {
+        assert_eq!(c["status"], "processed", "{c}");
+        let tl = ca.expect(200, "GET", &format!("/api/v1/conversions/{}", c["id"].as_str().expect("id")), None).await;
+        let credits = tl["postings"].as_array().expect("postings").iter().filter(|p| p["cause"] == "reprocess").count();
+        assert_eq!(credits, 1, "{tl}");
+    }
+    let user = ca.expect(200, "GET", "/api/v1/users/again", None).await;
+    // 2 % of 100.00, once per conversion.
+    assert_eq!(balance(&user, "EUR", "pending"), FAILED as i64 * 200, "{user}");
+    drop((a, b));
+    t.cleanup().await;
+}

@@ -583,14 +583,15 @@ async fn apply(
                 crate::callbacks::outbox::enqueue_click(conn, &click, Some(seq), at).await?;
             }
             // ---- end issue 13 ----
-            let mut ids = unparked(conn, "click_id", click_id).await?;
-            if *create_user {
-                for id in unparked(conn, "user_id", user_id).await? {
-                    if !ids.contains(&id) {
-                        ids.push(id);
-                    }
-                }
-            }
+            // Parked for this click, or (when the click created the account) for its user:
+            // one statement on every click.
+            let sql = if *create_user {
+                "SELECT id FROM conversions WHERE status = 'parked' AND (click_id = $1 OR user_id = $2) ORDER BY reported_at"
+            } else {
+                "SELECT id FROM conversions WHERE status = 'parked' AND click_id = $1 AND $2 = $2 ORDER BY reported_at"
+            };
+            let rows = sqlx::query(sql).bind(click_id).bind(user_id).fetch_all(&mut *conn).await?;
+            let ids = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
             Ok(Outcome::Registered { unparked: ids })
         }
         Command::Adjustment { key, user_id, currency, amount, operator, reason } => {
