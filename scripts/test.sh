@@ -11,6 +11,10 @@ scripts/build-plugins.sh
 python3 -c "import openapi_spec_validator" 2>/dev/null \
   || python3 -m pip install --quiet openapi-spec-validator \
   || echo "test.sh: could not install openapi-spec-validator; the OpenAPI validation will be skipped (fails in CI)" >&2
+# The digest tests send through a real SMTP server with AUTH and TLS: aiosmtpd, from PyPI.
+python3 -c "import aiosmtpd" 2>/dev/null \
+  || python3 -m pip install --quiet aiosmtpd \
+  || echo "test.sh: could not install aiosmtpd; the real-SMTP tests will be skipped (fails in CI)" >&2
 # Plugins log through the SDK's test harness; keep the output readable.
 export CASHBACK_SDK_QUIET=1
 # Every skip (no PostgreSQL, no chromedriver...) is appended to this file by the tests'

@@ -1406,6 +1406,7 @@ fn callbacks_config(cli: &Cli) -> crate::callbacks::DeliveryConfig {
 fn notify_config(cli: &Cli) -> crate::notify::NotifyConfig {
     crate::notify::NotifyConfig {
         smtp_url: cli.smtp_url.clone(),
+        ca_file: cli.settings.smtp.ca_file.clone(),
         from: cli.smtp_from.clone(),
         templates_dir: cli.notify_templates.clone(),
         max_attempts: cli.settings.notify.max_attempts,

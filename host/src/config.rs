@@ -291,6 +291,11 @@ pub struct SmtpSettings {
     pub url: Option<String>,
     /// The sender.
     pub from: String,
+    /// A PEM file of the certificate authorities to trust for the server's TLS certificate,
+    /// instead of the public web roots (a company's own CA, a self-signed relay). Only with
+    /// a URL that uses TLS (`smtps://` or `?tls=required|opportunistic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[notify]`
@@ -372,7 +377,7 @@ impl Default for Settings {
                 batch: 128,
                 concurrency: 32,
             },
-            smtp: SmtpSettings { url: None, from: "cashbackd <cashback@localhost>".into() },
+            smtp: SmtpSettings { url: None, from: "cashbackd <cashback@localhost>".into(), ca_file: None },
             notify: NotifySettings {
                 schedule: "0 */4 * * *".into(),
                 max_attempts: 5,
@@ -449,6 +454,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("callbacks.concurrency", Kind::Int),
     ("smtp.url", Kind::Text),
     ("smtp.from", Kind::Text),
+    ("smtp.ca_file", Kind::Text),
     ("notify.schedule", Kind::Text),
     ("notify.max_attempts", Kind::Int),
     ("notify.retry_delay_secs", Kind::Int),
@@ -481,6 +487,18 @@ pub fn env_name(key: &str) -> String {
 
 /// Keys holding secrets, masked by [`Settings::masked`].
 const SECRET_KEYS: &[&str] = &["database.url", "smtp.url", "ingress.click_secret"];
+
+/// The certificates of a PEM file of certificate authorities (`smtp.ca_file`), or why
+/// they cannot be used. lettre's parser accepts a file with no certificate at all (and
+/// would then trust nothing, failing every send later): one is required here.
+pub fn read_ca_file(path: &Path) -> Result<lettre::transport::smtp::client::Certificate, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {} ({e})", path.display()))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{} is not a PEM certificate (no BEGIN CERTIFICATE block)", path.display()));
+    }
+    lettre::transport::smtp::client::Certificate::from_pem(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate ({e})", path.display()))
+}
 
 /// Why the configuration was refused: the key, what is wrong, and where the value came
 /// from.
@@ -796,7 +814,17 @@ impl Settings {
         if let Some(smtp) = &self.smtp.url {
             // The URL may hold a password: the message names the scheme, never the URL.
             match url::Url::parse(smtp) {
-                Ok(u) if matches!(u.scheme(), "smtp" | "smtps") => {}
+                Ok(u) if matches!(u.scheme(), "smtp" | "smtps") => {
+                    let tls = u.scheme() == "smtps" || u.query_pairs().any(|(k, _)| k == "tls");
+                    if self.smtp.ca_file.is_some() && !tls {
+                        // A CA with a plain connection is a setup that believes it is
+                        // encrypted while it is not: say so instead of ignoring the file.
+                        return Err(ConfigError::new(
+                            "smtp.ca_file",
+                            "smtp.url uses no TLS: add ?tls=required or use smtps://",
+                        ));
+                    }
+                }
                 Ok(u) => {
                     return Err(ConfigError::new(
                         "smtp.url",
@@ -805,6 +833,9 @@ impl Settings {
                 }
                 Err(e) => return Err(ConfigError::new("smtp.url", format!("not a URL ({e})"))),
             }
+        }
+        if let Some(path) = &self.smtp.ca_file {
+            read_ca_file(path).map_err(|e| ConfigError::new("smtp.ca_file", e))?;
         }
         if let Err(e) = self.smtp.from.parse::<lettre::message::Mailbox>() {
             return Err(ConfigError::new("smtp.from", format!("{e}: expected `Name <address>` or an address")));
@@ -1021,7 +1052,7 @@ mod tests {
             assert!(ENV_KEYS.iter().any(|(k, _)| k == key), "{key} has no environment variable");
         }
         // And the commented-out optional ones.
-        const OPTIONAL: [&str; 3] = ["smtp.url", "notify.templates", "ingress.click_secret"];
+        const OPTIONAL: [&str; 4] = ["smtp.url", "smtp.ca_file", "notify.templates", "ingress.click_secret"];
         for key in OPTIONAL {
             assert!(ENV_KEYS.iter().any(|(k, _)| *k == key));
             assert!(DEFAULTS.contains(&format!("# {}", key.rsplit('.').next().unwrap_or(key))), "{key} is documented");

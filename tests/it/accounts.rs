@@ -20,7 +20,7 @@ const TOKEN: &str = "net-token-0123456789";
 
 /// A merchant `shop` with `rule@version` active (config `rule_config`), a network `net`
 /// (generic S2S, token auth), and a tracked link `sale`: all through the CLI.
-fn configure(i: &Install, rule: (&str, &str), rule_config: &str) {
+pub(crate) fn configure(i: &Install, rule: (&str, &str), rule_config: &str) {
     i.ok(&["plugin", "upload", &arg(&component(rule.0))]);
     i.ok(&["merchant", "add", "shop", "--name", "Shop", "--reward-delay-days", "0"]);
     i.ok(&["plugin", "activate", rule.1, "--merchant", "shop", "--config", rule_config]);
@@ -53,7 +53,7 @@ fn configure(i: &Install, rule: (&str, &str), rule_config: &str) {
     ]);
 }
 
-fn postback(click: &str, tx: &str, status: &str, sale: &str) -> String {
+pub(crate) fn postback(click: &str, tx: &str, status: &str, sale: &str) -> String {
     format!("/postback/net?tid={tx}&clickref={click}&sale={sale}&comm=1.00&status={status}&cur=EUR&token={TOKEN}")
 }
 

@@ -13,6 +13,15 @@
 //!   callback is sent again only across a kill that came before its delivery was
 //!   recorded (a delivery recorded as acknowledged is never sent again);
 //! - every posting pins one of the two swapped rule versions;
+//! - an oracle kept outside the system: every conversion ends in the furthest state it
+//!   was acknowledged at (or a further one whose answer was lost), with that event's
+//!   amount, its cashback is the rule version's own arithmetic on that amount, and each
+//!   user's balance is the sum of what the oracle says their conversions earned;
+//! - racing clients send ADJUSTED and COMPLETED for the same conversion at the same
+//!   moment, to different replicas where there are several, during the kills: COMPLETED
+//!   is final, whichever lands first;
+//! - replaying the journal into an empty database gives the live conversions and
+//!   balances, row for row;
 //! - with several replicas, each scheduled tick runs once and ingest goes on while one
 //!   replica is killed;
 //! - no configured secret appears in any log line of any process (debug level).
@@ -340,6 +349,8 @@ struct Event {
 struct Plan {
     tid: String,
     click: String,
+    /// The user the click was made for (`u{user}`).
+    user: usize,
     steps: Vec<(&'static str, &'static str, i64)>,
     next: usize,
     busy: bool,
@@ -350,6 +361,10 @@ struct Plan {
 struct Book {
     plans: Vec<Plan>,
     acked: Vec<Event>,
+    /// Events sent whose answer was lost or refused: each may or may not be recorded.
+    maybe: Vec<Event>,
+    /// Conversions raced (two events at the same moment).
+    races: usize,
     /// Report files not yet acknowledged: sent again until they are.
     files: Vec<(String, Vec<Event>)>,
     clicks: usize,
@@ -366,6 +381,10 @@ struct Book {
 /// What the checks need of the book, copied out of its lock (the checks await).
 struct Told {
     acked: Vec<Event>,
+    maybe: Vec<Event>,
+    /// Each postback conversion's user.
+    users: HashMap<String, String>,
+    races: usize,
     imports_acked: usize,
     swaps: usize,
     clicks: usize,
@@ -376,6 +395,9 @@ impl Book {
     fn told(&self) -> Told {
         Told {
             acked: self.acked.clone(),
+            maybe: self.maybe.clone(),
+            users: self.plans.iter().map(|p| (p.tid.clone(), format!("u{}", p.user))).collect(),
+            races: self.races,
             imports_acked: self.imports_acked,
             swaps: self.swaps,
             clicks: self.clicks,
@@ -433,6 +455,16 @@ impl Load {
                             import(&http, &base, &admin, &book, &mut rng).await;
                         } else if w == 0 && turn % 11 == 5 {
                             swap(&http, &base, &admin, &book).await;
+                        } else if w % 2 == 1 && turn % 4 == 2 {
+                            // The other base: a different replica when there are several.
+                            let other = {
+                                let b = bases.lock().expect("lock");
+                                if b.is_empty() {
+                                    break;
+                                }
+                                b[rng.random_range(0..b.len())].clone()
+                            };
+                            race(&http, [&base, &other], &token, &book).await;
                         } else {
                             postback(&http, &base, &token, &book, &mut rng).await;
                         }
@@ -499,7 +531,7 @@ async fn postback(http: &reqwest::Client, base: &str, token: &str, book: &Mutex<
             let mut b = book.lock().expect("lock");
             b.next_id += 1;
             let tid = format!("T{}", b.next_id);
-            b.plans.push(Plan { tid, click: click_id, steps, next: 0, busy: true });
+            b.plans.push(Plan { tid, click: click_id, user, steps, next: 0, busy: true });
             b.plans.len() - 1
         }
     };
@@ -508,6 +540,44 @@ async fn postback(http: &reqwest::Client, base: &str, token: &str, book: &Mutex<
         let p = &b.plans[i];
         (p.tid.clone(), p.click.clone(), p.steps[p.next])
     };
+    let code = send(http, base, token, &tid, &click_id, status, amount).await;
+    let mut b = book.lock().expect("lock");
+    b.plans[i].busy = false;
+    if code == Some(200) {
+        b.plans[i].next += 1;
+    }
+    b.book(code, Event { tid, state, amount });
+}
+
+impl Book {
+    /// Books an event's answer.
+    fn book(&mut self, code: Option<u16>, event: Event) {
+        match code {
+            Some(200) => self.acked.push(event),
+            // Not recorded as far as the client knows: the network sends it again later.
+            None => {
+                self.unanswered += 1;
+                self.maybe.push(event);
+            }
+            Some(_) => {
+                self.refused += 1;
+                self.maybe.push(event);
+            }
+        }
+    }
+}
+
+/// Sends one network event; the status, or `None` when no answer came. Anything but 200
+/// or "try again" fails the test.
+async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    tid: &str,
+    click_id: &str,
+    status: &str,
+    amount: i64,
+) -> Option<u16> {
     let url = format!(
         "{base}/postback/tok?tid={tid}&subid={click_id}&amount={}.{:02}&comm={}.{:02}&status={status}&token={token}",
         amount / 100,
@@ -524,17 +594,44 @@ async fn postback(http: &reqwest::Client, base: &str, token: &str, book: &Mutex<
         };
         panic!("postback {tid} {status}: {c} {text}");
     }
+    code
+}
+
+/// A network that sends ADJUSTED and COMPLETED for one PENDING conversion at the same
+/// moment, to two bases: whichever is applied first, COMPLETED is final and must win.
+/// The conversion's plan then continues from what was acknowledged (a lost COMPLETED is
+/// sent again later, as a network would).
+async fn race(http: &reqwest::Client, bases: [&str; 2], token: &str, book: &Mutex<Book>) {
+    let picked = {
+        let mut b = book.lock().expect("lock");
+        let i = b.plans.iter().position(|p| !p.busy && p.next == 1 && p.steps[0].1 == "PENDING");
+        i.map(|i| {
+            let p = &mut b.plans[i];
+            p.busy = true;
+            let amount = p.steps[0].2;
+            p.steps =
+                vec![p.steps[0], ("adjusted", "ADJUSTED", amount * 9 / 10), ("approved", "COMPLETED", amount * 4 / 5)];
+            (i, p.tid.clone(), p.click.clone(), p.steps[1], p.steps[2])
+        })
+    };
+    let Some((i, tid, click_id, adjusted, completed)) = picked else { return };
+    let (a, c) = tokio::join!(
+        send(http, bases[0], token, &tid, &click_id, adjusted.0, adjusted.2),
+        send(http, bases[1], token, &tid, &click_id, completed.0, completed.2),
+    );
     let mut b = book.lock().expect("lock");
-    b.plans[i].busy = false;
-    match code {
-        Some(200) => {
-            b.plans[i].next += 1;
-            b.acked.push(Event { tid, state, amount });
-        }
-        // Not recorded as far as the client knows: the network sends it again later.
-        None => b.unanswered += 1,
-        Some(_) => b.refused += 1,
-    }
+    b.races += 1;
+    let p = &mut b.plans[i];
+    p.busy = false;
+    p.next = if c == Some(200) {
+        3
+    } else if a == Some(200) {
+        2
+    } else {
+        1
+    };
+    b.book(a, Event { tid: tid.clone(), state: adjusted.1, amount: adjusted.2 });
+    b.book(c, Event { tid, state: completed.1, amount: completed.2 });
 }
 
 /// Uploads a report file: new rows plus one row of an earlier file (a duplicate the
@@ -595,7 +692,8 @@ async fn import(http: &reqwest::Client, base: &str, admin: &str, book: &Mutex<Bo
         Some(other) if !retryable(Some(other)) => {
             panic!("import {name}: {other} {}", answer.expect("answer").text().await.unwrap_or_default())
         }
-        _ => {}
+        // Sent again whole until acknowledged; until then each row may be recorded.
+        _ => book.lock().expect("lock").maybe.extend(rows),
     }
 }
 
@@ -693,6 +791,7 @@ struct Figures {
     clicks: usize,
     unanswered: usize,
     log_lines: usize,
+    races: usize,
 }
 
 /// Checks the database and the partner's server against what the clients were told.
@@ -813,6 +912,8 @@ async fn verify(f: &Fixture, book: &Told, kills: &[Kill], complete: bool, when: 
         }
     }
 
+    problems.extend(oracle(f, book).await);
+
     // Callbacks: one delivery per change; every delivery delivered in the end; nothing
     // recorded as delivered sent again.
     let changes: i64 = sqlx::query("SELECT COUNT(*) FROM conversion_changes")
@@ -878,7 +979,181 @@ async fn verify(f: &Fixture, book: &Told, kills: &[Kill], complete: bool, when: 
         clicks: book.clicks,
         unanswered: book.unanswered,
         log_lines: 0,
+        races: book.races,
     }
+}
+
+/// How far a state is along the lifecycle; REJECTED and COMPLETED are both final.
+fn rank(state: &str) -> u8 {
+    match state {
+        "CREATED" => 0,
+        "PENDING" => 1,
+        "ADJUSTED" => 2,
+        _ => 3,
+    }
+}
+
+/// The swap rule's arithmetic, written here from its documentation, not its code: v1
+/// credits 1 % of the sale, v2 2 %, rounded down, in minor units.
+fn swap_rule_cashback(f: &Fixture, digest: &str, amount: i64) -> Option<i64> {
+    let bps = if digest == f.v1 {
+        100
+    } else if digest == f.v2 {
+        200
+    } else {
+        return None;
+    };
+    Some(amount * bps / 10_000)
+}
+
+/// Checks every conversion of the load against what the clients know, kept outside the
+/// system: the furthest state it was acknowledged at, or a further one whose answer was
+/// lost; that event's amount; the cashback the pinned rule version's arithmetic gives;
+/// and every user's balance as the sum of what their conversions earned.
+async fn oracle(f: &Fixture, book: &Told) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Per transaction: the furthest acknowledged event, and the candidates for its end.
+    let mut acked: HashMap<&str, &Event> = HashMap::new();
+    for e in &book.acked {
+        let best = acked.entry(e.tid.as_str()).or_insert(e);
+        if rank(e.state) > rank(best.state) {
+            *best = e;
+        }
+    }
+    let mut maybe: HashMap<&str, Vec<&Event>> = HashMap::new();
+    for e in &book.maybe {
+        maybe.entry(e.tid.as_str()).or_default().push(e);
+    }
+    let mut last_digest: HashMap<String, String> = HashMap::new();
+    for r in sqlx::query(
+        "SELECT conversion_id, plugin_digest FROM ledger_transactions WHERE plugin_digest IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(&f.t.db.pool)
+    .await
+    .expect("postings")
+    {
+        last_digest.insert(r.try_get(0).expect("conversion"), r.try_get(1).expect("digest"));
+    }
+    let rows = sqlx::query(
+        "SELECT id, transaction_id, state, amount, cashback, posted_pending + posted_available, status, user_id          FROM conversions WHERE network_id IN ('tok', 'csvnet')",
+    )
+    .fetch_all(&f.t.db.pool)
+    .await
+    .expect("conversions");
+    let mut earned: BTreeMap<String, i64> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for r in &rows {
+        let id: String = r.try_get(0).expect("id");
+        let tid: String = r.try_get(1).expect("tid");
+        let state: String = r.try_get(2).expect("state");
+        let amount: i64 = r.try_get(3).expect("amount");
+        let cashback: i64 = r.try_get(4).expect("cashback");
+        let credited: i64 = r.try_get(5).expect("credited");
+        let status: String = r.try_get(6).expect("status");
+        let user: Option<String> = r.try_get(7).expect("user");
+        seen.insert(tid.clone());
+        // The end may be the furthest acknowledged event, or a further one whose answer
+        // never came (recorded, or not).
+        let floor = acked.get(tid.as_str()).map(|e| rank(e.state));
+        let mut allowed: Vec<&Event> = acked.get(tid.as_str()).copied().into_iter().collect();
+        allowed
+            .extend(maybe.get(tid.as_str()).into_iter().flatten().filter(|e| floor.is_none_or(|f| rank(e.state) > f)));
+        if allowed.is_empty() {
+            problems.push(format!("{id}: a conversion no client ever sent"));
+            continue;
+        }
+        if !allowed.iter().any(|e| e.state == state && e.amount == amount) {
+            problems.push(format!(
+                "{id} ends {state} at {amount}; the clients were told it is {:?} (or, answer lost, {:?})",
+                acked.get(tid.as_str()).map(|e| (e.state, e.amount)),
+                maybe.get(tid.as_str()).map(|v| v.iter().map(|e| (e.state, e.amount)).collect::<Vec<_>>())
+            ));
+            continue;
+        }
+        let expected = if state == "REJECTED" || status == "rejected" {
+            0
+        } else {
+            match last_digest.get(&id).and_then(|d| swap_rule_cashback(f, d, amount)) {
+                Some(c) => c,
+                None => {
+                    problems.push(format!("{id}: no posting pins a swap-rule version ({:?})", last_digest.get(&id)));
+                    continue;
+                }
+            }
+        };
+        if state != "REJECTED" && cashback != expected {
+            problems.push(format!("{id}: cashback {cashback}, but the rule's arithmetic on {amount} gives {expected}"));
+        }
+        if credited != expected {
+            problems.push(format!("{id} ({state}, {status}): {credited} credited, the oracle says {expected}"));
+        }
+        let owner = book.users.get(&tid).cloned().or(user).unwrap_or_default();
+        *earned.entry(owner).or_default() += expected;
+    }
+    for tid in acked.keys().filter(|t| !seen.contains(**t)) {
+        problems.push(format!("{tid} was acknowledged but has no conversion"));
+    }
+    // Each user's balance (pending plus available: nothing matures during the load) is
+    // the sum of what the oracle says their conversions earned.
+    let balances = cashbackd::ledger::all_balances(&f.t.db.pool).await.expect("balances");
+    for (user, expected) in &earned {
+        let held: i64 = balances
+            .iter()
+            .filter(|b| &b.owner == user && (b.kind == "pending" || b.kind == "available"))
+            .map(|b| b.balance)
+            .sum();
+        if held != *expected {
+            problems.push(format!("user {user} holds {held}, the oracle says {expected}"));
+        }
+    }
+    problems
+}
+
+/// Replays the journal into an empty database of the same backend and compares the
+/// result with the live one, row for row: conversions and balances.
+async fn replay_matches(f: &Fixture) {
+    let fresh = match f.t.db.backend {
+        Backend::Postgres => backends::postgres().await.expect("postgres"),
+        _ => backends::sqlite().await,
+    };
+    let s = Service::new(f.t.db.clone(), runtime().clone(), Arc::new(SystemClock), ServiceConfig::default());
+    let replayed = s.replay_into(&fresh.db).await.expect("replay");
+    const ROWS: &str = "SELECT id, state, status, COALESCE(user_id, ''), COALESCE(merchant_id, ''), amount, commission,         cashback, posted_pending, posted_available, posted_receivable FROM conversions ORDER BY id";
+    let read = |pool: sqlx::AnyPool| async move {
+        sqlx::query(ROWS)
+            .fetch_all(&pool)
+            .await
+            .expect("conversions")
+            .iter()
+            .map(|r| {
+                let text: Vec<String> = (0..5).map(|i| r.try_get::<String, _>(i).expect("text")).collect();
+                let money: Vec<i64> = (5..11).map(|i| r.try_get::<i64, _>(i).expect("amount")).collect();
+                format!("{text:?} {money:?}")
+            })
+            .collect::<Vec<_>>()
+    };
+    let (live, again) = (read(f.t.db.pool.clone()).await, read(fresh.db.pool.clone()).await);
+    let differ: Vec<String> = live
+        .iter()
+        .zip(&again)
+        .filter(|(a, b)| a != b)
+        .take(10)
+        .map(|(a, b)| format!("live   {a}\nreplay {b}"))
+        .collect();
+    assert!(
+        differ.is_empty() && live.len() == again.len(),
+        "[{}] the journal ({replayed} commands) replays into other conversions ({} live, {} replayed):\n{}",
+        f.t.name,
+        live.len(),
+        again.len(),
+        differ.join("\n")
+    );
+    let (b1, b2) = (
+        cashbackd::ledger::all_balances(&f.t.db.pool).await.expect("balances"),
+        cashbackd::ledger::all_balances(&fresh.db.pool).await.expect("balances"),
+    );
+    assert_eq!(b1, b2, "[{}] the journal replays into other balances", f.t.name);
+    fresh.cleanup().await;
 }
 
 /// The event inside a journal payload: the object that carries a `transaction_id`.
@@ -1017,9 +1292,11 @@ async fn killed_at_random_under_mixed_load_loses_no_acknowledged_event_and_doubl
         let book = load.book.lock().expect("lock").told();
         let mut figures = verify(&f, &book, &kills, true, "at the end").await;
         figures.log_lines = scan_logs(&f, &logs);
+        replay_matches(&f).await;
         eprintln!(
             "crash loop [{}]: {} SIGKILLs + a clean run in {:.1} s; {} acknowledged events ({} report files, {} rule swaps, \
-             {} clicks, {} requests cut off by a kill) over {} conversions, all in the journal once; {} state changes, \
+             {} clicks, {} requests cut off by a kill, {} conversions raced) over {} conversions, all in the journal once, \
+             each at the state and amounts the oracle expects, the journal replaying into the same rows; {} state changes, \
              {} callbacks received, {} resent across a kill before their record, none resent after; {} log lines scanned, \
              no secret",
             f.t.name,
@@ -1030,6 +1307,7 @@ async fn killed_at_random_under_mixed_load_loses_no_acknowledged_event_and_doubl
             figures.swaps,
             figures.clicks,
             figures.unanswered,
+            figures.races,
             figures.conversions,
             figures.changes,
             figures.callbacks_received,
@@ -1037,7 +1315,7 @@ async fn killed_at_random_under_mixed_load_loses_no_acknowledged_event_and_doubl
             figures.log_lines
         );
         assert!(
-            figures.acked_events > 0 && figures.imports > 0 && figures.swaps > 0,
+            figures.acked_events > 0 && figures.imports > 0 && figures.swaps > 0 && figures.races > 0,
             "the load did too little: {figures:?}"
         );
         f.t.cleanup().await;
@@ -1097,6 +1375,7 @@ async fn three_replicas_under_load_run_each_tick_once_send_each_callback_once_an
     let book = load.book.lock().expect("lock").told();
     let mut figures = verify(&f, &book, &kills, true, "three replicas, one killed").await;
     figures.log_lines = scan_logs(&f, &logs);
+    replay_matches(&f).await;
 
     // Each tick of the two-second import job ran once: one run per scheduled time (the
     // database refuses a second), no gap longer than a tick plus a catch-up, and each run
@@ -1142,13 +1421,15 @@ async fn three_replicas_under_load_run_each_tick_once_send_each_callback_once_an
     assert_eq!(api_conversions, 2, "the API's two transactions, imported once whatever the runs");
     eprintln!(
         "replicas [postgres]: 3 processes, replica {victim} SIGKILLed after {:.1} s, {acked_after_kill} events \
-         acknowledged after the kill by the other two; {} acknowledged events, {} report files, {} rule swaps over {} \
-         conversions; {} state changes, {} callbacks received, {} resent across the kill before their record; \
+         acknowledged after the kill by the other two; {} acknowledged events, {} report files, {} rule swaps, \
+         {} conversions raced across replicas, over {} conversions, each as the oracle expects, the journal replaying \
+         into the same rows; {} state changes, {} callbacks received, {} resent across the kill before their record; \
          {} import ticks run once each by {owners:?} ({calls} API calls); {} log lines scanned, no secret",
         kill_after.as_secs_f64(),
         figures.acked_events,
         figures.imports,
         figures.swaps,
+        figures.races,
         figures.conversions,
         figures.changes,
         figures.callbacks_received,

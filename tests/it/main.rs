@@ -21,6 +21,7 @@ mod inputs;
 mod jobs;
 mod ledger;
 mod ledger_props;
+mod mail;
 mod notify;
 mod operator;
 mod ops;

@@ -11,7 +11,9 @@
 //! **Sending: at most once.** Each e-mail is marked `sending` (committed) before it is
 //! handed to the SMTP server and `sent` after the server accepted it. An SMTP error means
 //! the server did not accept the message, so it goes back to `pending` and is retried
-//! later (a permanent refusal, or too many attempts, marks it `failed`). But if the
+//! later (a permanent refusal of this e-mail, such as an unknown mailbox, or too many
+//! attempts, marks it `failed`; a refused login is the server's settings, not the
+//! e-mail's, and is retried like a server that is down). But if the
 //! process dies between the two marks, nobody knows whether the server took it: such an
 //! e-mail stays `sending` and is **not** retried automatically, because a user who gets
 //! one digest twice is worse off than a user who misses one (the next digest and the
@@ -61,6 +63,9 @@ pub struct NotifyConfig {
     /// `smtp://user:password@host:port` (add `?tls=required` for STARTTLS), or
     /// `smtps://...`; none: digests are not formed, changes wait.
     pub smtp_url: Option<String>,
+    /// CA certificates (PEM) to trust for the server's TLS certificate instead of the public
+    /// web roots (`smtp.ca_file`).
+    pub ca_file: Option<PathBuf>,
     /// The sender, `Name <address>`.
     pub from: String,
     /// Templates overriding the built-in ones, by file name.
@@ -77,6 +82,7 @@ impl std::fmt::Debug for NotifyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NotifyConfig")
             .field("smtp_url", &self.smtp_url.as_deref().map(crate::db::redact))
+            .field("ca_file", &self.ca_file)
             .field("from", &self.from)
             .field("templates_dir", &self.templates_dir)
             .field("max_attempts", &self.max_attempts)
@@ -88,6 +94,7 @@ impl Default for NotifyConfig {
     fn default() -> Self {
         NotifyConfig {
             smtp_url: None,
+            ca_file: None,
             from: "cashbackd <cashback@localhost>".into(),
             templates_dir: None,
             max_attempts: 5,
@@ -331,13 +338,7 @@ impl Notifier {
         let templates = Templates::load(config.templates_dir.as_deref())?;
         let transport = match &config.smtp_url {
             None => None,
-            Some(url) => Some(
-                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    // The error could quote the URL: say which setting, not its value.
-                    .map_err(|_| NotifyError::Config("--smtp-url: not a valid smtp:// or smtps:// URL".into()))?
-                    .timeout(Some(config.timeout))
-                    .build(),
-            ),
+            Some(url) => Some(transport(url, config.ca_file.as_deref(), config.timeout)?),
         };
         Ok(Notifier { inner: Arc::new(Inner { db, clock, transport, from, templates, config }) })
     }
@@ -519,9 +520,14 @@ impl Notifier {
             let result = match build_message(&self.inner.from, email.as_deref().unwrap_or(""), &subject, &body, id) {
                 Ok(message) => match tokio::time::timeout(timeout, transport.send(message)).await {
                     Ok(sent) => sent.map(|_| ()).map_err(|e| {
-                        // No SMTP reply at all: the server is down or unreachable.
-                        unreachable = !e.is_transient() && !e.is_permanent();
-                        (e.is_permanent(), smtp_error(&e))
+                        // No SMTP reply at all (down, unreachable, a TLS session that could
+                        // not be verified), or a refused login (RFC 4954's 530, 534, 535,
+                        // 538): the server or its settings are at fault, not this e-mail.
+                        // It stays due and the others wait: every one would fail the same
+                        // way until the operator fixes the server or `smtp.url`.
+                        let login = e.status().map(u16::from).is_some_and(|c| matches!(c, 530 | 534 | 535 | 538));
+                        unreachable = login || (!e.is_transient() && !e.is_permanent());
+                        (e.is_permanent() && !login, smtp_error(&e))
                     }),
                     Err(_) => {
                         unreachable = true;
@@ -612,6 +618,39 @@ fn build_message(from: &Mailbox, to: &str, subject: &str, body: &str, id: i64) -
         .header(ContentType::TEXT_PLAIN)
         .body(body.to_string())
         .map_err(|e| format!("cannot build the e-mail: {e}"))
+}
+
+/// The SMTP transport of `url` (`smtp://`, `smtp://...?tls=required|opportunistic`,
+/// `smtps://`), trusting `ca_file`'s certificates instead of the web roots when given.
+fn transport(
+    url: &str,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, NotifyError> {
+    // Errors could quote the URL, which holds the password: they name the setting only.
+    let invalid = || NotifyError::Config("smtp.url: not a valid smtp:// or smtps:// URL".into());
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|_| invalid())?;
+    if let Some(path) = ca_file {
+        use lettre::transport::smtp::client::{Tls, TlsParameters};
+        let named = |what: String| NotifyError::Config(format!("smtp.ca_file: {what}"));
+        let ca = crate::config::read_ca_file(path).map_err(named)?;
+        // lettre reads the URL's TLS mode into the builder but offers no way to add a root
+        // to the parameters it made: read the mode the same way and make them again.
+        let parsed = url::Url::parse(url).map_err(|_| invalid())?;
+        let host = parsed.host_str().ok_or_else(invalid)?.to_string();
+        let params = TlsParameters::builder(host)
+            .add_root_certificate(ca)
+            .build()
+            .map_err(|e| named(format!("{}: cannot be used ({e})", path.display())))?;
+        let mode = parsed.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
+        builder = builder.tls(match (parsed.scheme(), mode.as_deref()) {
+            ("smtps", _) => Tls::Wrapper(params),
+            (_, Some("required")) => Tls::Required(params),
+            (_, Some("opportunistic")) => Tls::Opportunistic(params),
+            _ => return Err(named("smtp.url uses no TLS: add ?tls=required or use smtps://".into())),
+        });
+    }
+    Ok(builder.timeout(Some(timeout)).build())
 }
 
 /// An SMTP error as one line; lettre's messages never contain the credentials.
