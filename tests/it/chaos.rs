@@ -1109,6 +1109,39 @@ async fn oracle(f: &Fixture, book: &Told) -> Vec<String> {
     problems
 }
 
+/// The oracle must be able to fail: a COMPLETED conversion of a race, set back to its
+/// acknowledged ADJUSTED (the lost update of issue 14), must be reported. Run at the end,
+/// on the live database, after every other check.
+async fn oracle_catches_a_lost_completed(f: &Fixture, book: &Told) {
+    let adjusted: HashMap<&str, i64> =
+        book.acked.iter().filter(|e| e.state == "ADJUSTED").map(|e| (e.tid.as_str(), e.amount)).collect();
+    let completed: Vec<String> =
+        sqlx::query("SELECT transaction_id FROM conversions WHERE state = 'COMPLETED' AND network_id = 'tok'")
+            .fetch_all(&f.t.db.pool)
+            .await
+            .expect("completed")
+            .iter()
+            .map(|r| r.try_get(0).expect("tid"))
+            .collect();
+    let Some((tid, amount)) = completed.iter().find_map(|t| adjusted.get(t.as_str()).map(|a| (t.clone(), *a))) else {
+        panic!("[{}] no raced conversion ended COMPLETED after an acknowledged ADJUSTED", f.t.name);
+    };
+    sqlx::query(
+        "UPDATE conversions SET state = 'ADJUSTED', amount = $1 WHERE transaction_id = $2 AND network_id = 'tok'",
+    )
+    .bind(amount)
+    .bind(&tid)
+    .execute(&f.t.db.pool)
+    .await
+    .expect("overwrite");
+    let problems = oracle(f, book).await;
+    assert!(
+        problems.iter().any(|p| p.contains("ends ADJUSTED")),
+        "[{}] the oracle missed a COMPLETED overwritten by ADJUSTED ({tid}): {problems:?}",
+        f.t.name
+    );
+}
+
 /// Replays the journal into an empty database of the same backend and compares the
 /// result with the live one, row for row: conversions and balances.
 async fn replay_matches(f: &Fixture) {
@@ -1293,6 +1326,7 @@ async fn killed_at_random_under_mixed_load_loses_no_acknowledged_event_and_doubl
         let mut figures = verify(&f, &book, &kills, true, "at the end").await;
         figures.log_lines = scan_logs(&f, &logs);
         replay_matches(&f).await;
+        oracle_catches_a_lost_completed(&f, &book).await;
         eprintln!(
             "crash loop [{}]: {} SIGKILLs + a clean run in {:.1} s; {} acknowledged events ({} report files, {} rule swaps, \
              {} clicks, {} requests cut off by a kill, {} conversions raced) over {} conversions, all in the journal once, \
