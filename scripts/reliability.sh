@@ -14,15 +14,15 @@ case "${1:-crash}" in
     export CASHBACKD_REPLICA_SECONDS="${CASHBACKD_REPLICA_SECONDS:-60}"
     export CASHBACKD_CRASH_CYCLES="${CASHBACKD_CRASH_CYCLES:-40}"
     export CASHBACK_SDK_QUIET=1
-    cargo test -p cashbackd --test it --locked -- chaos:: crash:: --nocapture --test-threads 1
+    cargo test --workspace --test it --locked -- chaos:: crash:: --nocapture --test-threads 1
     ;;
   props)
     export PROPTEST_CASES="${PROPTEST_CASES:-10000}"
     export CASHBACK_SDK_QUIET=1
-    cargo test -p cashbackd --test it --locked -- ledger_props:: --nocapture
+    cargo test --workspace --test it --locked -- ledger_props:: --nocapture
     ;;
   soak)
-    SOAK_MINUTES="${SOAK_MINUTES:-30}" cargo bench -p cashbackd --bench soak --locked
+    SOAK_MINUTES="${SOAK_MINUTES:-30}" cargo bench --workspace --bench soak --locked
     ;;
   *)
     echo "usage: scripts/reliability.sh [crash|soak|props]" >&2
