@@ -265,6 +265,11 @@ for t in $TARGETS; do
   done <<< "$PLUGINS"
 done
 
+# The TypeScript plugins, when the whole repo is built (not for --crate or a selection).
+if [[ -z ${CRATE:-} ]] && ((${#SELECT[@]} == 0)); then
+  CARGO_TARGET_DIR=$TARGET_DIR "$REPO/scripts/build-ts-plugins.sh" || FAILED+=("TypeScript plugins (scripts/build-ts-plugins.sh)")
+fi
+
 echo
 ((${#SUMMARY[@]})) && printf '%s\n' "${SUMMARY[@]}"
 if ((${#FAILED[@]})); then

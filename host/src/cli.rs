@@ -1,6 +1,7 @@
 //! The `cashbackd` command line.
 
 mod author;
+mod author_ts;
 mod config_cmd;
 mod decision;
 mod payout;
@@ -563,6 +564,10 @@ pub enum PluginCommand {
         /// cashbackd was built from).
         #[arg(long)]
         sdk: Option<PathBuf>,
+        /// The language: `rust` (a crate using the SDK), or `ts` (TypeScript, built with
+        /// componentize-js from npm; rules only).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: author::Lang,
     },
     /// Build a plugin crate into components and print where they are.
     ///
@@ -639,8 +644,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Plugin { command: PluginCommand::New { kind, ref name, ref dir, ref sdk } } => {
-            author::new(kind, name, dir.as_deref(), sdk.as_deref())
+        Command::Plugin { command: PluginCommand::New { kind, ref name, ref dir, ref sdk, lang } } => match lang {
+            author::Lang::Rust => author::new(kind, name, dir.as_deref(), sdk.as_deref()),
+            author::Lang::Ts if kind == author::Kind::Rule => author_ts::new(name, dir.as_deref()),
+            author::Lang::Ts => anyhow::bail!("--lang ts: only rules can be written in TypeScript; adapters are Rust"),
+        },
+        Command::Plugin { command: PluginCommand::Build { ref path } } if author_ts::is_project(path) => {
+            println!("component {}", author_ts::build(path)?.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plugin { command: PluginCommand::Build { ref path } } => author::build(path),
         Command::Plugin { command: PluginCommand::Decision { ref conversion, json } } => {
@@ -653,6 +664,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let plugin = load(&runtime, &file, manifest.as_deref())?;
                     print_inspect(&plugin, json)?;
                     Ok(ExitCode::SUCCESS)
+                }
+                PluginCommand::Test { file, fixtures, manifest } if author_ts::is_project(&file) => {
+                    author_ts::test(&runtime, &file, fixtures.as_deref(), manifest.as_deref())
                 }
                 PluginCommand::Test { file, fixtures, manifest } if file.is_dir() => {
                     author::test(&runtime, &file, fixtures.as_deref(), manifest.as_deref())

@@ -24,6 +24,11 @@ pub(crate) fn configure(i: &Install, rule: (&str, &str), rule_config: &str) {
     i.ok(&["plugin", "upload", &arg(&component(rule.0))]);
     i.ok(&["merchant", "add", "shop", "--name", "Shop", "--reward-delay-days", "0"]);
     i.ok(&["plugin", "activate", rule.1, "--merchant", "shop", "--config", rule_config]);
+    add_network_and_link(i);
+}
+
+/// A network `net` (generic S2S, token auth) and a tracked link `sale` to `shop`.
+pub(crate) fn add_network_and_link(i: &Install) {
     i.ok_env(
         &[
             "network",

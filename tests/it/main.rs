@@ -35,3 +35,4 @@ mod replicas;
 mod sandbox;
 mod security;
 mod smtp;
+mod typescript;
