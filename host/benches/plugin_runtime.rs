@@ -1,4 +1,4 @@
-//! Plugin runtime benchmarks. `cargo bench -p cashbackd --bench plugin_runtime` runs
+//! Plugin runtime benchmarks. `cargo bench --workspace --bench plugin_runtime` runs
 //! them and rewrites the runtime section of docs/PERFORMANCE.md with the medians, each
 //! next to its baseline measured in the same run:
 //!
@@ -89,6 +89,31 @@ fn bench_calls(c: &mut Criterion, runtime: &PluginRuntime) {
             b.iter(|| runtime.instantiate_only(&plugin, &config))
         });
     }
+    // The same rule in TypeScript (examples/flat-rate-ts, componentize-js): what a
+    // JavaScript engine inside the sandbox costs per call, against the Rust rule above.
+    let ts_path = target_dir().join("plugins/js/flat_rate_ts.wasm");
+    match std::fs::read(&ts_path) {
+        Ok(bytes) => {
+            let plugin = runtime.load(&bytes).expect("load flat-rate-ts");
+            let config = plugin.manifest.validate_config(&serde_json::from_str(CONFIG).expect("json")).expect("config");
+            let decided = runtime.evaluate(&plugin, &config, &order, &context).result.expect("works");
+            let native = flat_rate::FlatRate::evaluate(&native_order, &native_ctx).expect("native");
+            assert_eq!(decided.total.minor, native.total.minor, "TypeScript and native agree");
+            group.bench_with_input(BenchmarkId::new("sandbox_per_call_instance", "js"), &order, |b, order| {
+                b.iter(|| runtime.evaluate(&plugin, &config, black_box(order), &context).result.is_ok())
+            });
+            let mut warm = runtime.warm_rule(&plugin, &config).expect("warm");
+            group.bench_with_input(BenchmarkId::new("sandbox_call_only", "js"), &order, |b, order| {
+                b.iter(|| warm.evaluate(black_box(order), &context).is_some())
+            });
+            group.bench_function(BenchmarkId::new("instantiate_pooled", "js"), |b| {
+                b.iter(|| runtime.instantiate_only(&plugin, &config))
+            });
+        }
+        Err(e) => {
+            eprintln!("{}: {e}; the TypeScript rule is not measured (scripts/build-plugins.sh)", ts_path.display())
+        }
+    }
     // The boundary alone: the same order through a rule that does almost nothing
     // (hostile-rule in `ok` mode: a one-field config, 1% per line).
     let trivial = runtime.load(&wasm_named("wasm32-wasip2", "hostile_rule")).expect("load");
@@ -161,6 +186,20 @@ fn write_report() {
             None,
         );
     }
+    // The TypeScript rule against the same rule in Rust, both in the sandbox.
+    let rust = |id: &str| median_ns(&format!("rule_call/{id}/wasm32-wasip2")).map(|v| ("Rust flat-rate, same", v));
+    table +=
+        &row("TypeScript flat-rate-ts, warm instance", "rule_call/sandbox_call_only/js", rust("sandbox_call_only"));
+    table += &row(
+        "TypeScript flat-rate-ts, call incl. fresh instance",
+        "rule_call/sandbox_per_call_instance/js",
+        rust("sandbox_per_call_instance"),
+    );
+    table += &row(
+        "TypeScript flat-rate-ts, instantiation, pooling allocator",
+        "rule_call/instantiate_pooled/js",
+        rust("instantiate_pooled"),
+    );
     table += &row(
         "rule call, warm instance, trivial rule (boundary cost)",
         "rule_call/sandbox_call_only_trivial_rule",
@@ -181,7 +220,7 @@ fn write_report() {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let section = format!(
-        "<!-- plugin-runtime:begin (written by `cargo bench -p cashbackd --bench plugin_runtime`) -->\n\
+        "<!-- plugin-runtime:begin (written by `cargo bench --workspace --bench plugin_runtime`) -->\n\
          Last run: {cores} cores, {rustc}, wasmtime 48, plugin `flat-rate` (5-line order, JSON config parsed per call, \
          3.5% with an exclusion and a cap).\n\n{table}\n<!-- plugin-runtime:end -->"
     );

@@ -45,46 +45,82 @@ fn cashbackd(cwd: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn a_typescript_rule_from_plugin_new_builds_and_passes_its_fixtures_in_the_sandbox() {
+/// The `sh` blocks of `text`, in order.
+fn sh_blocks(text: &str) -> Vec<String> {
+    text.split("```sh\n").skip(1).map(|b| b.split("\n```").next().unwrap_or_default().to_string()).collect()
+}
+
+/// The part of `doc` from the heading `from` to the next heading of the same level.
+fn section<'a>(doc: &'a str, from: &str) -> &'a str {
+    let start = doc.find(from).unwrap_or_else(|| panic!("the tutorial has no {from:?}"));
+    let rest = &doc[start + from.len()..];
+    &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+}
+
+/// docs/TUTORIAL-RULE.md's TypeScript path, its commands as written there (and the two
+/// commands of steps 5 and 6 it says to run), in a shell, against a fresh database that
+/// has what the demo gives step 8: the shop `demo-shop` with `flat-rate` at position 0.
+/// Then what the tutorial does not show: the component's limits and imports, a broken
+/// rule failing its fixture, and an adapter refused in TypeScript.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tutorials_typescript_path_runs_as_written() {
     if !npm_available() {
         return;
     }
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/TUTORIAL-RULE.md"))
+        .expect("the tutorial");
+    let ts = sh_blocks(section(&doc, "## The TypeScript path"));
+    assert_eq!(ts.len(), 4, "the TypeScript path's commands: {ts:?}");
+    let manifest = &sh_blocks(section(&doc, "## 5. Make it a new-customer bonus"))[1];
+    let fixtures = &sh_blocks(section(&doc, "## 6. Fixtures"))[0];
+    assert!(manifest.starts_with("cat >> cashback-plugin.toml") && fixtures.starts_with("cat > fixtures.json"));
+    let script = [&ts[0], &ts[1], manifest, fixtures, &ts[2], &ts[3]].map(|b| b.as_str()).join("\n");
+
+    let t = crate::backends::sqlite().await;
+    let i = Install::new(&t);
+    i.ok(&["merchant", "add", "demo-shop", "--name", "Demo shop"]);
+    i.ok(&["plugin", "upload", &arg(&component("flat_rate"))]);
+    i.ok(&["plugin", "activate", "flat-rate@0.1.0", "--merchant", "demo-shop", "--config", r#"{"rate_bps": 350}"#]);
+    // Step 3 leaves the clone: the project is made next to it, here in a scratch directory.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let dir = tmp.path().join("loyal-bonus");
-    let arg = dir.to_str().expect("utf8");
-    let (ok, out) = cashbackd(tmp.path(), &["plugin", "new", "rule", "loyal-bonus", "--lang", "ts", "--dir", arg]);
-    assert!(ok, "{out}");
-    assert!(out.contains("created rule plugin loyal-bonus (TypeScript)"), "{out}");
-    for file in
-        ["package.json", "package-lock.json", "src/rule.ts", "src/cashback.d.ts", "wit/worlds.wit", "fixtures.json"]
-    {
-        assert!(dir.join(file).is_file(), "{file} missing");
-    }
-    let (ok, out) = cashbackd(&dir, &["plugin", "test"]);
-    assert!(ok, "{out}");
-    assert!(out.contains("2 passed, 0 failed"), "{out}");
+    let bin = Path::new(env!("CARGO_BIN_EXE_cashbackd")).parent().expect("bin dir").to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(tmp.path())
+        .env("PATH", path)
+        .env("DATABASE_URL", t.url())
+        .env("CASHBACKD_PLUGIN_STORE", shared_store())
+        .output()
+        .expect("bash");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the tutorial's commands failed:\n{text}");
+    assert!(text.contains("2 passed, 0 failed"), "the new project's own fixtures: {text}");
+    assert!(text.contains("4 passed, 0 failed"), "step 7: {text}");
+    assert!(text.contains("new-customer-bonus 0.1.0 (merchant-rules, wit 0.1.0) stored: 4 fixtures passed"), "{text}");
+    assert!(text.contains("merchant demo-shop #0: new-customer-bonus 0.1.0 active"), "{text}");
+
+    let dir = tmp.path().join("new-customer-bonus");
     let (ok, out) = cashbackd(&dir, &["plugin", "build"]);
     assert!(ok, "{out}");
-    let wasm = dir.join("dist/loyal-bonus.wasm");
-    assert!(out.contains(&format!("component {}", wasm.display())), "{out}");
-    let (ok, out) = cashbackd(&dir, &["plugin", "inspect", "dist/loyal-bonus.wasm"]);
+    assert!(out.contains(&format!("component {}", dir.join("dist/new-customer-bonus.wasm").display())), "{out}");
+    let (ok, out) = cashbackd(&dir, &["plugin", "inspect", "dist/new-customer-bonus.wasm"]);
     assert!(ok, "{out}");
-    assert!(out.contains("loyal-bonus@0.1.0") && out.contains("merchant-rules (cashback:plugin@0.1.0)"), "{out}");
     // Its own limits: the engine's memory, not the host's defaults loosened.
     assert!(out.contains("memory 24 MiB"), "{out}");
     // No WASI at all: a rule gets no clock, randomness, files or network.
     assert!(!out.contains("wasi:"), "{out}");
 
-    // A broken rule fails its fixture in the sandbox, and `plugin test` says so.
+    // A broken rule fails its fixtures in the sandbox, and `plugin test` says so.
     let rule = std::fs::read_to_string(dir.join("src/rule.ts")).expect("rule");
     std::fs::write(dir.join("src/rule.ts"), rule.replace("/ 10000n", "/ 1000n")).expect("write");
     let (ok, out) = cashbackd(&dir, &["plugin", "test"]);
     assert!(!ok, "a wrong rate passed: {out}");
-    assert!(out.contains("1 passed, 1 failed"), "{out}");
+    assert!(out.contains("1 passed, 3 failed"), "{out}");
 
     let (ok, out) = cashbackd(tmp.path(), &["plugin", "new", "adapter", "net-x", "--lang", "ts"]);
     assert!(!ok && out.contains("only rules can be written in TypeScript"), "{out}");
+    t.cleanup().await;
 }
 
 /// `examples/flat-rate-ts` is `plugins/flat-rate` line for line: on random orders and
