@@ -18,6 +18,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 const USER: &str = "digest-sender";
+
+/// The `smtp.url` of a form, given the server's port.
+type UrlOf = fn(u16) -> String;
 const PASSWORD: &str = "s3cret-Pa55word";
 
 /// One aiosmtpd server, stopped on drop.
@@ -179,7 +182,7 @@ async fn digests_reach_a_real_smtp_server_in_each_production_url_form() {
     let token = i.admin_token();
     configure(&i, ("flat_rate", "flat-rate@0.1.0"), r#"{"rate_bps": 100}"#);
     // (server mode, URL, whether the session must be encrypted)
-    let forms: [(&str, fn(u16) -> String, bool); 3] = [
+    let forms: [(&str, UrlOf, bool); 3] = [
         ("starttls", |p| format!("smtp://{USER}:{PASSWORD}@localhost:{p}?tls=required"), true),
         ("implicit", |p| format!("smtps://{USER}:{PASSWORD}@localhost:{p}"), true),
         ("none", |p| format!("smtp://{USER}:{PASSWORD}@localhost:{p}"), false),
