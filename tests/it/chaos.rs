@@ -604,7 +604,10 @@ async fn send(
 async fn race(http: &reqwest::Client, bases: [&str; 2], token: &str, book: &Mutex<Book>) {
     let picked = {
         let mut b = book.lock().expect("lock");
-        let i = b.plans.iter().position(|p| !p.busy && p.next == 1 && p.steps[0].1 == "PENDING");
+        // Not a conversion whose next step was sent and its answer lost: that step may be
+        // recorded, and the race would then not be the only news after PENDING.
+        let unsure: HashSet<&str> = b.maybe.iter().map(|e| e.tid.as_str()).collect();
+        let i = b.plans.iter().position(|p| !p.busy && p.next == 1 && !unsure.contains(p.tid.as_str()));
         i.map(|i| {
             let p = &mut b.plans[i];
             p.busy = true;
@@ -1052,12 +1055,14 @@ async fn oracle(f: &Fixture, book: &Told) -> Vec<String> {
         let status: String = r.try_get(6).expect("status");
         let user: Option<String> = r.try_get(7).expect("user");
         seen.insert(tid.clone());
-        // The end may be the furthest acknowledged event, or a further one whose answer
-        // never came (recorded, or not).
+        // The end may be the furthest acknowledged event, or one at least as far whose
+        // answer never came (recorded, or not): a COMPLETED whose answer was lost may have
+        // been recorded before a later, acknowledged COMPLETED of another amount, which
+        // then changed nothing (COMPLETED is final).
         let floor = acked.get(tid.as_str()).map(|e| rank(e.state));
         let mut allowed: Vec<&Event> = acked.get(tid.as_str()).copied().into_iter().collect();
         allowed
-            .extend(maybe.get(tid.as_str()).into_iter().flatten().filter(|e| floor.is_none_or(|f| rank(e.state) > f)));
+            .extend(maybe.get(tid.as_str()).into_iter().flatten().filter(|e| floor.is_none_or(|f| rank(e.state) >= f)));
         if allowed.is_empty() {
             problems.push(format!("{id}: a conversion no client ever sent"));
             continue;
@@ -1452,7 +1457,18 @@ async fn three_replicas_under_load_run_each_tick_once_send_each_callback_once_an
         .expect("count")
         .try_get(0)
         .expect("n");
-    assert_eq!(api_conversions, 2, "the API's two transactions, imported once whatever the runs");
+    if finished > 0 {
+        assert_eq!(api_conversions, 2, "the API's two transactions, imported once whatever the runs");
+    } else {
+        // No run finished: the first one was on the killed replica, which keeps the job's
+        // lease past the end of the test. What it imported before dying stays, once.
+        assert!(
+            dead_holds_the_lease,
+            "no import run finished, and no dead replica holds the job: {runs:?}",
+            runs = runs.len()
+        );
+        assert!(api_conversions <= 2, "{api_conversions} conversions from the API's two transactions");
+    }
     eprintln!(
         "replicas [postgres]: 3 processes, replica {victim} SIGKILLed after {:.1} s, {acked_after_kill} events \
          acknowledged after the kill by the other two; {} acknowledged events, {} report files, {} rule swaps, \

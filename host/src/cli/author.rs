@@ -320,18 +320,7 @@ pub fn new(kind: Kind, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> an
     let dir = parent.canonicalize().with_context(|| format!("resolving {}", parent.display()))?.join(leaf);
     let form = form(&dir, sdk)?;
     let files = scaffold(kind, name, &dir, &form);
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let written = files.iter().try_for_each(|(path, contents)| {
-        let path = dir.join(path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
-    }
+    write_new_dir(&dir, &files)?;
     let what = match kind {
         Kind::Rule => "rule",
         Kind::Adapter => "adapter",
@@ -343,6 +332,23 @@ pub fn new(kind: Kind, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> an
     }
     println!("next:\n  cd {}\n  cashbackd plugin test", dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `dir` (which must not exist) with `files` (path in it, contents); on an error,
+/// removes what it wrote, so a failed `plugin new` leaves nothing half-made behind.
+pub(super) fn write_new_dir(dir: &Path, files: &[(String, String)]) -> anyhow::Result<()> {
+    std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let written = files.iter().try_for_each(|(path, contents)| {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    written
 }
 
 /// A plugin crate, as cargo describes it.

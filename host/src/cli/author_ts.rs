@@ -60,19 +60,10 @@ pub fn new(name: &str, dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     if dir.exists() {
         bail!("{} exists already: plugin new writes a new directory and never overwrites one", dir.display());
     }
-    let files = scaffold(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let written = files.iter().try_for_each(|(path, contents)| {
-        let path = dir.join(path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
+    super::author::write_new_dir(&dir, &scaffold(name))?;
     println!("created rule plugin {name} (TypeScript) in {}", dir.display());
     println!("next:\n  cd {}\n  cashbackd plugin test", dir.display());
     Ok(ExitCode::SUCCESS)
