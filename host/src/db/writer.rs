@@ -103,5 +103,5 @@ async fn apply_batch(
     batch: &[Job],
 ) -> Result<Vec<Result<Outcome, ApplyError>>, ApplyError> {
     let jobs: Vec<(&Command, Option<i64>)> = batch.iter().map(|j| (&j.command, j.expected_version)).collect();
-    crate::conversions::store::apply_batch(&db.pool, clock, &jobs).await
+    crate::conversions::store::apply_batch(db, clock, &jobs).await
 }
