@@ -12,7 +12,7 @@
 //! - the ledger can book what was accepted: a conversion's lifecycle (events, their
 //!   decisions, completion, maturity, reversal) computed with the host's own state machine
 //!   (`conversions::lifecycle`) and postings (`ledger::booking_entries`), with the same
-//!   arithmetic as `conversions::apply`, overflows nowhere and every posting balances;
+//!   arithmetic as `conversions::decide`, overflows nowhere and every posting balances;
 //! - a plugin's error message reaches the host bounded in length, on a character boundary.
 //!
 //! An input starting with `#` is JSON: `{"order", "decision", "event"}` in the contract's
@@ -120,7 +120,7 @@ fn check_accepted_event(e: &latest::ConversionEvent) {
     assert!((0..=boundary::MAX_EVENT_TIME).contains(&e.event_time), "event time {}", e.event_time);
 }
 
-/// Books `t` over what is `posted`, the way `conversions::apply::finish` does; the
+/// Books `t` over what is `posted`, the way `conversions::decide` (`finish`) does; the
 /// posting must balance.
 fn book(posted: &mut Booked, t: Booked) {
     let delta = Booked {

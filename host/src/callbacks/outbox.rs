@@ -1,22 +1,22 @@
-//! The transactional outbox. Whoever changes a conversion calls [`enqueue`] (or, when it
-//! does not know whether anything changed, [`enqueue_if_changed`]) on the connection of
-//! the very transaction that saves the change: the change row, and one delivery row per
+//! The transactional outbox. Whoever changes a conversion calls [`enqueue`] on the
+//! connection of the very transaction that saves the change: the change row, and one delivery row per
 //! callback endpoint, commit or roll back with it. A crash can therefore neither lose a
 //! callback (the change committed, so did its deliveries) nor invent one (the change
 //! rolled back, so did they). The delivery worker and the notification batches read
 //! from here; nothing is sent from inside the transaction.
 //!
-//! A change is recorded when the conversion's state, status, cashback or order amount
-//! differs from what was stored: every state is sent (seed 001: callbacks are stateful),
-//! and so is a review decision that changes what the user gets. A maturation or a
-//! history-only step is not a change for partners.
+//! Which steps are changes is decided by the conversions' pure core
+//! (`conversions::decide::partner_visible`): the conversion's state, status, cashback or
+//! order amount differs from what it was; every state is sent (seed 001: callbacks are
+//! stateful), and so is a review decision that changes what the user gets. A maturation
+//! or a history-only step is not a change for partners.
 //!
 //! Payouts use the same outbox ([`enqueue_payout`]): every step of a payout is a change
 //! (`subject` `payout`, the payout's id and version in place of the conversion's), sent
 //! to the endpoints that take payout events and, once paid or failed, told in the user's
 //! digest.
 
-use crate::conversions::apply::ConversionRow;
+use crate::conversions::store::ConversionRow;
 use crate::conversions::{State, Status};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
@@ -237,7 +237,7 @@ pub async fn enqueue_click(
     journal_seq: Option<i64>,
     at: i64,
 ) -> Result<bool, sqlx::Error> {
-    let Some(id) = insert_change(conn, &Change::of_click(click, journal_seq, at), false).await? else {
+    let Some(id) = insert_change(conn, &Change::of_click(click, journal_seq, at)).await? else {
         return Ok(false);
     };
     let has_ref_id = click.ref_id.is_some_and(|r| !r.is_empty());
@@ -328,7 +328,7 @@ pub async fn enqueue_payout(conn: &mut AnyConnection, c: &PayoutChange) -> Resul
 pub async fn enqueue(conn: &mut AnyConnection, changes: &[Change]) -> Result<usize, sqlx::Error> {
     let mut ids = Vec::with_capacity(changes.len());
     for c in changes {
-        if let Some(id) = insert_change(conn, c, false).await? {
+        if let Some(id) = insert_change(conn, c).await? {
             ids.push(id);
         }
     }
@@ -336,36 +336,15 @@ pub async fn enqueue(conn: &mut AnyConnection, changes: &[Change]) -> Result<usi
     Ok(ids.len())
 }
 
-/// [`enqueue`] for one change, recorded only if the conversion's stored state, status,
-/// cashback or amount differ from the change's (or it is not stored yet). Call it before
-/// the conversion row is saved. Returns whether it was recorded.
-pub async fn enqueue_if_changed(conn: &mut AnyConnection, change: &Change) -> Result<bool, sqlx::Error> {
-    let Some(id) = insert_change(conn, change, true).await? else { return Ok(false) };
-    fan_out(conn, &[id], false).await?;
-    Ok(true)
-}
-
-async fn insert_change(
-    conn: &mut AnyConnection,
-    c: &Change,
-    only_if_changed: bool,
-) -> Result<Option<i64>, sqlx::Error> {
+async fn insert_change(conn: &mut AnyConnection, c: &Change) -> Result<Option<i64>, sqlx::Error> {
     let s = &c.snapshot;
     let snapshot = serde_json::to_string(s).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let guard = if only_if_changed {
-        "WHERE NOT EXISTS (SELECT 1 FROM conversions WHERE id = $1 AND state = $7 AND status = $8 AND cashback = $12 AND amount = $13)"
-    } else {
-        // Every parameter is referenced either way (both drivers check the count).
-        "WHERE $12 = $12 AND $13 = $13"
-    };
-    // INSERT ... SELECT so that the guard and the insert are one statement.
-    let sql = format!(
+    let row = sqlx::query(
         "INSERT INTO conversion_changes (conversion_id, version, journal_seq, user_id, click_id, merchant_id, network_id, \
          state, status, notify_kind, snapshot, at, kind) \
-         SELECT $1, $2, $3, $4, $5, $6, $9, $7, $8, $10, $11, $14, $15 {guard} \
-         ON CONFLICT (conversion_id, version) DO NOTHING RETURNING id"
-    );
-    let row = sqlx::query(&sql)
+         VALUES ($1, $2, $3, $4, $5, $6, $9, $7, $8, $10, $11, $12, $13) \
+         ON CONFLICT (conversion_id, version) DO NOTHING RETURNING id",
+    )
         .bind(&c.conversion_id)
         .bind(c.version)
         .bind(c.journal_seq)
@@ -378,8 +357,6 @@ async fn insert_change(
         .bind((!s.network_id.is_empty()).then_some(s.network_id.as_str()))
         .bind(c.notify_kind())
         .bind(snapshot)
-        .bind(s.cashback)
-        .bind(s.amount)
         .bind(c.at)
         .bind(s.kind.as_str())
         .fetch_optional(&mut *conn)

@@ -3,17 +3,23 @@
 //! | file | what |
 //! |---|---|
 //! | `lifecycle.rs` | the state machine and what each state books: pure functions |
-//! | `apply.rs` | applying one command inside a database transaction |
+//! | `decide.rs` | the decision core: a batch of commands and the state they touch in, a result per command and the rows to write out; pure, property-tested |
+//! | `store.rs` | per batch: prefetch by id lists, decide, write with version checks; decided again from fresh state when it loses a race |
 //! | `service.rs` | the entry points: ingest, review, register users and clicks, maturation, replay |
 //!
 //! Every change goes through a [`Command`] that is written to the journal in the same
 //! transaction as its effects, with the rule evaluation it used. Replaying the journal
 //! from empty therefore reproduces every balance exactly, without running plugins.
 
-pub mod apply;
+pub mod decide;
 pub mod lifecycle;
 pub mod rules;
 pub mod service;
+pub mod store;
+
+/// The store under the name the write path had before the decision core existed
+/// (`conversions::apply::journal_and_apply`, `apply::load`, ...).
+pub use store as apply;
 
 use crate::ledger::{LedgerError, PluginRefs};
 use crate::plugin::wit::latest;

@@ -3,9 +3,9 @@
 //! transaction (a slow plugin never holds up the writer), then submits the command with
 //! the version it read; if the conversion changed meanwhile, it reads and tries again.
 
-use super::apply::{self, Attribution, ConversionRow, attribute};
 use super::lifecycle::{Step, step};
 use super::rules::{self, Link, RuleInputs};
+use super::store::{self, Attribution, ConversionRow, attribute};
 use super::{ApplyError, Command, Evaluation, Outcome, ReviewAction, Status, conversion_id};
 use crate::clock::Clock;
 use crate::db::writer::{Writer, WriterConfig};
@@ -145,7 +145,7 @@ impl Service {
         let id = conversion_id(&event.network, &event.transaction_id);
         self.retrying(|| async {
             let mut conn = self.db.pool.acquire().await?;
-            let row = apply::load(&mut conn, &id).await?;
+            let row = store::load(&mut conn, &id).await?;
             let current = row.as_ref().map(|r| super::lifecycle::Current {
                 state: r.state,
                 status: r.status,
@@ -162,7 +162,7 @@ impl Service {
                 let click = event.click_id.clone().or_else(|| row.as_ref().and_then(|r| r.click_id.clone()));
                 let merchant_ref =
                     event.merchant_ref.as_deref().or(row.as_ref().and_then(|r| r.merchant_ref.as_deref()));
-                let assigned = apply::Assigned::of(row.as_ref());
+                let assigned = store::Assigned::of(row.as_ref());
                 Some(attribute(&mut conn, &event.network, click.as_deref(), merchant_ref, assigned).await?)
             } else {
                 None
@@ -229,7 +229,7 @@ impl Service {
         }
         self.retrying(|| async {
             let mut conn = self.db.pool.acquire().await?;
-            let row = apply::load(&mut conn, id)
+            let row = store::load(&mut conn, id)
                 .await?
                 .ok_or_else(|| ServiceError::NotFound(format!("conversion {id} does not exist")))?;
             if !matches!(row.status, Status::Parked | Status::Failed) {
@@ -249,7 +249,7 @@ impl Service {
                 None => (row.click_id.clone(), row.user_id.clone(), row.merchant_id.clone()),
             };
             let assigned =
-                apply::Assigned { user_id: assigned_user.as_deref(), merchant_id: assigned_merchant.as_deref() };
+                store::Assigned { user_id: assigned_user.as_deref(), merchant_id: assigned_merchant.as_deref() };
             let a =
                 attribute(&mut conn, &row.network_id, click.as_deref(), row.merchant_ref.as_deref(), assigned).await?;
             drop(conn);
@@ -477,14 +477,14 @@ impl Service {
     /// A conversion as stored.
     pub async fn conversion(&self, id: &str) -> Result<Option<ConversionRow>, ServiceError> {
         let mut conn = self.db.pool.acquire().await?;
-        Ok(apply::load(&mut conn, id).await?)
+        Ok(store::load(&mut conn, id).await?)
     }
 
     /// Conversions with a status (the review queue: `PendingReview` and `Held`; parked;
     /// failed), oldest first.
     pub async fn by_status(&self, status: Status, limit: i64) -> Result<Vec<ConversionRow>, ServiceError> {
         let mut conn = self.db.pool.acquire().await?;
-        Ok(apply::by_status(&mut conn, status, limit).await?)
+        Ok(store::by_status(&mut conn, status, limit).await?)
     }
 
     /// What happened to a conversion, oldest first.
@@ -682,7 +682,7 @@ impl Service {
         }
         let (mode, default_delay_days) = {
             let mut conn = self.db.pool.acquire().await?;
-            apply::merchant_settings(&mut conn, merchant).await?
+            store::merchant_settings(&mut conn, merchant).await?
         };
         let shadow = crate::registry::shadow_chain(self, merchant, &chain).await?;
         let inputs =
@@ -760,7 +760,7 @@ impl Service {
             let command: Command =
                 serde_json::from_str(&payload).map_err(|e| ServiceError::Invalid(format!("journal {seq}: {e}")))?;
             let mut tx = target.pool.begin().await?;
-            apply::journal_and_apply(&mut tx, &command, at, None, Some(seq)).await?;
+            store::journal_and_apply(&mut tx, &command, at, None, Some(seq)).await?;
             tx.commit().await?;
         }
         if target.backend == Backend::Postgres {

@@ -5,7 +5,7 @@
 
 use crate::clock::DAY_MS;
 use crate::conversions::Status;
-use crate::conversions::apply::{COLUMNS, ConversionRow, from_row};
+use crate::conversions::store::{COLUMNS, ConversionRow, from_row};
 use crate::db::Db;
 use serde::Serialize;
 use sqlx::Row;

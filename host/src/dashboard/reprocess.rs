@@ -113,7 +113,7 @@ pub(super) fn button(session: &Session, id: &str, back: &str) -> Markup {
 /// parked (customer not found, merchant unknown) and failed (a plugin failed).
 pub(super) fn waiting_section(
     session: &Session,
-    waiting: &[crate::conversions::apply::ConversionRow],
+    waiting: &[crate::conversions::store::ConversionRow],
     merchants: &[String],
 ) -> Markup {
     let can_act = session.scope() >= Scope::Write;

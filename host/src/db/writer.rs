@@ -1,16 +1,15 @@
 //! Group commit. Every write goes through one writer task per process, which takes all
-//! the commands waiting at that moment (up to `max_batch`) and applies them in one
-//! database transaction, each inside its own savepoint: one command's failure rolls back
-//! only that command. Each caller is answered only after the transaction commits, so an
+//! the commands waiting at that moment (up to `max_batch`) and applies them as one batch
+//! in one database transaction (`conversions::store::apply_batch`: prefetch, decide in
+//! memory, write): a refused command contributes nothing and does not fail its
+//! neighbours. Each caller is answered only after the transaction commits, so an
 //! acknowledged write is durable (SQLite runs with `synchronous=FULL`), and one fsync
 //! serves the whole batch: throughput grows with load instead of being capped by disk
 //! flushes per write.
 
 use crate::clock::Clock;
-use crate::conversions::apply::journal_and_apply;
 use crate::conversions::{ApplyError, Command, Outcome};
 use crate::db::Db;
-use sqlx::Acquire;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -102,23 +101,7 @@ async fn apply_batch(
     db: &Db,
     clock: &dyn Clock,
     batch: &[Job],
-) -> Result<Vec<Result<Outcome, ApplyError>>, sqlx::Error> {
-    let mut tx = db.pool.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        let mut savepoint = (&mut tx).begin().await?;
-        let at = clock.now();
-        match journal_and_apply(&mut savepoint, &job.command, at, job.expected_version, None).await {
-            Ok(outcome) => {
-                savepoint.commit().await?;
-                results.push(Ok(outcome));
-            }
-            Err(e) => {
-                savepoint.rollback().await?;
-                results.push(Err(e));
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(results)
+) -> Result<Vec<Result<Outcome, ApplyError>>, ApplyError> {
+    let jobs: Vec<(&Command, Option<i64>)> = batch.iter().map(|j| (&j.command, j.expected_version)).collect();
+    crate::conversions::store::apply_batch(db, clock, &jobs).await
 }

@@ -23,7 +23,7 @@ use sqlx::{AnyConnection, Row};
 pub const PLATFORM: &str = "platform";
 
 /// Kinds of account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountKind {
     /// A user's cashback not yet available.

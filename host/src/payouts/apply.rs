@@ -1,5 +1,5 @@
 //! Applying a payout command inside the writer's transaction (called by
-//! `conversions::apply` for [`Command::PayoutRequest`] and [`Command::PayoutStep`]): the
+//! `conversions::store` for [`Command::PayoutRequest`] and [`Command::PayoutStep`]): the
 //! decision, the payout row, its history, its ledger posting and its outbox change commit
 //! or roll back together, with the journal entry of the command.
 //!

@@ -6,7 +6,7 @@
 //! arbitrary values.
 //!
 //! Why bounds: a conversion's bookings are differences and sums of its amounts
-//! (`conversions::apply`, `ledger::booking_entries`). An amount near `i64::MAX` from a
+//! (`conversions::decide`, `ledger::booking_entries`). An amount near `i64::MAX` from a
 //! plugin made that arithmetic overflow: a panic in a debug build, and in a release build
 //! a wrapped posting that still sums to zero and corrupts the balances.
 //!
