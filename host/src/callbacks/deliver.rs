@@ -514,14 +514,17 @@ impl Deliverer {
                  UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 \
                  WHERE id = ANY(ARRAY(SELECT id FROM locked)) RETURNING id"
             ),
-            // SQLite has one writer: the conditional update is the claim.
+            // SQLite has one writer: the conditional update is the claim. `CROSS JOIN`
+            // keeps the endpoints as the outer loop (SQLite does not reorder it): joined
+            // plainly, the planner scanned every delivery and ran the per-endpoint
+            // subquery for each, a second per claim at a few thousand rows.
             crate::db::Backend::Sqlite => format!(
                 "UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 WHERE state = 'pending' \
                  AND (lease_until IS NULL OR lease_until <= $3) AND id IN ( \
                  SELECT id FROM ( \
                    SELECT x.id, x.endpoint_id, x.next_attempt_at, \
                    ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
-                   FROM callback_endpoints e JOIN callback_deliveries x ON x.id IN ( \
+                   FROM callback_endpoints e CROSS JOIN callback_deliveries x ON x.id IN ( \
                      SELECT d.id FROM callback_deliveries d WHERE d.endpoint_id = e.id AND {due} AND {first_pending} \
                      ORDER BY d.next_attempt_at, d.id LIMIT $5) \
                    WHERE e.enabled = 1) c \
