@@ -494,9 +494,11 @@ impl Deliverer {
              AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
              AND (p.version < d.version OR (p.version = d.version AND p.id < d.id)))";
         let due = "d.state = 'pending' AND d.next_attempt_at <= $3 AND (d.lease_until IS NULL OR d.lease_until <= $3)";
-        // On PostgreSQL the picked ids are looked up as an array (`= ANY`): by primary key
-        // whatever the table's statistics say (with those of an empty table, a join here
-        // was planned as a scan of every delivery).
+        // On PostgreSQL the picked ids are looked up as an array (`= ANY`) and checked
+        // again for state and lease only (what another replica can change meanwhile): by
+        // primary key whatever the table's statistics say (with those of an empty table,
+        // a join here, or the due condition repeated, was planned as a scan of an index
+        // of every pending delivery).
         let sql = match self.inner.db.backend {
             crate::db::Backend::Postgres => format!(
                 "WITH due AS ( \
@@ -510,7 +512,8 @@ impl Deliverer {
                  fair AS (SELECT id FROM due WHERE rn + COALESCE(($6::jsonb ->> endpoint_id)::bigint, 0) <= $5 \
                    ORDER BY rn, next_attempt_at, id LIMIT $4), \
                  locked AS (SELECT d.id FROM callback_deliveries d WHERE d.id = ANY(ARRAY(SELECT id FROM fair)) \
-                   AND {due} FOR UPDATE SKIP LOCKED) \
+                   AND d.state = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $3) \
+                   FOR UPDATE SKIP LOCKED) \
                  UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 \
                  WHERE id = ANY(ARRAY(SELECT id FROM locked)) RETURNING id"
             ),
