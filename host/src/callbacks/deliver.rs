@@ -314,12 +314,22 @@ impl Deliverer {
     async fn drive(&self, mode: Mode) -> Result<PassSummary, CallbackError> {
         let mut run = Run::default();
         let mut may_claim = true;
+        // Claims and records are write transactions, each a commit (an fsync on SQLite):
+        // taken one delivery at a time they would cost more than the requests. So a claim
+        // waits until half the room is free, and answers are recorded once half a claim's
+        // worth came, or as soon as fewer than that are still in flight (then waiting
+        // would only delay them behind slow requests).
+        let half = (self.inner.config.concurrency.min(self.inner.config.batch).max(2) / 2).max(1);
+        let mut answered: Vec<Sent> = Vec::new();
+        // ...and never later than this after the first of them came.
+        const RECORD_WITHIN: Duration = Duration::from_millis(20);
+        let mut first_answer: Option<Instant> = None;
         loop {
             let mut progress = false;
             let mut more = false;
             if may_claim {
                 let room = self.inner.permits.available_permits().min(self.inner.config.batch.max(1));
-                if room > 0 {
+                if room >= half || (room > 0 && run.in_flight.is_empty()) {
                     match self.claim_and_start(&mut run, room).await {
                         Ok(step) => {
                             progress = step.progress > 0;
@@ -335,7 +345,7 @@ impl Deliverer {
                 }
                 may_claim = mode != Mode::Once;
             }
-            if run.in_flight.is_empty() {
+            if run.in_flight.is_empty() && answered.is_empty() {
                 match mode {
                     _ if progress && mode != Mode::Once => continue,
                     Mode::Forever => {
@@ -348,25 +358,34 @@ impl Deliverer {
             // Wait for an answer, unless there is room and more is likely due; while
             // requests hang, wake up after `poll` anyway to claim what came due meanwhile.
             let mut done = Vec::new();
-            if !(more && self.inner.permits.available_permits() > 0) {
+            if !run.in_flight.is_empty() && !(more && self.inner.permits.available_permits() >= half) {
+                let wait = match first_answer {
+                    Some(at) => RECORD_WITHIN.saturating_sub(at.elapsed()),
+                    None => self.inner.config.poll,
+                };
                 tokio::select! {
                     r = run.in_flight.join_next() => done.extend(r),
-                    _ = tokio::time::sleep(self.inner.config.poll), if mode != Mode::Once => {}
+                    _ = tokio::time::sleep(wait), if mode != Mode::Once || first_answer.is_some() => {}
                 }
             }
             while let Some(r) = run.in_flight.try_join_next() {
                 done.push(r);
             }
-            let mut sent = Vec::with_capacity(done.len());
             for r in done {
                 match r {
-                    Ok(s) => sent.push(s),
+                    Ok(s) => answered.push(s),
                     Err(e) => tracing::error!(error = %e, "a callback send task failed"),
                 }
             }
-            if sent.is_empty() {
+            if answered.is_empty() {
                 continue;
             }
+            let first = *first_answer.get_or_insert_with(Instant::now);
+            if answered.len() < half && run.in_flight.len() >= half && first.elapsed() < RECORD_WITHIN {
+                continue;
+            }
+            first_answer = None;
+            let sent = std::mem::take(&mut answered);
             if let Err(e) = self.record(&sent, &[], &run.endpoints, &mut run.summary).await {
                 // Not recorded: the deliveries keep their lease and are sent again when it
                 // runs out (at least once).
