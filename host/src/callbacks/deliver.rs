@@ -358,7 +358,7 @@ impl Deliverer {
             // Wait for an answer, unless there is room and more is likely due; while
             // requests hang, wake up after `poll` anyway to claim what came due meanwhile.
             let mut done = Vec::new();
-            if !run.in_flight.is_empty() && !(more && self.inner.permits.available_permits() >= half) {
+            if !run.in_flight.is_empty() && (!more || self.inner.permits.available_permits() < half) {
                 let wait = match first_answer {
                     Some(at) => RECORD_WITHIN.saturating_sub(at.elapsed()),
                     None => self.inner.config.poll,
