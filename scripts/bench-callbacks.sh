@@ -54,7 +54,20 @@ measure() {
     hi=$(sed -n 's/.*"ratio":\([0-9.]*\).*/\1/p' <<<"$out" | sort -g | tail -1)
     rows+=("$(printf '| %s | %s/s | %s/s | %s (%.2f–%.2f) |' "$1" "$worker" "$bare" "$ratio" "$lo" "$hi")")
     verdicts+=("$1 $(awk -v r="$ratio" -v t="$target_ratio" 'BEGIN { print (r + 0 >= t ? "met" : "MISSED") }') (${ratio})")
+    # The isolation run: the healthy endpoints' latency alone and beside the bad ones.
+    local iso
+    iso=$(grep '"mode":"isolation"' <<<"$out" || true)
+    field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$iso"; }
+    if [[ -n $iso ]]; then
+        iso_rows+=("$(printf '| %s | %s ms | %s ms | %s ms | %s ms | %s |' "$1" "$(field alone_p50_ms)" "$(field alone_p99_ms)" \
+            "$(field beside_bad_p50_ms)" "$(field beside_bad_p99_ms)" "$(field p99_ratio)")")
+        iso_verdicts+=("$1 $(awk -v r="$(field p99_ratio)" 'BEGIN { print (r + 0 <= 2 ? "met" : "MISSED") }') ($(field p99_ratio))")
+        iso_n=$(field healthy_deliveries)
+    fi
 }
+iso_rows=()
+iso_verdicts=()
+iso_n=?
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 rm -f "$dir"/bench.db*
@@ -84,6 +97,17 @@ Load average (1, 5, 15 min) before the run: ${load_before}; after it: ${load_aft
 $(printf '%s\n' "${rows[@]}")
 
 Target of the issue: the worker ≥ 50 % of the bare loop: $(IFS=';'; echo "${verdicts[*]}" | sed 's/;/; /g').
+
+Isolation, same run: ${iso_n} deliveries to five healthy endpoints (a fifth each, all due at once),
+from the start of the worker to their arrival at the sink, alone and then beside an endpoint that
+never answers (10 s timeout) and one that answers 500, each with as many deliveries; the worker's
+default limits (32 in flight, 8 per endpoint).
+
+| backend | healthy p50 alone | healthy p99 alone | p50 beside the bad ones | p99 beside the bad ones | p99 ratio |
+|---|---|---|---|---|---|
+$(printf '%s\n' "${iso_rows[@]}")
+
+Target of the issue: the healthy p99 beside the bad endpoints within 2× of alone: $(IFS=';'; echo "${iso_verdicts[*]}" | sed 's/;/; /g').
 <!-- callbacks:end -->
 EOF
 )

@@ -1310,7 +1310,8 @@ fn endpoint_spec(
         bail!("not endpoint add");
     };
     let method = Method::parse(method).ok_or_else(|| anyhow::anyhow!("--method: {method:?} is not get or post"))?;
-    let mut spec = EndpointSpec::new(id, partner, url);
+    let d = defaults.endpoint_defaults();
+    let mut spec = EndpointSpec::with_defaults(id, partner, url, &d);
     spec.method = method;
     for p in params {
         let (k, v) = p.split_once('=').ok_or_else(|| anyhow::anyhow!("--param: {p:?} is not name=value"))?;
@@ -1330,18 +1331,19 @@ fn endpoint_spec(
     }
     spec.events = crate::callbacks::Events::parse(events.split(',')).map_err(|e| anyhow::anyhow!("--{e}"))?;
     spec.retry = RetryPolicy {
-        max_attempts: max_attempts.unwrap_or(defaults.max_attempts),
-        backoff: match backoff.as_deref().unwrap_or(&defaults.backoff) {
-            "fixed" => Backoff::Fixed,
-            "exponential" => Backoff::Exponential,
-            other => bail!("--backoff: {other:?} is not fixed or exponential"),
+        max_attempts: max_attempts.unwrap_or(d.retry.max_attempts),
+        backoff: match backoff.as_deref() {
+            None => d.retry.backoff,
+            Some("fixed") => Backoff::Fixed,
+            Some("exponential") => Backoff::Exponential,
+            Some(other) => bail!("--backoff: {other:?} is not fixed or exponential"),
         },
-        delay_ms: retry_delay.unwrap_or(defaults.retry_delay_secs).saturating_mul(1000),
-        max_delay_ms: max_delay.unwrap_or(defaults.max_delay_secs).saturating_mul(1000),
-        jitter_pct: jitter.unwrap_or(defaults.jitter_pct),
+        delay_ms: retry_delay.map_or(d.retry.delay_ms, |s| s.saturating_mul(1000)),
+        max_delay_ms: max_delay.map_or(d.retry.max_delay_ms, |s| s.saturating_mul(1000)),
+        jitter_pct: jitter.unwrap_or(d.retry.jitter_pct),
     };
-    spec.timeout_ms = timeout_ms.unwrap_or(defaults.timeout_ms);
-    spec.disable_after = disable_after.unwrap_or(defaults.disable_after);
+    spec.timeout_ms = timeout_ms.unwrap_or(d.timeout_ms);
+    spec.disable_after = disable_after.unwrap_or(d.disable_after);
     spec.check().map_err(|e| {
         // Named as the operator gave it: the option, or the configuration key whose
         // default was taken when the option was not given.
@@ -1407,14 +1409,7 @@ fn print_test(r: &crate::callbacks::deliver::TestReport) {
 }
 
 fn callbacks_config(cli: &Cli) -> crate::callbacks::DeliveryConfig {
-    let c = &cli.settings.callbacks;
-    crate::callbacks::DeliveryConfig {
-        allow_private: cli.callbacks_allow_private,
-        lease_ms: c.lease_secs.saturating_mul(1000),
-        batch: c.batch,
-        concurrency: c.concurrency,
-        ..Default::default()
-    }
+    cli.settings.callbacks.delivery(cli.callbacks_allow_private)
 }
 
 fn notify_config(cli: &Cli) -> crate::notify::NotifyConfig {

@@ -280,6 +280,40 @@ pub struct CallbackSettings {
     pub batch: usize,
     /// The delivery worker: requests in flight at once.
     pub concurrency: usize,
+    /// The delivery worker: requests in flight at once to one endpoint.
+    pub endpoint_concurrency: usize,
+}
+
+impl CallbackSettings {
+    /// What an endpoint gets for the settings its creator leaves out: the one place
+    /// `cashbackd endpoint add` and the admin API take them from. The values were
+    /// checked when the settings were loaded (`Settings::validate`).
+    pub fn endpoint_defaults(&self) -> crate::callbacks::EndpointDefaults {
+        use crate::callbacks::{Backoff, EndpointDefaults, RetryPolicy};
+        EndpointDefaults {
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                backoff: if self.backoff == "exponential" { Backoff::Exponential } else { Backoff::Fixed },
+                delay_ms: self.retry_delay_secs.saturating_mul(1000),
+                max_delay_ms: self.max_delay_secs.saturating_mul(1000),
+                jitter_pct: self.jitter_pct,
+            },
+            timeout_ms: self.timeout_ms,
+            disable_after: self.disable_after,
+        }
+    }
+
+    /// The delivery worker's settings (`allow_private` may also come from its flag).
+    pub fn delivery(&self, allow_private: bool) -> crate::callbacks::DeliveryConfig {
+        crate::callbacks::DeliveryConfig {
+            allow_private,
+            lease_ms: self.lease_secs.saturating_mul(1000),
+            batch: self.batch,
+            concurrency: self.concurrency,
+            endpoint_concurrency: self.endpoint_concurrency,
+            ..Default::default()
+        }
+    }
 }
 
 /// `[smtp]`
@@ -376,6 +410,7 @@ impl Default for Settings {
                 lease_secs: 180,
                 batch: 128,
                 concurrency: 32,
+                endpoint_concurrency: 8,
             },
             smtp: SmtpSettings { url: None, from: "cashbackd <cashback@localhost>".into(), ca_file: None },
             notify: NotifySettings {
@@ -452,6 +487,7 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("callbacks.lease_secs", Kind::Int),
     ("callbacks.batch", Kind::Int),
     ("callbacks.concurrency", Kind::Int),
+    ("callbacks.endpoint_concurrency", Kind::Int),
     ("smtp.url", Kind::Text),
     ("smtp.from", Kind::Text),
     ("smtp.ca_file", Kind::Text),
@@ -806,7 +842,11 @@ impl Settings {
         if !(5..=86_400).contains(&c.lease_secs) {
             return Err(ConfigError::new("callbacks.lease_secs", format!("between 5 and 86400, got {}", c.lease_secs)));
         }
-        for (key, value) in [("callbacks.batch", c.batch), ("callbacks.concurrency", c.concurrency)] {
+        for (key, value) in [
+            ("callbacks.batch", c.batch),
+            ("callbacks.concurrency", c.concurrency),
+            ("callbacks.endpoint_concurrency", c.endpoint_concurrency),
+        ] {
             if !(1..=10_000).contains(&value) {
                 return Err(ConfigError::new(key, format!("between 1 and 10000, got {value}")));
             }
@@ -1019,6 +1059,25 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn an_endpoint_made_without_configuration_gets_the_configured_defaults_of_the_default_file() {
+        // `EndpointSpec::new` (embedders, tests) and `endpoint add` / the API under the
+        // default configuration give an endpoint the same settings.
+        let defaults = Settings::default().callbacks.endpoint_defaults();
+        assert_eq!(defaults, crate::callbacks::EndpointDefaults::default());
+        let spec = crate::callbacks::EndpointSpec::new("e", "p", "https://p.example/");
+        assert_eq!(
+            (spec.retry, spec.timeout_ms, spec.disable_after),
+            (defaults.retry, defaults.timeout_ms, defaults.disable_after)
+        );
+        let worker = Settings::default().callbacks.delivery(false);
+        let code = crate::callbacks::DeliveryConfig::default();
+        assert_eq!(
+            (worker.batch, worker.concurrency, worker.endpoint_concurrency, worker.lease_ms),
+            (code.batch, code.concurrency, code.endpoint_concurrency, code.lease_ms)
+        );
     }
 
     fn no_flags() -> Layer {

@@ -796,9 +796,10 @@ async fn partner_endpoints_down_or_hanging_are_retried_and_counted_delivered_onc
             );
         }
         assert_eq!(slow.received().len(), CONVERSIONS, "each hanging request reached the slow partner once");
-        // The healthy partner is held up, but by one round of the slow one's timeouts at
-        // most: 40 hanging requests against 32 in flight (docs/CALLBACKS.md, "A partner
-        // down or slow").
+        // The healthy partner is not held up by the slow one: that one has 8 requests in
+        // flight at most, the healthy one keeps its own room (docs/CALLBACKS.md, "A slow
+        // partner costs the others nothing"). The bound is loose for a loaded machine;
+        // tests/it/callbacks.rs proves the order from the attempt log.
         assert!(healthy_last < SLOW_TIMEOUT + Duration::from_millis(1_500), "{}: {healthy_last:?}", t.name);
         eprintln!(
             "  [{}] first pass {took:?}: {first:?}; the healthy partner had all {CONVERSIONS} callbacks after {healthy_last:?} \

@@ -13,10 +13,17 @@
 //!
 //! `--callbacks N` measures partner callbacks instead: N changes are put in the outbox
 //! for one GET endpoint (macros, a static parameter, an HMAC signature) pointing at a
-//! local sink answering 200, then delivered by the delivery worker's passes (claim with a
-//! lease, send concurrently, record every attempt), timed; in the same run, the same
-//! number of GET requests to the same sink by a bare reqwest loop with the same
-//! concurrency, timed. Rounds alternate the two; one JSON line per round and a summary.
+//! local sink answering 200, then delivered by the delivery worker (claim with a lease,
+//! send concurrently, record every attempt), timed; in the same run, the same number of
+//! GET requests to the same sink by a bare reqwest loop with the same concurrency, timed.
+//! Rounds alternate the two; one JSON line per round and a summary.
+//!
+//! Then the isolation of endpoints (issue 15), one JSON line with `"mode":"isolation"`:
+//! N changes told to five healthy endpoints (N/5 each, all due at once), delivered by
+//! the worker with its default limits, and the healthy deliveries' p50 and p99 latency
+//! from the start to their arrival at the sink; then the same again beside an endpoint
+//! that never answers (the default 10 s timeout) and one that answers 500 at once, each
+//! with as many deliveries, in the same run. Target: the healthy p99 within 2x.
 //!
 //! ```sh
 //! cashbackd-load --database-url sqlite:///tmp/cb.db --callbacks 5000 --concurrency 32 --rounds 3
@@ -69,9 +76,6 @@ struct Args {
     /// Measure callback deliveries instead: this many per round (see the module doc).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["writes", "seconds", "ack_log"])]
     callbacks: Option<u64>,
-    /// Delivery passes side by side in the callbacks benchmark (the worker's default: 2).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
-    passes: u32,
     /// Rounds of the callbacks benchmark (each: the bare loop, then the worker).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
@@ -399,10 +403,12 @@ mod callbacks {
         callbacks::save_endpoint(&db, &spec, now).await?;
         let concurrency = args.concurrency as usize;
         // The worker as `serve` runs it, but for the loopback sink and the in-flight limit.
+        // One endpoint stands for every partner here: it may use the whole in-flight
+        // limit, as the bare loop does (the isolation run below keeps the default share).
         let config = DeliveryConfig {
             allow_private: true,
             concurrency,
-            parallel_passes: args.passes as usize,
+            endpoint_concurrency: concurrency,
             ..DeliveryConfig::default()
         };
         let deliverer = Deliverer::new(db.clone(), clock.clone(), config, format!("load-{}", std::process::id()))?;
@@ -464,7 +470,130 @@ mod callbacks {
         }
         ratios.sort_by(f64::total_cmp);
         eprintln!("median ratio (worker / bare reqwest): {:.3}", ratios[ratios.len() / 2]);
+        // The throughput endpoint is done with: the isolation run has its own.
+        callbacks::disable(&db, "bench", "benchmark round over", clock.now()).await?;
+        let isolation = isolation(&db, clock.clone(), backend, n, concurrency).await?;
+        println!("{}", serde_json::to_string(&isolation)?);
         db.pool.close().await;
         Ok(ExitCode::SUCCESS)
+    }
+
+    #[derive(Debug, serde::Serialize)]
+    struct Isolation {
+        mode: &'static str,
+        backend: &'static str,
+        healthy_endpoints: usize,
+        healthy_deliveries: u64,
+        concurrency: usize,
+        endpoint_concurrency: usize,
+        alone_p50_ms: f64,
+        alone_p99_ms: f64,
+        beside_bad_p50_ms: f64,
+        beside_bad_p99_ms: f64,
+        /// The healthy p99 beside the bad endpoints over the healthy p99 alone.
+        p99_ratio: f64,
+    }
+
+    /// A sink for the isolation run: `/ok/...` answers 200 and records when each request
+    /// arrived, `/fail` answers 500, `/hang` never answers.
+    async fn latency_sink() -> anyhow::Result<(String, Arc<std::sync::Mutex<Vec<Instant>>>)> {
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = arrivals.clone();
+        let app = axum::Router::new()
+            .route("/hang", axum::routing::get(std::future::pending::<&'static str>))
+            .route("/fail", axum::routing::get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "no") }))
+            .fallback(move || {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Instant::now());
+                    "ok"
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the sink")?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok((base, arrivals))
+    }
+
+    /// One latency run: endpoints `ok{tag}-0..5`, and with `bad` the hanging and failing
+    /// ones; `n` changes told to every one of them. Returns the healthy latencies, ms,
+    /// sorted.
+    async fn latency_run(
+        db: &Db,
+        clock: Arc<SystemClock>,
+        tag: &str,
+        n: u64,
+        bad: bool,
+        concurrency: usize,
+    ) -> anyhow::Result<Vec<f64>> {
+        let (base, arrivals) = latency_sink().await?;
+        let now = clock.now();
+        let mut endpoints: Vec<(String, String)> =
+            (0..5).map(|i| (format!("ok{tag}-{i}"), format!("{base}/ok/{i}?id={{delivery_id}}"))).collect();
+        if bad {
+            endpoints.push((format!("hang{tag}"), format!("{base}/hang?id={{delivery_id}}")));
+            endpoints.push((format!("fail{tag}"), format!("{base}/fail?id={{delivery_id}}")));
+        }
+        for (id, url) in &endpoints {
+            callbacks::save_endpoint(db, &EndpointSpec::new(id.as_str(), "bench", url.as_str()), now).await?;
+        }
+        // Each change goes to every enabled endpoint: the throughput round's is disabled.
+        fill(db, 1000 + u32::from(bad), n, now).await?;
+        let config = DeliveryConfig { allow_private: true, concurrency, ..DeliveryConfig::default() };
+        let deliverer = Deliverer::new(db.clone(), clock.clone(), config, format!("latency-{tag}"))?;
+        let healthy = 5 * n as usize;
+        let started = Instant::now();
+        let worker = tokio::spawn(deliverer.run_worker());
+        loop {
+            if arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() >= healthy {
+                break;
+            }
+            anyhow::ensure!(started.elapsed().as_secs() < 600, "the healthy deliveries did not all arrive");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        worker.abort();
+        let _ = worker.await;
+        for (id, _) in &endpoints {
+            callbacks::disable(db, id, "benchmark round over", clock.now()).await?;
+        }
+        let mut ms: Vec<f64> = arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|at| at.duration_since(started).as_secs_f64() * 1000.0)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        Ok(ms)
+    }
+
+    fn percentile(sorted: &[f64], p: f64) -> f64 {
+        let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+        sorted.get(i).copied().unwrap_or(0.0)
+    }
+
+    async fn isolation(
+        db: &Db,
+        clock: Arc<SystemClock>,
+        backend: &'static str,
+        n: u64,
+        concurrency: usize,
+    ) -> anyhow::Result<Isolation> {
+        let per_endpoint = (n / 5).max(1);
+        let alone = latency_run(db, clock.clone(), "a", per_endpoint, false, concurrency).await?;
+        let beside = latency_run(db, clock, "b", per_endpoint, true, concurrency).await?;
+        let (alone_p99, beside_p99) = (percentile(&alone, 0.99), percentile(&beside, 0.99));
+        Ok(Isolation {
+            mode: "isolation",
+            backend,
+            healthy_endpoints: 5,
+            healthy_deliveries: 5 * per_endpoint,
+            concurrency,
+            endpoint_concurrency: DeliveryConfig::default().endpoint_concurrency,
+            alone_p50_ms: round3(percentile(&alone, 0.5)),
+            alone_p99_ms: round3(alone_p99),
+            beside_bad_p50_ms: round3(percentile(&beside, 0.5)),
+            beside_bad_p99_ms: round3(beside_p99),
+            p99_ratio: round3(beside_p99 / alone_p99.max(1e-9)),
+        })
     }
 }

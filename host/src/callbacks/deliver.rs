@@ -1,9 +1,14 @@
 //! Delivering callbacks from the outbox.
 //!
-//! A pass claims due deliveries with a lease in the database (a conditional `UPDATE`: on
-//! PostgreSQL several replicas may run passes at once and each delivery is claimed by
-//! one), sends them concurrently, and records every attempt and its outcome in one
-//! transaction. Per endpoint and conversion, deliveries go in the order of the changes: a
+//! The worker claims due deliveries with a lease in the database (a conditional
+//! `UPDATE`: on PostgreSQL several replicas may claim at once and each delivery is
+//! claimed by one), starts their requests at once, and records the answers as they come,
+//! a group at a time. It claims only what there is room for in flight: in its own limit
+//! (`concurrency`) and in each endpoint's (`endpoint_concurrency`), round-robin across
+//! endpoints. So a partner that hangs holds its own few requests until its timeout, and
+//! every other endpoint's deliveries are claimed, sent and recorded meanwhile.
+//!
+//! Per endpoint and conversion, deliveries go in the order of the changes: a
 //! delivery is due only when every earlier one of the same conversion to the same endpoint
 //! is delivered, given up or skipped, so a partner never sees COMPLETED before PENDING;
 //! and a claimed delivery of a conversion whose click's CREATED (seed 001: sent on the
@@ -18,8 +23,9 @@
 //! deliveries wait (the backlog) until an operator enables it again.
 //!
 //! **Delivery guarantee: at least once, exactly once once acknowledged.** The result of
-//! a request is recorded after the request: a crash between the partner's 200 and the
-//! record means the delivery is sent again when its lease expires (with the same
+//! a request is recorded after the request (with the answers that came while the
+//! previous group was being written): a crash between the partner's 200 and the record
+//! means the delivery is sent again when its lease expires (with the same
 //! `webhook-id` / `{delivery_id}`, so the partner can tell). A delivery recorded as
 //! delivered is never sent again, except by an operator's replay.
 
@@ -41,17 +47,20 @@ pub struct DeliveryConfig {
     /// Let callbacks reach private, loopback and link-local addresses (tests; an operator
     /// whose partners are on the private network).
     pub allow_private: bool,
-    /// Deliveries claimed per pass.
+    /// Deliveries claimed at most by one claim (`callbacks.batch`).
     pub batch: usize,
-    /// Requests in flight at once (all passes together).
+    /// Requests in flight at once, every endpoint together, per worker process
+    /// (`callbacks.concurrency`).
     pub concurrency: usize,
-    /// Passes run side by side by the worker and `run_due`: while one records its
-    /// outcomes or claims the next batch in the database, the other's requests are in
-    /// flight.
-    pub parallel_passes: usize,
-    /// How long the worker waits when nothing is due.
+    /// Requests in flight at once to one endpoint (`callbacks.endpoint_concurrency`): a
+    /// partner that hangs holds at most this many of `concurrency`, and the other
+    /// endpoints keep the rest.
+    pub endpoint_concurrency: usize,
+    /// How long the worker waits when nothing is due, and at most between two claims
+    /// while requests are in flight.
     pub poll: Duration,
-    /// How long a claim lasts; longer than the longest request timeout (120 s).
+    /// How long a claim lasts (`callbacks.lease_secs`); longer than the longest request
+    /// timeout (120 s).
     pub lease_ms: i64,
     /// Response bytes read at most.
     pub max_response_bytes: usize,
@@ -65,7 +74,7 @@ impl Default for DeliveryConfig {
             allow_private: false,
             batch: 128,
             concurrency: 32,
-            parallel_passes: 2,
+            endpoint_concurrency: 8,
             poll: Duration::from_secs(1),
             lease_ms: 180_000,
             max_response_bytes: 64 << 10,
@@ -86,8 +95,59 @@ struct Inner {
     client: reqwest::Client,
     config: DeliveryConfig,
     owner: String,
-    /// Requests in flight, shared by the passes.
+    /// Requests in flight, shared by every run of this worker (`run_worker`, the
+    /// scheduler's `run_due`).
     permits: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight per endpoint, shared the same way; what a claim leaves out.
+    busy: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// One request in flight: holds its place in the worker's limit and in its endpoint's,
+/// and gives both back when dropped (answered, timed out, or aborted with its run).
+struct InFlight {
+    inner: Arc<Inner>,
+    endpoint_id: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = busy.get_mut(&self.endpoint_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                busy.remove(&self.endpoint_id);
+            }
+        }
+    }
+}
+
+/// How long a run goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One claim; its requests are awaited and recorded.
+    Once,
+    /// Claims while anything is due; returns once nothing is due or in flight.
+    UntilIdle,
+    /// The worker: never returns.
+    Forever,
+}
+
+/// What one run holds: its requests in flight, the endpoints they go to (as loaded when
+/// they were claimed), and what it did so far.
+#[derive(Default)]
+struct Run {
+    in_flight: tokio::task::JoinSet<Sent>,
+    endpoints: HashMap<String, (Endpoint, Option<Template>)>,
+    summary: PassSummary,
+}
+
+/// What one claim did.
+#[derive(Debug, Default)]
+struct Step {
+    claimed: usize,
+    /// Started or skipped: not given back.
+    progress: usize,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -113,18 +173,6 @@ pub struct PassSummary {
     pub disabled: Vec<String>,
     /// Claimed but not sent (it could have outlasted its lease): released for later.
     pub released: usize,
-}
-
-impl PassSummary {
-    fn add(&mut self, o: PassSummary) {
-        self.claimed += o.claimed;
-        self.delivered += o.delivered;
-        self.retrying += o.retrying;
-        self.failed += o.failed;
-        self.skipped += o.skipped;
-        self.disabled.extend(o.disabled);
-        self.released += o.released;
-    }
 }
 
 /// A request as sent (signatures included: for the tester) or as logged (masked).
@@ -207,8 +255,6 @@ struct Sent {
     excerpt: Option<String>,
     retry_after_ms: Option<i64>,
     response: Option<ResponseView>,
-    /// Not started: too late within the lease.
-    not_sent: bool,
 }
 
 impl Deliverer {
@@ -222,7 +268,17 @@ impl Deliverer {
         let client = net::client(config.allow_private)
             .map_err(|e| CallbackError::Invalid(format!("cannot build the HTTP client: {e}")))?;
         let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
-        Ok(Deliverer { inner: Arc::new(Inner { db, clock, client, config, owner: owner.into(), permits }) })
+        Ok(Deliverer {
+            inner: Arc::new(Inner {
+                db,
+                clock,
+                client,
+                config,
+                owner: owner.into(),
+                permits,
+                busy: std::sync::Mutex::new(HashMap::new()),
+            }),
+        })
     }
 
     /// The database.
@@ -230,182 +286,281 @@ impl Deliverer {
         &self.inner.db
     }
 
-    /// Runs passes until nothing is due (at most `max_passes`), as the scheduler's
-    /// `deliver` job does.
+    /// Delivers until nothing is due or in flight, as the scheduler's `deliver` job does.
     pub async fn run_due(&self) -> Result<PassSummary, CallbackError> {
-        let mut lanes = tokio::task::JoinSet::new();
-        for _ in 0..self.inner.config.parallel_passes.max(1) {
-            let this = self.clone();
-            lanes.spawn(async move {
-                let mut total = PassSummary::default();
-                for _ in 0..10_000 {
-                    let pass = this.run_once().await?;
-                    let progress = pass.claimed - pass.released;
-                    total.add(pass);
-                    if progress == 0 {
-                        break;
+        self.drive(Mode::UntilIdle).await
+    }
+
+    /// Runs the worker until the task is dropped: claims while there is room and work,
+    /// records answers as they come, and looks for due deliveries every `poll` when idle.
+    pub async fn run_worker(self) {
+        if let Err(e) = self.drive(Mode::Forever).await {
+            tracing::error!(error = %e, "the callback delivery worker stopped");
+        }
+    }
+
+    /// One claim: its deliveries are sent, and their outcomes recorded as they come.
+    pub async fn run_once(&self) -> Result<PassSummary, CallbackError> {
+        self.drive(Mode::Once).await
+    }
+
+    /// The delivery loop. Requests are never queued behind one another: a claim takes at
+    /// most as many deliveries as there is room for in flight, in the worker's limit and
+    /// in each endpoint's, and each is started at once. Answers are recorded as they
+    /// come, in groups (whatever came while the previous group was being written, one
+    /// statement per kind of outcome), and the loop claims again as soon as there is
+    /// room. A partner that hangs therefore holds only its own share of the requests in
+    /// flight (`endpoint_concurrency`) and delays nobody else's claims or records.
+    async fn drive(&self, mode: Mode) -> Result<PassSummary, CallbackError> {
+        let mut run = Run::default();
+        let mut may_claim = true;
+        // Claims and records are write transactions, each a commit (an fsync on SQLite):
+        // taken one delivery at a time they would cost more than the requests. So a claim
+        // waits until half the room is free, and answers are recorded once half a claim's
+        // worth came, or as soon as fewer than that are still in flight (then waiting
+        // would only delay them behind slow requests).
+        let half = (self.inner.config.concurrency.min(self.inner.config.batch).max(2) / 2).max(1);
+        let mut answered: Vec<Sent> = Vec::new();
+        // ...and never later than this after the first of them came.
+        const RECORD_WITHIN: Duration = Duration::from_millis(20);
+        let mut first_answer: Option<Instant> = None;
+        loop {
+            let mut progress = false;
+            let mut more = false;
+            if may_claim {
+                let room = self.inner.permits.available_permits().min(self.inner.config.batch.max(1));
+                if room >= half || (room > 0 && run.in_flight.is_empty()) {
+                    match self.claim_and_start(&mut run, room).await {
+                        Ok(step) => {
+                            progress = step.progress > 0;
+                            more = step.claimed >= room;
+                        }
+                        // The worker outlives a database outage: what is in flight is
+                        // still recorded below, and claims resume after `poll`.
+                        Err(e) if mode == Mode::Forever => {
+                            tracing::error!(error = %e, "claiming callback deliveries failed");
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
-                Ok::<_, CallbackError>(total)
-            });
-        }
-        let mut total = PassSummary::default();
-        let mut first_error = None;
-        while let Some(lane) = lanes.join_next().await {
-            match lane {
-                Ok(Ok(s)) => total.add(s),
-                Ok(Err(e)) => first_error = first_error.or(Some(e)),
-                Err(e) => {
-                    first_error = first_error.or(Some(CallbackError::Invalid(format!("a delivery pass failed: {e}"))))
+                may_claim = mode != Mode::Once;
+            }
+            if run.in_flight.is_empty() && answered.is_empty() {
+                match mode {
+                    _ if progress && mode != Mode::Once => continue,
+                    Mode::Forever => {
+                        tokio::time::sleep(self.inner.config.poll).await;
+                        continue;
+                    }
+                    Mode::Once | Mode::UntilIdle => return Ok(run.summary),
                 }
             }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(total),
-        }
-    }
-
-    /// Runs the worker until the task is dropped: `parallel_passes` lanes of passes, back
-    /// to back while there is work, then one every `poll`.
-    pub async fn run_worker(self) {
-        let mut lanes = tokio::task::JoinSet::new();
-        for _ in 0..self.inner.config.parallel_passes.max(1) {
-            lanes.spawn(self.clone().lane());
-        }
-        while lanes.join_next().await.is_some() {}
-    }
-
-    async fn lane(self) {
-        loop {
-            match self.run_once().await {
-                Ok(p) if p.claimed > p.released => tokio::task::yield_now().await,
-                Ok(_) => tokio::time::sleep(self.inner.config.poll).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "callback delivery pass failed");
-                    tokio::time::sleep(self.inner.config.poll).await;
+            // Wait for an answer, unless there is room and more is likely due; while
+            // requests hang, wake up after `poll` anyway to claim what came due meanwhile.
+            let mut done = Vec::new();
+            if !run.in_flight.is_empty() && (!more || self.inner.permits.available_permits() < half) {
+                let wait = match first_answer {
+                    Some(at) => RECORD_WITHIN.saturating_sub(at.elapsed()),
+                    None => self.inner.config.poll,
+                };
+                tokio::select! {
+                    r = run.in_flight.join_next() => done.extend(r),
+                    _ = tokio::time::sleep(wait), if mode != Mode::Once || first_answer.is_some() => {}
                 }
+            }
+            while let Some(r) = run.in_flight.try_join_next() {
+                done.push(r);
+            }
+            for r in done {
+                match r {
+                    Ok(s) => answered.push(s),
+                    Err(e) => tracing::error!(error = %e, "a callback send task failed"),
+                }
+            }
+            if answered.is_empty() {
+                continue;
+            }
+            let first = *first_answer.get_or_insert_with(Instant::now);
+            if answered.len() < half && run.in_flight.len() >= half && first.elapsed() < RECORD_WITHIN {
+                continue;
+            }
+            first_answer = None;
+            let sent = std::mem::take(&mut answered);
+            if let Err(e) = self.record(&sent, &[], &run.endpoints, &mut run.summary).await {
+                // Not recorded: the deliveries keep their lease and are sent again when it
+                // runs out (at least once).
+                if mode != Mode::Forever {
+                    return Err(e);
+                }
+                tracing::error!(error = %e, "recording callback outcomes failed");
             }
         }
     }
 
-    /// One pass: claim due deliveries, send them, record the outcomes.
-    pub async fn run_once(&self) -> Result<PassSummary, CallbackError> {
+    /// Claims up to `room` due deliveries, fairly across endpoints and within each one's
+    /// room, and starts their requests.
+    async fn claim_and_start(&self, run: &mut Run, room: usize) -> Result<Step, CallbackError> {
         let now = self.inner.clock.now();
         let lease_until = now + self.inner.config.lease_ms;
         let t0 = Instant::now();
-        let claimed = self.claim(now).await?;
+        let busy = {
+            let busy = self.inner.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            serde_json::to_string(&*busy).unwrap_or_else(|_| "{}".into())
+        };
+        let claimed = self.claim(now, room, &busy).await?;
         if claimed.is_empty() {
-            return Ok(PassSummary::default());
+            return Ok(Step::default());
         }
+        run.summary.claimed += claimed.len();
         let held = self.hold_back(&claimed, now).await?;
+        run.summary.released += held.len();
         let to_send: Vec<i64> = claimed.iter().copied().filter(|id| !held.contains(id)).collect();
-        let t_claim = t0.elapsed();
         let jobs = self.load_jobs(&to_send).await?;
-        let t_load = t0.elapsed();
-        let mut endpoints = HashMap::new();
-        for j in &jobs {
-            if !endpoints.contains_key(&j.endpoint_id) {
-                let e = super::endpoint(&self.inner.db, &j.endpoint_id).await?;
-                let t = Template::parse(&e.spec.url_template).ok();
-                endpoints.insert(j.endpoint_id.clone(), (e, t));
-            }
+        // The endpoints as they are now: a change of settings applies from the next claim.
+        let mut fresh: Vec<&str> = jobs.iter().map(|j| j.endpoint_id.as_str()).collect();
+        fresh.sort_unstable();
+        fresh.dedup();
+        for e in super::endpoints_by_id(&self.inner.db, &fresh).await? {
+            let t = Template::parse(&e.spec.url_template).ok();
+            run.endpoints.insert(e.spec.id.clone(), (e, t));
         }
-        let mut summary = PassSummary { claimed: claimed.len(), released: held.len(), ..PassSummary::default() };
-        let mut skipped = Vec::new();
-        let mut skipped_endpoints = Vec::new();
-        let mut set = tokio::task::JoinSet::new();
-        let permits = self.inner.permits.clone();
+        let t_load = t0.elapsed();
+        let (mut skipped, mut late, mut started) = (Vec::new(), Vec::new(), 0);
         for job in jobs {
-            let Some((endpoint, template)) = endpoints.get(&job.endpoint_id) else { continue };
+            let Some((endpoint, template)) = run.endpoints.get(&job.endpoint_id) else { continue };
             // Seed 003's "no ref_id, no postback" is about a click's conversions; a payout
             // has no click.
             let conversion = matches!(job.subject, Subject::Conversion(_));
             if conversion && endpoint.spec.require_ref_id && job.ref_id.as_deref().unwrap_or("").is_empty() {
-                skipped.push(job.delivery_id);
-                skipped_endpoints.push(job.endpoint_id.clone());
+                skipped.push((job.delivery_id, job.endpoint_id.clone()));
                 continue;
             }
             let prepared = match template {
                 Some(t) => Ok(self.prepare(endpoint, t, &job)),
                 None => Err("the endpoint's URL template no longer parses".to_string()),
             };
-            let this = self.clone();
-            let permits = permits.clone();
-            set.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                this.send(job, prepared, lease_until).await
-            });
-        }
-        let mut results = Vec::with_capacity(set.len());
-        let t_spawned = t0.elapsed();
-        let mut late = Vec::new();
-        while let Some(r) = set.join_next().await {
-            match r {
-                Ok(sent) if sent.not_sent => late.push(sent.delivery_id),
-                Ok(sent) => results.push(sent),
-                Err(e) => tracing::error!(error = %e, "a callback send task failed"),
+            // A request that could outlast the lease is not started: another replica may
+            // claim the delivery once the lease expires, and must not find it in flight
+            // here. It is released, no attempt counted.
+            let timeout_ms = prepared.as_ref().map_or(0, |p| p.timeout.as_millis() as i64);
+            if self.inner.clock.now() + timeout_ms > lease_until {
+                late.push(job.delivery_id);
+                continue;
             }
-        }
-        summary.skipped = skipped.len();
-        let t_sent = t0.elapsed();
-        self.record(&results, &skipped, &endpoints, &mut summary).await?;
-        // Counted once recorded: a pass whose record fails is claimed and sent again.
-        for s in &results {
-            let policy = endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
-            let outcome = match outcome_of(s, policy.max_attempts) {
-                "delivered" => "delivered",
-                "failed" => "gave_up",
-                _ => "failed",
+            // Room was counted before the claim; another run of this worker may have
+            // taken it meanwhile: then the delivery goes back.
+            let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+                late.push(job.delivery_id);
+                continue;
             };
-            let elapsed = Duration::from_millis(u64::try_from(s.latency_ms).unwrap_or(0));
-            crate::metrics::callback(&s.endpoint_id, outcome, Some(elapsed));
+            *self
+                .inner
+                .busy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(job.endpoint_id.clone())
+                .or_default() += 1;
+            let guard = InFlight { inner: self.inner.clone(), endpoint_id: job.endpoint_id.clone(), _permit: permit };
+            let this = self.clone();
+            run.in_flight.spawn(async move {
+                let sent = this.send(job, prepared).await;
+                drop(guard);
+                sent
+            });
+            started += 1;
         }
-        for endpoint in &skipped_endpoints {
-            crate::metrics::callback(endpoint, "skipped", None);
+        if !late.is_empty() {
+            run.summary.released += late.len();
+            self.release(&late).await?;
+        }
+        if !skipped.is_empty() {
+            let ids: Vec<i64> = skipped.iter().map(|(id, _)| *id).collect();
+            self.record(&[], &ids, &run.endpoints, &mut run.summary).await?;
+            for (_, endpoint) in &skipped {
+                crate::metrics::callback(endpoint, "skipped", None);
+            }
         }
         tracing::debug!(
             claimed = claimed.len(),
-            claim_us = t_claim.as_micros() as u64,
-            load_us = (t_load - t_claim).as_micros() as u64,
-            prepare_us = (t_spawned - t_load).as_micros() as u64,
-            send_us = (t_sent - t_spawned).as_micros() as u64,
-            record_us = (t0.elapsed() - t_sent).as_micros() as u64,
-            "callback delivery pass"
+            started,
+            claim_load_us = t_load.as_micros() as u64,
+            start_us = (t0.elapsed() - t_load).as_micros() as u64,
+            "callback deliveries claimed"
         );
-        if !late.is_empty() {
-            summary.released += late.len();
-            self.release(&late).await?;
-        }
-        Ok(summary)
+        Ok(Step { claimed: claimed.len(), progress: started + skipped.len() })
     }
 
-    async fn claim(&self, now: i64) -> Result<Vec<i64>, sqlx::Error> {
-        let limit = self.inner.config.batch.max(1) as i64;
-        // One statement: the conditional update is the claim. On PostgreSQL the rows are
-        // locked as they are picked and rows another replica is claiming are skipped, so
-        // replicas claim disjoint batches without waiting for each other; the outer
-        // conditions are checked again on the row as it is when updated.
-        let lock = match self.inner.db.backend {
-            crate::db::Backend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
-            crate::db::Backend::Sqlite => "",
+    /// Claims up to `limit` due deliveries with a lease, fairly across endpoints: at most
+    /// `endpoint_concurrency` minus what is in flight to it (`busy`, a JSON object) per
+    /// endpoint, taken round-robin (every endpoint's first due delivery, then every
+    /// endpoint's second...), each endpoint's in due order.
+    ///
+    /// Each endpoint's candidates are read from the index of its pending deliveries in due
+    /// order, a few rows per endpoint, so a claim costs the endpoints and the batch, not
+    /// the backlog. A delivery is due only when no earlier change of the same conversion
+    /// to the same endpoint is pending: that check runs on those candidates only.
+    ///
+    /// The claim stays a lease rather than a row lock held by an open transaction, on
+    /// PostgreSQL too: the requests it starts last up to their endpoint's timeout (120 s
+    /// at most), and an open transaction per claim would hold a connection and block
+    /// vacuum that long, and, committing once, would make every answer of the claim wait
+    /// for its slowest, which is the head-of-line blocking this loop avoids. `FOR UPDATE
+    /// SKIP LOCKED` serves the claim statement itself: two replicas claiming at the same
+    /// instant take disjoint rows without waiting for each other.
+    async fn claim(&self, now: i64, limit: usize, busy: &str) -> Result<Vec<i64>, sqlx::Error> {
+        let per_endpoint = self.inner.config.endpoint_concurrency.max(1) as i64;
+        let first_pending = "NOT EXISTS (SELECT 1 FROM callback_deliveries p WHERE p.endpoint_id = d.endpoint_id \
+             AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
+             AND (p.version < d.version OR (p.version = d.version AND p.id < d.id)))";
+        let due = "d.state = 'pending' AND d.next_attempt_at <= $3 AND (d.lease_until IS NULL OR d.lease_until <= $3)";
+        // On PostgreSQL the picked ids are looked up as an array (`= ANY`) and checked
+        // again for state and lease only (what another replica can change meanwhile): by
+        // primary key whatever the table's statistics say (with those of an empty table,
+        // a join here, or the due condition repeated, was planned as a scan of an index
+        // of every pending delivery).
+        let sql = match self.inner.db.backend {
+            crate::db::Backend::Postgres => format!(
+                "WITH due AS ( \
+                   SELECT x.id, x.endpoint_id, x.next_attempt_at, \
+                   ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
+                   FROM callback_endpoints e CROSS JOIN LATERAL ( \
+                     SELECT d.id, d.endpoint_id, d.next_attempt_at FROM callback_deliveries d \
+                     WHERE d.endpoint_id = e.id AND {due} AND {first_pending} \
+                     ORDER BY d.next_attempt_at, d.id LIMIT $5) x \
+                   WHERE e.enabled = 1 AND COALESCE(($6::jsonb ->> e.id)::bigint, 0) < $5), \
+                 fair AS (SELECT id FROM due WHERE rn + COALESCE(($6::jsonb ->> endpoint_id)::bigint, 0) <= $5 \
+                   ORDER BY rn, next_attempt_at, id LIMIT $4), \
+                 locked AS (SELECT d.id FROM callback_deliveries d WHERE d.id = ANY(ARRAY(SELECT id FROM fair)) \
+                   AND d.state = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $3) \
+                   FOR UPDATE SKIP LOCKED) \
+                 UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 \
+                 WHERE id = ANY(ARRAY(SELECT id FROM locked)) RETURNING id"
+            ),
+            // SQLite has one writer: the conditional update is the claim. `CROSS JOIN`
+            // keeps the endpoints as the outer loop (SQLite does not reorder it): joined
+            // plainly, the planner scanned every delivery and ran the per-endpoint
+            // subquery for each, a second per claim at a few thousand rows.
+            crate::db::Backend::Sqlite => format!(
+                "UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 WHERE state = 'pending' \
+                 AND (lease_until IS NULL OR lease_until <= $3) AND id IN ( \
+                 SELECT id FROM ( \
+                   SELECT x.id, x.endpoint_id, x.next_attempt_at, \
+                   ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
+                   FROM callback_endpoints e CROSS JOIN callback_deliveries x ON x.id IN ( \
+                     SELECT d.id FROM callback_deliveries d WHERE d.endpoint_id = e.id AND {due} AND {first_pending} \
+                     ORDER BY d.next_attempt_at, d.id LIMIT $5) \
+                   WHERE e.enabled = 1) c \
+                 WHERE c.rn + COALESCE((SELECT b.value FROM json_each($6) b WHERE b.key = c.endpoint_id), 0) <= $5 \
+                 ORDER BY c.rn, c.next_attempt_at, c.id LIMIT $4) RETURNING id"
+            ),
         };
-        let sql = format!(
-            "UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 WHERE state = 'pending' \
-             AND (lease_until IS NULL OR lease_until <= $3) AND id IN ( \
-             SELECT d.id FROM callback_deliveries d JOIN callback_endpoints e ON e.id = d.endpoint_id \
-             WHERE d.state = 'pending' AND e.enabled = 1 AND d.next_attempt_at <= $3 \
-             AND (d.lease_until IS NULL OR d.lease_until <= $3) \
-             AND NOT EXISTS (SELECT 1 FROM callback_deliveries p WHERE p.endpoint_id = d.endpoint_id \
-                 AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
-                 AND (p.version < d.version OR (p.version = d.version AND p.id < d.id))) \
-             ORDER BY d.next_attempt_at, d.id LIMIT $4 {lock}) RETURNING id"
-        );
         let claimed = sqlx::query(&sql)
             .bind(&self.inner.owner)
             .bind(now + self.inner.config.lease_ms)
             .bind(now)
-            .bind(limit)
+            .bind(limit as i64)
+            .bind(per_endpoint)
+            .bind(busy)
             .fetch_all(&self.inner.db.pool)
             .await?;
         let mut ids: Vec<i64> = claimed.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
@@ -580,7 +735,7 @@ impl Deliverer {
         }
     }
 
-    async fn send(&self, job: Job, prepared: Result<Prepared, String>, lease_until: i64) -> Sent {
+    async fn send(&self, job: Job, prepared: Result<Prepared, String>) -> Sent {
         let started_at = self.inner.clock.now();
         let t0 = Instant::now();
         let mut sent = Sent {
@@ -595,16 +750,7 @@ impl Deliverer {
             excerpt: None,
             retry_after_ms: None,
             response: None,
-            not_sent: false,
         };
-        // A request that could outlast the lease is not started: another replica may
-        // claim the delivery once the lease expires, and must not find it in flight here.
-        // It is released for the next pass, no attempt counted.
-        let timeout_ms = prepared.as_ref().map_or(0, |p| p.timeout.as_millis() as i64);
-        if started_at + timeout_ms > lease_until {
-            sent.not_sent = true;
-            return sent;
-        }
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -671,7 +817,9 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Records a pass's attempts and outcomes in one transaction.
+    /// Records a group of answers (and skipped deliveries) in one transaction, with one
+    /// statement per kind of outcome: the attempts, the delivered, the retried, the given
+    /// up, the skipped, the endpoints' failure streaks. Then counts them.
     async fn record(
         &self,
         results: &[Sent],
@@ -681,13 +829,14 @@ impl Deliverer {
     ) -> Result<(), CallbackError> {
         let now = self.inner.clock.now();
         let owner = &self.inner.owner;
+        let backend = self.inner.db.backend;
+        let policy_of = |s: &Sent| endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
         let mut tx = self.inner.db.pool.begin().await?;
-        // The log: one row per attempt, all of them in one statement (as one JSON array).
+        // The log: one row per attempt.
         if !results.is_empty() {
             let rows: Vec<serde_json::Value> = results
                 .iter()
                 .map(|s| {
-                    let policy = endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
                     serde_json::json!([
                         s.delivery_id,
                         s.endpoint_id,
@@ -701,57 +850,41 @@ impl Deliverer {
                         s.status,
                         s.error,
                         s.excerpt,
-                        outcome_of(s, policy.max_attempts),
+                        outcome_of(s, policy_of(s).max_attempts),
                     ])
                 })
                 .collect();
-            let select = match self.inner.db.backend {
-                crate::db::Backend::Sqlite => {
-                    let cols: Vec<String> = (0..13).map(|i| format!("json_extract(value, '$[{i}]')")).collect();
-                    format!("SELECT {} FROM json_each($1)", cols.join(", "))
-                }
-                crate::db::Backend::Postgres => "SELECT (r->>0)::bigint, r->>1, (r->>2)::bigint, (r->>3)::bigint, \
-                     (r->>4)::bigint, r->>5, r->>6, r->>7, r->>8, (r->>9)::bigint, r->>10, r->>11, r->>12 \
-                     FROM jsonb_array_elements($1::jsonb) AS r"
-                    .to_string(),
-            };
+            let select = json_rows(
+                backend,
+                1,
+                &[
+                    "bigint", "text", "bigint", "bigint", "bigint", "text", "text", "text", "text", "bigint", "text",
+                    "text", "text",
+                ],
+            );
             let sql = format!(
                 "INSERT INTO callback_attempts (delivery_id, endpoint_id, attempt, started_at, latency_ms, method, url, \
-                 request_headers, request_body, status, error, response_excerpt, outcome) {select}"
+                 request_headers, request_body, status, error, response_excerpt, outcome) SELECT * FROM ({select}) AS j"
             );
             sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *tx).await?;
         }
-        // Delivered: one statement for all of them.
         let delivered: Vec<i64> = results.iter().filter(|s| s.status == Some(200)).map(|s| s.delivery_id).collect();
         if !delivered.is_empty() {
             let sql = format!(
                 "UPDATE callback_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
                  last_status = 200, last_error = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
                  WHERE lease_owner = $2 AND state = 'pending' AND id IN ({})",
-                super::ids_from_json(self.inner.db.backend, 3)
+                super::ids_from_json(backend, 3)
             );
             sqlx::query(&sql).bind(now).bind(owner).bind(json_ids(&delivered)).execute(&mut *tx).await?;
         }
-        summary.delivered = delivered.len();
+        let (mut gave_up, mut retry) = (Vec::new(), Vec::new());
         for s in results.iter().filter(|s| s.status != Some(200)) {
-            let policy = endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
+            let policy = policy_of(s);
             let error = s.error.clone().or_else(|| s.status.map(|c| format!("HTTP {c}: only 200 counts as delivered")));
             if outcome_of(s, policy.max_attempts) == "failed" {
-                summary.failed += 1;
-                sqlx::query(
-                    "UPDATE callback_deliveries SET state = 'failed', attempts = attempts + 1, last_status = $1, \
-                     last_error = $2, lease_owner = NULL, lease_until = NULL, updated_at = $3 \
-                     WHERE id = $4 AND lease_owner = $5 AND state = 'pending'",
-                )
-                .bind(s.status.map(i64::from))
-                .bind(&error)
-                .bind(now)
-                .bind(s.delivery_id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
+                gave_up.push(serde_json::json!([s.delivery_id, s.status, error]));
             } else {
-                summary.retrying += 1;
                 let unit: f64 = rand::random();
                 let wait = policy.delay_after(s.attempt as u32, unit);
                 // A partner's Retry-After is honoured, up to the endpoint's longest wait.
@@ -759,80 +892,124 @@ impl Deliverer {
                     Some(asked) => wait.max(asked.min(policy.max_delay_ms.max(policy.delay_ms))),
                     None => wait,
                 };
-                sqlx::query(
-                    "UPDATE callback_deliveries SET attempts = attempts + 1, next_attempt_at = $1, last_status = $2, \
-                     last_error = $3, lease_owner = NULL, lease_until = NULL, updated_at = $4 \
-                     WHERE id = $5 AND lease_owner = $6 AND state = 'pending'",
-                )
-                .bind(now + wait)
-                .bind(s.status.map(i64::from))
-                .bind(&error)
-                .bind(now)
-                .bind(s.delivery_id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
+                retry.push(serde_json::json!([s.delivery_id, s.status, error, now + wait]));
             }
         }
-        for id in skipped {
-            sqlx::query(
-                "UPDATE callback_deliveries SET state = 'skipped', last_error = 'no ref_id on the click: the endpoint \
-                 requires one', lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE id = $2 AND lease_owner = $3",
-            )
-            .bind(now)
-            .bind(*id)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Failures in a row, per endpoint, in the order the answers came.
-        let mut streaks: HashMap<&str, (bool, i64)> = HashMap::new(); // (a success seen, failures after it)
-        for s in results {
-            let e = streaks.entry(s.endpoint_id.as_str()).or_insert((false, 0));
-            if s.status == Some(200) {
-                *e = (true, 0);
-            } else {
-                e.1 += 1;
-            }
-        }
-        for (endpoint_id, (reset, failures)) in streaks {
-            let sql = if reset {
-                "UPDATE callback_endpoints SET consecutive_failures = $1, \
-                 failing_since = CASE WHEN $1 > 0 THEN $2 ELSE NULL END WHERE id = $3"
-            } else {
-                "UPDATE callback_endpoints SET consecutive_failures = consecutive_failures + $1, \
-                 failing_since = COALESCE(failing_since, $2) WHERE id = $3"
-            };
-            sqlx::query(sql).bind(failures).bind(now).bind(endpoint_id).execute(&mut *tx).await?;
-            if failures == 0 {
+        // Given up, and retried: one statement each, the values per row from one JSON array.
+        for (rows, set, types) in [
+            (&gave_up, "state = 'failed'", &["bigint", "bigint", "text"][..]),
+            (&retry, "next_attempt_at = j.c3", &["bigint", "bigint", "text", "bigint"][..]),
+        ] {
+            if rows.is_empty() {
                 continue;
             }
-            let disabled = sqlx::query(
+            let from = json_rows(backend, 3, types);
+            let sql = format!(
+                "UPDATE callback_deliveries SET {set}, attempts = attempts + 1, last_status = j.c1, last_error = j.c2, \
+                 lease_owner = NULL, lease_until = NULL, updated_at = $1 FROM ({from}) AS j \
+                 WHERE callback_deliveries.id = j.c0 AND callback_deliveries.lease_owner = $2 \
+                 AND callback_deliveries.state = 'pending'"
+            );
+            sqlx::query(&sql)
+                .bind(now)
+                .bind(owner)
+                .bind(serde_json::Value::Array(rows.clone()).to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !skipped.is_empty() {
+            let sql = format!(
+                "UPDATE callback_deliveries SET state = 'skipped', last_error = 'no ref_id on the click: the endpoint \
+                 requires one', lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE lease_owner = $2 \
+                 AND id IN ({})",
+                super::ids_from_json(backend, 3)
+            );
+            sqlx::query(&sql).bind(now).bind(owner).bind(json_ids(skipped)).execute(&mut *tx).await?;
+        }
+        // Failures in a row, per endpoint, in the order the answers came: one statement for
+        // every endpoint of the group. An endpoint whose streak stays at nothing is not
+        // written (the healthy case: no write per group on the endpoint's row).
+        let mut streaks: Vec<(&str, bool, i64)> = Vec::new(); // (endpoint, a success seen, failures after it)
+        for s in results {
+            let i = match streaks.iter().position(|(e, _, _)| *e == s.endpoint_id) {
+                Some(i) => i,
+                None => {
+                    streaks.push((s.endpoint_id.as_str(), false, 0));
+                    streaks.len() - 1
+                }
+            };
+            if s.status == Some(200) {
+                streaks[i] = (streaks[i].0, true, 0);
+            } else {
+                streaks[i].2 += 1;
+            }
+        }
+        if !streaks.is_empty() {
+            let rows: Vec<serde_json::Value> =
+                streaks.iter().map(|(e, reset, n)| serde_json::json!([e, i64::from(*reset), n])).collect();
+            let from = json_rows(backend, 2, &["text", "bigint", "bigint"]);
+            let sql = format!(
+                "UPDATE callback_endpoints SET \
+                 consecutive_failures = CASE WHEN j.c1 = 1 THEN j.c2 ELSE consecutive_failures + j.c2 END, \
+                 failing_since = CASE WHEN j.c1 = 1 AND j.c2 = 0 THEN NULL WHEN j.c1 = 1 THEN $1 \
+                 ELSE COALESCE(failing_since, $1) END \
+                 FROM ({from}) AS j WHERE callback_endpoints.id = j.c0 \
+                 AND NOT (j.c2 = 0 AND consecutive_failures = 0 AND failing_since IS NULL)"
+            );
+            sqlx::query(&sql).bind(now).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *tx).await?;
+        }
+        let failing: Vec<&str> = streaks.iter().filter(|(_, _, n)| *n > 0).map(|(e, _, _)| *e).collect();
+        let mut disabled = Vec::new();
+        if !failing.is_empty() {
+            let ids = match backend {
+                crate::db::Backend::Sqlite => "SELECT value FROM json_each($3)",
+                crate::db::Backend::Postgres => "SELECT jsonb_array_elements_text($3::jsonb)",
+            };
+            let sql = format!(
                 "UPDATE callback_endpoints SET enabled = 0, disabled_at = $1, disabled_reason = $2, updated_at = $1 \
-                 WHERE id = $3 AND enabled = 1 AND consecutive_failures >= disable_after RETURNING consecutive_failures",
-            )
-            .bind(now)
-            .bind("too many failed attempts in a row")
-            .bind(endpoint_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = disabled {
-                let n: i64 = row.try_get(0)?;
+                 WHERE enabled = 1 AND consecutive_failures >= disable_after AND id IN ({ids}) \
+                 RETURNING id, consecutive_failures"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(now)
+                .bind("too many failed attempts in a row")
+                .bind(serde_json::to_string(&failing).unwrap_or_else(|_| "[]".into()))
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in rows {
+                let (endpoint_id, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
                 let message = format!(
                     "callback endpoint {endpoint_id} disabled after {n} failed attempts in a row; its deliveries wait. \
                      Fix the partner's endpoint, then `cashbackd endpoint enable {endpoint_id}` sends the backlog"
                 );
                 sqlx::query("INSERT INTO alerts (at, kind, subject, message) VALUES ($1, 'endpoint_disabled', $2, $3)")
                     .bind(now)
-                    .bind(endpoint_id)
+                    .bind(&endpoint_id)
                     .bind(&message)
                     .execute(&mut *tx)
                     .await?;
-                tracing::warn!(endpoint = endpoint_id, failures = n, "{message}");
-                summary.disabled.push(endpoint_id.to_string());
+                disabled.push((endpoint_id, n, message));
             }
         }
         tx.commit().await?;
+        // Counted once recorded: a group whose record fails is sent again after its lease.
+        summary.delivered += delivered.len();
+        summary.retrying += retry.len();
+        summary.failed += gave_up.len();
+        summary.skipped += skipped.len();
+        for (endpoint_id, n, message) in disabled {
+            tracing::warn!(endpoint = endpoint_id.as_str(), failures = n, "{message}");
+            summary.disabled.push(endpoint_id);
+        }
+        for s in results {
+            let outcome = match outcome_of(s, policy_of(s).max_attempts) {
+                "delivered" => "delivered",
+                "failed" => "gave_up",
+                _ => "failed",
+            };
+            let elapsed = Duration::from_millis(u64::try_from(s.latency_ms).unwrap_or(0));
+            crate::metrics::callback(&s.endpoint_id, outcome, Some(elapsed));
+        }
         Ok(())
     }
 
@@ -876,6 +1053,22 @@ impl Deliverer {
             error,
             latency_ms,
         })
+    }
+}
+
+/// A JSON array of rows, bound as parameter `$param`, as a table of columns `c0`, `c1`...
+/// of the given SQL types: many rows in one statement without one parameter per value.
+fn json_rows(backend: crate::db::Backend, param: usize, types: &[&str]) -> String {
+    match backend {
+        crate::db::Backend::Sqlite => {
+            let cols: Vec<String> =
+                (0..types.len()).map(|i| format!("json_extract(value, '$[{i}]') AS c{i}")).collect();
+            format!("SELECT {} FROM json_each(${param})", cols.join(", "))
+        }
+        crate::db::Backend::Postgres => {
+            let cols: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("(r->>{i})::{t} AS c{i}")).collect();
+            format!("SELECT {} FROM jsonb_array_elements(${param}::jsonb) AS r", cols.join(", "))
+        }
     }
 }
 

@@ -94,6 +94,27 @@ impl Backoff {
     }
 }
 
+/// What an endpoint gets for the settings its creator leaves out, the same for
+/// `cashbackd endpoint add` and `PUT /api/v1/callbacks/endpoints/{id}`: built from the
+/// `callbacks.*` configuration by [`crate::config::CallbackSettings::endpoint_defaults`].
+/// Its `Default` is seed 003's (3 attempts, 5 minutes apart), which is also the
+/// configuration's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointDefaults {
+    /// The retry schedule.
+    pub retry: RetryPolicy,
+    /// Request timeout, ms.
+    pub timeout_ms: i64,
+    /// Failed attempts in a row before the endpoint is disabled.
+    pub disable_after: u32,
+}
+
+impl Default for EndpointDefaults {
+    fn default() -> Self {
+        EndpointDefaults { retry: RetryPolicy::default(), timeout_ms: 10_000, disable_after: 20 }
+    }
+}
+
 /// An endpoint's retry schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RetryPolicy {
@@ -243,10 +264,20 @@ impl EndpointSpec {
             network_id: None,
             require_ref_id: false,
             states: None,
-            retry: RetryPolicy::default(),
-            timeout_ms: 10_000,
-            disable_after: 20,
+            retry: EndpointDefaults::default().retry,
+            timeout_ms: EndpointDefaults::default().timeout_ms,
+            disable_after: EndpointDefaults::default().disable_after,
             events: Events::default(),
+        }
+    }
+
+    /// A new endpoint with the given defaults for what its creator leaves out.
+    pub fn with_defaults(id: &str, partner_id: &str, url_template: &str, defaults: &EndpointDefaults) -> EndpointSpec {
+        EndpointSpec {
+            retry: defaults.retry,
+            timeout_ms: defaults.timeout_ms,
+            disable_after: defaults.disable_after,
+            ..EndpointSpec::new(id, partner_id, url_template)
         }
     }
 
@@ -698,6 +729,22 @@ pub async fn endpoint(db: &Db, id: &str) -> Result<Endpoint, CallbackError> {
     let row = sqlx::query(&sql).bind(id).fetch_optional(&db.pool).await?;
     let row = row.ok_or_else(|| CallbackError::NotFound(format!("no callback endpoint {id:?}")))?;
     Ok(endpoint_from_row(&row)?)
+}
+
+/// Endpoints by id, in one query (the delivery worker's, for a claim's endpoints).
+pub(crate) async fn endpoints_by_id(db: &Db, ids: &[&str]) -> Result<Vec<Endpoint>, CallbackError> {
+    let list = match db.backend {
+        crate::db::Backend::Sqlite => "SELECT value FROM json_each($1)",
+        crate::db::Backend::Postgres => "SELECT jsonb_array_elements_text($1::jsonb)",
+    };
+    let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM callback_endpoints WHERE id IN ({list})");
+    let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    let rows = sqlx::query(&sql).bind(ids).fetch_all(&db.pool).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(endpoint_from_row(r)?);
+    }
+    Ok(out)
 }
 
 /// Every endpoint with its backlog, secrets masked.

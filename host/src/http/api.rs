@@ -507,10 +507,12 @@ struct EndpointBody {
 }
 
 /// `PUT /api/v1/callbacks/endpoints/{id}` (admin): creates or replaces a partner's
-/// callback endpoint. Unset retry fields take seed 003's defaults (3 tries, 5 minutes
-/// apart). The answer masks the secret.
+/// callback endpoint. Unset retry fields take the configured defaults (`callbacks.*`,
+/// the same as `cashbackd endpoint add`; seed 003's 3 tries 5 minutes apart unless
+/// configured otherwise). The answer masks the secret.
 async fn put_endpoint(
     State(st): State<AppState>,
+    axum::Extension(defaults): axum::Extension<crate::callbacks::EndpointDefaults>,
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(b): Json<EndpointBody>,
@@ -522,7 +524,7 @@ async fn put_endpoint(
         Some(m) => Method::parse(m)
             .ok_or_else(|| ApiError::bad_request("invalid", format!("method: {m:?} is not GET or POST")))?,
     };
-    let mut spec = EndpointSpec::new(&id, &b.partner_id, &b.url_template);
+    let mut spec = EndpointSpec::with_defaults(&id, &b.partner_id, &b.url_template, &defaults);
     spec.method = method;
     spec.params = b.params;
     if let Some(secret) = &b.secret {

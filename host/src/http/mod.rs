@@ -83,6 +83,9 @@ pub struct HttpConfig {
     pub ingress: Option<Arc<IngressLimiter>>,
     /// What a click may do: create accounts, and whether it must be signed.
     pub clicks: ClickPolicy,
+    /// What a callback endpoint made through the admin API gets for the settings it
+    /// leaves out (`callbacks.*`, as `cashbackd endpoint add`).
+    pub endpoint_defaults: crate::callbacks::EndpointDefaults,
 }
 
 /// What `/c/{link}` does with the user id it is given (`ingress.create_users_on_click`,
@@ -121,6 +124,7 @@ impl HttpConfig {
                 create_users: settings.ingress.create_users_on_click,
                 secret: settings.ingress.click_secret.clone(),
             },
+            endpoint_defaults: settings.callbacks.endpoint_defaults(),
         }
     }
 }
@@ -162,6 +166,7 @@ pub fn router_with(state: AppState, config: HttpConfig) -> Router {
         .layer(axum::middleware::from_fn(ops::observe))
         .layer(axum::Extension(bodies))
         .layer(axum::Extension(config.clicks))
+        .layer(axum::Extension(config.endpoint_defaults))
         .with_state(state)
 }
 
