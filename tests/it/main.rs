@@ -33,4 +33,5 @@ mod registry;
 mod replicas;
 mod sandbox;
 mod security;
+mod sessions;
 mod smtp;

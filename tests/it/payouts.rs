@@ -625,11 +625,11 @@ async fn partners_who_ask_for_payout_events_get_every_step_and_the_digest_tells_
     }
 }
 
-fn page_request(method: &str, uri: &str, token: &str, form: &[(&str, &str)]) -> Request<Body> {
+fn page_request(method: &str, uri: &str, session: &str, form: &[(&str, &str)]) -> Request<Body> {
     let r = Request::builder()
         .method(method)
         .uri(uri)
-        .header("cookie", format!("{}={token}", cashbackd::dashboard::COOKIE))
+        .header("cookie", format!("{}={session}", cashbackd::dashboard::COOKIE))
         .header("content-type", "application/x-www-form-urlencoded");
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
     r.body(Body::from(body)).expect("request")
@@ -654,6 +654,10 @@ async fn operators_decide_payouts_from_the_dashboard_queue_and_the_overview_coun
         let app = api(&w);
         let write = auth::create_token(s.db(), "reviewer", Scope::Write, s.now(), None).await.expect("token");
         let read = auth::create_token(s.db(), "viewer", Scope::Read, s.now(), None).await.expect("token");
+        // The pages take a session, opened through the login form.
+        let write = crate::common::dashboard_sign_in(&app, &write).await.expect("sign in");
+        let read_token = read;
+        let read = crate::common::dashboard_sign_in(&app, &read_token).await.expect("sign in");
 
         // The queue, read-only for a read token.
         let (status, _, body) = page(&app, page_request("GET", "/dashboard/payouts", &read, &[])).await;
@@ -738,8 +742,11 @@ async fn operators_decide_payouts_from_the_dashboard_queue_and_the_overview_coun
             v["display"]["cashback_split"], "0.00 EUR pending · 15.00 EUR available · 25.00 EUR paid out",
             "{v}"
         );
-        // Tomorrow they are yesterday's.
+        // Tomorrow they are yesterday's (and the session has expired: 12 hours).
         w.clock.advance(DAY_MS);
+        let (status, _, _) = page(&app, page_request("GET", "/dashboard/overview.json", &read, &[])).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{}: the session expired", t.name);
+        let read = crate::common::dashboard_sign_in(&app, &read_token).await.expect("sign in");
         let (_, _, json) = page(&app, page_request("GET", "/dashboard/overview.json", &read, &[])).await;
         let v: Value = serde_json::from_str(&json).expect("json");
         assert_eq!(
