@@ -25,6 +25,7 @@ mod notify;
 mod operator;
 mod ops;
 mod payouts;
+mod plans;
 mod plugin_cli;
 mod plugin_new;
 mod plugin_runtime;
