@@ -11,6 +11,11 @@ scripts/build-plugins.sh
 python3 -c "import openapi_spec_validator" 2>/dev/null \
   || python3 -m pip install --quiet openapi-spec-validator \
   || echo "test.sh: could not install openapi-spec-validator; the OpenAPI validation will be skipped (fails in CI)" >&2
+# The contract test runs schemathesis (PyPI) against a live `cashbackd serve`
+# (tests/it/contract.rs); a failure it finds fails the run.
+python3 -c "import schemathesis" 2>/dev/null \
+  || python3 -m pip install --quiet 'schemathesis>=4.32,<5' \
+  || echo "test.sh: could not install schemathesis; the contract test will be skipped (fails in CI)" >&2
 # Plugins log through the SDK's test harness; keep the output readable.
 export CASHBACK_SDK_QUIET=1
 # Every skip (no PostgreSQL, no chromedriver...) is appended to this file by the tests'

@@ -11,6 +11,7 @@ mod backends;
 mod callbacks;
 mod chaos;
 mod common;
+mod contract;
 mod crash;
 mod created_on_click;
 mod dashboard;

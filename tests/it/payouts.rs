@@ -126,7 +126,7 @@ async fn a_payout_is_requested_approved_and_paid_through_the_api_with_one_balanc
 
         // Refused, each with its reason, and nothing written.
         let (status, v) = call(&app, "POST", uri, &site, None, json!({"currency": "EUR", "amount": 999})).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{}: {v}", t.name);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{}: {v}", t.name);
         assert_eq!(v["error"]["code"], "below_minimum");
         assert_eq!(message(&v), "amount: 9.99 EUR is below the minimum payout of 10.00 EUR (payouts.minimum.EUR)");
         let (status, v) = call(&app, "POST", uri, &site, None, json!({"currency": "EUR", "amount": 4_001})).await;
@@ -954,7 +954,7 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
             json!({"currency": "EUR", "amount": 400}),
         )
         .await;
-        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+        assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
             v["error"]["message"],
             "amount: 4.00 EUR is below the minimum payout of 5.00 EUR (payouts.minimum.EUR)"
@@ -1037,7 +1037,7 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
         assert_eq!(balances().await, [0, 0, -400]);
         let (status, v) =
             json_of(api(reqwest::Method::POST, "/api/v1/users/newbie/payouts"), json!({"currency": "EUR"})).await;
-        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "nothing to pay out while owing: {v}");
+        assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "nothing to pay out while owing: {v}");
         drop(server);
         let db = cashbackd::db::Db::connect(&url).await.expect("db");
         assert!(ledger::check_invariants(&db.pool).await.expect("invariants").is_empty());
