@@ -217,8 +217,21 @@ fn integral(v: &mut serde_json::Value) -> bool {
             }
             _ => false,
         },
-        Value::Array(items) => items.iter_mut().fold(false, |changed, i| integral(i) || changed),
-        Value::Object(fields) => fields.values_mut().fold(false, |changed, f| integral(f) || changed),
+        // Every element is visited (no short circuit): each may need rewriting.
+        Value::Array(items) => {
+            let mut changed = false;
+            for i in items {
+                changed |= integral(i);
+            }
+            changed
+        }
+        Value::Object(fields) => {
+            let mut changed = false;
+            for f in fields.values_mut() {
+                changed |= integral(f);
+            }
+            changed
+        }
         _ => false,
     }
 }

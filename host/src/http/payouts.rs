@@ -104,7 +104,7 @@ pub(crate) struct ListQuery {
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// `next` of the previous page.
-    #[param(pattern = r"^(|-?[0-9]+\.po_.*)$")]
+    #[param(pattern = r"^(|-?[0-9]{1,18}\.po_.*)$")]
     after: Option<String>,
     /// `oldest` (a queue) or `newest` (default).
     #[param(schema_with = super::openapi::payout_order)]

@@ -86,6 +86,7 @@ pub(crate) struct ActivateBody {
     /// `name@version` or a digest.
     #[schema(schema_with = super::openapi::plugin_reference)]
     plugin: String,
+    #[schema(maximum = 1_000_000)]
     position: Option<usize>,
     #[schema(schema_with = super::openapi::any_json)]
     config: Option<Value>,
@@ -129,6 +130,7 @@ async fn activate_network(
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RollbackBody {
+    #[schema(maximum = 1_000_000)]
     position: Option<usize>,
 }
 
@@ -178,6 +180,7 @@ async fn history_merchant(
 pub(crate) struct ShadowBody {
     #[schema(schema_with = super::openapi::plugin_reference)]
     plugin: String,
+    #[schema(maximum = 1_000_000)]
     position: Option<usize>,
     #[schema(schema_with = super::openapi::any_json)]
     config: Option<Value>,
@@ -214,6 +217,7 @@ async fn shadow_clear(
 pub(crate) struct DiffQuery {
     #[param(schema_with = super::openapi::plugin_reference)]
     plugin: Option<String>,
+    #[param(maximum = 1_000_000)]
     limit: Option<usize>,
 }
 
@@ -246,9 +250,11 @@ pub(crate) struct BacktestBody {
     from: Option<Value>,
     #[schema(schema_with = super::openapi::ms_or_rfc3339)]
     to: Option<Value>,
+    #[schema(maximum = 1_000_000)]
     position: Option<usize>,
     #[schema(schema_with = super::openapi::any_json)]
     config: Option<Value>,
+    #[schema(maximum = 1_000_000)]
     limit: Option<usize>,
 }
 

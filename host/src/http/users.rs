@@ -65,7 +65,7 @@ pub(crate) struct PageQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConversionsPageQuery {
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^(|-?[0-9]+:.*)$")]
+    #[param(pattern = "^(|-?[0-9]{1,18}:.*)$")]
     cursor: Option<String>,
     /// 1 to 500; default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -108,7 +108,8 @@ async fn get_user(
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserBody {
     #[schema(
-        pattern = r"^[A-Za-z0-9_+-]+(\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+        max_length = 254,
+        pattern = r"^(?=[^@]{1,64}@)[A-Za-z0-9_+-]+(\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$"
     )]
     email: Option<String>,
     #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
