@@ -2,7 +2,7 @@
 //! query's plan, on SQLite (`EXPLAIN QUERY PLAN`) and PostgreSQL (`EXPLAIN`, with
 //! sequential scans priced out so that the planner shows the index it can use on a
 //! small test table; on a large one it chooses it anyway), names the index. The plans are
-//! written to `target/test-output/plans/` and shown in docs/PERFORMANCE.md.
+//! written to `target/test-output/plans/`.
 
 use crate::backends;
 use crate::common::*;

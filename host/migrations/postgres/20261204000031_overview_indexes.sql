@@ -1,6 +1,6 @@
 -- The dashboard overview's "today" queries (issue 16, point 5). The PostgreSQL and SQLite
 -- migrations of this name are the same. `tests/it/plans.rs` asserts that each query's
--- plan uses its index, on both backends; docs/PERFORMANCE.md shows the plans.
+-- plan uses its index, on both backends; the plans are written to target/test-output/plans/.
 
 -- "Processed today": the first change of a conversion to status `processed` (not a
 -- click's CREATED) since midnight. The range scan on `at` reads only such changes; the
