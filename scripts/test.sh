@@ -15,6 +15,11 @@ python3 -c "import openapi_spec_validator" 2>/dev/null \
 python3 -c "import aiosmtpd" 2>/dev/null \
   || python3 -m pip install --quiet aiosmtpd \
   || echo "test.sh: could not install aiosmtpd; the real-SMTP tests will be skipped (fails in CI)" >&2
+# The contract test runs schemathesis (PyPI) against a live `cashbackd serve`
+# (tests/it/contract.rs); a failure it finds fails the run.
+python3 -c "import schemathesis" 2>/dev/null \
+  || python3 -m pip install --quiet 'schemathesis>=4.32,<5' \
+  || echo "test.sh: could not install schemathesis; the contract test will be skipped (fails in CI)" >&2
 # Plugins log through the SDK's test harness; keep the output readable.
 export CASHBACK_SDK_QUIET=1
 # Every skip (no PostgreSQL, no chromedriver...) is appended to this file by the tests'

@@ -154,6 +154,12 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Dashboard sessions.
+    Session {
+        /// What to do.
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
     /// Configure tracked links.
     Link {
         /// What to do.
@@ -493,6 +499,18 @@ pub enum TokenCommand {
     /// Revoke a token by id.
     Revoke {
         /// The token's id (`tok_...`).
+        id: String,
+    },
+}
+
+/// `cashbackd session ...`
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// The open sessions: id, token, scope, opened, expires.
+    List,
+    /// Sign a session out (`ses_...`), or every session of a token (`tok_...`).
+    Revoke {
+        /// A session's id, or a token's id.
         id: String,
     },
 }
@@ -1000,6 +1018,37 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             })
         }
+        Command::Session { ref command } => with_service(&cli, |service, _| async move {
+            let now = service.now();
+            match command {
+                SessionCommand::List => {
+                    for s in crate::auth::open_sessions(service.db(), now).await? {
+                        println!(
+                            "{}\t{} ({})\t{}\topened {}\texpires {}",
+                            s.id,
+                            s.caller.id,
+                            s.caller.name,
+                            s.caller.scope.as_str(),
+                            crate::dashboard::time(s.created_at),
+                            crate::dashboard::time(s.expires_at)
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                SessionCommand::Revoke { id } => {
+                    if !id.starts_with("ses_") && !id.starts_with("tok_") {
+                        bail!("{id:?}: give a session id (ses_...) or a token id (tok_...)");
+                    }
+                    match crate::auth::revoke_sessions(service.db(), id, now).await? {
+                        0 => bail!("no open session of {id}"),
+                        n => {
+                            println!("{n} session(s) of {id} signed out");
+                            Ok(ExitCode::SUCCESS)
+                        }
+                    }
+                }
+            }
+        }),
         Command::Link { command: LinkCommand::Add { ref id, ref merchant, ref network, ref url } } => {
             if !url.starts_with("https://") && !url.starts_with("http://") {
                 bail!("--url: must start with https:// or http://");

@@ -239,7 +239,10 @@ pub async fn resolve(service: &Service, reference: &str) -> Result<Arc<LoadedPlu
     };
     match digests.as_slice() {
         [one] => service.plugin(one).await,
-        [] => Err(invalid(format!("no stored plugin matches {reference:?} (see `cashbackd plugin list`)"))),
+        // What the request names does not exist: 404 through the API.
+        [] => {
+            Err(ServiceError::NotFound(format!("no stored plugin matches {reference:?} (see `cashbackd plugin list`)")))
+        }
         many => Err(invalid(format!("{reference:?} is ambiguous: {}", many.join(", ")))),
     }
 }
@@ -363,7 +366,9 @@ pub async fn rollback(service: &Service, target: &Target, actor: &str) -> Result
     .bind(position)
     .fetch_optional(&service.db().pool)
     .await?
-    .ok_or_else(|| invalid(format!("{} {} has no activation to roll back", target.kind(), target.id())))?;
+    .ok_or_else(|| {
+        ServiceError::NotFound(format!("{} {} has no activation to roll back", target.kind(), target.id()))
+    })?;
     let position: i64 = last.try_get(0)?;
     let previous: Option<String> = last.try_get(1)?;
     let previous_config: Option<String> = last.try_get(2)?;
@@ -829,7 +834,7 @@ pub async fn shadow_report(
             .bind(merchant)
             .fetch_optional(&service.db().pool)
             .await?
-            .ok_or_else(|| invalid(format!("merchant {merchant} has no shadow candidate")))?,
+            .ok_or_else(|| ServiceError::NotFound(format!("merchant {merchant} has no shadow candidate")))?,
     };
     let rows = sqlx::query(
         "SELECT conversion_id, currency, active_cashback, shadow_cashback, active_error, shadow_error \

@@ -583,7 +583,7 @@ async fn a_conversion_parked_on_an_unmapped_merchant_ref_is_processed_once_the_r
             "{cv}"
         );
         c.expect(404, "PUT", "/api/v1/networks/nope/merchant-refs/9001", Some(json!({"merchant": "shop"}))).await;
-        c.expect(422, "PUT", "/api/v1/networks/net/merchant-refs/9001", Some(json!({"merchant": "nope"}))).await;
+        c.expect(404, "PUT", "/api/v1/networks/net/merchant-refs/9001", Some(json!({"merchant": "nope"}))).await;
         // Mapping the reference processes both.
         let out =
             c.expect(200, "PUT", "/api/v1/networks/net/merchant-refs/9001", Some(json!({"merchant": "shop"}))).await;

@@ -140,3 +140,95 @@ pub async fn install_unproven_rule(
         .expect("chain row");
     digest
 }
+
+// ---- the dashboard's sign-in --------------------------------------------------------------
+
+/// The value of `name` in a response's `Set-Cookie` headers.
+pub fn set_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next()?.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The value of a page's hidden `name` field.
+pub fn hidden_field(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let at = html.find(&marker)? + marker.len();
+    html[at..].split('"').next().map(str::to_string)
+}
+
+/// Signs in to the dashboard as a browser does, in-process: the login form (its CSRF
+/// cookie and field), then the token. The session cookie's value, or the refusal.
+pub async fn dashboard_sign_in(app: &axum::Router, token: &str) -> Result<String, (axum::http::StatusCode, String)> {
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use tower::ServiceExt;
+    let form = app.clone().oneshot(Request::get("/dashboard/login").body(Body::empty()).expect("request")).await;
+    let form = form.expect("login form");
+    let login_cookie = set_cookie(form.headers(), cashbackd::dashboard::LOGIN_COOKIE).expect("a login CSRF cookie");
+    let html = axum::body::to_bytes(form.into_body(), 1 << 20).await.expect("body");
+    let csrf = hidden_field(&String::from_utf8_lossy(&html), "csrf").expect("a login CSRF field");
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("token", token), ("csrf", &csrf), ("next", "/dashboard")])
+        .finish();
+    let request = Request::post("/dashboard/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, format!("{}={login_cookie}", cashbackd::dashboard::LOGIN_COOKIE))
+        .body(Body::from(body))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("sign-in");
+    match set_cookie(response.headers(), cashbackd::dashboard::COOKIE) {
+        Some(session) if response.status() == axum::http::StatusCode::SEE_OTHER => Ok(session),
+        _ => {
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+            Err((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+    }
+}
+
+/// The same over HTTP, against a running server at `base`: the session cookie's value.
+pub async fn dashboard_sign_in_http(base: &str, token: &str) -> String {
+    // Its own client: the sign-in's cookie is on the redirect, which must not be followed.
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let form = client.get(format!("{base}/dashboard/login")).send().await.expect("login form");
+    let cookies: Vec<String> = form
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let login_cookie = cookies
+        .iter()
+        .filter_map(|c| c.split(';').next()?.split_once('='))
+        .find(|(k, _)| *k == cashbackd::dashboard::LOGIN_COOKIE)
+        .map(|(_, v)| v.to_string())
+        .expect("a login CSRF cookie");
+    let csrf = hidden_field(&form.text().await.expect("form"), "csrf").expect("a login CSRF field");
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("token", token), ("csrf", &csrf), ("next", "/dashboard")])
+        .finish();
+    let response = client
+        .post(format!("{base}/dashboard/login"))
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(reqwest::header::COOKIE, format!("{}={login_cookie}", cashbackd::dashboard::LOGIN_COOKIE))
+        .body(body)
+        .send()
+        .await
+        .expect("sign-in");
+    assert_eq!(response.status().as_u16(), 303, "signed in");
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| {
+            v.to_str().ok()?.split(';').next()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .find(|(k, _)| k == cashbackd::dashboard::COOKIE)
+        .map(|(_, v)| v)
+        .expect("a session cookie")
+}

@@ -381,10 +381,11 @@ async fn a_click_on_a_tracked_link_sends_one_created_callback_with_its_macros_th
         assert!(cli_list.contains(&format!("click {click_id}")), "{cli_list}");
         // The dashboard's Deliveries page: the endpoints' states, the click's CREATED
         // listed under its click (there is no conversion to link to), and its page.
+        let session = crate::common::dashboard_sign_in_http(base, &admin).await;
         let page = |path: String| {
             let request = client
                 .get(format!("{base}{path}"))
-                .header(reqwest::header::COOKIE, format!("{}={admin}", cashbackd::dashboard::COOKIE));
+                .header(reqwest::header::COOKIE, format!("{}={session}", cashbackd::dashboard::COOKIE));
             async move {
                 let response = request.send().await.expect("dashboard");
                 assert_eq!(response.status().as_u16(), 200);

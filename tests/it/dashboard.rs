@@ -172,17 +172,18 @@ async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Option
     (status, location, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn get(uri: &str, token: Option<&str>) -> Request<Body> {
+/// A request with the session cookie `session` (its value), if any.
+fn get(uri: &str, session: Option<&str>) -> Request<Body> {
     let mut r = Request::get(uri);
-    if let Some(t) = token {
+    if let Some(t) = session {
         r = r.header(header::COOKIE, format!("{}={t}", dashboard::COOKIE));
     }
     r.body(Body::empty()).expect("request")
 }
 
-fn post(uri: &str, token: Option<&str>, form: &[(&str, &str)]) -> Request<Body> {
+fn post(uri: &str, session: Option<&str>, form: &[(&str, &str)]) -> Request<Body> {
     let mut r = Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-    if let Some(t) = token {
+    if let Some(t) = session {
         r = r.header(header::COOKIE, format!("{}={t}", dashboard::COOKIE));
     }
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
@@ -190,16 +191,19 @@ fn post(uri: &str, token: Option<&str>, form: &[(&str, &str)]) -> Request<Body> 
 }
 
 /// The CSRF token the dashboard renders into a session's forms.
-async fn csrf_of(app: &axum::Router, token: &str) -> String {
-    let (status, _, body) = call(app, get("/dashboard", Some(token))).await;
+async fn csrf_of(app: &axum::Router, session: &str) -> String {
+    let (status, _, body) = call(app, get("/dashboard", Some(session))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let at = body.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
     body[at..].split('"').next().expect("value").to_string()
 }
 
-fn assert_no_secret(w: &Seeded, page: &str, body: &str) {
+fn assert_no_secret(w: &Seeded, sessions: &[&str], page: &str, body: &str) {
     for secret in [&w.admin, &w.write, &w.read, &w.revoked, &w.expired] {
         assert!(!body.contains(secret.as_str()), "{page} shows a token");
+    }
+    for session in sessions {
+        assert!(!body.contains(session), "{page} shows a session id");
     }
     assert!(!body.contains(PARTNER_SECRET), "{page} shows a webhook secret");
 }
@@ -226,47 +230,89 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
         let sink = sink().await;
         let w = seed(t.db.clone(), &sink).await;
         let app = app(&w);
-        let wrong = "cbk_00000000000000000000000000000000000000000000000000000000000000ff";
+        // Sessions, opened through the login form: the cookie holds a random id, never
+        // the token.
+        let sign_in = |token: String| {
+            let app = app.clone();
+            async move { dashboard_sign_in(&app, &token).await.expect("sign in") }
+        };
+        let (admin, write, read) =
+            (sign_in(w.admin.clone()).await, sign_in(w.write.clone()).await, sign_in(w.read.clone()).await);
+        for (session, token) in [(&admin, &w.admin), (&write, &w.write), (&read, &w.read)] {
+            assert_eq!(session.len(), 64, "256 random bits in hex");
+            assert!(!session.contains(token.as_str()) && !token.contains(session.as_str()));
+        }
+        assert_ne!(admin, sign_in(w.admin.clone()).await, "every sign-in is a new session");
+        // Sessions that no longer work: one signed out (the server forgets it: the cookie
+        // replayed is refused), one whose token was revoked since, one whose token expired
+        // since, an id never issued, and not an id at all.
+        let signed_out = sign_in(w.admin.clone()).await;
+        let (status, location, _) =
+            call(&app, post("/dashboard/logout", Some(&signed_out), &[("csrf", &csrf_of(&app, &signed_out).await)]))
+                .await;
+        assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/dashboard/login")));
+        let doomed =
+            auth::create_token(w.service.db(), "doomed", Scope::Admin, w.service.now(), None).await.expect("token");
+        let of_revoked = sign_in(doomed.clone()).await;
+        let doomed_id =
+            format!("tok_{}", &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(doomed.as_bytes()))[..12]);
+        assert!(auth::revoke(w.service.db(), &doomed_id, w.service.now()).await.expect("revoke"));
+        let short = w.service.now() + 1_500;
+        let brief = auth::create_token(w.service.db(), "brief", Scope::Admin, w.service.now(), Some(short))
+            .await
+            .expect("token");
+        let of_expired = sign_in(brief).await;
+        tokio::time::sleep(Duration::from_millis(1_600)).await;
+        let wrong = "00000000000000000000000000000000000000000000000000000000000000ff";
+        let dead: [Option<&str>; 6] =
+            [None, Some(wrong), Some("not-a-session"), Some(&signed_out), Some(&of_revoked), Some(&of_expired)];
+        let sessions = [admin.as_str(), write.as_str(), read.as_str(), signed_out.as_str(), of_revoked.as_str()];
 
-        // Pages: no session, a wrong, revoked or expired token → the login page.
+        // Pages: without a session that works → the login page.
         for page in dashboard::PAGES {
-            for token in [None, Some(wrong), Some(w.revoked.as_str()), Some(w.expired.as_str())] {
-                let (status, location, body) = call(&app, get(page, token)).await;
+            for session in dead {
+                let (status, location, body) = call(&app, get(page, session)).await;
                 if page.ends_with(".json") {
-                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}: {page} with {token:?}", t.name);
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}: {page} with {session:?}", t.name);
                 } else {
-                    assert_eq!(status, StatusCode::SEE_OTHER, "{}: {page} with {token:?}: {body}", t.name);
+                    assert_eq!(status, StatusCode::SEE_OTHER, "{}: {page} with {session:?}: {body}", t.name);
                     let location = location.expect("location");
                     assert!(location.starts_with("/dashboard/login?next="), "{location}");
                 }
-                assert_no_secret(&w, page, &body);
+                assert_no_secret(&w, &sessions, page, &body);
             }
-            // Any valid token reads; nothing secret is rendered.
-            let (status, _, body) = call(&app, get(page, Some(&w.read))).await;
+            // Any valid session reads; nothing secret is rendered.
+            let (status, _, body) = call(&app, get(page, Some(&read))).await;
             let missing = page.ends_with("/cv_x") || page.ends_with("/deliveries/1") || page.ends_with("/po_x");
             let expected = if missing { StatusCode::NOT_FOUND } else { StatusCode::OK };
             assert_eq!(status, expected, "{}: {page}: {body}", t.name);
-            assert_no_secret(&w, page, &body);
+            assert_no_secret(&w, &sessions, page, &body);
+        }
+        // Why the login page was shown: a signed-out or revoked session, an expired one.
+        for (session, why) in [(&signed_out, "why=revoked"), (&of_revoked, "why=revoked"), (&of_expired, "why=expired")]
+        {
+            let (_, location, _) = call(&app, get("/dashboard/review", Some(session))).await;
+            assert!(location.as_deref().is_some_and(|l| l.ends_with(why)), "{location:?}");
         }
 
         // Actions: 401 without a valid session; 403 without the session's CSRF token or
-        // with a token whose scope is too small.
-        let read_csrf = csrf_of(&app, &w.read).await;
-        let write_csrf = csrf_of(&app, &w.write).await;
-        let admin_csrf = csrf_of(&app, &w.admin).await;
+        // with a session whose scope is too small.
+        let read_csrf = csrf_of(&app, &read).await;
+        let write_csrf = csrf_of(&app, &write).await;
+        let admin_csrf = csrf_of(&app, &admin).await;
         assert_ne!(read_csrf, write_csrf, "a CSRF token is bound to its session");
         for (action, needed) in dashboard::ACTIONS {
-            for token in [None, Some(wrong), Some(w.revoked.as_str()), Some(w.expired.as_str())] {
-                let (status, _, body) = call(&app, post(action, token, &[("csrf", &admin_csrf)])).await;
-                assert_eq!(status, StatusCode::UNAUTHORIZED, "{}: {action} with {token:?}: {body}", t.name);
+            for session in dead {
+                let (status, _, body) = call(&app, post(action, session, &[("csrf", &admin_csrf)])).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{}: {action} with {session:?}: {body}", t.name);
             }
             for csrf in ["", "0000", write_csrf.as_str()] {
-                let (status, _, body) = call(&app, post(action, Some(&w.admin), &[("csrf", csrf)])).await;
+                let (status, _, body) = call(&app, post(action, Some(&admin), &[("csrf", csrf)])).await;
                 assert_eq!(status, StatusCode::FORBIDDEN, "{}: {action} with CSRF {csrf:?}: {body}", t.name);
             }
-            for (token, csrf, scope) in [(&w.read, &read_csrf, Scope::Read), (&w.write, &write_csrf, Scope::Write)] {
+            for (session, csrf, scope) in [(&read, &read_csrf, Scope::Read), (&write, &write_csrf, Scope::Write)] {
                 if scope < *needed {
-                    let (status, _, body) = call(&app, post(action, Some(token), &[("csrf", csrf)])).await;
+                    let (status, _, body) = call(&app, post(action, Some(session), &[("csrf", csrf)])).await;
                     assert_eq!(status, StatusCode::FORBIDDEN, "{}: {action} as {scope:?}: {body}", t.name);
                     assert!(body.contains(&format!("needs the {} scope", needed.as_str())), "{body}");
                 }
@@ -295,10 +341,10 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
         assert_eq!(status, StatusCode::OK, "{body}");
         let id = conversion_id("demo-net", "M-1");
         let review = format!("/dashboard/review/{id}");
-        for (token, csrf) in
-            [(None, admin_csrf.as_str()), (Some(w.read.as_str()), read_csrf.as_str()), (Some(w.write.as_str()), "")]
+        for (session, csrf) in
+            [(None, admin_csrf.as_str()), (Some(read.as_str()), read_csrf.as_str()), (Some(write.as_str()), "")]
         {
-            let (status, _, _) = call(&app, post(&review, token, &[("csrf", csrf), ("action", "approve")])).await;
+            let (status, _, _) = call(&app, post(&review, session, &[("csrf", csrf), ("action", "approve")])).await;
             assert!(status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN, "{status}");
         }
         let status_of = |id: String| {
@@ -308,7 +354,7 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
         assert_eq!(status_of(id.clone()).await, Status::PendingReview, "{}: refused reviews change nothing", t.name);
         let (status, location, body) = call(
             &app,
-            post(&review, Some(&w.write), &[("csrf", &write_csrf), ("action", "approve"), ("reason", "looks fine")]),
+            post(&review, Some(&write), &[("csrf", &write_csrf), ("action", "approve"), ("reason", "looks fine")]),
         )
         .await;
         assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
@@ -317,19 +363,60 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
         let history = w.service.history(&id).await.expect("history");
         assert!(history.iter().any(|h| h.detail.contains("approve by reviewer: looks fine")), "{history:?}");
 
-        // Signing in: a wrong token gets no cookie; a valid one an HttpOnly, SameSite=Strict
-        // cookie for /dashboard, and a redirect that stays on the dashboard.
-        let login = |token: &str, next: &str| post("/dashboard/login", None, &[("token", token), ("next", next)]);
-        let response = app.clone().oneshot(login(wrong, "/dashboard")).await.expect("response");
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert!(response.headers().get(header::SET_COOKIE).is_none());
-        let response = app.clone().oneshot(login(&w.read, "https://evil.example/")).await.expect("response");
+        // Signing in: the login form sets a CSRF cookie and carries the same value; a
+        // post without both (another site's form) is refused before the token is looked
+        // at, and opens no session.
+        let (status, _, _) = call(&app, get("/dashboard/login", None)).await;
+        assert_eq!(status, StatusCode::OK);
+        let form = app.clone().oneshot(get("/dashboard/login", None)).await.expect("form");
+        let login_cookie = set_cookie(form.headers(), dashboard::LOGIN_COOKIE).expect("login cookie");
+        let raw = form.headers()[header::SET_COOKIE].to_str().expect("cookie").to_string();
+        for part in ["HttpOnly", "SameSite=Strict", "Path=/dashboard/login"] {
+            assert!(raw.contains(part), "{raw}");
+        }
+        let html = axum::body::to_bytes(form.into_body(), 1 << 20).await.expect("body");
+        let field = hidden_field(&String::from_utf8_lossy(&html), "csrf").expect("login csrf field");
+        assert_eq!(field, login_cookie, "double submit: the field repeats the cookie");
+        let login = |token: &str, next: &str, csrf: &str, cookie: Option<&str>| {
+            let mut r = post("/dashboard/login", None, &[("token", token), ("next", next), ("csrf", csrf)]);
+            if let Some(c) = cookie {
+                r.headers_mut()
+                    .insert(header::COOKIE, format!("{}={c}", dashboard::LOGIN_COOKIE).parse().expect("header"));
+            }
+            r
+        };
+        let other = "ab".repeat(32);
+        for (csrf, cookie) in
+            [("", None), (field.as_str(), None), ("", Some(field.as_str())), (other.as_str(), Some(field.as_str()))]
+        {
+            let response = app.clone().oneshot(login(&w.admin, "/dashboard", csrf, cookie)).await.expect("response");
+            assert_eq!(response.status(), StatusCode::FORBIDDEN, "login CSRF {csrf:?} with cookie {cookie:?}");
+            assert!(set_cookie(response.headers(), dashboard::COOKIE).is_none(), "no session");
+        }
+        // A wrong, revoked or expired token gets no session; a valid one an HttpOnly,
+        // SameSite=Strict cookie for /dashboard, and a redirect that stays on the dashboard.
+        for token in [wrong, w.revoked.as_str(), w.expired.as_str()] {
+            let response =
+                app.clone().oneshot(login(token, "/dashboard", &field, Some(&field))).await.expect("response");
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            assert!(set_cookie(response.headers(), dashboard::COOKIE).is_none());
+        }
+        let response =
+            app.clone().oneshot(login(&w.read, "https://evil.example/", &field, Some(&field))).await.expect("response");
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         assert_eq!(response.headers()[header::LOCATION], "/dashboard", "never redirected off the dashboard");
-        let cookie = response.headers()[header::SET_COOKIE].to_str().expect("cookie").to_string();
+        let cookie = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{}=", dashboard::COOKIE)))
+            .expect("session cookie")
+            .to_string();
         for part in ["HttpOnly", "SameSite=Strict", "Path=/dashboard"] {
             assert!(cookie.contains(part), "{cookie}");
         }
+        assert!(!cookie.contains(w.read.as_str()), "the cookie never holds the token");
         t.cleanup().await;
     }
 }
@@ -592,11 +679,21 @@ async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_
     assert!(text(&b, ".notice-ok").await.contains("mature ran"));
     screenshot(&b, "jobs").await;
 
-    // Signing out ends the session.
+    // Signing out ends the session on the server: the browser's cookie, replayed after
+    // it, is refused.
+    let cookie = b.get_named_cookie(dashboard::COOKIE).await.expect("the session cookie").value().to_string();
+    assert!(cookie.len() == 64 && !cookie.contains(w.admin.as_str()), "a session id, not the token");
     b.find(Css("header form button")).await.expect("sign out").click().await.expect("click");
     on(&b, "/dashboard/login").await;
     b.goto(&format!("{base}/dashboard/review")).await.expect("goto");
     on(&b, "/dashboard/login").await;
+    let replayed = client
+        .get(format!("{base}/dashboard/review"))
+        .header(reqwest::header::COOKIE, format!("{}={cookie}", dashboard::COOKIE))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replayed.status().as_u16(), 303, "a signed-out session stays out");
 
     b.close().await.expect("close");
     drop(driver);

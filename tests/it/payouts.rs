@@ -126,7 +126,7 @@ async fn a_payout_is_requested_approved_and_paid_through_the_api_with_one_balanc
 
         // Refused, each with its reason, and nothing written.
         let (status, v) = call(&app, "POST", uri, &site, None, json!({"currency": "EUR", "amount": 999})).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{}: {v}", t.name);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{}: {v}", t.name);
         assert_eq!(v["error"]["code"], "below_minimum");
         assert_eq!(message(&v), "amount: 9.99 EUR is below the minimum payout of 10.00 EUR (payouts.minimum.EUR)");
         let (status, v) = call(&app, "POST", uri, &site, None, json!({"currency": "EUR", "amount": 4_001})).await;
@@ -625,11 +625,11 @@ async fn partners_who_ask_for_payout_events_get_every_step_and_the_digest_tells_
     }
 }
 
-fn page_request(method: &str, uri: &str, token: &str, form: &[(&str, &str)]) -> Request<Body> {
+fn page_request(method: &str, uri: &str, session: &str, form: &[(&str, &str)]) -> Request<Body> {
     let r = Request::builder()
         .method(method)
         .uri(uri)
-        .header("cookie", format!("{}={token}", cashbackd::dashboard::COOKIE))
+        .header("cookie", format!("{}={session}", cashbackd::dashboard::COOKIE))
         .header("content-type", "application/x-www-form-urlencoded");
     let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
     r.body(Body::from(body)).expect("request")
@@ -654,6 +654,10 @@ async fn operators_decide_payouts_from_the_dashboard_queue_and_the_overview_coun
         let app = api(&w);
         let write = auth::create_token(s.db(), "reviewer", Scope::Write, s.now(), None).await.expect("token");
         let read = auth::create_token(s.db(), "viewer", Scope::Read, s.now(), None).await.expect("token");
+        // The pages take a session, opened through the login form.
+        let write = crate::common::dashboard_sign_in(&app, &write).await.expect("sign in");
+        let read_token = read;
+        let read = crate::common::dashboard_sign_in(&app, &read_token).await.expect("sign in");
 
         // The queue, read-only for a read token.
         let (status, _, body) = page(&app, page_request("GET", "/dashboard/payouts", &read, &[])).await;
@@ -738,8 +742,11 @@ async fn operators_decide_payouts_from_the_dashboard_queue_and_the_overview_coun
             v["display"]["cashback_split"], "0.00 EUR pending · 15.00 EUR available · 25.00 EUR paid out",
             "{v}"
         );
-        // Tomorrow they are yesterday's.
+        // Tomorrow they are yesterday's (and the session has expired: 12 hours).
         w.clock.advance(DAY_MS);
+        let (status, _, _) = page(&app, page_request("GET", "/dashboard/overview.json", &read, &[])).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{}: the session expired", t.name);
+        let read = crate::common::dashboard_sign_in(&app, &read_token).await.expect("sign in");
         let (_, _, json) = page(&app, page_request("GET", "/dashboard/overview.json", &read, &[])).await;
         let v: Value = serde_json::from_str(&json).expect("json");
         assert_eq!(
@@ -947,7 +954,7 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
             json!({"currency": "EUR", "amount": 400}),
         )
         .await;
-        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+        assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
             v["error"]["message"],
             "amount: 4.00 EUR is below the minimum payout of 5.00 EUR (payouts.minimum.EUR)"
@@ -1030,7 +1037,7 @@ async fn from_an_empty_database_to_a_paid_user_through_the_cli_the_ingress_and_t
         assert_eq!(balances().await, [0, 0, -400]);
         let (status, v) =
             json_of(api(reqwest::Method::POST, "/api/v1/users/newbie/payouts"), json!({"currency": "EUR"})).await;
-        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "nothing to pay out while owing: {v}");
+        assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "nothing to pay out while owing: {v}");
         drop(server);
         let db = cashbackd::db::Db::connect(&url).await.expect("db");
         assert!(ledger::check_invariants(&db.pool).await.expect("invariants").is_empty());

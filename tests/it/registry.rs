@@ -388,7 +388,7 @@ async fn the_registry_api_needs_the_right_scope_and_answers_refusals_with_reason
         assert!(body.contains(&v2), "{body}");
         let (status, body) =
             call("POST", uri, Some(&admin), Body::from(json!({"plugin": "nothing@9.9.9"}).to_string())).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
         assert!(body.contains("no stored plugin matches"), "{body}");
         let (status, body) = call("POST", "/api/v1/plugins", Some(&admin), Body::from("garbage")).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");

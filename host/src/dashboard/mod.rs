@@ -15,16 +15,22 @@
 //! | `jobs.rs` | scheduled jobs, their runs, run now |
 //! | `queries.rs` | what the pages read (public: the admin API can use the same) |
 //!
-//! **Sessions.** Signing in posts an admin API token (`cashbackd token create`); it is
-//! checked like a bearer token and kept in an `HttpOnly`, `SameSite=Strict` cookie
-//! scoped to `/dashboard`. Every request checks it again, so a revoked or expired token
-//! signs its sessions out at once. Pages need any valid token; actions are POST forms
-//! that need the write scope (reviews, payouts, replays, the tester, running a job) or the admin
-//! scope (activating, rolling back, shadowing plugins), and a CSRF token derived from
-//! the session's token (an HMAC of it: it proves the form came from a page this session
-//! was shown, and reveals nothing of the token). Refusals: a page redirects to the login,
-//! an action answers 401 (no valid session) or 403 (scope or CSRF token). No page ever
-//! shows a token or a webhook secret.
+//! **Sessions.** Signing in posts an admin API token (`cashbackd token create`) with the
+//! login form's CSRF token (a random value also set as a `SameSite=Strict` cookie on the
+//! login path: a form posted from another site carries no such cookie, so nobody can sign
+//! a browser into their own account). The token is checked like a bearer token and never
+//! stored in the browser: the session cookie (`HttpOnly`, `SameSite=Strict`, scoped to
+//! `/dashboard`) holds a random 256-bit session id, and the server keeps only its SHA-256
+//! (`dashboard_sessions`), with the token it was opened with, that token's scope, and an
+//! expiry (12 hours). Every request checks the session and its token again, so signing
+//! out, `cashbackd session revoke`, or revoking or expiring the token ends it at once.
+//! Pages need any valid session; actions are POST forms that need the write scope
+//! (reviews, payouts, replays, the tester, running a job) or the admin scope (activating,
+//! rolling back, shadowing plugins), and a CSRF token derived from the session id (an
+//! HMAC of it: it proves the form came from a page this session was shown, and reveals
+//! nothing of the id). Refusals: a page redirects to the login, an action answers 401 (no
+//! valid session) or 403 (scope or CSRF token). No page ever shows a token, a session id
+//! or a webhook secret.
 
 mod conversions;
 mod delays;
@@ -53,6 +59,12 @@ use sha2::Sha256;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "cashbackd_session";
+
+/// The login form's CSRF cookie (path `/dashboard/login`).
+pub const LOGIN_COOKIE: &str = "cashbackd_login";
+
+/// How long a session lasts (the token's own expiry still applies).
+pub const SESSION_MS: i64 = 12 * 3600 * 1000;
 
 /// Every page, as the refusal test walks them (keep in step with [`routes`]).
 pub const PAGES: &[&str] = &[
@@ -153,6 +165,8 @@ async fn harden(mut response: Response) -> Response {
 pub struct Session {
     caller: Caller,
     csrf: String,
+    /// The cookie's value: kept to sign this session out, never rendered.
+    secret: String,
 }
 
 impl Session {
@@ -191,30 +205,34 @@ impl Session {
     }
 }
 
-/// The CSRF token of a session: an HMAC of a fixed label keyed by the session's token.
-fn csrf_for(token: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(b"cashbackd dashboard csrf v1");
+/// The CSRF token of a session: an HMAC of a fixed label keyed by the session's id.
+fn csrf_for(secret: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(b"cashbackd dashboard csrf v2");
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn cookie_token(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+/// The value of cookie `name`, if the request sent a non-empty one.
+fn cookie(parts: &Parts, name: &str) -> Option<String> {
+    cookie_in(&parts.headers, name)
+}
+
+fn cookie_in(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
         .filter(|v| !v.is_empty())
 }
 
 async fn session_of(parts: &Parts, st: &AppState) -> Result<Session, AuthError> {
-    let token = cookie_token(parts).ok_or(AuthError::Missing)?;
-    let caller = auth::caller(st.service.db(), &token, Scope::Read, st.service.now()).await?;
-    Ok(Session { caller, csrf: csrf_for(&token) })
+    let secret = cookie(parts, COOKIE).ok_or(AuthError::Missing)?;
+    let session = auth::session(st.service.db(), &secret, st.service.now()).await?;
+    Ok(Session { caller: session.caller, csrf: csrf_for(&secret), secret })
 }
 
 /// A page's session: without a valid one, the login page (then back here).

@@ -59,23 +59,34 @@ pub fn day_start(now: i64) -> i64 {
     now.div_euclid(DAY_MS) * DAY_MS
 }
 
+/// "Processed today" (`$1`: midnight). "Processed" is the moment the cashback was awarded
+/// (seed 002's badge), which the outbox records as a change to status `processed`: on
+/// arrival in automatic mode, on approval in manual mode, on reprocessing once a parked
+/// customer appears. An order counts on the day of its first such change; later
+/// adjustments do not count again. Served by `conversion_changes_processed_at` (and the
+/// unique `(conversion_id, version)` for the probe); `tests/it/plans.rs` checks the plans.
+pub const PROCESSED_TODAY: &str = "SELECT COUNT(DISTINCT c.conversion_id) FROM conversion_changes c WHERE c.at >= $1 \
+     AND c.status = 'processed' AND c.state <> 'CREATED' AND NOT EXISTS (SELECT 1 FROM conversion_changes p \
+     WHERE p.conversion_id = c.conversion_id AND p.status = 'processed' AND p.state <> 'CREATED' AND p.at < $1)";
+
+/// "Reported today": served by `conversions_reported_at`.
+pub const REPORTED_TODAY: &str = "SELECT COUNT(*) FROM conversions WHERE reported_at >= $1";
+
+/// Payouts requested today, per currency: served by `payouts_requested`.
+pub const PAYOUTS_REQUESTED_TODAY: &str =
+    "SELECT currency, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM payouts WHERE requested_at >= $1 GROUP BY currency";
+
+/// Payouts paid today, per currency: served by `payouts_status_paid`.
+pub const PAYOUTS_PAID_TODAY: &str = "SELECT currency, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM payouts \
+     WHERE status = 'paid' AND paid_at >= $1 GROUP BY currency";
+
 /// The overview's metrics at `now`.
 pub async fn overview(db: &Db, now: i64) -> Result<Overview, sqlx::Error> {
     let pool = &db.pool;
     let start = day_start(now);
     let mut o = Overview { day_start: start, ..Overview::default() };
-    // "Processed" is the moment the cashback was awarded (seed 002's badge), which the
-    // outbox records as a change to status `processed`: on arrival in automatic mode, on
-    // approval in manual mode, on reprocessing once a parked customer appears. An order
-    // counts on the day of its first such change; later adjustments do not count again.
-    o.processed_today = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT c.conversion_id) FROM conversion_changes c WHERE c.at >= $1 \
-         AND c.status = 'processed' AND c.state <> 'CREATED' AND NOT EXISTS (SELECT 1 FROM conversion_changes p \
-         WHERE p.conversion_id = c.conversion_id AND p.status = 'processed' AND p.state <> 'CREATED' AND p.at < $1)",
-    )
-    .bind(start)
-    .fetch_one(pool)
-    .await?;
+    // See PROCESSED_TODAY.
+    o.processed_today = sqlx::query_scalar(PROCESSED_TODAY).bind(start).fetch_one(pool).await?;
     for r in sqlx::query(
         "SELECT kind, currency, CAST(SUM(balance) AS BIGINT) FROM accounts \
          WHERE (owner = 'platform' AND kind IN ('cashback_expense', 'payouts_paid')) \
@@ -114,22 +125,10 @@ pub async fn overview(db: &Db, now: i64) -> Result<Overview, sqlx::Error> {
         }
     }
     o.review_queue = o.pending_review + o.held;
-    o.reported_today = sqlx::query_scalar("SELECT COUNT(*) FROM conversions WHERE reported_at >= $1")
-        .bind(start)
-        .fetch_one(pool)
-        .await?;
+    o.reported_today = sqlx::query_scalar(REPORTED_TODAY).bind(start).fetch_one(pool).await?;
     for (sql, count, amounts) in [
-        (
-            "SELECT currency, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM payouts WHERE requested_at >= $1 GROUP BY currency",
-            &mut o.payouts_requested_today,
-            &mut o.payouts_requested_amount,
-        ),
-        (
-            "SELECT currency, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM payouts WHERE status = 'paid' AND paid_at >= $1 \
-             GROUP BY currency",
-            &mut o.payouts_paid_today,
-            &mut o.payouts_paid_amount,
-        ),
+        (PAYOUTS_REQUESTED_TODAY, &mut o.payouts_requested_today, &mut o.payouts_requested_amount),
+        (PAYOUTS_PAID_TODAY, &mut o.payouts_paid_today, &mut o.payouts_paid_amount),
     ] {
         for r in sqlx::query(sql).bind(start).fetch_all(pool).await? {
             let (currency, n, sum): (String, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);

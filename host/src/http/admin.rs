@@ -41,8 +41,9 @@ fn refused(e: AuthError) -> ApiError {
     ApiError::new(status, "unauthorized", e.to_string())
 }
 
-#[derive(Deserialize)]
-struct UploadQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UploadQuery {
     name: Option<String>,
 }
 

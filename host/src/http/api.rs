@@ -102,13 +102,15 @@ async fn get_merchant(
     Ok(Json(merchant_json(&st, &row).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MerchantBody {
+pub(crate) struct MerchantBody {
+    #[schema(pattern = r"\S")]
     name: String,
     #[serde(default)]
     manual_review: bool,
     #[serde(default = "thirty")]
+    #[schema(minimum = 0, maximum = 3650)]
     reward_delay_days: i64,
 }
 
@@ -179,15 +181,17 @@ async fn get_network(
     Ok(Json(network_json(&n)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NetworkBody {
+pub(crate) struct NetworkBody {
     name: String,
     /// `name@version` or digest of a stored adapter.
     adapter: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = super::openapi::any_json)]
     adapter_config: Value,
     /// `none`, `token`, `hmac` or `ip`.
+    #[schema(schema_with = super::openapi::inbound_auth)]
     auth: String,
     secret: Option<String>,
     #[serde(default)]
@@ -255,13 +259,16 @@ async fn put_network(
     Ok(Json(network_json(&n)))
 }
 
-#[derive(Deserialize)]
-struct SearchQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SearchQuery {
+    #[param(schema_with = super::openapi::conversion_status)]
     status: Option<String>,
     network: Option<String>,
     merchant: Option<String>,
     user: Option<String>,
     transaction: Option<String>,
+    /// 1 to 1,000 (larger asks get 1,000); default 50.
     limit: Option<i64>,
 }
 
@@ -345,11 +352,13 @@ async fn review_queue(State(st): State<AppState>, headers: HeaderMap) -> Result<
     Ok(Json(json!({ "queue": queue })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReviewBody {
+pub(crate) struct ReviewBody {
     /// `approve`, `reject` or `hold`.
+    #[schema(schema_with = super::openapi::review_action)]
     action: String,
+    #[schema(pattern = r"\S")]
     operator: String,
     #[serde(default)]
     reason: String,
@@ -374,12 +383,17 @@ async fn review(
             ));
         }
     };
+    // An unknown conversion is a 404 (the writer would refuse it as invalid: 422).
+    if st.service.conversion(&id).await.map_err(ApiError::from)?.is_none() {
+        return Err(not_found("conversion", &id));
+    }
     let outcome = st.service.review(&id, action, &body.operator, &body.reason).await.map_err(ApiError::from)?;
     Ok(Json(json!(outcome)))
 }
 
-#[derive(Deserialize)]
-struct BalanceQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct BalanceQuery {
     user: Option<String>,
 }
 
@@ -424,6 +438,10 @@ async fn run_job(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
+    // An unknown job is a 404, as on the dashboard; a run that fails is the caller's 422.
+    if !crate::scheduler::list(&st.service).await.map_err(db_failed)?.iter().any(|j| j.name == name) {
+        return Err(not_found("job", &name));
+    }
     // The server's own delivery worker and notifier (its SMTP settings), as the dashboard's
     // "run now" and the scheduler use: without them `notify` would say no SMTP server is
     // configured, whatever the configuration says.
@@ -455,9 +473,10 @@ async fn list_partners(State(st): State<AppState>, headers: HeaderMap) -> Result
     Ok(Json(json!({ "partners": crate::callbacks::partners(st.service.db()).await.map_err(callback_failed)? })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PartnerBody {
+pub(crate) struct PartnerBody {
+    #[schema(pattern = r"\S")]
     name: String,
 }
 
@@ -475,12 +494,15 @@ async fn put_partner(
     Ok(Json(json!({ "id": partner, "name": body.name })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EndpointBody {
+pub(crate) struct EndpointBody {
     partner_id: String,
+    /// An `http` or `https` URL, with `{macros}`.
+    #[schema(pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$")]
     url_template: String,
     /// `GET` (default) or `POST`.
+    #[schema(schema_with = super::openapi::http_method)]
     method: Option<String>,
     #[serde(default)]
     params: std::collections::BTreeMap<String, String>,
@@ -495,14 +517,20 @@ struct EndpointBody {
     /// every state.
     states: Option<Vec<String>>,
     /// `["conversions"]` (default), `["payouts"]` or both.
+    #[schema(schema_with = super::openapi::callback_events)]
     events: Option<Vec<String>>,
+    #[schema(minimum = 1, maximum = 50)]
     max_attempts: Option<u32>,
     /// `fixed` (default) or `exponential`.
+    #[schema(schema_with = super::openapi::backoff)]
     backoff: Option<String>,
     retry_delay_secs: Option<i64>,
     max_delay_secs: Option<i64>,
+    #[schema(maximum = 100)]
     jitter_pct: Option<u32>,
+    #[schema(minimum = 100, maximum = 120000)]
     timeout_ms: Option<i64>,
+    #[schema(minimum = 1, maximum = 10000)]
     disable_after: Option<u32>,
 }
 

@@ -157,6 +157,7 @@ pub fn router_with(state: AppState, config: HttpConfig) -> Router {
         .merge(payouts::routes())
         .route("/api/v1/openapi.json", get(openapi::serve))
         .merge(crate::dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(bodies, integral_numbers))
         .layer(axum::middleware::from_fn_with_state(bodies, too_large_as_json))
         // Every route's cap but the uploads', whose own (inner) layers set theirs.
         .layer(DefaultBodyLimit::max(bodies.body))
@@ -170,21 +171,120 @@ pub fn router_with(state: AppState, config: HttpConfig) -> Router {
         .with_state(state)
 }
 
+/// Every JSON body of the admin API is an object (anything else is refused here, 400).
+/// And JSON has one number type: `74.0` is the integer 74 to JSON Schema (and to the OpenAPI
+/// document's `integer` fields), but serde refuses it for an `i64`. So an admin API JSON
+/// body's numbers with no fractional part are rewritten as integers before any handler
+/// reads it; a body that is not JSON passes unchanged (its handler names the error).
+async fn integral_numbers(
+    axum::extract::State(bodies): axum::extract::State<BodyLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let json =
+        request.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json || !request.uri().path().starts_with("/api/v1/") {
+        return next.run(request).await;
+    }
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let cap = bodies.of_route(route.as_deref());
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, cap.0).await else {
+        return ApiError::too_large(cap).into_response();
+    };
+    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        // serde takes a struct from an array too (`[null, null]` would be a user): every
+        // body of the admin API is an object.
+        Ok(v) if !v.is_object() => {
+            return ApiError::bad_request("invalid_json", "the body must be a JSON object").into_response();
+        }
+        Ok(mut v) => {
+            if integral(&mut v) {
+                serde_json::to_vec(&v).map(axum::body::Bytes::from).unwrap_or(bytes)
+            } else {
+                bytes
+            }
+        }
+        Err(_) => bytes,
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
+/// Rewrites the integral floats in `v` (within ±2^53, where a float is exact) as integers;
+/// whether it changed anything.
+fn integral(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => {
+                *v = Value::from(f as i64);
+                true
+            }
+            _ => false,
+        },
+        // Every element is visited (no short circuit): each may need rewriting.
+        Value::Array(items) => {
+            let mut changed = false;
+            for i in items {
+                changed |= integral(i);
+            }
+            changed
+        }
+        Value::Object(fields) => {
+            let mut changed = false;
+            for f in fields.values_mut() {
+                changed |= integral(f);
+            }
+            changed
+        }
+        _ => false,
+    }
+}
+
 /// axum's extractors refuse an oversized body with a plain-text 413; every refusal of
-/// this server is JSON with the reason, here the cap and the setting that sets it.
+/// this server is JSON with the reason, here the cap and the setting that sets it. Under
+/// `/api/` the other plain-text refusals of the extractors and the router (400, 404, 405,
+/// 415, 422: a body that is not JSON, of the wrong shape, an unknown path) become the same
+/// `{"error": {"code", "message"}}` body the OpenAPI document promises, with axum's
+/// reason as the message.
 async fn too_large_as_json(
     axum::extract::State(bodies): axum::extract::State<BodyLimits>,
     request: Request,
     next: Next,
 ) -> Response {
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let api = request.uri().path().starts_with("/api/");
     let response = next.run(request).await;
+    let status = response.status();
     let json =
         response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || json {
+    if json || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    ApiError::too_large(bodies.of_route(route.as_deref())).into_response()
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::too_large(bodies.of_route(route.as_deref())).into_response();
+    }
+    if !api {
+        return response;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST => "invalid_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+        _ => "refused",
+    };
+    let allow = response.headers().get(header::ALLOW).cloned();
+    // axum's rejection texts are short; a larger body is not one of them.
+    let text = axum::body::to_bytes(response.into_body(), 16 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("refused").to_lowercase() } else { text };
+    let mut json = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = allow {
+        json.headers_mut().insert(header::ALLOW, allow);
+    }
+    json
 }
 
 /// The router with the delivery worker the callback tester sends through (its outbound

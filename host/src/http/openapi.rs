@@ -1,16 +1,45 @@
 //! The OpenAPI 3.1 document of the admin API, served at `/api/v1/openapi.json`, built with
-//! `utoipa`'s model from [`ROUTES`]: every `/api/v1` route with its method, scope and
-//! summary. A test reads the routers' source and fails when a route is missing here, and
-//! another calls every route listed here without a token and expects a refusal, so the
-//! table, the routers and the document cannot drift apart.
+//! `utoipa`'s model from [`ROUTES`]: every `/api/v1` route with its method, scope,
+//! summary and request body. A test reads the routers' source and fails when a route is
+//! missing here, and another calls every route listed here without a token and expects a
+//! refusal, so the table, the routers and the document cannot drift apart.
+//!
+//! Request bodies and query parameters are the schemas of the types the handlers
+//! deserialize (`utoipa::ToSchema` / `IntoParams` on them), so the document cannot
+//! describe a field the server does not take. Every refusal of the admin API is the
+//! [`Error`] body, and each operation lists every status its route can answer with.
 
 use crate::auth::Scope;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths, Ref, Required};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths, Ref, RefOr, Required,
+};
+use utoipa::{IntoParams, ToSchema};
+
+/// A named schema and the schemas it refers to.
+pub type Named = (String, RefOr<Schema>);
+
+/// The schema of `T`, named as in `components/schemas`.
+pub fn json<T: ToSchema>() -> Named {
+    (T::name().into_owned(), T::schema())
+}
+
+/// What a route's request body is.
+#[derive(Debug, Clone, Copy)]
+pub enum Body {
+    /// None.
+    None,
+    /// JSON, of the type the handler deserializes.
+    Json(fn() -> Named),
+    /// JSON that may be left out (an empty body takes every default).
+    OptionalJson(fn() -> Named),
+    /// Raw bytes: a report file, a plugin component.
+    Bytes,
+}
 
 /// One admin route.
 #[derive(Debug, Clone, Copy)]
@@ -25,12 +54,9 @@ pub struct Route {
     pub tag: &'static str,
     /// What it does.
     pub summary: &'static str,
-    /// Whether it takes a body, and which media type.
-    pub body: Option<&'static str>,
+    /// Its request body.
+    pub body: Body,
 }
-
-const JSON: Option<&str> = Some("application/json");
-const BYTES: Option<&str> = Some("application/octet-stream");
 
 const fn r(
     method: &'static str,
@@ -38,7 +64,7 @@ const fn r(
     scope: Scope,
     tag: &'static str,
     summary: &'static str,
-    body: Option<&'static str>,
+    body: Body,
 ) -> Route {
     Route { method, path, scope: Some(scope), tag, summary, body }
 }
@@ -53,41 +79,62 @@ pub const ROUTES: &[Route] = &[
         scope: None,
         tag: "meta",
         summary: "This document",
-        body: None,
+        body: Body::None,
     },
-    r("GET", "/api/v1/merchants", Read, "merchants", "Merchants with their rule chains", None),
-    r("GET", "/api/v1/merchants/{merchant}", Read, "merchants", "One merchant", None),
-    r("PUT", "/api/v1/merchants/{merchant}", Admin, "merchants", "Create or update a merchant", JSON),
-    r("GET", "/api/v1/networks", Read, "networks", "Networks (inbound secrets masked)", None),
-    r("GET", "/api/v1/networks/{network}", Read, "networks", "One network", None),
-    r("PUT", "/api/v1/networks/{network}", Admin, "networks", "Create or update a network", JSON),
+    r("GET", "/api/v1/merchants", Read, "merchants", "Merchants with their rule chains", Body::None),
+    r("GET", "/api/v1/merchants/{merchant}", Read, "merchants", "One merchant", Body::None),
+    r(
+        "PUT",
+        "/api/v1/merchants/{merchant}",
+        Admin,
+        "merchants",
+        "Create or update a merchant",
+        Body::Json(json::<super::api::MerchantBody>),
+    ),
+    r("GET", "/api/v1/networks", Read, "networks", "Networks (inbound secrets masked)", Body::None),
+    r("GET", "/api/v1/networks/{network}", Read, "networks", "One network", Body::None),
+    r(
+        "PUT",
+        "/api/v1/networks/{network}",
+        Admin,
+        "networks",
+        "Create or update a network",
+        Body::Json(json::<super::api::NetworkBody>),
+    ),
     r(
         "POST",
         "/api/v1/networks/{network}/imports",
         Write,
         "imports",
         "Import a report file through the adapter",
-        BYTES,
+        Body::Bytes,
     ),
-    r("GET", "/api/v1/networks/{network}/rejects", Read, "imports", "Refused postbacks with reasons", None),
-    r("GET", "/api/v1/conversions", Read, "conversions", "Search conversions", None),
+    r("GET", "/api/v1/networks/{network}/rejects", Read, "imports", "Refused postbacks with reasons", Body::None),
+    r("GET", "/api/v1/conversions", Read, "conversions", "Search conversions", Body::None),
     r(
         "GET",
         "/api/v1/conversions/{id}",
         Read,
         "conversions",
         "A conversion's timeline: stages, history, postings",
-        None,
+        Body::None,
     ),
-    r("POST", "/api/v1/conversions/{id}/review", Write, "review", "Approve, reject or hold a conversion", JSON),
-    r("GET", "/api/v1/review", Read, "review", "The review queue", None),
+    r(
+        "POST",
+        "/api/v1/conversions/{id}/review",
+        Write,
+        "review",
+        "Approve, reject or hold a conversion",
+        Body::Json(json::<super::api::ReviewBody>),
+    ),
+    r("GET", "/api/v1/review", Read, "review", "The review queue", Body::None),
     r(
         "POST",
         "/api/v1/conversions/{id}/reprocess",
         Write,
         "conversions",
         "Process a parked or failed conversion again",
-        JSON,
+        Body::OptionalJson(json::<super::users::ReprocessBody>),
     ),
     r(
         "POST",
@@ -95,7 +142,7 @@ pub const ROUTES: &[Route] = &[
         Write,
         "conversions",
         "Attribute a parked conversion by hand",
-        JSON,
+        Body::Json(json::<super::users::AttributeBody>),
     ),
     r(
         "POST",
@@ -103,112 +150,189 @@ pub const ROUTES: &[Route] = &[
         Write,
         "conversions",
         "Process every failed or parked conversion again",
-        JSON,
+        Body::Json(json::<super::users::ReprocessAllBody>),
     ),
-    r("GET", "/api/v1/users", Read, "users", "User accounts, by id (cursor pages)", None),
-    r("GET", "/api/v1/users/{user}", Read, "users", "A user account with its balances", None),
-    r("PUT", "/api/v1/users/{user}", Write, "users", "Create a user account or replace its profile", JSON),
+    r("GET", "/api/v1/users", Read, "users", "User accounts, by id (cursor pages)", Body::None),
+    r("GET", "/api/v1/users/{user}", Read, "users", "A user account with its balances", Body::None),
+    r(
+        "PUT",
+        "/api/v1/users/{user}",
+        Write,
+        "users",
+        "Create a user account or replace its profile",
+        Body::Json(json::<super::users::UserBody>),
+    ),
     r(
         "GET",
         "/api/v1/users/{user}/conversions",
         Read,
         "users",
         "A user's conversions, newest first (cursor pages)",
-        None,
+        Body::None,
     ),
-    r("GET", "/api/v1/networks/{network}/merchant-refs", Read, "networks", "A network's merchant references", None),
+    r(
+        "GET",
+        "/api/v1/networks/{network}/merchant-refs",
+        Read,
+        "networks",
+        "A network's merchant references",
+        Body::None,
+    ),
     r(
         "PUT",
         "/api/v1/networks/{network}/merchant-refs/{merchant_ref}",
         Admin,
         "networks",
         "Map a merchant reference to a merchant",
-        JSON,
+        Body::Json(json::<super::users::RefBody>),
     ),
-    r("GET", "/api/v1/balances", Read, "ledger", "Account balances", None),
-    r("GET", "/api/v1/jobs", Read, "jobs", "Scheduled jobs and their last runs", None),
-    r("GET", "/api/v1/jobs/{name}/runs", Read, "jobs", "A job's runs", None),
-    r("POST", "/api/v1/jobs/{name}/run", Write, "jobs", "Run a job now", None),
-    r("GET", "/api/v1/plugins", Read, "plugins", "Stored plugin versions and where each is used", None),
-    r("POST", "/api/v1/plugins", Admin, "plugins", "Upload a plugin component (validated)", BYTES),
-    r("DELETE", "/api/v1/plugins/{reference}", Admin, "plugins", "Delete an unused version", None),
-    r("POST", "/api/v1/merchants/{merchant}/rules/activate", Admin, "plugins", "Activate a rule version", JSON),
-    r("POST", "/api/v1/merchants/{merchant}/rules/rollback", Admin, "plugins", "Roll back the last activation", JSON),
-    r("GET", "/api/v1/merchants/{merchant}/rules/history", Read, "plugins", "Activation history", None),
-    r("GET", "/api/v1/merchants/{merchant}/shadow", Read, "plugins", "Shadow candidate's differences", None),
-    r("PUT", "/api/v1/merchants/{merchant}/shadow", Admin, "plugins", "Run a candidate in shadow", JSON),
-    r("DELETE", "/api/v1/merchants/{merchant}/shadow", Admin, "plugins", "Stop the shadow candidate", None),
+    r("GET", "/api/v1/balances", Read, "ledger", "Account balances", Body::None),
+    r("GET", "/api/v1/jobs", Read, "jobs", "Scheduled jobs and their last runs", Body::None),
+    r("GET", "/api/v1/jobs/{name}/runs", Read, "jobs", "A job's runs", Body::None),
+    r("POST", "/api/v1/jobs/{name}/run", Write, "jobs", "Run a job now", Body::None),
+    r("GET", "/api/v1/plugins", Read, "plugins", "Stored plugin versions and where each is used", Body::None),
+    r("POST", "/api/v1/plugins", Admin, "plugins", "Upload a plugin component (validated)", Body::Bytes),
+    r("DELETE", "/api/v1/plugins/{reference}", Admin, "plugins", "Delete an unused version", Body::None),
+    r(
+        "POST",
+        "/api/v1/merchants/{merchant}/rules/activate",
+        Admin,
+        "plugins",
+        "Activate a rule version",
+        Body::Json(json::<super::plugins::ActivateBody>),
+    ),
+    r(
+        "POST",
+        "/api/v1/merchants/{merchant}/rules/rollback",
+        Admin,
+        "plugins",
+        "Roll back the last activation",
+        Body::OptionalJson(json::<super::plugins::RollbackBody>),
+    ),
+    r("GET", "/api/v1/merchants/{merchant}/rules/history", Read, "plugins", "Activation history", Body::None),
+    r("GET", "/api/v1/merchants/{merchant}/shadow", Read, "plugins", "Shadow candidate's differences", Body::None),
+    r(
+        "PUT",
+        "/api/v1/merchants/{merchant}/shadow",
+        Admin,
+        "plugins",
+        "Run a candidate in shadow",
+        Body::Json(json::<super::plugins::ShadowBody>),
+    ),
+    r("DELETE", "/api/v1/merchants/{merchant}/shadow", Admin, "plugins", "Stop the shadow candidate", Body::None),
     r(
         "POST",
         "/api/v1/merchants/{merchant}/backtest",
         Read,
         "plugins",
         "Backtest a version over past conversions",
-        JSON,
+        Body::Json(json::<super::plugins::BacktestBody>),
     ),
-    r("POST", "/api/v1/networks/{network}/adapter/activate", Admin, "plugins", "Activate an adapter version", JSON),
-    r("POST", "/api/v1/networks/{network}/adapter/rollback", Admin, "plugins", "Roll back the adapter", None),
-    r("GET", "/api/v1/partners", Read, "callbacks", "Partners who receive callbacks", None),
-    r("PUT", "/api/v1/partners/{partner}", Admin, "callbacks", "Create or rename a partner", JSON),
+    r(
+        "POST",
+        "/api/v1/networks/{network}/adapter/activate",
+        Admin,
+        "plugins",
+        "Activate an adapter version",
+        Body::Json(json::<super::plugins::ActivateBody>),
+    ),
+    r("POST", "/api/v1/networks/{network}/adapter/rollback", Admin, "plugins", "Roll back the adapter", Body::None),
+    r("GET", "/api/v1/partners", Read, "callbacks", "Partners who receive callbacks", Body::None),
+    r(
+        "PUT",
+        "/api/v1/partners/{partner}",
+        Admin,
+        "callbacks",
+        "Create or rename a partner",
+        Body::Json(json::<super::api::PartnerBody>),
+    ),
     r(
         "PUT",
         "/api/v1/callbacks/endpoints/{id}",
         Admin,
         "callbacks",
         "Create or replace a callback endpoint (its URL, signing, retries; merchant, network and states filters)",
-        JSON,
+        Body::Json(json::<super::api::EndpointBody>),
     ),
-    r("GET", "/api/v1/callbacks/endpoints", Read, "callbacks", "Partner callback endpoints", None),
+    r("GET", "/api/v1/callbacks/endpoints", Read, "callbacks", "Partner callback endpoints", Body::None),
     r(
         "POST",
         "/api/v1/callbacks/endpoints/{id}/enable",
         Write,
         "callbacks",
         "Enable an endpoint and replay its backlog",
-        None,
+        Body::None,
     ),
-    r("POST", "/api/v1/callbacks/endpoints/{id}/disable", Write, "callbacks", "Disable an endpoint", None),
-    r("POST", "/api/v1/callbacks/endpoints/{id}/test", Write, "callbacks", "Send a sample callback", JSON),
-    r("GET", "/api/v1/callbacks/endpoints/{id}/attempts", Read, "callbacks", "An endpoint's delivery attempts", None),
+    r("POST", "/api/v1/callbacks/endpoints/{id}/disable", Write, "callbacks", "Disable an endpoint", Body::None),
+    r("POST", "/api/v1/callbacks/endpoints/{id}/test", Write, "callbacks", "Send a sample callback", Body::None),
+    r(
+        "GET",
+        "/api/v1/callbacks/endpoints/{id}/attempts",
+        Read,
+        "callbacks",
+        "An endpoint's delivery attempts",
+        Body::None,
+    ),
     r(
         "GET",
         "/api/v1/callbacks/deliveries",
         Read,
         "callbacks",
         "Deliveries, by endpoint, state, conversion or click",
-        None,
+        Body::None,
     ),
-    r("GET", "/api/v1/callbacks/deliveries/{id}", Read, "callbacks", "One delivery with its attempts", None),
-    r("POST", "/api/v1/callbacks/deliveries/{id}/replay", Write, "callbacks", "Replay one delivery", None),
-    r("POST", "/api/v1/callbacks/replay", Write, "callbacks", "Replay deliveries in a time range", JSON),
-    r("GET", "/api/v1/alerts", Read, "callbacks", "Alerts (endpoints disabled after failures)", None),
+    r("GET", "/api/v1/callbacks/deliveries/{id}", Read, "callbacks", "One delivery with its attempts", Body::None),
+    r("POST", "/api/v1/callbacks/deliveries/{id}/replay", Write, "callbacks", "Replay one delivery", Body::None),
+    r(
+        "POST",
+        "/api/v1/callbacks/replay",
+        Write,
+        "callbacks",
+        "Replay deliveries in a time range",
+        Body::Json(json::<ReplayRange>),
+    ),
+    r("GET", "/api/v1/alerts", Read, "callbacks", "Alerts (endpoints disabled after failures)", Body::None),
     r(
         "POST",
         "/api/v1/users/{id}/payouts",
         Write,
         "payouts",
         "Request a payout of a user's available cashback (all of it without an amount)",
-        JSON,
+        Body::Json(json::<super::payouts::RequestBody>),
     ),
-    r("GET", "/api/v1/payouts", Read, "payouts", "Payouts, by status or user, a page at a time", None),
-    r("GET", "/api/v1/payouts/{id}", Read, "payouts", "A payout with its history and ledger postings", None),
-    r("POST", "/api/v1/payouts/{id}/approve", Write, "payouts", "Approve a requested payout", JSON),
+    r("GET", "/api/v1/payouts", Read, "payouts", "Payouts, by status or user, a page at a time", Body::None),
+    r("GET", "/api/v1/payouts/{id}", Read, "payouts", "A payout with its history and ledger postings", Body::None),
+    r(
+        "POST",
+        "/api/v1/payouts/{id}/approve",
+        Write,
+        "payouts",
+        "Approve a requested payout",
+        Body::OptionalJson(json::<super::payouts::StepBody>),
+    ),
     r(
         "POST",
         "/api/v1/payouts/{id}/reject",
         Write,
         "payouts",
         "Reject a payout: the amount returns to available",
-        JSON,
+        Body::Json(json::<super::payouts::ReasonBody>),
     ),
-    r("POST", "/api/v1/payouts/{id}/paid", Write, "payouts", "Mark a payout paid with the external reference", JSON),
+    r(
+        "POST",
+        "/api/v1/payouts/{id}/paid",
+        Write,
+        "payouts",
+        "Mark a payout paid with the external reference",
+        Body::Json(json::<super::payouts::PaidBody>),
+    ),
     r(
         "POST",
         "/api/v1/payouts/{id}/failed",
         Write,
         "payouts",
         "Mark a payout's payment failed: the amount returns to available",
-        JSON,
+        Body::Json(json::<super::payouts::ReasonBody>),
     ),
 ];
 
@@ -218,6 +342,198 @@ fn method(m: &str) -> HttpMethod {
         "PUT" => HttpMethod::Put,
         "DELETE" => HttpMethod::Delete,
         _ => HttpMethod::Get,
+    }
+}
+
+// ---- schemas of fields whose Rust type is wider than what they take ----------------------
+
+fn strings(values: &[&str]) -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values.iter().copied()))
+}
+
+/// Any JSON value (a plugin's configuration: its own schema checks it).
+pub fn any_json() -> Schema {
+    Schema::Object(
+        ObjectBuilder::new().description(Some("Any JSON value (checked against the plugin's own schema)")).build(),
+    )
+}
+
+/// `approve`, `reject` or `hold`.
+pub fn review_action() -> Schema {
+    Schema::Object(strings(&["approve", "reject", "hold"]).build())
+}
+
+/// How a network's postbacks authenticate.
+pub fn inbound_auth() -> Schema {
+    Schema::Object(strings(&["none", "token", "hmac", "ip"]).build())
+}
+
+/// Which conversions to reprocess.
+pub fn reprocess_status() -> Schema {
+    Schema::Object(strings(&["failed", "parked"]).build())
+}
+
+/// A time: UTC milliseconds, or RFC 3339 text.
+pub fn ms_or_rfc3339() -> Schema {
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64))),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime))),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
+}
+
+/// A conversion status.
+pub fn conversion_status() -> Schema {
+    Schema::Object(
+        strings(&["processed", "pending_review", "held", "rejected", "reversed", "failed", "parked"]).build(),
+    )
+}
+
+/// A payout status.
+pub fn payout_status() -> Schema {
+    Schema::Object(strings(&["requested", "approved", "rejected", "paid", "failed"]).build())
+}
+
+/// The order of a payouts page.
+pub fn payout_order() -> Schema {
+    Schema::Object(strings(&["oldest", "newest"]).build())
+}
+
+/// A callback endpoint's HTTP method.
+pub fn http_method() -> Schema {
+    Schema::Object(strings(&["GET", "POST"]).build())
+}
+
+/// A callback endpoint's retry backoff.
+pub fn backoff() -> Schema {
+    Schema::Object(strings(&["fixed", "exponential"]).build())
+}
+
+/// What a callback endpoint receives: one or both kinds, each once.
+pub fn callback_events() -> Schema {
+    Schema::Array(
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(strings(&["conversions", "payouts"]))
+            .min_items(Some(1))
+            .max_items(Some(2))
+            .unique_items(true)
+            .build(),
+    )
+}
+
+/// What [`crate::registry::resolve`] takes: `name@version`, or 8 to 64 hex digits of a
+/// digest (optionally `sha256:`).
+pub const PLUGIN_REFERENCE: &str = "^([^@]+@[^@]+|(sha256:)?[0-9a-fA-F]{8,64})$";
+
+/// A stored plugin version.
+pub fn plugin_reference() -> Schema {
+    Schema::Object(ObjectBuilder::new().schema_type(Type::String).pattern(Some(PLUGIN_REFERENCE)).build())
+}
+
+/// The schema of a path parameter: what the route's handler takes of it.
+fn path_schema(path: &str, name: &str) -> ObjectBuilder {
+    let text = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1));
+    match (path, name) {
+        ("/api/v1/merchants/{merchant}", "merchant") => text.max_length(Some(64)),
+        (_, "user") => text.max_length(Some(128)).pattern(Some(USER_ID)),
+        ("/api/v1/users/{id}/payouts", "id") => text.max_length(Some(128)).pattern(Some(USER_ID)),
+        (p, "id") if p.starts_with("/api/v1/callbacks/deliveries/") => text.pattern(Some("^(cbk_d)?[0-9]{1,18}$")),
+        (_, "reference") => text.pattern(Some(PLUGIN_REFERENCE)),
+        (_, "partner") | ("/api/v1/callbacks/endpoints/{id}", "id") => text.pattern(Some("^[A-Za-z0-9._-]{1,64}$")),
+        _ => text,
+    }
+}
+
+/// A user id: 1 to 128 characters, no control characters, no spaces around it.
+const USER_ID: &str =
+    "^[^\\s\\u0000-\\u001f\\u007f-\\u009f]([^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f])?$";
+
+/// `POST /api/v1/callbacks/replay`'s body (the handler reads it field by field).
+#[derive(serde::Deserialize, ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ReplayRange {
+    /// From (UTC milliseconds, inclusive).
+    from: i64,
+    /// To (UTC milliseconds).
+    to: i64,
+    /// Only this endpoint's deliveries.
+    endpoint: Option<String>,
+}
+
+/// `GET /api/v1/callbacks/deliveries`' filters (the handler reads them by name).
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // parameters only
+pub struct DeliveriesQuery {
+    /// An endpoint's id.
+    endpoint: Option<String>,
+    /// A delivery state.
+    #[param(schema_with = delivery_state)]
+    state: Option<String>,
+    /// A conversion's id.
+    conversion: Option<String>,
+    /// A click's id (its CREATED callbacks).
+    click: Option<String>,
+    /// Created at or after (UTC milliseconds).
+    from: Option<i64>,
+    /// Created before (UTC milliseconds).
+    to: Option<i64>,
+    /// At most this many.
+    limit: Option<i64>,
+}
+
+/// A delivery's state.
+pub fn delivery_state() -> Schema {
+    Schema::Object(strings(&["pending", "delivered", "failed", "skipped"]).build())
+}
+
+/// `GET /api/v1/callbacks/endpoints/{id}/attempts`' page size.
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // parameters only
+pub struct AttemptsQuery {
+    /// At most this many (1 to 10,000; default 100).
+    limit: Option<i64>,
+}
+
+/// The query parameters of a route, from the type its handler reads them into.
+fn query_of(route: &Route) -> Vec<Parameter> {
+    let q = || Some(ParameterIn::Query);
+    match (route.method, route.path) {
+        ("GET", "/api/v1/conversions") => super::api::SearchQuery::into_params(q),
+        ("GET", "/api/v1/balances") => super::api::BalanceQuery::into_params(q),
+        ("GET", "/api/v1/users") => super::users::PageQuery::into_params(q),
+        ("GET", "/api/v1/users/{user}/conversions") => super::users::ConversionsPageQuery::into_params(q),
+        ("GET", "/api/v1/payouts") => super::payouts::ListQuery::into_params(q),
+        ("GET", "/api/v1/plugins") => super::plugins::ListQuery::into_params(q),
+        ("GET", "/api/v1/merchants/{merchant}/shadow") => super::plugins::DiffQuery::into_params(q),
+        ("POST", "/api/v1/networks/{network}/imports") => super::admin::UploadQuery::into_params(q),
+        ("GET", "/api/v1/callbacks/deliveries") => DeliveriesQuery::into_params(q),
+        ("GET", "/api/v1/callbacks/endpoints/{id}/attempts") => AttemptsQuery::into_params(q),
+        _ => Vec::new(),
+    }
+}
+
+/// The success status of a route (`201` when it may create, `204` when it answers nothing).
+fn success(route: &Route) -> &'static [(&'static str, &'static str)] {
+    match (route.method, route.path) {
+        ("PUT", "/api/v1/users/{user}") => &[("200", "Updated"), ("201", "Created")],
+        ("POST", "/api/v1/plugins") => &[("200", "Already stored"), ("201", "Stored")],
+        ("POST", "/api/v1/users/{id}/payouts") => {
+            &[("200", "The payout this Idempotency-Key made"), ("201", "Requested")]
+        }
+        ("DELETE", _) => &[("204", "Done")],
+        _ => &[("200", "Success")],
     }
 }
 
@@ -243,43 +559,68 @@ pub fn document() -> OpenApi {
             .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("Error"))).build())
             .build()
     };
+    let mut components = ComponentsBuilder::new()
+        .schema("Error", error)
+        .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
     let mut paths = Paths::new();
     for route in ROUTES {
         let mut op = OperationBuilder::new()
             .operation_id(Some(format!("{} {}", route.method.to_lowercase(), route.path)))
             .summary(Some(route.summary))
-            .tag(route.tag)
-            .response(
-                "200",
+            .tag(route.tag);
+        for (status, what) in success(route) {
+            let response = if *status == "204" {
+                ResponseBuilder::new().description(*what).build()
+            } else {
                 ResponseBuilder::new()
-                    .description("Success (JSON)")
-                    .content("application/json", ContentBuilder::new().schema(Some(ObjectBuilder::new())).build())
-                    .build(),
-            )
-            .response("400", error_response("The request is malformed; the reason says which field"))
-            .response("422", error_response("Refused; the reason says why"))
-            .response("503", error_response("The database is unavailable; retry later"));
-        if route.tag == "payouts" {
-            op = op.response("404", error_response("No such user or payout")).response(
-                "409",
-                error_response("The payout's status does not allow the step, or it changed since read"),
-            );
+                    .description(*what)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::Object))).build(),
+                    )
+                    .build()
+            };
+            op = op.response(*status, response);
+        }
+        // Every refusal any admin route can answer with: the bodies are checked by the
+        // extractors (400 malformed, 413 too large, 415 not JSON) before the handler's own
+        // checks (400 naming the field, 404 an unknown resource, 409 a conflicting state or
+        // a key in flight, 422 refused by a plugin or a rule of the ledger).
+        if route.scope.is_some() {
+            op = op
+                .response("400", error_response("The request is malformed; the reason says which field"))
+                .response("401", error_response("Missing, unknown, expired or revoked token"))
+                .response("403", error_response("The token's scope is too low"))
+                .response("404", error_response("No such resource"))
+                .response("409", error_response("The resource's state does not allow it, or it changed since read"))
+                .response("413", error_response("The body is over the route's cap; the reason names the setting"))
+                .response("415", error_response("The body is not of the declared content type"))
+                .response("422", error_response("Refused; the reason says why"))
+                .response("503", error_response("The database is unavailable; retry later"));
         }
         if let Some(scope) = route.scope {
             op = op
                 .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
-                .description(Some(format!("Needs a token of scope `{}` or above.", scope.as_str())))
-                .response("401", error_response("Missing, unknown, expired or revoked token"))
-                .response("403", error_response("The token's scope is too low"));
+                .description(Some(format!("Needs a token of scope `{}` or above.", scope.as_str())));
         }
-        if route.method != "GET" && route.method != "DELETE" {
+        if route.method != "GET" {
             op = op.parameter(
                 ParameterBuilder::new()
                     .name("Idempotency-Key")
                     .parameter_in(ParameterIn::Header)
                     .required(Required::False)
-                    .description(Some("Replays the first answer for a repeated key (24 hours)"))
-                    .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+                    .description(Some(
+                        "Replays the first answer (with `Idempotent-Replayed: true`) for a retry with the same key, \
+                         caller, method, path and body, for 24 hours; the same key with another body is refused \
+                         (422), a retry while the first runs gets 409. 1 to 255 visible ASCII characters.",
+                    ))
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .min_length(Some(1))
+                            .max_length(Some(255))
+                            .pattern(Some("^[!-~]([ -~]*[!-~])?$")),
+                    )),
             );
         }
         for segment in route.path.split('/') {
@@ -289,21 +630,38 @@ pub fn document() -> OpenApi {
                         .name(name)
                         .parameter_in(ParameterIn::Path)
                         .required(Required::True)
-                        .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+                        .schema(Some(path_schema(route.path, name))),
                 );
             }
         }
-        if let Some(media) = route.body {
-            let schema = if media == "application/json" {
-                ObjectBuilder::new().schema_type(Type::Object).build()
-            } else {
-                ObjectBuilder::new()
+        for p in query_of(route) {
+            op = op.parameter(p);
+        }
+        let (body, required) = match route.body {
+            Body::None => (None, false),
+            Body::Json(schema) => (Some(("application/json", Some(schema))), true),
+            Body::OptionalJson(schema) => (Some(("application/json", Some(schema))), false),
+            Body::Bytes => (Some(("application/octet-stream", None)), true),
+        };
+        if let Some((media, schema)) = body {
+            let schema: RefOr<Schema> = match schema {
+                Some(named) => {
+                    let (name, schema) = named();
+                    components = components.schema(name.clone(), schema);
+                    Ref::from_schema_name(name).into()
+                }
+                None => ObjectBuilder::new()
                     .schema_type(Type::String)
+                    .min_length(Some(1))
                     .format(Some(utoipa::openapi::SchemaFormat::Custom("binary".into())))
                     .build()
+                    .into(),
             };
             op = op.request_body(Some(
-                RequestBodyBuilder::new().content(media, ContentBuilder::new().schema(Some(schema)).build()).build(),
+                RequestBodyBuilder::new()
+                    .required(Some(if required { Required::True } else { Required::False }))
+                    .content(media, ContentBuilder::new().schema(Some(schema)).build())
+                    .build(),
             ));
         }
         paths.add_path_operation(route.path, vec![method(route.method)], op.build());
@@ -314,15 +672,7 @@ pub fn document() -> OpenApi {
                      scopes are ordered read < write < admin.",
         )))
         .paths(paths)
-        .components(Some(
-            ComponentsBuilder::new()
-                .schema("Error", error)
-                .security_scheme(
-                    "bearer",
-                    SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-                )
-                .build(),
-        ))
+        .components(Some(components.build()))
         .build()
 }
 

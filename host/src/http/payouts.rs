@@ -37,7 +37,8 @@ pub(super) fn error(e: PayoutError) -> ApiError {
         PayoutError::Refused(r) => {
             let (status, code) = match &r {
                 Refusal::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
-                Refusal::BelowMinimum { .. } => (StatusCode::BAD_REQUEST, "below_minimum"),
+                // Well-formed, refused by the policy (the currency's minimum): 422.
+                Refusal::BelowMinimum { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "below_minimum"),
                 Refusal::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
                 Refusal::Insufficient { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"),
                 Refusal::KeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
@@ -58,11 +59,14 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(text).map_err(|e| ApiError::bad_request("invalid_json", format!("the body: {e}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RequestBody {
+pub(crate) struct RequestBody {
+    /// ISO 4217.
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
     /// Minor units; absent: all of the available balance.
+    #[schema(minimum = 1)]
     amount: Option<i64>,
 }
 
@@ -90,13 +94,20 @@ async fn request(
     Ok((status, Json(json!({ "payout": payout, "created": created }))).into_response())
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    #[param(schema_with = super::openapi::payout_status)]
     status: Option<String>,
     user: Option<String>,
+    /// 1 to 500.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// `next` of the previous page.
+    #[param(pattern = r"^(|-?[0-9]{1,18}\.po_.*)$")]
     after: Option<String>,
     /// `oldest` (a queue) or `newest` (default).
+    #[param(schema_with = super::openapi::payout_order)]
     order: Option<String>,
 }
 
@@ -130,7 +141,13 @@ async fn list(
             return Err(ApiError::bad_request("invalid", format!("order: {other:?} is not oldest or newest")));
         }
     };
-    let filter = PayoutFilter { status, user: q.user.filter(|u| !u.is_empty()), oldest_first, limit, after: q.after };
+    let filter = PayoutFilter {
+        status,
+        user: q.user.filter(|u| !u.is_empty()),
+        oldest_first,
+        limit,
+        after: q.after.filter(|a| !a.is_empty()),
+    };
     let page = payouts::service::list(&st.service, &filter).await.map_err(error)?;
     Ok(Json(json!(page)))
 }
@@ -146,9 +163,9 @@ async fn show(State(st): State<AppState>, Path(id): Path<String>, headers: Heade
     Ok(Json(json!({ "payout": payout, "history": history, "postings": postings })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StepBody {
+pub(crate) struct StepBody {
     /// Who, when the token acts for several people (recorded with the token's name);
     /// default: the token's name.
     operator: Option<String>,
@@ -158,7 +175,47 @@ struct StepBody {
     reference: Option<String>,
 }
 
-async fn step(
+/// The body of a step that needs a reason (reject, failed).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReasonBody {
+    /// Why (shown to the user's site and in the payout's history).
+    #[serde(default)] // missing: refused by the policy, naming the field
+    #[schema(required = true, pattern = r"\S")]
+    reason: String,
+    /// As for every step.
+    operator: Option<String>,
+    /// As for every step.
+    version: Option<i64>,
+}
+
+/// The body of marking a payout paid.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PaidBody {
+    /// The external payment's reference.
+    #[serde(default)] // missing: refused by the policy, naming the field
+    #[schema(required = true, pattern = r"\S")]
+    reference: String,
+    /// As for every step.
+    operator: Option<String>,
+    /// As for every step.
+    version: Option<i64>,
+}
+
+impl From<ReasonBody> for StepBody {
+    fn from(b: ReasonBody) -> StepBody {
+        StepBody { operator: b.operator, version: b.version, reason: Some(b.reason), reference: None }
+    }
+}
+
+impl From<PaidBody> for StepBody {
+    fn from(b: PaidBody) -> StepBody {
+        StepBody { operator: b.operator, version: b.version, reason: None, reference: Some(b.reference) }
+    }
+}
+
+async fn step<B: DeserializeOwned + Into<StepBody>>(
     st: AppState,
     id: String,
     headers: HeaderMap,
@@ -166,7 +223,7 @@ async fn step(
     action: impl FnOnce(&StepBody) -> PayoutAction,
 ) -> Result<Json<Value>, ApiError> {
     let caller = require_caller(&st, &headers, Scope::Write).await?;
-    let b: StepBody = body(&bytes)?;
+    let b: StepBody = body::<B>(&bytes)?.into();
     // The operator a back office names is recorded with the token it acted through: the
     // name alone could be anyone's.
     let operator = match b.operator.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
@@ -187,7 +244,7 @@ async fn approve(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    step(st, id, headers, bytes, |_| PayoutAction::Approve).await
+    step::<StepBody>(st, id, headers, bytes, |_| PayoutAction::Approve).await
 }
 
 /// `POST /api/v1/payouts/{id}/reject` `{"reason", "operator"?, "version"?}` (write): the
@@ -198,7 +255,10 @@ async fn reject(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    step(st, id, headers, bytes, |b| PayoutAction::Reject { reason: b.reason.clone().unwrap_or_default() }).await
+    step::<ReasonBody>(st, id, headers, bytes, |b| PayoutAction::Reject {
+        reason: b.reason.clone().unwrap_or_default(),
+    })
+    .await
 }
 
 /// `POST /api/v1/payouts/{id}/paid` `{"reference", "operator"?, "version"?}` (write): the
@@ -209,8 +269,10 @@ async fn paid(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    step(st, id, headers, bytes, |b| PayoutAction::MarkPaid { reference: b.reference.clone().unwrap_or_default() })
-        .await
+    step::<PaidBody>(st, id, headers, bytes, |b| PayoutAction::MarkPaid {
+        reference: b.reference.clone().unwrap_or_default(),
+    })
+    .await
 }
 
 /// `POST /api/v1/payouts/{id}/failed` `{"reason", "operator"?, "version"?}` (write): the
@@ -221,5 +283,8 @@ async fn failed(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    step(st, id, headers, bytes, |b| PayoutAction::MarkFailed { reason: b.reason.clone().unwrap_or_default() }).await
+    step::<ReasonBody>(st, id, headers, bytes, |b| PayoutAction::MarkFailed {
+        reason: b.reason.clone().unwrap_or_default(),
+    })
+    .await
 }

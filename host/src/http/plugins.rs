@@ -36,8 +36,9 @@ fn actor(headers: &HeaderMap) -> String {
     headers.get("user-agent").and_then(|v| v.to_str().ok()).map_or("api".into(), |ua| format!("api ({ua})"))
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
     name: Option<String>,
 }
 
@@ -79,12 +80,15 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ActivateBody {
+pub(crate) struct ActivateBody {
     /// `name@version` or a digest.
+    #[schema(schema_with = super::openapi::plugin_reference)]
     plugin: String,
+    #[schema(maximum = 1_000_000)]
     position: Option<usize>,
+    #[schema(schema_with = super::openapi::any_json)]
     config: Option<Value>,
 }
 
@@ -123,9 +127,10 @@ async fn activate_network(
     activate(&st, &headers, Target::Network { id: network }, body).await
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RollbackBody {
+pub(crate) struct RollbackBody {
+    #[schema(maximum = 1_000_000)]
     position: Option<usize>,
 }
 
@@ -170,11 +175,14 @@ async fn history_merchant(
     Ok(Json(json!({ "activations": registry::activations(&st.service, &target, 200).await.map_err(ApiError::from)? })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ShadowBody {
+pub(crate) struct ShadowBody {
+    #[schema(schema_with = super::openapi::plugin_reference)]
     plugin: String,
+    #[schema(maximum = 1_000_000)]
     position: Option<usize>,
+    #[schema(schema_with = super::openapi::any_json)]
     config: Option<Value>,
 }
 
@@ -204,9 +212,12 @@ async fn shadow_clear(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct DiffQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DiffQuery {
+    #[param(schema_with = super::openapi::plugin_reference)]
     plugin: Option<String>,
+    #[param(maximum = 1_000_000)]
     limit: Option<usize>,
 }
 
@@ -229,15 +240,21 @@ async fn shadow_diff(
     Ok(Json(json!(c)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BacktestBody {
+pub(crate) struct BacktestBody {
+    #[schema(schema_with = super::openapi::plugin_reference)]
     plugin: String,
     /// UTC milliseconds or RFC 3339.
+    #[schema(schema_with = super::openapi::ms_or_rfc3339)]
     from: Option<Value>,
+    #[schema(schema_with = super::openapi::ms_or_rfc3339)]
     to: Option<Value>,
+    #[schema(maximum = 1_000_000)]
     position: Option<usize>,
+    #[schema(schema_with = super::openapi::any_json)]
     config: Option<Value>,
+    #[schema(maximum = 1_000_000)]
     limit: Option<usize>,
 }
 

@@ -48,10 +48,27 @@ fn limit(asked: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
+pub(crate) struct PageQuery {
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+}
+
+/// A page of a user's conversions: the cursor is `reported_at:id` (`next_cursor`).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConversionsPageQuery {
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^(|-?[0-9]{1,18}:.*)$")]
+    cursor: Option<String>,
+    /// 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -63,7 +80,9 @@ async fn list_users(
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = limit(q.limit)?;
-    let mut page = users::list(st.service.db(), q.cursor.as_deref(), limit + 1).await.map_err(db_failed)?;
+    let mut page = users::list(st.service.db(), q.cursor.as_deref().filter(|c| !c.is_empty()), limit + 1)
+        .await
+        .map_err(db_failed)?;
     let next = if page.len() as i64 > limit {
         page.truncate(limit as usize);
         page.last().map(|u| u.id.clone())
@@ -85,10 +104,15 @@ async fn get_user(
     Ok(Json(json!(u)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UserBody {
+pub(crate) struct UserBody {
+    #[schema(
+        max_length = 254,
+        pattern = r"^(?=[^@]{1,64}@)[A-Za-z0-9_+-]+(\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+    )]
     email: Option<String>,
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     name: Option<String>,
     #[serde(default = "yes")]
     notify: bool,
@@ -127,7 +151,7 @@ async fn put_user(
 async fn user_conversions(
     State(st): State<AppState>,
     Path(user): Path<String>,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<ConversionsPageQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
@@ -135,17 +159,18 @@ async fn user_conversions(
     if users::get(st.service.db(), &user).await.map_err(db_failed)?.is_none() {
         return Err(not_found("user", &user));
     }
-    let (page, next) =
-        users::conversions(st.service.db(), &user, q.cursor.as_deref(), limit).await.map_err(|e| match e {
+    let (page, next) = users::conversions(st.service.db(), &user, q.cursor.as_deref().filter(|c| !c.is_empty()), limit)
+        .await
+        .map_err(|e| match e {
             CursorError::Bad => ApiError::bad_request("bad_cursor", e.to_string()),
             CursorError::Db(e) => db_failed(e),
         })?;
     Ok(Json(json!({ "conversions": page, "next_cursor": next })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReprocessBody {
+pub(crate) struct ReprocessBody {
     #[serde(default)]
     operator: Option<String>,
     #[serde(default)]
@@ -180,10 +205,11 @@ async fn reprocess_one(
     Ok(Json(json!(outcome)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReprocessAllBody {
+pub(crate) struct ReprocessAllBody {
     /// `failed` or `parked`.
+    #[schema(schema_with = super::openapi::reprocess_status)]
     status: String,
     merchant: Option<String>,
     operator: Option<String>,
@@ -214,9 +240,9 @@ async fn reprocess_all(
     Ok(Json(json!({ "reprocessed": reprocessed, "still": still, "status": status })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AttributeBody {
+pub(crate) struct AttributeBody {
     click_id: Option<String>,
     user_id: Option<String>,
     merchant_id: Option<String>,
@@ -274,9 +300,9 @@ async fn list_refs(
     Ok(Json(json!({ "network": network, "merchant_refs": refs })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RefBody {
+pub(crate) struct RefBody {
     merchant: String,
 }
 
@@ -291,6 +317,15 @@ async fn put_ref(
     require(&st, &headers, Scope::Admin).await?;
     if crate::ingest::network(st.service.db(), &network).await.map_err(db_failed)?.is_none() {
         return Err(not_found("network", &network));
+    }
+    // A merchant that does not exist is a 404, like the network.
+    let merchant = sqlx::query("SELECT 1 FROM merchants WHERE id = $1")
+        .bind(&body.merchant)
+        .fetch_optional(&st.service.db().pool)
+        .await
+        .map_err(db_failed)?;
+    if merchant.is_none() {
+        return Err(not_found("merchant", &body.merchant));
     }
     let processed =
         st.service.map_merchant_ref(&network, &merchant_ref, &body.merchant).await.map_err(ApiError::from)?;
