@@ -27,7 +27,6 @@ use axum::routing::get;
 use cashbackd::clock::SystemClock;
 use cashbackd::conversions::{NewClick, Service, ServiceConfig, Via};
 use cashbackd::db::{Backend, Db};
-use cashbackd::http::AppState;
 use cashbackd::ingest::{self, InboundAuth, Network};
 use cashbackd::plugin::{PluginRuntime, RuntimeConfig};
 use sqlx::{Connection, Executor};
@@ -247,10 +246,12 @@ async fn postback_round(
 
     let fresh = Fresh::new(s, backend, &format!("postback{round}")).await?;
     let service = seeded(s, runtime, fresh.db.clone()).await?;
-    // `router`, not `serve`'s settings: no ingress rate limit. The defaults (200 postbacks/s
+    // The server's assembly without `serve`'s ingress rate limit. The defaults (200 postbacks/s
     // per network and per address) would throttle this one client at one network long
     // before the pipeline's own limit, which is what is measured here.
-    let app = cashbackd::http::router(AppState { service: service.clone(), runtime: runtime.clone() });
+    let app = cashbackd::server::Server::new(service.clone(), runtime.clone(), &Default::default(), "bench")?
+        .with_http(cashbackd::http::HttpConfig::default())
+        .router();
     let (base, stop) = serve(app).await?;
     let load = drive(
         move |w, n| {

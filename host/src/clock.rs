@@ -52,3 +52,15 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// Parses a time given by a person (`--from`/`--to`, a form or query field): RFC 3339 or a
+/// date (midnight UTC); an error names `flag`.
+pub fn parse_instant(flag: &str, text: &str) -> anyhow::Result<i64> {
+    use anyhow::Context;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .with_context(|| format!("{flag}: {text:?} is neither RFC 3339 nor YYYY-MM-DD"))?;
+    Ok(date.and_hms_opt(0, 0, 0).map(|d| d.and_utc().timestamp_millis()).unwrap_or_default())
+}

@@ -524,18 +524,6 @@ pub fn env_name(key: &str) -> String {
 /// Keys holding secrets, masked by [`Settings::masked`].
 const SECRET_KEYS: &[&str] = &["database.url", "smtp.url", "ingress.click_secret"];
 
-/// The certificates of a PEM file of certificate authorities (`smtp.ca_file`), or why
-/// they cannot be used. lettre's parser accepts a file with no certificate at all (and
-/// would then trust nothing, failing every send later): one is required here.
-pub fn read_ca_file(path: &Path) -> Result<lettre::transport::smtp::client::Certificate, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {} ({e})", path.display()))?;
-    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-        return Err(format!("{} is not a PEM certificate (no BEGIN CERTIFICATE block)", path.display()));
-    }
-    lettre::transport::smtp::client::Certificate::from_pem(&pem)
-        .map_err(|e| format!("{} is not a PEM certificate ({e})", path.display()))
-}
-
 /// Why the configuration was refused: the key, what is wrong, and where the value came
 /// from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -875,7 +863,7 @@ impl Settings {
             }
         }
         if let Some(path) = &self.smtp.ca_file {
-            read_ca_file(path).map_err(|e| ConfigError::new("smtp.ca_file", e))?;
+            crate::notify::read_ca_file(path).map_err(|e| ConfigError::new("smtp.ca_file", e))?;
         }
         if let Err(e) = self.smtp.from.parse::<lettre::message::Mailbox>() {
             return Err(ConfigError::new("smtp.from", format!("{e}: expected `Name <address>` or an address")));
@@ -992,15 +980,9 @@ impl Settings {
         }
         for (plugin, over) in &p.overrides {
             if let Err(e) = LimitsOverride::from(*over).check_within(&maxima) {
-                // The manifest's error names `limits.kebab-name`; here the key is ours.
-                let text = e.to_string();
-                let field = pairs(&maxima)
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .find(|n| text.contains(&n.replace('_', "-")))
-                    .unwrap_or("limits");
-                let reason = text.split_once(": ").map_or(text.as_str(), |(_, r)| r).to_string();
-                return Err(ConfigError::new(format!("plugin.overrides.{plugin}.{field}"), reason));
+                // The manifest's name is kebab-case; the configuration's key is ours.
+                let field = e.name.replace('-', "_");
+                return Err(ConfigError::new(format!("plugin.overrides.{plugin}.{field}"), e.reason));
             }
         }
         Ok(())

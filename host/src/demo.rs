@@ -8,12 +8,9 @@
 mod history;
 
 use crate::conversions::{Service, Status};
-use crate::http::AppState;
 use crate::ingest::{self, InboundAuth, Link, Network};
-use crate::plugin::PluginRuntime;
 use anyhow::Context;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The demo network's postback token (a demo; never use a known token in production).
 pub const DEMO_TOKEN: &str = "demo-token";
@@ -235,31 +232,28 @@ fn money(minor: i64) -> String {
 /// the demo's own traffic stays far below the default limits (a few requests at start,
 /// then a click and a postback every few seconds).
 pub async fn run(
-    service: Service,
-    runtime: Arc<PluginRuntime>,
-    (deliverer, notifier, http): (crate::callbacks::Deliverer, crate::notify::Notifier, crate::http::HttpConfig),
+    server: crate::server::Server,
     plugins: &Path,
     listen: std::net::SocketAddr,
     database: &str,
     once: bool,
 ) -> anyhow::Result<()> {
+    let (service, runtime, deliverer) = (server.service.clone(), server.runtime.clone(), server.deliverer.clone());
     let fake = history::FakeNetwork::start().await?;
     seed(&service, plugins).await?;
     history::configure(&service, plugins, &fake).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let base = format!("http://{}", listener.local_addr()?);
-    let state = AppState { service: service.clone(), runtime: runtime.clone() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    // The dashboard runs jobs with the server's own notifier.
-    let app = crate::http::router_with(state, http)
-        .layer(axum::Extension(deliverer.clone()))
-        .layer(axum::Extension(notifier.clone()));
-    let server = tokio::spawn(crate::http::serve_router(app, listener, async {
-        tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () }
-    }));
-    let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime.clone(), "demo")
-        .with_callbacks(deliverer.clone())
-        .with_notifier(notifier);
+    let serving = server.clone();
+    let server_task = tokio::spawn(async move {
+        serving
+            .serve(listener, async {
+                tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () }
+            })
+            .await
+    });
+    let scheduler = server.scheduler();
     crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
     simulate(&base).await?;
     let past = history::replay(&service, &runtime, &base, &fake, &scheduler).await?;
@@ -300,14 +294,14 @@ pub async fn run(
         println!("a steady stream of clicks and postbacks for demo-store runs every 3 s; Ctrl-C to stop.");
         tokio::spawn(stream(base.clone(), std::time::Duration::from_secs(3)));
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        let mut server = server;
+        let mut server_task = server_task;
         loop {
             tokio::select! {
                 _ = tick.tick() => { let _ = scheduler.tick().await; }
-                done = &mut server => { done??; return Ok(()); }
+                done = &mut server_task => { done??; return Ok(()); }
             }
         }
     }
-    server.await??;
+    server_task.await??;
     Ok(())
 }

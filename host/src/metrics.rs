@@ -16,9 +16,6 @@
 //! ([`render_queues`]) and appended to the recorder's output: exact, the same on every
 //! replica, and each test server reports its own database.
 
-use crate::conversions::Outcome;
-use crate::conversions::service::ServiceError;
-use crate::db::Db;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::Row;
 use std::fmt::Write as _;
@@ -114,21 +111,6 @@ fn describe() {
     describe_histogram!(HTTP_SECONDS, Unit::Seconds, "HTTP handling time, by method and route template");
 }
 
-/// One event's outcome as recorded by the service.
-pub fn ingest_result(network: &str, via: &'static str, result: &Result<Outcome, ServiceError>) {
-    use crate::conversions::ApplyError;
-    let outcome = match result {
-        Ok(Outcome::Applied { created: true, .. }) => "created",
-        Ok(Outcome::Applied { created: false, .. }) => "updated",
-        Ok(Outcome::Duplicate { .. }) => "duplicate",
-        Ok(Outcome::Ignored { .. }) => "ignored",
-        Ok(Outcome::Registered { .. } | Outcome::Adjusted { .. } | Outcome::Payout { .. }) => return,
-        Err(ServiceError::Invalid(_) | ServiceError::Apply(ApplyError::Invalid(_))) => "rejected",
-        Err(_) => "failed",
-    };
-    ingest_event(network, via, outcome);
-}
-
 /// An event (or a postback whose events are unknown: refused, rejected) counted.
 pub fn ingest_event(network: &str, via: &'static str, outcome: &'static str) {
     metrics::counter!(INGEST_EVENTS, "network" => network.to_string(), "via" => via, "outcome" => outcome).increment(1);
@@ -152,21 +134,16 @@ pub fn ingress_throttled(route: &'static str, limit: &'static str, network: &str
 }
 
 /// A plugin call made; `failure` is its error's kind.
-pub fn plugin_call(
-    label: &crate::plugin::PluginLabel,
-    call: &'static str,
-    elapsed: Duration,
-    failure: Option<&'static str>,
-) {
+pub fn plugin_call(name: &str, version: &str, call: &'static str, elapsed: Duration, failure: Option<&'static str>) {
     metrics::histogram!(
         PLUGIN_CALL_SECONDS,
-        "plugin" => label.name.clone(), "version" => label.version.clone(), "call" => call
+        "plugin" => name.to_string(), "version" => version.to_string(), "call" => call
     )
     .record(elapsed.as_secs_f64());
     if let Some(kind) = failure {
         metrics::counter!(
             PLUGIN_CALL_FAILURES,
-            "plugin" => label.name.clone(), "version" => label.version.clone(), "call" => call, "kind" => kind
+            "plugin" => name.to_string(), "version" => version.to_string(), "call" => call, "kind" => kind
         )
         .increment(1);
     }
@@ -204,12 +181,12 @@ const QUEUES: &[(&str, &str)] = &[
 
 /// Appends the queue sizes, counted now in `db`, and whether it answered. A queue that
 /// cannot be counted is left out (a gap in the series, rather than a false zero).
-pub async fn render_queues(out: &mut String, db: &Db) {
+pub async fn render_queues(out: &mut String, pool: &sqlx::AnyPool) {
     let mut up = true;
     let _ = writeln!(out, "# HELP {QUEUE_SIZE} Items waiting, counted in the database at scrape time, by queue");
     let _ = writeln!(out, "# TYPE {QUEUE_SIZE} gauge");
     for (queue, sql) in QUEUES {
-        let counted = tokio::time::timeout(Duration::from_secs(5), sqlx::query(sql).fetch_one(&db.pool)).await;
+        let counted = tokio::time::timeout(Duration::from_secs(5), sqlx::query(sql).fetch_one(pool)).await;
         match counted.map(|r| r.and_then(|row| row.try_get::<i64, _>(0))) {
             Ok(Ok(n)) => {
                 let _ = writeln!(out, "{QUEUE_SIZE}{{queue=\"{queue}\"}} {n}");

@@ -12,8 +12,6 @@
 use crate::conversions::rules::{self, Link, RuleInputs};
 use crate::conversions::service::ServiceError;
 use crate::conversions::{Service, Status};
-use crate::ledger::PluginRefs;
-use crate::plugin::wit::latest;
 use crate::plugin::{LoadedPlugin, Manifest, PluginKind};
 use serde::Serialize;
 use sqlx::Row;
@@ -689,71 +687,6 @@ pub async fn clear_shadow(service: &Service, merchant: &str) -> Result<bool, Ser
     Ok(done > 0)
 }
 
-/// The candidate chain for a live evaluation: `chain` with the shadow version in its
-/// place, or `None` when the merchant has no candidate.
-pub(crate) async fn shadow_chain(
-    service: &Service,
-    merchant: &str,
-    chain: &[Link],
-) -> Result<Option<(String, Vec<Link>)>, ServiceError> {
-    let row = sqlx::query("SELECT position, plugin_digest, config FROM merchant_shadow WHERE merchant_id = $1")
-        .bind(merchant)
-        .fetch_optional(&service.db().pool)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let position: i64 = row.try_get(0)?;
-    let digest: String = row.try_get(1)?;
-    let link = Link { plugin: service.plugin(&digest).await?, config: row.try_get(2)? };
-    Ok(Some((digest, substitute(chain, position as usize, link))))
-}
-
-fn substitute(chain: &[Link], position: usize, link: Link) -> Vec<Link> {
-    let mut out = chain.to_vec();
-    if position < out.len() {
-        out[position] = link;
-    } else {
-        out.push(link);
-    }
-    out
-}
-
-/// Records the candidate's decision next to the live one.
-pub(crate) async fn record_shadow(
-    service: &Service,
-    merchant: &str,
-    inputs: &RuleInputs,
-    live_refs: &PluginRefs,
-    live: &Result<latest::RuleDecision, String>,
-    candidate: &str,
-    outcome: &Result<latest::RuleDecision, String>,
-) -> Result<(), sqlx::Error> {
-    let total = |r: &Result<latest::RuleDecision, String>| r.as_ref().ok().map(|d| d.total.minor);
-    let error = |r: &Result<latest::RuleDecision, String>| r.as_ref().err().cloned();
-    sqlx::query(
-        "INSERT INTO shadow_decisions (merchant_id, conversion_id, candidate_digest, active_digests, currency, \
-         active_cashback, shadow_cashback, active_error, shadow_error, shadow_decision, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         ON CONFLICT (conversion_id, candidate_digest) DO UPDATE SET active_digests = excluded.active_digests, \
-         active_cashback = excluded.active_cashback, shadow_cashback = excluded.shadow_cashback, \
-         active_error = excluded.active_error, shadow_error = excluded.shadow_error, \
-         shadow_decision = excluded.shadow_decision, at = excluded.at",
-    )
-    .bind(merchant)
-    .bind(&inputs.order.conversion_id)
-    .bind(candidate)
-    .bind(&live_refs.digests)
-    .bind(&inputs.order.amount.currency)
-    .bind(total(live))
-    .bind(total(outcome))
-    .bind(error(live))
-    .bind(error(outcome))
-    .bind(outcome.as_ref().ok().and_then(|d| serde_json::to_string(d).ok()))
-    .bind(inputs.now)
-    .execute(&service.db().pool)
-    .await?;
-    Ok(())
-}
-
 /// One conversion where a candidate decides differently.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Difference {
@@ -927,7 +860,7 @@ pub async fn backtest(
             id,
             r.try_get::<String, _>(1)?,
             active,
-            substitute(&chain, position as usize, candidate.clone()),
+            crate::conversions::shadow::substitute(&chain, position as usize, candidate.clone()),
             inputs,
         ));
     }

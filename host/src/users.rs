@@ -9,9 +9,9 @@ use serde::Serialize;
 use sqlx::Row;
 
 /// Longest user id, in characters (the same bound as `?user=` on a click).
-pub const MAX_ID_CHARS: usize = crate::ingest::input::USER_ID.max_chars;
+pub const MAX_ID_CHARS: usize = crate::input::USER_ID.max_chars;
 /// Longest user id in bytes: 128 characters of up to 4 bytes each.
-pub const MAX_ID_BYTES: usize = crate::ingest::input::USER_ID.max_bytes();
+pub const MAX_ID_BYTES: usize = crate::input::USER_ID.max_bytes();
 /// Longest name shown in a digest's greeting.
 pub const MAX_NAME_CHARS: usize = 200;
 
@@ -43,14 +43,14 @@ impl Profile {
     }
 }
 
-/// A user id is the site's: any text of 1 to 128 characters (`ingest::input::USER_ID`,
+/// A user id is the site's: any text of 1 to 128 characters (`input::USER_ID`,
 /// the same as `?user=` on a click) without control characters or surrounding spaces (it
 /// travels in URLs, logs and CSV files). The error names the field `user`.
 pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err(format!("user: 1 to {MAX_ID_CHARS} characters (at most {MAX_ID_BYTES} bytes)"));
     }
-    crate::ingest::input::USER_ID.check(id)?;
+    crate::input::USER_ID.check(id)?;
     if id.trim() != id {
         return Err("user: no spaces around the id".into());
     }

@@ -6,7 +6,6 @@ use crate::ledger::{balance, world};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cashbackd::auth::{self, Scope};
-use cashbackd::http::{AppState, router};
 use cashbackd::ingest::{self, InboundAuth, Network};
 use serde_json::json;
 use tower::ServiceExt;
@@ -44,7 +43,7 @@ async fn the_admin_api_refuses_missing_wrong_expired_revoked_and_underscoped_tok
             auth: InboundAuth::None,
         };
         ingest::upsert_network(s.db(), &network, s.now()).await.expect("network");
-        let app = router(AppState { service: s.clone(), runtime: runtime().clone() });
+        let app = crate::common::app(s);
         let now = s.now();
         let write = auth::create_token(s.db(), "ops", Scope::Write, now, None).await.expect("token");
         let read = auth::create_token(s.db(), "viewer", Scope::Read, now, None).await.expect("token");

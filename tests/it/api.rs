@@ -3,7 +3,6 @@
 //! replays a write instead of repeating it.
 
 use crate::backends;
-use crate::common::*;
 use crate::ledger::{event, world};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -78,10 +77,7 @@ fn the_openapi_document_lists_every_admin_route_of_the_routers() {
 async fn the_openapi_document_validates_and_every_admin_route_refuses_a_caller_without_a_token() {
     for t in backends::all().await {
         let w = world(t.db.clone()).await;
-        let app = cashbackd::http::router(cashbackd::http::AppState {
-            service: w.service.clone(),
-            runtime: runtime().clone(),
-        });
+        let app = crate::common::app(&w.service);
         for r in ROUTES {
             let uri = r.path.replace('{', "x").replace('}', "");
             let request = Request::builder().method(r.method).uri(&uri).body(Body::empty()).expect("request");
@@ -155,7 +151,7 @@ async fn the_admin_resources_answer_and_an_idempotency_key_replays_a_write_inste
     for t in backends::all().await {
         let w = world(t.db.clone()).await;
         let s = &w.service;
-        let app = cashbackd::http::router(cashbackd::http::AppState { service: s.clone(), runtime: runtime().clone() });
+        let app = crate::common::app(s);
         let admin = auth::create_token(s.db(), "ops", Scope::Admin, s.now(), None).await.expect("token");
         let read = auth::create_token(s.db(), "viewer", Scope::Read, s.now(), None).await.expect("token");
 

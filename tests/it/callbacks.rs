@@ -750,8 +750,7 @@ async fn the_delivery_log_replay_and_tester_are_served_under_api_v1_by_scope_wit
         ingest(&w, "tx1", ConversionState::Pending, 10_000).await;
         let d = deliverer(&w, "r1");
         d.run_due().await.expect("deliver");
-        let state = cashbackd::http::AppState { service: w.service.clone(), runtime: runtime().clone() };
-        let app = cashbackd::http::router_with_callbacks(state, d.clone());
+        let app = crate::common::server(&w.service).with_deliverer(d.clone()).router();
         let now = w.service.now();
         let read = auth::create_token(w.service.db(), "viewer", Scope::Read, now, None).await.expect("token");
         let write = auth::create_token(w.service.db(), "ops", Scope::Write, now, None).await.expect("token");

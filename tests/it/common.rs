@@ -73,6 +73,22 @@ pub fn runtime() -> &'static Arc<PluginRuntime> {
     })
 }
 
+/// The server's one assembly (`cashbackd::server::Server`, what `serve` runs) around a
+/// test's service: its own clock and database, the shared runtime, loopback partners
+/// allowed, and no ingress rate limit (tests send bursts from one address).
+pub fn server(service: &cashbackd::conversions::Service) -> cashbackd::server::Server {
+    let mut settings = cashbackd::config::Settings::default();
+    settings.callbacks.allow_private = true;
+    cashbackd::server::Server::new(service.clone(), runtime().clone(), &settings, "test")
+        .expect("server")
+        .with_http(cashbackd::http::HttpConfig::default())
+}
+
+/// [`server`]'s router.
+pub fn app(service: &cashbackd::conversions::Service) -> axum::Router {
+    server(service).router()
+}
+
 pub fn load(target: &str, crate_name: &str) -> Arc<LoadedPlugin> {
     runtime().load(&plugin_bytes(target, crate_name)).expect("load plugin")
 }

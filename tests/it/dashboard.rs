@@ -14,7 +14,6 @@ use cashbackd::callbacks::{self, Deliverer, DeliveryConfig, EndpointSpec};
 use cashbackd::clock::SystemClock;
 use cashbackd::conversions::{NewClick, Service, ServiceConfig, Status, Via, conversion_id};
 use cashbackd::db::Db;
-use cashbackd::http::{AppState, router_with_callbacks};
 use cashbackd::ingest::{self, InboundAuth, Link, Network};
 use cashbackd::plugin::wit::latest;
 use cashbackd::{dashboard, demo, registry, scheduler};
@@ -151,8 +150,7 @@ async fn seed(db: Db, sink: &str) -> Seeded {
 }
 
 fn app(w: &Seeded) -> axum::Router {
-    let state = AppState { service: w.service.clone(), runtime: runtime().clone() };
-    router_with_callbacks(state, w.deliverer.clone())
+    crate::common::server(&w.service).with_deliverer(w.deliverer.clone()).router()
 }
 
 /// A partner that answers 200 to every callback.

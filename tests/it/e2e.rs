@@ -162,10 +162,7 @@ async fn distinct_events_stay_distinct_and_keep_their_names() {
             auth: InboundAuth::None,
         };
         cashbackd::ingest::upsert_network(w.service.db(), &network, w.service.now()).await.expect("network");
-        let app = cashbackd::http::router(cashbackd::http::AppState {
-            service: w.service.clone(),
-            runtime: runtime().clone(),
-        });
+        let app = crate::common::app(&w.service);
         for (tid, goal) in [("E1", "registration"), ("E2", "deposit"), ("E3", "purchase")] {
             let (status, _, body) =
                 send(&app, get(&format!("/postback/net?tid={tid}&subid=c1&goal={goal}&amount=10.00&status=ok"))).await;

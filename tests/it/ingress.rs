@@ -7,7 +7,6 @@ use crate::ledger::{balance, world};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cashbackd::http::{AppState, router};
 use cashbackd::ingest::{self, InboundAuth, Link, Network};
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -49,7 +48,7 @@ pub async fn app(w: &crate::ledger::World, auth: InboundAuth) -> Router {
         url_template: "https://shop.example/landing?clickref={click_id}&s1={sub1}&s2={sub2}&partner={ref_id}".into(),
     };
     ingest::upsert_link(s.db(), &link, s.now()).await.expect("link");
-    router(AppState { service: s.clone(), runtime: runtime().clone() })
+    crate::common::app(s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,11 +163,15 @@ async fn a_click_then_its_postback_credits_the_user_over_real_http_with_an_ip_al
         drop(app);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let state = AppState { service: w.service.clone(), runtime: runtime().clone() };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(cashbackd::http::serve(state, listener, async {
-            let _ = stopped.await;
-        }));
+        let assembled = crate::common::server(&w.service);
+        let server = tokio::spawn(async move {
+            assembled
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
         let click = client.get(format!("{base}/c/shoe-sale?user=u1&sub1=spring")).send().await.expect("click");
         assert_eq!(click.status(), 302);

@@ -10,7 +10,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cashbackd::conversions::{State, Status, conversion_id};
-use cashbackd::http::{AppState, router};
 use cashbackd::imports::{Retry, import_file, import_network};
 use cashbackd::ingest::{self, InboundAuth, Link, Network};
 use cashbackd::registry::{self, Target};
@@ -154,7 +153,7 @@ async fn a_stored_plugin_without_fixtures_can_be_activated_by_no_path() {
         let admin = cashbackd::auth::create_token(s.db(), "ops", cashbackd::auth::Scope::Admin, s.now(), None)
             .await
             .expect("token");
-        let app = router(AppState { service: s.clone(), runtime: runtime().clone() });
+        let app = crate::common::app(s);
         let body = json!({"name": "N", "adapter": "hostile-adapter@0.1.0", "adapter_config": {"mode": "fetch"}, "auth": "none"});
         let request = Request::put("/api/v1/networks/n2")
             .header("authorization", format!("Bearer {admin}"))
@@ -197,7 +196,7 @@ async fn app(w: &World) -> Router {
         url_template: "https://shop.example/landing?clickref={click_id}&s1={sub1}&partner={ref_id}".into(),
     };
     ingest::upsert_link(s.db(), &link, s.now()).await.expect("link");
-    router(AppState { service: s.clone(), runtime: runtime().clone() })
+    crate::common::app(s)
 }
 
 fn postback(query: &str) -> String {

@@ -7,6 +7,7 @@
 mod accounts;
 mod admin;
 mod api;
+mod architecture;
 mod backends;
 mod callbacks;
 mod chaos;

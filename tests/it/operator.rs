@@ -8,7 +8,6 @@ use crate::ingress::{get, send};
 use cashbackd::clock::{Clock, DAY_MS, SystemClock};
 use cashbackd::conversions::{Service, ServiceConfig, State, conversion_id};
 use cashbackd::db::Db;
-use cashbackd::http::{AppState, router};
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
@@ -173,7 +172,7 @@ async fn ingests_first_network_works_as_written_for_every_state_it_maps() {
             assert!(ok, "{}: {all:?}: {out}", t.name);
         }
         let service = Service::new(t.db.clone(), runtime().clone(), Arc::new(SystemClock), ServiceConfig::default());
-        let app = router(AppState { service: service.clone(), runtime: runtime().clone() });
+        let app = crate::common::app(&service);
         let (code, location, body) = send(&app, get("/c/spring-sale?user=newbie&sub1=docs")).await;
         assert_eq!(code.as_u16(), 302, "{body}");
         let click_id = url::Url::parse(&location.expect("location"))

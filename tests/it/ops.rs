@@ -13,7 +13,7 @@ use base64::Engine as _;
 use cashbackd::auth::{self, Scope};
 use cashbackd::callbacks::{EndpointSpec, sign::Secret};
 use cashbackd::conversions::NewClick;
-use cashbackd::http::{AppState, MetricsAccess, router};
+use cashbackd::http::MetricsAccess;
 use cashbackd::ingest::{self, InboundAuth, Link, Network};
 use cashbackd::scheduler::{self, Scheduler};
 use hmac::{Hmac, Mac};
@@ -96,7 +96,7 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
     let mut spec = EndpointSpec::new("ops-metrics-ep", "ops-partner", &format!("{}/cb?cid={{click_id}}", sink.base));
     spec.network_id = Some("ops-metrics".into());
     add_endpoint(&w, spec).await;
-    let app = router(AppState { service: s.clone(), runtime: runtime().clone() });
+    let app = crate::common::app(s);
 
     let (status, _, _) = send(&app, get("/c/ops-link?user=u1")).await;
     assert_eq!(status, StatusCode::FOUND);
@@ -181,7 +181,7 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
 async fn readyz_is_200_on_a_migrated_database_and_503_with_the_reason_otherwise() {
     for t in backends::all().await {
         let w = world(t.db.clone()).await;
-        let app = router(AppState { service: w.service.clone(), runtime: runtime().clone() });
+        let app = crate::common::app(&w.service);
         let (status, _, body) = send(&app, get("/readyz")).await;
         assert_eq!(status, StatusCode::OK, "{}: {body}", t.name);
         let v: Value = serde_json::from_str(&body).expect("json");

@@ -81,8 +81,7 @@ async fn causes(s: &Service, id: &str) -> Vec<String> {
 }
 
 fn api(w: &World) -> axum::Router {
-    let state = cashbackd::http::AppState { service: w.service.clone(), runtime: runtime().clone() };
-    cashbackd::http::router(state).layer(axum::Extension(policy()))
+    crate::common::server(&w.service).with_payouts(policy()).router()
 }
 
 async fn call(

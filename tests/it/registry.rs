@@ -360,7 +360,7 @@ async fn the_registry_api_needs_the_right_scope_and_answers_refusals_with_reason
     for t in backends::all().await {
         let (w, _v1, v2) = registry_world(t.db.clone()).await;
         let s = &w.service;
-        let app = cashbackd::http::router(cashbackd::http::AppState { service: s.clone(), runtime: runtime().clone() });
+        let app = crate::common::app(s);
         let read = auth::create_token(s.db(), "viewer", Scope::Read, s.now(), None).await.expect("token");
         let admin = auth::create_token(s.db(), "ops", Scope::Admin, s.now(), None).await.expect("token");
         let call = |method: &str, uri: &str, token: Option<&str>, body: Body| {

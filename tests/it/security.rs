@@ -17,7 +17,7 @@ use cashbackd::auth::{self, Scope};
 use cashbackd::callbacks::EndpointSpec;
 use cashbackd::config::{IngressSettings, NetworkRateSettings, Settings};
 use cashbackd::conversions::rules::{Link, RuleInputs, run_chain};
-use cashbackd::http::{AppState, BodyLimits, HttpConfig, IngressLimiter, router, router_with};
+use cashbackd::http::{BodyLimits, HttpConfig, IngressLimiter};
 use cashbackd::ingest::InboundAuth;
 use cashbackd::plugin::wit::latest::ImportRequest;
 use cashbackd::plugin::{CallError, LimitsOverride, PluginRuntime, RuntimeConfig};
@@ -146,7 +146,7 @@ async fn ingress_is_rate_limited_per_client_address_and_per_network_with_a_clear
     for t in backends::all().await {
         let w = world(t.db.clone()).await;
         let _ = crate::ingress::app(&w, InboundAuth::None).await; // network `net`, link `shoe-sale`
-        let state = AppState { service: w.service.clone(), runtime: runtime().clone() };
+        let state = w.service.clone();
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
 
         // Clicks: a burst of 3 per client address at 1 per second.
@@ -155,7 +155,7 @@ async fn ingress_is_rate_limited_per_client_address_and_per_network_with_a_clear
             s.click_burst_per_address = 3;
             s.trusted_proxies = vec!["127.0.0.1".into()];
         });
-        let (base, _stop) = serve(router_with(state.clone(), config)).await;
+        let (base, _stop) = serve(with_limits(&state, config)).await;
         let click = format!("{base}/c/shoe-sale?user=u1");
         let (statuses, refused, took) = burst(&client, 8, &click, None).await;
         assert_burst_then_429(&statuses, 302, 3, 1, took);
@@ -176,7 +176,7 @@ async fn ingress_is_rate_limited_per_client_address_and_per_network_with_a_clear
             s.click_burst_per_address = 2;
             s.trusted_proxies = Vec::new();
         });
-        let (base, _stop2) = serve(router_with(state.clone(), config)).await;
+        let (base, _stop2) = serve(with_limits(&state, config)).await;
         let click = format!("{base}/c/shoe-sale?user=u1");
         let mut statuses = Vec::new();
         for i in 0..6 {
@@ -191,7 +191,7 @@ async fn ingress_is_rate_limited_per_client_address_and_per_network_with_a_clear
             s.postback_rate_per_network = 1;
             s.postback_burst_per_network = 2;
         });
-        let (base, _stop3) = serve(router_with(state.clone(), config)).await;
+        let (base, _stop3) = serve(with_limits(&state, config)).await;
         let pb =
             |tid: &str| format!("{base}/postback/net?tid={tid}&subid=c1&amount=10.00&comm=1.00&cur=EUR&status=pending");
         let started = Instant::now();
@@ -247,7 +247,7 @@ async fn ingress_is_rate_limited_per_client_address_and_per_network_with_a_clear
         assert!(!metrics.contains(r#"network="no-such-net""#), "a name a sender invents is never a label");
 
         // Off: nothing is throttled.
-        let (base, _stop4) = serve(router_with(state.clone(), limits(|s| s.rate_limit = false))).await;
+        let (base, _stop4) = serve(with_limits(&state, limits(|s| s.rate_limit = false))).await;
         let (statuses, _, _) = burst(&client, 120, &format!("{base}/c/no-such-link?user=u1"), None).await;
         assert!(statuses.iter().all(|s| *s == 404), "rate_limit = false: {statuses:?}");
         t.cleanup().await;
@@ -259,13 +259,13 @@ async fn a_network_with_limits_of_its_own_is_limited_by_them() {
     for t in backends::all().await {
         let w = world(t.db.clone()).await;
         let _ = crate::ingress::app(&w, InboundAuth::None).await;
-        let state = AppState { service: w.service.clone(), runtime: runtime().clone() };
+        let state = w.service.clone();
         let config = limits(|s| {
             s.postback_rate_per_network = 1;
             s.postback_burst_per_network = 1;
             s.networks.insert("net".into(), NetworkRateSettings { postback_rate: 0, postback_burst: 0 });
         });
-        let (base, _stop) = serve(router_with(state, config)).await;
+        let (base, _stop) = serve(with_limits(&state, config)).await;
         let client = reqwest::Client::new();
         let (statuses, _, _) = burst(&client, 10, &format!("{base}/postback/net?tid=OWN"), None).await;
         assert!(statuses.iter().all(|s| *s != 429), "net's own limit is none: {statuses:?}");
@@ -285,10 +285,8 @@ async fn oversized_bodies_get_413_with_the_cap_and_its_setting_on_ingress_the_ad
         let s = &w.service;
         let admin = auth::create_token(s.db(), "ops", Scope::Admin, s.now(), None).await.expect("token");
         let bodies = BodyLimits { body: 2048, import: 8192, plugin: 16384 };
-        let app = router_with(
-            AppState { service: s.clone(), runtime: runtime().clone() },
-            HttpConfig { bodies, ingress: None, ..Default::default() },
-        );
+        let app =
+            crate::common::server(s).with_http(HttpConfig { bodies, ingress: None, ..Default::default() }).router();
         let request = |method: &str, uri: &str, token: Option<&str>, size: usize, key: Option<&str>| {
             let mut r = Request::builder().method(method).uri(uri).header("content-type", "application/json");
             if let Some(token) = token {
@@ -476,7 +474,7 @@ async fn every_admin_route_refuses_wrong_expired_revoked_and_under_scoped_tokens
         assert!(auth::revoke(s.db(), &revoked_id, now).await.expect("revoke"));
         w.clock.advance(2000);
         let wrong = "cbk_00000000000000000000000000000000000000000000000000000000000000ff";
-        let app = router(AppState { service: s.clone(), runtime: runtime().clone() });
+        let app = crate::common::app(s);
         let mut checked = 0;
         for r in cashbackd::http::openapi::ROUTES {
             let Some(needed) = r.scope else { continue };
@@ -521,7 +519,7 @@ async fn a_plugin_cannot_read_another_plugins_config_secrets_or_leftover_memory(
         // The host's own admin API, with data behind it, on loopback.
         let admin =
             auth::create_token(w.service.db(), "ops", Scope::Admin, w.service.now(), None).await.expect("token");
-        let (api, _stop) = serve(router(AppState { service: w.service.clone(), runtime: runtime().clone() })).await;
+        let (api, _stop) = serve(crate::common::app(&w.service)).await;
 
         let secret_b = marker("network-b-api-key");
         let config_b = marker("network-b-config");
@@ -625,4 +623,9 @@ async fn a_plugin_cannot_read_another_plugins_config_secrets_or_leftover_memory(
         assert!(seen_own.contains("memory now: [\"0x") && seen_own.contains("XSECRET-own-config"), "{seen_own}");
         t.cleanup().await;
     }
+}
+
+/// The server's assembly with the given ingress limits.
+fn with_limits(service: &cashbackd::conversions::Service, config: HttpConfig) -> axum::Router {
+    crate::common::server(service).with_http(config).router()
 }

@@ -31,8 +31,8 @@
 
 use anyhow::{Context, bail};
 use cashbackd::clock::SystemClock;
+use cashbackd::conversions::writer::WriterConfig;
 use cashbackd::conversions::{Outcome, Service, ServiceConfig};
-use cashbackd::db::writer::WriterConfig;
 use cashbackd::db::{Backend, Db, redact};
 use cashbackd::plugin::{PluginRuntime, RuntimeConfig};
 use clap::Parser;
@@ -303,12 +303,12 @@ fn round3(x: f64) -> f64 {
 mod callbacks {
     use super::{Args, round3};
     use anyhow::Context;
-    use cashbackd::callbacks::outbox::{Change, ChangeKind, Snapshot, enqueue};
     use cashbackd::callbacks::sign::Secret;
     use cashbackd::callbacks::{self, Deliverer, DeliveryConfig, EndpointSpec};
     use cashbackd::clock::{Clock, SystemClock};
     use cashbackd::conversions::{State, Status};
     use cashbackd::db::{Backend, Db};
+    use cashbackd::outbox::{Change, ChangeKind, Snapshot, enqueue};
     use std::process::ExitCode;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -29,12 +29,12 @@
 //! `webhook-id` / `{delivery_id}`, so the partner can tell). A delivery recorded as
 //! delivered is never sent again, except by an operator's replay.
 
-use super::outbox::{ChangeKind, PayoutSnapshot, Snapshot};
 use super::sign::{self, Secret};
 use super::template::{Template, Values, append_params};
 use super::{CallbackError, Endpoint, Method, net};
 use crate::clock::Clock;
 use crate::db::Db;
+use crate::outbox::{ChangeKind, PayoutSnapshot, Snapshot};
 use serde::Serialize;
 use sqlx::Row;
 use std::collections::HashMap;
@@ -1229,14 +1229,14 @@ fn sample_job(endpoint: &Endpoint, now: i64) -> Job {
         merchant_ref: Some("test-merchant-ref".into()),
     };
     if state == State::Created {
-        let click = super::outbox::Click {
+        let click = crate::outbox::Click {
             click_id: "test-click",
             user_id: "test-user",
             merchant_id: Some("test-merchant"),
             network_id: Some("test-network"),
             ref_id: Some("test-ref"),
         };
-        job.subject = Subject::Conversion(Box::new(super::outbox::Change::of_click(&click, None, now).snapshot));
+        job.subject = Subject::Conversion(Box::new(crate::outbox::Change::of_click(&click, None, now).snapshot));
     }
     job
 }

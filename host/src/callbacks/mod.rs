@@ -5,16 +5,17 @@
 //! | `mod.rs` | partners and endpoints: configuration, validation, retry policy |
 //! | `template.rs` | URL templates: `[%CASHBACK:...%]` macros and `{name}` placeholders |
 //! | `sign.rs` | HMAC query signatures (GET), Standard Webhooks (POST) |
-//! | `outbox.rs` | the transactional outbox written with every conversion change |
 //! | `deliver.rs` | the delivery worker: leases, sending, retries, auto-disable, log, replay, tester |
 //! | `net.rs` | outbound safety: no private addresses unless allowed, capped bodies |
+//!
+//! The changes they send come from the transactional outbox (`crate::outbox`), written
+//! with every conversion and payout change.
 //!
 //! How it fits together, and what a partner must do to verify a callback:
 //! `docs/CALLBACKS.md`.
 
 pub mod deliver;
 pub mod net;
-pub mod outbox;
 pub mod sign;
 pub mod template;
 
@@ -875,16 +876,7 @@ pub async fn alerts(db: &Db, limit: i64) -> Result<Vec<Alert>, CallbackError> {
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
-/// A subquery of the integers in the JSON array bound as parameter `$n`: one parameter
-/// however many ids. (sqlx binds SQLite's `$N` parameters by name, and SQLite looks each
-/// name up in a list: a statement with one parameter per id costs time quadratic in the
-/// number of ids.)
-pub(crate) fn ids_from_json(backend: crate::db::Backend, n: usize) -> String {
-    match backend {
-        crate::db::Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
-        crate::db::Backend::Postgres => format!("SELECT jsonb_array_elements_text(${n}::jsonb)::bigint"),
-    }
-}
+pub(crate) use crate::db::ids_from_json;
 
 /// Money for partners: a decimal in the currency's major unit (`12.34`), from minor units.
 pub fn decimal(minor: i64, currency: &str) -> String {

@@ -96,7 +96,7 @@ pub fn sign_get(url: &str, secret: &Secret, param: &str) -> String {
     } else {
         "&"
     };
-    let mut out = format!("{base}{sep}{}={signature}", crate::ingest::encode_component(param));
+    let mut out = format!("{base}{sep}{}={signature}", crate::input::encode_component(param));
     if let Some(f) = fragment {
         out.push('#');
         out.push_str(f);
@@ -124,7 +124,7 @@ pub fn standard_webhooks(secrets: &[Secret], id: &str, timestamp: i64, body: &[u
 
 /// A URL or header value with its signatures replaced by `***`, for the delivery log.
 pub fn mask_signature_param(url: &str, param: &str) -> String {
-    let encoded = crate::ingest::encode_component(param);
+    let encoded = crate::input::encode_component(param);
     let Some((base, query)) = url.split_once('?') else { return url.to_string() };
     let (query, fragment) = match query.split_once('#') {
         Some((q, f)) => (q, Some(f)),

@@ -150,7 +150,7 @@ impl Template {
                     if *raw {
                         out.push_str(v);
                     } else {
-                        out.push_str(&crate::ingest::encode_component(v));
+                        out.push_str(&crate::input::encode_component(v));
                     }
                 }
             }
@@ -175,9 +175,9 @@ pub fn append_params(url: &str, params: &BTreeMap<String, String>) -> String {
         } else if !(out.ends_with('?') || out.ends_with('&')) {
             out.push('&');
         }
-        out.push_str(&crate::ingest::encode_component(k));
+        out.push_str(&crate::input::encode_component(k));
         out.push('=');
-        out.push_str(&crate::ingest::encode_component(v));
+        out.push_str(&crate::input::encode_component(v));
     }
     if let Some(f) = fragment {
         out.push('#');

@@ -18,7 +18,7 @@
 //! target, `rustup target add`, Debian's `rustc-web`); `test` runs the crate's native tests,
 //! builds it and runs its fixtures inside the sandbox.
 
-use super::{load, test_plugin};
+use super::plugin::{load, test_plugin};
 use crate::plugin::PluginRuntime;
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};

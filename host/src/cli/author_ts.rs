@@ -9,7 +9,7 @@
 //! the manifest, the fixtures and the contract version as custom sections, exactly what the
 //! Rust SDK's export macro embeds, so the host treats both alike.
 
-use super::{load, test_plugin};
+use super::plugin::{load, test_plugin};
 use crate::plugin::PluginRuntime;
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};

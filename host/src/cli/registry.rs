@@ -141,16 +141,6 @@ fn json_arg(flag: &str, text: &Option<String>) -> anyhow::Result<Option<serde_js
     text.as_deref().map(|t| serde_json::from_str(t).with_context(|| format!("{flag}: not JSON: {t}"))).transpose()
 }
 
-/// Parses `--from`/`--to`: RFC 3339 or a date (midnight UTC).
-pub fn instant(flag: &str, text: &str) -> anyhow::Result<i64> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.timestamp_millis());
-    }
-    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .with_context(|| format!("{flag}: {text:?} is neither RFC 3339 nor YYYY-MM-DD"))?;
-    Ok(date.and_hms_opt(0, 0, 0).map(|d| d.and_utc().timestamp_millis()).unwrap_or_default())
-}
-
 fn actor() -> String {
     format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
@@ -271,8 +261,13 @@ pub fn run(cli: &Cli, command: &RegistryCommand) -> anyhow::Result<ExitCode> {
             }
             RegistryCommand::Backtest { plugin, merchant, from, to, position, config, limit } => {
                 let p = registry::resolve(&service, plugin).await?;
-                let from = from.as_deref().map(|f| instant("--from", f)).transpose()?.unwrap_or(i64::MIN);
-                let to = to.as_deref().map(|t| instant("--to", t)).transpose()?.unwrap_or_else(|| service.now() + 1);
+                let from =
+                    from.as_deref().map(|f| crate::clock::parse_instant("--from", f)).transpose()?.unwrap_or(i64::MIN);
+                let to = to
+                    .as_deref()
+                    .map(|t| crate::clock::parse_instant("--to", t))
+                    .transpose()?
+                    .unwrap_or_else(|| service.now() + 1);
                 let c = registry::backtest(
                     &service,
                     merchant,

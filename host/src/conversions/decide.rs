@@ -29,9 +29,9 @@
 
 use super::lifecycle::{Booked, Current, Step, step, target};
 use super::{ApplyError, Command, Evaluation, Outcome, ReviewAction, State, Status, Via, conversion_id, fingerprint};
-use crate::callbacks::outbox::Change;
 use crate::clock::{DAY_MS, Millis};
 use crate::ledger::{self, AccountKind, Entry, PLATFORM, PluginRefs, Posting};
+use crate::outbox::Change;
 use crate::plugin::wit::latest;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -266,7 +266,51 @@ pub struct ChangeRow {
 impl ChangeRow {
     /// The outbox change, once its journal row has sequence number `seq`.
     pub fn change(&self, seq: i64) -> Change {
-        Change::of(&self.row, Some(seq), self.at, &self.note)
+        change_of(&self.row, Some(seq), self.at, &self.note)
+    }
+}
+
+/// The change a conversion row describes, as it is about to be saved. `note` is the
+/// history note of the step (a network's reason is taken from its `(network: ...)`).
+pub fn change_of(r: &ConversionRow, journal_seq: Option<i64>, at: i64, note: &str) -> Change {
+    let network_reason = note
+        .rfind("(network: ")
+        .map(|i| note[i + "(network: ".len()..].trim_end_matches(')').to_string())
+        .filter(|s| !s.is_empty());
+    let our_reason = match (r.state, r.status) {
+        (State::Rejected | State::Reversed, _) | (_, Status::Rejected | Status::Held) => r.status_reason.clone(),
+        _ => None,
+    };
+    let line_ids = serde_json::from_str::<Vec<serde_json::Value>>(&r.line_items)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l.get("id").and_then(|v| v.as_str()).map(str::to_string))
+        .collect();
+    Change {
+        conversion_id: r.id.clone(),
+        version: r.version,
+        journal_seq,
+        at,
+        snapshot: crate::outbox::Snapshot {
+            kind: crate::outbox::ChangeKind::Conversion,
+            state: r.state,
+            status: r.status,
+            network_id: r.network_id.clone(),
+            transaction_id: r.transaction_id.clone(),
+            click_id: r.click_id.clone(),
+            user_id: r.user_id.clone(),
+            merchant_id: r.merchant_id.clone(),
+            merchant_ref: r.merchant_ref.clone(),
+            order_id: r.order_id.clone(),
+            event_type: r.event_type.clone(),
+            reason: network_reason.or(our_reason),
+            currency: r.currency.clone(),
+            amount: r.amount,
+            commission: r.commission,
+            cashback: r.cashback,
+            reward_delay_days: r.reward_delay_days,
+            line_ids,
+        },
     }
 }
 

@@ -9,118 +9,7 @@
 //! conversion never moves backwards: an event that would is recorded with the reason it
 //! was ignored. Statuses are ours (seed 002): what we did about the cashback.
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
-
-/// The network's view of a conversion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum State {
-    /// A click exists; nothing bought yet.
-    Created,
-    /// Purchase reported, commission not confirmed.
-    Pending,
-    /// The amount changed.
-    Adjusted,
-    /// Commission confirmed. Final, except for a later refund.
-    Completed,
-    /// Declined before completion. Final.
-    Rejected,
-    /// Refunded after completion. Final.
-    Reversed,
-}
-
-impl State {
-    /// Upper-case name (`PENDING`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Created => "CREATED",
-            State::Pending => "PENDING",
-            State::Adjusted => "ADJUSTED",
-            State::Completed => "COMPLETED",
-            State::Rejected => "REJECTED",
-            State::Reversed => "REVERSED",
-        }
-    }
-
-    /// Parses an upper-case name.
-    pub fn parse(s: &str) -> Option<State> {
-        [State::Created, State::Pending, State::Adjusted, State::Completed, State::Rejected, State::Reversed]
-            .into_iter()
-            .find(|st| st.as_str() == s)
-    }
-
-    fn is_final(self) -> bool {
-        matches!(self, State::Rejected | State::Reversed)
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What cashbackd did about a conversion's cashback (seed 002's badges, plus parked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Cashback credited (pending, then available).
-    Processed,
-    /// Waiting for an operator (the merchant is in manual mode).
-    PendingReview,
-    /// Flagged for review (by a rule's hold verdict or an operator).
-    Held,
-    /// No cashback: the network declined it or an operator rejected it.
-    Rejected,
-    /// Cashback taken back after completion (refund).
-    Reversed,
-    /// The rule plugin failed; reprocessable once fixed.
-    Failed,
-    /// Customer not found: the click or the user is unknown yet.
-    Parked,
-}
-
-impl Status {
-    /// snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Processed => "processed",
-            Status::PendingReview => "pending_review",
-            Status::Held => "held",
-            Status::Rejected => "rejected",
-            Status::Reversed => "reversed",
-            Status::Failed => "failed",
-            Status::Parked => "parked",
-        }
-    }
-
-    /// Parses a snake_case name.
-    pub fn parse(s: &str) -> Option<Status> {
-        [
-            Status::Processed,
-            Status::PendingReview,
-            Status::Held,
-            Status::Rejected,
-            Status::Reversed,
-            Status::Failed,
-            Status::Parked,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-
-    /// Awaiting an operator.
-    pub fn in_review(self) -> bool {
-        matches!(self, Status::PendingReview | Status::Held)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::states::{State, Status};
 
 /// What we hold for a conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,16 +96,7 @@ pub fn step(current: Option<&Current>, reported: State, amount: i64, commission:
     }
 }
 
-/// The per-conversion balances the ledger should hold.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Booked {
-    /// Cashback owed to the user, not yet available.
-    pub pending: i64,
-    /// Cashback available to the user.
-    pub available: i64,
-    /// Commission the network owes us.
-    pub receivable: i64,
-}
+pub use crate::ledger::Booked;
 
 /// What a conversion in `state`/`status` should have booked. The commission is the
 /// network's business and is booked whatever our status; the user's cashback only once

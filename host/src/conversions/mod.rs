@@ -15,7 +15,9 @@ pub mod decide;
 pub mod lifecycle;
 pub mod rules;
 pub mod service;
+pub mod shadow;
 pub mod store;
+pub mod writer;
 
 /// The store under the name the write path had before the decision core existed
 /// (`conversions::apply::journal_and_apply`, `apply::load`, ...).
@@ -331,6 +333,18 @@ pub enum ApplyError {
     /// A payout request or step was refused; nothing was written.
     #[error(transparent)]
     Payout(#[from] crate::payouts::Refusal),
+}
+
+impl From<crate::payouts::apply::Failure> for ApplyError {
+    fn from(f: crate::payouts::apply::Failure) -> ApplyError {
+        use crate::payouts::apply::Failure;
+        match f {
+            Failure::Refused(r) => ApplyError::Payout(r),
+            Failure::Conflict => ApplyError::Conflict,
+            Failure::Ledger(e) => ApplyError::Ledger(e),
+            Failure::Db(e) => ApplyError::Db(e),
+        }
+    }
 }
 
 /// A fingerprint of what the network said, for deduplication: the same event twice

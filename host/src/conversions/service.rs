@@ -8,7 +8,7 @@ use super::rules::{self, Link, RuleInputs};
 use super::store::{self, Attribution, ConversionRow, attribute};
 use super::{ApplyError, Command, Evaluation, Outcome, ReviewAction, Status, conversion_id};
 use crate::clock::Clock;
-use crate::db::writer::{Writer, WriterConfig};
+use crate::conversions::writer::{Writer, WriterConfig};
 use crate::db::{Backend, Db};
 use crate::plugin::wit::latest;
 use crate::plugin::{LoadError, LoadedPlugin, PluginKind, PluginRuntime};
@@ -137,7 +137,7 @@ impl Service {
     /// [`Service::ingest`] for an event that came by another path than a postback.
     pub async fn ingest_via(&self, event: latest::ConversionEvent, via: super::Via) -> Result<Outcome, ServiceError> {
         let result = self.record_event(&event, via).await;
-        crate::metrics::ingest_result(&event.network, via.as_str(), &result);
+        record_outcome(&event.network, via.as_str(), &result);
         result
     }
 
@@ -684,7 +684,13 @@ impl Service {
             let mut conn = self.db.pool.acquire().await?;
             store::merchant_settings(&mut conn, merchant).await?
         };
-        let shadow = crate::registry::shadow_chain(self, merchant, &chain).await?;
+        let shadow = match super::shadow::candidate(&self.db, merchant).await? {
+            Some((digest, position, config)) => {
+                let link = Link { plugin: self.plugin(&digest).await?, config };
+                Some((digest, super::shadow::substitute(&chain, position, link)))
+            }
+            None => None,
+        };
         let inputs =
             RuleInputs { order, now: self.clock.now(), prior_orders: u32::try_from(prior).unwrap_or(u32::MAX) };
         let runtime = self.runtime.clone();
@@ -702,7 +708,7 @@ impl Service {
             // Recorded, never posted. A failure to record it must not fail the live
             // conversion: it is logged and the shadow report simply lacks this one.
             if let Err(e) =
-                crate::registry::record_shadow(self, merchant, &inputs, &refs, &result, &candidate, &outcome).await
+                super::shadow::record_shadow(&self.db, merchant, &inputs, &refs, &result, &candidate, &outcome).await
             {
                 tracing::warn!(merchant, error = %e, "shadow decision not recorded");
             }
@@ -832,5 +838,58 @@ fn lines_or_whole(lines: Vec<latest::LineItem>, amount: i64) -> Vec<latest::Line
         vec![latest::LineItem { id: "order".into(), sku: String::new(), category: String::new(), quantity: 1, amount }]
     } else {
         lines
+    }
+}
+
+/// Counts one event's outcome in the metrics (`cashbackd_ingest_events_total`).
+fn record_outcome(network: &str, via: &'static str, result: &Result<Outcome, ServiceError>) {
+    use crate::conversions::ApplyError;
+    let outcome = match result {
+        Ok(Outcome::Applied { created: true, .. }) => "created",
+        Ok(Outcome::Applied { created: false, .. }) => "updated",
+        Ok(Outcome::Duplicate { .. }) => "duplicate",
+        Ok(Outcome::Ignored { .. }) => "ignored",
+        Ok(Outcome::Registered { .. } | Outcome::Adjusted { .. } | Outcome::Payout { .. }) => return,
+        Err(ServiceError::Invalid(_) | ServiceError::Apply(ApplyError::Invalid(_))) => "rejected",
+        Err(_) => "failed",
+    };
+    crate::metrics::ingest_event(network, via, outcome);
+}
+
+/// Payouts go through this service's writer (`payouts::service` takes it as a trait, so
+/// that payouts need not know the conversions).
+impl crate::payouts::service::PayoutWrites for Service {
+    fn db(&self) -> &crate::db::Db {
+        Service::db(self)
+    }
+
+    async fn write(
+        &self,
+        command: crate::payouts::service::PayoutCommand,
+        expected_version: Option<i64>,
+    ) -> Result<(crate::payouts::Payout, bool), crate::payouts::PayoutError> {
+        use crate::payouts::service::PayoutCommand;
+        let command = match command {
+            PayoutCommand::Request { payout_id, user_id, currency, amount, minimum, request_key, requested_by } => {
+                Command::PayoutRequest { payout_id, user_id, currency, amount, minimum, request_key, requested_by }
+            }
+            PayoutCommand::Step { payout_id, action, operator } => Command::PayoutStep { payout_id, action, operator },
+        };
+        match self.submit(command, expected_version).await.map_err(payout_error)? {
+            Outcome::Payout { payout, changed } => Ok((*payout, changed)),
+            other => Err(crate::payouts::PayoutError::Unavailable(format!(
+                "unexpected outcome of a payout command: {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A writer's refusal or failure, as the payouts' callers see it.
+fn payout_error(e: ApplyError) -> crate::payouts::PayoutError {
+    use crate::payouts::PayoutError;
+    match e {
+        ApplyError::Payout(r) => PayoutError::Refused(r),
+        ApplyError::Db(e) | ApplyError::Ledger(crate::ledger::LedgerError::Db(e)) => PayoutError::Db(e),
+        other => PayoutError::Unavailable(other.to_string()),
     }
 }

@@ -429,14 +429,14 @@ async fn write(conn: &mut AnyConnection, rows: &Rows, replay: &[Option<i64>]) ->
             return Ok(Err(Lost));
         }
         // ---- issue 13: CREATED on click (seed 001), in the click's own transaction ----
-        let click = crate::callbacks::outbox::Click {
+        let click = crate::outbox::Click {
             click_id: &c.click_id,
             user_id: &c.user_id,
             merchant_id: c.merchant_id.as_deref(),
             network_id: c.network_id.as_deref(),
             ref_id: c.ref_id.as_deref(),
         };
-        crate::callbacks::outbox::enqueue_click(conn, &click, Some(seqs[c.journal]), c.at).await?;
+        crate::outbox::enqueue_click(conn, &click, Some(seqs[c.journal]), c.at).await?;
     }
     for c in &rows.conversions {
         if !save(conn, &c.row, c.decided_on).await? {
@@ -475,7 +475,7 @@ async fn write(conn: &mut AnyConnection, rows: &Rows, replay: &[Option<i64>]) ->
     // The core decided which steps are changes for partners; they are recorded in this
     // transaction.
     let changes: Vec<_> = rows.changes.iter().map(|c| c.change(seqs[c.journal])).collect();
-    crate::callbacks::outbox::enqueue(conn, &changes).await?;
+    crate::outbox::enqueue(conn, &changes).await?;
     // ---- end issue 6 ----
     Ok(Ok(()))
 }
@@ -546,13 +546,20 @@ async fn payout(conn: &mut AnyConnection, input: &Input<'_>, replay_seq: Option<
                 request_key,
                 requested_by,
             };
-            crate::payouts::apply::request(conn, seq, at, request).await
+            crate::payouts::apply::request(conn, seq, at, request).await.map(payout_outcome).map_err(ApplyError::from)
         }
         Command::PayoutStep { payout_id, action, operator } => {
-            crate::payouts::apply::step(conn, seq, at, payout_id, action, operator, input.expected_version).await
+            crate::payouts::apply::step(conn, seq, at, payout_id, action, operator, input.expected_version)
+                .await
+                .map(payout_outcome)
+                .map_err(ApplyError::from)
         }
         _ => Err(ApplyError::Invalid("not a payout command".into())),
     }
+}
+
+fn payout_outcome((payout, changed): crate::payouts::apply::Applied) -> Outcome {
+    Outcome::Payout { payout: Box::new(payout), changed }
 }
 
 fn is_payout(c: &Command) -> bool {

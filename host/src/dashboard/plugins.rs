@@ -363,7 +363,8 @@ pub(super) async fn backtest(
         if text.trim().is_empty() {
             return Ok(default);
         }
-        crate::cli::parse_instant(field, text.trim()).map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e.to_string()))
+        crate::clock::parse_instant(field, text.trim())
+            .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e.to_string()))
     };
     let (from, to) = match (when("from", &f.from, i64::MIN), when("to", &f.to, st.service.now() + 1)) {
         (Ok(a), Ok(b)) => (a, b),

@@ -6,7 +6,9 @@
 //! code asks [`Db::backend`]. Migrations are embedded, one folder per backend with the
 //! same file names and the same shape.
 
-pub mod writer;
+pub mod fault;
+
+pub use fault::Fault;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
@@ -168,15 +170,15 @@ impl Db {
     }
 }
 
-/// The fault behind a database error, in the words of what the operator must do, when it
-/// is one a retry alone will not cure: SQLite's `SQLITE_FULL` ("database or disk is
-/// full"), PostgreSQL's `53100 disk_full` ("could not extend file ...: No space left on
-/// device"). Read from the error's text, because the group-commit writer hands each
-/// caller of a failed batch the batch's error as text.
-pub fn operator_fault(error: &str) -> Option<&'static str> {
-    let e = error.to_ascii_lowercase();
-    let full = ["database or disk is full", "no space left on device", "could not extend file", "disk full"];
-    full.iter().any(|f| e.contains(f)).then_some("the database's disk is full")
+/// A subquery of the integers in the JSON array bound as parameter `$n`: one parameter
+/// however many ids. (sqlx binds SQLite's `$N` parameters by name, and SQLite looks each
+/// name up in a list: a statement with one parameter per id costs time quadratic in the
+/// number of ids.)
+pub fn ids_from_json(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
+        Backend::Postgres => format!("SELECT jsonb_array_elements_text(${n}::jsonb)::bigint"),
+    }
 }
 
 /// A database URL without its password, for messages and logs.
@@ -206,16 +208,6 @@ pub fn has_stray_credentials(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_full_disk_is_named_whichever_backend_says_so() {
-        let sqlite = "batch not acknowledged: error returned from database: (code: 13) database or disk is full";
-        let postgres =
-            "error returned from database: could not extend file \"base/16384/2619\": No space left on device";
-        assert_eq!(super::operator_fault(sqlite), Some("the database's disk is full"));
-        assert_eq!(super::operator_fault(postgres), Some("the database's disk is full"));
-        assert_eq!(super::operator_fault("pool timed out while waiting for an open connection"), None);
-    }
-
     #[test]
     fn passwords_never_reach_messages() {
         assert_eq!(super::redact("postgres://app:hunter2@db/cb"), "postgres://app:***@db/cb");

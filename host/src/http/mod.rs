@@ -129,14 +129,10 @@ impl HttpConfig {
     }
 }
 
-/// The router with the default body caps and no ingress rate limit (tests, benchmarks,
-/// embedding); `serve` uses [`router_with`] and the settings.
-pub fn router(state: AppState) -> Router {
-    router_with(state, HttpConfig::default())
-}
-
-/// The router set up as `config` says.
-pub fn router_with(state: AppState, config: HttpConfig) -> Router {
+/// The router set up as `config` says, with `pages` (the dashboard's) behind the same
+/// authentication, limits and request log; `server::Server::router` passes them, and adds
+/// the workers and policies the handlers reach through extensions.
+pub(crate) fn router_with(state: AppState, config: HttpConfig, pages: Router<AppState>) -> Router {
     let mut ingress = Router::new()
         .route("/c/{link}", get(ingress::click))
         .route("/postback/{network}", get(ingress::postback).post(ingress::postback));
@@ -156,7 +152,7 @@ pub fn router_with(state: AppState, config: HttpConfig) -> Router {
         .merge(users::routes())
         .merge(payouts::routes())
         .route("/api/v1/openapi.json", get(openapi::serve))
-        .merge(crate::dashboard::routes())
+        .merge(pages)
         .layer(axum::middleware::from_fn_with_state(bodies, integral_numbers))
         .layer(axum::middleware::from_fn_with_state(bodies, too_large_as_json))
         // Every route's cap but the uploads', whose own (inner) layers set theirs.
@@ -287,13 +283,6 @@ async fn too_large_as_json(
     json
 }
 
-/// The router with the delivery worker the callback tester sends through (its outbound
-/// settings: whether private addresses are allowed). Without it, the tester uses the
-/// defaults.
-pub fn router_with_callbacks(state: AppState, deliverer: crate::callbacks::Deliverer) -> Router {
-    router(state).layer(axum::Extension(deliverer))
-}
-
 /// Serves an already built router on `listener` until `shutdown` resolves.
 pub async fn serve_router(
     app: Router,
@@ -301,16 +290,6 @@ pub async fn serve_router(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    state: AppState,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
@@ -344,13 +323,20 @@ impl ApiError {
 
     /// 503: the caller should retry later (the answer says when, `Retry-After`); details
     /// are logged, not returned, except a fault the operator must act on (a full disk).
-    pub fn unavailable(context: &str, error: &dyn std::fmt::Display) -> ApiError {
+    pub fn unavailable(context: &str, error: &(dyn std::error::Error + 'static)) -> ApiError {
         tracing::error!(error = %error, "{context}");
-        let message = match crate::db::operator_fault(&error.to_string()) {
+        let message = match crate::db::Fault::in_chain(error).and_then(crate::db::Fault::operator_action) {
             Some(fault) => format!("{context}: {fault}; retry later"),
             None => format!("{context}; retry later"),
         };
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// 503 for a reason that is not an error value (a missing configuration, a refusal
+    /// text): logged, and said to the caller as `context`.
+    pub fn unavailable_because(context: &str, reason: &str) -> ApiError {
+        tracing::error!(reason, "{context}");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{context}; retry later"))
     }
 
     /// The status.

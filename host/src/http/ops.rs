@@ -37,7 +37,7 @@ async fn metrics(
         super::admin::require(&st, &headers, Scope::Read).await?;
     }
     let mut body = crate::metrics::handle().map(|h| h.render()).unwrap_or_default();
-    crate::metrics::render_queues(&mut body, st.service.db()).await;
+    crate::metrics::render_queues(&mut body, &st.service.db().pool).await;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
 

@@ -48,7 +48,7 @@ pub(super) fn error(e: PayoutError) -> ApiError {
             ApiError::new(status, code, r.to_string())
         }
         PayoutError::Db(e) => ApiError::unavailable("the database is unavailable", &e),
-        PayoutError::Unavailable(why) => ApiError::unavailable("the payout could not be written", &why),
+        PayoutError::Unavailable(why) => ApiError::unavailable_because("the payout could not be written", &why),
     }
 }
 

@@ -1,12 +1,10 @@
 //! Ingress configuration and checks: networks (their adapter and how their postbacks
-//! authenticate), tracked links, click URL rendering, and the log of refused postbacks;
-//! `input.rs`: what the ingress takes of its input (identifier limits, URL-encoded text).
-
-pub mod input;
+//! authenticate), tracked links, click URL rendering, and the log of refused postbacks.
+//! What the ingress takes of its input (identifier limits, URL-encoded text) is
+//! `crate::input`, shared with the plugin boundary and the callbacks' URLs.
 
 use crate::db::Db;
 use hmac::{Hmac, Mac};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::Sha256;
 use sqlx::Row;
 use std::fmt;
@@ -163,15 +161,6 @@ pub async fn link(db: &Db, id: &str) -> Result<Option<Link>, sqlx::Error> {
     .transpose()
 }
 
-/// Everything but RFC 3986's unreserved characters is percent-encoded: a value can then
-/// stand anywhere in a URL (path or query) and decodes back to itself exactly once.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-/// Encodes one value for a URL, once.
-pub fn encode_component(value: &str) -> String {
-    utf8_percent_encode(value, COMPONENT).to_string()
-}
-
 /// Fills a link's URL template. The template itself is the operator's and is left as
 /// it is; each value is encoded exactly once; an absent value becomes empty.
 ///
@@ -199,7 +188,7 @@ pub fn render_click_url(template: &str, click_id: &str, ref_id: Option<&str>, su
         let after = &rest[open + 1..];
         match after.find('}').and_then(|close| Some((close, value(&after[..close])?))) {
             Some((close, v)) => {
-                out.push_str(&encode_component(v));
+                out.push_str(&crate::input::encode_component(v));
                 rest = &after[close + 1..];
             }
             None => {

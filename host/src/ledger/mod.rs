@@ -15,7 +15,6 @@
 //! postings of their own (`debt`, `debt_repayment`), keyed by the posting that caused
 //! them. docs/LEDGER.md states the policy.
 
-use crate::conversions::lifecycle::Booked;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
@@ -123,6 +122,18 @@ pub enum LedgerError {
     /// The database failed.
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+}
+
+/// What one conversion has booked in the ledger (or should have): the balances its
+/// postings add up to, per account kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Booked {
+    /// Cashback owed to the user, not yet available.
+    pub pending: i64,
+    /// Cashback available to the user.
+    pub available: i64,
+    /// Commission the network owes us.
+    pub receivable: i64,
 }
 
 /// Entries that move a conversion's bookings by `delta` for `user`.

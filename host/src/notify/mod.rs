@@ -1,7 +1,7 @@
 //! User notifications (seed 000): a digest e-mail per user per batch, batches formed by a
 //! scheduled job a few times a day, sent by SMTP.
 //!
-//! A batch takes every change recorded in the outbox (`callbacks::outbox`) since the last
+//! A batch takes every change recorded in the outbox (`outbox`) since the last
 //! batch that a user should hear about (tracked, adjusted, completed, declined,
 //! reversed; payouts paid or failed), and renders one e-mail per user from the templates
 //! (`host/templates/notify/`, overridable by the operator). Forming the batch is one
@@ -402,8 +402,7 @@ impl Notifier {
             let (name, wants): (Option<String>, i64) = (r.try_get(7)?, r.try_get(8)?);
             let entry = users.entry(user).or_insert_with(|| (email, name, wants != 0, Lines::default()));
             if subject == "payout" {
-                let p: crate::callbacks::outbox::PayoutSnapshot =
-                    serde_json::from_str(&snapshot).map_err(unreadable)?;
+                let p: crate::outbox::PayoutSnapshot = serde_json::from_str(&snapshot).map_err(unreadable)?;
                 let line = PayoutLine {
                     payout_id: p.payout_id,
                     amount: cashback_sdk::money::format(p.amount, &p.currency),
@@ -418,7 +417,7 @@ impl Notifier {
                 }
                 continue;
             }
-            let s: crate::callbacks::outbox::Snapshot = serde_json::from_str(&snapshot).map_err(unreadable)?;
+            let s: crate::outbox::Snapshot = serde_json::from_str(&snapshot).map_err(unreadable)?;
             let line = Line {
                 conversion_id: conversion_id.clone(),
                 kinds: vec![kind.clone()],
@@ -633,7 +632,7 @@ fn transport(
     if let Some(path) = ca_file {
         use lettre::transport::smtp::client::{Tls, TlsParameters};
         let named = |what: String| NotifyError::Config(format!("smtp.ca_file: {what}"));
-        let ca = crate::config::read_ca_file(path).map_err(named)?;
+        let ca = read_ca_file(path).map_err(named)?;
         // lettre reads the URL's TLS mode into the builder but offers no way to add a root
         // to the parameters it made: read the mode the same way and make them again.
         let parsed = url::Url::parse(url).map_err(|_| invalid())?;
@@ -671,6 +670,18 @@ pub async fn notified_at(db: &Db, conversion_id: &str) -> Result<Option<i64>, sq
         .fetch_optional(&db.pool)
         .await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?.flatten())
+}
+
+/// The certificates of a PEM file of certificate authorities (`smtp.ca_file`), or why
+/// they cannot be used. lettre's parser accepts a file with no certificate at all (and
+/// would then trust nothing, failing every send later): one is required here.
+pub fn read_ca_file(path: &std::path::Path) -> Result<lettre::transport::smtp::client::Certificate, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {} ({e})", path.display()))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{} is not a PEM certificate (no BEGIN CERTIFICATE block)", path.display()));
+    }
+    lettre::transport::smtp::client::Certificate::from_pem(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate ({e})", path.display()))
 }
 
 #[cfg(test)]

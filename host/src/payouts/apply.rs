@@ -15,11 +15,32 @@
 
 use super::store::{self, Payout};
 use super::{Movement, PayoutAction, PayoutStatus, Refusal, Step, decide, request_amount};
-use crate::callbacks::outbox;
 use crate::clock::Millis;
-use crate::conversions::{ApplyError, Outcome};
 use crate::ledger::{self, AccountKind, Entry, PLATFORM, Posting};
+use crate::outbox;
 use sqlx::AnyConnection;
+
+/// What applying a payout command gives: the payout as it is now, and whether this
+/// command changed it (false: it was already where the command leads).
+pub type Applied = (Payout, bool);
+
+/// Why a payout command was not applied. Nothing of it is kept (the write path rolls its
+/// savepoint back) and its caller hears why (`conversions::ApplyError` converts it).
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Refused: the balance, the minimum, the key or the payout's status.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// The payout changed under the lock (cannot happen; never half-applied if it does).
+    #[error("the payout changed concurrently")]
+    Conflict,
+    /// The ledger refused the posting.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
 
 /// The entries that move `amount` of `user`'s cashback as `movement` says.
 pub fn movement_entries(user: &str, movement: Movement, amount: i64) -> Vec<Entry> {
@@ -61,14 +82,14 @@ fn money(minor: i64, currency: &str) -> String {
 
 /// A payout request: refused (nothing written) below the minimum or above the available
 /// balance; otherwise the payout row and its first posting, available to in flight.
-pub async fn request(conn: &mut AnyConnection, seq: i64, at: Millis, r: Request<'_>) -> Result<Outcome, ApplyError> {
+pub async fn request(conn: &mut AnyConnection, seq: i64, at: Millis, r: Request<'_>) -> Result<Applied, Failure> {
     // Locked first: a second request for the same user on another replica waits here, then
     // sees this one's payout row and its smaller balance.
     let held = ledger::position(conn, r.user_id, r.currency, true).await?;
     if let Some(existing) = store::by_key(conn, r.user_id, r.request_key).await? {
         return same_request(existing, r);
     }
-    let amount = request_amount(r.amount, held.available, r.minimum, r.currency).map_err(ApplyError::Payout)?;
+    let amount = request_amount(r.amount, held.available, r.minimum, r.currency).map_err(Failure::Refused)?;
     let inserted = sqlx::query(
         "INSERT INTO payouts (id, user_id, currency, amount, status, request_key, requested_by, requested_at, \
          updated_at, version) VALUES ($1, $2, $3, $4, 'requested', $5, $6, $7, $7, 1) ON CONFLICT DO NOTHING RETURNING id",
@@ -84,24 +105,24 @@ pub async fn request(conn: &mut AnyConnection, seq: i64, at: Millis, r: Request<
     .await?;
     if inserted.is_none() {
         // The same id (same user and key) made meanwhile, by another replica.
-        let existing = store::load(conn, r.payout_id, false).await?.ok_or(ApplyError::Conflict)?;
+        let existing = store::load(conn, r.payout_id, false).await?.ok_or(Failure::Conflict)?;
         return same_request(existing, r);
     }
-    let payout = store::load(conn, r.payout_id, false).await?.ok_or(ApplyError::Conflict)?;
+    let payout = store::load(conn, r.payout_id, false).await?.ok_or(Failure::Conflict)?;
     let detail = format!("requested by {}: {}", r.requested_by, money(amount, r.currency));
     history(conn, &payout, seq, at, None, Some(r.requested_by), &detail).await?;
     post(conn, &payout, seq, at, "requested", Movement::AvailableToInFlight, Some(r.requested_by), &detail).await?;
     outbox_change(conn, &payout, seq, at).await?;
-    Ok(Outcome::Payout { payout: Box::new(payout), changed: true })
+    Ok((payout, true))
 }
 
 /// A request whose key made a payout already: the same request again is answered with
 /// that payout (nothing posted); another request under the same key is refused.
-fn same_request(existing: Payout, r: Request<'_>) -> Result<Outcome, ApplyError> {
+fn same_request(existing: Payout, r: Request<'_>) -> Result<Applied, Failure> {
     if existing.currency == r.currency && r.amount.is_none_or(|a| a == existing.amount) {
-        return Ok(Outcome::Payout { payout: Box::new(existing), changed: false });
+        return Ok((existing, false));
     }
-    Err(ApplyError::Payout(Refusal::KeyReused {
+    Err(Failure::Refused(Refusal::KeyReused {
         key: r.request_key.to_string(),
         amount: money(existing.amount, &existing.currency),
         id: existing.id,
@@ -118,17 +139,17 @@ pub async fn step(
     action: &PayoutAction,
     operator: &str,
     expected_version: Option<i64>,
-) -> Result<Outcome, ApplyError> {
+) -> Result<Applied, Failure> {
     let p = store::load(conn, payout_id, true)
         .await?
-        .ok_or_else(|| ApplyError::Payout(Refusal::NotFound(format!("no payout {payout_id:?}"))))?;
+        .ok_or_else(|| Failure::Refused(Refusal::NotFound(format!("no payout {payout_id:?}"))))?;
     if let Some(expected) = expected_version
         && expected != p.version
     {
-        return Err(ApplyError::Payout(Refusal::Stale { id: p.id, expected, actual: p.version }));
+        return Err(Failure::Refused(Refusal::Stale { id: p.id, expected, actual: p.version }));
     }
-    let (to, movement) = match decide(&p.id, p.status, p.reference.as_deref(), action).map_err(ApplyError::Payout)? {
-        Step::Unchanged => return Ok(Outcome::Payout { payout: Box::new(p), changed: false }),
+    let (to, movement) = match decide(&p.id, p.status, p.reference.as_deref(), action).map_err(Failure::Refused)? {
+        Step::Unchanged => return Ok((p, false)),
         Step::Move { to, movement } => (to, movement),
     };
     let (reference, reason) = match action {
@@ -157,9 +178,9 @@ pub async fn step(
     if updated.rows_affected() != 1 {
         // Cannot happen under the lock (or SQLite's single writer); if it does, nothing of
         // this step is kept and the caller hears so.
-        return Err(ApplyError::Conflict);
+        return Err(Failure::Conflict);
     }
-    let payout = store::load(conn, &p.id, false).await?.ok_or(ApplyError::Conflict)?;
+    let payout = store::load(conn, &p.id, false).await?.ok_or(Failure::Conflict)?;
     let amount = money(payout.amount, &payout.currency);
     let detail = match action {
         PayoutAction::Approve => format!("approved by {operator}"),
@@ -175,7 +196,7 @@ pub async fn step(
     history(conn, &payout, seq, at, Some(p.status), Some(operator), &detail).await?;
     post(conn, &payout, seq, at, to.as_str(), movement, Some(operator), &detail).await?;
     outbox_change(conn, &payout, seq, at).await?;
-    Ok(Outcome::Payout { payout: Box::new(payout), changed: true })
+    Ok((payout, true))
 }
 
 async fn history(
@@ -213,7 +234,7 @@ async fn post(
     movement: Movement,
     operator: Option<&str>,
     detail: &str,
-) -> Result<(), ApplyError> {
+) -> Result<(), Failure> {
     let entries = movement_entries(&p.user_id, movement, p.amount);
     if entries.is_empty() {
         return Ok(());

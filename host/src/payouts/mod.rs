@@ -31,60 +31,11 @@ pub mod store;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 
 pub use service::{NewPayout, PayoutError, Transition};
 pub use store::{Payout, PayoutFilter};
 
-/// Where a payout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PayoutStatus {
-    /// Asked for; the amount is in flight, waiting for an operator.
-    Requested,
-    /// An operator approved it; waiting for the payment.
-    Approved,
-    /// An operator refused it; the amount went back to available. Final.
-    Rejected,
-    /// Paid, with the external payment reference.
-    Paid,
-    /// The payment failed (or came back after it was marked paid); the amount went back
-    /// to available. Final.
-    Failed,
-}
-
-impl PayoutStatus {
-    /// Every status, in the order of the lifecycle.
-    pub const ALL: [PayoutStatus; 5] = [
-        PayoutStatus::Requested,
-        PayoutStatus::Approved,
-        PayoutStatus::Rejected,
-        PayoutStatus::Paid,
-        PayoutStatus::Failed,
-    ];
-
-    /// snake_case name, as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PayoutStatus::Requested => "requested",
-            PayoutStatus::Approved => "approved",
-            PayoutStatus::Rejected => "rejected",
-            PayoutStatus::Paid => "paid",
-            PayoutStatus::Failed => "failed",
-        }
-    }
-
-    /// Parses a snake_case name.
-    pub fn parse(s: &str) -> Option<PayoutStatus> {
-        PayoutStatus::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-}
-
-impl fmt::Display for PayoutStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::states::PayoutStatus;
 
 /// What an operator does to a payout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,11 +1,15 @@
 //! The payouts' entry points, shared by the admin API, the CLI and the dashboard: input
 //! checked here (each refusal names its field), decisions made inside the write
 //! (`apply.rs`), reads from `store.rs`.
+//!
+//! Payouts are written through the conversions' group-commit writer, which sits above
+//! this module (it applies payout commands with `apply.rs`). So that the dependency runs
+//! one way, the entry points take what they need of it as a trait, [`PayoutWrites`],
+//! which `conversions::Service` implements.
 
 use super::store::{self, Page, Payout, PayoutFilter};
 use super::{PayoutAction, PayoutPolicy, Refusal};
-use crate::conversions::{ApplyError, Command, Outcome, Service};
-use crate::ledger::LedgerError;
+use crate::db::Db;
 use sha2::{Digest as _, Sha256};
 
 /// Why a payout call failed.
@@ -23,14 +27,49 @@ pub enum PayoutError {
     Unavailable(String),
 }
 
-impl From<ApplyError> for PayoutError {
-    fn from(e: ApplyError) -> PayoutError {
-        match e {
-            ApplyError::Payout(r) => PayoutError::Refused(r),
-            ApplyError::Db(e) | ApplyError::Ledger(LedgerError::Db(e)) => PayoutError::Db(e),
-            other => PayoutError::Unavailable(other.to_string()),
-        }
-    }
+/// A payout command, checked, for the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayoutCommand {
+    /// Request a payout (`apply::request`).
+    Request {
+        /// The payout's id ([`payout_id`]).
+        payout_id: String,
+        /// The user.
+        user_id: String,
+        /// ISO currency.
+        currency: String,
+        /// Minor units; none: all of the available balance.
+        amount: Option<i64>,
+        /// The currency's minimum payout.
+        minimum: i64,
+        /// The requester's key.
+        request_key: String,
+        /// Who asks.
+        requested_by: String,
+    },
+    /// An operator's step (`apply::step`).
+    Step {
+        /// The payout.
+        payout_id: String,
+        /// What to do.
+        action: PayoutAction,
+        /// Who.
+        operator: String,
+    },
+}
+
+/// What the payouts' entry points need of the write path.
+pub trait PayoutWrites: Sync {
+    /// The database, for reads.
+    fn db(&self) -> &Db;
+    /// Applies `command` through the writer, answered after commit: the payout and
+    /// whether the command changed it. `expected_version`: refused if the payout is at
+    /// another version.
+    fn write(
+        &self,
+        command: PayoutCommand,
+        expected_version: Option<i64>,
+    ) -> impl Future<Output = Result<(Payout, bool), PayoutError>> + Send;
 }
 
 /// A payout request.
@@ -98,7 +137,11 @@ pub fn payout_id(user: &str, key: &str) -> String {
 /// Requests a payout: the amount (or all of the available balance) moves from available
 /// to in flight, at or above the currency's minimum. Returns the payout and whether this
 /// call made it (false: the same key made it before).
-pub async fn request(svc: &Service, policy: &PayoutPolicy, req: NewPayout) -> Result<(Payout, bool), PayoutError> {
+pub async fn request(
+    svc: &impl PayoutWrites,
+    policy: &PayoutPolicy,
+    req: NewPayout,
+) -> Result<(Payout, bool), PayoutError> {
     let user = required("user", &req.user_id, 255)?;
     check_currency(&req.currency)?;
     if let Some(a) = req.amount
@@ -115,7 +158,7 @@ pub async fn request(svc: &Service, policy: &PayoutPolicy, req: NewPayout) -> Re
     if known.is_none() {
         return Err(PayoutError::Refused(Refusal::NotFound(format!("no user {user:?}"))));
     }
-    let command = Command::PayoutRequest {
+    let command = PayoutCommand::Request {
         payout_id: payout_id(&user, &key),
         user_id: user,
         currency: req.currency.clone(),
@@ -124,12 +167,12 @@ pub async fn request(svc: &Service, policy: &PayoutPolicy, req: NewPayout) -> Re
         request_key: key,
         requested_by,
     };
-    outcome(svc.submit(command, None).await?)
+    svc.write(command, None).await
 }
 
 /// An operator's step on payout `id`. Returns the payout and whether this call changed
 /// it (false: it was already where the step leads).
-pub async fn transition(svc: &Service, id: &str, t: Transition) -> Result<(Payout, bool), PayoutError> {
+pub async fn transition(svc: &impl PayoutWrites, id: &str, t: Transition) -> Result<(Payout, bool), PayoutError> {
     let operator = required("operator", &t.operator, 255)?;
     let action = match t.action {
         PayoutAction::Approve => PayoutAction::Approve,
@@ -139,24 +182,17 @@ pub async fn transition(svc: &Service, id: &str, t: Transition) -> Result<(Payou
             PayoutAction::MarkPaid { reference: required("reference", &reference, 255)? }
         }
     };
-    let command = Command::PayoutStep { payout_id: id.to_string(), action, operator };
-    outcome(svc.submit(command, t.expected_version).await?)
-}
-
-fn outcome(o: Outcome) -> Result<(Payout, bool), PayoutError> {
-    match o {
-        Outcome::Payout { payout, changed } => Ok((*payout, changed)),
-        other => Err(PayoutError::Unavailable(format!("unexpected outcome of a payout command: {other:?}"))),
-    }
+    let command = PayoutCommand::Step { payout_id: id.to_string(), action, operator };
+    svc.write(command, t.expected_version).await
 }
 
 /// A payout by id.
-pub async fn get(svc: &Service, id: &str) -> Result<Payout, PayoutError> {
+pub async fn get(svc: &impl PayoutWrites, id: &str) -> Result<Payout, PayoutError> {
     store::get(svc.db(), id).await?.ok_or_else(|| PayoutError::Refused(Refusal::NotFound(format!("no payout {id:?}"))))
 }
 
 /// A page of payouts; a cursor that is not one of ours is refused naming `after`.
-pub async fn list(svc: &Service, filter: &PayoutFilter) -> Result<Page, PayoutError> {
+pub async fn list(svc: &impl PayoutWrites, filter: &PayoutFilter) -> Result<Page, PayoutError> {
     if let Some(after) = &filter.after
         && store::parse_cursor(after).is_none()
     {

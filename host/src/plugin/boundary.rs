@@ -15,7 +15,7 @@
 //! answers 400 with the reason, an import counts the event as rejected with it.
 
 use super::wit::latest;
-use crate::ingest::input::{self, IdLimit};
+use crate::input::{self, IdLimit};
 use latest::ConversionState;
 
 /// The largest amount, in minor units, the host takes from a plugin (ten trillion euros):
@@ -24,7 +24,7 @@ use latest::ConversionState;
 pub const MAX_MINOR: i64 = 1_000_000_000_000_000;
 
 /// The longest identifier (transaction, click, order, merchant reference, event type, line
-/// id), in characters ([`crate::ingest::input`]).
+/// id), in characters ([`crate::input`]).
 pub const MAX_ID_CHARS: usize = input::MAX_EVENT_ID_CHARS;
 
 /// The byte cap that follows: UTF-8 takes at most 4 bytes a character.

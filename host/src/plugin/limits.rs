@@ -3,7 +3,6 @@
 //! HTTP requests. A manifest may ask for other values within the host's maxima; the host
 //! configuration sets both the defaults and the maxima.
 
-use super::manifest::ManifestError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -103,9 +102,19 @@ pub struct LimitsOverride {
     pub http_timeout_ms: Option<u64>,
 }
 
+/// A limit that a manifest or an operator's override asks for and the host refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("limits.{name}: {reason}")]
+pub struct LimitError {
+    /// The limit's name as a manifest spells it (`deadline-ms`).
+    pub name: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
 impl LimitsOverride {
     /// Refuses values above the host's maxima, naming the field.
-    pub fn check_within(&self, maxima: &Limits) -> Result<(), ManifestError> {
+    pub fn check_within(&self, maxima: &Limits) -> Result<(), LimitError> {
         let checks: [(&str, Option<u64>, u64); 8] = [
             ("deadline-ms", self.deadline_ms, maxima.deadline_ms),
             ("memory-mib", self.memory_mib, maxima.memory_mib),
@@ -121,16 +130,10 @@ impl LimitsOverride {
                 // Zero requests is a meaningful declaration ("this adapter never calls out");
                 // a zero of anything else would make every call fail.
                 Some(0) if name != "max-http-requests" => {
-                    return Err(ManifestError::Field {
-                        field: format!("limits.{name}"),
-                        reason: "must be greater than 0".into(),
-                    });
+                    return Err(LimitError { name, reason: "must be greater than 0".into() });
                 }
                 Some(v) if v > max => {
-                    return Err(ManifestError::Field {
-                        field: format!("limits.{name}"),
-                        reason: format!("{v} exceeds the host's maximum of {max}"),
-                    });
+                    return Err(LimitError { name, reason: format!("{v} exceeds the host's maximum of {max}") });
                 }
                 _ => {}
             }

@@ -170,7 +170,9 @@ impl Manifest {
                 ),
             ));
         }
-        self.limits.check_within(maxima)?;
+        self.limits
+            .check_within(maxima)
+            .map_err(|e| ManifestError::Field { field: format!("limits.{}", e.name), reason: e.reason })?;
         if self.kind == PluginKind::MerchantRules {
             if !self.capabilities.http_hosts.is_empty() {
                 return Err(field_err("capabilities.http-hosts", "merchant rules are pure and cannot make requests"));

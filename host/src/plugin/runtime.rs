@@ -665,7 +665,7 @@ fn observe<T>(plugin: &LoadedPlugin, call: &'static str, started: Instant, outco
         return;
     }
     let failure = outcome.result.as_ref().err().map(CallError::kind);
-    crate::metrics::plugin_call(&plugin.label, call, started.elapsed(), failure);
+    crate::metrics::plugin_call(&plugin.label.name, &plugin.label.version, call, started.elapsed(), failure);
 }
 
 /// Pieces of a call, exposed for the benchmark only: production code always goes

@@ -1,4 +1,4 @@
-//! What the ingress takes of its input, in one place: the limits on identifiers (a
+//! What cashbackd takes of its input and writes into URLs, in one place: the limits on identifiers (a
 //! click's user, ref_id and sub ids; an event's transaction, click, order and line ids
 //! and merchant ref) and the decoding of URL-encoded text (query strings, form bodies).
 //! Pure functions, so that every path (clicks, postbacks, API imports, files) applies the
@@ -18,6 +18,8 @@
 //! **UTF-8 or nothing.** Percent-decoded bytes that are not UTF-8 are refused, never
 //! replaced with U+FFFD: `tid=A%FF%FE` and `tid=A%FE%FF` would otherwise both become
 //! `A��` and two conversions collapse into one.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// One kind of identifier and its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +114,15 @@ pub fn form_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
 /// `+` is a space, then `%XX` a byte (`percent_encoding` keeps an invalid escape as it is).
 fn percent_decode(s: &str) -> Vec<u8> {
     percent_encoding::percent_decode_str(&s.replace('+', " ")).collect()
+}
+
+/// Everything but RFC 3986's unreserved characters is percent-encoded: a value can then
+/// stand anywhere in a URL (path or query) and decodes back to itself exactly once.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Encodes one value for a URL, once.
+pub fn encode_component(value: &str) -> String {
+    utf8_percent_encode(value, COMPONENT).to_string()
 }
 
 #[cfg(test)]

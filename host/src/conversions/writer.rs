@@ -86,14 +86,20 @@ async fn run(db: Db, clock: Arc<dyn Clock>, max_batch: usize, mut rx: mpsc::Rece
                 // as a duplicate, never applied twice. A connection left inside a
                 // transaction is not reused (see `Db::connect`).
                 tracing::error!(error = %e, jobs = batch.len(), "write batch failed; none of its writes is acknowledged");
-                let message = e.to_string();
                 for job in batch.drain(..) {
-                    let _ = job
-                        .reply
-                        .send(Err(ApplyError::Db(sqlx::Error::Protocol(format!("batch not acknowledged: {message}")))));
+                    let _ = job.reply.send(Err(ApplyError::Db(unacknowledged(&e))));
                 }
             }
         }
+    }
+}
+
+/// The error each caller of a failed batch gets: the batch's database error with its code
+/// and kind (`db::fault::duplicate`), so that callers match it by kind, never by text.
+fn unacknowledged(e: &ApplyError) -> sqlx::Error {
+    match e {
+        ApplyError::Db(db) | ApplyError::Ledger(crate::ledger::LedgerError::Db(db)) => crate::db::fault::duplicate(db),
+        other => sqlx::Error::Protocol(format!("batch not acknowledged: {other}")),
     }
 }
 

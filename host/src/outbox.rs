@@ -5,6 +5,10 @@
 //! rolled back, so did they). The delivery worker and the notification batches read
 //! from here; nothing is sent from inside the transaction.
 //!
+//! It sits below its writers (the conversions' write path, payouts) and its readers (the
+//! delivery worker, the notifications), and knows none of them: a conversion's change is
+//! made from its row by the write path (`conversions::decide`).
+//!
 //! Which steps are changes is decided by the conversions' pure core
 //! (`conversions::decide::partner_visible`): the conversion's state, status, cashback or
 //! order amount differs from what it was; every state is sent (seed 001: callbacks are
@@ -16,8 +20,7 @@
 //! to the endpoints that take payout events and, once paid or failed, told in the user's
 //! digest.
 
-use crate::conversions::store::ConversionRow;
-use crate::conversions::{State, Status};
+use crate::states::{PayoutStatus, State, Status};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
@@ -109,50 +112,6 @@ pub struct Change {
 }
 
 impl Change {
-    /// The change a conversion row describes, as it is about to be saved. `note` is the
-    /// history note of the step (a network's reason is taken from its `(network: ...)`).
-    pub fn of(r: &ConversionRow, journal_seq: Option<i64>, at: i64, note: &str) -> Change {
-        let network_reason = note
-            .rfind("(network: ")
-            .map(|i| note[i + "(network: ".len()..].trim_end_matches(')').to_string())
-            .filter(|s| !s.is_empty());
-        let our_reason = match (r.state, r.status) {
-            (State::Rejected | State::Reversed, _) | (_, Status::Rejected | Status::Held) => r.status_reason.clone(),
-            _ => None,
-        };
-        let line_ids = serde_json::from_str::<Vec<serde_json::Value>>(&r.line_items)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|l| l.get("id").and_then(|v| v.as_str()).map(str::to_string))
-            .collect();
-        Change {
-            conversion_id: r.id.clone(),
-            version: r.version,
-            journal_seq,
-            at,
-            snapshot: Snapshot {
-                kind: ChangeKind::Conversion,
-                state: r.state,
-                status: r.status,
-                network_id: r.network_id.clone(),
-                transaction_id: r.transaction_id.clone(),
-                click_id: r.click_id.clone(),
-                user_id: r.user_id.clone(),
-                merchant_id: r.merchant_id.clone(),
-                merchant_ref: r.merchant_ref.clone(),
-                order_id: r.order_id.clone(),
-                event_type: r.event_type.clone(),
-                reason: network_reason.or(our_reason),
-                currency: r.currency.clone(),
-                amount: r.amount,
-                commission: r.commission,
-                cashback: r.cashback,
-                reward_delay_days: r.reward_delay_days,
-                line_ids,
-            },
-        }
-    }
-
     /// The CREATED of a click, as it is recorded: no conversion, order or amounts yet.
     pub fn of_click(click: &Click<'_>, journal_seq: Option<i64>, at: i64) -> Change {
         Change {
@@ -260,7 +219,7 @@ pub struct PayoutSnapshot {
     /// Minor units.
     pub amount: i64,
     /// Its status after the change.
-    pub status: crate::payouts::PayoutStatus,
+    pub status: PayoutStatus,
     /// The external payment reference, once paid.
     pub reference: Option<String>,
     /// Why it was rejected or failed.
@@ -288,8 +247,8 @@ impl PayoutChange {
     /// site's to tell: the user asked, and the reason of a rejection is the operator's.
     pub fn notify_kind(&self) -> Option<&'static str> {
         match self.snapshot.status {
-            crate::payouts::PayoutStatus::Paid => Some("payout_paid"),
-            crate::payouts::PayoutStatus::Failed => Some("payout_failed"),
+            PayoutStatus::Paid => Some("payout_paid"),
+            PayoutStatus::Failed => Some("payout_failed"),
             _ => None,
         }
     }
@@ -400,7 +359,7 @@ async fn fan_out(conn: &mut AnyConnection, change_ids: &[i64], click_has_ref_id:
          AND (c.subject <> 'conversion' OR e.states IS NULL OR (',' || e.states || ',') LIKE ('%,' || c.state || ',%')) \
          AND (c.kind <> 'click' OR e.require_ref_id = 0 OR $2 = 1) \
          ON CONFLICT (endpoint_id, change_id) DO NOTHING",
-        super::ids_from_json(backend, 1)
+        crate::db::ids_from_json(backend, 1)
     );
     let ids = serde_json::to_string(change_ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     Ok(sqlx::query(&sql).bind(ids).bind(i64::from(click_has_ref_id)).execute(&mut *conn).await?.rows_affected())
