@@ -54,9 +54,9 @@ impl Fault {
             return Fault::UniqueViolation;
         }
         let Some(code) = d.code() else { return Fault::Other };
-        // SQLite's codes are numbers (extended: the primary code in the low byte);
-        // PostgreSQL's are five-character SQLSTATEs.
-        if let Ok(n) = code.parse::<i64>() {
+        // PostgreSQL's codes are five-character SQLSTATEs (often all digits: 53100);
+        // SQLite's are numbers below 10000 (extended: the primary code in the low byte).
+        if let (true, Ok(n)) = (code.len() < 5, code.parse::<i64>()) {
             return match n & 0xff {
                 SQLITE_FULL => Fault::DiskFull,
                 SQLITE_BUSY | SQLITE_LOCKED => Fault::Conflict,
