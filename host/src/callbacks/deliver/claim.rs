@@ -5,7 +5,7 @@
 use super::{Deliverer, json_ids};
 use crate::callbacks::CallbackError;
 use crate::callbacks::outbox::{PayoutSnapshot, Snapshot};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 /// What a change is about, as it was then.
 pub(super) enum Subject {
@@ -28,9 +28,9 @@ pub(super) struct Claimed {
 }
 
 impl Deliverer {
-    /// Claims up to `limit` due deliveries with a lease, fairly across endpoints: at most
-    /// `endpoint_concurrency` minus what is in flight to it (`busy`, a JSON object) per
-    /// endpoint, taken round-robin (every endpoint's first due delivery, then every
+    /// Claims up to `limit` due deliveries with a lease, in the cycle's transaction,
+    /// fairly across endpoints: at most its share (`endpoint_share`) minus what it holds
+    /// already (in flight or waiting, `busy`, a JSON object) per endpoint, taken round-robin (every endpoint's first due delivery, then every
     /// endpoint's second...), each endpoint's in due order.
     ///
     /// Each endpoint's candidates are read from the index of its pending deliveries in due
@@ -42,11 +42,20 @@ impl Deliverer {
     /// PostgreSQL too: the requests it starts last up to their endpoint's timeout (120 s
     /// at most), and an open transaction per claim would hold a connection and block
     /// vacuum that long, and, committing once, would make every answer of the claim wait
-    /// for its slowest, which is the head-of-line blocking this loop avoids. `FOR UPDATE
-    /// SKIP LOCKED` serves the claim statement itself: two replicas claiming at the same
-    /// instant take disjoint rows without waiting for each other.
-    pub(super) async fn claim(&self, now: i64, limit: usize, busy: &str) -> Result<Vec<i64>, sqlx::Error> {
-        let per_endpoint = self.inner.config.endpoint_concurrency.max(1) as i64;
+    /// for its slowest, which is the head-of-line blocking this loop avoids. The lease
+    /// costs no statement or commit of its own: it is written by the claim statement, in
+    /// the transaction that records the previous answers anyway, and it touches only
+    /// columns no index holds (a HOT update on PostgreSQL). `FOR UPDATE SKIP LOCKED`
+    /// serves the claim statement itself: two replicas claiming at the same instant take
+    /// disjoint rows without waiting for each other.
+    pub(super) async fn claim(
+        &self,
+        conn: &mut AnyConnection,
+        now: i64,
+        limit: usize,
+        busy: &str,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let per_endpoint = endpoint_share(&self.inner.config) as i64;
         let first_pending = "NOT EXISTS (SELECT 1 FROM callback_deliveries p WHERE p.endpoint_id = d.endpoint_id \
              AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
              AND (p.version < d.version OR (p.version = d.version AND p.id < d.id)))";
@@ -99,7 +108,7 @@ impl Deliverer {
             .bind(limit as i64)
             .bind(per_endpoint)
             .bind(busy)
-            .fetch_all(&self.inner.db.pool)
+            .fetch_all(&mut *conn)
             .await?;
         let mut ids: Vec<i64> = claimed.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
         ids.sort_unstable();
@@ -115,7 +124,12 @@ impl Deliverer {
     /// condition in `claim`: in `claim`, on a PostgreSQL database whose statistics are
     /// still those of empty tables, the extra correlated lookup made each claim scan the
     /// pending deliveries once per pending delivery and take seconds under load.
-    pub(super) async fn hold_back(&self, claimed: &[i64], now: i64) -> Result<Vec<i64>, sqlx::Error> {
+    pub(super) async fn hold_back(
+        &self,
+        conn: &mut AnyConnection,
+        claimed: &[i64],
+        now: i64,
+    ) -> Result<Vec<i64>, sqlx::Error> {
         const AFTER_MS: i64 = 1_000;
         let later = match self.inner.db.backend {
             crate::db::Backend::Postgres => "GREATEST",
@@ -135,13 +149,13 @@ impl Deliverer {
             .bind(AFTER_MS)
             .bind(&self.inner.owner)
             .bind(json_ids(claimed))
-            .fetch_all(&self.inner.db.pool)
+            .fetch_all(&mut *conn)
             .await?;
         rows.iter().map(|r| r.try_get(0)).collect()
     }
 
     /// The claimed deliveries to send, with their change, click and merchant.
-    pub(super) async fn load_jobs(&self, ids: &[i64]) -> Result<Vec<Claimed>, CallbackError> {
+    pub(super) async fn load_jobs(&self, conn: &mut AnyConnection, ids: &[i64]) -> Result<Vec<Claimed>, CallbackError> {
         let mut jobs = Vec::with_capacity(ids.len());
         let sql = format!(
             "SELECT d.id, d.endpoint_id, d.attempts, c.at, c.snapshot, cl.ref_id, cl.sub1, cl.sub2, cl.sub3, cl.sub4, \
@@ -152,7 +166,7 @@ impl Deliverer {
              WHERE d.id IN ({}) ORDER BY d.id",
             crate::callbacks::ids_from_json(self.inner.db.backend, 1)
         );
-        let rows = sqlx::query(&sql).bind(json_ids(ids)).fetch_all(&self.inner.db.pool).await?;
+        let rows = sqlx::query(&sql).bind(json_ids(ids)).fetch_all(&mut *conn).await?;
         let unreadable =
             |e: serde_json::Error| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}"));
         for r in rows {
@@ -183,12 +197,20 @@ impl Deliverer {
     }
 
     /// Gives back claimed deliveries that were not sent.
-    pub(super) async fn release(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
+    pub(super) async fn release(&self, conn: &mut AnyConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
         let sql = format!(
             "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND id IN ({})",
             crate::callbacks::ids_from_json(self.inner.db.backend, 2)
         );
-        sqlx::query(&sql).bind(&self.inner.owner).bind(json_ids(ids)).execute(&self.inner.db.pool).await?;
+        sqlx::query(&sql).bind(&self.inner.owner).bind(json_ids(ids)).execute(&mut *conn).await?;
         Ok(())
     }
+}
+
+/// What one endpoint may hold of a worker's deliveries, in flight and waiting for room
+/// (`drive`): its place in flight (`endpoint_concurrency`), and the same share of the
+/// `batch` that may wait. 8 × (32 + 128) / 32 = 40 with the defaults.
+pub(super) fn endpoint_share(config: &super::DeliveryConfig) -> usize {
+    let concurrency = config.concurrency.max(1);
+    (config.endpoint_concurrency.max(1) * (concurrency + config.batch.max(1))).div_ceil(concurrency)
 }

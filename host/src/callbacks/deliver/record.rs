@@ -1,15 +1,16 @@
-//! The record phase: a group of [`Sent`] answers (and skipped deliveries) written in one
-//! transaction, one statement per kind of outcome, and counted as [`Recorded`].
+//! The record phase: a group of [`Sent`] answers (and skipped deliveries) written in the
+//! cycle's transaction, one statement per kind of outcome, and counted as [`Recorded`]
+//! once that transaction commits.
 
 use super::send::Sent;
 use super::{Deliverer, json_ids, json_rows};
-use crate::callbacks::template::Template;
-use crate::callbacks::{CallbackError, Endpoint};
-use sqlx::Row;
+use crate::callbacks::{CallbackError, RetryPolicy};
+use sqlx::{AnyConnection, Row};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// What one record wrote: the record phase's value, added to the run's summary.
+/// What one record wrote: the record phase's value, added to the run's summary once its
+/// transaction committed (`committed`).
 #[derive(Debug, Default)]
 pub(super) struct Recorded {
     pub(super) delivered: usize,
@@ -18,23 +19,47 @@ pub(super) struct Recorded {
     pub(super) skipped: usize,
     /// Endpoints disabled by this record.
     pub(super) disabled: Vec<String>,
+    /// Told once committed: the endpoints disabled (id, failures, message)...
+    alerts: Vec<(String, i64, String)>,
+    /// ...and each answer's outcome and latency, for the metrics.
+    answers: Vec<(String, &'static str, Duration)>,
+}
+
+impl Recorded {
+    /// Logs the endpoints this record disabled and counts the answers in the metrics:
+    /// only once the record committed (a record that did not is sent again after its
+    /// lease, and counted then).
+    pub(super) fn committed(mut self) -> Recorded {
+        for (endpoint_id, n, message) in std::mem::take(&mut self.alerts) {
+            tracing::warn!(endpoint = endpoint_id.as_str(), failures = n, "{message}");
+            self.disabled.push(endpoint_id);
+        }
+        for (endpoint_id, outcome, elapsed) in std::mem::take(&mut self.answers) {
+            crate::metrics::callback(&endpoint_id, outcome, Some(elapsed));
+        }
+        self
+    }
 }
 
 impl Deliverer {
-    /// Records a group of answers (and skipped deliveries) in one transaction, with one
-    /// statement per kind of outcome: the attempts, the delivered, the retried, the given
-    /// up, the skipped, the endpoints' failure streaks. Then counts them.
+    /// Records a group of answers (and skipped deliveries) in the caller's transaction,
+    /// with one statement per kind of outcome: the attempts, the delivered, the retried,
+    /// the given up, the skipped, the endpoints' failure streaks. Nothing to record, no
+    /// statement.
     pub(super) async fn record(
         &self,
+        tx: &mut AnyConnection,
+        now: i64,
         results: &[Sent],
         skipped: &[i64],
-        endpoints: &HashMap<String, (Endpoint, Option<Template>)>,
+        policies: &HashMap<String, RetryPolicy>,
     ) -> Result<Recorded, CallbackError> {
-        let now = self.inner.clock.now();
+        if results.is_empty() && skipped.is_empty() {
+            return Ok(Recorded::default());
+        }
         let owner = &self.inner.owner;
         let backend = self.inner.db.backend;
-        let policy_of = |s: &Sent| endpoints.get(&s.endpoint_id).map(|(e, _)| e.spec.retry).unwrap_or_default();
-        let mut tx = self.inner.db.pool.begin().await?;
+        let policy_of = |s: &Sent| policies.get(&s.endpoint_id).copied().unwrap_or_default();
         // The log: one row per attempt.
         if !results.is_empty() {
             let rows: Vec<serde_json::Value> = results
@@ -194,28 +219,27 @@ impl Deliverer {
                 disabled.push((endpoint_id, n, message));
             }
         }
-        tx.commit().await?;
-        // Counted once recorded: a group whose record fails is sent again after its lease.
-        let mut recorded = Recorded {
+        let answers = results
+            .iter()
+            .map(|s| {
+                let outcome = match outcome_of(s, policy_of(s).max_attempts) {
+                    "delivered" => "delivered",
+                    "failed" => "gave_up",
+                    _ => "failed",
+                };
+                let elapsed = Duration::from_millis(u64::try_from(s.latency_ms).unwrap_or(0));
+                (s.endpoint_id.clone(), outcome, elapsed)
+            })
+            .collect();
+        let recorded = Recorded {
             delivered: delivered.len(),
             retrying: retry.len(),
             failed: gave_up.len(),
             skipped: skipped.len(),
             disabled: Vec::new(),
+            alerts: disabled,
+            answers,
         };
-        for (endpoint_id, n, message) in disabled {
-            tracing::warn!(endpoint = endpoint_id.as_str(), failures = n, "{message}");
-            recorded.disabled.push(endpoint_id);
-        }
-        for s in results {
-            let outcome = match outcome_of(s, policy_of(s).max_attempts) {
-                "delivered" => "delivered",
-                "failed" => "gave_up",
-                _ => "failed",
-            };
-            let elapsed = Duration::from_millis(u64::try_from(s.latency_ms).unwrap_or(0));
-            crate::metrics::callback(&s.endpoint_id, outcome, Some(elapsed));
-        }
         Ok(recorded)
     }
 }

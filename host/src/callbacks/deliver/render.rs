@@ -128,7 +128,11 @@ impl Deliverer {
     }
 }
 
-pub(super) fn post_body(job: &Claimed, v: &Values, params: &std::collections::BTreeMap<String, String>) -> serde_json::Value {
+pub(super) fn post_body(
+    job: &Claimed,
+    v: &Values,
+    params: &std::collections::BTreeMap<String, String>,
+) -> serde_json::Value {
     let get = |k: &str| v.get(k).cloned();
     let s = match &job.subject {
         Subject::Conversion(s) => s,

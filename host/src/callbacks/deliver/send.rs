@@ -76,7 +76,11 @@ impl Deliverer {
     }
 
     /// Sends one request; returns the response (body capped) and its Retry-After in ms.
-    pub(super) async fn exchange(&self, r: &RequestView, timeout: Duration) -> Result<(ResponseView, Option<i64>), String> {
+    pub(super) async fn exchange(
+        &self,
+        r: &RequestView,
+        timeout: Duration,
+    ) -> Result<(ResponseView, Option<i64>), String> {
         net::check_url(&r.url, self.inner.config.allow_private)?;
         let mut builder = match r.method.as_str() {
             "POST" => self.inner.client.post(&r.url),

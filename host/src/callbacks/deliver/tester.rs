@@ -1,12 +1,12 @@
 //! The callback tester: one sample delivery rendered, sent and logged like a real one,
 //! and reported exactly as sent.
 
+use super::Deliverer;
 use super::claim::{Claimed, Subject};
 use super::render::RequestView;
 use super::send::ResponseView;
 use crate::callbacks::outbox::{ChangeKind, PayoutSnapshot, Snapshot};
 use crate::callbacks::{CallbackError, Endpoint};
-use super::Deliverer;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -141,7 +141,8 @@ fn sample_job(endpoint: &Endpoint, now: i64) -> Claimed {
             network_id: Some("test-network"),
             ref_id: Some("test-ref"),
         };
-        job.subject = Subject::Conversion(Box::new(crate::callbacks::outbox::Change::of_click(&click, None, now).snapshot));
+        job.subject =
+            Subject::Conversion(Box::new(crate::callbacks::outbox::Change::of_click(&click, None, now).snapshot));
     }
     job
 }
@@ -152,8 +153,10 @@ mod tests {
     use crate::callbacks::deliver::render::post_body;
 
     fn endpoint(states: Option<Vec<crate::conversions::State>>) -> Endpoint {
-        let spec =
-            crate::callbacks::EndpointSpec { states, ..crate::callbacks::EndpointSpec::new("e", "p", "https://p.example/") };
+        let spec = crate::callbacks::EndpointSpec {
+            states,
+            ..crate::callbacks::EndpointSpec::new("e", "p", "https://p.example/")
+        };
         Endpoint { spec, enabled: true, consecutive_failures: 0, disabled_at: None, disabled_reason: None }
     }
 
