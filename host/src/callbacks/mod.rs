@@ -6,7 +6,7 @@
 //! | `template.rs` | URL templates: `[%CASHBACK:...%]` macros and `{name}` placeholders |
 //! | `sign.rs` | HMAC query signatures (GET), Standard Webhooks (POST) |
 //! | `outbox.rs` | the transactional outbox written with every conversion change |
-//! | `deliver.rs` | the delivery worker: leases, sending, retries, auto-disable, log, replay, tester |
+//! | `deliver/` | the delivery worker, one file per phase (claim, render and sign, send, record) and its loop; the tester; the delivery log and replay (map in its `mod.rs`) |
 //! | `net.rs` | outbound safety: no private addresses unless allowed, capped bodies |
 //!
 //! How it fits together, and what a partner must do to verify a callback:
