@@ -190,6 +190,9 @@ struct CycleDone {
 
 type CycleResult = Result<CycleDone, CallbackError>;
 
+/// A cycle in progress, polled by the loop beside the requests in flight.
+type CycleFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = CycleResult> + Send + 'a>>;
+
 /// A claimed delivery, rendered and signed, waiting for room in flight.
 struct Waiting {
     job: claim::Claimed,
@@ -335,7 +338,7 @@ impl Deliverer {
         const RECORD_WITHIN: Duration = Duration::from_millis(20);
         let mut first_answer: Option<Instant> = None;
         let mut pending = Outcomes::default();
-        let mut cycle: Option<std::pin::Pin<Box<dyn std::future::Future<Output = CycleResult> + Send + '_>>> = None;
+        let mut cycle: Option<CycleFuture<'_>> = None;
         loop {
             if cycle.is_none() {
                 if !pending.sent.is_empty() {
