@@ -444,9 +444,10 @@ impl Deliverer {
     /// deliveries (none with 0), fairly across endpoints and within each one's share, and
     /// loads what rendering needs; then the endpoints as they are now.
     ///
-    /// Recording in the claim's transaction is also what keeps the at-least-once window
-    /// small: an answer is written by the next commit the loop makes anyway, which runs
-    /// while other requests are in flight, instead of waiting behind a claim of its own.
+    /// Recording in the claim's transaction saves a commit per cycle, and the cycle runs
+    /// while other requests are in flight. The price: an answer is durable only once the
+    /// whole cycle commits, claim included, so a slow claim lengthens the at-least-once
+    /// window (`docs/RELIABILITY.md` §1 has the crash loop's figures).
     async fn cycle(
         &self,
         outcomes: Outcomes,
