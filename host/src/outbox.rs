@@ -332,8 +332,8 @@ async fn insert_change(conn: &mut AnyConnection, c: &Change) -> Result<Option<i6
 /// delivery is checked when it is sent instead, as its click may be registered later; the
 /// flag does not matter for other changes). Disabled endpoints get theirs too: they are
 /// the backlog replayed when the endpoint is enabled again. A conversion's delivery
-/// `waits_for` its click's CREATED to the same endpoint (see `deliver.rs`). Returns the
-/// deliveries recorded.
+/// `waits_for` its click's CREATED to the same endpoint (see `hold_back` in
+/// `deliver/claim.rs`). Returns the deliveries recorded.
 async fn fan_out(conn: &mut AnyConnection, change_ids: &[i64], click_has_ref_id: bool) -> Result<u64, sqlx::Error> {
     if change_ids.is_empty() {
         return Ok(0);

@@ -5,7 +5,7 @@
 //! | `mod.rs` | partners and endpoints: configuration, validation, retry policy |
 //! | `template.rs` | URL templates: `[%CASHBACK:...%]` macros and `{name}` placeholders |
 //! | `sign.rs` | HMAC query signatures (GET), Standard Webhooks (POST) |
-//! | `deliver.rs` | the delivery worker: leases, sending, retries, auto-disable, log, replay, tester |
+//! | `deliver/` | the delivery worker, one file per phase (claim, render and sign, send, record) and its loop; the tester; the delivery log and replay (map in its `mod.rs`) |
 //! | `net.rs` | outbound safety: no private addresses unless allowed, capped bodies |
 //!
 //! The changes they send come from the transactional outbox (`crate::outbox`), written

@@ -1,0 +1,216 @@
+//! The claim phase: due deliveries taken with a lease, fairly across endpoints, and
+//! loaded with what rendering needs (the change's snapshot, its click, its merchant).
+//! Its value is [`Claimed`], one per delivery to send.
+
+use super::{Deliverer, json_ids};
+use crate::callbacks::CallbackError;
+use crate::outbox::{PayoutSnapshot, Snapshot};
+use sqlx::{AnyConnection, Row};
+
+/// What a change is about, as it was then.
+pub(super) enum Subject {
+    Conversion(Box<Snapshot>),
+    Payout(PayoutSnapshot),
+}
+
+/// One claimed delivery with what it needs to be rendered and sent: the claim phase's
+/// value.
+pub(super) struct Claimed {
+    pub(super) delivery_id: i64,
+    pub(super) endpoint_id: String,
+    pub(super) attempt: i64,
+    pub(super) change_at: i64,
+    pub(super) subject: Subject,
+    pub(super) ref_id: Option<String>,
+    pub(super) subs: [Option<String>; 5],
+    pub(super) merchant_name: Option<String>,
+    pub(super) merchant_ref: Option<String>,
+}
+
+impl Deliverer {
+    /// Claims up to `limit` due deliveries with a lease, in the cycle's transaction,
+    /// fairly across endpoints: at most its share (`endpoint_share`) minus what it holds
+    /// already (in flight or waiting, `busy`, a JSON object) per endpoint, taken round-robin (every endpoint's first due delivery, then every
+    /// endpoint's second...), each endpoint's in due order.
+    ///
+    /// Each endpoint's candidates are read from the index of its pending deliveries in due
+    /// order, a few rows per endpoint, so a claim costs the endpoints and the batch, not
+    /// the backlog. A delivery is due only when no earlier change of the same conversion
+    /// to the same endpoint is pending: that check runs on those candidates only.
+    ///
+    /// The claim stays a lease rather than a row lock held by an open transaction, on
+    /// PostgreSQL too: the requests it starts last up to their endpoint's timeout (120 s
+    /// at most), and an open transaction per claim would hold a connection and block
+    /// vacuum that long, and, committing once, would make every answer of the claim wait
+    /// for its slowest, which is the head-of-line blocking this loop avoids. The lease
+    /// costs no statement or commit of its own: it is written by the claim statement, in
+    /// the transaction that records the previous answers anyway, and it touches only
+    /// columns no index holds (a HOT update on PostgreSQL). `FOR UPDATE SKIP LOCKED`
+    /// serves the claim statement itself: two replicas claiming at the same instant take
+    /// disjoint rows without waiting for each other.
+    pub(super) async fn claim(
+        &self,
+        conn: &mut AnyConnection,
+        now: i64,
+        limit: usize,
+        busy: &str,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let per_endpoint = endpoint_share(&self.inner.config) as i64;
+        let first_pending = "NOT EXISTS (SELECT 1 FROM callback_deliveries p WHERE p.endpoint_id = d.endpoint_id \
+             AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
+             AND (p.version < d.version OR (p.version = d.version AND p.id < d.id)))";
+        let due = "d.state = 'pending' AND d.next_attempt_at <= $3 AND (d.lease_until IS NULL OR d.lease_until <= $3)";
+        // On PostgreSQL the picked ids are looked up as an array (`= ANY`) and checked
+        // again for state and lease only (what another replica can change meanwhile): by
+        // primary key whatever the table's statistics say (with those of an empty table,
+        // a join here, or the due condition repeated, was planned as a scan of an index
+        // of every pending delivery).
+        let sql = match self.inner.db.backend {
+            crate::db::Backend::Postgres => format!(
+                "WITH due AS ( \
+                   SELECT x.id, x.endpoint_id, x.next_attempt_at, \
+                   ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
+                   FROM callback_endpoints e CROSS JOIN LATERAL ( \
+                     SELECT d.id, d.endpoint_id, d.next_attempt_at FROM callback_deliveries d \
+                     WHERE d.endpoint_id = e.id AND {due} AND {first_pending} \
+                     ORDER BY d.next_attempt_at, d.id LIMIT $5) x \
+                   WHERE e.enabled = 1 AND COALESCE(($6::jsonb ->> e.id)::bigint, 0) < $5), \
+                 fair AS (SELECT id FROM due WHERE rn + COALESCE(($6::jsonb ->> endpoint_id)::bigint, 0) <= $5 \
+                   ORDER BY rn, next_attempt_at, id LIMIT $4), \
+                 locked AS (SELECT d.id FROM callback_deliveries d WHERE d.id = ANY(ARRAY(SELECT id FROM fair)) \
+                   AND d.state = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $3) \
+                   FOR UPDATE SKIP LOCKED) \
+                 UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 \
+                 WHERE id = ANY(ARRAY(SELECT id FROM locked)) RETURNING id"
+            ),
+            // SQLite has one writer: the conditional update is the claim. `CROSS JOIN`
+            // keeps the endpoints as the outer loop (SQLite does not reorder it): joined
+            // plainly, the planner scanned every delivery and ran the per-endpoint
+            // subquery for each, a second per claim at a few thousand rows.
+            crate::db::Backend::Sqlite => format!(
+                "UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 WHERE state = 'pending' \
+                 AND (lease_until IS NULL OR lease_until <= $3) AND id IN ( \
+                 SELECT id FROM ( \
+                   SELECT x.id, x.endpoint_id, x.next_attempt_at, \
+                   ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
+                   FROM callback_endpoints e CROSS JOIN callback_deliveries x ON x.id IN ( \
+                     SELECT d.id FROM callback_deliveries d WHERE d.endpoint_id = e.id AND {due} AND {first_pending} \
+                     ORDER BY d.next_attempt_at, d.id LIMIT $5) \
+                   WHERE e.enabled = 1) c \
+                 WHERE c.rn + COALESCE((SELECT b.value FROM json_each($6) b WHERE b.key = c.endpoint_id), 0) <= $5 \
+                 ORDER BY c.rn, c.next_attempt_at, c.id LIMIT $4) RETURNING id"
+            ),
+        };
+        let claimed = sqlx::query(&sql)
+            .bind(&self.inner.owner)
+            .bind(now + self.inner.config.lease_ms)
+            .bind(now)
+            .bind(limit as i64)
+            .bind(per_endpoint)
+            .bind(busy)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut ids: Vec<i64> = claimed.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Gives back the claimed deliveries of conversions whose click's CREATED (seed 001:
+    /// sent on the click) to the same endpoint is still pending, due again a second after
+    /// that CREATED's next attempt (or a second from now, if it is being sent right now):
+    /// a partner never gets PENDING before the click's CREATED. Returns their ids.
+    ///
+    /// This is a phase of its own, on the claimed batch only, rather than one more
+    /// condition in `claim`: in `claim`, on a PostgreSQL database whose statistics are
+    /// still those of empty tables, the extra correlated lookup made each claim scan the
+    /// pending deliveries once per pending delivery and take seconds under load.
+    pub(super) async fn hold_back(
+        &self,
+        conn: &mut AnyConnection,
+        claimed: &[i64],
+        now: i64,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        const AFTER_MS: i64 = 1_000;
+        let later = match self.inner.db.backend {
+            crate::db::Backend::Postgres => "GREATEST",
+            crate::db::Backend::Sqlite => "MAX",
+        };
+        let waited = "FROM callback_deliveries w WHERE w.endpoint_id = callback_deliveries.endpoint_id \
+             AND w.conversion_id = callback_deliveries.waits_for AND w.state = 'pending'";
+        let sql = format!(
+            "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL, \
+             next_attempt_at = {later}($1, (SELECT MAX(w.next_attempt_at) {waited})) + $2 \
+             WHERE lease_owner = $3 AND waits_for IS NOT NULL AND id IN ({}) AND EXISTS (SELECT 1 {waited}) \
+             RETURNING id",
+            crate::callbacks::ids_from_json(self.inner.db.backend, 4)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now)
+            .bind(AFTER_MS)
+            .bind(&self.inner.owner)
+            .bind(json_ids(claimed))
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(|r| r.try_get(0)).collect()
+    }
+
+    /// The claimed deliveries to send, with their change, click and merchant.
+    pub(super) async fn load_jobs(&self, conn: &mut AnyConnection, ids: &[i64]) -> Result<Vec<Claimed>, CallbackError> {
+        let mut jobs = Vec::with_capacity(ids.len());
+        let sql = format!(
+            "SELECT d.id, d.endpoint_id, d.attempts, c.at, c.snapshot, cl.ref_id, cl.sub1, cl.sub2, cl.sub3, cl.sub4, \
+             cl.sub5, m.name, (SELECT MIN(r.merchant_ref) FROM merchant_refs r WHERE r.network_id = c.network_id \
+             AND r.merchant_id = c.merchant_id), c.subject \
+             FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
+             LEFT JOIN clicks cl ON cl.click_id = c.click_id LEFT JOIN merchants m ON m.id = c.merchant_id \
+             WHERE d.id IN ({}) ORDER BY d.id",
+            crate::callbacks::ids_from_json(self.inner.db.backend, 1)
+        );
+        let rows = sqlx::query(&sql).bind(json_ids(ids)).fetch_all(&mut *conn).await?;
+        let unreadable =
+            |e: serde_json::Error| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}"));
+        for r in rows {
+            let snapshot: String = r.try_get(4)?;
+            let subject: String = r.try_get(13)?;
+            let subject = match subject.as_str() {
+                "payout" => Subject::Payout(serde_json::from_str(&snapshot).map_err(unreadable)?),
+                _ => Subject::Conversion(Box::new(serde_json::from_str(&snapshot).map_err(unreadable)?)),
+            };
+            let merchant_ref = match &subject {
+                Subject::Conversion(s) => s.merchant_ref.clone().or(r.try_get(12)?),
+                Subject::Payout(_) => None,
+            };
+            let attempts: i64 = r.try_get(2)?;
+            jobs.push(Claimed {
+                delivery_id: r.try_get(0)?,
+                endpoint_id: r.try_get(1)?,
+                attempt: attempts + 1,
+                change_at: r.try_get(3)?,
+                merchant_ref,
+                subject,
+                ref_id: r.try_get(5)?,
+                subs: [r.try_get(6)?, r.try_get(7)?, r.try_get(8)?, r.try_get(9)?, r.try_get(10)?],
+                merchant_name: r.try_get(11)?,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Gives back claimed deliveries that were not sent.
+    pub(super) async fn release(&self, conn: &mut AnyConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND id IN ({})",
+            crate::callbacks::ids_from_json(self.inner.db.backend, 2)
+        );
+        sqlx::query(&sql).bind(&self.inner.owner).bind(json_ids(ids)).execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+/// What one endpoint may hold of a worker's deliveries, in flight and waiting for room
+/// (`drive`): its place in flight (`endpoint_concurrency`), and the same share of the
+/// `batch` that may wait. 8 × (32 + 128) / 32 = 40 with the defaults.
+pub(super) fn endpoint_share(config: &super::DeliveryConfig) -> usize {
+    let concurrency = config.concurrency.max(1);
+    (config.endpoint_concurrency.max(1) * (concurrency + config.batch.max(1))).div_ceil(concurrency)
+}

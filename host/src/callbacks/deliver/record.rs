@@ -1,0 +1,255 @@
+//! The record phase: a group of [`Sent`] answers (and skipped deliveries) written in the
+//! cycle's transaction, one statement per kind of outcome, and counted as [`Recorded`]
+//! once that transaction commits.
+
+use super::send::Sent;
+use super::{Deliverer, json_ids, json_rows};
+use crate::callbacks::{CallbackError, RetryPolicy};
+use sqlx::{AnyConnection, Row};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// What one record wrote: the record phase's value, added to the run's summary once its
+/// transaction committed (`committed`).
+#[derive(Debug, Default)]
+pub(super) struct Recorded {
+    pub(super) delivered: usize,
+    pub(super) retrying: usize,
+    pub(super) failed: usize,
+    pub(super) skipped: usize,
+    /// Endpoints disabled by this record.
+    pub(super) disabled: Vec<String>,
+    /// Told once committed: the endpoints disabled (id, failures, message)...
+    alerts: Vec<(String, i64, String)>,
+    /// ...and each answer's outcome and latency, for the metrics.
+    answers: Vec<(String, &'static str, Duration)>,
+}
+
+impl Recorded {
+    /// Logs the endpoints this record disabled and counts the answers in the metrics:
+    /// only once the record committed (a record that did not is sent again after its
+    /// lease, and counted then).
+    pub(super) fn committed(mut self) -> Recorded {
+        for (endpoint_id, n, message) in std::mem::take(&mut self.alerts) {
+            tracing::warn!(endpoint = endpoint_id.as_str(), failures = n, "{message}");
+            self.disabled.push(endpoint_id);
+        }
+        for (endpoint_id, outcome, elapsed) in std::mem::take(&mut self.answers) {
+            crate::metrics::callback(&endpoint_id, outcome, Some(elapsed));
+        }
+        self
+    }
+}
+
+impl Deliverer {
+    /// Records a group of answers (and skipped deliveries) in the caller's transaction,
+    /// with one statement per kind of outcome: the attempts, the delivered, the retried,
+    /// the given up, the skipped, the endpoints' failure streaks. Nothing to record, no
+    /// statement.
+    pub(super) async fn record(
+        &self,
+        tx: &mut AnyConnection,
+        now: i64,
+        results: &[Sent],
+        skipped: &[i64],
+        policies: &HashMap<String, RetryPolicy>,
+    ) -> Result<Recorded, CallbackError> {
+        if results.is_empty() && skipped.is_empty() {
+            return Ok(Recorded::default());
+        }
+        let owner = &self.inner.owner;
+        let backend = self.inner.db.backend;
+        let policy_of = |s: &Sent| policies.get(&s.endpoint_id).copied().unwrap_or_default();
+        // The log: one row per attempt.
+        if !results.is_empty() {
+            let rows: Vec<serde_json::Value> = results
+                .iter()
+                .map(|s| {
+                    serde_json::json!([
+                        s.delivery_id,
+                        s.endpoint_id,
+                        s.attempt,
+                        s.started_at,
+                        s.latency_ms,
+                        s.logged.method,
+                        s.logged.url,
+                        serde_json::to_string(&s.logged.headers).unwrap_or_default(),
+                        s.logged.body,
+                        s.status,
+                        s.error,
+                        s.excerpt,
+                        outcome_of(s, policy_of(s).max_attempts),
+                    ])
+                })
+                .collect();
+            let select = json_rows(
+                backend,
+                1,
+                &[
+                    "bigint", "text", "bigint", "bigint", "bigint", "text", "text", "text", "text", "bigint", "text",
+                    "text", "text",
+                ],
+            );
+            let sql = format!(
+                "INSERT INTO callback_attempts (delivery_id, endpoint_id, attempt, started_at, latency_ms, method, url, \
+                 request_headers, request_body, status, error, response_excerpt, outcome) SELECT * FROM ({select}) AS j"
+            );
+            sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *tx).await?;
+        }
+        let delivered: Vec<i64> = results.iter().filter(|s| s.status == Some(200)).map(|s| s.delivery_id).collect();
+        if !delivered.is_empty() {
+            let sql = format!(
+                "UPDATE callback_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
+                 last_status = 200, last_error = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+                 WHERE lease_owner = $2 AND state = 'pending' AND id IN ({})",
+                crate::callbacks::ids_from_json(backend, 3)
+            );
+            sqlx::query(&sql).bind(now).bind(owner).bind(json_ids(&delivered)).execute(&mut *tx).await?;
+        }
+        let (mut gave_up, mut retry) = (Vec::new(), Vec::new());
+        for s in results.iter().filter(|s| s.status != Some(200)) {
+            let policy = policy_of(s);
+            let error = s.error.clone().or_else(|| s.status.map(|c| format!("HTTP {c}: only 200 counts as delivered")));
+            if outcome_of(s, policy.max_attempts) == "failed" {
+                gave_up.push(serde_json::json!([s.delivery_id, s.status, error]));
+            } else {
+                let unit: f64 = rand::random();
+                let wait = policy.delay_after(s.attempt as u32, unit);
+                // A partner's Retry-After is honoured, up to the endpoint's longest wait.
+                let wait = match s.retry_after_ms {
+                    Some(asked) => wait.max(asked.min(policy.max_delay_ms.max(policy.delay_ms))),
+                    None => wait,
+                };
+                retry.push(serde_json::json!([s.delivery_id, s.status, error, now + wait]));
+            }
+        }
+        // Given up, and retried: one statement each, the values per row from one JSON array.
+        for (rows, set, types) in [
+            (&gave_up, "state = 'failed'", &["bigint", "bigint", "text"][..]),
+            (&retry, "next_attempt_at = j.c3", &["bigint", "bigint", "text", "bigint"][..]),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            let from = json_rows(backend, 3, types);
+            let sql = format!(
+                "UPDATE callback_deliveries SET {set}, attempts = attempts + 1, last_status = j.c1, last_error = j.c2, \
+                 lease_owner = NULL, lease_until = NULL, updated_at = $1 FROM ({from}) AS j \
+                 WHERE callback_deliveries.id = j.c0 AND callback_deliveries.lease_owner = $2 \
+                 AND callback_deliveries.state = 'pending'"
+            );
+            sqlx::query(&sql)
+                .bind(now)
+                .bind(owner)
+                .bind(serde_json::Value::Array(rows.clone()).to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !skipped.is_empty() {
+            let sql = format!(
+                "UPDATE callback_deliveries SET state = 'skipped', last_error = 'no ref_id on the click: the endpoint \
+                 requires one', lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE lease_owner = $2 \
+                 AND id IN ({})",
+                crate::callbacks::ids_from_json(backend, 3)
+            );
+            sqlx::query(&sql).bind(now).bind(owner).bind(json_ids(skipped)).execute(&mut *tx).await?;
+        }
+        // Failures in a row, per endpoint, in the order the answers came: one statement for
+        // every endpoint of the group. An endpoint whose streak stays at nothing is not
+        // written (the healthy case: no write per group on the endpoint's row).
+        let mut streaks: Vec<(&str, bool, i64)> = Vec::new(); // (endpoint, a success seen, failures after it)
+        for s in results {
+            let i = match streaks.iter().position(|(e, _, _)| *e == s.endpoint_id) {
+                Some(i) => i,
+                None => {
+                    streaks.push((s.endpoint_id.as_str(), false, 0));
+                    streaks.len() - 1
+                }
+            };
+            if s.status == Some(200) {
+                streaks[i] = (streaks[i].0, true, 0);
+            } else {
+                streaks[i].2 += 1;
+            }
+        }
+        if !streaks.is_empty() {
+            let rows: Vec<serde_json::Value> =
+                streaks.iter().map(|(e, reset, n)| serde_json::json!([e, i64::from(*reset), n])).collect();
+            let from = json_rows(backend, 2, &["text", "bigint", "bigint"]);
+            let sql = format!(
+                "UPDATE callback_endpoints SET \
+                 consecutive_failures = CASE WHEN j.c1 = 1 THEN j.c2 ELSE consecutive_failures + j.c2 END, \
+                 failing_since = CASE WHEN j.c1 = 1 AND j.c2 = 0 THEN NULL WHEN j.c1 = 1 THEN $1 \
+                 ELSE COALESCE(failing_since, $1) END \
+                 FROM ({from}) AS j WHERE callback_endpoints.id = j.c0 \
+                 AND NOT (j.c2 = 0 AND consecutive_failures = 0 AND failing_since IS NULL)"
+            );
+            sqlx::query(&sql).bind(now).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *tx).await?;
+        }
+        let failing: Vec<&str> = streaks.iter().filter(|(_, _, n)| *n > 0).map(|(e, _, _)| *e).collect();
+        let mut disabled = Vec::new();
+        if !failing.is_empty() {
+            let ids = match backend {
+                crate::db::Backend::Sqlite => "SELECT value FROM json_each($3)",
+                crate::db::Backend::Postgres => "SELECT jsonb_array_elements_text($3::jsonb)",
+            };
+            let sql = format!(
+                "UPDATE callback_endpoints SET enabled = 0, disabled_at = $1, disabled_reason = $2, updated_at = $1 \
+                 WHERE enabled = 1 AND consecutive_failures >= disable_after AND id IN ({ids}) \
+                 RETURNING id, consecutive_failures"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(now)
+                .bind("too many failed attempts in a row")
+                .bind(serde_json::to_string(&failing).unwrap_or_else(|_| "[]".into()))
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in rows {
+                let (endpoint_id, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+                let message = format!(
+                    "callback endpoint {endpoint_id} disabled after {n} failed attempts in a row; its deliveries wait. \
+                     Fix the partner's endpoint, then `cashbackd endpoint enable {endpoint_id}` sends the backlog"
+                );
+                sqlx::query("INSERT INTO alerts (at, kind, subject, message) VALUES ($1, 'endpoint_disabled', $2, $3)")
+                    .bind(now)
+                    .bind(&endpoint_id)
+                    .bind(&message)
+                    .execute(&mut *tx)
+                    .await?;
+                disabled.push((endpoint_id, n, message));
+            }
+        }
+        let answers = results
+            .iter()
+            .map(|s| {
+                let outcome = match outcome_of(s, policy_of(s).max_attempts) {
+                    "delivered" => "delivered",
+                    "failed" => "gave_up",
+                    _ => "failed",
+                };
+                let elapsed = Duration::from_millis(u64::try_from(s.latency_ms).unwrap_or(0));
+                (s.endpoint_id.clone(), outcome, elapsed)
+            })
+            .collect();
+        let recorded = Recorded {
+            delivered: delivered.len(),
+            retrying: retry.len(),
+            failed: gave_up.len(),
+            skipped: skipped.len(),
+            disabled: Vec::new(),
+            alerts: disabled,
+            answers,
+        };
+        Ok(recorded)
+    }
+}
+
+pub(super) fn outcome_of(s: &Sent, max_attempts: u32) -> &'static str {
+    if s.status == Some(200) {
+        "delivered"
+    } else if s.attempt >= i64::from(max_attempts) {
+        "failed"
+    } else {
+        "retry"
+    }
+}
