@@ -766,6 +766,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 let owner = format!("{}-{}", listen, std::process::id());
                 let workers = Workers::start(&service, config.0, config.1, &owner)?;
+                // Backtests run here, beside the scheduler, never inside a request.
+                tokio::spawn(crate::backtests::Worker::new(service.clone(), owner.clone()).run());
                 let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime.clone(), owner)
                     .with_callbacks(workers.deliverer.clone())
                     .with_notifier(workers.notifier.clone());

@@ -257,6 +257,8 @@ pub async fn run(
     let server = tokio::spawn(crate::http::serve_router(app, listener, async {
         tokio::select! { _ = stopped => (), _ = tokio::signal::ctrl_c() => () }
     }));
+    // The dashboard's and the API's backtests run here, as in `serve`.
+    tokio::spawn(crate::backtests::Worker::new(service.clone(), "demo").run());
     let scheduler = crate::scheduler::Scheduler::new(service.clone(), runtime.clone(), "demo")
         .with_callbacks(deliverer.clone())
         .with_notifier(notifier);

@@ -550,6 +550,8 @@ async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_
     let server = tokio::spawn(cashbackd::http::serve_router(app(&w), listener, async {
         let _ = stopped.await;
     }));
+    // The backtest worker `serve` runs beside the router.
+    let worker = tokio::spawn(cashbackd::backtests::Worker::new(w.service.clone(), "browser-test").run());
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     // The demo's own traffic first, and its callbacks delivered.
     demo::simulate(&base).await.expect("demo traffic");
@@ -646,8 +648,15 @@ async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_
         .await
         .expect("select");
     b.find(Css("#backtest button[type=submit]")).await.expect("run").click().await.expect("click");
-    assert!(text(&b, "#backtest h3").await.contains("swap-rule@2.0.0"));
+    // The job's page: queued, then run by the server's backtest worker; the page reloads
+    // itself until the result is there.
+    assert!(text(&b, "#backtest-job").await.contains("demo-shop"));
+    assert!(text(&b, "#backtest h2").await.contains("swap-rule@2.0.0"));
     assert!(text(&b, "#backtest").await.contains("conversions compared"));
+    assert!(text(&b, "#backtest-state").await.contains("done"));
+    screenshot(&b, "backtest").await;
+    b.goto(&format!("{base}/dashboard/plugins")).await.expect("goto");
+    assert!(text(&b, "#recent-backtests").await.contains("swap-rule@2.0.0"));
     screenshot(&b, "plugins").await;
 
     w.deliverer.run_due().await.expect("deliveries");
@@ -697,6 +706,7 @@ async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_
 
     b.close().await.expect("close");
     drop(driver);
+    worker.abort();
     let _ = stop.send(());
     server.await.expect("server").expect("serve");
     t.cleanup().await;

@@ -71,6 +71,8 @@ pub struct JobInfo {
 /// One run of a job.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RunInfo {
+    /// Its id (the cursor of the API's pages of runs).
+    pub id: i64,
     /// The tick it ran for.
     pub scheduled_for: i64,
     /// Which replica ran it.
@@ -203,18 +205,30 @@ pub async fn list(service: &Service) -> Result<Vec<JobInfo>, sqlx::Error> {
 
 /// The latest runs of a job, newest first.
 pub async fn runs(service: &Service, job: &str, limit: i64) -> Result<Vec<RunInfo>, sqlx::Error> {
+    runs_before(service, job, None, limit).await
+}
+
+/// A job's runs older than the run `before` (none: the latest), newest first.
+pub async fn runs_before(
+    service: &Service,
+    job: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<RunInfo>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT scheduled_for, owner, started_at, finished_at, outcome, missed, counts, detail FROM job_runs \
-         WHERE job_name = $1 ORDER BY id DESC LIMIT $2",
+        "SELECT scheduled_for, owner, started_at, finished_at, outcome, missed, counts, detail, id FROM job_runs \
+         WHERE job_name = $1 AND id < $3 ORDER BY id DESC LIMIT $2",
     )
     .bind(job)
     .bind(limit)
+    .bind(before.unwrap_or(i64::MAX))
     .fetch_all(&service.db().pool)
     .await?;
     rows.iter()
         .map(|r| {
             let counts: String = r.try_get(6)?;
             Ok(RunInfo {
+                id: r.try_get(8)?,
                 scheduled_for: r.try_get(0)?,
                 owner: r.try_get(1)?,
                 started_at: r.try_get(2)?,
