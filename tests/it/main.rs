@@ -11,6 +11,7 @@ mod backends;
 mod backtests;
 mod callbacks;
 mod chaos;
+mod client;
 mod common;
 mod contract;
 mod crash;

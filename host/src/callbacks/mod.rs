@@ -162,7 +162,7 @@ impl RetryPolicy {
 }
 
 /// A partner (publisher) who receives callbacks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Partner {
     /// Its id.
     pub id: String,
@@ -841,7 +841,7 @@ pub async fn disable(db: &Db, id: &str, reason: &str, now: i64) -> Result<(), Ca
 }
 
 /// An alert an operator must see.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Alert {
     /// Id.
     pub id: i64,

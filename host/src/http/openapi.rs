@@ -562,8 +562,61 @@ fn response_of(route: &Route) -> Option<fn() -> Vec<Named>> {
             Some(json::<crate::backtests::Backtest>)
         }
         ("GET", "/api/v1/backtests") => Some(json::<super::backtests::BacktestPage>),
+        ("GET", "/api/v1/jobs") => Some(json::<JobsPage>),
+        ("GET", "/api/v1/jobs/{name}/runs") => Some(json::<RunsPage>),
+        ("POST", "/api/v1/jobs/{name}/run") => Some(json::<crate::scheduler::RunInfo>),
+        ("GET", "/api/v1/alerts") => Some(json::<AlertsPage>),
+        ("GET", "/api/v1/partners") => Some(json::<PartnersPage>),
+        ("GET", "/api/v1/balances") => Some(json::<BalancesPage>),
         _ => None,
     }
+}
+
+// ---- answers the handlers assemble from typed rows (schemas only) -------------------------
+
+/// `GET /api/v1/jobs`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct JobsPage {
+    jobs: Vec<crate::scheduler::JobInfo>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/jobs/{name}/runs`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct RunsPage {
+    runs: Vec<crate::scheduler::RunInfo>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/alerts`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct AlertsPage {
+    alerts: Vec<crate::callbacks::Alert>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/partners`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct PartnersPage {
+    partners: Vec<crate::callbacks::Partner>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/balances`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct BalancesPage {
+    balances: Vec<crate::ledger::Balance>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
 }
 
 /// The success status of a route (`201` when it may create, `204` when it answers nothing).

@@ -18,7 +18,6 @@ pub const DEFAULT_LIMIT: i64 = 50;
 #[into_params(parameter_in = Query)]
 pub(crate) struct Page {
     /// `next_cursor` of the previous page (left out: the first page).
-    #[param(max_length = 1024)]
     pub cursor: Option<String>,
     /// Rows per page: 1 to 500; default 50.
     #[param(minimum = 1, maximum = 500)]

@@ -40,7 +40,6 @@ fn actor(headers: &HeaderMap) -> String {
 pub(crate) struct ListQuery {
     name: Option<String>,
     /// `next_cursor` of the previous page (`name@version`).
-    #[param(max_length = 1024)]
     cursor: Option<String>,
     /// Rows per page: 1 to 500; default 50.
     #[param(minimum = 1, maximum = 500)]

@@ -329,7 +329,7 @@ async fn post_one(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerE
 }
 
 /// One account's balance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Balance {
     /// Owner.
     pub owner: String,

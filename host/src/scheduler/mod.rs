@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 /// What a job does.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobKind {
     /// Move matured cashback from pending to available.
@@ -52,7 +52,7 @@ impl JobKind {
 }
 
 /// A job and its last run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct JobInfo {
     /// Name.
     pub name: String,
@@ -69,7 +69,7 @@ pub struct JobInfo {
 }
 
 /// One run of a job.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct RunInfo {
     /// Its id (the cursor of the API's pages of runs).
     pub id: i64,
@@ -86,6 +86,7 @@ pub struct RunInfo {
     /// Ticks missed before it (caught up by this run).
     pub missed: i64,
     /// What it did, by kind of count.
+    #[schema(value_type = Object)]
     pub counts: serde_json::Value,
     /// The error, when it failed.
     pub detail: Option<String>,
