@@ -283,7 +283,10 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
             }
             // Any valid session reads; nothing secret is rendered.
             let (status, _, body) = call(&app, get(page, Some(&read))).await;
-            let missing = page.ends_with("/cv_x") || page.ends_with("/deliveries/1") || page.ends_with("/po_x");
+            let missing = page.ends_with("/cv_x")
+                || page.ends_with("/deliveries/1")
+                || page.ends_with("/po_x")
+                || page.ends_with("/backtests/1");
             let expected = if missing { StatusCode::NOT_FOUND } else { StatusCode::OK };
             assert_eq!(status, expected, "{}: {page}: {body}", t.name);
             assert_no_secret(&w, &sessions, page, &body);
@@ -318,6 +321,26 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
                 }
             }
         }
+
+        // A backtest from the dashboard is a job: the form leads to its page, which shows it
+        // queued and reloads itself; once a worker ran it (`serve` runs one), the result.
+        let form = [("csrf", read_csrf.as_str()), ("merchant", "demo-shop"), ("plugin", "swap-rule@2.0.0")];
+        let (status, location, body) = call(&app, post("/dashboard/plugins/backtest", Some(&read), &form)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{}: {body}", t.name);
+        let job_page = location.expect("the job's page");
+        assert!(job_page.starts_with("/dashboard/backtests/"), "{job_page}");
+        let (status, _, body) = call(&app, get(&job_page, Some(&read))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("queued") && body.contains("reloads itself"), "{body}");
+        cashbackd::backtests::Worker::new(w.service.clone(), "dashboard-test").run_next().await.expect("worker");
+        let (status, _, body) = call(&app, get(&job_page, Some(&read))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            body.contains("Result: swap-rule@2.0.0 for demo-shop") && body.contains("conversions compared"),
+            "{body}"
+        );
+        let (_, _, list) = call(&app, get("/dashboard/backtests", Some(&read))).await;
+        assert!(list.contains(&format!("href=\"{job_page}\"")), "{list}");
 
         // A refused review changed nothing; the reviewer's goes through, recorded under
         // the token's name.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The network's view of a conversion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum State {
     /// A click exists; nothing bought yet.
@@ -62,7 +62,7 @@ impl fmt::Display for State {
 }
 
 /// What cashbackd did about a conversion's cashback (seed 002's badges, plus parked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Cashback credited (pending, then available).
@@ -208,7 +208,7 @@ pub fn step(current: Option<&Current>, reported: State, amount: i64, commission:
 }
 
 /// The per-conversion balances the ledger should hold.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Booked {
     /// Cashback owed to the user, not yet available.
     pub pending: i64,

@@ -563,6 +563,8 @@ fn response_of(route: &Route) -> Option<fn() -> Vec<Named>> {
         }
         ("GET", "/api/v1/backtests") => Some(json::<super::backtests::BacktestPage>),
         ("GET", "/api/v1/jobs") => Some(json::<JobsPage>),
+        ("GET", "/api/v1/conversions") => Some(json::<ConversionsPage>),
+        ("GET", "/api/v1/review") => Some(json::<ReviewPage>),
         ("GET", "/api/v1/jobs/{name}/runs") => Some(json::<RunsPage>),
         ("POST", "/api/v1/jobs/{name}/run") => Some(json::<crate::scheduler::RunInfo>),
         ("GET", "/api/v1/alerts") => Some(json::<AlertsPage>),
@@ -573,6 +575,24 @@ fn response_of(route: &Route) -> Option<fn() -> Vec<Named>> {
 }
 
 // ---- answers the handlers assemble from typed rows (schemas only) -------------------------
+
+/// `GET /api/v1/conversions`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ConversionsPage {
+    conversions: Vec<crate::conversions::decide::ConversionRow>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/review`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ReviewPage {
+    queue: Vec<crate::conversions::decide::ConversionRow>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
 
 /// `GET /api/v1/jobs`.
 #[derive(ToSchema)]
