@@ -142,3 +142,52 @@ async fn a_backtest_over_many_conversions_runs_as_a_job_and_its_request_answers_
         t.cleanup().await;
     }
 }
+
+/// The lease: a job claimed by a replica that died is taken over once the lease ran out,
+/// not before; of two workers that reach for one job, one runs it. (Through the crate's
+/// worker, with the injectable clock: a real replica cannot be killed mid-page on cue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_replica_died_is_taken_over_after_its_lease_and_a_job_runs_once() {
+    use crate::ledger::{event, world};
+    use cashbackd::backtests::{self, LEASE_MS, Request, Worker};
+    use cashbackd::plugin::wit::latest::ConversionState::Pending;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let s = &w.service;
+        for n in 0..3 {
+            s.ingest(event(&format!("L{n}"), Pending, 10_000, 800)).await.expect("ingest");
+        }
+        let plugin = cashbackd::registry::resolve(s, &w.rule).await.expect("the rule");
+        let request = |actor: &str| Request {
+            merchant: "shop".into(),
+            plugin: plugin.clone(),
+            config: None,
+            position: None,
+            from: i64::MIN,
+            to: s.now() + 1,
+            limit: 10,
+            actor: actor.into(),
+        };
+        // A replica claimed it (as the CLI does) and died before writing a page.
+        let orphan = backtests::queue(s, request("dead replica"), Some("dead-replica")).await.expect("queue");
+        assert_eq!((orphan.state.as_str(), orphan.attempts), ("running", 1));
+        let other = Worker::new(s.clone(), "other-replica");
+        assert_eq!(other.run_next().await.expect("worker"), None, "{}: the lease still holds", t.name);
+        w.clock.advance(LEASE_MS + 1);
+        assert_eq!(other.run_next().await.expect("worker"), Some(orphan.id), "{}: taken over", t.name);
+        let done = backtests::get(s, orphan.id).await.expect("get").expect("the job");
+        assert_eq!((done.state.as_str(), done.attempts, done.processed, done.total), ("done", 2, 3, Some(3)));
+        let c = done.result.expect("a result");
+        assert_eq!((c.compared, c.changed), (3, 0), "{}: the active version against itself", t.name);
+
+        // Two workers, one queued job: one runs it, the other finds nothing.
+        let job = backtests::queue(s, request("api"), None).await.expect("queue");
+        let (a, b) = (Worker::new(s.clone(), "a"), Worker::new(s.clone(), "b"));
+        let (ra, rb) = tokio::join!(a.run_next(), b.run_next());
+        let ran: Vec<_> = [ra.expect("a"), rb.expect("b")].into_iter().flatten().collect();
+        assert_eq!(ran, vec![job.id], "{}: exactly one worker ran it", t.name);
+        let done = backtests::get(s, job.id).await.expect("get").expect("the job");
+        assert_eq!((done.state.as_str(), done.attempts), ("done", 1));
+        t.cleanup().await;
+    }
+}
