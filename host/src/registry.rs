@@ -158,7 +158,7 @@ pub async fn admit(service: &Service, vetted: Vetted) -> Result<Uploaded, Servic
 }
 
 /// A stored version and where it is used.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PluginVersion {
     /// Digest.
     pub digest: String,
@@ -248,7 +248,7 @@ pub async fn resolve(service: &Service, reference: &str) -> Result<Arc<LoadedPlu
 }
 
 /// What an activation, rollback or shadow change did.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Activation {
     /// `merchant` or `network`.
     pub target_kind: String,

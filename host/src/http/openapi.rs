@@ -563,6 +563,12 @@ fn response_of(route: &Route) -> Option<fn() -> Vec<Named>> {
         }
         ("GET", "/api/v1/backtests") => Some(json::<super::backtests::BacktestPage>),
         ("GET", "/api/v1/jobs") => Some(json::<JobsPage>),
+        ("GET", "/api/v1/users") => Some(json::<UsersPage>),
+        ("GET", "/api/v1/users/{user}") => Some(json::<crate::users::User>),
+        ("GET", "/api/v1/users/{user}/conversions") => Some(json::<UserConversionsPage>),
+        ("GET", "/api/v1/plugins") => Some(json::<PluginsPage>),
+        ("GET", "/api/v1/merchants/{merchant}/rules/history") => Some(json::<ActivationsList>),
+        ("GET", "/api/v1/merchants/{merchant}/shadow") => Some(json::<crate::registry::Comparison>),
         ("GET", "/api/v1/conversions") => Some(json::<ConversionsPage>),
         ("GET", "/api/v1/review") => Some(json::<ReviewPage>),
         ("GET", "/api/v1/jobs/{name}/runs") => Some(json::<RunsPage>),
@@ -575,6 +581,40 @@ fn response_of(route: &Route) -> Option<fn() -> Vec<Named>> {
 }
 
 // ---- answers the handlers assemble from typed rows (schemas only) -------------------------
+
+/// `GET /api/v1/users`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct UsersPage {
+    users: Vec<crate::users::User>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/users/{user}/conversions`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct UserConversionsPage {
+    conversions: Vec<crate::users::UserConversion>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/plugins`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct PluginsPage {
+    plugins: Vec<crate::registry::PluginVersion>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/merchants/{merchant}/rules/history`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ActivationsList {
+    activations: Vec<crate::registry::Activation>,
+}
 
 /// `GET /api/v1/conversions`.
 #[derive(ToSchema)]
