@@ -136,6 +136,21 @@ async fn a_backtest_over_many_conversions_runs_as_a_job_and_its_request_answers_
         let list = c.expect(200, "GET", "/api/v1/backtests?merchant=shop&limit=1", None).await;
         assert_eq!(list["backtests"][0]["id"], job["id"], "{list}");
         assert!(list["backtests"][0]["result"].is_null(), "{list}");
+        // The CLI runs the same job in its own process and prints the same comparison; with
+        // --queue it leaves it to the server's worker.
+        let out = i.ok(&["plugin", "backtest", "swap-rule@2.0.0", "--merchant", "shop", "--limit", "1"]);
+        assert!(out.contains(&format!("compared   {n} conversions, {n} would change")), "{out}");
+        let out = i.ok(&["plugin", "backtest", "swap-rule@2.0.0", "--merchant", "shop", "--queue"]);
+        let id = out.split_whitespace().nth(1).expect("the job's id").to_string();
+        let queued = loop {
+            let v = c.expect(200, "GET", &format!("/api/v1/backtests/{id}"), None).await;
+            if v["state"] == "done" {
+                break v;
+            }
+            assert!(v["state"] == "queued" || v["state"] == "running", "{v}");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        };
+        assert_eq!((queued["created_by"].as_str(), queued["result"]["compared"].as_i64()), (Some("cli"), Some(n64)));
         eprintln!(
             "{}: {n} conversions seeded through file imports in {seeded:?}; the backtest job ran in {ran:?} \
              (seen running: {seen_running})",
