@@ -111,7 +111,8 @@ async fn a_backtest_over_many_conversions_runs_as_a_job_and_its_request_answers_
                 Some("done") => break v,
                 Some("running") => {
                     seen_running = true;
-                    assert_eq!(v["total"].as_i64(), Some(n as i64), "{v}");
+                    // Counted by the worker once it claimed the job (null for that moment).
+                    assert!(v["total"].is_null() || v["total"].as_i64() == Some(n as i64), "{v}");
                 }
                 Some("queued") => {}
                 other => panic!("{}: backtest {other:?}: {v}", t.name),
