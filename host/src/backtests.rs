@@ -49,7 +49,8 @@ pub struct Backtest {
     pub state: String,
     /// Conversions of the window read so far.
     pub processed: i64,
-    /// Conversions in the window (known once a worker started it).
+    /// Conversions in the window: counted by the worker right after it claims the job
+    /// (null until then, also for a moment while `running`).
     pub total: Option<i64>,
     /// Of those read, decided before rule inputs were recorded: they cannot be replayed.
     pub skipped: i64,
