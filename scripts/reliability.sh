@@ -4,6 +4,8 @@
 #   scripts/reliability.sh soak       the soak benchmark (SOAK_MINUTES, default 30)
 #   scripts/reliability.sh props      the money model's property tests, 10,000 sequences
 #                                     per backend (PROPTEST_CASES; CI runs 1,000)
+#   scripts/reliability.sh backtest   a backtest job over 100,000 conversions per backend
+#                                     (CASHBACKD_BACKTEST_CONVERSIONS; CI runs 3,000)
 # The CI sizes are the tests' defaults (scripts/test.sh runs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,11 +23,16 @@ case "${1:-crash}" in
     export CASHBACK_SDK_QUIET=1
     cargo test --workspace --test it --locked -- ledger_props:: --nocapture
     ;;
+  backtest)
+    export CASHBACKD_BACKTEST_CONVERSIONS="${CASHBACKD_BACKTEST_CONVERSIONS:-100000}"
+    export CASHBACK_SDK_QUIET=1
+    cargo test --workspace --test it --locked -- backtests:: --nocapture
+    ;;
   soak)
     SOAK_MINUTES="${SOAK_MINUTES:-30}" cargo bench --workspace --bench soak --locked
     ;;
   *)
-    echo "usage: scripts/reliability.sh [crash|soak|props]" >&2
+    echo "usage: scripts/reliability.sh [crash|soak|props|backtest]" >&2
     exit 2
     ;;
 esac

@@ -20,6 +20,11 @@ python3 -c "import aiosmtpd" 2>/dev/null \
 python3 -c "import schemathesis" 2>/dev/null \
   || python3 -m pip install --quiet 'schemathesis>=4.32,<5' \
   || echo "test.sh: could not install schemathesis; the contract test will be skipped (fails in CI)" >&2
+# The generated-client test builds a Python client from the OpenAPI document with
+# openapi-python-client (PyPI) and drives a whole flow through it (tests/it/client.rs).
+python3 -m openapi_python_client --version >/dev/null 2>&1 \
+  || python3 -m pip install --quiet 'openapi-python-client>=0.29,<0.30' \
+  || echo "test.sh: could not install openapi-python-client; the generated-client test will be skipped (fails in CI)" >&2
 # Plugins log through the SDK's test harness; keep the output readable.
 export CASHBACK_SDK_QUIET=1
 # Every skip (no PostgreSQL, no chromedriver...) is appended to this file by the tests'

@@ -4,6 +4,7 @@
 //! The crate is organised one module per concern; the README maps them.
 
 pub mod auth;
+pub mod backtests;
 pub mod callbacks;
 pub mod cli;
 pub mod clock;

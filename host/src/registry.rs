@@ -156,7 +156,7 @@ pub async fn admit(service: &Service, vetted: Vetted) -> Result<Uploaded, Servic
 }
 
 /// A stored version and where it is used.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PluginVersion {
     /// Digest.
     pub digest: String,
@@ -246,7 +246,7 @@ pub async fn resolve(service: &Service, reference: &str) -> Result<Arc<LoadedPlu
 }
 
 /// What an activation, rollback or shadow change did.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Activation {
     /// `merchant` or `network`.
     pub target_kind: String,
@@ -688,7 +688,7 @@ pub async fn clear_shadow(service: &Service, merchant: &str) -> Result<bool, Ser
 }
 
 /// One conversion where a candidate decides differently.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Difference {
     /// The conversion.
     pub conversion_id: String,
@@ -705,7 +705,7 @@ pub struct Difference {
 }
 
 /// A comparison of a candidate with the active chain.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct Comparison {
     /// The candidate.
     pub candidate_digest: String,
@@ -789,7 +789,8 @@ pub async fn shadow_report(
 /// Evaluates `plugin` (in place of the plugin at `position`, by default the one of the
 /// same name) over `merchant`'s conversions whose rules ran in `[from, to)`, with the
 /// exact inputs each decision recorded, and compares with what was decided. Nothing is
-/// written.
+/// written. In one go: the API, dashboard and CLI run it as a job instead
+/// ([`crate::backtests`]), a page at a time with the same [`BacktestPlan::page`].
 #[allow(clippy::too_many_arguments)]
 pub async fn backtest(
     service: &Service,
@@ -801,91 +802,194 @@ pub async fn backtest(
     to: i64,
     limit: usize,
 ) -> Result<Comparison, ServiceError> {
-    let target = Target::Merchant { id: merchant.into(), position };
-    let (position, replaced, same_name) = place(service, &target, plugin).await?;
-    let (config, dropped) = inherited(service, config, &replaced, same_name, plugin).await?;
-    check_config(plugin, &config, &dropped)?;
-    let rows = sqlx::query(
-        "SELECT id, currency, cashback, decision, status FROM conversions WHERE merchant_id = $1 \
-         AND rule_at >= $2 AND rule_at < $3 AND decision IS NOT NULL ORDER BY rule_at, id",
-    )
-    .bind(merchant)
-    .bind(from)
-    .bind(to)
-    .fetch_all(&service.db().pool)
-    .await?;
-    // Each conversion is replayed on the chain that decided it (its pinned digests and
-    // the configs now stored for them), with the candidate in its place.
-    let chain_rows =
-        sqlx::query("SELECT plugin_digest, config FROM merchant_rules WHERE merchant_id = $1 ORDER BY position")
-            .bind(merchant)
-            .fetch_all(&service.db().pool)
-            .await?;
-    let mut configs = std::collections::HashMap::new();
-    // Versions no longer active keep the configuration they last had here.
-    for r in sqlx::query(
-        "SELECT digest, config FROM plugin_activations WHERE target_kind = 'merchant' AND target_id = $1 \
-         AND action IN ('activate', 'rollback') ORDER BY id",
-    )
-    .bind(merchant)
-    .fetch_all(&service.db().pool)
-    .await?
-    {
-        configs.insert(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?);
-    }
-    for r in &chain_rows {
-        configs.insert(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?);
-    }
-    let candidate = Link { plugin: plugin.clone(), config: config.to_string() };
-    let mut jobs = Vec::new();
-    let mut skipped = 0u64;
-    for r in &rows {
-        let id: String = r.try_get(0)?;
-        let decision: String = r.try_get(3)?;
-        let status: String = r.try_get(4)?;
-        let json: serde_json::Value = serde_json::from_str(&decision).unwrap_or_default();
-        let inputs: Option<RuleInputs> = serde_json::from_value(json["inputs"].clone()).ok();
-        let digests = json["plugins"]["digests"].as_str().unwrap_or_default().to_string();
-        let Some(inputs) = inputs else {
-            skipped += 1;
-            continue;
-        };
-        let mut chain = Vec::new();
-        for d in digests.split(',').filter(|d| !d.is_empty()) {
-            let config = configs.get(d).cloned().unwrap_or_else(|| "{}".into());
-            chain.push(Link { plugin: service.plugin(d).await?, config });
-        }
-        let active = if Status::parse(&status) == Some(Status::Failed) { None } else { Some(r.try_get::<i64, _>(2)?) };
-        jobs.push((
-            id,
-            r.try_get::<String, _>(1)?,
-            active,
-            crate::conversions::shadow::substitute(&chain, position as usize, candidate.clone()),
-            inputs,
-        ));
-    }
-    let runtime = service.runtime().clone();
-    let results = tokio::task::spawn_blocking(move || {
-        jobs.into_iter()
-            .map(|(id, currency, active, chain, inputs)| {
-                (id, currency, active, rules::run_chain(&runtime, &chain, &inputs))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| invalid(format!("backtest task failed: {e}")))?;
+    let (position, config) = plan_backtest(service, merchant, plugin, config, position).await?;
+    let plan = BacktestPlan::new(service, merchant, plugin.clone(), &config.to_string(), position, from, to).await?;
     let mut c = Comparison { candidate_digest: plugin.digest.to_string(), ..Comparison::default() };
-    for (id, currency, active, outcome) in results {
-        let (candidate, error) = match outcome {
-            Ok(d) => (Some(d.total.minor), None),
-            Err(e) => (None, Some(format!("candidate: {e}"))),
-        };
-        c.add(&id, &currency, active, candidate, error, limit);
+    let mut after = None;
+    let mut skipped = 0;
+    loop {
+        let page = plan.page(service, after.clone(), 1000, &mut c, limit).await?;
+        skipped += page.skipped;
+        if page.read == 0 {
+            break;
+        }
+        after = page.last;
     }
     if skipped > 0 {
         tracing::info!(merchant, skipped, "backtest skipped conversions decided before rule inputs were recorded");
     }
     Ok(c)
+}
+
+/// Checks a backtest's request as an activation would (the merchant, the candidate's
+/// kind and place, its configuration) and resolves where it goes and with which
+/// configuration, so that a job is refused when asked, not when run.
+pub async fn plan_backtest(
+    service: &Service,
+    merchant: &str,
+    plugin: &Arc<LoadedPlugin>,
+    config: Option<serde_json::Value>,
+    position: Option<usize>,
+) -> Result<(usize, serde_json::Value), ServiceError> {
+    let target = Target::Merchant { id: merchant.into(), position };
+    let (position, replaced, same_name) = place(service, &target, plugin).await?;
+    let (config, dropped) = inherited(service, config, &replaced, same_name, plugin).await?;
+    check_config(plugin, &config, &dropped)?;
+    Ok((position as usize, config))
+}
+
+/// A backtest ready to replay pages of conversions: the candidate in its place, and the
+/// configurations of the versions the replayed decisions pinned.
+pub struct BacktestPlan {
+    merchant: String,
+    candidate: Link,
+    position: usize,
+    from: i64,
+    to: i64,
+    configs: std::collections::HashMap<String, String>,
+}
+
+/// What one page of a backtest read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BacktestPage {
+    /// Conversions read (compared or skipped); 0 at the end.
+    pub read: u64,
+    /// Of those, decided before rule inputs were recorded: they cannot be replayed.
+    pub skipped: u64,
+    /// The last one read, `(rule_at, id)`: where the next page starts.
+    pub last: Option<(i64, String)>,
+}
+
+impl BacktestPlan {
+    /// The plan of a checked backtest (see [`plan_backtest`]).
+    pub async fn new(
+        service: &Service,
+        merchant: &str,
+        plugin: Arc<LoadedPlugin>,
+        config: &str,
+        position: usize,
+        from: i64,
+        to: i64,
+    ) -> Result<BacktestPlan, ServiceError> {
+        // Each conversion is replayed on the chain that decided it (its pinned digests and
+        // the configs now stored for them), with the candidate in its place.
+        let mut configs = std::collections::HashMap::new();
+        // Versions no longer active keep the configuration they last had here.
+        for r in sqlx::query(
+            "SELECT digest, config FROM plugin_activations WHERE target_kind = 'merchant' AND target_id = $1 \
+             AND action IN ('activate', 'rollback') ORDER BY id",
+        )
+        .bind(merchant)
+        .fetch_all(&service.db().pool)
+        .await?
+        {
+            configs.insert(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?);
+        }
+        for r in
+            sqlx::query("SELECT plugin_digest, config FROM merchant_rules WHERE merchant_id = $1 ORDER BY position")
+                .bind(merchant)
+                .fetch_all(&service.db().pool)
+                .await?
+        {
+            configs.insert(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?);
+        }
+        Ok(BacktestPlan {
+            merchant: merchant.into(),
+            candidate: Link { plugin, config: config.into() },
+            position,
+            from,
+            to,
+            configs,
+        })
+    }
+
+    /// How many conversions the window holds (what the pages will read in all).
+    pub async fn total(&self, service: &Service) -> Result<i64, ServiceError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM conversions WHERE merchant_id = $1 AND rule_at >= $2 AND rule_at < $3 \
+             AND decision IS NOT NULL",
+        )
+        .bind(&self.merchant)
+        .bind(self.from)
+        .bind(self.to)
+        .fetch_one(&service.db().pool)
+        .await?)
+    }
+
+    /// Replays the next `size` conversions after `after` (by rule time, then id) and adds
+    /// them to `c` (which lists at most `limit` differences).
+    pub async fn page(
+        &self,
+        service: &Service,
+        after: Option<(i64, String)>,
+        size: i64,
+        c: &mut Comparison,
+        limit: usize,
+    ) -> Result<BacktestPage, ServiceError> {
+        // Keyset pages over (merchant_id, rule_at, id): each reads its rows from the index,
+        // however far into the window it is.
+        let (after_at, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let rows = sqlx::query(
+            "SELECT id, currency, cashback, decision, status, rule_at FROM conversions WHERE merchant_id = $1 \
+             AND decision IS NOT NULL AND rule_at >= $2 AND rule_at < $3 \
+             AND (rule_at > $4 OR (rule_at = $4 AND id > $5)) ORDER BY rule_at, id LIMIT $6",
+        )
+        .bind(&self.merchant)
+        .bind(self.from)
+        .bind(self.to)
+        .bind(after_at)
+        .bind(&after_id)
+        .bind(size)
+        .fetch_all(&service.db().pool)
+        .await?;
+        let mut jobs = Vec::new();
+        let mut page = BacktestPage { read: rows.len() as u64, skipped: 0, last: None };
+        for r in &rows {
+            let id: String = r.try_get(0)?;
+            page.last = Some((r.try_get::<i64, _>(5)?, id.clone()));
+            let decision: String = r.try_get(3)?;
+            let status: String = r.try_get(4)?;
+            let json: serde_json::Value = serde_json::from_str(&decision).unwrap_or_default();
+            let inputs: Option<RuleInputs> = serde_json::from_value(json["inputs"].clone()).ok();
+            let digests = json["plugins"]["digests"].as_str().unwrap_or_default().to_string();
+            let Some(inputs) = inputs else {
+                page.skipped += 1;
+                continue;
+            };
+            let mut chain = Vec::new();
+            for d in digests.split(',').filter(|d| !d.is_empty()) {
+                let config = self.configs.get(d).cloned().unwrap_or_else(|| "{}".into());
+                chain.push(Link { plugin: service.plugin(d).await?, config });
+            }
+            let active =
+                if Status::parse(&status) == Some(Status::Failed) { None } else { Some(r.try_get::<i64, _>(2)?) };
+            jobs.push((
+                id,
+                r.try_get::<String, _>(1)?,
+                active,
+                crate::conversions::shadow::substitute(&chain, self.position, self.candidate.clone()),
+                inputs,
+            ));
+        }
+        let runtime = service.runtime().clone();
+        let results = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .map(|(id, currency, active, chain, inputs)| {
+                    (id, currency, active, rules::run_chain(&runtime, &chain, &inputs))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| invalid(format!("backtest task failed: {e}")))?;
+        for (id, currency, active, outcome) in results {
+            let (candidate, error) = match outcome {
+                Ok(d) => (Some(d.total.minor), None),
+                Err(e) => (None, Some(format!("candidate: {e}"))),
+            };
+            c.add(&id, &currency, active, candidate, error, limit);
+        }
+        Ok(page)
+    }
 }
 
 #[cfg(test)]

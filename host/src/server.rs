@@ -131,9 +131,16 @@ impl Server {
         tokio::spawn(self.deliverer.clone().run_worker());
     }
 
-    /// Starts the delivery worker and the scheduler's tick, once a second.
+    /// Starts the backtest worker: backtests run here, never inside a request.
+    pub fn spawn_backtests(&self) {
+        tokio::spawn(crate::backtests::Worker::new(self.service.clone(), self.owner.clone()).run());
+    }
+
+    /// Starts the delivery worker, the backtest worker and the scheduler's tick, once a
+    /// second.
     pub fn spawn_workers(&self) {
         self.spawn_delivery();
+        self.spawn_backtests();
         let scheduler = self.scheduler();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

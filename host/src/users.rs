@@ -58,7 +58,8 @@ pub fn check_id(id: &str) -> Result<(), String> {
 }
 
 /// One balance of a user: the account kind (`pending`, `available`, ...) in a currency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = UserBalance)]
 pub struct Balance {
     /// Currency.
     pub currency: String,
@@ -69,7 +70,7 @@ pub struct Balance {
 }
 
 /// A user account as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     /// The site's id.
     pub id: String,
@@ -137,7 +138,7 @@ pub async fn list(db: &Db, after: Option<&str>, limit: i64) -> Result<Vec<User>,
 }
 
 /// One of a user's conversions, as the site shows it to its customer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UserConversion {
     /// cashbackd's id.
     pub id: String,

@@ -281,7 +281,10 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
             }
             // Any valid session reads; nothing secret is rendered.
             let (status, _, body) = call(&app, get(page, Some(&read))).await;
-            let missing = page.ends_with("/cv_x") || page.ends_with("/deliveries/1") || page.ends_with("/po_x");
+            let missing = page.ends_with("/cv_x")
+                || page.ends_with("/deliveries/1")
+                || page.ends_with("/po_x")
+                || page.ends_with("/backtests/1");
             let expected = if missing { StatusCode::NOT_FOUND } else { StatusCode::OK };
             assert_eq!(status, expected, "{}: {page}: {body}", t.name);
             assert_no_secret(&w, &sessions, page, &body);
@@ -316,6 +319,26 @@ async fn no_dashboard_page_or_action_works_without_a_valid_session_its_scope_and
                 }
             }
         }
+
+        // A backtest from the dashboard is a job: the form leads to its page, which shows it
+        // queued and reloads itself; once a worker ran it (`serve` runs one), the result.
+        let form = [("csrf", read_csrf.as_str()), ("merchant", "demo-shop"), ("plugin", "swap-rule@2.0.0")];
+        let (status, location, body) = call(&app, post("/dashboard/plugins/backtest", Some(&read), &form)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{}: {body}", t.name);
+        let job_page = location.expect("the job's page");
+        assert!(job_page.starts_with("/dashboard/backtests/"), "{job_page}");
+        let (status, _, body) = call(&app, get(&job_page, Some(&read))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("queued") && body.contains("reloads itself"), "{body}");
+        cashbackd::backtests::Worker::new(w.service.clone(), "dashboard-test").run_next().await.expect("worker");
+        let (status, _, body) = call(&app, get(&job_page, Some(&read))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            body.contains("Result: swap-rule@2.0.0 for demo-shop") && body.contains("conversions compared"),
+            "{body}"
+        );
+        let (_, _, list) = call(&app, get("/dashboard/backtests", Some(&read))).await;
+        assert!(list.contains(&format!("href=\"{job_page}\"")), "{list}");
 
         // A refused review changed nothing; the reviewer's goes through, recorded under
         // the token's name.
@@ -548,6 +571,8 @@ async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_
     let server = tokio::spawn(cashbackd::http::serve_router(app(&w), listener, async {
         let _ = stopped.await;
     }));
+    // The backtest worker `serve` runs beside the router.
+    let worker = tokio::spawn(cashbackd::backtests::Worker::new(w.service.clone(), "browser-test").run());
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     // The demo's own traffic first, and its callbacks delivered.
     demo::simulate(&base).await.expect("demo traffic");
@@ -644,8 +669,15 @@ async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_
         .await
         .expect("select");
     b.find(Css("#backtest button[type=submit]")).await.expect("run").click().await.expect("click");
-    assert!(text(&b, "#backtest h3").await.contains("swap-rule@2.0.0"));
+    // The job's page: queued, then run by the server's backtest worker; the page reloads
+    // itself until the result is there.
+    assert!(text(&b, "#backtest-job").await.contains("demo-shop"));
+    assert!(text(&b, "#backtest h2").await.contains("swap-rule@2.0.0"));
     assert!(text(&b, "#backtest").await.contains("conversions compared"));
+    assert!(text(&b, "#backtest-state").await.contains("done"));
+    screenshot(&b, "backtest").await;
+    b.goto(&format!("{base}/dashboard/plugins")).await.expect("goto");
+    assert!(text(&b, "#recent-backtests").await.contains("swap-rule@2.0.0"));
     screenshot(&b, "plugins").await;
 
     w.deliverer.run_due().await.expect("deliveries");
@@ -695,6 +727,7 @@ async fn in_a_browser_an_operator_signs_in_watches_the_metrics_move_approves_an_
 
     b.close().await.expect("close");
     drop(driver);
+    worker.abort();
     let _ = stop.send(());
     server.await.expect("server").expect("serve");
     t.cleanup().await;

@@ -397,9 +397,28 @@ async fn the_registry_api_needs_the_right_scope_and_answers_refusals_with_reason
         s.ingest(event("R1", Pending, 10_000, 800)).await.expect("ingest");
         let backtest = json!({"plugin": "swap-rule@2.0.0", "from": "2025-12-31T00:00:00Z"}).to_string();
         let (status, body) = call("POST", "/api/v1/merchants/shop/backtest", Some(&read), Body::from(backtest)).await;
+        // A job: queued by the request, run by a worker (`serve` runs one; here, by hand).
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let job: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(job["state"], "queued", "{body}");
+        let url = format!("/api/v1/backtests/{}", job["id"]);
+        let ran = cashbackd::backtests::Worker::new(s.clone(), "test").run_next().await.expect("worker");
+        assert_eq!(ran, job["id"].as_i64());
+        let (status, body) = call("GET", &url, Some(&read), Body::empty()).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let c: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let done: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            (done["state"].as_str(), done["processed"].as_i64(), done["total"].as_i64()),
+            (Some("done"), Some(1), Some(1)),
+            "{body}"
+        );
+        let c = &done["result"];
         assert_eq!((c["compared"].as_u64(), c["delta"]["EUR"].as_i64()), (Some(1), Some(100)), "{body}");
+        let (status, body) = call("GET", "/api/v1/backtests/999999", Some(&read), Body::empty()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let bad = json!({"plugin": "swap-rule@2.0.0", "config": {"bonus_bps": "many"}}).to_string();
+        let (status, body) = call("POST", "/api/v1/merchants/shop/backtest", Some(&read), Body::from(bad)).await;
+        assert!(status.is_client_error(), "a configuration its schema refuses is refused when asked: {status} {body}");
         let shadow = json!({"plugin": "swap-rule@2.0.0"}).to_string();
         let (status, body) = call("PUT", "/api/v1/merchants/shop/shadow", Some(&admin), Body::from(shadow)).await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -163,7 +163,7 @@ impl RetryPolicy {
 }
 
 /// A partner (publisher) who receives callbacks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Partner {
     /// Its id.
     pub id: String,
@@ -842,7 +842,7 @@ pub async fn disable(db: &Db, id: &str, reason: &str, now: i64) -> Result<(), Ca
 }
 
 /// An alert an operator must see.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Alert {
     /// Id.
     pub id: i64,
@@ -858,8 +858,14 @@ pub struct Alert {
 
 /// The latest alerts, newest first.
 pub async fn alerts(db: &Db, limit: i64) -> Result<Vec<Alert>, CallbackError> {
-    let rows = sqlx::query("SELECT id, at, kind, subject, message FROM alerts ORDER BY id DESC LIMIT $1")
+    alerts_before(db, None, limit).await
+}
+
+/// The alerts older than the one with id `before` (none: the latest), newest first.
+pub async fn alerts_before(db: &Db, before: Option<i64>, limit: i64) -> Result<Vec<Alert>, CallbackError> {
+    let rows = sqlx::query("SELECT id, at, kind, subject, message FROM alerts WHERE id < $2 ORDER BY id DESC LIMIT $1")
         .bind(limit)
+        .bind(before.unwrap_or(i64::MAX))
         .fetch_all(&db.pool)
         .await?;
     Ok(rows

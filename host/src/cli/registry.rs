@@ -94,7 +94,9 @@ pub enum RegistryCommand {
         limit: usize,
     },
     /// Evaluate a version over a merchant's past conversions (rules run in [from, to))
-    /// and report what would change. Writes nothing.
+    /// and report what would change. Runs as a backtest job (`backtests` table), here in
+    /// this process; with `--queue`, left to the workers of the `serve` replicas (see
+    /// `GET /api/v1/backtests/ID`). Writes nothing else.
     Backtest {
         /// `name@version` or a digest.
         plugin: String,
@@ -116,6 +118,9 @@ pub enum RegistryCommand {
         /// Examples to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Only queue the job and print its id: a `serve` replica runs it.
+        #[arg(long)]
+        queue: bool,
     },
     /// Activations, rollbacks and shadow changes of a merchant or network, newest first.
     History {
@@ -259,27 +264,37 @@ pub fn run(cli: &Cli, command: &RegistryCommand) -> anyhow::Result<ExitCode> {
                 };
                 print_comparison(&registry::shadow_report(&service, merchant, candidate.as_deref(), *limit).await?);
             }
-            RegistryCommand::Backtest { plugin, merchant, from, to, position, config, limit } => {
+            RegistryCommand::Backtest { plugin, merchant, from, to, position, config, limit, queue } => {
                 let p = registry::resolve(&service, plugin).await?;
-                let from =
-                    from.as_deref().map(|f| crate::clock::parse_instant("--from", f)).transpose()?.unwrap_or(i64::MIN);
-                let to = to
-                    .as_deref()
-                    .map(|t| crate::clock::parse_instant("--to", t))
-                    .transpose()?
-                    .unwrap_or_else(|| service.now() + 1);
-                let c = registry::backtest(
-                    &service,
-                    merchant,
-                    &p,
-                    json_arg("--config", config)?,
-                    *position,
+                let from = from.as_deref().map(|f| crate::clock::parse_instant("--from", f)).transpose()?.unwrap_or(i64::MIN);
+                let to = to.as_deref().map(|t| crate::clock::parse_instant("--to", t)).transpose()?.unwrap_or_else(|| service.now() + 1);
+                let request = crate::backtests::Request {
+                    merchant: merchant.clone(),
+                    plugin: p,
+                    config: json_arg("--config", config)?,
+                    position: *position,
                     from,
                     to,
-                    *limit,
-                )
-                .await?;
-                print_comparison(&c);
+                    limit: *limit,
+                    actor: "cli".into(),
+                };
+                // The same job as the API's, claimed by this process at once (no replica
+                // takes it while this one renews its lease).
+                let owner = format!("cli-{}", std::process::id());
+                let job = crate::backtests::queue(&service, request, (!*queue).then_some(owner.as_str())).await?;
+                if *queue {
+                    println!("backtest {} queued (GET /api/v1/backtests/{})", job.id, job.id);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                crate::backtests::Worker::new(service.clone(), owner).run_claimed(job.id).await?;
+                let done = crate::backtests::get(&service, job.id).await?.context("the backtest vanished")?;
+                match (done.state.as_str(), done.result) {
+                    ("done", Some(c)) => {
+                        println!("backtest {}: {} conversions read, {} skipped", done.id, done.processed, done.skipped);
+                        print_comparison(&c);
+                    }
+                    _ => anyhow::bail!("backtest {} {}: {}", done.id, done.state, done.error.unwrap_or_default()),
+                }
             }
             RegistryCommand::History { merchant, network } => {
                 for a in registry::activations(&service, &target(merchant, network, None), 100).await? {

@@ -26,6 +26,8 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(async {
                 let server = crate::server::Server::connect(&settings, "demo").await?;
                 server.spawn_delivery();
+                // The dashboard's and the API's backtests run here, as in `serve`.
+                server.spawn_backtests();
                 crate::demo::run(server, &plugins, listen, &url, once).await
             })?;
             Ok(ExitCode::SUCCESS)

@@ -36,7 +36,7 @@ use crate::plugin::wit::latest;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A conversion as stored.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct ConversionRow {
     /// cashbackd's id.
     pub id: String,

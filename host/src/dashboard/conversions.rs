@@ -27,8 +27,8 @@ const STATUSES: [Status; 7] = [
 /// `GET /dashboard/conversions?id=&transaction=&user=&status=&network=&merchant=`.
 pub(super) async fn search(State(st): State<AppState>, session: Session, Query(f): Query<SearchFilter>) -> Response {
     let db = st.service.db();
-    let (rows, networks, merchants) = match (
-        queries::search(db, &f, LIMIT).await,
+    let (mut rows, networks, merchants) = match (
+        queries::search(db, &f, LIMIT + 1).await,
         queries::distinct(db, Column::Network).await,
         queries::distinct(db, Column::Merchant).await,
     ) {
@@ -44,6 +44,30 @@ pub(super) async fn search(State(st): State<AppState>, session: Session, Query(f
                 }
             }
         }
+    };
+    // One row more than shown says whether there is a next page; its link carries the
+    // filters and the last row's key.
+    let next = if rows.len() as i64 > LIMIT {
+        rows.truncate(LIMIT as usize);
+        rows.last().map(|c| {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in [
+                ("id", &f.id),
+                ("transaction", &f.transaction),
+                ("user", &f.user),
+                ("status", &f.status),
+                ("network", &f.network),
+                ("merchant", &f.merchant),
+            ] {
+                if !v.is_empty() {
+                    q.append_pair(k, v);
+                }
+            }
+            q.append_pair("cursor", &format!("{}:{}", c.reported_at, c.id));
+            format!("/dashboard/conversions?{}", q.finish())
+        })
+    } else {
+        None
     };
     let statuses: Vec<String> = STATUSES.iter().map(|s| s.as_str().to_string()).collect();
     let body = html! {
@@ -63,7 +87,7 @@ pub(super) async fn search(State(st): State<AppState>, session: Session, Query(f
             @if rows.is_empty() {
                 p.empty { "No conversion matches." }
             } @else {
-                p.muted { (rows.len()) @if rows.len() as i64 == LIMIT { " (the most recent " (LIMIT) ")" } " conversions, most recently reported first." }
+                p.muted { (rows.len()) " conversions, most recently reported first" @if !f.cursor.is_empty() { " (a later page)" } "." }
                 div.table-wrap {
                     table #conversions {
                         thead { tr {
@@ -89,6 +113,7 @@ pub(super) async fn search(State(st): State<AppState>, session: Session, Query(f
                         }
                     }
                 }
+                @if let Some(href) = &next { p { a.next rel="next" href=(href) { "Older →" } } }
             }
         }
     };

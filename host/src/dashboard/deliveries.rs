@@ -57,7 +57,12 @@ pub(super) struct Filter {
     conversion: String,
     click: String,
     replayed: String,
+    /// The last delivery id of the previous page.
+    before: String,
 }
+
+/// Deliveries a page of the log shows.
+const PAGE: i64 = 200;
 
 fn opt(s: &str) -> Option<String> {
     Some(s.trim().to_string()).filter(|s| !s.is_empty())
@@ -71,15 +76,34 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
         state: opt(&q.state),
         conversion_id: opt(&q.conversion),
         click_id: opt(&q.click),
-        limit: Some(200),
+        limit: Some(PAGE + 1),
+        before: q.before.parse().ok(),
         ..DeliveryFilter::default()
     };
-    let (list, endpoints, alerts) =
+    let (mut list, endpoints, alerts) =
         match (deliver::deliveries(db, &filter).await, callbacks::endpoints(db).await, callbacks::alerts(db, 10).await)
         {
             (Ok(l), Ok(e), Ok(a)) => (l, e, a),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failed(e),
         };
+    // One row more than shown says whether there is an older page; its link keeps the filters.
+    let older = if list.len() as i64 > PAGE {
+        list.truncate(PAGE as usize);
+        list.last().map(|d| {
+            let mut to = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in
+                [("state", &q.state), ("endpoint", &q.endpoint), ("conversion", &q.conversion), ("click", &q.click)]
+            {
+                if !v.is_empty() {
+                    to.append_pair(k, v);
+                }
+            }
+            to.append_pair("before", &d.id.to_string());
+            format!("/dashboard/deliveries?{}", to.finish())
+        })
+    } else {
+        None
+    };
     let can_act = session.scope() >= Scope::Write;
     let body = html! {
         @if let Some(id) = opt(&q.replayed) { (notice("ok", &format!("{id} replayed: it is due now, with a fresh count of attempts and the same message id."))) }
@@ -173,6 +197,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                         }
                     }
                 }
+                @if let Some(href) = &older { p { a.next rel="next" href=(href) { "Older →" } } }
             }
         }
     };

@@ -11,6 +11,7 @@
 //! | `conversions.rs` | search, and one conversion's timeline, history and postings |
 //! | `delays.rs` | seed 000's delays: purchase to tracked, per network and integration type |
 //! | `plugins.rs` | versions, placements, shadow diff, backtest, activate, rollback |
+//! | `backtests.rs` | backtest jobs: the list, a job's progress and result |
 //! | `deliveries.rs` | partner callbacks: the log, replay, the tester |
 //! | `jobs.rs` | scheduled jobs, their runs, run now |
 //! | `queries.rs` | what the pages read (public: the admin API can use the same) |
@@ -32,6 +33,7 @@
 //! valid session) or 403 (scope or CSRF token). No page ever shows a token, a session id
 //! or a webhook secret.
 
+mod backtests;
 mod conversions;
 mod delays;
 mod deliveries;
@@ -77,6 +79,8 @@ pub const PAGES: &[&str] = &[
     "/dashboard/conversions/cv_x",
     "/dashboard/delays",
     "/dashboard/plugins",
+    "/dashboard/backtests",
+    "/dashboard/backtests/1",
     "/dashboard/deliveries",
     "/dashboard/deliveries/1",
     "/dashboard/jobs",
@@ -121,6 +125,8 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/plugins/shadow", post(plugins::shadow))
         .route("/dashboard/plugins/unshadow", post(plugins::unshadow))
         .route("/dashboard/plugins/backtest", post(plugins::backtest))
+        .route("/dashboard/backtests", get(backtests::list))
+        .route("/dashboard/backtests/{id}", get(backtests::show))
         .route("/dashboard/deliveries", get(deliveries::page))
         .route("/dashboard/deliveries/{id}", get(deliveries::show))
         .route("/dashboard/deliveries/{id}/replay", post(deliveries::replay))

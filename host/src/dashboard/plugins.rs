@@ -33,19 +33,15 @@ fn refused(e: ServiceError) -> Response {
 
 /// `GET /dashboard/plugins`.
 pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q): Query<Done>) -> Response {
-    match render(&st, &session, &q, None).await {
+    match render(&st, &session, &q).await {
         Ok(m) => m.into_response(),
         Err(r) => r,
     }
 }
 
-async fn render(
-    st: &AppState,
-    session: &Session,
-    q: &Done,
-    backtest: Option<(&BacktestForm, Comparison)>,
-) -> Result<Markup, Response> {
+async fn render(st: &AppState, session: &Session, q: &Done) -> Result<Markup, Response> {
     let s = &st.service;
+    let recent = super::backtests::newest(st, 5).await?;
     let versions = registry::versions(s, None).await.map_err(refused)?;
     let places = queries::placements(s.db()).await.map_err(|e| unavailable("cannot read the placements", &e))?;
     let mut diffs = Vec::new();
@@ -136,22 +132,23 @@ async fn render(
         }
         section.card #backtest {
             h2 { "Backtest" }
-            p.hint { "Runs a rule version over past conversions with the exact inputs each decision recorded, and compares. Nothing is written." }
+            p.hint { "Runs a rule version over past conversions with the exact inputs each decision recorded, and compares. Nothing is written. It runs in the background: its page shows the progress, then the result." }
             form.stacked method="post" action="/dashboard/plugins/backtest" {
                 (session.csrf_field())
                 label { "Merchant" select name="merchant" required {
-                    @for m in &merchants { option value=(m.target_id) selected[backtest.as_ref().is_some_and(|b| b.0.merchant == m.target_id)] { (m.target_id) } }
+                    @for m in &merchants { option value=(m.target_id) { (m.target_id) } }
                 } }
                 label { "Version" select name="plugin" required {
-                    @for v in &rules { option value={ (v.name) "@" (v.version) } selected[backtest.as_ref().is_some_and(|b| b.0.plugin == format!("{}@{}", v.name, v.version))] { (v.name) " " (v.version) } }
+                    @for v in &rules { option value={ (v.name) "@" (v.version) } { (v.name) " " (v.version) } }
                 } }
-                label { "From (UTC date)" input type="date" name="from" value=[backtest.as_ref().map(|b| b.0.from.clone())]; }
-                label { "To (UTC date, excluded)" input type="date" name="to" value=[backtest.as_ref().map(|b| b.0.to.clone())]; }
+                label { "From (UTC date)" input type="date" name="from"; }
+                label { "To (UTC date, excluded)" input type="date" name="to"; }
                 div.form-actions { button.primary type="submit" { "Run backtest" } }
             }
-            @if let Some((f, c)) = &backtest {
-                h3 { "Result: " (f.plugin) " for " (f.merchant) }
-                (comparison(c, "backtest-result"))
+            @if !recent.is_empty() {
+                h3 { "Latest backtests" }
+                (super::backtests::table(&recent, "recent-backtests"))
+                p { a href="/dashboard/backtests" { "All backtests →" } }
             }
         }
         section.card {
@@ -178,7 +175,7 @@ async fn render(
 }
 
 /// A comparison's totals and differences.
-fn comparison(c: &Comparison, id: &str) -> Markup {
+pub(super) fn comparison(c: &Comparison, id: &str) -> Markup {
     html! {
         p {
             strong { (c.compared) } " conversions compared, " strong { (c.changed) } " would change. "
@@ -350,7 +347,7 @@ pub(super) struct BacktestForm {
     to: String,
 }
 
-/// `POST /dashboard/plugins/backtest`: the page again, with the comparison.
+/// `POST /dashboard/plugins/backtest`: queues the job and leads to its page.
 pub(super) async fn backtest(
     State(st): State<AppState>,
     ActionSession(session): ActionSession,
@@ -374,12 +371,18 @@ pub(super) async fn backtest(
         Ok(p) => p,
         Err(e) => return refused(e),
     };
-    let c = match registry::backtest(&st.service, &f.merchant, &plugin, None, None, from, to, 100).await {
-        Ok(c) => c,
-        Err(e) => return refused(e),
+    let request = crate::backtests::Request {
+        merchant: f.merchant.clone(),
+        plugin,
+        config: None,
+        position: None,
+        from,
+        to,
+        limit: 100,
+        actor: format!("dashboard:{}", session.operator()),
     };
-    match render(&st, &session, &Done::default(), Some((&f, c))).await {
-        Ok(m) => m.into_response(),
-        Err(r) => r,
+    match crate::backtests::queue(&st.service, request, None).await {
+        Ok(job) => Redirect::to(&format!("/dashboard/backtests/{}", job.id)).into_response(),
+        Err(e) => refused(e),
     }
 }

@@ -165,6 +165,8 @@ pub struct SearchFilter {
     pub network: String,
     /// The merchant.
     pub merchant: String,
+    /// Where the page starts: `reported_at:id` of the previous page's last row.
+    pub cursor: String,
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -176,8 +178,15 @@ pub async fn search(db: &Db, f: &SearchFilter, limit: i64) -> Result<Vec<Convers
     let sql = format!(
         "SELECT {COLUMNS} FROM conversions WHERE ($1 IS NULL OR id = $1) AND ($2 IS NULL OR transaction_id = $2) \
          AND ($3 IS NULL OR user_id = $3) AND ($4 IS NULL OR status = $4) AND ($5 IS NULL OR network_id = $5) \
-         AND ($6 IS NULL OR merchant_id = $6) ORDER BY reported_at DESC, id LIMIT $7"
+         AND ($6 IS NULL OR merchant_id = $6) AND (reported_at < $8 OR (reported_at = $8 AND id > $9)) \
+         ORDER BY reported_at DESC, id LIMIT $7"
     );
+    // A cursor this page did not make starts from the top.
+    let (before_at, after_id) = f
+        .cursor
+        .split_once(':')
+        .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_string())))
+        .unwrap_or((i64::MAX, String::new()));
     sqlx::query(&sql)
         .bind(opt(&f.id))
         .bind(opt(&f.transaction))
@@ -186,6 +195,8 @@ pub async fn search(db: &Db, f: &SearchFilter, limit: i64) -> Result<Vec<Convers
         .bind(opt(&f.network))
         .bind(opt(&f.merchant))
         .bind(limit)
+        .bind(before_at)
+        .bind(after_id)
         .fetch_all(&db.pool)
         .await?
         .iter()

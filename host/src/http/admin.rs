@@ -74,17 +74,29 @@ async fn upload_import(
     Ok(Json(serde_json::to_value(summary).unwrap_or_default()))
 }
 
-/// `GET /api/v1/networks/{network}/rejects`: the latest refused postbacks (read scope).
+/// `GET /api/v1/networks/{network}/rejects?cursor=&limit=`: refused postbacks, newest
+/// first, a page at a time (read scope).
 async fn list_rejects(
     State(st): State<AppState>,
     Path(network): Path<String>,
+    Query(q): Query<super::api::IdPage>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let rejects = crate::ingest::rejects(st.service.db(), &network, 100)
+    let (limit, before) = q.checked()?;
+    let rows = crate::ingest::rejects_before(st.service.db(), &network, before, limit + 1)
         .await
         .map_err(|e| ApiError::unavailable("cannot read the rejects", &e))?;
-    Ok(Json(serde_json::json!({ "rejects": rejects })))
+    let (rows, next) = super::page::cut(rows, limit, |(id, _)| id.to_string());
+    let rejects: Vec<_> = rows
+        .into_iter()
+        .map(|(id, r)| {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["id"] = id.into();
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "rejects": rejects, "next_cursor": next })))
 }
 
 /// Every `/api/v1` route but the OpenAPI document needs a valid token of the route's scope

@@ -3,6 +3,7 @@
 //! need write (reviews, job runs) or admin (merchants, networks).
 
 use super::admin::require;
+use super::page::{self, Page, cut, int_cursor, of_sorted};
 use super::{ApiError, AppState};
 use crate::auth::Scope;
 use crate::conversions::{ReviewAction, Status};
@@ -43,19 +44,29 @@ fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} {id:?}"))
 }
 
-/// `GET /api/v1/merchants`.
-async fn list_merchants(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// `GET /api/v1/merchants?cursor=&limit=`: by id, a page at a time.
+async fn list_merchants(
+    State(st): State<AppState>,
+    Query(q): Query<Page>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let rows =
-        sqlx::query("SELECT id, name, processing_mode, reward_delay_days, created_at FROM merchants ORDER BY id")
-            .fetch_all(&st.service.db().pool)
-            .await
-            .map_err(db_failed)?;
+    let limit = page::limit(q.limit)?;
+    let rows = sqlx::query(
+        "SELECT id, name, processing_mode, reward_delay_days, created_at FROM merchants WHERE id > $1 \
+         ORDER BY id LIMIT $2",
+    )
+    .bind(q.cursor.unwrap_or_default())
+    .bind(limit + 1)
+    .fetch_all(&st.service.db().pool)
+    .await
+    .map_err(db_failed)?;
     let mut merchants = Vec::new();
     for r in &rows {
         merchants.push(merchant_json(&st, r).await?);
     }
-    Ok(Json(json!({ "merchants": merchants })))
+    let (merchants, next) = cut(merchants, limit, |m| m["id"].as_str().unwrap_or_default().to_string());
+    Ok(Json(json!({ "merchants": merchants, "next_cursor": next })))
 }
 
 async fn merchant_json(st: &AppState, r: &sqlx::any::AnyRow) -> Result<Value, ApiError> {
@@ -151,20 +162,28 @@ fn network_json(n: &Network) -> Value {
     json!({"id": n.id, "name": n.name, "adapter_digest": n.adapter_digest, "adapter_config": n.adapter_config, "auth": auth})
 }
 
-/// `GET /api/v1/networks`.
-async fn list_networks(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// `GET /api/v1/networks?cursor=&limit=`: by id, a page at a time.
+async fn list_networks(
+    State(st): State<AppState>,
+    Query(q): Query<Page>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM networks ORDER BY id")
+    let limit = page::limit(q.limit)?;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM networks WHERE id > $1 ORDER BY id LIMIT $2")
+        .bind(q.cursor.unwrap_or_default())
+        .bind(limit + 1)
         .fetch_all(&st.service.db().pool)
         .await
         .map_err(db_failed)?;
+    let (ids, next) = cut(ids, limit, Clone::clone);
     let mut networks = Vec::new();
     for id in ids {
         if let Some(n) = ingest::network(st.service.db(), &id).await.map_err(db_failed)? {
             networks.push(network_json(&n));
         }
     }
-    Ok(Json(json!({ "networks": networks })))
+    Ok(Json(json!({ "networks": networks, "next_cursor": next })))
 }
 
 /// `GET /api/v1/networks/{network}`.
@@ -268,11 +287,27 @@ pub(crate) struct SearchQuery {
     merchant: Option<String>,
     user: Option<String>,
     transaction: Option<String>,
-    /// 1 to 1,000 (larger asks get 1,000); default 50.
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^(|-?[0-9]{1,18}:.*)$")]
+    cursor: Option<String>,
+    /// Rows per page: 1 to 1,000; default 50.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
-/// `GET /api/v1/conversions?status=&network=&merchant=&user=&transaction=&limit=`: newest first.
+/// The most conversions a search page holds (their rows are small).
+const MAX_SEARCH: i64 = 1000;
+
+/// A `reported_at:id` cursor (conversion pages).
+fn at_id_cursor(cursor: Option<&str>) -> Result<Option<(i64, String)>, ApiError> {
+    let Some(c) = cursor.filter(|c| !c.is_empty()) else { return Ok(None) };
+    let bad = || ApiError::bad_request("bad_cursor", format!("cursor: {c:?} is not one this list gave"));
+    let (at, id) = c.split_once(':').ok_or_else(bad)?;
+    Ok(Some((at.parse().map_err(|_| bad())?, id.to_string())))
+}
+
+/// `GET /api/v1/conversions?status=&network=&merchant=&user=&transaction=&cursor=&limit=`:
+/// newest first (by report time, then id), a page at a time.
 async fn search_conversions(
     State(st): State<AppState>,
     Query(q): Query<SearchQuery>,
@@ -284,10 +319,16 @@ async fn search_conversions(
     {
         return Err(ApiError::bad_request("bad_status", format!("status: {s:?} is not a status")));
     }
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let limit = match q.limit {
+        None => page::DEFAULT_LIMIT,
+        Some(n) if (1..=MAX_SEARCH).contains(&n) => n,
+        Some(n) => return Err(ApiError::bad_request("bad_limit", format!("limit: 1 to {MAX_SEARCH}, got {n}"))),
+    };
+    let (before_at, after_id) = at_id_cursor(q.cursor.as_deref())?.unwrap_or((i64::MAX, String::new()));
     let rows = sqlx::query(
-        "SELECT id FROM conversions WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR network_id = $2) \
+        "SELECT id, reported_at FROM conversions WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR network_id = $2) \
          AND ($3 IS NULL OR merchant_id = $3) AND ($4 IS NULL OR user_id = $4) AND ($5 IS NULL OR transaction_id = $5) \
+         AND (reported_at < $7 OR (reported_at = $7 AND id > $8)) \
          ORDER BY reported_at DESC, id LIMIT $6",
     )
     .bind(&q.status)
@@ -295,18 +336,25 @@ async fn search_conversions(
     .bind(&q.merchant)
     .bind(&q.user)
     .bind(&q.transaction)
-    .bind(limit)
+    .bind(limit + 1)
+    .bind(before_at)
+    .bind(after_id)
     .fetch_all(&st.service.db().pool)
     .await
     .map_err(db_failed)?;
+    let keys = rows
+        .iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(db_failed)?;
+    let (keys, next) = cut(keys, limit, |(id, at)| format!("{at}:{id}"));
     let mut out = Vec::new();
-    for r in &rows {
-        let id: String = r.try_get(0).map_err(db_failed)?;
-        if let Some(c) = st.service.conversion(&id).await.map_err(ApiError::from)? {
+    for (id, _) in &keys {
+        if let Some(c) = st.service.conversion(id).await.map_err(ApiError::from)? {
             out.push(json!(c));
         }
     }
-    Ok(Json(json!({ "conversions": out })))
+    Ok(Json(json!({ "conversions": out, "next_cursor": next })))
 }
 
 /// `GET /api/v1/conversions/{id}`: the conversion, its history (every stage with its
@@ -344,12 +392,54 @@ async fn conversion_timeline(
     Ok(Json(json!({ "conversion": c, "stages": stages, "history": history, "postings": postings })))
 }
 
-/// `GET /api/v1/review`: conversions awaiting review (pending review and held), oldest first.
-async fn review_queue(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// `GET /api/v1/review?cursor=&limit=`: conversions awaiting review (pending review and
+/// held), oldest report first, a page at a time.
+async fn review_queue(
+    State(st): State<AppState>,
+    Query(q): Query<ReviewQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let mut queue = st.service.by_status(Status::PendingReview, 500).await.map_err(ApiError::from)?;
-    queue.extend(st.service.by_status(Status::Held, 500).await.map_err(ApiError::from)?);
-    Ok(Json(json!({ "queue": queue })))
+    let limit = page::limit(q.limit)?;
+    let (after_at, after_id) = at_id_cursor(q.cursor.as_deref())?.unwrap_or((i64::MIN, String::new()));
+    let rows = sqlx::query(
+        "SELECT id, reported_at FROM conversions WHERE status IN ($1, $2) \
+         AND (reported_at > $3 OR (reported_at = $3 AND id > $4)) ORDER BY reported_at, id LIMIT $5",
+    )
+    .bind(Status::PendingReview.as_str())
+    .bind(Status::Held.as_str())
+    .bind(after_at)
+    .bind(after_id)
+    .bind(limit + 1)
+    .fetch_all(&st.service.db().pool)
+    .await
+    .map_err(db_failed)?;
+    let keys = rows
+        .iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(db_failed)?;
+    let (keys, next) = cut(keys, limit, |(id, at)| format!("{at}:{id}"));
+    let mut queue = Vec::new();
+    for (id, _) in &keys {
+        if let Some(c) = st.service.conversion(id).await.map_err(ApiError::from)? {
+            queue.push(c);
+        }
+    }
+    Ok(Json(json!({ "queue": queue, "next_cursor": next })))
+}
+
+/// `GET /api/v1/review`'s page: the cursor is `reported_at:id`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReviewQuery {
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^(|-?[0-9]{1,18}:.*)$")]
+    cursor: Option<String>,
+    /// Rows per page: 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -394,7 +484,14 @@ async fn review(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct BalanceQuery {
+    /// Only this user's accounts.
     user: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^(|[0-9]{1,18})$")]
+    cursor: Option<String>,
+    /// Rows per page: 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
 }
 
 /// `GET /api/v1/balances[?user=U]`: every account's balance, or one user's.
@@ -404,29 +501,81 @@ async fn balances(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let pool = &st.service.db().pool;
-    let b = match &q.user {
-        Some(u) => crate::ledger::user_balances(pool, u).await,
-        None => crate::ledger::all_balances(pool).await,
-    }
+    let limit = page::limit(q.limit)?;
+    let after = int_cursor(q.cursor.as_deref())?.unwrap_or(0);
+    // By the accounts' ids: a user's accounts are read through UNIQUE (owner, kind, currency).
+    let rows = sqlx::query(
+        "SELECT id, owner, kind, currency, balance FROM accounts WHERE ($1 IS NULL OR owner = $1) AND id > $2 \
+         ORDER BY id LIMIT $3",
+    )
+    .bind(&q.user)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&st.service.db().pool)
+    .await
     .map_err(db_failed)?;
-    Ok(Json(json!({ "balances": b })))
+    let accounts = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<i64, _>(0)?,
+                crate::ledger::Balance {
+                    owner: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    currency: r.try_get(3)?,
+                    balance: r.try_get(4)?,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(db_failed)?;
+    let (accounts, next) = cut(accounts, limit, |(id, _)| id.to_string());
+    let b: Vec<_> = accounts.into_iter().map(|(_, b)| b).collect();
+    Ok(Json(json!({ "balances": b, "next_cursor": next })))
 }
 
-/// `GET /api/v1/jobs`: every job, its schedule and its last run.
-async fn jobs(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// `GET /api/v1/jobs?cursor=&limit=`: the jobs by name, their schedules and last runs.
+async fn jobs(State(st): State<AppState>, Query(q): Query<Page>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    Ok(Json(json!({ "jobs": crate::scheduler::list(&st.service).await.map_err(db_failed)? })))
+    let limit = page::limit(q.limit)?;
+    // A few system jobs and one per scheduled network import: read whole.
+    let all = crate::scheduler::list(&st.service).await.map_err(db_failed)?;
+    let (jobs, next) = of_sorted(all, q.cursor.as_deref(), limit, |j| j.name.clone());
+    Ok(Json(json!({ "jobs": jobs, "next_cursor": next })))
 }
 
-/// `GET /api/v1/jobs/{name}/runs`: the last 100 runs.
+/// `GET /api/v1/jobs/{name}/runs?cursor=&limit=`: its runs, newest first.
 async fn job_runs(
     State(st): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<IdPage>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    Ok(Json(json!({ "runs": crate::scheduler::runs(&st.service, &name, 100).await.map_err(db_failed)? })))
+    let (limit, before) = q.checked()?;
+    let runs = crate::scheduler::runs_before(&st.service, &name, before, limit + 1).await.map_err(db_failed)?;
+    let (runs, next) = cut(runs, limit, |r| r.id.to_string());
+    Ok(Json(json!({ "runs": runs, "next_cursor": next })))
+}
+
+/// A page of a list ordered by an integer id: the cursor is the last row's id.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdPage {
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^(|[0-9]{1,18})$")]
+    cursor: Option<String>,
+    /// Rows per page: 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+}
+
+impl IdPage {
+    /// The page size and the id the page starts after, checked.
+    pub(crate) fn checked(&self) -> Result<(i64, Option<i64>), ApiError> {
+        Ok((page::limit(self.limit)?, int_cursor(self.cursor.as_deref())?))
+    }
 }
 
 /// `POST /api/v1/jobs/{name}/run` (write): runs the job now, once, under its lease.
@@ -467,10 +616,18 @@ fn callback_failed(e: crate::callbacks::CallbackError) -> ApiError {
     }
 }
 
-/// `GET /api/v1/partners`.
-async fn list_partners(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// `GET /api/v1/partners?cursor=&limit=`: by id.
+async fn list_partners(
+    State(st): State<AppState>,
+    Query(q): Query<Page>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    Ok(Json(json!({ "partners": crate::callbacks::partners(st.service.db()).await.map_err(callback_failed)? })))
+    let limit = page::limit(q.limit)?;
+    // Configured by hand, a handful: read whole.
+    let all = crate::callbacks::partners(st.service.db()).await.map_err(callback_failed)?;
+    let (partners, next) = of_sorted(all, q.cursor.as_deref(), limit, |p| p.id.clone());
+    Ok(Json(json!({ "partners": partners, "next_cursor": next })))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

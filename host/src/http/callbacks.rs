@@ -59,10 +59,18 @@ fn int_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Api
         .transpose()
 }
 
-async fn list_endpoints(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// `GET /api/v1/callbacks/endpoints?cursor=&limit=`: by id.
+async fn list_endpoints(
+    State(st): State<AppState>,
+    Query(q): Query<super::page::Page>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let endpoints = callbacks::endpoints(st.service.db()).await.map_err(error)?;
-    Ok(Json(json!({ "endpoints": endpoints })))
+    let limit = super::page::limit(q.limit)?;
+    // Configured by hand, a handful: read whole.
+    let all = callbacks::endpoints(st.service.db()).await.map_err(error)?;
+    let (endpoints, next) = super::page::of_sorted(all, q.cursor.as_deref(), limit, |e| e.id.clone());
+    Ok(Json(json!({ "endpoints": endpoints, "next_cursor": next })))
 }
 
 async fn enable(
@@ -119,9 +127,11 @@ async fn endpoint_attempts(
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     callbacks::endpoint(st.service.db(), &id).await.map_err(error)?;
-    let limit = int_param(&q, "limit")?.unwrap_or(100).clamp(1, 10_000);
-    let attempts = deliver::attempts(st.service.db(), None, Some(&id), limit).await.map_err(error)?;
-    Ok(Json(json!({ "attempts": attempts })))
+    let limit = super::page::limit(int_param(&q, "limit")?)?;
+    let after = super::page::int_cursor(q.get("cursor").map(String::as_str))?;
+    let attempts = deliver::attempts_after(st.service.db(), None, Some(&id), after, limit + 1).await.map_err(error)?;
+    let (attempts, next) = super::page::cut(attempts, limit, |a| a.id.to_string());
+    Ok(Json(json!({ "attempts": attempts, "next_cursor": next })))
 }
 
 async fn list_deliveries(
@@ -130,6 +140,7 @@ async fn list_deliveries(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
+    let limit = super::page::limit(int_param(&q, "limit")?)?;
     let filter = DeliveryFilter {
         endpoint_id: q.get("endpoint").cloned(),
         state: q.get("state").cloned(),
@@ -137,10 +148,12 @@ async fn list_deliveries(
         click_id: q.get("click").cloned(),
         from: int_param(&q, "from")?,
         to: int_param(&q, "to")?,
-        limit: int_param(&q, "limit")?,
+        limit: Some(limit + 1),
+        before: super::page::int_cursor(q.get("cursor").map(String::as_str))?,
     };
     let deliveries = deliver::deliveries(st.service.db(), &filter).await.map_err(error)?;
-    Ok(Json(json!({ "deliveries": deliveries })))
+    let (deliveries, next) = super::page::cut(deliveries, limit, |d| d.id.to_string());
+    Ok(Json(json!({ "deliveries": deliveries, "next_cursor": next })))
 }
 
 fn delivery_id(raw: &str) -> Result<i64, ApiError> {
@@ -188,8 +201,15 @@ async fn replay_range(State(st): State<AppState>, headers: HeaderMap, body: Byte
     Ok(Json(json!({ "replayed": n })))
 }
 
-async fn list_alerts(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// `GET /api/v1/alerts?cursor=&limit=`: newest first.
+async fn list_alerts(
+    State(st): State<AppState>,
+    Query(q): Query<super::api::IdPage>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let alerts = callbacks::alerts(st.service.db(), 100).await.map_err(error)?;
-    Ok(Json(json!({ "alerts": alerts })))
+    let (limit, before) = q.checked()?;
+    let alerts = callbacks::alerts_before(st.service.db(), before, limit + 1).await.map_err(error)?;
+    let (alerts, next) = super::page::cut(alerts, limit, |a| a.id.to_string());
+    Ok(Json(json!({ "alerts": alerts, "next_cursor": next })))
 }

@@ -4,11 +4,13 @@
 
 mod admin;
 mod api;
+mod backtests;
 mod callbacks;
 mod idempotency;
 mod ingress;
 pub mod openapi;
 mod ops;
+mod page;
 mod payouts;
 mod plugins;
 pub mod ratelimit;
@@ -148,6 +150,7 @@ pub(crate) fn router_with(state: AppState, config: HttpConfig, pages: Router<App
         .merge(admin::routes(bodies.import))
         .merge(callbacks::routes())
         .merge(plugins::routes(bodies.plugin))
+        .merge(backtests::routes())
         .merge(api::routes())
         .merge(users::routes())
         .merge(payouts::routes())

@@ -20,12 +20,14 @@ use utoipa::openapi::{
 };
 use utoipa::{IntoParams, ToSchema};
 
-/// A named schema and the schemas it refers to.
+/// A named schema.
 pub type Named = (String, RefOr<Schema>);
 
-/// The schema of `T`, named as in `components/schemas`.
-pub fn json<T: ToSchema>() -> Named {
-    (T::name().into_owned(), T::schema())
+/// The schema of `T`, named as in `components/schemas`, then the schemas it refers to.
+pub fn json<T: ToSchema>() -> Vec<Named> {
+    let mut all = vec![(T::name().into_owned(), T::schema())];
+    T::schemas(&mut all);
+    all
 }
 
 /// What a route's request body is.
@@ -34,9 +36,9 @@ pub enum Body {
     /// None.
     None,
     /// JSON, of the type the handler deserializes.
-    Json(fn() -> Named),
+    Json(fn() -> Vec<Named>),
     /// JSON that may be left out (an empty body takes every default).
-    OptionalJson(fn() -> Named),
+    OptionalJson(fn() -> Vec<Named>),
     /// Raw bytes: a report file, a plugin component.
     Bytes,
 }
@@ -225,8 +227,17 @@ pub const ROUTES: &[Route] = &[
         "/api/v1/merchants/{merchant}/backtest",
         Read,
         "plugins",
-        "Backtest a version over past conversions",
-        Body::Json(json::<super::plugins::BacktestBody>),
+        "Queue a backtest of a version over past conversions (a background job)",
+        Body::Json(json::<super::backtests::BacktestBody>),
+    ),
+    r("GET", "/api/v1/backtests", Read, "plugins", "Backtest jobs, newest first (cursor pages)", Body::None),
+    r(
+        "GET",
+        "/api/v1/backtests/{id}",
+        Read,
+        "plugins",
+        "A backtest job: state, progress (processed of total) and the comparison",
+        Body::None,
     ),
     r(
         "POST",
@@ -449,6 +460,7 @@ fn path_schema(path: &str, name: &str) -> ObjectBuilder {
         ("/api/v1/users/{id}/payouts", "id") => text.max_length(Some(128)).pattern(Some(USER_ID)),
         (p, "id") if p.starts_with("/api/v1/callbacks/deliveries/") => text.pattern(Some("^(cbk_d)?[0-9]{1,18}$")),
         (_, "reference") => text.pattern(Some(PLUGIN_REFERENCE)),
+        ("/api/v1/backtests/{id}", "id") => text.pattern(Some("^[0-9]{1,18}$")),
         (_, "partner") | ("/api/v1/callbacks/endpoints/{id}", "id") => text.pattern(Some("^[A-Za-z0-9._-]{1,64}$")),
         _ => text,
     }
@@ -488,7 +500,11 @@ pub struct DeliveriesQuery {
     from: Option<i64>,
     /// Created before (UTC milliseconds).
     to: Option<i64>,
-    /// At most this many.
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^(|[0-9]{1,18})$")]
+    cursor: Option<String>,
+    /// Rows per page: 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -502,7 +518,11 @@ pub fn delivery_state() -> Schema {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // parameters only
 pub struct AttemptsQuery {
-    /// At most this many (1 to 10,000; default 100).
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^(|[0-9]{1,18})$")]
+    cursor: Option<String>,
+    /// Rows per page: 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -520,8 +540,143 @@ fn query_of(route: &Route) -> Vec<Parameter> {
         ("POST", "/api/v1/networks/{network}/imports") => super::admin::UploadQuery::into_params(q),
         ("GET", "/api/v1/callbacks/deliveries") => DeliveriesQuery::into_params(q),
         ("GET", "/api/v1/callbacks/endpoints/{id}/attempts") => AttemptsQuery::into_params(q),
+        ("GET", "/api/v1/backtests") => super::backtests::ListQuery::into_params(q),
+        ("GET", "/api/v1/merchants")
+        | ("GET", "/api/v1/networks")
+        | ("GET", "/api/v1/jobs")
+        | ("GET", "/api/v1/partners")
+        | ("GET", "/api/v1/callbacks/endpoints")
+        | ("GET", "/api/v1/networks/{network}/merchant-refs") => super::page::Page::into_params(q),
+        ("GET", "/api/v1/review") => super::api::ReviewQuery::into_params(q),
+        ("GET", "/api/v1/jobs/{name}/runs")
+        | ("GET", "/api/v1/alerts")
+        | ("GET", "/api/v1/networks/{network}/rejects") => super::api::IdPage::into_params(q),
         _ => Vec::new(),
     }
+}
+
+/// The type a route's success answer serializes (the others: a JSON object, not yet typed).
+fn response_of(route: &Route) -> Option<fn() -> Vec<Named>> {
+    match (route.method, route.path) {
+        ("POST", "/api/v1/merchants/{merchant}/backtest") | ("GET", "/api/v1/backtests/{id}") => {
+            Some(json::<crate::backtests::Backtest>)
+        }
+        ("GET", "/api/v1/backtests") => Some(json::<super::backtests::BacktestPage>),
+        ("GET", "/api/v1/jobs") => Some(json::<JobsPage>),
+        ("GET", "/api/v1/users") => Some(json::<UsersPage>),
+        ("GET", "/api/v1/users/{user}") => Some(json::<crate::users::User>),
+        ("GET", "/api/v1/users/{user}/conversions") => Some(json::<UserConversionsPage>),
+        ("GET", "/api/v1/plugins") => Some(json::<PluginsPage>),
+        ("GET", "/api/v1/merchants/{merchant}/rules/history") => Some(json::<ActivationsList>),
+        ("GET", "/api/v1/merchants/{merchant}/shadow") => Some(json::<crate::registry::Comparison>),
+        ("GET", "/api/v1/conversions") => Some(json::<ConversionsPage>),
+        ("GET", "/api/v1/review") => Some(json::<ReviewPage>),
+        ("GET", "/api/v1/jobs/{name}/runs") => Some(json::<RunsPage>),
+        ("POST", "/api/v1/jobs/{name}/run") => Some(json::<crate::scheduler::RunInfo>),
+        ("GET", "/api/v1/alerts") => Some(json::<AlertsPage>),
+        ("GET", "/api/v1/partners") => Some(json::<PartnersPage>),
+        ("GET", "/api/v1/balances") => Some(json::<BalancesPage>),
+        _ => None,
+    }
+}
+
+// ---- answers the handlers assemble from typed rows (schemas only) -------------------------
+
+/// `GET /api/v1/users`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct UsersPage {
+    users: Vec<crate::users::User>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/users/{user}/conversions`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct UserConversionsPage {
+    conversions: Vec<crate::users::UserConversion>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/plugins`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct PluginsPage {
+    plugins: Vec<crate::registry::PluginVersion>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/merchants/{merchant}/rules/history`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ActivationsList {
+    activations: Vec<crate::registry::Activation>,
+}
+
+/// `GET /api/v1/conversions`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ConversionsPage {
+    conversions: Vec<crate::conversions::decide::ConversionRow>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/review`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ReviewPage {
+    queue: Vec<crate::conversions::decide::ConversionRow>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/jobs`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct JobsPage {
+    jobs: Vec<crate::scheduler::JobInfo>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/jobs/{name}/runs`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct RunsPage {
+    runs: Vec<crate::scheduler::RunInfo>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/alerts`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct AlertsPage {
+    alerts: Vec<crate::callbacks::Alert>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/partners`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct PartnersPage {
+    partners: Vec<crate::callbacks::Partner>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/balances`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct BalancesPage {
+    balances: Vec<crate::ledger::Balance>,
+    /// The next page's cursor; null on the last page.
+    next_cursor: Option<String>,
 }
 
 /// The success status of a route (`201` when it may create, `204` when it answers nothing).
@@ -531,6 +686,9 @@ fn success(route: &Route) -> &'static [(&'static str, &'static str)] {
         ("POST", "/api/v1/plugins") => &[("200", "Already stored"), ("201", "Stored")],
         ("POST", "/api/v1/users/{id}/payouts") => {
             &[("200", "The payout this Idempotency-Key made"), ("201", "Requested")]
+        }
+        ("POST", "/api/v1/merchants/{merchant}/backtest") => {
+            &[("202", "Queued: the job (state `queued`), also at the URL in `Location`")]
         }
         ("DELETE", _) => &[("204", "Done")],
         _ => &[("200", "Success")],
@@ -572,12 +730,20 @@ pub fn document() -> OpenApi {
             let response = if *status == "204" {
                 ResponseBuilder::new().description(*what).build()
             } else {
+                let schema: RefOr<Schema> = match response_of(route) {
+                    Some(named) => {
+                        let all = named();
+                        let name = all[0].0.clone();
+                        for (n, schema) in all {
+                            components = components.schema(n, schema);
+                        }
+                        Ref::from_schema_name(name).into()
+                    }
+                    None => ObjectBuilder::new().schema_type(Type::Object).build().into(),
+                };
                 ResponseBuilder::new()
                     .description(*what)
-                    .content(
-                        "application/json",
-                        ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::Object))).build(),
-                    )
+                    .content("application/json", ContentBuilder::new().schema(Some(schema)).build())
                     .build()
             };
             op = op.response(*status, response);
@@ -646,8 +812,11 @@ pub fn document() -> OpenApi {
         if let Some((media, schema)) = body {
             let schema: RefOr<Schema> = match schema {
                 Some(named) => {
-                    let (name, schema) = named();
-                    components = components.schema(name.clone(), schema);
+                    let all = named();
+                    let name = all[0].0.clone();
+                    for (n, schema) in all {
+                        components = components.schema(n, schema);
+                    }
                     Ref::from_schema_name(name).into()
                 }
                 None => ObjectBuilder::new()

@@ -26,7 +26,6 @@ pub fn routes(max_component: usize) -> Router<AppState> {
         .route("/api/v1/merchants/{merchant}/rules/rollback", post(rollback_merchant))
         .route("/api/v1/merchants/{merchant}/rules/history", get(history_merchant))
         .route("/api/v1/merchants/{merchant}/shadow", get(shadow_diff).put(shadow_set).delete(shadow_clear))
-        .route("/api/v1/merchants/{merchant}/backtest", post(backtest))
         .route("/api/v1/networks/{network}/adapter/activate", post(activate_network))
         .route("/api/v1/networks/{network}/adapter/rollback", post(rollback_network))
 }
@@ -40,17 +39,26 @@ fn actor(headers: &HeaderMap) -> String {
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     name: Option<String>,
+    /// `next_cursor` of the previous page (`name@version`).
+    cursor: Option<String>,
+    /// Rows per page: 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
 }
 
-/// `GET /api/v1/plugins[?name=N]`: stored versions and where each is used.
+/// `GET /api/v1/plugins[?name=N&cursor=&limit=]`: stored versions (by name and version)
+/// and where each is used.
 async fn list(
     State(st): State<AppState>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
+    let limit = super::page::limit(q.limit)?;
     let versions = registry::versions(&st.service, q.name.as_deref()).await.map_err(ApiError::from)?;
-    Ok(Json(json!({ "plugins": versions })))
+    let (versions, next) =
+        super::page::of_sorted(versions, q.cursor.as_deref(), limit, |v| format!("{}@{}", v.name, v.version));
+    Ok(Json(json!({ "plugins": versions, "next_cursor": next })))
 }
 
 /// `POST /api/v1/plugins` with the component as the body: validate and store.
@@ -237,63 +245,5 @@ async fn shadow_diff(
     let c = registry::shadow_report(&st.service, &merchant, candidate.as_deref(), q.limit.unwrap_or(20).min(1000))
         .await
         .map_err(ApiError::from)?;
-    Ok(Json(json!(c)))
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BacktestBody {
-    #[schema(schema_with = super::openapi::plugin_reference)]
-    plugin: String,
-    /// UTC milliseconds or RFC 3339.
-    #[schema(schema_with = super::openapi::ms_or_rfc3339)]
-    from: Option<Value>,
-    #[schema(schema_with = super::openapi::ms_or_rfc3339)]
-    to: Option<Value>,
-    #[schema(maximum = 1_000_000)]
-    position: Option<usize>,
-    #[schema(schema_with = super::openapi::any_json)]
-    config: Option<Value>,
-    #[schema(maximum = 1_000_000)]
-    limit: Option<usize>,
-}
-
-fn when(field: &str, v: Option<Value>) -> Result<Option<i64>, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            n.as_i64().map(Some).ok_or_else(|| ApiError::bad_request("bad_time", format!("{field}: not an integer")))
-        }
-        Some(Value::String(s)) => crate::clock::parse_instant(field, &s)
-            .map(Some)
-            .map_err(|e| ApiError::bad_request("bad_time", e.to_string())),
-        Some(_) => Err(ApiError::bad_request("bad_time", format!("{field}: milliseconds or RFC 3339 text"))),
-    }
-}
-
-/// `POST /api/v1/merchants/{merchant}/backtest` `{"plugin", "from"?, "to"?, "position"?, "config"?, "limit"?}`:
-/// what the version would have decided over past conversions. Writes nothing.
-async fn backtest(
-    State(st): State<AppState>,
-    Path(merchant): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<BacktestBody>,
-) -> Result<Json<Value>, ApiError> {
-    require(&st, &headers, Scope::Read).await?;
-    let from = when("from", body.from)?.unwrap_or(i64::MIN);
-    let to = when("to", body.to)?.unwrap_or_else(|| st.service.now() + 1);
-    let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(ApiError::from)?;
-    let c = registry::backtest(
-        &st.service,
-        &merchant,
-        &plugin,
-        body.config,
-        body.position,
-        from,
-        to,
-        body.limit.unwrap_or(100).min(10_000),
-    )
-    .await
-    .map_err(ApiError::from)?;
     Ok(Json(json!(c)))
 }

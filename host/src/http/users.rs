@@ -283,21 +283,28 @@ async fn attribute(
 async fn list_refs(
     State(st): State<AppState>,
     Path(network): Path<String>,
+    Query(q): Query<super::page::Page>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
-    let rows =
-        sqlx::query("SELECT merchant_ref, merchant_id FROM merchant_refs WHERE network_id = $1 ORDER BY merchant_ref")
-            .bind(&network)
-            .fetch_all(&st.service.db().pool)
-            .await
-            .map_err(db_failed)?;
+    let limit = super::page::limit(q.limit)?;
+    let rows = sqlx::query(
+        "SELECT merchant_ref, merchant_id FROM merchant_refs WHERE network_id = $1 AND merchant_ref > $2 \
+         ORDER BY merchant_ref LIMIT $3",
+    )
+    .bind(&network)
+    .bind(q.cursor.unwrap_or_default())
+    .bind(limit + 1)
+    .fetch_all(&st.service.db().pool)
+    .await
+    .map_err(db_failed)?;
     let refs = rows
         .iter()
         .map(|r| Ok(json!({"merchant_ref": r.try_get::<String, _>(0)?, "merchant": r.try_get::<String, _>(1)?})))
         .collect::<Result<Vec<Value>, sqlx::Error>>()
         .map_err(db_failed)?;
-    Ok(Json(json!({ "network": network, "merchant_refs": refs })))
+    let (refs, next) = super::page::cut(refs, limit, |r| r["merchant_ref"].as_str().unwrap_or_default().to_string());
+    Ok(Json(json!({ "network": network, "merchant_refs": refs, "next_cursor": next })))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -318,26 +318,41 @@ pub async fn record_reject(db: &Db, r: &Reject) -> Result<(), sqlx::Error> {
 
 /// The latest refused postbacks of a network.
 pub async fn rejects(db: &Db, network: &str, limit: i64) -> Result<Vec<Reject>, sqlx::Error> {
+    Ok(rejects_before(db, network, None, limit).await?.into_iter().map(|(_, r)| r).collect())
+}
+
+/// A network's refused postbacks older than the one with id `before` (none: the latest),
+/// newest first, each with its id.
+pub async fn rejects_before(
+    db: &Db,
+    network: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(i64, Reject)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT network_id, received_at, method, query, body, remote_addr, status, reason FROM postback_rejects \
-         WHERE network_id = $1 ORDER BY id DESC LIMIT $2",
+        "SELECT network_id, received_at, method, query, body, remote_addr, status, reason, id FROM postback_rejects \
+         WHERE network_id = $1 AND id < $3 ORDER BY id DESC LIMIT $2",
     )
     .bind(network)
     .bind(limit)
+    .bind(before.unwrap_or(i64::MAX))
     .fetch_all(&db.pool)
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(Reject {
-                network_id: r.try_get(0)?,
-                received_at: r.try_get(1)?,
-                method: r.try_get(2)?,
-                query: r.try_get(3)?,
-                body: r.try_get(4)?,
-                remote_addr: r.try_get(5)?,
-                status: r.try_get(6)?,
-                reason: r.try_get(7)?,
-            })
+            Ok((
+                r.try_get(8)?,
+                Reject {
+                    network_id: r.try_get(0)?,
+                    received_at: r.try_get(1)?,
+                    method: r.try_get(2)?,
+                    query: r.try_get(3)?,
+                    body: r.try_get(4)?,
+                    remote_addr: r.try_get(5)?,
+                    status: r.try_get(6)?,
+                    reason: r.try_get(7)?,
+                },
+            ))
         })
         .collect()
 }

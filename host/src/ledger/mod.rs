@@ -126,7 +126,7 @@ pub enum LedgerError {
 
 /// What one conversion has booked in the ledger (or should have): the balances its
 /// postings add up to, per account kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Booked {
     /// Cashback owed to the user, not yet available.
     pub pending: i64,
@@ -340,7 +340,7 @@ async fn post_one(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerE
 }
 
 /// One account's balance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Balance {
     /// Owner.
     pub owner: String,

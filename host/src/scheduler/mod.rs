@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 /// What a job does.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobKind {
     /// Move matured cashback from pending to available.
@@ -52,7 +52,7 @@ impl JobKind {
 }
 
 /// A job and its last run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct JobInfo {
     /// Name.
     pub name: String,
@@ -69,8 +69,10 @@ pub struct JobInfo {
 }
 
 /// One run of a job.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct RunInfo {
+    /// Its id (the cursor of the API's pages of runs).
+    pub id: i64,
     /// The tick it ran for.
     pub scheduled_for: i64,
     /// Which replica ran it.
@@ -84,6 +86,7 @@ pub struct RunInfo {
     /// Ticks missed before it (caught up by this run).
     pub missed: i64,
     /// What it did, by kind of count.
+    #[schema(value_type = Object)]
     pub counts: serde_json::Value,
     /// The error, when it failed.
     pub detail: Option<String>,
@@ -203,18 +206,30 @@ pub async fn list(service: &Service) -> Result<Vec<JobInfo>, sqlx::Error> {
 
 /// The latest runs of a job, newest first.
 pub async fn runs(service: &Service, job: &str, limit: i64) -> Result<Vec<RunInfo>, sqlx::Error> {
+    runs_before(service, job, None, limit).await
+}
+
+/// A job's runs older than the run `before` (none: the latest), newest first.
+pub async fn runs_before(
+    service: &Service,
+    job: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<RunInfo>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT scheduled_for, owner, started_at, finished_at, outcome, missed, counts, detail FROM job_runs \
-         WHERE job_name = $1 ORDER BY id DESC LIMIT $2",
+        "SELECT scheduled_for, owner, started_at, finished_at, outcome, missed, counts, detail, id FROM job_runs \
+         WHERE job_name = $1 AND id < $3 ORDER BY id DESC LIMIT $2",
     )
     .bind(job)
     .bind(limit)
+    .bind(before.unwrap_or(i64::MAX))
     .fetch_all(&service.db().pool)
     .await?;
     rows.iter()
         .map(|r| {
             let counts: String = r.try_get(6)?;
             Ok(RunInfo {
+                id: r.try_get(8)?,
                 scheduled_for: r.try_get(0)?,
                 owner: r.try_get(1)?,
                 started_at: r.try_get(2)?,

@@ -103,6 +103,8 @@ pub struct DeliveryFilter {
     pub to: Option<i64>,
     /// At most (default 100).
     pub limit: Option<i64>,
+    /// Older than the delivery with this id (a page's cursor).
+    pub before: Option<i64>,
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.conversion_id, d.version, c.state, d.state, d.attempts, \
@@ -146,7 +148,7 @@ pub async fn deliveries(db: &Db, f: &DeliveryFilter) -> Result<Vec<DeliveryView>
         "SELECT {DELIVERY_COLUMNS} FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
          WHERE ($1 IS NULL OR d.endpoint_id = $1) AND ($2 IS NULL OR d.state = $2) AND ($3 IS NULL OR d.conversion_id = $3) \
          AND ($4 IS NULL OR d.created_at >= $4) AND ($5 IS NULL OR d.created_at < $5) AND ($7 IS NULL OR d.conversion_id = 'click:' || $7) \
-         ORDER BY d.id DESC LIMIT $6"
+         AND d.id < $8 ORDER BY d.id DESC LIMIT $6"
     );
     let rows = sqlx::query(&sql)
         .bind(&f.endpoint_id)
@@ -156,6 +158,7 @@ pub async fn deliveries(db: &Db, f: &DeliveryFilter) -> Result<Vec<DeliveryView>
         .bind(f.to)
         .bind(f.limit.unwrap_or(100).clamp(1, 10_000))
         .bind(&f.click_id)
+        .bind(f.before.unwrap_or(i64::MAX))
         .fetch_all(&db.pool)
         .await?;
     Ok(rows.iter().map(delivery_from_row).collect::<Result<_, _>>()?)
@@ -178,14 +181,26 @@ pub async fn attempts(
     endpoint_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<AttemptView>, CallbackError> {
+    attempts_after(db, delivery_id, endpoint_id, None, limit).await
+}
+
+/// [`attempts`] after the attempt with id `after` (a page's cursor), oldest first.
+pub async fn attempts_after(
+    db: &Db,
+    delivery_id: Option<i64>,
+    endpoint_id: Option<&str>,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AttemptView>, CallbackError> {
     let rows = sqlx::query(
         "SELECT id, delivery_id, endpoint_id, attempt, started_at, latency_ms, method, url, request_headers, request_body, \
          status, error, response_excerpt, outcome FROM callback_attempts \
-         WHERE ($1 IS NULL OR delivery_id = $1) AND ($2 IS NULL OR endpoint_id = $2) ORDER BY id LIMIT $3",
+         WHERE ($1 IS NULL OR delivery_id = $1) AND ($2 IS NULL OR endpoint_id = $2) AND id > $4 ORDER BY id LIMIT $3",
     )
     .bind(delivery_id)
     .bind(endpoint_id)
     .bind(limit)
+    .bind(after.unwrap_or(0))
     .fetch_all(&db.pool)
     .await?;
     rows.iter()

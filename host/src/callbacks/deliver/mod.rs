@@ -51,7 +51,7 @@ mod render;
 mod send;
 mod tester;
 
-pub use log::{AttemptView, DeliveryFilter, DeliveryView, attempts, deliveries, delivery, replay, replay_range};
+pub use log::{AttemptView, DeliveryFilter, DeliveryView, attempts, attempts_after, deliveries, delivery, replay, replay_range};
 pub use render::RequestView;
 pub use send::{ResponseView, parse_retry_after};
 pub use tester::TestReport;

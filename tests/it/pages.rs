@@ -1,0 +1,141 @@
+//! Every list of the admin API is a cursor page with a capped `limit` (issue 16, point 5),
+//! and the dashboard's long lists link to their next page; from an empty database through
+//! the CLI, the ingress, `/api/v1` and the dashboard of a live `cashbackd serve`, on both
+//! backends.
+//!
+//! Each list is walked one or two rows at a time, following `next_cursor` until it is
+//! null, and must give the same rows, in the same order, as one large page: no row lost,
+//! none twice. A `limit` of 0 or over the cap is refused with 400, as is a cursor the list
+//! did not give.
+
+use crate::accounts::{configure, postback};
+use crate::backends;
+use crate::callbacks::Sink;
+use crate::public::*;
+use serde_json::{Value, json};
+
+/// The rows of `list` in `path`, walked `step` at a time; checks them against one page.
+async fn walk(c: &Client, path: &str, list: &str, key: &str, step: usize, cap: usize) -> Vec<String> {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let whole = c.expect(200, "GET", &format!("{path}{sep}limit={cap}"), None).await;
+    assert!(whole["next_cursor"].is_null(), "{path}: one page of {cap} holds it all: {whole}");
+    let keys = |page: &Value| -> Vec<String> {
+        page[list]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: no {list} in {page}"))
+            .iter()
+            .map(|r| r[key].to_string())
+            .collect()
+    };
+    let expected = keys(&whole);
+    let mut walked = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!(
+                "{path}{sep}limit={step}&cursor={}",
+                url::form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>()
+            ),
+            None => format!("{path}{sep}limit={step}"),
+        };
+        let page = c.expect(200, "GET", &url, None).await;
+        let rows = keys(&page);
+        assert!(rows.len() <= step, "{url}: {} rows", rows.len());
+        walked.extend(rows);
+        match page["next_cursor"].as_str() {
+            Some(next) => {
+                assert_eq!(page[list].as_array().map(Vec::len), Some(step), "{url}: a page before the last is full");
+                cursor = Some(next.to_string());
+            }
+            None => break,
+        }
+        assert!(walked.len() <= expected.len() + step, "{path}: the walk does not end");
+    }
+    assert_eq!(walked, expected, "{path}: walked {step} at a time");
+    // The cap and the bounds.
+    for bad in [0, cap + 1] {
+        let (status, body) = c.api("GET", &format!("{path}{sep}limit={bad}"), None).await;
+        assert_eq!(status, 400, "{path} limit={bad}: {body}");
+        assert!(body.to_string().contains("limit"), "{body}");
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_list_of_the_admin_api_pages_with_a_cursor_and_a_capped_limit() {
+    for t in backends::all().await {
+        let i = Install::new(&t);
+        let token = i.admin_token();
+        configure(&i, ("flat_rate", "flat-rate@0.1.0"), r#"{"rate_bps": 300}"#);
+        let sink = Sink::start().await;
+        i.ok(&["partner", "add", "p1", "--name", "Partner"]);
+        for e in ["e1", "e2"] {
+            let url = format!("{}/{e}?state=[%CASHBACK:STATE%]", sink.base);
+            i.ok_env(
+                &["endpoint", "add", e, "--partner", "p1", "--url", &url],
+                &[("CASHBACKD_CALLBACK_SECRET", "partner-secret-0123456789")],
+            );
+        }
+        let s = i.serve("pages", &[]);
+        let c = Client::new(&s.base, &token);
+        for m in ["m2", "m3"] {
+            c.expect(200, "PUT", &format!("/api/v1/merchants/{m}"), Some(json!({"name": m}))).await;
+        }
+        for p in ["p2", "p3"] {
+            c.expect(200, "PUT", &format!("/api/v1/partners/{p}"), Some(json!({"name": p}))).await;
+        }
+        for r in ["r1", "r2", "r3"] {
+            let path = format!("/api/v1/networks/net/merchant-refs/{r}");
+            c.expect(200, "PUT", &path, Some(json!({"merchant": "shop"}))).await;
+        }
+        // Five automatic conversions, then three the shop reviews by hand.
+        for n in 0..8 {
+            if n == 5 {
+                let body = json!({"name": "Shop", "manual_review": true, "reward_delay_days": 0});
+                c.expect(200, "PUT", "/api/v1/merchants/shop", Some(body)).await;
+            }
+            let click = c.click(&format!("/c/sale?user=u{n}"), "ref").await;
+            let (status, _, body) = c.public(&postback(&click, &format!("T{n}"), "pending", "100.00")).await;
+            assert_eq!(status, 200, "{}: {body}", t.name);
+        }
+        for _ in 0..3 {
+            let (status, _, _) = c.public("/postback/net?tid=X&clickref=Y&sale=1&status=pending&token=wrong").await;
+            assert!(status >= 400, "a refused postback");
+            c.expect(200, "POST", "/api/v1/jobs/mature/run", None).await;
+            c.expect(202, "POST", "/api/v1/merchants/shop/backtest", Some(json!({"plugin": "flat-rate@0.1.0"}))).await;
+        }
+
+        let conversions = walk(&c, "/api/v1/conversions", "conversions", "id", 2, 1000).await;
+        assert!(conversions.len() >= 8, "{}: {conversions:?}", t.name);
+        assert_eq!(walk(&c, "/api/v1/review", "queue", "id", 2, 500).await.len(), 3);
+        assert_eq!(walk(&c, "/api/v1/merchants", "merchants", "id", 2, 500).await.len(), 3);
+        walk(&c, "/api/v1/networks", "networks", "id", 1, 500).await;
+        assert!(walk(&c, "/api/v1/users", "users", "id", 3, 500).await.len() >= 8);
+        walk(&c, "/api/v1/users/u0/conversions", "conversions", "id", 1, 500).await;
+        assert!(walk(&c, "/api/v1/balances", "balances", "owner", 2, 500).await.len() >= 5);
+        assert_eq!(walk(&c, "/api/v1/jobs", "jobs", "name", 1, 500).await.len(), 3);
+        assert_eq!(walk(&c, "/api/v1/jobs/mature/runs", "runs", "id", 2, 500).await.len(), 3);
+        assert_eq!(walk(&c, "/api/v1/plugins", "plugins", "digest", 1, 500).await.len(), 2);
+        assert_eq!(walk(&c, "/api/v1/partners", "partners", "id", 2, 500).await.len(), 3);
+        assert_eq!(walk(&c, "/api/v1/callbacks/endpoints", "endpoints", "id", 1, 500).await.len(), 2);
+        assert!(walk(&c, "/api/v1/callbacks/deliveries", "deliveries", "id", 3, 500).await.len() >= 10);
+        walk(&c, "/api/v1/callbacks/endpoints/e1/attempts", "attempts", "id", 1, 500).await;
+        walk(&c, "/api/v1/alerts", "alerts", "id", 1, 500).await;
+        assert_eq!(walk(&c, "/api/v1/networks/net/rejects", "rejects", "id", 2, 500).await.len(), 3);
+        assert_eq!(
+            walk(&c, "/api/v1/networks/net/merchant-refs", "merchant_refs", "merchant_ref", 2, 500).await.len(),
+            3
+        );
+        assert_eq!(walk(&c, "/api/v1/backtests", "backtests", "id", 2, 500).await.len(), 3);
+        for path in [
+            "/api/v1/conversions?cursor=nonsense",
+            "/api/v1/backtests?cursor=x",
+            "/api/v1/callbacks/deliveries?cursor=x",
+        ] {
+            let (status, body) = c.api("GET", path, None).await;
+            assert_eq!(status, 400, "{path}: {body}");
+        }
+        drop(s);
+        t.cleanup().await;
+    }
+}
