@@ -1147,7 +1147,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             service.clock(),
                             deliver_config,
                             "cli-tester",
-                        )?;
+                        )?
+                        .with_plugins(service.runtime().clone());
                         let report = d.test(&id).await?;
                         if json {
                             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -1488,7 +1489,8 @@ impl Workers {
         owner: &str,
     ) -> anyhow::Result<Workers> {
         let deliverer =
-            crate::callbacks::Deliverer::new(service.db().clone(), service.clock(), callbacks, owner.to_string())?;
+            crate::callbacks::Deliverer::new(service.db().clone(), service.clock(), callbacks, owner.to_string())?
+                .with_plugins(service.runtime().clone());
         let notifier = crate::notify::Notifier::new(service.db().clone(), service.clock(), notify)?;
         tokio::spawn(deliverer.clone().run_worker());
         Ok(Workers { deliverer, notifier })

@@ -26,6 +26,7 @@ mod mail;
 mod notify;
 mod operator;
 mod ops;
+mod partner_plugins;
 mod payouts;
 mod plans;
 mod plugin_cli;

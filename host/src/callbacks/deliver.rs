@@ -100,6 +100,8 @@ struct Inner {
     permits: Arc<tokio::sync::Semaphore>,
     /// Requests in flight per endpoint, shared the same way; what a claim leaves out.
     busy: std::sync::Mutex<HashMap<String, usize>>,
+    /// The plugin runtime, for endpoints whose requests a plugin renders (`plugin.rs`).
+    plugins: std::sync::OnceLock<Arc<crate::plugin::PluginRuntime>>,
 }
 
 /// One request in flight: holds its place in the worker's limit and in its endpoint's,
@@ -277,8 +279,16 @@ impl Deliverer {
                 owner: owner.into(),
                 permits,
                 busy: std::sync::Mutex::new(HashMap::new()),
+                plugins: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Lets endpoints with an active partner-callback plugin be rendered by it; without a
+    /// runtime their attempts fail with that reason.
+    pub fn with_plugins(self, runtime: Arc<crate::plugin::PluginRuntime>) -> Self {
+        let _ = self.inner.plugins.set(runtime);
+        self
     }
 
     /// The database.
@@ -436,7 +446,7 @@ impl Deliverer {
                 continue;
             }
             let prepared = match template {
-                Some(t) => Ok(self.prepare(endpoint, t, &job)),
+                Some(t) => self.prepare_any(endpoint, t, &job).await,
                 None => Err("the endpoint's URL template no longer parses".to_string()),
             };
             // A request that could outlast the lease is not started: another replica may
@@ -703,6 +713,28 @@ impl Deliverer {
         v
     }
 
+    /// The request of an attempt: the endpoint's plugin's when it has one (`plugin.rs`; its
+    /// error fails the attempt), else the built-in template's.
+    async fn prepare_any(&self, endpoint: &Endpoint, template: &Template, job: &Job) -> Result<Prepared, String> {
+        let Some(active) = &endpoint.plugin else { return Ok(self.prepare(endpoint, template, job)) };
+        let values = Self::values(job);
+        let change = super::plugin::ChangeInput {
+            snapshot: match &job.subject {
+                Subject::Conversion(s) => Some(&**s),
+                Subject::Payout(_) => None,
+            },
+            delivery_id: job.delivery_id,
+            attempt: job.attempt,
+            changed_at: job.change_at,
+            now: self.inner.clock.now(),
+        };
+        let url = template.render(&values);
+        let (request, logged) =
+            super::plugin::render(self.inner.plugins.get(), &self.inner.db, endpoint, active, url, &values, change)
+                .await?;
+        Ok(Prepared { request, logged, timeout: Duration::from_millis(endpoint.spec.timeout_ms.max(1) as u64) })
+    }
+
     fn prepare(&self, endpoint: &Endpoint, template: &Template, job: &Job) -> Prepared {
         let spec = &endpoint.spec;
         let values = Self::values(job);
@@ -777,6 +809,7 @@ impl Deliverer {
         net::check_url(&r.url, self.inner.config.allow_private)?;
         let mut builder = match r.method.as_str() {
             "POST" => self.inner.client.post(&r.url),
+            "PUT" => self.inner.client.put(&r.url),
             _ => self.inner.client.get(&r.url),
         }
         .timeout(timeout);
@@ -1020,9 +1053,19 @@ impl Deliverer {
         let template = endpoint.spec.validate()?;
         let now = self.inner.clock.now();
         let job = sample_job(&endpoint, now);
-        let prepared = self.prepare(&endpoint, &template, &job);
         let t0 = Instant::now();
-        let result = self.exchange(&prepared.request, prepared.timeout).await;
+        let (prepared, result) = match self.prepare_any(&endpoint, &template, &job).await {
+            Ok(prepared) => {
+                let result = self.exchange(&prepared.request, prepared.timeout).await;
+                (prepared, result)
+            }
+            // The plugin's refusal is the tester's answer, as it would be an attempt's.
+            Err(e) => {
+                let none = RequestView { method: String::new(), url: String::new(), headers: Vec::new(), body: None };
+                let timeout = Duration::from_millis(endpoint.spec.timeout_ms.max(1) as u64);
+                (Prepared { request: none.clone(), logged: none, timeout }, Err(e))
+            }
+        };
         let latency_ms = t0.elapsed().as_millis() as i64;
         let (response, error) = match result {
             Ok((r, _)) => (Some(r), None),
@@ -1538,7 +1581,14 @@ mod tests {
     fn endpoint(states: Option<Vec<crate::conversions::State>>) -> Endpoint {
         let spec =
             super::super::EndpointSpec { states, ..super::super::EndpointSpec::new("e", "p", "https://p.example/") };
-        Endpoint { spec, enabled: true, consecutive_failures: 0, disabled_at: None, disabled_reason: None }
+        Endpoint {
+            spec,
+            enabled: true,
+            consecutive_failures: 0,
+            disabled_at: None,
+            disabled_reason: None,
+            plugin: None,
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum PluginKind {
     MerchantRules,
     /// `network-adapter`: turns a network's postbacks, reports and files into events.
     NetworkAdapter,
+    /// `partner-callback` (since contract 0.2.0): renders a partner endpoint's requests.
+    PartnerCallback,
 }
 
 impl fmt::Display for PluginKind {
@@ -25,6 +27,7 @@ impl fmt::Display for PluginKind {
         f.write_str(match self {
             PluginKind::MerchantRules => "merchant-rules",
             PluginKind::NetworkAdapter => "network-adapter",
+            PluginKind::PartnerCallback => "partner-callback",
         })
     }
 }
@@ -177,6 +180,27 @@ impl Manifest {
             }
             if !self.credentials.is_empty() {
                 return Err(field_err("credentials", "merchant rules cannot use credentials"));
+            }
+        }
+        if self.kind == PluginKind::PartnerCallback {
+            if self.wit == super::wit::since_v0_1_0::API_VERSION {
+                return Err(field_err(
+                    "wit",
+                    "the partner-callback world exists since cashback:plugin@0.2.0: build against 0.2.0",
+                ));
+            }
+            // The host sends the request the plugin renders: the plugin itself reaches nothing.
+            if !self.capabilities.http_hosts.is_empty() {
+                return Err(field_err(
+                    "capabilities.http-hosts",
+                    "a partner-callback plugin makes no requests: the host sends the one it renders",
+                ));
+            }
+            if !self.credentials.is_empty() {
+                return Err(field_err(
+                    "credentials",
+                    "a partner-callback plugin signs with the endpoint's secret, passed to `render`",
+                ));
             }
         }
         for host in &self.capabilities.http_hosts {
