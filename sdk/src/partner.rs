@@ -138,6 +138,21 @@ pub mod config {
     }
 }
 
+/// Routes panic messages to the host's log before the trap, through the 0.2.0 `log` (the
+/// crate-level hook would import 0.1.0's, which a 0.2.0 world does not link).
+#[doc(hidden)]
+pub fn __install_panic_hook() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                log::error(&format!("panic: {info}"));
+            }));
+        });
+    }
+}
+
 /// What a partner-callback plugin needs, in one `use`.
 pub mod prelude {
     pub use super::{
@@ -163,7 +178,7 @@ macro_rules! export_partner_callback {
                     change: $crate::partner::Change,
                     endpoint: $crate::partner::Endpoint,
                 ) -> ::core::result::Result<$crate::partner::Request, $crate::partner::PluginError> {
-                    $crate::__private::install_panic_hook();
+                    $crate::partner::__install_panic_hook();
                     <$plugin as $crate::partner::PartnerCallback>::render(&change, &endpoint)
                 }
             }
