@@ -445,7 +445,14 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             (RULE.replace("flat-rate", "Flat Rate"), "`name`"),
-            (RULE.replace("wit = \"0.1.0\"", "wit = \"0.2.0\""), "`wit`"),
+            (RULE.replace("wit = \"0.1.0\"", "wit = \"0.9.0\""), "`wit`"),
+            // The partner-callback world exists since 0.2.0.
+            (RULE.replace("merchant-rules", "partner-callback"), "`wit`"),
+            (
+                RULE.replace("merchant-rules", "partner-callback").replace("0.1.0\"", "0.2.0\"")
+                    + "\n[capabilities]\nhttp-hosts = [\"x.example\"]",
+                "capabilities.http-hosts",
+            ),
             (format!("{RULE}\n[capabilities]\nhttp-hosts = [\"x.example\"]"), "capabilities.http-hosts"),
             (ADAPTER.replace("secret = true", ""), "credentials.api"),
             (ADAPTER.replace("header = \"Authorization\"", ""), "credentials.api"),
