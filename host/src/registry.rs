@@ -1,5 +1,6 @@
 //! The plugin registry, in the database so that every replica sees the same plugins:
-//! upload (validated), versions, activation for a merchant's chain or a network, rollback,
+//! upload (validated), versions, activation for a merchant's chain, a network or a callback
+//! endpoint, rollback,
 //! deletion of unused versions, shadow candidates and backtests.
 //!
 //! **Hot swap.** A merchant's chain is read from the database at the start of every
@@ -37,6 +38,12 @@ pub enum Target {
         /// The network.
         id: String,
     },
+    /// A partner callback endpoint's request renderer (`partner-callback`, contract
+    /// 0.2.0). Its rollback past the first activation goes back to the built-in template.
+    Endpoint {
+        /// The endpoint.
+        id: String,
+    },
 }
 
 impl Target {
@@ -44,12 +51,13 @@ impl Target {
         match self {
             Target::Merchant { .. } => "merchant",
             Target::Network { .. } => "network",
+            Target::Endpoint { .. } => "endpoint",
         }
     }
 
     fn id(&self) -> &str {
         match self {
-            Target::Merchant { id, .. } | Target::Network { id } => id,
+            Target::Merchant { id, .. } | Target::Network { id } | Target::Endpoint { id } => id,
         }
     }
 }
@@ -63,7 +71,7 @@ pub struct Uploaded {
     pub name: String,
     /// Manifest version.
     pub version: String,
-    /// `merchant-rules` or `network-adapter`.
+    /// `merchant-rules`, `network-adapter` or `partner-callback`.
     pub kind: String,
     /// The contract version it speaks.
     pub wit: String,
@@ -168,7 +176,7 @@ pub struct PluginVersion {
     pub kind: String,
     /// When it was stored.
     pub created_at: i64,
-    /// Where it is active: `merchant:ID#POSITION` or `network:ID`.
+    /// Where it is active: `merchant:ID#POSITION`, `network:ID` or `endpoint:ID`.
     pub active: Vec<String>,
     /// Where it runs in shadow: `merchant:ID#POSITION`.
     pub shadow: Vec<String>,
@@ -187,6 +195,8 @@ pub async fn versions(service: &Service, name: Option<&str>) -> Result<Vec<Plugi
     let uses = sqlx::query(
         "SELECT plugin_digest, 'merchant:' || merchant_id || '#' || CAST(position AS TEXT), 'active' FROM merchant_rules \
          UNION ALL SELECT adapter_digest, 'network:' || id, 'active' FROM networks WHERE adapter_digest IS NOT NULL \
+         UNION ALL SELECT plugin_digest, 'endpoint:' || id, 'active' FROM callback_endpoints \
+         WHERE plugin_digest IS NOT NULL \
          UNION ALL SELECT plugin_digest, 'merchant:' || merchant_id || '#' || CAST(position AS TEXT), 'shadow' \
          FROM merchant_shadow",
     )
@@ -248,7 +258,7 @@ pub async fn resolve(service: &Service, reference: &str) -> Result<Arc<LoadedPlu
 /// What an activation, rollback or shadow change did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Activation {
-    /// `merchant` or `network`.
+    /// `merchant`, `network` or `endpoint`.
     pub target_kind: String,
     /// The merchant or network.
     pub target_id: String,
@@ -258,7 +268,7 @@ pub struct Activation {
     pub action: String,
     /// The plugin.
     pub plugin_name: String,
-    /// The version now in place.
+    /// The version now in place; empty when an endpoint went back to the built-in template.
     pub digest: String,
     /// The version it replaced.
     pub previous_digest: Option<String>,
@@ -352,7 +362,7 @@ fn check_config(plugin: &LoadedPlugin, config: &serde_json::Value, dropped: &[St
 pub async fn rollback(service: &Service, target: &Target, actor: &str) -> Result<Activation, ServiceError> {
     let position = match target {
         Target::Merchant { position, .. } => position.map(|p| p as i64),
-        Target::Network { .. } => Some(0),
+        Target::Network { .. } | Target::Endpoint { .. } => Some(0),
     };
     let last = sqlx::query(
         "SELECT position, previous_digest, previous_config, digest FROM plugin_activations \
@@ -371,6 +381,14 @@ pub async fn rollback(service: &Service, target: &Target, actor: &str) -> Result
     let previous: Option<String> = last.try_get(1)?;
     let previous_config: Option<String> = last.try_get(2)?;
     let current: String = last.try_get(3)?;
+    // An endpoint's first plugin replaced the built-in template (no digest, or the empty
+    // one of an earlier rollback): rolling it back puts the template back.
+    if let Target::Endpoint { id } = target
+        && previous.as_deref().unwrap_or("").is_empty()
+    {
+        let config = current_config(service, target, 0).await?.unwrap_or_else(|| "{}".into());
+        return to_template(service, id, current, config, actor).await;
+    }
     let previous = previous.ok_or_else(|| {
         invalid(format!(
             "the last activation of {} {} (position {position}) replaced nothing: nothing to roll back to",
@@ -411,6 +429,59 @@ async fn current_config(service: &Service, target: &Target, position: i64) -> Re
             .fetch_optional(&service.db().pool)
             .await?
             .flatten(),
+        Target::Endpoint { id } => sqlx::query_scalar("SELECT plugin_config FROM callback_endpoints WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&service.db().pool)
+            .await?
+            .flatten(),
+    })
+}
+
+/// Puts an endpoint back on the built-in template, recorded like any rollback (digest
+/// empty) so that the next rollback puts `current` back.
+async fn to_template(
+    service: &Service,
+    endpoint: &str,
+    current: String,
+    current_config: String,
+    actor: &str,
+) -> Result<Activation, ServiceError> {
+    let at = service.now();
+    let name: String = sqlx::query_scalar("SELECT name FROM plugins WHERE digest = $1")
+        .bind(&current)
+        .fetch_optional(&service.db().pool)
+        .await?
+        .unwrap_or_default();
+    let mut tx = service.db().pool.begin().await?;
+    sqlx::query("UPDATE callback_endpoints SET plugin_digest = NULL, plugin_config = NULL WHERE id = $1")
+        .bind(endpoint)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO plugin_activations (target_kind, target_id, position, action, plugin_name, digest, \
+         previous_digest, config, previous_config, actor, at) VALUES ('endpoint', $1, 0, 'rollback', $2, '', $3, '{}', \
+         $4, $5, $6)",
+    )
+    .bind(endpoint)
+    .bind(&name)
+    .bind(&current)
+    .bind(&current_config)
+    .bind(actor)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(target = %format!("endpoint:{endpoint}"), action = "rollback", plugin = "built-in template", actor, "plugin activation");
+    Ok(Activation {
+        target_kind: "endpoint".into(),
+        target_id: endpoint.into(),
+        position: 0,
+        action: "rollback".into(),
+        plugin_name: name,
+        digest: String::new(),
+        previous_digest: Some(current),
+        actor: actor.into(),
+        at,
     })
 }
 
@@ -487,6 +558,28 @@ async fn place(
             };
             Ok((0, digest.map(|d| (d, config.unwrap_or_else(|| "{}".into()))), same_name))
         }
+        Target::Endpoint { id } => {
+            if plugin.kind() != PluginKind::PartnerCallback {
+                return Err(invalid(format!(
+                    "{} is a {}, not a partner-callback plugin (contract 0.2.0)",
+                    plugin.label(),
+                    plugin.kind()
+                )));
+            }
+            let row = sqlx::query(
+                "SELECT e.plugin_digest, e.plugin_config, p.name FROM callback_endpoints e \
+                 LEFT JOIN plugins p ON p.digest = e.plugin_digest WHERE e.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| invalid(format!("no callback endpoint {id:?}")))?;
+            let digest: Option<String> = row.try_get(0)?;
+            let config: Option<String> = row.try_get(1)?;
+            let name: Option<String> = row.try_get(2)?;
+            let same_name = name.as_deref() == Some(plugin.manifest.name.as_str());
+            Ok((0, digest.map(|d| (d, config.unwrap_or_else(|| "{}".into()))), same_name))
+        }
     }
 }
 
@@ -527,6 +620,14 @@ async fn write_activation(
                 .execute(&mut *tx)
                 .await?;
         }
+        Target::Endpoint { id } => {
+            sqlx::query("UPDATE callback_endpoints SET plugin_digest = $2, plugin_config = $3 WHERE id = $1")
+                .bind(id)
+                .bind(&digest)
+                .bind(config)
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     let (previous_digest, previous_config) = previous.unzip();
     sqlx::query(
@@ -561,7 +662,7 @@ async fn write_activation(
     })
 }
 
-/// The activation log of a merchant or network, newest first.
+/// The activation log of a merchant, network or endpoint, newest first.
 pub async fn activations(service: &Service, target: &Target, limit: i64) -> Result<Vec<Activation>, ServiceError> {
     let rows = sqlx::query(
         "SELECT target_kind, target_id, position, action, plugin_name, digest, previous_digest, actor, at \

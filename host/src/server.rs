@@ -61,7 +61,9 @@ impl Server {
         owner: &str,
     ) -> anyhow::Result<Server> {
         let delivery = settings.callbacks.delivery(settings.callbacks.allow_private);
-        let deliverer = Deliverer::new(service.db().clone(), service.clock(), delivery, owner.to_string())?;
+        // Endpoints with a partner-callback plugin are rendered by it, on this runtime.
+        let deliverer = Deliverer::new(service.db().clone(), service.clock(), delivery, owner.to_string())?
+            .with_plugins(runtime.clone());
         let notifier = Notifier::new(service.db().clone(), service.clock(), notify_config(settings))?;
         Ok(Server {
             service,

@@ -45,15 +45,19 @@ mod types_ext;
 
 #[cfg(feature = "adapter")]
 pub mod adapter;
+#[cfg(feature = "partner-callback")]
+pub mod partner;
 #[cfg(feature = "rules")]
 pub mod rules;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-/// The version of the WIT contract this SDK implements. The export macros stamp it into
-/// the component (custom section `cashback:api-version`) so that the host can refuse a
-/// plugin built for another version before it instantiates anything.
+/// The version of the WIT contract this SDK's rules and adapters implement. The export
+/// macros stamp it into the component (custom section `cashback:api-version`) so that the
+/// host can refuse a plugin built for another version before it instantiates anything.
+/// Partner-callback plugins (feature `partner-callback`) are built against 0.2.0, the
+/// version that added their world: `partner::API_VERSION`.
 pub const API_VERSION: &str = "0.1.0";
 
 /// Bindings for what both worlds share: the `types`, `log` and `config` interfaces.
@@ -131,10 +135,16 @@ pub mod __private {
 #[macro_export]
 macro_rules! __stamp_plugin {
     () => {
+        $crate::__stamp_plugin!(@api b"0.1.0");
+    };
+    (fixtures = $path:literal) => {
+        $crate::__stamp_plugin!(@api b"0.1.0", fixtures = $path);
+    };
+    (@api $version:literal) => {
         #[cfg(target_arch = "wasm32")]
         #[unsafe(link_section = "cashback:api-version")]
         #[used]
-        static __CASHBACK_API_VERSION: [u8; 5] = *b"0.1.0";
+        static __CASHBACK_API_VERSION: [u8; 5] = *$version;
 
         #[cfg(target_arch = "wasm32")]
         #[unsafe(link_section = "cashback:manifest")]
@@ -142,8 +152,8 @@ macro_rules! __stamp_plugin {
         static __CASHBACK_MANIFEST: [u8; include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/cashback-plugin.toml"))
             .len()] = *include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/cashback-plugin.toml"));
     };
-    (fixtures = $path:literal) => {
-        $crate::__stamp_plugin!();
+    (@api $version:literal, fixtures = $path:literal) => {
+        $crate::__stamp_plugin!(@api $version);
 
         #[cfg(target_arch = "wasm32")]
         #[unsafe(link_section = "cashback:fixtures")]

@@ -30,6 +30,7 @@ mod notify;
 mod operator;
 mod ops;
 mod pages;
+mod partner_plugins;
 mod payouts;
 mod plans;
 mod plugin_cli;

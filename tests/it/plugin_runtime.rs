@@ -59,7 +59,7 @@ fn a_plugin_built_for_another_contract_version_is_refused_before_compiling() {
         Err(e @ LoadError::ApiVersion { .. }) => {
             let msg = e.to_string();
             assert!(
-                msg.contains("flat-rate@0.1.0") && msg.contains("0.9.0") && msg.contains("supports 0.1.0"),
+                msg.contains("flat-rate@0.1.0") && msg.contains("0.9.0") && msg.contains("supports 0.2.0, 0.1.0"),
                 "{msg}"
             );
         }

@@ -16,6 +16,7 @@
 
 pub mod deliver;
 pub mod net;
+pub mod plugin;
 pub mod sign;
 pub mod template;
 
@@ -522,6 +523,9 @@ pub struct Endpoint {
     pub disabled_at: Option<i64>,
     /// Why.
     pub disabled_reason: Option<String>,
+    /// Its active partner-callback plugin, which renders its requests instead of the
+    /// built-in template (`plugin.rs`); none: the template.
+    pub plugin: Option<plugin::EndpointPlugin>,
 }
 
 /// An endpoint as shown to operators: secrets masked.
@@ -567,6 +571,9 @@ pub struct EndpointView {
     pub disabled_reason: Option<String>,
     /// Deliveries waiting (pending).
     pub backlog: i64,
+    /// The digest of the partner-callback plugin that renders its requests; null: the
+    /// built-in template.
+    pub plugin: Option<String>,
 }
 
 impl Endpoint {
@@ -594,6 +601,7 @@ impl Endpoint {
             disabled_at: self.disabled_at,
             disabled_reason: self.disabled_reason.clone(),
             backlog,
+            plugin: self.plugin.as_ref().map(|p| p.digest.clone()),
         }
     }
 }
@@ -675,7 +683,7 @@ pub async fn save_endpoint(db: &Db, spec: &EndpointSpec, now: i64) -> Result<(),
 
 const ENDPOINT_COLUMNS: &str = "id, partner_id, url_template, method, params, secrets, signature_param, merchant_id, \
     network_id, require_ref_id, max_attempts, backoff, retry_delay_ms, max_delay_ms, jitter_pct, timeout_ms, \
-    disable_after, enabled, consecutive_failures, disabled_at, disabled_reason, states, send_conversions, send_payouts";
+    disable_after, enabled, consecutive_failures, disabled_at, disabled_reason, states, send_conversions, send_payouts, plugin_digest, plugin_config";
 
 fn endpoint_from_row(r: &sqlx::any::AnyRow) -> Result<Endpoint, sqlx::Error> {
     let bad = |what: &str| sqlx::Error::Decode(format!("callback_endpoints: bad {what}").into());
@@ -721,6 +729,12 @@ fn endpoint_from_row(r: &sqlx::any::AnyRow) -> Result<Endpoint, sqlx::Error> {
         consecutive_failures: r.try_get(18)?,
         disabled_at: r.try_get(19)?,
         disabled_reason: r.try_get(20)?,
+        plugin: match (r.try_get::<Option<String>, _>(24)?, r.try_get::<Option<String>, _>(25)?) {
+            (Some(digest), config) => {
+                Some(plugin::EndpointPlugin { digest, config: config.unwrap_or_else(|| "{}".into()) })
+            }
+            (None, _) => None,
+        },
     })
 }
 

@@ -310,7 +310,8 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                             service.clock(),
                             deliver_config,
                             "cli-tester",
-                        )?;
+                        )?
+                        .with_plugins(service.runtime().clone());
                         let report = d.test(&id).await?;
                         if json {
                             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -25,17 +25,21 @@ pub enum RegistryCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Activate a version (`name@version` or a digest) for a merchant's rule chain or a
-    /// network's adapter; the next conversion uses it, on every replica.
+    /// Activate a version (`name@version` or a digest) for a merchant's rule chain, a
+    /// network's adapter or a callback endpoint's requests; the next conversion (or
+    /// delivery) uses it, on every replica.
     Activate {
         /// `name@version`, `sha256:...` or a unique digest prefix.
         plugin: String,
         /// The merchant whose chain gets it.
-        #[arg(long, conflicts_with = "network", required_unless_present = "network")]
+        #[arg(long, conflicts_with_all = ["network", "endpoint"], required_unless_present_any = ["network", "endpoint"])]
         merchant: Option<String>,
         /// The network whose adapter it becomes.
         #[arg(long)]
         network: Option<String>,
+        /// The callback endpoint whose requests it renders (a partner-callback plugin).
+        #[arg(long, conflicts_with = "network")]
+        endpoint: Option<String>,
         /// Place in the merchant's chain (default: where the plugin of the same name is, else appended).
         #[arg(long)]
         position: Option<usize>,
@@ -43,14 +47,18 @@ pub enum RegistryCommand {
         #[arg(long)]
         config: Option<String>,
     },
-    /// Put back what the last activation replaced.
+    /// Put back what the last activation replaced (for an endpoint whose first plugin it
+    /// was: the built-in template).
     Rollback {
         /// The merchant.
-        #[arg(long, conflicts_with = "network", required_unless_present = "network")]
+        #[arg(long, conflicts_with_all = ["network", "endpoint"], required_unless_present_any = ["network", "endpoint"])]
         merchant: Option<String>,
         /// The network.
         #[arg(long)]
         network: Option<String>,
+        /// The callback endpoint whose requests it renders (a partner-callback plugin).
+        #[arg(long, conflicts_with = "network")]
+        endpoint: Option<String>,
         /// Place in the merchant's chain (default: the last activated place).
         #[arg(long)]
         position: Option<usize>,
@@ -122,23 +130,32 @@ pub enum RegistryCommand {
         #[arg(long)]
         queue: bool,
     },
-    /// Activations, rollbacks and shadow changes of a merchant or network, newest first.
+    /// Activations, rollbacks and shadow changes of a merchant, network or endpoint, newest first.
     History {
         /// The merchant.
-        #[arg(long, conflicts_with = "network", required_unless_present = "network")]
+        #[arg(long, conflicts_with_all = ["network", "endpoint"], required_unless_present_any = ["network", "endpoint"])]
         merchant: Option<String>,
         /// The network.
         #[arg(long)]
         network: Option<String>,
+        /// The callback endpoint whose requests it renders (a partner-callback plugin).
+        #[arg(long, conflicts_with = "network")]
+        endpoint: Option<String>,
     },
 }
 
-fn target(merchant: &Option<String>, network: &Option<String>, position: Option<usize>) -> Target {
-    match (merchant, network) {
-        (Some(m), _) => Target::Merchant { id: m.clone(), position },
-        (None, Some(n)) => Target::Network { id: n.clone() },
-        // clap requires one of the two.
-        (None, None) => Target::Merchant { id: String::new(), position },
+fn target(
+    merchant: &Option<String>,
+    network: &Option<String>,
+    endpoint: &Option<String>,
+    position: Option<usize>,
+) -> Target {
+    match (merchant, network, endpoint) {
+        (Some(m), ..) => Target::Merchant { id: m.clone(), position },
+        (None, Some(n), _) => Target::Network { id: n.clone() },
+        (None, None, Some(e)) => Target::Endpoint { id: e.clone() },
+        // clap requires one of the three.
+        (None, None, None) => Target::Merchant { id: String::new(), position },
     }
 }
 
@@ -210,11 +227,11 @@ pub fn run(cli: &Cli, command: &RegistryCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            RegistryCommand::Activate { plugin, merchant, network, position, config } => {
+            RegistryCommand::Activate { plugin, merchant, network, endpoint, position, config } => {
                 let p = registry::resolve(&service, plugin).await?;
                 let a = registry::activate(
                     &service,
-                    &target(merchant, network, *position),
+                    &target(merchant, network, endpoint, *position),
                     &p,
                     json_arg("--config", config)?,
                     &actor(),
@@ -230,14 +247,14 @@ pub fn run(cli: &Cli, command: &RegistryCommand) -> anyhow::Result<ExitCode> {
                     a.previous_digest.as_deref().unwrap_or("nothing")
                 );
             }
-            RegistryCommand::Rollback { merchant, network, position } => {
-                let a = registry::rollback(&service, &target(merchant, network, *position), &actor()).await?;
+            RegistryCommand::Rollback { merchant, network, endpoint, position } => {
+                let a = registry::rollback(&service, &target(merchant, network, endpoint, *position), &actor()).await?;
                 println!(
                     "{} {} #{}: rolled back to {} (replacing {})",
                     a.target_kind,
                     a.target_id,
                     a.position,
-                    a.digest,
+                    if a.digest.is_empty() { "the built-in template" } else { &a.digest },
                     a.previous_digest.as_deref().unwrap_or("nothing")
                 );
             }
@@ -266,8 +283,13 @@ pub fn run(cli: &Cli, command: &RegistryCommand) -> anyhow::Result<ExitCode> {
             }
             RegistryCommand::Backtest { plugin, merchant, from, to, position, config, limit, queue } => {
                 let p = registry::resolve(&service, plugin).await?;
-                let from = from.as_deref().map(|f| crate::clock::parse_instant("--from", f)).transpose()?.unwrap_or(i64::MIN);
-                let to = to.as_deref().map(|t| crate::clock::parse_instant("--to", t)).transpose()?.unwrap_or_else(|| service.now() + 1);
+                let from =
+                    from.as_deref().map(|f| crate::clock::parse_instant("--from", f)).transpose()?.unwrap_or(i64::MIN);
+                let to = to
+                    .as_deref()
+                    .map(|t| crate::clock::parse_instant("--to", t))
+                    .transpose()?
+                    .unwrap_or_else(|| service.now() + 1);
                 let request = crate::backtests::Request {
                     merchant: merchant.clone(),
                     plugin: p,
@@ -296,8 +318,8 @@ pub fn run(cli: &Cli, command: &RegistryCommand) -> anyhow::Result<ExitCode> {
                     _ => anyhow::bail!("backtest {} {}: {}", done.id, done.state, done.error.unwrap_or_default()),
                 }
             }
-            RegistryCommand::History { merchant, network } => {
-                for a in registry::activations(&service, &target(merchant, network, None), 100).await? {
+            RegistryCommand::History { merchant, network, endpoint } => {
+                for a in registry::activations(&service, &target(merchant, network, endpoint, None), 100).await? {
                     println!(
                         "{}  {:<8} #{} {} {} (was {}) by {}",
                         chrono::DateTime::from_timestamp_millis(a.at).map(|t| t.to_rfc3339()).unwrap_or_default(),

@@ -352,7 +352,7 @@ pub(super) async fn test(
             DeliveryConfig::default(),
             "dashboard-tester",
         ) {
-            Ok(d) => d,
+            Ok(d) => d.with_plugins(st.service.runtime().clone()),
             Err(e) => return failed(e),
         },
     };

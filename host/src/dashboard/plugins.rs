@@ -278,7 +278,7 @@ pub(super) async fn shadow(
     }
     let (merchant, position) = match position(&f.position).and_then(|p| target(&f.target, p)) {
         Ok(Target::Merchant { id, position }) => (id, position),
-        Ok(Target::Network { .. }) => {
+        Ok(Target::Network { .. } | Target::Endpoint { .. }) => {
             return super::refusal(StatusCode::UNPROCESSABLE_ENTITY, "only a merchant's rules run in shadow");
         }
         Err(r) => return r.into_response(),

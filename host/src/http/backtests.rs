@@ -56,9 +56,9 @@ fn when(field: &str, v: Option<Value>) -> Result<Option<i64>, ApiError> {
         Some(Value::Number(n)) => {
             n.as_i64().map(Some).ok_or_else(|| ApiError::bad_request("bad_time", format!("{field}: not an integer")))
         }
-        Some(Value::String(s)) => {
-            crate::clock::parse_instant(field, &s).map(Some).map_err(|e| ApiError::bad_request("bad_time", e.to_string()))
-        }
+        Some(Value::String(s)) => crate::clock::parse_instant(field, &s)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request("bad_time", e.to_string())),
         Some(_) => Err(ApiError::bad_request("bad_time", format!("{field}: milliseconds or RFC 3339 text"))),
     }
 }

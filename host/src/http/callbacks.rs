@@ -113,7 +113,8 @@ async fn test(
     let deliverer = match deliverer {
         Some(Extension(d)) => d,
         None => Deliverer::new(st.service.db().clone(), st.service.clock(), DeliveryConfig::default(), "api-tester")
-            .map_err(error)?,
+            .map_err(error)?
+            .with_plugins(st.service.runtime().clone()),
     };
     let report = deliverer.test(&id).await.map_err(error)?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))

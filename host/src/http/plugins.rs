@@ -1,4 +1,5 @@
-//! The plugin registry under `/api/v1/plugins` and `/api/v1/merchants/{id}/...`: the
+//! The plugin registry under `/api/v1/plugins`, `/api/v1/merchants/{id}/...`,
+//! `/api/v1/networks/{id}/adapter/...` and `/api/v1/callbacks/endpoints/{id}/plugin/...`: the
 //! same operations as `cashbackd plugin ...`. Reading needs the read scope; changing
 //! what runs (upload, activate, rollback, shadow, delete) the admin scope.
 
@@ -28,6 +29,9 @@ pub fn routes(max_component: usize) -> Router<AppState> {
         .route("/api/v1/merchants/{merchant}/shadow", get(shadow_diff).put(shadow_set).delete(shadow_clear))
         .route("/api/v1/networks/{network}/adapter/activate", post(activate_network))
         .route("/api/v1/networks/{network}/adapter/rollback", post(rollback_network))
+        .route("/api/v1/callbacks/endpoints/{id}/plugin/activate", post(activate_endpoint))
+        .route("/api/v1/callbacks/endpoints/{id}/plugin/rollback", post(rollback_endpoint))
+        .route("/api/v1/callbacks/endpoints/{id}/plugin/history", get(history_endpoint))
 }
 
 fn actor(headers: &HeaderMap) -> String {
@@ -133,6 +137,43 @@ async fn activate_network(
     Json(body): Json<ActivateBody>,
 ) -> Result<Json<Value>, ApiError> {
     activate(&st, &headers, Target::Network { id: network }, body).await
+}
+
+/// `POST /api/v1/callbacks/endpoints/{id}/plugin/activate` `{"plugin": ..., "config"?}`: a
+/// partner-callback plugin renders the endpoint's requests from its next delivery on.
+async fn activate_endpoint(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ActivateBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.position.is_some() {
+        return Err(ApiError::bad_request("bad_body", "position: an endpoint has one plugin, no chain"));
+    }
+    activate(&st, &headers, Target::Endpoint { id }, body).await
+}
+
+/// `POST /api/v1/callbacks/endpoints/{id}/plugin/rollback`: the version the last activation
+/// replaced, or the built-in template when it replaced none.
+async fn rollback_endpoint(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Admin).await?;
+    let target = Target::Endpoint { id };
+    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(ApiError::from)?)))
+}
+
+/// `GET /api/v1/callbacks/endpoints/{id}/plugin/history`: activations, newest first.
+async fn history_endpoint(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&st, &headers, Scope::Read).await?;
+    let target = Target::Endpoint { id };
+    Ok(Json(json!({ "activations": registry::activations(&st.service, &target, 200).await.map_err(ApiError::from)? })))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]

@@ -17,6 +17,9 @@
 //! }]
 //! ```
 //!
+//! A partner-callback case gives `change` and `endpoint` (the two arguments of `render`)
+//! and expects the request.
+//!
 //! `expect` matches when every key it names has the same value in the result (objects
 //! recursively; arrays element by element with the same length), so a fixture states only
 //! what it is about.
@@ -52,6 +55,10 @@ pub struct Fixture {
     pub file: Option<FixtureFile>,
     /// Adapters: one page of an API import, with the network's recorded answers.
     pub import: Option<FixtureImport>,
+    /// Partner callbacks: the change to render.
+    pub change: Option<latest::Change>,
+    /// Partner callbacks: the endpoint it goes to.
+    pub endpoint: Option<latest::CallbackEndpoint>,
     /// The expected result (subset).
     pub expect: Option<Value>,
     /// Text the error must contain.
@@ -166,6 +173,17 @@ fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseR
     let result = |passed: bool, detail: String| CaseResult { name: f.name.clone(), passed, detail };
     let outcome: Result<Value, String> = match plugin.manifest.validate_config(&f.config) {
         Err(e) => Err(format!("Config: {e}")),
+        Ok(config) if plugin.kind() == PluginKind::PartnerCallback => match (&f.change, &f.endpoint) {
+            (Some(change), Some(endpoint)) if f.order.is_none() && f.postback.is_none() && f.file.is_none() => {
+                to_json(runtime.render_callback(plugin, &config, change, endpoint).result)
+            }
+            _ => {
+                return result(
+                    false,
+                    "a partner-callback fixture needs `change` and `endpoint`, and nothing else".into(),
+                );
+            }
+        },
         Ok(config) => match (plugin.kind(), &f.order, &f.postback, &f.file, &f.import) {
             (PluginKind::MerchantRules, Some(order), None, None, None) => {
                 let context = f.context.clone().unwrap_or(latest::RuleContext {
@@ -215,6 +233,7 @@ fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseR
                 let wanted = match kind {
                     PluginKind::MerchantRules => "`order`",
                     PluginKind::NetworkAdapter => "exactly one of `postback`, `file` or `import`",
+                    PluginKind::PartnerCallback => "`change` and `endpoint`",
                 };
                 return result(false, format!("a {kind} fixture needs {wanted}"));
             }

@@ -13,7 +13,7 @@
 use super::limits::LimitHit;
 use super::manifest::{Credential, Secrets};
 use super::state::PluginState;
-use super::wit::latest::http::{Host, HttpError, Method, Request, Response};
+use super::wit::latest::http::{HttpError, Method, Request, Response};
 use crate::outbound::{self, Reach};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -248,8 +248,10 @@ impl HttpGrant {
     }
 }
 
-impl Host for PluginState {
-    fn fetch(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
+impl PluginState {
+    /// `http.fetch`, in the latest contract's types; each version's module implements its
+    /// import on top of this.
+    pub(crate) fn http_fetch(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
         let limits = self.limits;
         let Some(grant) = self.http.as_mut() else {
             return Ok(Err(HttpError::Denied("this plugin has no HTTP capability".into())));

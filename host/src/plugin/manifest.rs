@@ -18,6 +18,8 @@ pub enum PluginKind {
     MerchantRules,
     /// `network-adapter`: turns a network's postbacks, reports and files into events.
     NetworkAdapter,
+    /// `partner-callback` (since contract 0.2.0): renders a partner endpoint's requests.
+    PartnerCallback,
 }
 
 impl fmt::Display for PluginKind {
@@ -25,6 +27,7 @@ impl fmt::Display for PluginKind {
         f.write_str(match self {
             PluginKind::MerchantRules => "merchant-rules",
             PluginKind::NetworkAdapter => "network-adapter",
+            PluginKind::PartnerCallback => "partner-callback",
         })
     }
 }
@@ -179,6 +182,27 @@ impl Manifest {
             }
             if !self.credentials.is_empty() {
                 return Err(field_err("credentials", "merchant rules cannot use credentials"));
+            }
+        }
+        if self.kind == PluginKind::PartnerCallback {
+            if self.wit == super::wit::since_v0_1_0::API_VERSION {
+                return Err(field_err(
+                    "wit",
+                    "the partner-callback world exists since cashback:plugin@0.2.0: build against 0.2.0",
+                ));
+            }
+            // The host sends the request the plugin renders: the plugin itself reaches nothing.
+            if !self.capabilities.http_hosts.is_empty() {
+                return Err(field_err(
+                    "capabilities.http-hosts",
+                    "a partner-callback plugin makes no requests: the host sends the one it renders",
+                ));
+            }
+            if !self.credentials.is_empty() {
+                return Err(field_err(
+                    "credentials",
+                    "a partner-callback plugin signs with the endpoint's secret, passed to `render`",
+                ));
             }
         }
         for host in &self.capabilities.http_hosts {
@@ -423,7 +447,14 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             (RULE.replace("flat-rate", "Flat Rate"), "`name`"),
-            (RULE.replace("wit = \"0.1.0\"", "wit = \"0.2.0\""), "`wit`"),
+            (RULE.replace("wit = \"0.1.0\"", "wit = \"0.9.0\""), "`wit`"),
+            // The partner-callback world exists since 0.2.0.
+            (RULE.replace("merchant-rules", "partner-callback"), "`wit`"),
+            (
+                RULE.replace("merchant-rules", "partner-callback").replace("0.1.0\"", "0.2.0\"")
+                    + "\n[capabilities]\nhttp-hosts = [\"x.example\"]",
+                "capabilities.http-hosts",
+            ),
             (format!("{RULE}\n[capabilities]\nhttp-hosts = [\"x.example\"]"), "capabilities.http-hosts"),
             (ADAPTER.replace("secret = true", ""), "credentials.api"),
             (ADAPTER.replace("header = \"Authorization\"", ""), "credentials.api"),

@@ -14,7 +14,7 @@ use super::manifest::{Manifest, PluginConfig, PluginKind};
 use super::state::{Clock, LogLine, PluginState};
 use super::store::{ContentStore, Digest};
 use super::wire::WireSize;
-use super::wit::{SUPPORTED_API_VERSIONS, latest};
+use super::wit::{SUPPORTED_API_VERSIONS, latest, since_v0_1_0 as v0_1};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -80,10 +80,57 @@ pub struct LoadedPlugin {
 }
 
 /// One pre-linked instance per contract version and world; a new contract version adds
-/// variants here and the call sites convert its values to the latest types.
+/// variants here and the call sites convert its values to the latest types (in the
+/// version's own module, `wit/since_v*.rs`).
 enum Pre {
-    RulesV0_1(latest::MerchantRulesPre<PluginState>),
-    AdapterV0_1(latest::NetworkAdapterPre<PluginState>),
+    RulesV0_1(v0_1::MerchantRulesPre<PluginState>),
+    AdapterV0_1(v0_1::NetworkAdapterPre<PluginState>),
+    RulesV0_2(latest::MerchantRulesPre<PluginState>),
+    AdapterV0_2(latest::NetworkAdapterPre<PluginState>),
+    PartnerV0_2(latest::PartnerCallbackPre<PluginState>),
+}
+
+/// An instantiated adapter's exports, whichever contract version it speaks, in the
+/// latest types.
+enum AdapterExports<'a> {
+    V0_1(&'a v0_1::adapter_world::exports::cashback::plugin::adapter::Guest),
+    V0_2(&'a latest::adapter_world::exports::cashback::plugin::adapter::Guest),
+}
+
+impl AdapterExports<'_> {
+    fn parse_postback(
+        &self,
+        store: &mut Store<PluginState>,
+        r: &latest::PostbackRequest,
+    ) -> wasmtime::Result<Result<Vec<latest::ConversionEvent>, latest::PluginError>> {
+        match self {
+            AdapterExports::V0_1(g) => v0_1::parse_postback(g, store, r),
+            AdapterExports::V0_2(g) => g.call_parse_postback(store, r),
+        }
+    }
+
+    fn import_page(
+        &self,
+        store: &mut Store<PluginState>,
+        r: &latest::ImportRequest,
+    ) -> wasmtime::Result<Result<latest::Page, latest::PluginError>> {
+        match self {
+            AdapterExports::V0_1(g) => v0_1::import_page(g, store, r),
+            AdapterExports::V0_2(g) => g.call_import_page(store, r),
+        }
+    }
+
+    fn parse_file(
+        &self,
+        store: &mut Store<PluginState>,
+        name: &str,
+        contents: &[u8],
+    ) -> wasmtime::Result<Result<latest::FileResult, latest::PluginError>> {
+        match self {
+            AdapterExports::V0_1(g) => v0_1::parse_file(g, store, name, contents),
+            AdapterExports::V0_2(g) => g.call_parse_file(store, name, contents),
+        }
+    }
 }
 
 impl LoadedPlugin {
@@ -119,8 +166,6 @@ impl<T> CallOutcome<T> {
     }
 }
 
-type AdapterExports = latest::adapter_world::exports::cashback::plugin::adapter::Guest;
-
 std::thread_local! {
     /// Set while a plugin's fixtures run on this thread (calls are synchronous, so they run
     /// on the thread that asked): see [`proving`].
@@ -146,8 +191,8 @@ pub(crate) fn proving<T>(f: impl FnOnce() -> T) -> T {
 pub struct PluginRuntime {
     engine: Engine,
     engine_hash: String,
-    rules_linker: Linker<PluginState>,
-    adapter_linker: Linker<PluginState>,
+    /// One linker per contract version and world.
+    linkers: Linkers,
     store: ContentStore,
     config: RuntimeConfig,
     loaded: Mutex<HashMap<Digest, Arc<LoadedPlugin>>>,
@@ -200,6 +245,50 @@ fn engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
     Engine::new(&c)
 }
 
+/// One linker per contract version and world, each holding exactly what that world may
+/// import at that version, plus a WASI that grants nothing (for plugins built for
+/// wasm32-wasip2). A rule that imports `http` therefore fails to link: deny by default.
+struct Linkers {
+    rules_v0_1: Linker<PluginState>,
+    adapter_v0_1: Linker<PluginState>,
+    rules_v0_2: Linker<PluginState>,
+    adapter_v0_2: Linker<PluginState>,
+    partner_v0_2: Linker<PluginState>,
+}
+
+impl Linkers {
+    fn new(engine: &Engine) -> anyhow::Result<Linkers> {
+        fn linker(
+            engine: &Engine,
+            what: &str,
+            add: impl FnOnce(&mut Linker<PluginState>) -> wasmtime::Result<()>,
+        ) -> anyhow::Result<Linker<PluginState>> {
+            let mut l = Linker::new(engine);
+            add(&mut l).map_err(|e| anyhow::anyhow!("linking the {what} world: {e:?}"))?;
+            wasmtime_wasi::p2::add_to_linker_sync(&mut l).map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
+            Ok(l)
+        }
+        type S = HasSelf<PluginState>;
+        Ok(Linkers {
+            rules_v0_1: linker(engine, "0.1.0 rules", |l| {
+                v0_1::rules_world::MerchantRules::add_to_linker::<_, S>(l, |s| s)
+            })?,
+            adapter_v0_1: linker(engine, "0.1.0 adapter", |l| {
+                v0_1::adapter_world::NetworkAdapter::add_to_linker::<_, S>(l, |s| s)
+            })?,
+            rules_v0_2: linker(engine, "0.2.0 rules", |l| {
+                latest::rules_world::MerchantRules::add_to_linker::<_, S>(l, |s| s)
+            })?,
+            adapter_v0_2: linker(engine, "0.2.0 adapter", |l| {
+                latest::adapter_world::NetworkAdapter::add_to_linker::<_, S>(l, |s| s)
+            })?,
+            partner_v0_2: linker(engine, "0.2.0 partner-callback", |l| {
+                latest::partner_world::PartnerCallback::add_to_linker::<_, S>(l, |s| s)
+            })?,
+        })
+    }
+}
+
 /// Bumps the epoch every tick for as long as the engine lives. False if the thread could
 /// not be started.
 fn start_epoch_ticker(engine: &Engine, tick: Duration) -> bool {
@@ -230,25 +319,11 @@ impl PluginRuntime {
             format!("{:016x}", h.finish())
         };
 
-        // Each world gets its own linker holding exactly what that world may import,
-        // plus a WASI that grants nothing (for plugins built for wasm32-wasip2). A rule
-        // that imports `http` therefore fails to link: deny by default.
-        let mut rules_linker = Linker::new(&engine);
-        latest::rules_world::MerchantRules::add_to_linker::<_, HasSelf<PluginState>>(&mut rules_linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("linking the rules world: {e:?}"))?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut rules_linker).map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
-
-        let mut adapter_linker = Linker::new(&engine);
-        latest::adapter_world::NetworkAdapter::add_to_linker::<_, HasSelf<PluginState>>(&mut adapter_linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("linking the adapter world: {e:?}"))?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut adapter_linker)
-            .map_err(|e| anyhow::anyhow!("linking WASI: {e:?}"))?;
-
+        let linkers = Linkers::new(&engine)?;
         Ok(PluginRuntime {
             engine,
             engine_hash,
-            rules_linker,
-            adapter_linker,
+            linkers,
             store: ContentStore::open(&config.store_dir)?,
             http: HttpClient::new(config.http_allow_private)?,
             config,
@@ -329,9 +404,15 @@ impl PluginRuntime {
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
-        let (expected, linker) = match manifest.kind {
-            PluginKind::MerchantRules => (latest::RULES_EXPORT, &self.rules_linker),
-            PluginKind::NetworkAdapter => (latest::ADAPTER_EXPORT, &self.adapter_linker),
+        let v1 = api_version == v0_1::API_VERSION;
+        let l = &self.linkers;
+        let (expected, linker) = match (manifest.kind, v1) {
+            (PluginKind::MerchantRules, true) => (v0_1::RULES_EXPORT, &l.rules_v0_1),
+            (PluginKind::NetworkAdapter, true) => (v0_1::ADAPTER_EXPORT, &l.adapter_v0_1),
+            (PluginKind::MerchantRules, false) => (latest::RULES_EXPORT, &l.rules_v0_2),
+            (PluginKind::NetworkAdapter, false) => (latest::ADAPTER_EXPORT, &l.adapter_v0_2),
+            // The manifest check refuses a partner-callback plugin at 0.1.0.
+            (PluginKind::PartnerCallback, _) => (latest::CALLBACK_EXPORT, &l.partner_v0_2),
         };
         if !exports.iter().any(|e| e == expected) {
             return Err(LoadError::WrongWorld {
@@ -344,15 +425,23 @@ impl PluginRuntime {
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { plugin: label.clone(), reason: format!("{e:#}") })?;
-        let pre = match manifest.kind {
-            PluginKind::MerchantRules => Pre::RulesV0_1(
-                latest::MerchantRulesPre::new(instance_pre)
-                    .map_err(|e| LoadError::Link { plugin: label.clone(), reason: format!("{e:#}") })?,
-            ),
-            PluginKind::NetworkAdapter => Pre::AdapterV0_1(
-                latest::NetworkAdapterPre::new(instance_pre)
-                    .map_err(|e| LoadError::Link { plugin: label.clone(), reason: format!("{e:#}") })?,
-            ),
+        let link = |e: wasmtime::Error| LoadError::Link { plugin: label.clone(), reason: format!("{e:#}") };
+        let pre = match (manifest.kind, v1) {
+            (PluginKind::MerchantRules, true) => {
+                Pre::RulesV0_1(v0_1::MerchantRulesPre::new(instance_pre).map_err(link)?)
+            }
+            (PluginKind::NetworkAdapter, true) => {
+                Pre::AdapterV0_1(v0_1::NetworkAdapterPre::new(instance_pre).map_err(link)?)
+            }
+            (PluginKind::MerchantRules, false) => {
+                Pre::RulesV0_2(latest::MerchantRulesPre::new(instance_pre).map_err(link)?)
+            }
+            (PluginKind::NetworkAdapter, false) => {
+                Pre::AdapterV0_2(latest::NetworkAdapterPre::new(instance_pre).map_err(link)?)
+            }
+            (PluginKind::PartnerCallback, _) => {
+                Pre::PartnerV0_2(latest::PartnerCallbackPre::new(instance_pre).map_err(link)?)
+            }
         };
         let mut limits = self.config.defaults.with(&manifest.limits, &self.config.maxima);
         if let Some(over) = self.config.overrides.get(&manifest.name) {
@@ -563,16 +652,26 @@ impl PluginRuntime {
         order: &latest::Order,
         context: &latest::RuleContext,
     ) -> CallOutcome<latest::RuleDecision> {
-        let Pre::RulesV0_1(pre) = &plugin.pre else {
+        if !matches!(plugin.pre, Pre::RulesV0_1(_) | Pre::RulesV0_2(_)) {
             return CallOutcome::failed(Self::wrong_kind(plugin, PluginKind::MerchantRules));
-        };
+        }
         if let Err(e) = Self::check_input(plugin, order.wire_size() + context.wire_size()) {
             return CallOutcome::failed(e);
         }
-        let mut outcome = self.run(plugin, config, Clock::FixedAt(context.now), &self.http, |store| {
-            let bindings = pre.instantiate(&mut *store)?;
-            bindings.cashback_plugin_rules().call_evaluate(store, order, context)
-        });
+        // `types` is shared by both versions: a 0.1.0 rule takes and returns the latest
+        // types as they are.
+        let mut outcome =
+            self.run(plugin, config, Clock::FixedAt(context.now), &self.http, |store| match &plugin.pre {
+                Pre::RulesV0_1(pre) => {
+                    let bindings = pre.instantiate(&mut *store)?;
+                    bindings.cashback_plugin_rules().call_evaluate(store, order, context)
+                }
+                Pre::RulesV0_2(pre) => {
+                    let bindings = pre.instantiate(&mut *store)?;
+                    bindings.cashback_plugin_rules().call_evaluate(store, order, context)
+                }
+                _ => Err(wasmtime::format_err!("not a rule plugin")),
+            });
         if let Ok(decision) = &outcome.result
             && let Err(reason) = super::boundary::check_decision(order, decision)
         {
@@ -589,19 +688,26 @@ impl PluginRuntime {
         http: &HttpClient,
         name: &'static str,
         input_size: u64,
-        call: impl FnOnce(&AdapterExports, &mut Store<PluginState>) -> wasmtime::Result<Result<T, latest::PluginError>>,
+        call: impl FnOnce(&AdapterExports<'_>, &mut Store<PluginState>) -> wasmtime::Result<Result<T, latest::PluginError>>,
     ) -> CallOutcome<T> {
         let started = Instant::now();
         let outcome = (|| {
-            let Pre::AdapterV0_1(pre) = &plugin.pre else {
+            if !matches!(plugin.pre, Pre::AdapterV0_1(_) | Pre::AdapterV0_2(_)) {
                 return CallOutcome::failed(Self::wrong_kind(plugin, PluginKind::NetworkAdapter));
-            };
+            }
             if let Err(e) = Self::check_input(plugin, input_size) {
                 return CallOutcome::failed(e);
             }
-            self.run(plugin, config, Clock::Live, http, |store| {
-                let bindings = pre.instantiate(&mut *store)?;
-                call(bindings.cashback_plugin_adapter(), store)
+            self.run(plugin, config, Clock::Live, http, |store| match &plugin.pre {
+                Pre::AdapterV0_1(pre) => {
+                    let bindings = pre.instantiate(&mut *store)?;
+                    call(&AdapterExports::V0_1(bindings.cashback_plugin_adapter()), store)
+                }
+                Pre::AdapterV0_2(pre) => {
+                    let bindings = pre.instantiate(&mut *store)?;
+                    call(&AdapterExports::V0_2(bindings.cashback_plugin_adapter()), store)
+                }
+                _ => Err(wasmtime::format_err!("not an adapter plugin")),
             })
         })();
         observe(plugin, name, started, &outcome);
@@ -616,7 +722,7 @@ impl PluginRuntime {
         request: &latest::PostbackRequest,
     ) -> CallOutcome<Vec<latest::ConversionEvent>> {
         self.call_adapter(plugin, config, &self.http, "parse_postback", request.wire_size(), |a, store| {
-            a.call_parse_postback(store, request)
+            a.parse_postback(store, request)
         })
     }
 
@@ -640,8 +746,35 @@ impl PluginRuntime {
         http: &HttpClient,
     ) -> CallOutcome<latest::Page> {
         self.call_adapter(plugin, config, http, "import_page", request.wire_size(), |a, store| {
-            a.call_import_page(store, request)
+            a.import_page(store, request)
         })
+    }
+
+    /// Renders a partner callback's request with a `partner-callback` plugin, in a fresh
+    /// instance with the plugin's limits. The plugin sees no clock of its own: WASI's
+    /// clocks stand still at `change.now`, as a rule's do at its evaluation time.
+    pub fn render_callback(
+        &self,
+        plugin: &LoadedPlugin,
+        config: &PluginConfig,
+        change: &latest::Change,
+        endpoint: &latest::CallbackEndpoint,
+    ) -> CallOutcome<latest::CallbackRequest> {
+        let started = Instant::now();
+        let outcome = (|| {
+            let Pre::PartnerV0_2(pre) = &plugin.pre else {
+                return CallOutcome::failed(Self::wrong_kind(plugin, PluginKind::PartnerCallback));
+            };
+            if let Err(e) = Self::check_input(plugin, change.wire_size() + endpoint.wire_size()) {
+                return CallOutcome::failed(e);
+            }
+            self.run(plugin, config, Clock::FixedAt(change.now), &self.http, |store| {
+                let bindings = pre.instantiate(&mut *store)?;
+                bindings.cashback_plugin_callback().call_render(store, change, endpoint)
+            })
+        })();
+        observe(plugin, "render", started, &outcome);
+        outcome
     }
 
     /// Parses an offline report file with an adapter.
@@ -654,7 +787,7 @@ impl PluginRuntime {
     ) -> CallOutcome<latest::FileResult> {
         let size = (name.len() + contents.len()) as u64;
         self.call_adapter(plugin, config, &self.http, "parse_file", size, |a, store| {
-            a.call_parse_file(store, name, contents)
+            a.parse_file(store, name, contents)
         })
     }
 }
@@ -677,7 +810,7 @@ pub mod bench {
     /// A rule instance kept alive across calls.
     pub struct WarmRule {
         store: Store<PluginState>,
-        bindings: latest::rules_world::MerchantRules,
+        bindings: v0_1::rules_world::MerchantRules,
     }
 
     impl WarmRule {

@@ -4,7 +4,6 @@
 
 use super::http::HttpGrant;
 use super::limits::{LimitHit, Limits};
-use super::wit::latest::{self, LogLevel};
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
@@ -16,16 +15,6 @@ pub struct LogLine {
     pub level: &'static str,
     /// The message.
     pub message: String,
-}
-
-fn level_name(level: LogLevel) -> &'static str {
-    match level {
-        LogLevel::Trace => "trace",
-        LogLevel::Debug => "debug",
-        LogLevel::Info => "info",
-        LogLevel::Warn => "warn",
-        LogLevel::Error => "error",
-    }
 }
 
 /// How the call's WASI clocks behave.
@@ -141,23 +130,24 @@ impl wasmtime::ResourceLimiter for PluginState {
     }
 }
 
-impl latest::rules_world::cashback::plugin::types::Host for PluginState {}
-
-impl latest::rules_world::cashback::plugin::log::Host for PluginState {
-    fn write(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+// The `log` and `config` imports of each contract version are implemented in that
+// version's module (`wit/since_v*.rs`) on top of these two.
+impl PluginState {
+    /// `log.write`, at a level named in lower case: kept unless the call's log cap is
+    /// passed, which traps the call.
+    pub(crate) fn write_log(&mut self, level: &'static str, message: String) -> wasmtime::Result<()> {
         self.log_bytes = self.log_bytes.saturating_add(message.len() as u64);
         if self.log_bytes > self.limits.max_log_bytes {
             let hit = LimitHit::LogBytes { cap: self.limits.max_log_bytes };
             self.record_hit(hit.clone());
             return Err(wasmtime::format_err!("{hit}"));
         }
-        self.logs.push(LogLine { level: level_name(level), message });
+        self.logs.push(LogLine { level, message });
         Ok(())
     }
-}
 
-impl latest::rules_world::cashback::plugin::config::Host for PluginState {
-    fn get(&mut self) -> wasmtime::Result<String> {
-        Ok(self.config_json.clone())
+    /// `config.get`: the configuration checked against the manifest, secrets left out.
+    pub(crate) fn config_json(&self) -> String {
+        self.config_json.clone()
     }
 }

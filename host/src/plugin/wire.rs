@@ -50,7 +50,14 @@ macro_rules! fixed {
     )*};
 }
 
-fixed!(i64 => 8, u32 => 4, u16 => 2, latest::ConversionState => 1);
+fixed!(
+    i64 => 8,
+    u32 => 4,
+    u16 => 2,
+    latest::ConversionState => 1,
+    latest::CallbackSubject => 1,
+    latest::CallbackMethod => 1,
+);
 
 /// Sum of the fields' sizes.
 macro_rules! record {
@@ -106,6 +113,27 @@ record!(latest::Page { events, rejected, next_cursor });
 record!(latest::RejectedRow { row, reason });
 record!(latest::FileResult { events, rejected });
 record!(http::Response { status, headers, body });
+record!(latest::ConversionSnapshot {
+    conversion_id,
+    network,
+    transaction_id,
+    click_id,
+    user_id,
+    order_id,
+    event_type,
+    state,
+    status,
+    amount,
+    commission,
+    cashback,
+    currency,
+    reason,
+    reward_delay_days,
+    line_ids
+});
+record!(latest::Change { subject, event, delivery_id, attempt, changed_at, now, conversion, values });
+record!(latest::CallbackEndpoint { id, partner_id, url, url_template, method, params, secret });
+record!(latest::CallbackRequest { method, url, headers, body, redact });
 
 #[cfg(test)]
 mod tests {

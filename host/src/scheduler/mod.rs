@@ -374,7 +374,8 @@ impl Scheduler {
                 crate::callbacks::DeliveryConfig::default(),
                 self.owner.clone(),
             )
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| e.to_string())?
+            .with_plugins(self.service.runtime().clone()),
         };
         deliverer.run_due().await.map(|s| serde_json::to_value(s).unwrap_or_default()).map_err(|e| e.to_string())
     }

@@ -4,8 +4,8 @@
 use super::message_id;
 use super::render::RequestView;
 use crate::callbacks::CallbackError;
-use crate::outbox::ChangeKind;
 use crate::db::Db;
+use crate::outbox::ChangeKind;
 use serde::Serialize;
 use sqlx::Row;
 

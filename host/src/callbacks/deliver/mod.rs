@@ -51,7 +51,9 @@ mod render;
 mod send;
 mod tester;
 
-pub use log::{AttemptView, DeliveryFilter, DeliveryView, attempts, attempts_after, deliveries, delivery, replay, replay_range};
+pub use log::{
+    AttemptView, DeliveryFilter, DeliveryView, attempts, attempts_after, deliveries, delivery, replay, replay_range,
+};
 pub use render::RequestView;
 pub use send::{ResponseView, parse_retry_after};
 pub use tester::TestReport;
@@ -128,6 +130,9 @@ struct Inner {
     permits: Arc<tokio::sync::Semaphore>,
     /// Requests in flight per endpoint, shared the same way; what a claim leaves out.
     busy: std::sync::Mutex<HashMap<String, usize>>,
+    /// The plugin runtime, for endpoints whose requests a plugin renders
+    /// (`callbacks/plugin.rs`).
+    plugins: std::sync::OnceLock<Arc<crate::plugin::PluginRuntime>>,
 }
 
 /// One request in flight: holds its place in the worker's limit and in its endpoint's,
@@ -278,8 +283,16 @@ impl Deliverer {
                 owner: owner.into(),
                 permits,
                 busy: std::sync::Mutex::new(HashMap::new()),
+                plugins: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Lets endpoints with an active partner-callback plugin be rendered by it; without a
+    /// runtime their attempts fail with that reason.
+    pub fn with_plugins(self, runtime: Arc<crate::plugin::PluginRuntime>) -> Self {
+        let _ = self.inner.plugins.set(runtime);
+        self
     }
 
     /// The database.
@@ -407,7 +420,7 @@ impl Deliverer {
                             // due only if it filled its room.
                             let again = if done.room > 0 { done.claimed >= done.room } else { may_claim || done.recorded_any };
                             may_claim = mode != Mode::Once && again;
-                            self.after_cycle(&mut run, done, &mut pending);
+                            self.after_cycle(&mut run, done, &mut pending).await;
                         }
                         // Not recorded: the deliveries keep their lease and are sent again
                         // when it runs out (at least once). The worker outlives a database
@@ -494,7 +507,9 @@ impl Deliverer {
 
     /// After a cycle committed: counts it, then renders and signs each claimed delivery
     /// (or skips it: the endpoint's filter) and lines it up; starts what there is room for.
-    fn after_cycle(&self, run: &mut Run, done: CycleDone, next: &mut Outcomes) {
+    /// An endpoint's partner-callback plugin renders its request here (a fresh sandboxed
+    /// instance, within the plugin's deadline).
+    async fn after_cycle(&self, run: &mut Run, done: CycleDone, next: &mut Outcomes) {
         run.summary.add(done.recorded);
         for (_, endpoint) in &done.skipped {
             crate::metrics::callback(endpoint, "skipped", None);
@@ -515,7 +530,7 @@ impl Deliverer {
                 continue;
             }
             let prepared = match template {
-                Some(t) => Ok(self.prepare(endpoint, t, &job)),
+                Some(t) => self.prepare_any(endpoint, t, &job).await,
                 None => Err("the endpoint's URL template no longer parses".to_string()),
             };
             run.waiting.push_back(Waiting { job, prepared, lease_until: done.lease_until });

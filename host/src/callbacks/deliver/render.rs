@@ -5,10 +5,10 @@
 
 use super::claim::{Claimed, Subject};
 use super::{Deliverer, message_id};
-use crate::outbox::ChangeKind;
 use crate::callbacks::sign::{self, Secret};
 use crate::callbacks::template::{Template, Values, append_params};
 use crate::callbacks::{Endpoint, Method};
+use crate::outbox::ChangeKind;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -93,6 +93,40 @@ impl Deliverer {
             put(name, job.subs[i].clone());
         }
         v
+    }
+
+    /// The request of an attempt: the endpoint's plugin's when it has one
+    /// (`callbacks/plugin.rs`; its error fails the attempt), else the built-in template's.
+    pub(super) async fn prepare_any(
+        &self,
+        endpoint: &Endpoint,
+        template: &Template,
+        job: &Claimed,
+    ) -> Result<Prepared, String> {
+        let Some(active) = &endpoint.plugin else { return Ok(self.prepare(endpoint, template, job)) };
+        let values = Self::values(job);
+        let change = crate::callbacks::plugin::ChangeInput {
+            snapshot: match &job.subject {
+                Subject::Conversion(s) => Some(&**s),
+                Subject::Payout(_) => None,
+            },
+            delivery_id: job.delivery_id,
+            attempt: job.attempt,
+            changed_at: job.change_at,
+            now: self.inner.clock.now(),
+        };
+        let url = template.render(&values);
+        let (request, logged) = crate::callbacks::plugin::render(
+            self.inner.plugins.get(),
+            &self.inner.db,
+            endpoint,
+            active,
+            url,
+            &values,
+            change,
+        )
+        .await?;
+        Ok(Prepared { request, logged, timeout: Duration::from_millis(endpoint.spec.timeout_ms.max(1) as u64) })
     }
 
     pub(super) fn prepare(&self, endpoint: &Endpoint, template: &Template, job: &Claimed) -> Prepared {

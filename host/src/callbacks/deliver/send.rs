@@ -84,6 +84,7 @@ impl Deliverer {
         net::check_url(&r.url, self.inner.config.allow_private)?;
         let mut builder = match r.method.as_str() {
             "POST" => self.inner.client.post(&r.url),
+            "PUT" => self.inner.client.put(&r.url),
             _ => self.inner.client.get(&r.url),
         }
         .timeout(timeout);

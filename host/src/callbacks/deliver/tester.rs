@@ -3,12 +3,12 @@
 
 use super::Deliverer;
 use super::claim::{Claimed, Subject};
-use super::render::RequestView;
+use super::render::{Prepared, RequestView};
 use super::send::ResponseView;
-use crate::outbox::{ChangeKind, PayoutSnapshot, Snapshot};
 use crate::callbacks::{CallbackError, Endpoint};
+use crate::outbox::{ChangeKind, PayoutSnapshot, Snapshot};
 use serde::Serialize;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the callback tester did: the exact request and what came back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,9 +35,19 @@ impl Deliverer {
         let template = endpoint.spec.validate()?;
         let now = self.inner.clock.now();
         let job = sample_job(&endpoint, now);
-        let prepared = self.prepare(&endpoint, &template, &job);
         let t0 = Instant::now();
-        let result = self.exchange(&prepared.request, prepared.timeout).await;
+        let (prepared, result) = match self.prepare_any(&endpoint, &template, &job).await {
+            Ok(prepared) => {
+                let result = self.exchange(&prepared.request, prepared.timeout).await;
+                (prepared, result)
+            }
+            // The plugin's refusal is the tester's answer, as it would be an attempt's.
+            Err(e) => {
+                let none = RequestView { method: String::new(), url: String::new(), headers: Vec::new(), body: None };
+                let timeout = Duration::from_millis(endpoint.spec.timeout_ms.max(1) as u64);
+                (Prepared { request: none.clone(), logged: none, timeout }, Err(e))
+            }
+        };
         let latency_ms = t0.elapsed().as_millis() as i64;
         let (response, error) = match result {
             Ok((r, _)) => (Some(r), None),
@@ -141,8 +151,7 @@ fn sample_job(endpoint: &Endpoint, now: i64) -> Claimed {
             network_id: Some("test-network"),
             ref_id: Some("test-ref"),
         };
-        job.subject =
-            Subject::Conversion(Box::new(crate::outbox::Change::of_click(&click, None, now).snapshot));
+        job.subject = Subject::Conversion(Box::new(crate::outbox::Change::of_click(&click, None, now).snapshot));
     }
     job
 }
@@ -157,7 +166,14 @@ mod tests {
             states,
             ..crate::callbacks::EndpointSpec::new("e", "p", "https://p.example/")
         };
-        Endpoint { spec, enabled: true, consecutive_failures: 0, disabled_at: None, disabled_reason: None }
+        Endpoint {
+            spec,
+            enabled: true,
+            consecutive_failures: 0,
+            disabled_at: None,
+            disabled_reason: None,
+            plugin: None,
+        }
     }
 
     #[test]
