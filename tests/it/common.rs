@@ -77,8 +77,17 @@ pub fn runtime() -> &'static Arc<PluginRuntime> {
 /// test's service: its own clock and database, the shared runtime, loopback partners
 /// allowed, and no ingress rate limit (tests send bursts from one address).
 pub fn server(service: &cashbackd::conversions::Service) -> cashbackd::server::Server {
+    server_with(service, |_| {})
+}
+
+/// [`server`] with settings of the test's own (`metrics.require_token`, say).
+pub fn server_with(
+    service: &cashbackd::conversions::Service,
+    configure: impl FnOnce(&mut cashbackd::config::Settings),
+) -> cashbackd::server::Server {
     let mut settings = cashbackd::config::Settings::default();
     settings.callbacks.allow_private = true;
+    configure(&mut settings);
     cashbackd::server::Server::new(service.clone(), runtime().clone(), &settings, "test")
         .expect("server")
         .with_http(cashbackd::http::HttpConfig::default())

@@ -13,7 +13,6 @@ use base64::Engine as _;
 use cashbackd::auth::{self, Scope};
 use cashbackd::callbacks::{EndpointSpec, sign::Secret};
 use cashbackd::conversions::NewClick;
-use cashbackd::http::MetricsAccess;
 use cashbackd::ingest::{self, InboundAuth, Link, Network};
 use cashbackd::scheduler::{self, Scheduler};
 use hmac::{Hmac, Mac};
@@ -166,7 +165,7 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
     }
 
     // Public by default; with require_token, any admin API token.
-    let guarded = app.clone().layer(axum::Extension(MetricsAccess { require_token: true }));
+    let guarded = crate::common::server_with(s, |c| c.metrics.require_token = true).router();
     let (status, _, _) = send(&guarded, get("/metrics")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let token = auth::create_token(s.db(), "prometheus", Scope::Read, s.now(), None).await.expect("token");

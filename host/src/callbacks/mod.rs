@@ -16,7 +16,6 @@
 
 pub mod deliver;
 pub mod net;
-pub mod plugin;
 pub mod sign;
 pub mod template;
 
@@ -524,8 +523,8 @@ pub struct Endpoint {
     /// Why.
     pub disabled_reason: Option<String>,
     /// Its active partner-callback plugin, which renders its requests instead of the
-    /// built-in template (`plugin.rs`); none: the template.
-    pub plugin: Option<plugin::EndpointPlugin>,
+    /// built-in template (`deliver/plugin.rs`); none: the template.
+    pub plugin: Option<deliver::plugin::EndpointPlugin>,
 }
 
 /// An endpoint as shown to operators: secrets masked.
@@ -731,7 +730,7 @@ fn endpoint_from_row(r: &sqlx::any::AnyRow) -> Result<Endpoint, sqlx::Error> {
         disabled_reason: r.try_get(20)?,
         plugin: match (r.try_get::<Option<String>, _>(24)?, r.try_get::<Option<String>, _>(25)?) {
             (Some(digest), config) => {
-                Some(plugin::EndpointPlugin { digest, config: config.unwrap_or_else(|| "{}".into()) })
+                Some(deliver::plugin::EndpointPlugin { digest, config: config.unwrap_or_else(|| "{}".into()) })
             }
             (None, _) => None,
         },

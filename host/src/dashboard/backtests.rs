@@ -3,10 +3,11 @@
 //! ends, then shows the comparison. `/dashboard/backtests` lists them, newest first, a
 //! page at a time.
 
-use super::{Nav, Session, layout, notice, time, time_opt, unavailable};
+use super::{Nav, Session, conversion_link, layout, money, notice, short_digest, time, time_opt, unavailable};
 use crate::backtests::{self, Backtest};
 use crate::conversions::service::ServiceError;
 use crate::http::AppState;
+use crate::registry::Comparison;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -123,7 +124,7 @@ pub(super) async fn show(State(st): State<AppState>, session: Session, Path(id):
         @if let (true, Some(c)) = (b.state == "done", &b.result) {
             section.card #backtest {
                 h2 { "Result: " (b.plugin) " for " (b.merchant) }
-                (super::plugins::comparison(c, "backtest-result"))
+                (comparison(c, "backtest-result"))
             }
         }
     };
@@ -133,4 +134,38 @@ pub(super) async fn show(State(st): State<AppState>, session: Session, Path(id):
         response.headers_mut().insert("refresh", HeaderValue::from_static("2"));
     }
     response
+}
+
+/// A comparison's totals and differences.
+pub(super) fn comparison(c: &Comparison, id: &str) -> Markup {
+    html! {
+        p {
+            strong { (c.compared) } " conversions compared, " strong { (c.changed) } " would change. "
+            span.muted { "Candidate " (short_digest(&c.candidate_digest)) }
+        }
+        @for (currency, delta) in &c.delta {
+            p {
+                (currency) ": active " (money(c.active_total.get(currency).copied().unwrap_or(0), currency))
+                " → candidate " (money(c.candidate_total.get(currency).copied().unwrap_or(0), currency))
+                " (" @if *delta >= 0 { "+" } (money(*delta, currency)) ")"
+            }
+        }
+        @if !c.differences.is_empty() {
+            table id=(id) {
+                thead { tr { th { "Conversion" } th.num { "Active" } th.num { "Candidate" } th.num { "Delta" } th { "Error" } } }
+                tbody {
+                    @for d in &c.differences {
+                        tr {
+                            td { (conversion_link(&d.conversion_id)) }
+                            td.num { (d.active_cashback.map_or("failed".into(), |v| money(v, &d.currency))) }
+                            td.num { (d.candidate_cashback.map_or("failed".into(), |v| money(v, &d.currency))) }
+                            td.num { (d.delta.map_or("—".into(), |v| money(v, &d.currency))) }
+                            td { (d.error.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+            @if (c.differences.len() as u64) < c.changed { p.muted { "The first " (c.differences.len()) " differences." } }
+        }
+    }
 }

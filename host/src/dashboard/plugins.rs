@@ -3,13 +3,11 @@
 //! as in the API; a backtest writes nothing and needs only read.
 
 use super::queries::{self, Placement};
-use super::{
-    ActionSession, Nav, Refused, Session, conversion_link, layout, money, notice, short_digest, time, unavailable,
-};
+use super::{ActionSession, Nav, Refused, Session, layout, notice, short_digest, time, unavailable};
 use crate::auth::Scope;
 use crate::conversions::service::ServiceError;
 use crate::http::AppState;
-use crate::registry::{self, Comparison, Target};
+use crate::registry::{self, Target};
 use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -127,7 +125,7 @@ async fn render(st: &AppState, session: &Session, q: &Done) -> Result<Markup, Re
         @for (merchant, c) in &diffs {
             section.card {
                 h2 { "Shadow: " (merchant) }
-                (comparison(c, "shadow-diff"))
+                (super::backtests::comparison(c, "shadow-diff"))
             }
         }
         section.card #backtest {
@@ -172,40 +170,6 @@ async fn render(st: &AppState, session: &Session, q: &Done) -> Result<Markup, Re
         }
     };
     Ok(layout(session, Nav::Plugins, "Plugins", body))
-}
-
-/// A comparison's totals and differences.
-pub(super) fn comparison(c: &Comparison, id: &str) -> Markup {
-    html! {
-        p {
-            strong { (c.compared) } " conversions compared, " strong { (c.changed) } " would change. "
-            span.muted { "Candidate " (short_digest(&c.candidate_digest)) }
-        }
-        @for (currency, delta) in &c.delta {
-            p {
-                (currency) ": active " (money(c.active_total.get(currency).copied().unwrap_or(0), currency))
-                " → candidate " (money(c.candidate_total.get(currency).copied().unwrap_or(0), currency))
-                " (" @if *delta >= 0 { "+" } (money(*delta, currency)) ")"
-            }
-        }
-        @if !c.differences.is_empty() {
-            table id=(id) {
-                thead { tr { th { "Conversion" } th.num { "Active" } th.num { "Candidate" } th.num { "Delta" } th { "Error" } } }
-                tbody {
-                    @for d in &c.differences {
-                        tr {
-                            td { (conversion_link(&d.conversion_id)) }
-                            td.num { (d.active_cashback.map_or("failed".into(), |v| money(v, &d.currency))) }
-                            td.num { (d.candidate_cashback.map_or("failed".into(), |v| money(v, &d.currency))) }
-                            td.num { (d.delta.map_or("—".into(), |v| money(v, &d.currency))) }
-                            td { (d.error.as_deref().unwrap_or("")) }
-                        }
-                    }
-                }
-            }
-            @if (c.differences.len() as u64) < c.changed { p.muted { "The first " (c.differences.len()) " differences." } }
-        }
-    }
 }
 
 /// `merchant:ID` or `network:ID`.

@@ -46,6 +46,7 @@
 
 mod claim;
 mod log;
+pub mod plugin;
 mod record;
 mod render;
 mod send;
@@ -131,7 +132,7 @@ struct Inner {
     /// Requests in flight per endpoint, shared the same way; what a claim leaves out.
     busy: std::sync::Mutex<HashMap<String, usize>>,
     /// The plugin runtime, for endpoints whose requests a plugin renders
-    /// (`callbacks/plugin.rs`).
+    /// (`plugin.rs`).
     plugins: std::sync::OnceLock<Arc<crate::plugin::PluginRuntime>>,
 }
 

@@ -96,7 +96,7 @@ impl Deliverer {
     }
 
     /// The request of an attempt: the endpoint's plugin's when it has one
-    /// (`callbacks/plugin.rs`; its error fails the attempt), else the built-in template's.
+    /// (`plugin.rs`; its error fails the attempt), else the built-in template's.
     pub(super) async fn prepare_any(
         &self,
         endpoint: &Endpoint,
@@ -105,7 +105,7 @@ impl Deliverer {
     ) -> Result<Prepared, String> {
         let Some(active) = &endpoint.plugin else { return Ok(self.prepare(endpoint, template, job)) };
         let values = Self::values(job);
-        let change = crate::callbacks::plugin::ChangeInput {
+        let change = super::plugin::ChangeInput {
             snapshot: match &job.subject {
                 Subject::Conversion(s) => Some(&**s),
                 Subject::Payout(_) => None,
@@ -116,16 +116,9 @@ impl Deliverer {
             now: self.inner.clock.now(),
         };
         let url = template.render(&values);
-        let (request, logged) = crate::callbacks::plugin::render(
-            self.inner.plugins.get(),
-            &self.inner.db,
-            endpoint,
-            active,
-            url,
-            &values,
-            change,
-        )
-        .await?;
+        let (request, logged) =
+            super::plugin::render(self.inner.plugins.get(), &self.inner.db, endpoint, active, url, &values, change)
+                .await?;
         Ok(Prepared { request, logged, timeout: Duration::from_millis(endpoint.spec.timeout_ms.max(1) as u64) })
     }
 

@@ -14,9 +14,9 @@
 //! the request must go to the endpoint's own scheme, host and port, so a plugin that is
 //! given the endpoint's secret cannot send it anywhere else.
 
-use super::deliver::RequestView;
-use super::template::Values;
-use super::{Endpoint, Method};
+use super::RequestView;
+use crate::callbacks::template::Values;
+use crate::callbacks::{Endpoint, Method};
 use crate::db::Db;
 use crate::outbox::{ChangeKind, Snapshot};
 use crate::plugin::wit::latest;
@@ -112,7 +112,7 @@ fn checked(endpoint_url: &str, r: latest::CallbackRequest) -> Result<(RequestVie
     let request = RequestView { method: method.into(), url: r.url, headers: r.headers, body: r.body };
     let mut logged = request.clone();
     for name in &r.redact {
-        logged.url = super::sign::mask_signature_param(&logged.url, name);
+        logged.url = crate::callbacks::sign::mask_signature_param(&logged.url, name);
         for (k, v) in &mut logged.headers {
             if k.eq_ignore_ascii_case(name) {
                 *v = "***".into();
@@ -157,7 +157,7 @@ fn change_of(c: &ChangeInput<'_>, values: &Values) -> latest::Change {
     latest::Change {
         subject,
         event: event.into(),
-        delivery_id: super::deliver::message_id(c.delivery_id),
+        delivery_id: super::message_id(c.delivery_id),
         attempt: u32::try_from(c.attempt).unwrap_or(u32::MAX),
         changed_at: c.changed_at,
         now: c.now,
