@@ -50,7 +50,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 }
                 TokenCommand::Revoke { id } => Err(id.clone()),
             };
-            with_service(&cli, |service, _| async move {
+            with_service(cli, |service, _| async move {
                 match command {
                     Ok((name, scope, days)) => {
                         let now = service.now();
@@ -77,7 +77,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 }
             })
         }
-        Command::Session { ref command } => with_service(&cli, |service, _| async move {
+        Command::Session { ref command } => with_service(cli, |service, _| async move {
             let now = service.now();
             match command {
                 SessionCommand::List => {

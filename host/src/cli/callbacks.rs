@@ -233,7 +233,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 PartnerCommand::Add { id, name } => Some((id.clone(), name.clone())),
                 PartnerCommand::List => None,
             };
-            with_service(&cli, |service, _| async move {
+            with_service(cli, |service, _| async move {
                 match command {
                     Some((id, name)) => {
                         crate::callbacks::upsert_partner(service.db(), &id, &name, service.now()).await?;
@@ -256,8 +256,8 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 _ => None,
             };
             let command = EndpointAction::of(command);
-            let deliver_config = callbacks_config(&cli);
-            with_service(&cli, |service, _| async move {
+            let deliver_config = callbacks_config(cli);
+            with_service(cli, |service, _| async move {
                 let db = service.db();
                 let now = service.now();
                 match command {
@@ -381,7 +381,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 }
                 DeliveriesCommand::Alerts => DeliveriesAction::Alerts,
             };
-            with_service(&cli, |service, _| async move {
+            with_service(cli, |service, _| async move {
                 let db = service.db();
                 use crate::callbacks::deliver;
                 match command {

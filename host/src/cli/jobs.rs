@@ -37,7 +37,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let settings = cli.settings.clone();
-            with_service(&cli, |service, runtime| async move {
+            with_service(cli, |service, runtime| async move {
                 crate::scheduler::ensure_system_jobs(&service).await.map_err(anyhow::Error::msg)?;
                 match command {
                     None => {

@@ -63,7 +63,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Merchant { command: MerchantCommand::MapRef { ref id, ref network, ref merchant_ref } } => {
             let (id, network, merchant_ref) = (id.clone(), network.clone(), merchant_ref.clone());
-            with_service(&cli, |service, _| async move {
+            with_service(cli, |service, _| async move {
                 if crate::ingest::network(service.db(), &network).await?.is_none() {
                     bail!("--network: no network {network:?}");
                 }
@@ -93,7 +93,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             if !(0..=most).contains(&reward_delay_days) {
                 bail!("--reward-delay-days: must be between 0 and {most}, got {reward_delay_days}");
             }
-            with_service(&cli, |service, _| async move {
+            with_service(cli, |service, _| async move {
                 let rule = match rule {
                     Some((bytes, config)) => {
                         // `plugin upload`'s checks first, with its reason, then the rest.
@@ -131,7 +131,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 network_id: network.clone(),
                 url_template: url.clone(),
             };
-            with_service(&cli, |service, _| async move {
+            with_service(cli, |service, _| async move {
                 crate::ingest::upsert_link(service.db(), &link, service.now()).await?;
                 println!("link {} saved: /c/{}?user=USER -> {}", link.id, link.id, link.url_template);
                 Ok(ExitCode::SUCCESS)

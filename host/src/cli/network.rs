@@ -56,7 +56,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             let config: serde_json::Value = serde_json::from_str(config).context("--config: not JSON")?;
             let bytes = std::fs::read(adapter).with_context(|| format!("--adapter: reading {}", adapter.display()))?;
             let (id, name) = (id.clone(), name.clone());
-            with_service(&cli, |service, _| async move {
+            with_service(cli, |service, _| async move {
                 // `plugin upload`'s checks first, with its reason, then the rest.
                 let vetted =
                     crate::registry::vet(&service, &bytes).await.map_err(|e| anyhow::anyhow!("--adapter: {e}"))?;
@@ -86,7 +86,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let network = network.clone();
-            with_service(&cli, |service, runtime| async move {
+            with_service(cli, |service, runtime| async move {
                 let bar = indicatif::ProgressBar::new(0);
                 bar.set_style(
                     indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {elapsed}")

@@ -84,7 +84,7 @@ pub enum PluginCommand {
 /// Runs the command (`cli::run` dispatches here).
 pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Plugin { command: PluginCommand::Registry(ref command) } => registry::run(&cli, command),
+        Command::Plugin { command: PluginCommand::Registry(ref command) } => registry::run(cli, command),
         Command::Plugin { command: PluginCommand::New { kind, ref name, ref dir, ref sdk, lang } } => match lang {
             author::Lang::Rust => author::new(kind, name, dir.as_deref(), sdk.as_deref()),
             author::Lang::Ts if kind == author::Kind::Rule => author_ts::new(name, dir.as_deref()),
@@ -96,7 +96,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plugin { command: PluginCommand::Build { ref path } } => author::build(path),
         Command::Plugin { command: PluginCommand::Decision { ref conversion, json } } => {
-            decision::run(&cli, conversion, json)
+            decision::run(cli, conversion, json)
         }
         Command::Plugin { ref command } => {
             let runtime = PluginRuntime::new(cli.settings.runtime_config(&cli.plugin_store))?;

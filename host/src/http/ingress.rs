@@ -194,7 +194,7 @@ async fn handle_postback(
     let digest = network
         .adapter_digest
         .clone()
-        .ok_or_else(|| ApiError::unavailable_because("the network has no adapter configured", &network_id))?;
+        .ok_or_else(|| ApiError::unavailable_because("the network has no adapter configured", network_id))?;
     let plugin =
         st.service.plugin(&digest).await.map_err(|e| ApiError::unavailable("cannot load the network's adapter", &e))?;
     let config = plugin
