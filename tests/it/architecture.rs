@@ -9,9 +9,6 @@
 //! top level (`callbacks` ↔ `conversions`) and files side by side (`plugin/http.rs` ↔
 //! `plugin/state.rs`). A module using its own parent or children is not an edge between
 //! siblings and is allowed (a `mod.rs` declares its children; they use its types).
-//!
-//! Two cycles remain inside folders (`REMAINING`, with why); the test keeps them from
-//! growing and any other from appearing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -252,31 +249,6 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Cycles that remain, to be broken (issue 17), by folder: a cycle found there may only
-/// be among these modules (it may shrink, never grow), and none may appear anywhere else.
-/// An entry whose cycle is gone fails the test until it is removed, so this list only
-/// ever gets shorter.
-/// - `http`: the handlers use the OpenAPI module's schema helpers and the route table's
-///   scopes (through `admin::authenticated`), and the document names the handlers' types.
-/// - `plugin`: `http.rs` implements `fetch` on the runtime's state in the contract's
-///   types, the state holds the HTTP grant, and the manifest reads the contract versions
-///   from the bindings.
-const REMAINING: &[(&str, &[&str])] = &[
-    (
-        "http",
-        &[
-            "http::admin",
-            "http::api",
-            "http::backtests",
-            "http::openapi",
-            "http::payouts",
-            "http::plugins",
-            "http::users",
-        ],
-    ),
-    ("plugin", &["plugin::http", "plugin::manifest", "plugin::state", "plugin::wit"]),
-];
-
 #[test]
 fn the_modules_of_host_src_import_each_other_without_cycles() {
     let graphs = graphs(&src());
@@ -285,31 +257,12 @@ fn the_modules_of_host_src_import_each_other_without_cycles() {
     let edge = |a: &str, b: &str| top.get(&vec![a.to_string()]).is_some_and(|e| e.contains_key(&vec![b.to_string()]));
     assert!(edge("conversions", "ledger"), "the reader missed conversions -> ledger");
     assert!(edge("http", "conversions"), "the reader missed http -> conversions");
-    let mut new = Vec::new();
-    let mut still = BTreeSet::new();
-    for (folder, graph) in &graphs {
-        for component in cycles(graph) {
-            let names: Vec<String> = component.iter().map(|m| m.join("::")).collect();
-            let known = REMAINING
-                .iter()
-                .find(|(f, members)| *f == folder.join("::") && names.iter().all(|n| members.contains(&n.as_str())));
-            match known {
-                Some((f, _)) => {
-                    still.insert(*f);
-                }
-                None => new.push(folder.clone()),
-            }
-        }
-    }
     let found = report(&graphs);
     assert!(
-        new.is_empty(),
-        "new module cycles in host/src (data flows one way; README's map shows the layers):\n{}",
+        found.is_empty(),
+        "module cycles in host/src (data flows one way; README's map shows the layers):\n{}",
         found.join("\n")
     );
-    for (folder, _) in REMAINING {
-        assert!(still.contains(folder), "the cycle in {folder} is gone: remove it from REMAINING");
-    }
 }
 
 #[test]

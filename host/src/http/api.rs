@@ -3,7 +3,7 @@
 //! need write (reviews, job runs) or admin (merchants, networks).
 
 use super::admin::require;
-use super::page::{self, Page, cut, int_cursor, of_sorted};
+use super::page::{self, IdPage, Page, cut, int_cursor, of_sorted};
 use super::{ApiError, AppState};
 use crate::auth::Scope;
 use crate::conversions::{ReviewAction, Status};
@@ -207,10 +207,10 @@ pub(crate) struct NetworkBody {
     /// `name@version` or digest of a stored adapter.
     adapter: Option<String>,
     #[serde(default)]
-    #[schema(schema_with = super::openapi::any_json)]
+    #[schema(schema_with = super::schema::any_json)]
     adapter_config: Value,
     /// `none`, `token`, `hmac` or `ip`.
-    #[schema(schema_with = super::openapi::inbound_auth)]
+    #[schema(schema_with = super::schema::inbound_auth)]
     auth: String,
     secret: Option<String>,
     #[serde(default)]
@@ -281,7 +281,7 @@ async fn put_network(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct SearchQuery {
-    #[param(schema_with = super::openapi::conversion_status)]
+    #[param(schema_with = super::schema::conversion_status)]
     status: Option<String>,
     network: Option<String>,
     merchant: Option<String>,
@@ -446,7 +446,7 @@ pub(crate) struct ReviewQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReviewBody {
     /// `approve`, `reject` or `hold`.
-    #[schema(schema_with = super::openapi::review_action)]
+    #[schema(schema_with = super::schema::review_action)]
     action: String,
     #[schema(pattern = r"\S")]
     operator: String,
@@ -558,26 +558,6 @@ async fn job_runs(
     Ok(Json(json!({ "runs": runs, "next_cursor": next })))
 }
 
-/// A page of a list ordered by an integer id: the cursor is the last row's id.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct IdPage {
-    /// `next_cursor` of the previous page.
-    #[param(pattern = "^(|[0-9]{1,18})$")]
-    cursor: Option<String>,
-    /// Rows per page: 1 to 500; default 50.
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<i64>,
-}
-
-impl IdPage {
-    /// The page size and the id the page starts after, checked.
-    pub(crate) fn checked(&self) -> Result<(i64, Option<i64>), ApiError> {
-        Ok((page::limit(self.limit)?, int_cursor(self.cursor.as_deref())?))
-    }
-}
-
 /// `POST /api/v1/jobs/{name}/run` (write): runs the job now, once, under its lease.
 async fn run_job(
     State(st): State<AppState>,
@@ -659,7 +639,7 @@ pub(crate) struct EndpointBody {
     #[schema(pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$")]
     url_template: String,
     /// `GET` (default) or `POST`.
-    #[schema(schema_with = super::openapi::http_method)]
+    #[schema(schema_with = super::schema::http_method)]
     method: Option<String>,
     #[serde(default)]
     params: std::collections::BTreeMap<String, String>,
@@ -674,12 +654,12 @@ pub(crate) struct EndpointBody {
     /// every state.
     states: Option<Vec<String>>,
     /// `["conversions"]` (default), `["payouts"]` or both.
-    #[schema(schema_with = super::openapi::callback_events)]
+    #[schema(schema_with = super::schema::callback_events)]
     events: Option<Vec<String>>,
     #[schema(minimum = 1, maximum = 50)]
     max_attempts: Option<u32>,
     /// `fixed` (default) or `exponential`.
-    #[schema(schema_with = super::openapi::backoff)]
+    #[schema(schema_with = super::schema::backoff)]
     backoff: Option<String>,
     retry_delay_secs: Option<i64>,
     max_delay_secs: Option<i64>,

@@ -31,19 +31,19 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct BacktestBody {
     /// The candidate version (`name@version` or a digest).
-    #[schema(schema_with = super::openapi::plugin_reference)]
+    #[schema(schema_with = super::schema::plugin_reference)]
     plugin: String,
     /// From (UTC milliseconds or RFC 3339; default: the beginning).
-    #[schema(schema_with = super::openapi::ms_or_rfc3339)]
+    #[schema(schema_with = super::schema::ms_or_rfc3339)]
     from: Option<Value>,
     /// To, excluded (UTC milliseconds or RFC 3339; default: now).
-    #[schema(schema_with = super::openapi::ms_or_rfc3339)]
+    #[schema(schema_with = super::schema::ms_or_rfc3339)]
     to: Option<Value>,
     /// Its place in the chain (default: that of the version of the same name).
     #[schema(maximum = 1_000_000)]
     position: Option<usize>,
     /// Its configuration (default: that of the version it replaces).
-    #[schema(schema_with = super::openapi::any_json)]
+    #[schema(schema_with = super::schema::any_json)]
     config: Option<Value>,
     /// How many differences the result lists (default 100, at most 10,000).
     #[schema(maximum = 1_000_000)]

@@ -205,7 +205,7 @@ async fn replay_range(State(st): State<AppState>, headers: HeaderMap, body: Byte
 /// `GET /api/v1/alerts?cursor=&limit=`: newest first.
 async fn list_alerts(
     State(st): State<AppState>,
-    Query(q): Query<super::api::IdPage>,
+    Query(q): Query<super::page::IdPage>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require(&st, &headers, Scope::Read).await?;

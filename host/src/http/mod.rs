@@ -6,6 +6,7 @@ mod admin;
 mod api;
 mod backtests;
 mod callbacks;
+mod guard;
 mod idempotency;
 mod ingress;
 pub mod openapi;
@@ -14,6 +15,7 @@ mod page;
 mod payouts;
 mod plugins;
 pub mod ratelimit;
+mod schema;
 mod users;
 
 use crate::conversions::Service;
@@ -161,7 +163,7 @@ pub(crate) fn router_with(state: AppState, config: HttpConfig, pages: Router<App
         // Every route's cap but the uploads', whose own (inner) layers set theirs.
         .layer(DefaultBodyLimit::max(bodies.body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::guard))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), admin::authenticated))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::authenticated))
         // Outermost: every request's span, log line and metrics, refusals included.
         .layer(axum::middleware::from_fn(ops::observe))
         .layer(axum::Extension(bodies))

@@ -71,3 +71,23 @@ pub fn of_sorted<T>(
     rows.truncate(limit as usize + 1);
     cut(rows, limit, key)
 }
+
+/// A page of a list ordered by an integer id: the cursor is the last row's id.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdPage {
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^(|[0-9]{1,18})$")]
+    cursor: Option<String>,
+    /// Rows per page: 1 to 500; default 50.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+}
+
+impl IdPage {
+    /// The page size and the id the page starts after, checked.
+    pub(crate) fn checked(&self) -> Result<(i64, Option<i64>), ApiError> {
+        Ok((limit(self.limit)?, int_cursor(self.cursor.as_deref())?))
+    }
+}

@@ -97,7 +97,7 @@ async fn request(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
-    #[param(schema_with = super::openapi::payout_status)]
+    #[param(schema_with = super::schema::payout_status)]
     status: Option<String>,
     user: Option<String>,
     /// 1 to 500.
@@ -107,7 +107,7 @@ pub(crate) struct ListQuery {
     #[param(pattern = r"^(|-?[0-9]{1,18}\.po_.*)$")]
     after: Option<String>,
     /// `oldest` (a queue) or `newest` (default).
-    #[param(schema_with = super::openapi::payout_order)]
+    #[param(schema_with = super::schema::payout_order)]
     order: Option<String>,
 }
 

@@ -96,11 +96,11 @@ async fn remove(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ActivateBody {
     /// `name@version` or a digest.
-    #[schema(schema_with = super::openapi::plugin_reference)]
+    #[schema(schema_with = super::schema::plugin_reference)]
     plugin: String,
     #[schema(maximum = 1_000_000)]
     position: Option<usize>,
-    #[schema(schema_with = super::openapi::any_json)]
+    #[schema(schema_with = super::schema::any_json)]
     config: Option<Value>,
 }
 
@@ -227,11 +227,11 @@ async fn history_merchant(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ShadowBody {
-    #[schema(schema_with = super::openapi::plugin_reference)]
+    #[schema(schema_with = super::schema::plugin_reference)]
     plugin: String,
     #[schema(maximum = 1_000_000)]
     position: Option<usize>,
-    #[schema(schema_with = super::openapi::any_json)]
+    #[schema(schema_with = super::schema::any_json)]
     config: Option<Value>,
 }
 
@@ -264,7 +264,7 @@ async fn shadow_clear(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct DiffQuery {
-    #[param(schema_with = super::openapi::plugin_reference)]
+    #[param(schema_with = super::schema::plugin_reference)]
     plugin: Option<String>,
     #[param(maximum = 1_000_000)]
     limit: Option<usize>,

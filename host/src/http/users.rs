@@ -209,7 +209,7 @@ async fn reprocess_one(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReprocessAllBody {
     /// `failed` or `parked`.
-    #[schema(schema_with = super::openapi::reprocess_status)]
+    #[schema(schema_with = super::schema::reprocess_status)]
     status: String,
     merchant: Option<String>,
     operator: Option<String>,

@@ -220,7 +220,7 @@ fn run_one(runtime: &PluginRuntime, plugin: &LoadedPlugin, f: &Fixture) -> CaseR
                     .map(|x| Exchange {
                         method: x.method.clone(),
                         url: x.url.clone(),
-                        response: latest::http::Response {
+                        response: super::http::Response {
                             status: x.status,
                             headers: x.headers.clone(),
                             body: x.body.clone().into_bytes(),

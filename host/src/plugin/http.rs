@@ -10,14 +10,66 @@
 //! bodies. A refusal comes back to the plugin as `http-error.denied` naming what was
 //! refused, and is remembered so the call's error can say so too.
 
-use super::limits::LimitHit;
+use super::limits::{LimitHit, Limits};
 use super::manifest::{Credential, Secrets};
-use super::state::PluginState;
-use super::wit::latest::http::{HttpError, Method, Request, Response};
 use crate::outbound::{self, Reach};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// An adapter's request, as every contract version's `http.fetch` hands it over (each
+/// version's bindings convert their own records to these, `wit/`): the HTTP capability
+/// does not depend on the bindings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// GET, POST or PUT.
+    pub method: Method,
+    /// An absolute URL.
+    pub url: String,
+    /// Request headers.
+    pub headers: Vec<(String, String)>,
+    /// The body, if any.
+    pub body: Option<Vec<u8>>,
+    /// The name of a credential from the manifest for the host to inject.
+    pub credential: Option<String>,
+}
+
+/// The request's method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET.
+    Get,
+    /// POST.
+    Post,
+    /// PUT.
+    Put,
+}
+
+/// What came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// The body, capped.
+    pub body: Vec<u8>,
+}
+
+/// Why a request was not made or not answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// Refused by the host: the host is not declared, a private address, the request cap.
+    Denied(String),
+    /// The request is malformed.
+    InvalidRequest(String),
+    /// No answer within the time limit.
+    Timeout,
+    /// The answer is over the cap (bytes).
+    TooLarge(u64),
+    /// The connection failed.
+    Transport(String),
+}
 
 /// What one adapter call may reach over HTTP.
 pub struct HttpGrant {
@@ -248,38 +300,32 @@ impl HttpGrant {
     }
 }
 
-impl PluginState {
-    /// `http.fetch`, in the latest contract's types; each version's module implements its
-    /// import on top of this.
-    pub(crate) fn http_fetch(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
-        let limits = self.limits;
-        let Some(grant) = self.http.as_mut() else {
-            return Ok(Err(HttpError::Denied("this plugin has no HTTP capability".into())));
-        };
-        grant.requests += 1;
-        if grant.requests > limits.max_http_requests {
-            let hit = LimitHit::HttpRequests { cap: limits.max_http_requests };
-            self.record_hit(hit.clone());
-            return Err(wasmtime::format_err!("{hit}"));
+impl HttpGrant {
+    /// One `http.fetch` of the call this grant belongs to, within `limits`: the answer
+    /// (or why there is none) for the plugin, or the limit the call hit, which ends it.
+    pub(crate) fn fetch(&mut self, request: Request, limits: &Limits) -> Result<Result<Response, HttpError>, LimitHit> {
+        self.requests += 1;
+        if self.requests > limits.max_http_requests {
+            return Err(LimitHit::HttpRequests { cap: limits.max_http_requests });
         }
         let timeout = Duration::from_millis(limits.http_timeout_ms);
-        let reach = grant.client.inner.reach;
-        let built = match grant.build(&request, timeout, reach) {
+        let reach = self.client.inner.reach;
+        let built = match self.build(&request, timeout, reach) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        if let Some(answer) = grant.client.replayed(&request) {
+        if let Some(answer) = self.client.replayed(&request) {
             let cap = limits.max_http_response_bytes;
             return Ok(
                 answer.and_then(|r| if r.body.len() as u64 > cap { Err(HttpError::TooLarge(cap)) } else { Ok(r) })
             );
         }
         tracing::debug!(method = %built.method(), host = built.url().host_str().unwrap_or(""), "plugin http request");
-        let answer = grant.client.send(built, timeout, limits.max_http_response_bytes);
+        let answer = self.client.send(built, timeout, limits.max_http_response_bytes);
         if let Err(HttpError::Denied(why)) = &answer {
             // The resolver refused the name: the call's error says so, as for a host the
             // manifest does not declare.
-            grant.denied.push(format!("http host {why}"));
+            self.denied.push(format!("http host {why}"));
         }
         Ok(answer)
     }

@@ -4,8 +4,8 @@
 //!
 //! Everything a plugin may do is declared here; the host grants nothing else.
 
+use super::contract::SUPPORTED as SUPPORTED_API_VERSIONS;
 use super::limits::{Limits, LimitsOverride};
-use super::wit::SUPPORTED_API_VERSIONS;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -185,7 +185,7 @@ impl Manifest {
             }
         }
         if self.kind == PluginKind::PartnerCallback {
-            if self.wit == super::wit::since_v0_1_0::API_VERSION {
+            if self.wit == super::contract::V0_1_0 {
                 return Err(field_err(
                     "wit",
                     "the partner-callback world exists since cashback:plugin@0.2.0: build against 0.2.0",

@@ -15,6 +15,7 @@
 //! | `fixtures.rs` | running a plugin against JSON fixtures |
 
 pub mod boundary;
+pub mod contract;
 pub mod error;
 pub mod fixtures;
 pub mod http;

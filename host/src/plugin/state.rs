@@ -151,3 +151,24 @@ impl PluginState {
         self.config_json.clone()
     }
 }
+
+impl PluginState {
+    /// `http.fetch`, in the HTTP capability's own types; each contract version's module
+    /// implements its import on top of this.
+    pub(crate) fn http_fetch(
+        &mut self,
+        request: super::http::Request,
+    ) -> wasmtime::Result<Result<super::http::Response, super::http::HttpError>> {
+        let limits = self.limits;
+        let Some(grant) = self.http.as_mut() else {
+            return Ok(Err(super::http::HttpError::Denied("this plugin has no HTTP capability".into())));
+        };
+        match grant.fetch(request, &limits) {
+            Ok(answer) => Ok(answer),
+            Err(hit) => {
+                self.record_hit(hit.clone());
+                Err(wasmtime::format_err!("{hit}"))
+            }
+        }
+    }
+}

@@ -13,4 +13,4 @@ pub mod since_v0_2_0;
 pub use since_v0_2_0 as latest;
 
 /// Contract versions this host can load, newest first.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &[since_v0_2_0::API_VERSION, since_v0_1_0::API_VERSION];
+pub const SUPPORTED_API_VERSIONS: &[&str] = super::contract::SUPPORTED;

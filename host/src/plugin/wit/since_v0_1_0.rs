@@ -11,7 +11,7 @@ use super::latest;
 use crate::plugin::state::PluginState;
 
 /// The contract version these bindings implement.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = crate::plugin::contract::V0_1_0;
 
 /// Bindings of the `merchant-rules` world, plus `log` and `config`.
 pub mod rules_world {
@@ -77,7 +77,7 @@ impl rules_world::cashback::plugin::config::Host for PluginState {
 
 impl http::Host for PluginState {
     fn fetch(&mut self, request: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
-        use latest::http as new;
+        use crate::plugin::http as new;
         let method = match request.method {
             http::Method::Get => new::Method::Get,
             http::Method::Post => new::Method::Post,

@@ -9,7 +9,7 @@
 use crate::plugin::state::PluginState;
 
 /// The contract version these bindings implement.
-pub const API_VERSION: &str = "0.2.0";
+pub const API_VERSION: &str = crate::plugin::contract::V0_2_0;
 
 /// Bindings of the `merchant-rules` world, plus the shared `types`, `log` and `config`.
 pub mod rules_world {
@@ -100,6 +100,28 @@ impl rules_world::cashback::plugin::config::Host for PluginState {
 
 impl http::Host for PluginState {
     fn fetch(&mut self, request: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
-        self.http_fetch(request)
+        use crate::plugin::http as new;
+        let method = match request.method {
+            http::Method::Get => new::Method::Get,
+            http::Method::Post => new::Method::Post,
+            http::Method::Put => new::Method::Put,
+        };
+        let request = new::Request {
+            method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+            credential: request.credential,
+        };
+        Ok(self
+            .http_fetch(request)?
+            .map(|r| http::Response { status: r.status, headers: r.headers, body: r.body })
+            .map_err(|e| match e {
+                new::HttpError::Denied(s) => http::HttpError::Denied(s),
+                new::HttpError::InvalidRequest(s) => http::HttpError::InvalidRequest(s),
+                new::HttpError::Timeout => http::HttpError::Timeout,
+                new::HttpError::TooLarge(n) => http::HttpError::TooLarge(n),
+                new::HttpError::Transport(s) => http::HttpError::Transport(s),
+            }))
     }
 }
