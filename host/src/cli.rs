@@ -1,6 +1,6 @@
 //! The `cashbackd` command line: the options every command shares ([`Cli`]), the
 //! commands ([`Command`]), and the dispatch to one module per command group
-//! (`serve`, `plugin`, `merchant`, `network`, `jobs`, `access`, `callbacks`, `users`,
+//! (`serve`, `plugin`, `merchant`, `network`, `jobs`, `access`, `callbacks`, `endpoint`, `users`,
 //! `payout`, `config_cmd`), each of which parses its own subcommands.
 
 mod access;
@@ -9,6 +9,7 @@ mod author_ts;
 mod callbacks;
 mod config_cmd;
 mod decision;
+mod endpoint;
 mod jobs;
 mod merchant;
 mod network;
@@ -187,7 +188,7 @@ pub enum Command {
     Endpoint {
         /// What to do.
         #[command(subcommand)]
-        command: callbacks::EndpointCommand,
+        command: endpoint::EndpointCommand,
     },
     /// The callback delivery log, replay and alerts.
     Deliveries {
@@ -258,7 +259,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Network { .. } | Command::Import { .. } => network::run(&cli),
         Command::Jobs { .. } => jobs::run(&cli),
         Command::Token { .. } | Command::Session { .. } => access::run(&cli),
-        Command::Partner { .. } | Command::Endpoint { .. } | Command::Deliveries { .. } => callbacks::run(&cli),
+        Command::Partner { .. } | Command::Deliveries { .. } => callbacks::run(&cli),
+        Command::Endpoint { .. } => endpoint::run(&cli),
     }
 }
 
