@@ -256,7 +256,7 @@ pub const ROUTES: &[Route] = &[
         Admin,
         "plugins",
         "Activate a partner-callback plugin on an endpoint",
-        Body::Json(json::<super::plugins::ActivateBody>),
+        Body::Json(json::<super::plugins::EndpointActivateBody>),
     ),
     r(
         "POST",

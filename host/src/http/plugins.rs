@@ -104,6 +104,18 @@ pub(crate) struct ActivateBody {
     config: Option<Value>,
 }
 
+/// An endpoint's activation: an endpoint has one plugin, not a chain, so there is no
+/// position (a body with one is refused, 422, as any unknown field).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EndpointActivateBody {
+    /// `name@version` or a digest.
+    #[schema(schema_with = super::schema::plugin_reference)]
+    plugin: String,
+    #[schema(schema_with = super::schema::any_json)]
+    config: Option<Value>,
+}
+
 async fn activate(
     st: &AppState,
     headers: &HeaderMap,
@@ -145,11 +157,9 @@ async fn activate_endpoint(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<ActivateBody>,
+    Json(body): Json<EndpointActivateBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if body.position.is_some() {
-        return Err(ApiError::bad_request("bad_body", "position: an endpoint has one plugin, no chain"));
-    }
+    let body = ActivateBody { plugin: body.plugin, position: None, config: body.config };
     activate(&st, &headers, Target::Endpoint { id }, body).await
 }
 
