@@ -18,7 +18,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use cashbackd::callbacks::template::{CASHBACK_MACROS, PLACEHOLDERS, Template, TemplateError, Values, append_params};
-use cashbackd::ingest::encode_component;
+use cashbackd::input::encode_component;
 use cashbackd_fuzz::{decode_component, tricky_string};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;

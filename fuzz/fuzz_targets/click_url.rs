@@ -16,7 +16,8 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use cashbackd::ingest::{encode_component, render_click_url};
+use cashbackd::ingest::render_click_url;
+use cashbackd::input::encode_component;
 use cashbackd_fuzz::{decode_component, tricky_string};
 use libfuzzer_sys::fuzz_target;
 
