@@ -54,6 +54,20 @@ pub const JOB_SECONDS: &str = "cashbackd_job_duration_seconds";
 pub const HTTP_REQUESTS: &str = "cashbackd_http_requests_total";
 /// HTTP handling time (until the response head), by method and route template.
 pub const HTTP_SECONDS: &str = "cashbackd_http_request_duration_seconds";
+/// Write batches committed (group commit: one transaction each).
+pub const WRITE_BATCHES: &str = "cashbackd_write_batches_total";
+/// Commands in those batches (events, clicks, reviews, adjustments...).
+pub const WRITE_COMMANDS: &str = "cashbackd_write_commands_total";
+/// Statements those batches ran, every attempt counted: BEGIN, the prefetch, one per
+/// table written, COMMIT. Divided by `cashbackd_write_commands_total`: statements per
+/// command; by `cashbackd_write_batches_total`: per batch.
+pub const WRITE_STATEMENTS: &str = "cashbackd_write_statements_total";
+/// Statements per batch.
+pub const WRITE_BATCH_STATEMENTS: &str = "cashbackd_write_batch_statements";
+/// Commands per batch.
+pub const WRITE_BATCH_COMMANDS: &str = "cashbackd_write_batch_commands";
+/// Batches decided again because another writer (replica) changed what they read.
+pub const WRITE_RETRIES: &str = "cashbackd_write_batch_retries_total";
 /// Queue sizes counted in the database at scrape time, by queue.
 pub const QUEUE_SIZE: &str = "cashbackd_queue_size";
 /// 1 when the database answered the scrape's queries.
@@ -63,6 +77,9 @@ pub const DATABASE_UP: &str = "cashbackd_database_up";
 const BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// Counts per write batch, from one to the writer's largest batches.
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder as the process's, once; later calls return the same
@@ -71,7 +88,16 @@ pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             // Only fails on empty buckets.
-            let builder = PrometheusBuilder::new().set_buckets(BUCKETS).ok()?;
+            // Counts, not seconds: statements and commands per write batch.
+            let counts = metrics_exporter_prometheus::Matcher::Suffix("_batch_statements".into());
+            let commands = metrics_exporter_prometheus::Matcher::Suffix("_batch_commands".into());
+            let builder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(counts, COUNT_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(commands, COUNT_BUCKETS)
+                .ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
@@ -109,6 +135,12 @@ fn describe() {
     describe_histogram!(JOB_SECONDS, Unit::Seconds, "Job run time, by job");
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route template and status");
     describe_histogram!(HTTP_SECONDS, Unit::Seconds, "HTTP handling time, by method and route template");
+    describe_counter!(WRITE_BATCHES, "Write batches committed (one transaction each)");
+    describe_counter!(WRITE_COMMANDS, "Commands in the write batches");
+    describe_counter!(WRITE_STATEMENTS, "Statements the write batches ran, BEGIN and COMMIT included");
+    describe_histogram!(WRITE_BATCH_STATEMENTS, Unit::Count, "Statements per write batch");
+    describe_histogram!(WRITE_BATCH_COMMANDS, Unit::Count, "Commands per write batch");
+    describe_counter!(WRITE_RETRIES, "Write batches decided again after losing a race with another writer");
 }
 
 /// An event (or a postback whose events are unknown: refused, rejected) counted.
@@ -161,6 +193,17 @@ pub fn callback(endpoint: &str, outcome: &'static str, elapsed: Option<Duration>
 pub fn job_run(job: &str, outcome: &'static str, elapsed: Duration) {
     metrics::counter!(JOB_RUNS, "job" => job.to_string(), "outcome" => outcome).increment(1);
     metrics::histogram!(JOB_SECONDS, "job" => job.to_string()).record(elapsed.as_secs_f64());
+}
+
+/// A write batch of `commands`, done in `statements` round trips after `retries` lost
+/// races.
+pub fn write_batch(commands: usize, statements: u32, retries: usize) {
+    metrics::counter!(WRITE_BATCHES).increment(1);
+    metrics::counter!(WRITE_COMMANDS).increment(commands as u64);
+    metrics::counter!(WRITE_STATEMENTS).increment(u64::from(statements));
+    metrics::counter!(WRITE_RETRIES).increment(retries as u64);
+    metrics::histogram!(WRITE_BATCH_STATEMENTS).record(f64::from(statements));
+    metrics::histogram!(WRITE_BATCH_COMMANDS).record(commands as f64);
 }
 
 /// An HTTP request answered.

@@ -183,28 +183,23 @@ pub struct Click<'a> {
     pub ref_id: Option<&'a str>,
 }
 
-/// Records a new click's CREATED (seed 001), with one delivery per callback endpoint that
-/// takes it, on `conn`: call it inside the transaction that inserts the click row, and
-/// only when that insert created it, so that a click registered again sends nothing.
+/// Records new clicks' CREATED (seed 001), with one delivery per callback endpoint that
+/// takes each, on `conn`: call it inside the transaction that inserts the click rows, and
+/// only for clicks that insert created, so that a click registered again sends nothing.
 /// (A second call for the same click records nothing either: its key is taken.) When no
-/// endpoint takes it, nothing is kept: clicks are many, and a change without deliveries
-/// would only fill the table (digests never mention clicks). Returns whether it was
-/// recorded.
-pub async fn enqueue_click(
+/// endpoint takes a click, nothing of it is kept: clicks are many, and a change without
+/// deliveries would only fill the table (digests never mention clicks). See [`enqueue`]
+/// for the statements. Returns the clicks' changes recorded.
+pub async fn enqueue_clicks(
     conn: &mut AnyConnection,
-    click: &Click<'_>,
-    journal_seq: Option<i64>,
-    at: i64,
-) -> Result<bool, sqlx::Error> {
-    let Some(id) = insert_change(conn, &Change::of_click(click, journal_seq, at)).await? else {
-        return Ok(false);
-    };
-    let has_ref_id = click.ref_id.is_some_and(|r| !r.is_empty());
-    if fan_out(conn, &[id], has_ref_id).await? > 0 {
-        return Ok(true);
-    }
-    sqlx::query("DELETE FROM conversion_changes WHERE id = $1").bind(id).execute(&mut *conn).await?;
-    Ok(false)
+    clicks: &[(Click<'_>, Option<i64>, i64)],
+    statements: &mut u32,
+) -> Result<usize, sqlx::Error> {
+    let changes: Vec<(Change, bool)> = clicks
+        .iter()
+        .map(|(c, seq, at)| (Change::of_click(c, *seq, *at), c.ref_id.is_some_and(|r| !r.is_empty())))
+        .collect();
+    record(conn, &changes, statements).await
 }
 
 /// The values a payout callback or digest line shows, as they were at the change.
@@ -274,53 +269,119 @@ pub async fn enqueue_payout(conn: &mut AnyConnection, c: &PayoutChange) -> Resul
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(r) = row {
-        fan_out(conn, &[r.try_get(0)?], false).await?;
+        fan_out(conn, &[r.try_get(0)?], &[], &mut 0).await?;
     }
     Ok(())
 }
 
 /// Records changes, and their deliveries to every callback endpoint that takes them, on
-/// `conn`: call it inside the transaction that saves the changes. Every change given is
-/// recorded (the caller decided they are changes); a change whose (conversion, version)
-/// is recorded already is skipped, so a retried batch records nothing twice. Returns the
-/// number of changes recorded.
-pub async fn enqueue(conn: &mut AnyConnection, changes: &[Change]) -> Result<usize, sqlx::Error> {
-    let mut ids = Vec::with_capacity(changes.len());
-    for c in changes {
-        if let Some(id) = insert_change(conn, c).await? {
-            ids.push(id);
-        }
-    }
-    fan_out(conn, &ids, false).await?;
-    Ok(ids.len())
+/// `conn`: call it inside the transaction that saves the changes. A change whose
+/// (conversion, version) is recorded already is skipped. Returns the changes recorded.
+pub async fn enqueue(conn: &mut AnyConnection, changes: &[Change], statements: &mut u32) -> Result<usize, sqlx::Error> {
+    let changes: Vec<(Change, bool)> = changes.iter().map(|c| (c.clone(), false)).collect();
+    record(conn, &changes, statements).await
 }
 
-async fn insert_change(conn: &mut AnyConnection, c: &Change) -> Result<Option<i64>, sqlx::Error> {
-    let s = &c.snapshot;
-    let snapshot = serde_json::to_string(s).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let row = sqlx::query(
-        "INSERT INTO conversion_changes (conversion_id, version, journal_seq, user_id, click_id, merchant_id, network_id, \
-         state, status, notify_kind, snapshot, at, kind) \
-         VALUES ($1, $2, $3, $4, $5, $6, $9, $7, $8, $10, $11, $12, $13) \
-         ON CONFLICT (conversion_id, version) DO NOTHING RETURNING id",
-    )
-        .bind(&c.conversion_id)
-        .bind(c.version)
-        .bind(c.journal_seq)
-        .bind(&s.user_id)
-        .bind(&s.click_id)
-        .bind(&s.merchant_id)
-        .bind(s.state.as_str())
-        .bind(s.status.as_str())
-        // A click without a network has none (never "", which a network filter could match).
-        .bind((!s.network_id.is_empty()).then_some(s.network_id.as_str()))
-        .bind(c.notify_kind())
-        .bind(snapshot)
-        .bind(c.at)
-        .bind(s.kind.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.map(|r| r.try_get(0)).transpose()
+/// Records changes (each with whether it is a click that carried a partner's ref_id) and
+/// their deliveries, in at most three statements whatever their number: the changes in
+/// one insert, their deliveries in one (see [`fan_out`]), and the clicks' changes that no
+/// endpoint took deleted in one. Returns the changes kept.
+async fn record(
+    conn: &mut AnyConnection,
+    changes: &[(Change, bool)],
+    statements: &mut u32,
+) -> Result<usize, sqlx::Error> {
+    use crate::db::rows::{Ty, backend, json_rows, to_json};
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    #[derive(Serialize)]
+    struct Line<'a> {
+        conversion_id: &'a str,
+        version: i64,
+        journal_seq: Option<i64>,
+        user_id: Option<&'a str>,
+        click_id: Option<&'a str>,
+        merchant_id: Option<&'a str>,
+        network_id: Option<&'a str>,
+        state: &'static str,
+        status: &'static str,
+        notify_kind: Option<&'static str>,
+        snapshot: String,
+        at: i64,
+        kind: &'static str,
+    }
+    let mut lines = Vec::with_capacity(changes.len());
+    for (c, _) in changes {
+        let s = &c.snapshot;
+        lines.push(Line {
+            conversion_id: &c.conversion_id,
+            version: c.version,
+            journal_seq: c.journal_seq,
+            user_id: s.user_id.as_deref(),
+            click_id: s.click_id.as_deref(),
+            merchant_id: s.merchant_id.as_deref(),
+            // A click without a network has none (never "", which a network filter could match).
+            network_id: (!s.network_id.is_empty()).then_some(s.network_id.as_str()),
+            state: s.state.as_str(),
+            status: s.status.as_str(),
+            notify_kind: c.notify_kind(),
+            snapshot: serde_json::to_string(s).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+            at: c.at,
+            kind: s.kind.as_str(),
+        });
+    }
+    const COLS: [(&str, Ty); 13] = [
+        ("conversion_id", Ty::Text),
+        ("version", Ty::Int),
+        ("journal_seq", Ty::Int),
+        ("user_id", Ty::Text),
+        ("click_id", Ty::Text),
+        ("merchant_id", Ty::Text),
+        ("network_id", Ty::Text),
+        ("state", Ty::Text),
+        ("status", Ty::Text),
+        ("notify_kind", Ty::Text),
+        ("snapshot", Ty::Text),
+        ("at", Ty::Int),
+        ("kind", Ty::Text),
+    ];
+    let names: Vec<&str> = COLS.iter().map(|(c, _)| *c).collect();
+    let sql = format!(
+        "INSERT INTO conversion_changes ({0}) SELECT {0} FROM {1} WHERE true \
+         ON CONFLICT (conversion_id, version) DO NOTHING RETURNING id, conversion_id",
+        names.join(", "),
+        json_rows(backend(conn), 1, &COLS)
+    );
+    // A click's key is taken once: what the insert returns tells which click each id is.
+    let click_refs: std::collections::HashMap<&str, bool> = changes
+        .iter()
+        .filter(|(c, _)| c.snapshot.kind == ChangeKind::Click)
+        .map(|(c, has_ref)| (c.conversion_id.as_str(), *has_ref))
+        .collect();
+    let mut ids = Vec::with_capacity(changes.len());
+    let mut clicks = Vec::new();
+    let mut with_ref = Vec::new();
+    for r in sqlx::query(&sql).bind(to_json(&lines)?).fetch_all(&mut *conn).await? {
+        let (id, key): (i64, String) = (r.try_get(0)?, r.try_get(1)?);
+        ids.push(id);
+        if let Some(has_ref) = click_refs.get(key.as_str()) {
+            clicks.push(id);
+            if *has_ref {
+                with_ref.push(id);
+            }
+        }
+    }
+    *statements += 1;
+    let delivered = fan_out(conn, &ids, &with_ref, statements).await?;
+    let orphans: Vec<i64> = clicks.into_iter().filter(|id| !delivered.contains(id)).collect();
+    if !orphans.is_empty() {
+        let sql =
+            format!("DELETE FROM conversion_changes WHERE id IN ({})", crate::db::ids_from_json(backend(conn), 1));
+        sqlx::query(&sql).bind(to_json(&orphans)?).execute(&mut *conn).await?;
+        *statements += 1;
+    }
+    Ok(ids.len() - orphans.len())
 }
 
 /// One delivery per (change, endpoint) whose filters take it: the endpoint takes the
@@ -328,15 +389,20 @@ async fn insert_change(conn: &mut AnyConnection, c: &Change) -> Result<Option<i6
 /// payout has neither, so an endpoint filtered to a merchant or a network gets none); its
 /// states filter takes a conversion's or a click's state (NULL: any; payouts are not
 /// filtered by state); and for a click, an endpoint's `require_ref_id`:
-/// `click_has_ref_id` says whether the click carried one (it is known now; a conversion's
+/// `clicks_with_ref_id` lists the clicks' changes whose click carried one (it is known now; a conversion's
 /// delivery is checked when it is sent instead, as its click may be registered later; the
 /// flag does not matter for other changes). Disabled endpoints get theirs too: they are
 /// the backlog replayed when the endpoint is enabled again. A conversion's delivery
 /// `waits_for` its click's CREATED to the same endpoint (see `hold_back` in
-/// `deliver/claim.rs`). Returns the deliveries recorded.
-async fn fan_out(conn: &mut AnyConnection, change_ids: &[i64], click_has_ref_id: bool) -> Result<u64, sqlx::Error> {
+/// `deliver/claim.rs`). One statement; returns the changes that got a delivery.
+async fn fan_out(
+    conn: &mut AnyConnection,
+    change_ids: &[i64],
+    clicks_with_ref_id: &[i64],
+    statements: &mut u32,
+) -> Result<std::collections::HashSet<i64>, sqlx::Error> {
     if change_ids.is_empty() {
-        return Ok(0);
+        return Ok(Default::default());
     }
     let backend = match conn.backend_name() {
         "PostgreSQL" => crate::db::Backend::Postgres,
@@ -357,10 +423,16 @@ async fn fan_out(conn: &mut AnyConnection, change_ids: &[i64], click_has_ref_id:
          AND ((c.subject = 'conversion' AND e.send_conversions = 1) OR (c.subject = 'payout' AND e.send_payouts = 1)) \
          AND (e.network_id IS NULL OR e.network_id = c.network_id) \
          AND (c.subject <> 'conversion' OR e.states IS NULL OR (',' || e.states || ',') LIKE ('%,' || c.state || ',%')) \
-         AND (c.kind <> 'click' OR e.require_ref_id = 0 OR $2 = 1) \
-         ON CONFLICT (endpoint_id, change_id) DO NOTHING",
-        crate::db::ids_from_json(backend, 1)
+         AND (c.kind <> 'click' OR e.require_ref_id = 0 OR c.id IN ({})) \
+         ON CONFLICT (endpoint_id, change_id) DO NOTHING RETURNING change_id",
+        crate::db::ids_from_json(backend, 1),
+        crate::db::ids_from_json(backend, 2)
     );
-    let ids = serde_json::to_string(change_ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    Ok(sqlx::query(&sql).bind(ids).bind(i64::from(click_has_ref_id)).execute(&mut *conn).await?.rows_affected())
+    let (ids, refs) = (crate::db::rows::to_json(change_ids)?, crate::db::rows::to_json(clicks_with_ref_id)?);
+    let mut delivered = std::collections::HashSet::new();
+    for r in sqlx::query(&sql).bind(ids).bind(refs).fetch_all(&mut *conn).await? {
+        delivered.insert(r.try_get::<i64, _>(0)?);
+    }
+    *statements += 1;
+    Ok(delivered)
 }

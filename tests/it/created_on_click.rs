@@ -442,7 +442,8 @@ async fn a_click_registered_again_or_rolled_back_is_told_once_before_its_convers
         let mut tx = db.pool.begin().await.expect("begin");
         let again =
             Click { click_id: "k1", user_id: "u1", merchant_id: Some("shop"), network_id: Some("net"), ref_id: None };
-        assert!(!outbox::enqueue_click(&mut tx, &again, None, w.service.now()).await.expect("enqueue"));
+        let now = w.service.now();
+        assert_eq!(outbox::enqueue_clicks(&mut tx, &[(again, None, now)], &mut 0).await.expect("enqueue"), 0);
         tx.rollback().await.expect("rollback");
         // A click whose transaction rolls back (a crash before the commit) leaves no
         // CREATED behind, nor a click.

@@ -377,7 +377,7 @@ mod callbacks {
                     },
                 })
                 .collect();
-            enqueue(&mut tx, &batch).await?;
+            enqueue(&mut tx, &batch, &mut 0).await?;
             tx.commit().await?;
             i += 500;
         }

@@ -18,7 +18,7 @@
 //! What lives here: the state step (via `lifecycle::step`), attribution and parking,
 //! review precedence, manual mode, holds, maturity, the posting delta (via
 //! `lifecycle::target`), duplicate events and adjustments, and whether a step is a change
-//! for partners (the outbox). The ledger's debt rule is applied by `ledger::post` when a
+//! for partners (the outbox). The ledger's debt rule is applied by `ledger::post_batch` when a
 //! posting is written (its pure half is `ledger::debt_entries`); payout commands are
 //! decided by `payouts::apply`, which the store runs between decided segments.
 //!

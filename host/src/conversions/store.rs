@@ -6,16 +6,22 @@
 //! or an adjustment key written meanwhile by another replica) is rolled back whole and
 //! decided again from fresh state ([`apply_batch`]), never half-applied.
 //!
-//! The history is written in one multi-row statement per batch; the other tables still
-//! get one statement per row (one multi-row statement per table is the next step, issue
-//! 14 point 2). Payout commands are applied by `payouts::apply` between the decided
-//! segments of a batch, in their own savepoint.
+//! Each table gets one statement per batch, whatever the batch's size: its rows are bound
+//! as one JSON parameter (`db::rows`). A batch of new conversions costs BEGIN, the
+//! prefetch (five reads: conversions, fingerprints, clicks, merchant references, users),
+//! the journal's numbers and rows, the conversions, their history, the ledger (three
+//! statements, six when the debt rule may apply), the outbox's changes and deliveries,
+//! and COMMIT: about sixteen round trips for the whole batch. The metrics count them
+//! (`cashbackd_write_statements_total`, `cashbackd_write_batch_statements`). There is no
+//! savepoint per command; payout commands are applied by `payouts::apply` between the
+//! decided segments of a batch, in their own savepoint.
 
 use super::decide::{self, ClickFact, Facts, Input, Rows, World};
 pub use super::decide::{Assigned, Attribution, ConversionRow};
 use super::lifecycle::Booked;
 use super::{ApplyError, Command, Outcome, State, Status, conversion_id};
 use crate::clock::{Clock, Millis};
+use crate::db::rows::{Ty, backend, json_rows, to_json};
 use crate::ledger;
 use sqlx::any::AnyRow;
 use sqlx::{Acquire, AnyConnection, Row};
@@ -87,71 +93,6 @@ pub async fn by_status(
     sqlx::query(&sql).bind(status.as_str()).bind(limit).fetch_all(conn).await?.iter().map(from_row).collect()
 }
 
-/// Writes the conversion as decided on the stored version `decided_on` (none: it did
-/// not exist). Returns `false` when another writer got there first: the row was inserted
-/// by someone else, or its version moved on. The caller must then roll back and decide
-/// again from fresh state; the check is in the statement itself, so it holds across
-/// replicas (on PostgreSQL a concurrent UPDATE waits for the other transaction, then
-/// re-reads the row and finds the newer version).
-async fn save(conn: &mut AnyConnection, r: &ConversionRow, decided_on: Option<i64>) -> Result<bool, sqlx::Error> {
-    let sql = if decided_on.is_none() {
-        format!(
-            "INSERT INTO conversions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-             $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33) \
-             ON CONFLICT (id) DO NOTHING"
-        )
-    } else {
-        // Same parameter order; `id` stays $1 and is the key, $34 the version decided on.
-        "UPDATE conversions SET network_id = $2, transaction_id = $3, click_id = $4, user_id = $5, merchant_id = $6, \
-         order_id = $7, event_type = $8, state = $9, status = $10, status_reason = $11, currency = $12, amount = $13, \
-         commission = $14, cashback = $15, reward_delay_days = $16, posted_pending = $17, posted_available = $18, \
-         posted_receivable = $19, line_items = $20, decision = $21, completed_at = $22, matures_at = $23, \
-         matured_at = $24, event_time = $25, clicked_at = $26, reported_at = $27, rule_at = $28, ledger_at = $29, \
-         updated_at = $30, version = $31, reported_via = $32, merchant_ref = $33 WHERE id = $1 AND version = $34"
-            .to_string()
-    };
-    let query = sqlx::query(&sql)
-        .bind(&r.id)
-        .bind(&r.network_id)
-        .bind(&r.transaction_id)
-        .bind(&r.click_id)
-        .bind(&r.user_id)
-        .bind(&r.merchant_id)
-        .bind(&r.order_id)
-        .bind(&r.event_type)
-        .bind(r.state.as_str())
-        .bind(r.status.as_str())
-        .bind(&r.status_reason)
-        .bind(&r.currency)
-        .bind(r.amount)
-        .bind(r.commission)
-        .bind(r.cashback)
-        .bind(r.reward_delay_days)
-        .bind(r.posted.pending)
-        .bind(r.posted.available)
-        .bind(r.posted.receivable)
-        .bind(&r.line_items)
-        .bind(&r.decision)
-        .bind(r.completed_at)
-        .bind(r.matures_at)
-        .bind(r.matured_at)
-        .bind(r.event_time)
-        .bind(r.clicked_at)
-        .bind(r.reported_at)
-        .bind(r.rule_at)
-        .bind(r.ledger_at)
-        .bind(r.updated_at)
-        .bind(r.version)
-        .bind(&r.reported_via)
-        .bind(&r.merchant_ref);
-    // Both drivers check the parameter count: the insert does not reference $34.
-    let query = match decided_on {
-        None => query,
-        Some(v) => query.bind(v),
-    };
-    Ok(query.execute(conn).await?.rows_affected() == 1)
-}
-
 /// Finds the user and merchant of a conversion from what is stored (see
 /// [`decide::attribute`]): its click, the click's or the assigned user's account, and
 /// the network's merchant reference when needed.
@@ -221,12 +162,17 @@ fn json_list<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
     serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
 }
 
-/// Reads everything `batch` touches, by id lists: at most seven statements, however many
+/// Reads everything `batch` touches, by id lists: at most seven statements (each added to
+/// `statements`), however many
 /// commands the batch holds. Conversions first (the commands' own, and those parked for
 /// the clicks and users it registers); then the fingerprints and adjustment keys; then
 /// the clicks and merchant references those conversions and commands name; then the
 /// users of all of them.
-pub async fn prefetch(conn: &mut AnyConnection, batch: &[Input<'_>]) -> Result<World, sqlx::Error> {
+pub async fn prefetch(
+    conn: &mut AnyConnection,
+    batch: &[Input<'_>],
+    statements: &mut u32,
+) -> Result<World, sqlx::Error> {
     let mut w = World::default();
     let (mut ids, mut fps, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     let (mut clicks, mut users, mut refs) = (Vec::new(), Vec::new(), Vec::new());
@@ -268,7 +214,8 @@ pub async fn prefetch(conn: &mut AnyConnection, batch: &[Input<'_>]) -> Result<W
     let mut loaded = Vec::new();
     if !ids.is_empty() {
         let sql = format!("SELECT {COLUMNS} FROM conversions WHERE {}", in_list(conn, "id", 1));
-        loaded.extend(sqlx::query(&sql).bind(json_list(&ids)).fetch_all(&mut *conn).await?);
+        loaded
+            .extend(sqlx::query(&sql).bind(json_list(&ids)).fetch_all(&mut *conn).await.inspect(|_| *statements += 1)?);
     }
     if !parked_clicks.is_empty() || !parked_users.is_empty() {
         let sql = format!(
@@ -277,7 +224,7 @@ pub async fn prefetch(conn: &mut AnyConnection, batch: &[Input<'_>]) -> Result<W
             in_list(conn, "user_id", 2)
         );
         let q = sqlx::query(&sql).bind(json_list(&parked_clicks)).bind(json_list(&parked_users));
-        loaded.extend(q.fetch_all(&mut *conn).await?);
+        loaded.extend(q.fetch_all(&mut *conn).await.inspect(|_| *statements += 1)?);
     }
     for row in &loaded {
         let r = from_row(row)?;
@@ -288,14 +235,14 @@ pub async fn prefetch(conn: &mut AnyConnection, batch: &[Input<'_>]) -> Result<W
     }
     if !fps.is_empty() {
         let sql = format!("SELECT fingerprint FROM journal WHERE {}", in_list(conn, "fingerprint", 1));
-        for row in sqlx::query(&sql).bind(json_list(&fps)).fetch_all(&mut *conn).await? {
+        for row in sqlx::query(&sql).bind(json_list(&fps)).fetch_all(&mut *conn).await.inspect(|_| *statements += 1)? {
             w.fingerprints.insert(row.try_get(0)?);
         }
     }
     if !keys.is_empty() {
         let sql =
             format!("SELECT idempotency_key FROM ledger_transactions WHERE {}", in_list(conn, "idempotency_key", 1));
-        for row in sqlx::query(&sql).bind(json_list(&keys)).fetch_all(&mut *conn).await? {
+        for row in sqlx::query(&sql).bind(json_list(&keys)).fetch_all(&mut *conn).await.inspect(|_| *statements += 1)? {
             w.posting_keys.insert(row.try_get(0)?);
         }
     }
@@ -304,7 +251,9 @@ pub async fn prefetch(conn: &mut AnyConnection, batch: &[Input<'_>]) -> Result<W
             "SELECT click_id, user_id, merchant_id, created_at FROM clicks WHERE {}",
             in_list(conn, "click_id", 1)
         );
-        for row in sqlx::query(&sql).bind(json_list(&clicks)).fetch_all(&mut *conn).await? {
+        for row in
+            sqlx::query(&sql).bind(json_list(&clicks)).fetch_all(&mut *conn).await.inspect(|_| *statements += 1)?
+        {
             let click =
                 ClickFact { user_id: row.try_get(1)?, merchant_id: row.try_get(2)?, created_at: row.try_get(3)? };
             users.push(click.user_id.clone());
@@ -316,166 +265,482 @@ pub async fn prefetch(conn: &mut AnyConnection, batch: &[Input<'_>]) -> Result<W
             "SELECT network_id, merchant_ref, merchant_id FROM merchant_refs WHERE {}",
             in_list(conn, "merchant_ref", 1)
         );
-        for row in sqlx::query(&sql).bind(json_list(&refs)).fetch_all(&mut *conn).await? {
+        for row in sqlx::query(&sql).bind(json_list(&refs)).fetch_all(&mut *conn).await.inspect(|_| *statements += 1)? {
             w.facts.merchant_refs.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
         }
     }
     if !users.is_empty() {
         let sql = format!("SELECT id FROM users WHERE {}", in_list(conn, "id", 1));
-        for row in sqlx::query(&sql).bind(json_list(&users)).fetch_all(&mut *conn).await? {
+        for row in
+            sqlx::query(&sql).bind(json_list(&users)).fetch_all(&mut *conn).await.inspect(|_| *statements += 1)?
+        {
             w.facts.users.insert(row.try_get(0)?);
         }
     }
     Ok(w)
 }
 
-/// `($1, ..., $width), ($width+1, ...)`: `rows` rows of `width` parameters.
-fn placeholders(rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|i| format!("({})", (1..=width).map(|c| format!("${}", i * width + c)).collect::<Vec<_>>().join(", ")))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Another writer got there first: the batch must be rolled back and decided again.
 #[derive(Debug)]
 struct Lost;
 
-/// Writes what [`decide::decide`] returned, inside the caller's transaction. `replay`
-/// gives, per input, the journal number to write it under (a replay of the journal).
-/// `Ok(Err(Lost))`: a write found the state moved since the prefetch; the caller rolls
-/// back.
-async fn write(conn: &mut AnyConnection, rows: &Rows, replay: &[Option<i64>]) -> Result<Result<(), Lost>, ApplyError> {
+/// The conversions' columns with their types, as [`json_rows`] reads them: the same
+/// order as [`COLUMNS`].
+const CONVERSION_COLS: [(&str, Ty); 33] = [
+    ("id", Ty::Text),
+    ("network_id", Ty::Text),
+    ("transaction_id", Ty::Text),
+    ("click_id", Ty::Text),
+    ("user_id", Ty::Text),
+    ("merchant_id", Ty::Text),
+    ("order_id", Ty::Text),
+    ("event_type", Ty::Text),
+    ("state", Ty::Text),
+    ("status", Ty::Text),
+    ("status_reason", Ty::Text),
+    ("currency", Ty::Text),
+    ("amount", Ty::Int),
+    ("commission", Ty::Int),
+    ("cashback", Ty::Int),
+    ("reward_delay_days", Ty::Int),
+    ("posted_pending", Ty::Int),
+    ("posted_available", Ty::Int),
+    ("posted_receivable", Ty::Int),
+    ("line_items", Ty::Text),
+    ("decision", Ty::Text),
+    ("completed_at", Ty::Int),
+    ("matures_at", Ty::Int),
+    ("matured_at", Ty::Int),
+    ("event_time", Ty::Int),
+    ("clicked_at", Ty::Int),
+    ("reported_at", Ty::Int),
+    ("rule_at", Ty::Int),
+    ("ledger_at", Ty::Int),
+    ("updated_at", Ty::Int),
+    ("version", Ty::Int),
+    ("reported_via", Ty::Text),
+    ("merchant_ref", Ty::Text),
+];
+
+/// A conversion as a row of [`CONVERSION_COLS`], with the version it was decided on.
+#[derive(serde::Serialize)]
+struct ConversionLine<'a> {
+    id: &'a str,
+    network_id: &'a str,
+    transaction_id: &'a str,
+    click_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    merchant_id: Option<&'a str>,
+    order_id: Option<&'a str>,
+    event_type: &'a str,
+    state: &'static str,
+    status: &'static str,
+    status_reason: Option<&'a str>,
+    currency: &'a str,
+    amount: i64,
+    commission: i64,
+    cashback: i64,
+    reward_delay_days: Option<i64>,
+    posted_pending: i64,
+    posted_available: i64,
+    posted_receivable: i64,
+    line_items: &'a str,
+    decision: Option<&'a str>,
+    completed_at: Option<i64>,
+    matures_at: Option<i64>,
+    matured_at: Option<i64>,
+    event_time: i64,
+    clicked_at: Option<i64>,
+    reported_at: i64,
+    rule_at: Option<i64>,
+    ledger_at: Option<i64>,
+    updated_at: i64,
+    version: i64,
+    reported_via: &'a str,
+    merchant_ref: Option<&'a str>,
+    decided_on: Option<i64>,
+}
+
+impl<'a> ConversionLine<'a> {
+    fn of(r: &'a ConversionRow, decided_on: Option<i64>) -> Self {
+        ConversionLine {
+            id: &r.id,
+            network_id: &r.network_id,
+            transaction_id: &r.transaction_id,
+            click_id: r.click_id.as_deref(),
+            user_id: r.user_id.as_deref(),
+            merchant_id: r.merchant_id.as_deref(),
+            order_id: r.order_id.as_deref(),
+            event_type: &r.event_type,
+            state: r.state.as_str(),
+            status: r.status.as_str(),
+            status_reason: r.status_reason.as_deref(),
+            currency: &r.currency,
+            amount: r.amount,
+            commission: r.commission,
+            cashback: r.cashback,
+            reward_delay_days: r.reward_delay_days,
+            posted_pending: r.posted.pending,
+            posted_available: r.posted.available,
+            posted_receivable: r.posted.receivable,
+            line_items: &r.line_items,
+            decision: r.decision.as_deref(),
+            completed_at: r.completed_at,
+            matures_at: r.matures_at,
+            matured_at: r.matured_at,
+            event_time: r.event_time,
+            clicked_at: r.clicked_at,
+            reported_at: r.reported_at,
+            rule_at: r.rule_at,
+            ledger_at: r.ledger_at,
+            updated_at: r.updated_at,
+            version: r.version,
+            reported_via: &r.reported_via,
+            merchant_ref: r.merchant_ref.as_deref(),
+            decided_on,
+        }
+    }
+}
+
+/// Runs a statement over `rows` bound as one JSON parameter; returns the rows it affected
+/// and counts it.
+async fn run<T: serde::Serialize>(
+    conn: &mut AnyConnection,
+    sql: &str,
+    rows: &[T],
+    statements: &mut u32,
+) -> Result<u64, sqlx::Error> {
+    *statements += 1;
+    Ok(sqlx::query(sql).bind(to_json(rows)?).execute(&mut *conn).await?.rows_affected())
+}
+
+/// The journal numbers of a batch's new entries, in order: taken from PostgreSQL's
+/// sequence (unique across replicas, whatever commits first), or on SQLite after the
+/// highest used (the batch holds the write lock since `BEGIN IMMEDIATE`; AUTOINCREMENT
+/// never reuses a number, so `sqlite_sequence` counts too).
+async fn journal_numbers(conn: &mut AnyConnection, n: usize, statements: &mut u32) -> Result<Vec<i64>, sqlx::Error> {
+    *statements += 1;
+    match backend(conn) {
+        crate::db::Backend::Postgres => {
+            let sql = "SELECT nextval(pg_get_serial_sequence('journal', 'seq')) FROM generate_series(1, $1)";
+            let mut seqs: Vec<i64> = sqlx::query_scalar(sql).bind(n as i64).fetch_all(&mut *conn).await?;
+            seqs.sort_unstable();
+            Ok(seqs)
+        }
+        crate::db::Backend::Sqlite => {
+            let sql = "SELECT MAX(COALESCE((SELECT MAX(seq) FROM journal), 0), \
+                       COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0))";
+            let top: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await?;
+            Ok((1..=n as i64).map(|i| top + i).collect())
+        }
+    }
+}
+
+/// Writes what [`decide::decide`] returned, inside the caller's transaction, with one
+/// statement per table whatever the batch's size (see the module's documentation; each
+/// statement is added to `statements`). `replay` gives, per input, the journal number to
+/// write it under (a replay of the journal). `Ok(Err(Lost))`: a write found the state
+/// moved since the prefetch; the caller rolls back.
+async fn write(
+    conn: &mut AnyConnection,
+    rows: &Rows,
+    replay: &[Option<i64>],
+    statements: &mut u32,
+) -> Result<Result<(), Lost>, ApplyError> {
+    let be = backend(conn);
+    // ---- the journal: numbers first, so that every other row can name its entry ----
+    let fresh = rows.journal.iter().filter(|j| replay.get(j.input).copied().flatten().is_none()).count();
+    let mut numbers = if fresh > 0 { journal_numbers(conn, fresh, statements).await? } else { Vec::new() }.into_iter();
     let mut seqs = Vec::with_capacity(rows.journal.len());
     for j in &rows.journal {
-        let inserted =
-            match replay.get(j.input).copied().flatten() {
-                Some(seq) => sqlx::query(
-                    "INSERT INTO journal (seq, kind, fingerprint, payload, recorded_at) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT DO NOTHING RETURNING seq",
-                )
-                .bind(seq)
-                .bind(j.kind)
-                .bind(&j.fingerprint)
-                .bind(&j.payload)
-                .bind(j.at)
-                .fetch_optional(&mut *conn)
-                .await?,
-                None => {
-                    sqlx::query(
-                        "INSERT INTO journal (kind, fingerprint, payload, recorded_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT DO NOTHING RETURNING seq",
-                    )
-                    .bind(j.kind)
-                    .bind(&j.fingerprint)
-                    .bind(&j.payload)
-                    .bind(j.at)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                }
-            };
-        let Some(row) = inserted else {
-            if j.fingerprint.is_none() {
-                // Only a replay names its number, and only an event has a fingerprint.
-                return Err(ApplyError::Invalid(format!("journal entry {:?} exists already", replay.get(j.input))));
-            }
-            return Ok(Err(Lost));
+        let seq = match replay.get(j.input).copied().flatten() {
+            Some(seq) => seq,
+            None => numbers.next().ok_or_else(|| ApplyError::Invalid("journal numbers ran out".into()))?,
         };
-        seqs.push(row.try_get::<i64, _>(0)?);
+        seqs.push(seq);
     }
+    if !rows.journal.is_empty() {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            seq: i64,
+            kind: &'a str,
+            fingerprint: Option<&'a str>,
+            payload: &'a str,
+            recorded_at: i64,
+        }
+        let lines: Vec<Line> = rows
+            .journal
+            .iter()
+            .zip(&seqs)
+            .map(|(j, seq)| Line {
+                seq: *seq,
+                kind: j.kind,
+                fingerprint: j.fingerprint.as_deref(),
+                payload: &j.payload,
+                recorded_at: j.at,
+            })
+            .collect();
+        let cols = [
+            ("seq", Ty::Int),
+            ("kind", Ty::Text),
+            ("fingerprint", Ty::Text),
+            ("payload", Ty::Text),
+            ("recorded_at", Ty::Int),
+        ];
+        let sql = format!(
+            "INSERT INTO journal (seq, kind, fingerprint, payload, recorded_at) \
+             SELECT seq, kind, fingerprint, payload, recorded_at FROM {} WHERE true ON CONFLICT DO NOTHING",
+            json_rows(be, 1, &cols)
+        );
+        if run(conn, &sql, &lines, statements).await? != lines.len() as u64 {
+            if replay.iter().any(Option::is_some) {
+                // A replay names its numbers: one of them is taken.
+                return Err(ApplyError::Invalid("a journal entry of the replay exists already".into()));
+            }
+            // Only a fingerprint can conflict: another replica recorded the same event.
+            return Ok(Err(Lost));
+        }
+    }
+
+    // ---- users: one upsert for the profiles that replace, one insert for the others ----
+    // A user given twice in one batch is folded into one row: the first creates it, and
+    // the last profile that replaces wins.
+    #[derive(serde::Serialize)]
+    struct User<'a> {
+        id: &'a str,
+        email: Option<&'a str>,
+        name: Option<&'a str>,
+        notify: i64,
+        source: &'a str,
+        created_at: i64,
+        updated_at: i64,
+    }
+    let mut users: Vec<(User, bool)> = Vec::new();
     for u in &rows.users {
-        let on_conflict = if u.update {
-            "ON CONFLICT (id) DO UPDATE SET email = $2, name = $4, notify = $5, updated_at = $3"
+        match users.iter_mut().find(|(x, _)| x.id == u.user_id) {
+            Some((x, update)) if u.update => {
+                (x.email, x.name, x.notify, x.updated_at) =
+                    (u.email.as_deref(), u.name.as_deref(), u.notify.into(), u.at);
+                *update = true;
+            }
+            Some(_) => {}
+            None => users.push((
+                User {
+                    id: &u.user_id,
+                    email: u.email.as_deref(),
+                    name: u.name.as_deref(),
+                    notify: u.notify.into(),
+                    source: &u.source,
+                    created_at: u.at,
+                    updated_at: u.at,
+                },
+                u.update,
+            )),
+        }
+    }
+    let user_cols = [
+        ("id", Ty::Text),
+        ("email", Ty::Text),
+        ("name", Ty::Text),
+        ("notify", Ty::Int),
+        ("source", Ty::Text),
+        ("created_at", Ty::Int),
+        ("updated_at", Ty::Int),
+    ];
+    for replace in [false, true] {
+        let group: Vec<&User> = users.iter().filter(|(_, u)| *u == replace).map(|(x, _)| x).collect();
+        if group.is_empty() {
+            continue;
+        }
+        let on_conflict = if replace {
+            "DO UPDATE SET email = excluded.email, name = excluded.name, notify = excluded.notify, \
+             updated_at = excluded.updated_at"
         } else {
-            "ON CONFLICT (id) DO NOTHING"
+            "DO NOTHING"
         };
         let sql = format!(
-            "INSERT INTO users (id, email, created_at, name, notify, source, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $3) {on_conflict}"
+            "INSERT INTO users (id, email, name, notify, source, created_at, updated_at) \
+             SELECT id, email, name, notify, source, created_at, updated_at FROM {} WHERE true \
+             ON CONFLICT (id) {on_conflict}",
+            json_rows(be, 1, &user_cols)
         );
-        sqlx::query(&sql)
-            .bind(&u.user_id)
-            .bind(&u.email)
-            .bind(u.at)
-            .bind(&u.name)
-            .bind(i64::from(u.notify))
-            .bind(&u.source)
-            .execute(&mut *conn)
-            .await?;
+        run(conn, &sql, &group, statements).await?;
     }
-    for c in &rows.clicks {
-        let sub = |i: usize| c.subs.get(i).cloned().flatten();
-        let inserted = sqlx::query(
-            "INSERT INTO clicks (click_id, user_id, merchant_id, network_id, ref_id, created_at, link_id, \
-             sub1, sub2, sub3, sub4, sub5) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (click_id) DO NOTHING",
-        )
-        .bind(&c.click_id)
-        .bind(&c.user_id)
-        .bind(&c.merchant_id)
-        .bind(&c.network_id)
-        .bind(&c.ref_id)
-        .bind(c.at)
-        .bind(&c.link_id)
-        .bind(sub(0))
-        .bind(sub(1))
-        .bind(sub(2))
-        .bind(sub(3))
-        .bind(sub(4))
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if inserted != 1 {
+
+    // ---- clicks, and their CREATED for partners (seed 001) in the same transaction ----
+    if !rows.clicks.is_empty() {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            click_id: &'a str,
+            user_id: &'a str,
+            merchant_id: Option<&'a str>,
+            network_id: Option<&'a str>,
+            ref_id: Option<&'a str>,
+            created_at: i64,
+            link_id: Option<&'a str>,
+            sub1: Option<&'a str>,
+            sub2: Option<&'a str>,
+            sub3: Option<&'a str>,
+            sub4: Option<&'a str>,
+            sub5: Option<&'a str>,
+        }
+        let lines: Vec<Line> = rows
+            .clicks
+            .iter()
+            .map(|c| {
+                let sub = |i: usize| c.subs.get(i).and_then(Option::as_deref);
+                Line {
+                    click_id: &c.click_id,
+                    user_id: &c.user_id,
+                    merchant_id: c.merchant_id.as_deref(),
+                    network_id: c.network_id.as_deref(),
+                    ref_id: c.ref_id.as_deref(),
+                    created_at: c.at,
+                    link_id: c.link_id.as_deref(),
+                    sub1: sub(0),
+                    sub2: sub(1),
+                    sub3: sub(2),
+                    sub4: sub(3),
+                    sub5: sub(4),
+                }
+            })
+            .collect();
+        let mut cols = vec![
+            ("click_id", Ty::Text),
+            ("user_id", Ty::Text),
+            ("merchant_id", Ty::Text),
+            ("network_id", Ty::Text),
+            ("ref_id", Ty::Text),
+            ("created_at", Ty::Int),
+            ("link_id", Ty::Text),
+        ];
+        cols.extend(["sub1", "sub2", "sub3", "sub4", "sub5"].map(|s| (s, Ty::Text)));
+        let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
+        let sql = format!(
+            "INSERT INTO clicks ({0}) SELECT {0} FROM {1} WHERE true ON CONFLICT (click_id) DO NOTHING",
+            names.join(", "),
+            json_rows(be, 1, &cols)
+        );
+        if run(conn, &sql, &lines, statements).await? != lines.len() as u64 {
+            // The core saw no such click: another replica registered it since the prefetch.
             return Ok(Err(Lost));
         }
         // ---- issue 13: CREATED on click (seed 001), in the click's own transaction ----
-        let click = crate::outbox::Click {
-            click_id: &c.click_id,
-            user_id: &c.user_id,
-            merchant_id: c.merchant_id.as_deref(),
-            network_id: c.network_id.as_deref(),
-            ref_id: c.ref_id.as_deref(),
-        };
-        crate::outbox::enqueue_click(conn, &click, Some(seqs[c.journal]), c.at).await?;
+        let clicks: Vec<_> = rows
+            .clicks
+            .iter()
+            .map(|c| {
+                let click = crate::outbox::Click {
+                    click_id: &c.click_id,
+                    user_id: &c.user_id,
+                    merchant_id: c.merchant_id.as_deref(),
+                    network_id: c.network_id.as_deref(),
+                    ref_id: c.ref_id.as_deref(),
+                };
+                (click, Some(seqs[c.journal]), c.at)
+            })
+            .collect();
+        crate::outbox::enqueue_clicks(conn, &clicks, statements).await?;
     }
-    for c in &rows.conversions {
-        if !save(conn, &c.row, c.decided_on).await? {
+
+    // ---- conversions: the new in one insert, the changed in one update, each checked ----
+    // The check is in the statements themselves, so it holds across replicas: an insert
+    // that finds the id taken, or an update that finds another version, affects fewer
+    // rows than given (on PostgreSQL a concurrent UPDATE waits for the other transaction,
+    // then re-reads the row and finds the newer version).
+    let names: Vec<&str> = CONVERSION_COLS.iter().map(|(c, _)| *c).collect();
+    let mut cols = CONVERSION_COLS.to_vec();
+    cols.push(("decided_on", Ty::Int));
+    let new: Vec<ConversionLine> =
+        rows.conversions.iter().filter(|c| c.decided_on.is_none()).map(|c| ConversionLine::of(&c.row, None)).collect();
+    if !new.is_empty() {
+        let sql = format!(
+            "INSERT INTO conversions ({0}) SELECT {0} FROM {1} WHERE true ON CONFLICT (id) DO NOTHING",
+            names.join(", "),
+            json_rows(be, 1, &cols)
+        );
+        if run(conn, &sql, &new, statements).await? != new.len() as u64 {
             return Ok(Err(Lost));
         }
     }
-    // The history in one statement per 1,000 lines (7 parameters each: far below either
-    // backend's limit).
-    for chunk in rows.history.chunks(1_000) {
+    let changed: Vec<ConversionLine> = rows
+        .conversions
+        .iter()
+        .filter(|c| c.decided_on.is_some())
+        .map(|c| ConversionLine::of(&c.row, c.decided_on))
+        .collect();
+    if !changed.is_empty() {
+        let set: Vec<String> = names[1..].iter().map(|c| format!("{c} = v.{c}")).collect();
+        let sql = format!(
+            "UPDATE conversions SET {} FROM {} WHERE conversions.id = v.id AND conversions.version = v.decided_on",
+            set.join(", "),
+            json_rows(be, 1, &cols)
+        );
+        if run(conn, &sql, &changed, statements).await? != changed.len() as u64 {
+            return Ok(Err(Lost));
+        }
+    }
+
+    // ---- the history ----
+    if !rows.history.is_empty() {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            conversion_id: &'a str,
+            journal_seq: i64,
+            at: i64,
+            kind: &'a str,
+            from_state: Option<&'static str>,
+            to_state: Option<&'static str>,
+            detail: &'a str,
+        }
+        let lines: Vec<Line> = rows
+            .history
+            .iter()
+            .map(|h| Line {
+                conversion_id: &h.conversion_id,
+                journal_seq: h.journal.map_or(0, |j| seqs[j]),
+                at: h.at,
+                kind: &h.kind,
+                from_state: h.from.map(State::as_str),
+                to_state: h.to.map(State::as_str),
+                detail: &h.detail,
+            })
+            .collect();
+        let cols = [
+            ("conversion_id", Ty::Text),
+            ("journal_seq", Ty::Int),
+            ("at", Ty::Int),
+            ("kind", Ty::Text),
+            ("from_state", Ty::Text),
+            ("to_state", Ty::Text),
+            ("detail", Ty::Text),
+        ];
         let sql = format!(
             "INSERT INTO conversion_history (conversion_id, journal_seq, at, kind, from_state, to_state, detail) \
-             VALUES {}",
-            placeholders(chunk.len(), 7)
+             SELECT conversion_id, journal_seq, at, kind, from_state, to_state, detail FROM {}",
+            json_rows(be, 1, &cols)
         );
-        let mut q = sqlx::query(&sql);
-        for h in chunk {
-            q = q
-                .bind(&h.conversion_id)
-                .bind(h.journal.map_or(0, |j| seqs[j]))
-                .bind(h.at)
-                .bind(&h.kind)
-                .bind(h.from.map(State::as_str))
-                .bind(h.to.map(State::as_str))
-                .bind(&h.detail);
-        }
-        q.execute(&mut *conn).await?;
+        run(conn, &sql, &lines, statements).await?;
     }
-    for p in &rows.postings {
-        let posted = ledger::post(conn, &p.posting(seqs[p.journal])).await?;
-        if !posted && matches!(p.key, decide::PostingKey::Fixed(_)) {
-            // The core saw no such key: another replica posted it since the prefetch.
-            return Ok(Err(Lost));
+
+    // ---- the ledger: every posting of the batch at once ----
+    if !rows.postings.is_empty() {
+        let postings: Vec<ledger::Posting> = rows.postings.iter().map(|p| p.posting(seqs[p.journal])).collect();
+        let posted = ledger::post_batch(conn, &postings, statements).await?;
+        for (p, posted) in rows.postings.iter().zip(posted) {
+            if !posted && matches!(p.key, decide::PostingKey::Fixed(_)) {
+                // The core saw no such key: another replica posted it since the prefetch.
+                return Ok(Err(Lost));
+            }
         }
     }
     // ---- issue 6: the transactional outbox (partner callbacks, user notifications) ----
     // The core decided which steps are changes for partners; they are recorded in this
     // transaction.
-    let changes: Vec<_> = rows.changes.iter().map(|c| c.change(seqs[c.journal])).collect();
-    crate::outbox::enqueue(conn, &changes).await?;
+    if !rows.changes.is_empty() {
+        let changes: Vec<_> = rows.changes.iter().map(|c| c.change(seqs[c.journal])).collect();
+        crate::outbox::enqueue(conn, &changes, statements).await?;
+    }
     // ---- end issue 6 ----
     Ok(Ok(()))
 }
@@ -486,10 +751,11 @@ async fn decide_and_write(
     conn: &mut AnyConnection,
     batch: &[Input<'_>],
     replay: &[Option<i64>],
+    statements: &mut u32,
 ) -> Result<Result<Vec<Result<Outcome, ApplyError>>, Lost>, ApplyError> {
-    let mut world = prefetch(conn, batch).await?;
+    let mut world = prefetch(conn, batch, statements).await?;
     let (results, rows) = decide::decide(&mut world, batch);
-    Ok(write(conn, &rows, replay).await?.map(|()| results))
+    Ok(write(conn, &rows, replay, statements).await?.map(|()| results))
 }
 
 /// A payout command: journaled and applied by `payouts::apply`, in a savepoint so that a
@@ -572,17 +838,21 @@ async fn apply_in(
     conn: &mut AnyConnection,
     batch: &[Input<'_>],
     replay: &[Option<i64>],
+    statements: &mut u32,
 ) -> Result<Result<Vec<Result<Outcome, ApplyError>>, Lost>, ApplyError> {
     let mut results = Vec::with_capacity(batch.len());
     let mut start = 0;
     while start < batch.len() {
         if is_payout(batch[start].command) {
+            // A payout runs its own statements in its savepoint (not counted: payouts are
+            // rare next to events, and `payouts::apply` decides and writes in one).
             results.push(apply_payout(conn, &batch[start], replay.get(start).copied().flatten()).await?);
             start += 1;
             continue;
         }
         let end = batch[start..].iter().position(|i| is_payout(i.command)).map_or(batch.len(), |n| start + n);
-        match decide_and_write(conn, &batch[start..end], replay.get(start..end).unwrap_or_default()).await? {
+        let replayed = replay.get(start..end).unwrap_or_default();
+        match decide_and_write(conn, &batch[start..end], replayed, statements).await? {
             Ok(r) => results.extend(r),
             Err(Lost) => return Ok(Err(Lost)),
         }
@@ -604,7 +874,7 @@ pub async fn journal_and_apply(
 ) -> Result<Outcome, ApplyError> {
     let input = Input { command, at, expected_version };
     let mut sp = Acquire::begin(&mut *conn).await?;
-    match apply_in(&mut sp, &[input], &[replay_seq]).await {
+    match apply_in(&mut sp, &[input], &[replay_seq], &mut 0).await {
         Ok(Ok(mut results)) => {
             sp.commit().await?;
             results.pop().unwrap_or(Err(ApplyError::Conflict))
@@ -645,7 +915,10 @@ pub async fn apply_batch(
     clock: &dyn Clock,
     jobs: &[(&Command, Option<i64>)],
 ) -> Result<Vec<Result<Outcome, ApplyError>>, ApplyError> {
-    for _ in 0..ATTEMPTS {
+    // Round trips of the batch, all attempts: BEGIN, the prefetch and the writes, COMMIT
+    // or ROLLBACK (the metrics and the benchmark report them per batch and per command).
+    let mut statements = 0u32;
+    for attempt in 0..ATTEMPTS {
         let batch: Vec<Input<'_>> = jobs
             .iter()
             .map(|(command, expected_version)| Input { command, at: clock.now(), expected_version: *expected_version })
@@ -659,9 +932,11 @@ pub async fn apply_batch(
             crate::db::Backend::Postgres => "BEGIN",
         };
         let mut tx = db.pool.begin_with(begin).await?;
-        match apply_in(&mut tx, &batch, &[]).await {
+        statements += 2;
+        match apply_in(&mut tx, &batch, &[], &mut statements).await {
             Ok(Ok(results)) => {
                 tx.commit().await?;
+                crate::metrics::write_batch(jobs.len(), statements, attempt);
                 return Ok(results);
             }
             Ok(Err(Lost)) => tx.rollback().await?,
@@ -669,5 +944,6 @@ pub async fn apply_batch(
             Err(e) => return Err(e),
         }
     }
+    crate::metrics::write_batch(jobs.len(), statements, ATTEMPTS);
     Ok(jobs.iter().map(|_| Err(ApplyError::Conflict)).collect())
 }

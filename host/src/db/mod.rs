@@ -7,6 +7,7 @@
 //! same file names and the same shape.
 
 pub mod fault;
+pub mod rows;
 
 pub use fault::Fault;
 

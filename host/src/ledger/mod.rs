@@ -153,55 +153,304 @@ pub fn booking_entries(user: &str, delta: Booked) -> Vec<Entry> {
 }
 
 /// Appends a posting inside the caller's transaction. Returns `false` if a posting with
-/// the same key exists (nothing is written then).
-///
-/// When the posting moved a user's `available`, the debt rule follows in the same
-/// transaction (see the module's documentation): a shortfall becomes debt, a credit
-/// repays debt first. The rule reads the user's balances after this posting's own
-/// upsert, which holds the `available` row locked until the commit on PostgreSQL, so two
-/// replicas settling one user's account run one after the other.
+/// the same key exists (nothing is written then). [`post_batch`] of one posting.
 pub async fn post(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerError> {
-    if !post_one(conn, p).await? {
-        return Ok(false);
-    }
-    let mut users: Vec<&str> = Vec::new();
-    for e in &p.entries {
-        if e.kind == AccountKind::Available && e.owner != PLATFORM && !users.contains(&e.owner.as_str()) {
-            users.push(&e.owner);
+    let mut statements = 0;
+    Ok(post_batch(conn, std::slice::from_ref(p), &mut statements).await?.first().copied().unwrap_or(false))
+}
+
+/// Appends postings inside the caller's transaction, in order, with a bounded number of
+/// statements whatever their number (three, or six when the debt rule may apply; each is
+/// added to `statements`). Returns, per posting, whether it was written: `false` when a
+/// posting with its key exists (or it has no entries), and then nothing of it is written.
+///
+/// When a posting moves a user's `available`, the debt rule follows it (see the module's
+/// documentation): a shortfall becomes debt, a credit repays debt first, as a posting of
+/// its own keyed `{key}:debt`, exactly as if the postings were made one by one. The rule
+/// needs the user's balances: those `available` rows are locked first (an upsert that
+/// changes nothing, which on PostgreSQL waits for and then locks the newest row version),
+/// and the debt rows are read in the next statement, whose snapshot then includes what
+/// any replica that held the lock before us wrote. Two replicas settling one user's
+/// account therefore run one after the other. Rows are locked in (owner, kind, currency)
+/// order in every statement, so that two batches meet in the same order.
+pub async fn post_batch(
+    conn: &mut AnyConnection,
+    postings: &[Posting],
+    statements: &mut u32,
+) -> Result<Vec<bool>, LedgerError> {
+    use crate::db::rows::{Ty, backend, json_rows, to_json};
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    let be = backend(conn);
+    for p in postings {
+        let sum: i64 = p.entries.iter().map(|e| e.amount).sum();
+        if sum != 0 {
+            return Err(LedgerError::Unbalanced { key: p.key.clone(), sum });
         }
     }
-    for user in users {
-        let held = position(conn, user, &p.currency, true).await?;
-        let entries = debt_entries(user, held);
-        let Some(debit) = entries.iter().find(|e| e.kind == AccountKind::Debt).map(|e| e.amount) else { continue };
-        let money = |minor: i64| cashback_sdk::money::format(minor, &p.currency);
-        let (cause, reason) = if debit < 0 {
-            (
-                "debt",
-                format!(
-                    "{} left available at {}: owed back, repaid from future cashback",
-                    p.key,
-                    money(held.available)
-                ),
-            )
-        } else {
-            ("debt_repayment", format!("{}: {} of the debt repaid from available", p.key, money(debit)))
-        };
-        let settle = Posting {
-            key: format!("{}:debt", p.key),
-            conversion_id: None,
-            journal_seq: p.journal_seq,
-            cause: cause.into(),
-            operator: None,
-            reason: Some(reason),
-            plugins: None,
-            currency: p.currency.clone(),
-            entries,
-            at: p.at,
-        };
-        post_one(conn, &settle).await?;
+    let mut applied = vec![false; postings.len()];
+    let candidates: Vec<&Posting> = postings.iter().filter(|p| !p.entries.is_empty()).collect();
+    if candidates.is_empty() {
+        return Ok(applied);
     }
-    Ok(true)
+    let tx_ids = insert_transactions(conn, &candidates, statements).await?;
+    // A key given twice in one call is written once: the first.
+    let mut seen = std::collections::HashSet::new();
+    let mut written: Vec<&Posting> = Vec::with_capacity(candidates.len());
+    for (i, p) in postings.iter().enumerate() {
+        if !p.entries.is_empty() && tx_ids.contains_key(&p.key) && seen.insert(p.key.as_str()) {
+            applied[i] = true;
+            written.push(p);
+        }
+    }
+    if written.is_empty() {
+        return Ok(applied);
+    }
+
+    // The debt rule, replayed in memory posting by posting on the balances as they stood.
+    let moves_available = |p: &Posting| -> Vec<String> {
+        let mut users: Vec<String> = Vec::new();
+        for e in &p.entries {
+            if e.kind == AccountKind::Available && e.owner != PLATFORM && !users.contains(&e.owner) {
+                users.push(e.owner.clone());
+            }
+        }
+        users
+    };
+    let mut settles: Vec<Posting> = Vec::new();
+    let settled: BTreeSet<(String, String)> =
+        written.iter().flat_map(|p| moves_available(p).into_iter().map(|u| (u, p.currency.clone()))).collect();
+    let mut order: Vec<(usize, Option<usize>)> = Vec::new(); // (written index, settle index)
+    if settled.is_empty() {
+        order.extend((0..written.len()).map(|i| (i, None)));
+    } else {
+        // Lock the users' available rows (creating those that do not exist, at zero),
+        // then read available and debt: the balances before this batch's postings.
+        #[derive(serde::Serialize)]
+        struct Key<'a> {
+            owner: &'a str,
+            kind: &'static str,
+            currency: &'a str,
+        }
+        let keys: Vec<Key> =
+            settled.iter().map(|(u, c)| Key { owner: u, kind: AccountKind::Available.as_str(), currency: c }).collect();
+        let cols = [("owner", Ty::Text), ("kind", Ty::Text), ("currency", Ty::Text)];
+        let sql = format!(
+            "INSERT INTO accounts (owner, kind, currency, balance) SELECT owner, kind, currency, 0 FROM {} WHERE true \
+             ON CONFLICT (owner, kind, currency) DO UPDATE SET balance = accounts.balance",
+            json_rows(be, 1, &cols)
+        );
+        sqlx::query(&sql).bind(to_json(&keys)?).execute(&mut *conn).await?;
+        *statements += 1;
+        let sql = format!(
+            "SELECT a.owner, a.kind, a.currency, a.balance FROM accounts a, {} \
+             WHERE a.owner = v.owner AND a.currency = v.currency AND a.kind IN ('available', 'debt')",
+            json_rows(be, 1, &cols)
+        );
+        let mut held: HashMap<(String, String), Position> = HashMap::new();
+        for r in sqlx::query(&sql).bind(to_json(&keys)?).fetch_all(&mut *conn).await? {
+            let (owner, kind, currency, balance): (String, String, String, i64) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            let at = held.entry((owner, currency)).or_default();
+            match kind.as_str() {
+                "available" => at.available = balance,
+                _ => at.debt = balance,
+            }
+        }
+        *statements += 1;
+        for (i, p) in written.iter().enumerate() {
+            order.push((i, None));
+            apply_to(&mut held, p);
+            for user in moves_available(p) {
+                let position = held.get(&(user.clone(), p.currency.clone())).copied().unwrap_or_default();
+                if let Some(s) = settle_posting(p, &user, position) {
+                    apply_to(&mut held, &s);
+                    order.push((i, Some(settles.len())));
+                    settles.push(s);
+                }
+            }
+        }
+    }
+    let mut tx_ids = tx_ids;
+    if !settles.is_empty() {
+        let refs: Vec<&Posting> = settles.iter().collect();
+        let ids = insert_transactions(conn, &refs, statements).await?;
+        for s in &settles {
+            if !ids.contains_key(&s.key) {
+                // Its key derives from a posting written just now: it cannot exist.
+                return Err(LedgerError::Db(sqlx::Error::Protocol(format!("ledger transaction {} exists", s.key))));
+            }
+        }
+        tx_ids.extend(ids);
+    }
+    let all: Vec<&Posting> = order
+        .iter()
+        .map(|(i, s)| match s {
+            None => written[*i],
+            Some(s) => &settles[*s],
+        })
+        .collect();
+
+    // Every account's change, merged (one statement cannot update a row twice), applied
+    // in one upsert in key order; then every entry in one insert.
+    let mut merged: BTreeMap<(&str, &'static str, &str), i64> = BTreeMap::new();
+    for p in &all {
+        for e in &p.entries {
+            *merged.entry((e.owner.as_str(), e.kind.as_str(), p.currency.as_str())).or_default() += e.amount;
+        }
+    }
+    #[derive(serde::Serialize)]
+    struct Delta<'a> {
+        owner: &'a str,
+        kind: &'a str,
+        currency: &'a str,
+        amount: i64,
+    }
+    let deltas: Vec<Delta> = merged
+        .iter()
+        .map(|((owner, kind, currency), amount)| Delta { owner, kind, currency, amount: *amount })
+        .collect();
+    let cols = [("owner", Ty::Text), ("kind", Ty::Text), ("currency", Ty::Text), ("amount", Ty::Int)];
+    let sql = format!(
+        "INSERT INTO accounts (owner, kind, currency, balance) SELECT owner, kind, currency, amount FROM {} WHERE true \
+         ON CONFLICT (owner, kind, currency) DO UPDATE SET balance = accounts.balance + excluded.balance \
+         RETURNING id, owner, kind, currency",
+        json_rows(be, 1, &cols)
+    );
+    let mut accounts: HashMap<(String, String, String), i64> = HashMap::new();
+    for r in sqlx::query(&sql).bind(to_json(&deltas)?).fetch_all(&mut *conn).await? {
+        accounts.insert((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(0)?);
+    }
+    *statements += 1;
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        transaction_id: i64,
+        account_id: i64,
+        amount: i64,
+        currency: &'a str,
+    }
+    let mut lines: Vec<Line> = Vec::new();
+    for p in &all {
+        let transaction_id = tx_ids[&p.key];
+        for e in &p.entries {
+            let account_id = *accounts
+                .get(&(e.owner.clone(), e.kind.as_str().to_string(), p.currency.clone()))
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("account {}/{} not returned by its upsert", e.owner, e.kind.as_str()))
+                })?;
+            lines.push(Line { transaction_id, account_id, amount: e.amount, currency: &p.currency });
+        }
+    }
+    let cols = [("transaction_id", Ty::Int), ("account_id", Ty::Int), ("amount", Ty::Int), ("currency", Ty::Text)];
+    let sql = format!(
+        "INSERT INTO ledger_entries (transaction_id, account_id, amount, currency) \
+         SELECT transaction_id, account_id, amount, currency FROM {}",
+        json_rows(be, 1, &cols)
+    );
+    sqlx::query(&sql).bind(to_json(&lines)?).execute(&mut *conn).await?;
+    *statements += 1;
+    Ok(applied)
+}
+
+/// Adds a posting's entries to the positions held in memory.
+fn apply_to(held: &mut std::collections::HashMap<(String, String), Position>, p: &Posting) {
+    for e in &p.entries {
+        let at = held.entry((e.owner.clone(), p.currency.clone())).or_default();
+        match e.kind {
+            AccountKind::Available => at.available += e.amount,
+            AccountKind::Debt => at.debt += e.amount,
+            _ => {}
+        }
+    }
+}
+
+/// The debt rule's posting after `p` for `user`, whose position is now `held`.
+fn settle_posting(p: &Posting, user: &str, held: Position) -> Option<Posting> {
+    let entries = debt_entries(user, held);
+    let debit = entries.iter().find(|e| e.kind == AccountKind::Debt).map(|e| e.amount)?;
+    let money = |minor: i64| cashback_sdk::money::format(minor, &p.currency);
+    let (cause, reason) = if debit < 0 {
+        (
+            "debt",
+            format!("{} left available at {}: owed back, repaid from future cashback", p.key, money(held.available)),
+        )
+    } else {
+        ("debt_repayment", format!("{}: {} of the debt repaid from available", p.key, money(debit)))
+    };
+    Some(Posting {
+        key: format!("{}:debt", p.key),
+        conversion_id: None,
+        journal_seq: p.journal_seq,
+        cause: cause.into(),
+        operator: None,
+        reason: Some(reason),
+        plugins: None,
+        currency: p.currency.clone(),
+        entries,
+        at: p.at,
+    })
+}
+
+/// Inserts the postings' transactions in one statement; returns the ids of those written
+/// (a key that exists already is skipped), by key.
+async fn insert_transactions(
+    conn: &mut AnyConnection,
+    postings: &[&Posting],
+    statements: &mut u32,
+) -> Result<std::collections::HashMap<String, i64>, LedgerError> {
+    use crate::db::rows::{Ty, backend, json_rows, to_json};
+    #[derive(serde::Serialize)]
+    struct Tx<'a> {
+        idempotency_key: &'a str,
+        conversion_id: Option<&'a str>,
+        journal_seq: Option<i64>,
+        cause: &'a str,
+        operator: Option<&'a str>,
+        reason: Option<&'a str>,
+        plugin_name: Option<&'a str>,
+        plugin_version: Option<&'a str>,
+        plugin_digest: Option<&'a str>,
+        created_at: i64,
+    }
+    let rows: Vec<Tx> = postings
+        .iter()
+        .map(|p| Tx {
+            idempotency_key: &p.key,
+            conversion_id: p.conversion_id.as_deref(),
+            journal_seq: p.journal_seq,
+            cause: &p.cause,
+            operator: p.operator.as_deref(),
+            reason: p.reason.as_deref(),
+            plugin_name: p.plugins.as_ref().map(|r| r.names.as_str()),
+            plugin_version: p.plugins.as_ref().map(|r| r.versions.as_str()),
+            plugin_digest: p.plugins.as_ref().map(|r| r.digests.as_str()),
+            created_at: p.at,
+        })
+        .collect();
+    const COLS: [(&str, Ty); 10] = [
+        ("idempotency_key", Ty::Text),
+        ("conversion_id", Ty::Text),
+        ("journal_seq", Ty::Int),
+        ("cause", Ty::Text),
+        ("operator", Ty::Text),
+        ("reason", Ty::Text),
+        ("plugin_name", Ty::Text),
+        ("plugin_version", Ty::Text),
+        ("plugin_digest", Ty::Text),
+        ("created_at", Ty::Int),
+    ];
+    let names: Vec<&str> = COLS.iter().map(|(c, _)| *c).collect();
+    let sql = format!(
+        "INSERT INTO ledger_transactions ({0}) SELECT {0} FROM {1} WHERE true \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
+        names.join(", "),
+        json_rows(backend(conn), 1, &COLS)
+    );
+    let mut ids = std::collections::HashMap::with_capacity(rows.len());
+    for r in sqlx::query(&sql).bind(to_json(&rows)?).fetch_all(&mut *conn).await? {
+        ids.insert(r.try_get(1)?, r.try_get(0)?);
+    }
+    *statements += 1;
+    Ok(ids)
 }
 
 /// A user's available balance and debt in one currency.
@@ -256,87 +505,6 @@ pub async fn position(
         }
     }
     Ok(held)
-}
-
-/// One balanced posting, without the debt rule.
-async fn post_one(conn: &mut AnyConnection, p: &Posting) -> Result<bool, LedgerError> {
-    let sum: i64 = p.entries.iter().map(|e| e.amount).sum();
-    if sum != 0 {
-        return Err(LedgerError::Unbalanced { key: p.key.clone(), sum });
-    }
-    if p.entries.is_empty() {
-        return Ok(false);
-    }
-    let plugins = p.plugins.clone().unwrap_or_default();
-    let inserted = sqlx::query(
-        "INSERT INTO ledger_transactions (idempotency_key, conversion_id, journal_seq, cause, operator, reason, \
-         plugin_name, plugin_version, plugin_digest, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-    )
-    .bind(&p.key)
-    .bind(&p.conversion_id)
-    .bind(p.journal_seq)
-    .bind(&p.cause)
-    .bind(&p.operator)
-    .bind(&p.reason)
-    .bind(p.plugins.as_ref().map(|_| plugins.names.clone()))
-    .bind(p.plugins.as_ref().map(|_| plugins.versions.clone()))
-    .bind(p.plugins.as_ref().map(|_| plugins.digests.clone()))
-    .bind(p.at)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = inserted else {
-        return Ok(false);
-    };
-    let tx_id: i64 = row.try_get(0)?;
-    // Two statements for all the entries instead of two per entry: every statement is a
-    // round trip, and the posting runs inside the single writer. The accounts are
-    // upserted in one statement, with amounts merged per account because one statement
-    // cannot update a row twice; then the entries are inserted in one.
-    let mut merged: Vec<(&str, AccountKind, i64)> = Vec::with_capacity(p.entries.len());
-    for e in &p.entries {
-        match merged.iter_mut().find(|m| m.0 == e.owner && m.1 == e.kind) {
-            Some(m) => m.2 += e.amount,
-            None => merged.push((&e.owner, e.kind, e.amount)),
-        }
-    }
-    let rows = |n: usize, width: usize| {
-        (0..n)
-            .map(|i| format!("({})", (1..=width).map(|c| format!("${}", i * width + c)).collect::<Vec<_>>().join(", ")))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let sql = format!(
-        "INSERT INTO accounts (owner, kind, currency, balance) VALUES {} \
-         ON CONFLICT (owner, kind, currency) DO UPDATE SET balance = accounts.balance + excluded.balance \
-         RETURNING id, owner, kind",
-        rows(merged.len(), 4)
-    );
-    let mut upsert = sqlx::query(&sql);
-    for (owner, kind, amount) in &merged {
-        upsert = upsert.bind(*owner).bind(kind.as_str()).bind(&p.currency).bind(*amount);
-    }
-    let mut ids: Vec<(String, String, i64)> = Vec::with_capacity(merged.len());
-    for r in upsert.fetch_all(&mut *conn).await? {
-        ids.push((r.try_get(1)?, r.try_get(2)?, r.try_get(0)?));
-    }
-    let sql = format!(
-        "INSERT INTO ledger_entries (transaction_id, account_id, amount, currency) VALUES {}",
-        rows(p.entries.len(), 4)
-    );
-    let mut insert = sqlx::query(&sql);
-    for e in &p.entries {
-        let account = ids
-            .iter()
-            .find(|(owner, kind, _)| *owner == e.owner && kind == e.kind.as_str())
-            .map(|(_, _, id)| *id)
-            .ok_or_else(|| {
-                sqlx::Error::Protocol(format!("account {}/{} not returned by its upsert", e.owner, e.kind.as_str()))
-            })?;
-        insert = insert.bind(tx_id).bind(account).bind(e.amount).bind(&p.currency);
-    }
-    insert.execute(&mut *conn).await?;
-    Ok(true)
 }
 
 /// One account's balance.
