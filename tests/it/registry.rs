@@ -290,9 +290,17 @@ fn replica(url: &str, store: &std::path::Path) -> Replica {
     Replica { child, base }
 }
 
+/// Three `serve` processes on one database (PostgreSQL, or one SQLite file): each holds
+/// the configuration in memory (`catalog`), and a change made through one of them is used
+/// by the very next event on the others: a rule version, and a network's credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_on_one_postgresql_switch_to_an_activated_version_at_once() {
-    let Some(t) = backends::postgres().await else { return };
+async fn three_replicas_switch_to_an_activated_version_and_new_network_credentials_at_once() {
+    for t in backends::all().await {
+        three_replicas_switch(t).await;
+    }
+}
+
+async fn three_replicas_switch(t: backends::TestDb) {
     let (w, v1, v2) = registry_world(t.db.clone()).await;
     let s = &w.service;
     let adapter = cashbackd::registry::upload(s, &plugin_bytes(WASIP2, "generic_s2s")).await.expect("adapter").plugin;
@@ -346,7 +354,36 @@ async fn three_replicas_on_one_postgresql_switch_to_an_activated_version_at_once
         assert_eq!(pinned(&w, &format!("after-{i}")).await, vec![v2.clone()], "replica {i}");
     }
     let elapsed = activated.elapsed();
-    eprintln!("activation through replica 0 to v2 credits on replicas 1 and 2: {elapsed:?}");
+    eprintln!("{}: activation through replica 0 to v2 credits on replicas 1 and 2: {elapsed:?}", t.name);
+
+    // The network's token is rotated through replica 0: the others refuse the old one
+    // at once, and take the new one.
+    let response = http
+        .put(format!("{}/api/v1/networks/net", replicas[0].base))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(
+            json!({"name": "Net", "adapter": adapter.digest.to_string(), "adapter_config": network.adapter_config,
+                   "auth": "token", "secret": "rotated-token"})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("rotate");
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    for (i, r) in replicas.iter().enumerate().skip(1) {
+        let old = format!(
+            "{}/postback/net?tid=old-{i}&clickref=c1&sale=100.00&comm=8.00&status=pending&token=replica-token",
+            r.base
+        );
+        assert_eq!(http.get(old).send().await.expect("old token").status(), 401, "replica {i}: the old token");
+        let new = format!(
+            "{}/postback/net?tid=new-{i}&clickref=c1&sale=100.00&comm=8.00&status=pending&token=rotated-token",
+            r.base
+        );
+        let response = http.get(new).send().await.expect("new token");
+        assert_eq!(response.status(), 200, "replica {i}: {}", response.text().await.unwrap_or_default());
+    }
     drop(replicas);
     t.cleanup().await;
 }

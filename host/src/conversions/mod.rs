@@ -318,6 +318,13 @@ pub enum ApplyError {
     /// The rules must run first (the customer was found meanwhile).
     #[error("the conversion needs a rule evaluation")]
     NeedsEvaluation,
+    /// The command was decided on configuration older than the stored one (a rule, an
+    /// adapter or a merchant's settings changed since): decide it again.
+    #[error("the configuration changed (now version {current}); decide again")]
+    StaleConfig {
+        /// The stored configuration version.
+        current: i64,
+    },
     /// The command makes no sense for the current data.
     #[error("{0}")]
     Invalid(String),

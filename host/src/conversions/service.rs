@@ -7,6 +7,7 @@ use super::lifecycle::{Step, step};
 use super::rules::{self, Link, RuleInputs};
 use super::store::{self, Attribution, ConversionRow, attribute};
 use super::{ApplyError, Command, Evaluation, Outcome, ReviewAction, Status, conversion_id};
+use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::conversions::writer::{Writer, WriterConfig};
 use crate::db::{Backend, Db};
@@ -92,13 +93,22 @@ pub struct Service {
     runtime: Arc<PluginRuntime>,
     clock: Arc<dyn Clock>,
     config: ServiceConfig,
+    catalog: Arc<Catalog>,
 }
 
 impl Service {
-    /// Starts the service (and its writer task) on the current runtime.
+    /// Starts the service (its writer task, and on PostgreSQL its configuration listener)
+    /// on the current runtime.
     pub fn new(db: Db, runtime: Arc<PluginRuntime>, clock: Arc<dyn Clock>, config: ServiceConfig) -> Service {
+        let catalog = Arc::new(Catalog::new());
+        catalog.listen(&db, db.pool.connect_options().database_url.as_str());
         let writer = Writer::spawn(db.clone(), clock.clone(), config.writer);
-        Service { db, writer, runtime, clock, config }
+        Service { db, writer, runtime, clock, config, catalog }
+    }
+
+    /// The configuration held in memory (networks, merchants' chains and settings).
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     /// The database.
@@ -136,16 +146,43 @@ impl Service {
 
     /// [`Service::ingest`] for an event that came by another path than a postback.
     pub async fn ingest_via(&self, event: latest::ConversionEvent, via: super::Via) -> Result<Outcome, ServiceError> {
-        let result = self.record_event(&event, via).await;
+        self.ingest_parsed(event, via, None).await
+    }
+
+    /// Records an event that the network's adapter parsed on configuration version
+    /// `network_version` (from [`Service::catalog`]). If the network's configuration is
+    /// newer when the event's batch runs, it is not recorded: the answer is
+    /// [`ApplyError::StaleConfig`], and the caller parses the input again.
+    pub async fn ingest_parsed(
+        &self,
+        event: latest::ConversionEvent,
+        via: super::Via,
+        network_version: Option<i64>,
+    ) -> Result<Outcome, ServiceError> {
+        let result = self.record_event(&event, via, network_version).await;
         record_outcome(&event.network, via.as_str(), &result);
         result
     }
 
-    async fn record_event(&self, event: &latest::ConversionEvent, via: super::Via) -> Result<Outcome, ServiceError> {
+    async fn record_event(
+        &self,
+        event: &latest::ConversionEvent,
+        via: super::Via,
+        network_config: Option<i64>,
+    ) -> Result<Outcome, ServiceError> {
         let id = conversion_id(&event.network, &event.transaction_id);
         self.retrying(|| async {
             let mut conn = self.db.pool.acquire().await?;
-            let row = store::load(&mut conn, &id).await?;
+            // The conversion and the configuration's version: one round trip (`catalog`).
+            let (row, config) = store::load_with_config(&mut conn, &id).await?;
+            // Entries older than this are read again before use (the network's on the
+            // caller's next attempt).
+            self.catalog.observe(config);
+            if network_config.is_some_and(|v| v < config) {
+                // The configuration changed since the network's adapter parsed this event,
+                // perhaps before the event arrived: its caller parses it again.
+                return Err(ServiceError::Apply(ApplyError::StaleConfig { current: config }));
+            }
             let current = row.as_ref().map(|r| super::lifecycle::Current {
                 state: r.state,
                 status: r.status,
@@ -174,7 +211,7 @@ impl Service {
             let evaluation = match attribution {
                 Some(Attribution { missing: None, user_id: Some(user), merchant_id: Some(merchant), clicked_at }) => {
                     let order = order_from_event(&id, event, &merchant, &user, clicked_at);
-                    Some(self.evaluate(&merchant, &user, order).await?)
+                    Some(self.evaluate(&merchant, &user, order, config).await?)
                 }
                 _ => None,
             };
@@ -229,9 +266,8 @@ impl Service {
         }
         self.retrying(|| async {
             let mut conn = self.db.pool.acquire().await?;
-            let row = store::load(&mut conn, id)
-                .await?
-                .ok_or_else(|| ServiceError::NotFound(format!("conversion {id} does not exist")))?;
+            let (row, config) = store::load_with_config(&mut conn, id).await?;
+            let row = row.ok_or_else(|| ServiceError::NotFound(format!("conversion {id} does not exist")))?;
             if !matches!(row.status, Status::Parked | Status::Failed) {
                 return Ok(Outcome::Ignored {
                     conversion_id: row.id,
@@ -257,7 +293,7 @@ impl Service {
                 (None, Some(user), Some(merchant)) => {
                     let mut order = order_from_row(&row, &merchant, &user);
                     order.click_time = a.clicked_at.or(order.click_time);
-                    Some(self.evaluate(&merchant, &user, order).await?)
+                    Some(self.evaluate(&merchant, &user, order, config).await?)
                 }
                 _ => None,
             };
@@ -651,15 +687,20 @@ impl Service {
         Ok(self.runtime.load(&bytes)?)
     }
 
-    /// Runs the merchant's rule chain on an order. Plugin failures become
+    /// Runs the merchant's rule chain on an order, with the merchant's configuration at
+    /// version `config` or newer (from the catalog). Plugin failures become
     /// [`Evaluation::Failed`]; only infrastructure errors are `Err`.
-    async fn evaluate(&self, merchant: &str, user: &str, order: latest::Order) -> Result<Evaluation, ServiceError> {
-        let rows = sqlx::query(
-            "SELECT r.plugin_digest, r.config FROM merchant_rules r WHERE r.merchant_id = $1 ORDER BY r.position",
-        )
-        .bind(merchant)
-        .fetch_all(&self.db.pool)
-        .await?;
+    async fn evaluate(
+        &self,
+        merchant: &str,
+        user: &str,
+        order: latest::Order,
+        config: i64,
+    ) -> Result<Evaluation, ServiceError> {
+        let config = self.catalog.merchant(&self.db, merchant, config).await?;
+        let Some(config) = config.value else {
+            return Err(ApplyError::Invalid(format!("merchant {merchant} does not exist")).into());
+        };
         let prior: i64 = sqlx::query(
             "SELECT COUNT(*) FROM conversions WHERE user_id = $1 AND merchant_id = $2 AND id <> $3 \
              AND status NOT IN ('rejected', 'reversed')",
@@ -671,23 +712,18 @@ impl Service {
         .await?
         .try_get(0)?;
         let mut chain = Vec::new();
-        for row in &rows {
-            let digest: String = row.try_get(0)?;
-            let config: String = row.try_get(1)?;
-            chain.push(Link { plugin: self.plugin(&digest).await?, config });
+        for (digest, link_config) in &config.chain {
+            chain.push(Link { plugin: self.plugin(digest).await?, config: link_config.clone() });
         }
         let refs = rules::refs(&chain);
         if chain.is_empty() {
             return Ok(Evaluation::Failed { error: format!("merchant {merchant} has no rule plugin"), plugins: refs });
         }
-        let (mode, default_delay_days) = {
-            let mut conn = self.db.pool.acquire().await?;
-            store::merchant_settings(&mut conn, merchant).await?
-        };
-        let shadow = match super::shadow::candidate(&self.db, merchant).await? {
-            Some((digest, position, config)) => {
-                let link = Link { plugin: self.plugin(&digest).await?, config };
-                Some((digest, super::shadow::substitute(&chain, position, link)))
+        let (mode, default_delay_days) = (config.processing_mode.clone(), config.reward_delay_days);
+        let shadow = match &config.shadow {
+            Some((digest, position, shadow_config)) => {
+                let link = Link { plugin: self.plugin(digest).await?, config: shadow_config.clone() };
+                Some((digest.clone(), super::shadow::substitute(&chain, *position, link)))
             }
             None => None,
         };

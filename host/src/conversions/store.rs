@@ -83,6 +83,26 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<Conversio
     sqlx::query(&sql).bind(id).fetch_optional(conn).await?.as_ref().map(from_row).transpose()
 }
 
+/// Loads a conversion, and the configuration's version (`catalog`) in the same statement:
+/// what an event reads before it is decided, in one round trip. The version is read after
+/// the event arrived, so configuration cached at that version or newer includes every
+/// change acknowledged before it.
+pub async fn load_with_config(conn: &mut AnyConnection, id: &str) -> Result<(Option<ConversionRow>, i64), sqlx::Error> {
+    let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("c.{c}")).collect();
+    let sql = format!(
+        "SELECT v.version AS config_version, {} FROM config_version v LEFT JOIN conversions c ON c.id = $1 \
+         WHERE v.id = 1",
+        columns.join(", ")
+    );
+    let row = sqlx::query(&sql).bind(id).fetch_one(conn).await?;
+    let version: i64 = row.try_get("config_version")?;
+    let conversion = match row.try_get::<Option<String>, _>("id")? {
+        Some(_) => Some(from_row(&row)?),
+        None => None,
+    };
+    Ok((conversion, version))
+}
+
 /// Loads conversions by status, oldest report first.
 pub async fn by_status(
     conn: &mut AnyConnection,

@@ -2,7 +2,7 @@
 
 use super::{ApiError, AppState};
 use crate::conversions::service::ServiceError;
-use crate::conversions::{ApplyError, NewClick, Outcome};
+use crate::conversions::{ApplyError, NewClick, Outcome, Via};
 use crate::ingest::{self, Inbound, Reject};
 use crate::input;
 use crate::plugin::CallError;
@@ -116,7 +116,20 @@ pub async fn postback(State(st): State<AppState>, Path(network): Path<String>, r
             return e.into_response();
         }
     };
-    match handle_postback(&st, &network, &method, &query, &headers, &body, remote, limiter.as_deref()).await {
+    // A postback parsed by an adapter that was swapped before its write is parsed again
+    // by the new one (see `catalog`): rare, and bounded.
+    let mut handled =
+        handle_postback(&st, &network, &method, &query, &headers, &body, remote, limiter.as_deref()).await;
+    for _ in 0..2 {
+        match &handled {
+            Err(e) if e.code == STALE => {
+                handled =
+                    handle_postback(&st, &network, &method, &query, &headers, &body, remote, limiter.as_deref()).await
+            }
+            _ => break,
+        }
+    }
+    match handled {
         Ok(results) => {
             crate::metrics::postback(&network, "accepted", started.elapsed());
             (StatusCode::OK, axum::Json(serde_json::json!({ "results": results }))).into_response()
@@ -164,6 +177,9 @@ fn observe_refusal(network: &str, e: &ApiError, started: std::time::Instant) {
     }
 }
 
+/// The code of a postback whose network changed while it was handled.
+const STALE: &str = "stale_config";
+
 #[allow(clippy::too_many_arguments)]
 async fn handle_postback(
     st: &AppState,
@@ -175,9 +191,14 @@ async fn handle_postback(
     remote: Option<std::net::IpAddr>,
     limiter: Option<&super::IngressLimiter>,
 ) -> Result<Vec<serde_json::Value>, ApiError> {
-    let network = ingest::network(st.service.db(), network_id)
+    let tagged = st
+        .service
+        .catalog()
+        .network(st.service.db(), network_id)
         .await
-        .map_err(|e| ApiError::unavailable("cannot read the network", &e))?
+        .map_err(|e| ApiError::unavailable("cannot read the network", &e))?;
+    let network = tagged
+        .value
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_network", format!("no network {network_id:?}")))?;
     if let Some(limiter) = limiter {
         limiter.note_network(&network.id);
@@ -235,8 +256,15 @@ async fn handle_postback(
         .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
     let mut results = Vec::with_capacity(events.len());
     for event in events {
-        match st.service.ingest(event).await {
+        match st.service.ingest_parsed(event, Via::Postback, Some(tagged.version)).await {
             Ok(outcome) => results.push(describe(&outcome)),
+            Err(ServiceError::Apply(ApplyError::StaleConfig { .. })) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    STALE,
+                    "the network's configuration changed while the postback was handled; send it again",
+                ));
+            }
             Err(ServiceError::Apply(ApplyError::Invalid(why)) | ServiceError::Invalid(why)) => {
                 return Err(ApiError::bad_request("invalid_event", why));
             }
