@@ -172,9 +172,21 @@ impl Service {
     ) -> Result<Outcome, ServiceError> {
         let id = conversion_id(&event.network, &event.transaction_id);
         self.retrying(|| async {
-            let mut conn = self.db.pool.acquire().await?;
-            // The conversion and the configuration's version: one round trip (`catalog`).
-            let (row, config) = store::load_with_config(&mut conn, &id).await?;
+            // Everything the event needs read, in one round trip: its conversion, the
+            // configuration's version (`catalog`), the attribution facts and the prior
+            // orders of the likely (user, merchant).
+            let reads = {
+                let mut conn = self.db.pool.acquire().await?;
+                store::read_for_event(
+                    &mut conn,
+                    &id,
+                    &event.network,
+                    event.click_id.as_deref(),
+                    event.merchant_ref.as_deref(),
+                )
+                .await?
+            };
+            let (row, config) = (reads.conversion, reads.config_version);
             // Entries older than this are read again before use (the network's on the
             // caller's next attempt).
             self.catalog.observe(config);
@@ -195,23 +207,19 @@ impl Service {
                 }
                 Step::Ignore(_) => false,
             };
-            let attribution = if needs_rules {
+            let attribution = needs_rules.then(|| {
                 let click = event.click_id.clone().or_else(|| row.as_ref().and_then(|r| r.click_id.clone()));
                 let merchant_ref =
                     event.merchant_ref.as_deref().or(row.as_ref().and_then(|r| r.merchant_ref.as_deref()));
                 let assigned = store::Assigned::of(row.as_ref());
-                Some(attribute(&mut conn, &event.network, click.as_deref(), merchant_ref, assigned).await?)
-            } else {
-                None
-            };
-            // Never hold a pooled connection while waiting for a plugin or the writer: the
-            // writer takes its connection from the same pool, and enough waiting readers
-            // would starve it.
-            drop(conn);
+                super::decide::attribute(&reads.facts, &event.network, click.as_deref(), merchant_ref, assigned)
+            });
             let evaluation = match attribution {
                 Some(Attribution { missing: None, user_id: Some(user), merchant_id: Some(merchant), clicked_at }) => {
                     let order = order_from_event(&id, event, &merchant, &user, clicked_at);
-                    Some(self.evaluate(&merchant, &user, order, config).await?)
+                    // The count read above, if it was for this pair.
+                    let prior = reads.prior.as_ref().filter(|(u, m, _)| *u == user && *m == merchant).map(|p| p.2);
+                    Some(self.evaluate(&merchant, &user, order, config, prior).await?)
                 }
                 _ => None,
             };
@@ -293,7 +301,7 @@ impl Service {
                 (None, Some(user), Some(merchant)) => {
                     let mut order = order_from_row(&row, &merchant, &user);
                     order.click_time = a.clicked_at.or(order.click_time);
-                    Some(self.evaluate(&merchant, &user, order, config).await?)
+                    Some(self.evaluate(&merchant, &user, order, config, None).await?)
                 }
                 _ => None,
             };
@@ -688,7 +696,8 @@ impl Service {
     }
 
     /// Runs the merchant's rule chain on an order, with the merchant's configuration at
-    /// version `config` or newer (from the catalog). Plugin failures become
+    /// version `config` or newer (from the catalog), and the user's prior orders at the
+    /// merchant (`prior`, else counted here). Plugin failures become
     /// [`Evaluation::Failed`]; only infrastructure errors are `Err`.
     async fn evaluate(
         &self,
@@ -696,21 +705,25 @@ impl Service {
         user: &str,
         order: latest::Order,
         config: i64,
+        prior: Option<i64>,
     ) -> Result<Evaluation, ServiceError> {
         let config = self.catalog.merchant(&self.db, merchant, config).await?;
         let Some(config) = config.value else {
             return Err(ApplyError::Invalid(format!("merchant {merchant} does not exist")).into());
         };
-        let prior: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM conversions WHERE user_id = $1 AND merchant_id = $2 AND id <> $3 \
-             AND status NOT IN ('rejected', 'reversed')",
-        )
-        .bind(user)
-        .bind(merchant)
-        .bind(&order.conversion_id)
-        .fetch_one(&self.db.pool)
-        .await?
-        .try_get(0)?;
+        let prior: i64 = match prior {
+            Some(n) => n,
+            None => sqlx::query(
+                "SELECT COUNT(*) FROM conversions WHERE user_id = $1 AND merchant_id = $2 AND id <> $3 \
+                 AND status NOT IN ('rejected', 'reversed')",
+            )
+            .bind(user)
+            .bind(merchant)
+            .bind(&order.conversion_id)
+            .fetch_one(&self.db.pool)
+            .await?
+            .try_get(0)?,
+        };
         let mut chain = Vec::new();
         for (digest, link_config) in &config.chain {
             chain.push(Link { plugin: self.plugin(digest).await?, config: link_config.clone() });

@@ -83,11 +83,85 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<Conversio
     sqlx::query(&sql).bind(id).fetch_optional(conn).await?.as_ref().map(from_row).transpose()
 }
 
-/// Loads a conversion, and the configuration's version (`catalog`) in the same statement:
-/// what an event reads before it is decided, in one round trip. The version is read after
-/// the event arrived, so configuration cached at that version or newer includes every
-/// change acknowledged before it.
-pub async fn load_with_config(conn: &mut AnyConnection, id: &str) -> Result<(Option<ConversionRow>, i64), sqlx::Error> {
+/// What an event reads before it is decided, in one statement: its conversion, the
+/// configuration's version (`catalog`), the attribution facts (the click, whether the user
+/// has an account, the network's merchant reference) and the prior-orders count of the
+/// likely (user, merchant).
+#[derive(Debug, Clone)]
+pub struct EventReads {
+    /// The conversion, if it exists.
+    pub conversion: Option<ConversionRow>,
+    /// The configuration's version, read after the event arrived.
+    pub config_version: i64,
+    /// The click, user and merchant reference facts.
+    pub facts: Facts,
+    /// (user, merchant, count): the conversions of that user at that merchant, this one
+    /// excluded and rejected or reversed ones not counted. The pair is the one the
+    /// attribution most likely finds; the caller checks it is the one it found.
+    pub prior: Option<(String, String, i64)>,
+}
+
+/// Reads [`EventReads`] for conversion `id` of `network`, with the event's click and
+/// merchant reference (else the conversion's): one round trip.
+pub async fn read_for_event(
+    conn: &mut AnyConnection,
+    id: &str,
+    network: &str,
+    click_id: Option<&str>,
+    merchant_ref: Option<&str>,
+) -> Result<EventReads, sqlx::Error> {
+    let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("c.{c}")).collect();
+    // The likely merchant is the click's, else the mapped reference's, else the one
+    // assigned: `decide::attribute`'s order when the click is known (without a click an
+    // assigned merchant comes first; a pair that differs is counted by the caller).
+    let sql = format!(
+        "WITH f AS (SELECT v.version AS config_version, {}, \
+           k.click_id AS k_click, k.user_id AS k_user, k.merchant_id AS k_merchant, k.created_at AS k_created, \
+           (SELECT u.id FROM users u WHERE u.id = COALESCE(k.user_id, c.user_id)) AS known_user, \
+           (SELECT r.merchant_id FROM merchant_refs r WHERE r.network_id = $2 \
+              AND r.merchant_ref = COALESCE($4, c.merchant_ref)) AS ref_merchant \
+         FROM config_version v LEFT JOIN conversions c ON c.id = $1 \
+         LEFT JOIN clicks k ON k.click_id = COALESCE($3, c.click_id) WHERE v.id = 1) \
+         SELECT f.*, COALESCE(f.k_merchant, f.ref_merchant, f.merchant_id) AS prior_merchant, \
+           (SELECT COUNT(*) FROM conversions p WHERE p.user_id = f.known_user \
+              AND p.merchant_id = COALESCE(f.k_merchant, f.ref_merchant, f.merchant_id) AND p.id <> $1 \
+              AND p.status NOT IN ('rejected', 'reversed')) AS prior \
+         FROM f",
+        columns.join(", ")
+    );
+    let row = sqlx::query(&sql).bind(id).bind(network).bind(click_id).bind(merchant_ref).fetch_one(conn).await?;
+    let conversion = match row.try_get::<Option<String>, _>("id")? {
+        Some(_) => Some(from_row(&row)?),
+        None => None,
+    };
+    let mut facts = Facts::default();
+    if let Some(k) = row.try_get::<Option<String>, _>("k_click")? {
+        let click =
+            ClickFact { user_id: row.try_get("k_user")?, merchant_id: row.try_get("k_merchant")?, created_at: row.try_get("k_created")? };
+        facts.clicks.insert(k, click);
+    }
+    let known_user: Option<String> = row.try_get("known_user")?;
+    if let Some(u) = &known_user {
+        facts.users.insert(u.clone());
+    }
+    let reference = merchant_ref.map(str::to_string).or_else(|| conversion.as_ref().and_then(|c| c.merchant_ref.clone()));
+    if let (Some(r), Some(m)) = (reference, row.try_get::<Option<String>, _>("ref_merchant")?) {
+        facts.merchant_refs.insert((network.to_string(), r), m);
+    }
+    let prior = match (known_user, row.try_get::<Option<String>, _>("prior_merchant")?) {
+        (Some(u), Some(m)) => Some((u, m, row.try_get("prior")?)),
+        _ => None,
+    };
+    Ok(EventReads { conversion, config_version: row.try_get("config_version")?, facts, prior })
+}
+
+/// Loads a conversion, and the configuration's version (`catalog`) in the same statement.
+/// The version is read after the caller's request arrived, so configuration cached at
+/// that version or newer includes every change acknowledged before it.
+pub async fn load_with_config(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<(Option<ConversionRow>, i64), sqlx::Error> {
     let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("c.{c}")).collect();
     let sql = format!(
         "SELECT v.version AS config_version, {} FROM config_version v LEFT JOIN conversions c ON c.id = $1 \
