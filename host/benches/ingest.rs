@@ -221,6 +221,11 @@ async fn drive(
     })
 }
 
+/// The purchase time the demo network requires (`ts`, Unix seconds): now.
+fn purchased() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// `rate` requests per second for `seconds`, each sent at its scheduled time whatever
 /// the answers before it (open loop: a slow server does not slow the offered load, so
 /// its queueing shows in the latency, measured from the scheduled time).
@@ -332,8 +337,9 @@ async fn postback_round(
             let base = &url;
             format!(
                 "{base}/postback/demo-net?tid=P-{w}-{n}&oid=O-{w}-{n}&clickref=bench-click-{}&sale=120.00&comm=9.60\
-                 &status=pending&token={}",
+                 &status=pending&ts={}&token={}",
                 (w as u64 * 7 + n) % CLICKS,
+                purchased(),
                 cashbackd::demo::DEMO_TOKEN
             )
         },
@@ -348,8 +354,9 @@ async fn postback_round(
         move |n| {
             format!(
                 "{base}/postback/demo-net?tid=Q-{n}&oid=Q-{n}&clickref=bench-click-{}&sale=120.00&comm=9.60\
-                 &status=pending&token={}",
+                 &status=pending&ts={}&token={}",
                 n % CLICKS,
+                purchased(),
                 cashbackd::demo::DEMO_TOKEN
             )
         },
