@@ -63,7 +63,7 @@ impl Target {
 }
 
 /// What an upload did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Uploaded {
     /// The component's digest.
     pub digest: String,

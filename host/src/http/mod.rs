@@ -11,7 +11,7 @@ mod idempotency;
 mod ingress;
 pub mod openapi;
 mod ops;
-mod page;
+pub(crate) mod page;
 mod payouts;
 mod plugins;
 pub mod ratelimit;

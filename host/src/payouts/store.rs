@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 /// A payout as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Payout {
     /// Its id (`po_...`), derived from the user and the request key.
     pub id: String,
@@ -107,7 +107,8 @@ pub struct PayoutFilter {
 }
 
 /// A page of payouts and the cursor of the next page (none: this was the last).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = PayoutsPage)]
 pub struct Page {
     /// The payouts.
     pub payouts: Vec<Payout>,
@@ -157,7 +158,8 @@ pub async fn list(db: &Db, filter: &PayoutFilter) -> Result<Page, sqlx::Error> {
 }
 
 /// One step of a payout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = PayoutHistoryEntry)]
 pub struct HistoryEntry {
     /// When.
     pub at: i64,
@@ -193,7 +195,7 @@ pub async fn history(db: &Db, id: &str) -> Result<Vec<HistoryEntry>, sqlx::Error
 }
 
 /// One ledger posting of a payout, with its entries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PostingView {
     /// Its idempotency key (`payout:{id}:{step}`, and `...:debt` for the debt rule).
     pub key: String,

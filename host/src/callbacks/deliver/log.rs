@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 /// A delivery as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     /// Id.
     pub id: i64,
@@ -60,7 +60,7 @@ impl DeliveryView {
 }
 
 /// One logged attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     /// Id.
     pub id: i64,

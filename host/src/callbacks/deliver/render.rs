@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// A request as sent (signatures included: for the tester) or as logged (masked).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RequestView {
     /// GET or POST.
     pub method: String,
