@@ -37,6 +37,9 @@ pub enum CallbackError {
     /// No such partner, endpoint or delivery.
     #[error("{0}")]
     NotFound(String),
+    /// The resource's state does not allow it (a delivery still pending cannot be replayed).
+    #[error("{0}")]
+    Conflict(String),
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),

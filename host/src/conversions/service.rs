@@ -48,6 +48,9 @@ pub enum ServiceError {
     /// What the request names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// What the request names is in a state that does not allow it (nothing to roll back).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A click to record.

@@ -585,9 +585,17 @@ async fn review(
             ));
         }
     };
-    // An unknown conversion is a 404 (the writer would refuse it as invalid: 422).
-    if st.service.conversion(&id).await.map_err(ApiError::from)?.is_none() {
+    // An unknown conversion is a 404, and one that is not awaiting review a 409 (its state
+    // refuses the request, which is well-formed); the writer would refuse both as invalid.
+    let Some(c) = st.service.conversion(&id).await.map_err(ApiError::from)? else {
         return Err(not_found("conversion", &id));
+    };
+    if !matches!(c.status, Status::PendingReview | Status::Held) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("conversion {id} is {}, not awaiting review", c.status),
+        ));
     }
     let outcome = st.service.review(&id, action, &body.operator, &body.reason).await.map_err(ApiError::from)?;
     Ok(Json(outcome))
@@ -723,6 +731,7 @@ fn callback_failed(e: crate::callbacks::CallbackError) -> ApiError {
     match e {
         CallbackError::Invalid(why) => ApiError::bad_request("invalid", why),
         CallbackError::NotFound(why) => ApiError::new(StatusCode::NOT_FOUND, "not_found", why),
+        CallbackError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", why),
         CallbackError::Db(e) => db_failed(e),
     }
 }

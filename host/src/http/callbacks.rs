@@ -35,6 +35,7 @@ fn error(e: CallbackError) -> ApiError {
     match e {
         CallbackError::Invalid(why) => ApiError::bad_request("invalid", why),
         CallbackError::NotFound(why) => ApiError::new(StatusCode::NOT_FOUND, "not_found", why),
+        CallbackError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", why),
         CallbackError::Db(e) => ApiError::unavailable("cannot read or write callbacks", &e),
     }
 }

@@ -366,6 +366,9 @@ impl From<crate::conversions::service::ServiceError> for ApiError {
             crate::conversions::service::ServiceError::NotFound(what) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
             }
+            crate::conversions::service::ServiceError::Conflict(what) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", what)
+            }
             other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", other.to_string()),
         }
     }

@@ -274,6 +274,8 @@ pub(crate) struct AttributeBody {
     click_id: Option<String>,
     user_id: Option<String>,
     merchant_id: Option<String>,
+    /// Who (recorded in the conversion's history).
+    #[schema(pattern = r"\S")]
     operator: String,
 }
 

@@ -247,7 +247,8 @@ pub async fn replay(db: &Db, id: i64, now: i64) -> Result<(), CallbackError> {
             .await?;
         return Err(match exists {
             None => CallbackError::NotFound(format!("no delivery {id}")),
-            Some(_) => CallbackError::Invalid(format!("delivery {id} is pending already")),
+            // Well-formed, refused by the delivery's state: a conflict (409), not bad input.
+            Some(_) => CallbackError::Conflict(format!("delivery {id} is pending already")),
         });
     }
     Ok(())
