@@ -244,11 +244,8 @@ async fn the_admin_resources_answer_and_an_idempotency_key_replays_a_write_inste
         let (status, replayed, twice) = call(&app, "POST", &uri, &admin, Some("r-1"), approve.clone()).await;
         assert_eq!((status, replayed, &twice), (StatusCode::OK, true, &done));
         let (status, _, without_key) = call(&app, "POST", &uri, &admin, None, approve).await;
-        assert_eq!(
-            status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "without a key the second approval is refused: {without_key}"
-        );
+        // The conversion is no longer awaiting review: its state refuses it (409).
+        assert_eq!(status, StatusCode::CONFLICT, "without a key the second approval is refused: {without_key}");
 
         // Timeline, search, balances, jobs.
         let (status, _, timeline) =

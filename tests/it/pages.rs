@@ -149,10 +149,13 @@ fn rows_and_next(html: &str, from: &str, to: &str, attr: &str) -> (Vec<String>, 
     let part = &html[start..];
     let part = &part[..part.find(to).unwrap_or(part.len())];
     let needle = format!("{attr}=\"");
-    let ids = part.match_indices(&needle).map(|(at, _)| part[at + needle.len()..].split('"').next().unwrap_or_default().to_string()).collect();
-    let next = part
-        .find("rel=\"next\" href=\"")
-        .map(|at| part[at + "rel=\"next\" href=\"".len()..].split('"').next().unwrap_or_default().replace("&amp;", "&"));
+    let ids = part
+        .match_indices(&needle)
+        .map(|(at, _)| part[at + needle.len()..].split('"').next().unwrap_or_default().to_string())
+        .collect();
+    let next = part.find("rel=\"next\" href=\"").map(|at| {
+        part[at + "rel=\"next\" href=\"".len()..].split('"').next().unwrap_or_default().replace("&amp;", "&")
+    });
     (ids, next)
 }
 
@@ -218,7 +221,9 @@ async fn the_dashboards_review_payout_and_run_lists_page_with_next_links_that_re
         // Five payouts of 1.00; three approved, two left to decide.
         let mut payouts = Vec::new();
         for _ in 0..5 {
-            let p = c.expect(201, "POST", "/api/v1/users/payee/payouts", Some(json!({"currency": "EUR", "amount": 100}))).await;
+            let p = c
+                .expect(201, "POST", "/api/v1/users/payee/payouts", Some(json!({"currency": "EUR", "amount": 100})))
+                .await;
             payouts.push(p["payout"]["id"].as_str().expect("id").to_string());
         }
         for id in &payouts[..3] {
@@ -228,10 +233,16 @@ async fn the_dashboards_review_payout_and_run_lists_page_with_next_links_that_re
             v[list].as_array().expect("list").iter().map(|r| r[key].to_string().trim_matches('"').to_string()).collect()
         };
         let queue = ids(&c.expect(200, "GET", "/api/v1/review?limit=500", None).await, "queue", "id");
-        let requested =
-            ids(&c.expect(200, "GET", "/api/v1/payouts?status=requested&order=oldest&limit=500", None).await, "payouts", "id");
-        let approved =
-            ids(&c.expect(200, "GET", "/api/v1/payouts?status=approved&order=oldest&limit=500", None).await, "payouts", "id");
+        let requested = ids(
+            &c.expect(200, "GET", "/api/v1/payouts?status=requested&order=oldest&limit=500", None).await,
+            "payouts",
+            "id",
+        );
+        let approved = ids(
+            &c.expect(200, "GET", "/api/v1/payouts?status=approved&order=oldest&limit=500", None).await,
+            "payouts",
+            "id",
+        );
         let runs = ids(&c.expect(200, "GET", "/api/v1/jobs/mature/runs?limit=500", None).await, "runs", "id");
         assert_eq!((queue.len(), requested.len(), approved.len(), runs.len()), (3, 2, 3, 4), "{}", t.name);
 
@@ -260,7 +271,12 @@ async fn the_dashboards_review_payout_and_run_lists_page_with_next_links_that_re
             "/dashboard/payouts?requested_cursor=nonsense",
             "/dashboard/jobs?job=mature&cursor=x",
         ] {
-            let r = http.get(format!("{}{bad}", s.base)).header(reqwest::header::COOKIE, &cookie).send().await.expect("page");
+            let r = http
+                .get(format!("{}{bad}", s.base))
+                .header(reqwest::header::COOKIE, &cookie)
+                .send()
+                .await
+                .expect("page");
             assert_eq!(r.status().as_u16(), 400, "{bad}");
             let text = r.text().await.unwrap_or_default();
             assert!(text.contains("limit") || text.contains("cursor"), "{bad}: {text}");

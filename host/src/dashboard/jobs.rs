@@ -57,11 +57,10 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
         Err(e) => return unavailable("cannot read the jobs", &e),
     };
     let shown = if q.job.is_empty() { None } else { Some(q.job.clone()) };
-    let (limit, before) =
-        match (super::page_limit(&q.limit), crate::http::page::checked_int_cursor(Some(&q.cursor))) {
-            (Ok(l), Ok(b)) => (l, b),
-            (Err(why), _) | (_, Err(why)) => return super::refusal(StatusCode::BAD_REQUEST, &why),
-        };
+    let (limit, before) = match (super::page_limit(&q.limit), crate::http::page::checked_int_cursor(Some(&q.cursor))) {
+        (Ok(l), Ok(b)) => (l, b),
+        (Err(why), _) | (_, Err(why)) => return super::refusal(StatusCode::BAD_REQUEST, &why),
+    };
     let (runs, next) = match &shown {
         Some(name) => match scheduler::runs_before(&st.service, name, before, limit + 1).await {
             Ok(mut r) => {

@@ -35,7 +35,6 @@ pub(super) struct Done {
     limit: String,
 }
 
-
 /// `GET /dashboard/review`.
 pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q): Query<Done>) -> Response {
     let s = &st.service;

@@ -176,12 +176,13 @@ async fn user_conversions(
     if users::get(st.service.db(), &user).await.map_err(db_failed)?.is_none() {
         return Err(not_found("user", &user));
     }
-    let (conversions, next_cursor) = users::conversions(st.service.db(), &user, q.cursor.as_deref().filter(|c| !c.is_empty()), limit)
-        .await
-        .map_err(|e| match e {
-            CursorError::Bad => ApiError::bad_request("bad_cursor", e.to_string()),
-            CursorError::Db(e) => db_failed(e),
-        })?;
+    let (conversions, next_cursor) =
+        users::conversions(st.service.db(), &user, q.cursor.as_deref().filter(|c| !c.is_empty()), limit)
+            .await
+            .map_err(|e| match e {
+                CursorError::Bad => ApiError::bad_request("bad_cursor", e.to_string()),
+                CursorError::Db(e) => db_failed(e),
+            })?;
     Ok(Json(UserConversionsPage { conversions, next_cursor }))
 }
 

@@ -194,6 +194,21 @@ pub async fn history(db: &Db, id: &str) -> Result<Vec<HistoryEntry>, sqlx::Error
         .collect()
 }
 
+/// The OpenAPI schema of a posting's entries as `[owner, kind, amount]`: utoipa's own
+/// schema of a tuple closes it with `items: false`, which generated clients cannot read.
+fn entry_triples() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let amount = || ObjectBuilder::new().schema_type(Type::Integer).description(Some("minor units, signed"));
+    let entry = ArrayBuilder::new()
+        .prefix_items([text(), text(), amount()])
+        .items(OneOfBuilder::new().item(text()).item(amount()))
+        .min_items(Some(3))
+        .max_items(Some(3))
+        .description(Some("[owner, account kind, amount]"));
+    ArrayBuilder::new().items(entry).build().into()
+}
+
 /// One ledger posting of a payout, with its entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PostingView {
@@ -208,6 +223,7 @@ pub struct PostingView {
     /// When.
     pub at: i64,
     /// (owner, account kind, signed amount).
+    #[schema(schema_with = entry_triples)]
     pub entries: Vec<(String, String, i64)>,
 }
 

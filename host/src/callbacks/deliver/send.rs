@@ -15,6 +15,7 @@ pub struct ResponseView {
     /// Status code.
     pub status: u16,
     /// Headers.
+    #[schema(schema_with = super::render::header_pairs)]
     pub headers: Vec<(String, String)>,
     /// The start of the body (lossy UTF-8).
     pub body_excerpt: String,
