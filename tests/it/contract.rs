@@ -23,7 +23,7 @@ use crate::public::{Client, Install};
 use serde_json::json;
 use std::process::Command;
 
-/// Cases per operation and phase: with 57 operations, about three minutes here.
+/// Cases per operation and phase: with 62 operations on seeded data, about three minutes here.
 const MAX_EXAMPLES: &str = "15";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,10 @@
 //!
 //! Request bodies and query parameters are the schemas of the types the handlers
 //! deserialize (`utoipa::ToSchema` / `IntoParams` on them), so the document cannot
-//! describe a field the server does not take. Every refusal of the admin API is the
-//! [`Error`] body, and each operation lists every status its route can answer with.
+//! describe a field the server does not take; every success answer is the schema of the
+//! type its handler returns in `Json(..)` (`response_of`), so it cannot describe a
+//! field the server does not send. Every refusal of the admin API is the [`Error`] body,
+//! and each operation lists every status its route can answer with.
 
 use crate::auth::Scope;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn};
