@@ -63,7 +63,7 @@ impl Target {
 }
 
 /// What an upload did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Uploaded {
     /// The component's digest.
     pub digest: String,
@@ -389,8 +389,9 @@ pub async fn rollback(service: &Service, target: &Target, actor: &str) -> Result
         let config = current_config(service, target, 0).await?.unwrap_or_else(|| "{}".into());
         return to_template(service, id, current, config, actor).await;
     }
+    // The request is fine; the target's history is what refuses it: a conflict (409).
     let previous = previous.ok_or_else(|| {
-        invalid(format!(
+        ServiceError::Conflict(format!(
             "the last activation of {} {} (position {position}) replaced nothing: nothing to roll back to",
             target.kind(),
             target.id()

@@ -119,7 +119,7 @@ impl fmt::Display for Status {
 }
 
 /// Where a payout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PayoutStatus {
     /// Asked for; the amount is in flight, waiting for an operator.

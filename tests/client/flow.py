@@ -7,6 +7,7 @@ Every admin call goes through the generated package `cashbackd_client` (openapi-
 upload a rule and an adapter, create a network and a merchant, activate the rule, create a
 user; the postback goes to the public ingress (not part of the admin API); then the parked
 conversion is attributed to the user by hand, and the conversion and its timeline are read.
+Every answer must parse into the generated client's model of its type.
 Prints one JSON line with what it read; exits non-zero on any unexpected answer.
 """
 
@@ -45,6 +46,10 @@ client = AuthenticatedClient(base_url=base, token=token, raise_on_unexpected_sta
 def ok(response, *statuses):
     if response.status_code not in statuses:
         sys.exit(f"{response.status_code}: {response.content[:500]!r}")
+    # Every answer is typed in the document: the client parsed this one into its generated
+    # model (a body that did not fit the model would have raised), not a bare dict.
+    if response.content and not hasattr(response.parsed, "to_dict"):
+        sys.exit(f"{response.status_code}: no typed model for {response.content[:200]!r}: {response.parsed!r}")
     return json.loads(response.content) if response.content else None
 
 

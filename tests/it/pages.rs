@@ -1,5 +1,6 @@
 //! Every list of the admin API is a cursor page with a capped `limit` (issue 16, point 5),
-//! and the dashboard's long lists link to their next page; from an empty database through
+//! and the dashboard's long lists (conversions, review queue, payout queues, a job's runs)
+//! link to their next page with the same `cursor` and `limit`; from an empty database through
 //! the CLI, the ingress, `/api/v1` and the dashboard of a live `cashbackd serve`, on both
 //! backends.
 //!
@@ -11,6 +12,7 @@
 use crate::accounts::{configure, postback};
 use crate::backends;
 use crate::callbacks::Sink;
+use crate::common::dashboard_sign_in_http;
 use crate::public::*;
 use serde_json::{Value, json};
 
@@ -134,6 +136,150 @@ async fn every_list_of_the_admin_api_pages_with_a_cursor_and_a_capped_limit() {
         ] {
             let (status, body) = c.api("GET", path, None).await;
             assert_eq!(status, 400, "{path}: {body}");
+        }
+        drop(s);
+        t.cleanup().await;
+    }
+}
+
+/// The `data-*` ids of the rows in `html` between `from` and `to` (the first `to` after
+/// `from`), and the href of the `rel="next"` link there.
+fn rows_and_next(html: &str, from: &str, to: &str, attr: &str) -> (Vec<String>, Option<String>) {
+    let start = html.find(from).unwrap_or_else(|| panic!("no {from} in the page:\n{html}"));
+    let part = &html[start..];
+    let part = &part[..part.find(to).unwrap_or(part.len())];
+    let needle = format!("{attr}=\"");
+    let ids = part
+        .match_indices(&needle)
+        .map(|(at, _)| part[at + needle.len()..].split('"').next().unwrap_or_default().to_string())
+        .collect();
+    let next = part.find("rel=\"next\" href=\"").map(|at| {
+        part[at + "rel=\"next\" href=\"".len()..].split('"').next().unwrap_or_default().replace("&amp;", "&")
+    });
+    (ids, next)
+}
+
+/// Follows a dashboard list's next links from `first`: every row of every page, in order.
+async fn follow(
+    http: &reqwest::Client,
+    base: &str,
+    cookie: &str,
+    first: &str,
+    section: (&str, &str),
+    attr: &str,
+    step: usize,
+) -> Vec<String> {
+    let mut rows = Vec::new();
+    let mut url = Some(first.to_string());
+    let mut pages = 0;
+    while let Some(u) = url {
+        let r = http.get(format!("{base}{u}")).header(reqwest::header::COOKIE, cookie).send().await.expect("page");
+        assert_eq!(r.status().as_u16(), 200, "{u}");
+        let html = r.text().await.expect("html");
+        let (ids, next) = rows_and_next(&html, section.0, section.1, attr);
+        assert!(ids.len() <= step, "{u}: {} rows for a page of {step}", ids.len());
+        if next.is_some() {
+            assert_eq!(ids.len(), step, "{u}: a page before the last is full");
+        }
+        rows.extend(ids);
+        url = next;
+        pages += 1;
+        assert!(pages < 100, "{first}: the next links do not end");
+    }
+    rows
+}
+
+/// The dashboard's review queue, payout queues and a job's runs page with the API's
+/// `cursor` and capped `limit` (issue 16, point 5): more rows than one page, made through
+/// the CLI, the ingress and `/api/v1` on a fresh install; following the next links from
+/// the first page reaches every row exactly once, in the API's order. A `limit` of 0 or
+/// over the cap, or a cursor the page did not give, is refused with 400 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_review_payout_and_run_lists_page_with_next_links_that_reach_every_row_once() {
+    for t in backends::all().await {
+        let i = Install::new(&t);
+        let token = i.admin_token();
+        configure(&i, ("flat_rate", "flat-rate@0.1.0"), r#"{"rate_bps": 300}"#);
+        let s = i.serve("dashboard-pages", &[]);
+        let c = Client::new(&s.base, &token);
+        // Five orders approved (3.00 cashback each, available after the maturation run),
+        // then three the shop reviews by hand.
+        for n in 0..8 {
+            if n == 5 {
+                c.expect(200, "POST", "/api/v1/jobs/mature/run", None).await;
+                let body = json!({"name": "Shop", "manual_review": true, "reward_delay_days": 0});
+                c.expect(200, "PUT", "/api/v1/merchants/shop", Some(body)).await;
+            }
+            let click = c.click("/c/sale?user=payee", "ref").await;
+            let status = if n < 5 { "approved" } else { "pending" };
+            let (code, _, body) = c.public(&postback(&click, &format!("T{n}"), status, "100.00")).await;
+            assert_eq!(code, 200, "{}: {body}", t.name);
+        }
+        for _ in 0..3 {
+            c.expect(200, "POST", "/api/v1/jobs/mature/run", None).await;
+        }
+        // Five payouts of 1.00; three approved, two left to decide.
+        let mut payouts = Vec::new();
+        for _ in 0..5 {
+            let p = c
+                .expect(201, "POST", "/api/v1/users/payee/payouts", Some(json!({"currency": "EUR", "amount": 100})))
+                .await;
+            payouts.push(p["payout"]["id"].as_str().expect("id").to_string());
+        }
+        for id in &payouts[..3] {
+            c.expect(200, "POST", &format!("/api/v1/payouts/{id}/approve"), None).await;
+        }
+        let ids = |v: &Value, list: &str, key: &str| -> Vec<String> {
+            v[list].as_array().expect("list").iter().map(|r| r[key].to_string().trim_matches('"').to_string()).collect()
+        };
+        let queue = ids(&c.expect(200, "GET", "/api/v1/review?limit=500", None).await, "queue", "id");
+        let requested = ids(
+            &c.expect(200, "GET", "/api/v1/payouts?status=requested&order=oldest&limit=500", None).await,
+            "payouts",
+            "id",
+        );
+        let approved = ids(
+            &c.expect(200, "GET", "/api/v1/payouts?status=approved&order=oldest&limit=500", None).await,
+            "payouts",
+            "id",
+        );
+        let runs = ids(&c.expect(200, "GET", "/api/v1/jobs/mature/runs?limit=500", None).await, "runs", "id");
+        assert_eq!((queue.len(), requested.len(), approved.len(), runs.len()), (3, 2, 3, 4), "{}", t.name);
+
+        let session = dashboard_sign_in_http(&s.base, &token).await;
+        let cookie = format!("{}={session}", cashbackd::dashboard::COOKIE);
+        let http = &c.http;
+        let walk = |first: &'static str, section: (&'static str, &'static str), attr: &'static str, step| {
+            follow(http, &s.base, &cookie, first, section, attr, step)
+        };
+        let review = ("id=\"review-queue\"", "</section>");
+        assert_eq!(walk("/dashboard/review?limit=2", review, "data-conversion", 2).await, queue, "{}", t.name);
+        assert_eq!(walk("/dashboard/review?limit=1", review, "data-conversion", 1).await, queue, "{}", t.name);
+        let (to_decide, to_pay) = (("<h2>To decide", "</section>"), ("<h2>To pay", "</section>"));
+        assert_eq!(walk("/dashboard/payouts?limit=1", to_decide, "data-payout", 1).await, requested, "{}", t.name);
+        assert_eq!(walk("/dashboard/payouts?limit=2", to_pay, "data-payout", 2).await, approved, "{}", t.name);
+        let on_runs = ("id=\"runs\"", "</section>");
+        assert_eq!(walk("/dashboard/jobs?job=mature&limit=3", on_runs, "data-run", 3).await, runs, "{}", t.name);
+        // The first page without a limit holds the default 50: everything here, no link.
+        assert_eq!(walk("/dashboard/review", review, "data-conversion", 50).await, queue);
+
+        for bad in [
+            "/dashboard/review?limit=0",
+            "/dashboard/review?limit=501",
+            "/dashboard/review?cursor=nonsense",
+            "/dashboard/payouts?limit=x",
+            "/dashboard/payouts?requested_cursor=nonsense",
+            "/dashboard/jobs?job=mature&cursor=x",
+        ] {
+            let r = http
+                .get(format!("{}{bad}", s.base))
+                .header(reqwest::header::COOKIE, &cookie)
+                .send()
+                .await
+                .expect("page");
+            assert_eq!(r.status().as_u16(), 400, "{bad}");
+            let text = r.text().await.unwrap_or_default();
+            assert!(text.contains("limit") || text.contains("cursor"), "{bad}: {text}");
         }
         drop(s);
         t.cleanup().await;

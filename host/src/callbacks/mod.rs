@@ -37,6 +37,9 @@ pub enum CallbackError {
     /// No such partner, endpoint or delivery.
     #[error("{0}")]
     NotFound(String),
+    /// The resource's state does not allow it (a delivery still pending cannot be replayed).
+    #[error("{0}")]
+    Conflict(String),
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
@@ -47,7 +50,7 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> CallbackError {
 }
 
 /// GET (the values in the URL) or POST (a JSON body as well, Standard Webhooks headers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     /// GET.
@@ -76,7 +79,7 @@ impl Method {
 }
 
 /// How the wait between attempts grows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Backoff {
     /// The same wait every time (seed 003: 5 minutes).
@@ -117,7 +120,7 @@ impl Default for EndpointDefaults {
 }
 
 /// An endpoint's retry schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (seed 003: 3).
     pub max_attempts: u32,
@@ -528,7 +531,7 @@ pub struct Endpoint {
 }
 
 /// An endpoint as shown to operators: secrets masked.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EndpointView {
     /// Id.
     pub id: String,

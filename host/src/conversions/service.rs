@@ -49,6 +49,9 @@ pub enum ServiceError {
     /// What the request names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// What the request names is in a state that does not allow it (nothing to roll back).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A click to record.
@@ -71,7 +74,8 @@ pub struct NewClick {
 }
 
 /// One line of a conversion's history.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ConversionHistoryEntry)]
 pub struct HistoryEntry {
     /// When.
     pub at: i64,
@@ -529,6 +533,38 @@ impl Service {
     pub async fn by_status(&self, status: Status, limit: i64) -> Result<Vec<ConversionRow>, ServiceError> {
         let mut conn = self.db.pool.acquire().await?;
         Ok(store::by_status(&mut conn, status, limit).await?)
+    }
+
+    /// A page of the review queue (pending review and held), oldest report first: the
+    /// conversions after `after` (`(reported_at, id)` of the previous page's last row),
+    /// at most `limit`. The admin API and the dashboard both page it this way, so a page
+    /// is a range read of the `(status, reported_at)` order however deep it goes.
+    pub async fn review_queue(
+        &self,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<ConversionRow>, ServiceError> {
+        let (after_at, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM conversions WHERE status IN ($1, $2) \
+             AND (reported_at > $3 OR (reported_at = $3 AND id > $4)) ORDER BY reported_at, id LIMIT $5",
+        )
+        .bind(Status::PendingReview.as_str())
+        .bind(Status::Held.as_str())
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in &ids {
+            // A conversion is never deleted; one reviewed since the read above is shown as
+            // it is now (the caller's page keeps its place by the id list's keys).
+            if let Some(c) = self.conversion(id).await? {
+                rows.push(c);
+            }
+        }
+        Ok(rows)
     }
 
     /// What happened to a conversion, oldest first.

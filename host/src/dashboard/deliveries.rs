@@ -18,6 +18,7 @@ fn failed(e: CallbackError) -> Response {
     match e {
         CallbackError::Invalid(why) => super::refusal(StatusCode::UNPROCESSABLE_ENTITY, &why),
         CallbackError::NotFound(why) => super::refusal(StatusCode::NOT_FOUND, &why),
+        CallbackError::Conflict(why) => super::refusal(StatusCode::CONFLICT, &why),
         CallbackError::Db(e) => unavailable("cannot read or write callbacks", &e),
     }
 }

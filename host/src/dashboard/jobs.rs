@@ -19,6 +19,11 @@ use serde::Deserialize;
 pub(super) struct JobQuery {
     job: String,
     ran: String,
+    /// The runs' page: the id of the previous page's last run (newest first, as
+    /// `GET /api/v1/jobs/{name}/runs`).
+    cursor: String,
+    /// Runs per page: 1 to 500, default 50.
+    limit: String,
 }
 
 fn kind(k: &JobKind) -> String {
@@ -52,12 +57,32 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
         Err(e) => return unavailable("cannot read the jobs", &e),
     };
     let shown = if q.job.is_empty() { None } else { Some(q.job.clone()) };
-    let runs = match &shown {
-        Some(name) => match scheduler::runs(&st.service, name, 30).await {
-            Ok(r) => Some(r),
+    let (limit, before) = match (super::page_limit(&q.limit), crate::http::page::checked_int_cursor(Some(&q.cursor))) {
+        (Ok(l), Ok(b)) => (l, b),
+        (Err(why), _) | (_, Err(why)) => return super::refusal(StatusCode::BAD_REQUEST, &why),
+    };
+    let (runs, next) = match &shown {
+        Some(name) => match scheduler::runs_before(&st.service, name, before, limit + 1).await {
+            Ok(mut r) => {
+                // One run more than shown says whether there is an older page.
+                let next = if r.len() as i64 > limit {
+                    r.truncate(limit as usize);
+                    r.last().map(|last| {
+                        let mut to = url::form_urlencoded::Serializer::new(String::new());
+                        to.append_pair("job", name).append_pair("cursor", &last.id.to_string());
+                        if !q.limit.trim().is_empty() {
+                            to.append_pair("limit", &limit.to_string());
+                        }
+                        format!("/dashboard/jobs?{}", to.finish())
+                    })
+                } else {
+                    None
+                };
+                (Some(r), next)
+            }
             Err(e) => return unavailable("cannot read the runs", &e),
         },
-        None => None,
+        None => (None, None),
     };
     let can_act = session.scope() >= Scope::Write;
     let ran = jobs.iter().find(|j| j.name == q.ran).and_then(|j| j.last_run.clone().map(|r| (j.name.clone(), r)));
@@ -104,7 +129,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                         thead { tr { th { "Tick" } th { "Started" } th { "Finished" } th { "By" } th { "Outcome" } th.num { "Missed ticks" } th { "What it did" } } }
                         tbody {
                             @for r in runs {
-                                tr {
+                                tr data-run=(r.id) {
                                     td.nowrap { (time(r.scheduled_for)) }
                                     td.nowrap { (time(r.started_at)) }
                                     td.nowrap { (time_opt(r.finished_at)) }
@@ -116,6 +141,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                             }
                         }
                     }
+                    @if let Some(href) = &next { p { a.next rel="next" href=(href) { "Older →" } } }
                 }
             }
         }

@@ -309,6 +309,16 @@ impl IntoResponse for Refused {
     }
 }
 
+/// The `limit` of a dashboard list, checked as the API checks it (text in the query: a
+/// form field may be anything).
+pub(super) fn page_limit(raw: &str) -> Result<i64, String> {
+    let asked = match raw.trim() {
+        "" => None,
+        t => Some(t.parse::<i64>().map_err(|_| format!("limit: {t:?} is not a number"))?),
+    };
+    crate::http::page::checked_limit(asked)
+}
+
 /// A refusal page: the status and why, with a way back.
 pub fn refusal(status: StatusCode, why: &str) -> Response {
     let body = html! {

@@ -16,9 +16,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-/// The most rows each section lists.
-const LIMIT: i64 = 500;
-/// Closed payouts shown.
+/// Closed payouts shown (the latest; the two queues are paged).
 const RECENT: i64 = 50;
 
 /// A payout's status as a badge.
@@ -36,21 +34,64 @@ pub(super) struct Done {
     done: String,
     id: String,
     unchanged: String,
+    /// The page of the requested payouts: the previous page's `next` (as the API's `after`).
+    requested_cursor: String,
+    /// The page of the approved payouts.
+    approved_cursor: String,
+    /// Rows per queue page: 1 to 500, default 50.
+    limit: String,
+}
+
+impl Done {
+    /// The link to the page where the queue `which` starts at `cursor`, the other queue
+    /// where it is.
+    fn next(&self, which: PayoutStatus, cursor: &str) -> String {
+        let mut to = url::form_urlencoded::Serializer::new(String::new());
+        let (requested, approved) = match which {
+            PayoutStatus::Requested => (cursor, self.approved_cursor.as_str()),
+            _ => (self.requested_cursor.as_str(), cursor),
+        };
+        for (k, v) in [("requested_cursor", requested), ("approved_cursor", approved), ("limit", self.limit.trim())] {
+            if !v.is_empty() {
+                to.append_pair(k, v);
+            }
+        }
+        format!("/dashboard/payouts?{}", to.finish())
+    }
 }
 
 /// `GET /dashboard/payouts`.
 pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q): Query<Done>) -> Response {
     let s = &st.service;
-    let queue =
-        |status| PayoutFilter { status: Some(status), oldest_first: true, limit: Some(LIMIT), ..Default::default() };
+    let limit = match super::page_limit(&q.limit) {
+        Ok(l) => l,
+        Err(why) => return super::refusal(StatusCode::BAD_REQUEST, &why),
+    };
+    // Each queue a page at a time, oldest first, with the API's cursor (`after`/`next`).
+    let queue = |status, cursor: &str| PayoutFilter {
+        status: Some(status),
+        oldest_first: true,
+        limit: Some(limit),
+        after: Some(cursor.to_string()).filter(|c| !c.is_empty()),
+        ..Default::default()
+    };
     let (requested, approved, recent) = match (
-        payouts::service::list(s, &queue(PayoutStatus::Requested)).await,
-        payouts::service::list(s, &queue(PayoutStatus::Approved)).await,
+        payouts::service::list(s, &queue(PayoutStatus::Requested, &q.requested_cursor)).await,
+        payouts::service::list(s, &queue(PayoutStatus::Approved, &q.approved_cursor)).await,
         queries::closed_payouts(s.db(), RECENT).await.map_err(PayoutError::from),
     ) {
-        (Ok(r), Ok(a), Ok(c)) => (r.payouts, a.payouts, c),
+        (Ok(r), Ok(a), Ok(c)) => (r, a, c),
+        (Err(PayoutError::Refused(Refusal::Invalid { .. })), _, _) => {
+            return super::refusal(StatusCode::BAD_REQUEST, "requested_cursor: not one this page gave");
+        }
+        (_, Err(PayoutError::Refused(Refusal::Invalid { .. })), _) => {
+            return super::refusal(StatusCode::BAD_REQUEST, "approved_cursor: not one this page gave");
+        }
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return unavailable("cannot read the payouts", &e),
     };
+    let requested_next = requested.next.as_deref().map(|n| q.next(PayoutStatus::Requested, n));
+    let approved_next = approved.next.as_deref().map(|n| q.next(PayoutStatus::Approved, n));
+    let (requested, approved) = (requested.payouts, approved.payouts);
     let can_act = session.scope() >= Scope::Write;
     let done = match q.done.as_str() {
         "approve" => Some(("approved", "approved")),
@@ -126,6 +167,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                         }
                     }
                 } }
+                @if let Some(href) = &requested_next { p { a.next rel="next" href=(href) { "Next page →" } } }
             }
         }
         section.card {
@@ -154,6 +196,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                         }
                     }
                 } }
+                @if let Some(href) = &approved_next { p { a.next rel="next" href=(href) { "Next page →" } } }
             }
         }
         section.card {

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 
-/// The most rows the page lists per status.
+/// The most parked and failed conversions the page lists per status (the review queue
+/// itself is paged: `cursor` and `limit`, as `GET /api/v1/review`).
 const LIMIT: i64 = 500;
 
 #[derive(Deserialize, Default)]
@@ -28,16 +29,38 @@ pub(super) struct Done {
     bulk: String,
     done_count: String,
     still: String,
+    /// The review queue's page: `reported_at:id` of the previous page's last row.
+    cursor: String,
+    /// Rows of the queue per page: 1 to 500, default 50.
+    limit: String,
 }
 
 /// `GET /dashboard/review`.
 pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q): Query<Done>) -> Response {
     let s = &st.service;
-    let (pending, held) =
-        match (s.by_status(Status::PendingReview, LIMIT).await, s.by_status(Status::Held, LIMIT).await) {
-            (Ok(p), Ok(h)) => (p, h),
-            (Err(e), _) | (_, Err(e)) => return unavailable("cannot read the review queue", &e),
-        };
+    let (limit, after) = match (super::page_limit(&q.limit), crate::http::page::at_id_cursor(Some(&q.cursor))) {
+        (Ok(l), Ok(a)) => (l, a),
+        (Err(why), _) | (_, Err(why)) => return super::refusal(StatusCode::BAD_REQUEST, &why),
+    };
+    // One row more than shown says whether there is a next page; its link carries the
+    // last row's key and the page size.
+    let mut queue = match s.review_queue(after, limit + 1).await {
+        Ok(rows) => rows,
+        Err(e) => return unavailable("cannot read the review queue", &e),
+    };
+    let next = if queue.len() as i64 > limit {
+        queue.truncate(limit as usize);
+        queue.last().map(|c| {
+            let mut to = url::form_urlencoded::Serializer::new(String::new());
+            to.append_pair("cursor", &format!("{}:{}", c.reported_at, c.id));
+            if !q.limit.trim().is_empty() {
+                to.append_pair("limit", &limit.to_string());
+            }
+            format!("/dashboard/review?{}", to.finish())
+        })
+    } else {
+        None
+    };
     let (parked, failed, merchants) = match (
         s.by_status(Status::Parked, LIMIT).await,
         s.by_status(Status::Failed, LIMIT).await,
@@ -49,8 +72,6 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
     };
     let mut waiting: Vec<_> = failed.into_iter().chain(parked).collect();
     waiting.sort_by(|a, b| (a.reported_at, &a.id).cmp(&(b.reported_at, &b.id)));
-    let mut queue: Vec<_> = pending.into_iter().chain(held).collect();
-    queue.sort_by(|a, b| (a.reported_at, &a.id).cmp(&(b.reported_at, &b.id)));
     let can_act = session.scope() >= Scope::Write;
     let done = match q.done.as_str() {
         "approve" => Some("approved"),
@@ -67,12 +88,12 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
         p.lede {
             "Orders of merchants in manual mode, and orders a rule or an operator held. "
             "Approving credits the cashback as pending; rejecting denies it; holding keeps it here. "
-            "Oldest first."
+            "Oldest first, " (limit) " a page."
         }
         @if !can_act { (notice("info", "Your token has the read scope: reviewing needs write.")) }
         section.card {
             @if queue.is_empty() {
-                p.empty { "The queue is empty." }
+                p.empty { @if q.cursor.is_empty() { "The queue is empty." } @else { "No more conversions to review." } }
             } @else {
                 div.table-wrap {
                     table #review-queue {
@@ -113,6 +134,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                         }
                     }
                 }
+                @if let Some(href) = &next { p { a.next rel="next" href=(href) { "Next page →" } } }
             }
         }
     };

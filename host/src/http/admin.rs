@@ -55,7 +55,7 @@ async fn upload_import(
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::imports::FileSummary>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty_file", "the request body (the file) is empty"));
@@ -71,8 +71,21 @@ async fn upload_import(
     let summary = crate::imports::import_file(&st.service, &st.runtime, &network, &name, body.to_vec(), |_, _| {})
         .await
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "import_failed", e))?;
-    Ok(Json(serde_json::to_value(summary).unwrap_or_default()))
+    Ok(Json(summary))
 }
+
+/// A refused postback with its id (the cursor of the list).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RejectRow {
+    id: i64,
+    #[serde(flatten)]
+    reject: crate::ingest::Reject,
+}
+
+super::page::page_of!(
+    /// `GET /api/v1/networks/{network}/rejects`.
+    RejectsPage, rejects: RejectRow
+);
 
 /// `GET /api/v1/networks/{network}/rejects?cursor=&limit=`: refused postbacks, newest
 /// first, a page at a time (read scope).
@@ -81,20 +94,13 @@ async fn list_rejects(
     Path(network): Path<String>,
     Query(q): Query<super::page::IdPage>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RejectsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let (limit, before) = q.checked()?;
     let rows = crate::ingest::rejects_before(st.service.db(), &network, before, limit + 1)
         .await
         .map_err(|e| ApiError::unavailable("cannot read the rejects", &e))?;
-    let (rows, next) = super::page::cut(rows, limit, |(id, _)| id.to_string());
-    let rejects: Vec<_> = rows
-        .into_iter()
-        .map(|(id, r)| {
-            let mut v = serde_json::to_value(r).unwrap_or_default();
-            v["id"] = id.into();
-            v
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "rejects": rejects, "next_cursor": next })))
+    let (rows, next_cursor) = super::page::cut(rows, limit, |(id, _)| id.to_string());
+    let rejects = rows.into_iter().map(|(id, reject)| RejectRow { id, reject }).collect();
+    Ok(Json(RejectsPage { rejects, next_cursor }))
 }

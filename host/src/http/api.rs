@@ -3,7 +3,7 @@
 //! need write (reviews, job runs) or admin (merchants, networks).
 
 use super::admin::require;
-use super::page::{self, IdPage, Page, cut, int_cursor, of_sorted};
+use super::page::{self, IdPage, Page, cut, int_cursor, of_sorted, page_of};
 use super::{ApiError, AppState};
 use crate::auth::Scope;
 use crate::conversions::{ReviewAction, Status};
@@ -12,8 +12,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::Row;
 
 /// The resource routes.
@@ -44,12 +44,42 @@ fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} {id:?}"))
 }
 
+/// A merchant as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MerchantView {
+    id: String,
+    name: String,
+    /// `automatic` or `manual` (every conversion reviewed).
+    processing_mode: String,
+    /// Days from approval until the cashback is available.
+    reward_delay_days: i64,
+    /// UTC milliseconds.
+    created_at: i64,
+    /// Its rule chain, in order.
+    rules: Vec<RuleView>,
+}
+
+/// One place of a merchant's rule chain.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RuleView {
+    position: i64,
+    /// The plugin's name.
+    plugin: String,
+    version: String,
+    digest: String,
+}
+
+page_of!(
+    /// `GET /api/v1/merchants`.
+    MerchantsPage, merchants: MerchantView
+);
+
 /// `GET /api/v1/merchants?cursor=&limit=`: by id, a page at a time.
 async fn list_merchants(
     State(st): State<AppState>,
     Query(q): Query<Page>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MerchantsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = page::limit(q.limit)?;
     let rows = sqlx::query(
@@ -65,11 +95,11 @@ async fn list_merchants(
     for r in &rows {
         merchants.push(merchant_json(&st, r).await?);
     }
-    let (merchants, next) = cut(merchants, limit, |m| m["id"].as_str().unwrap_or_default().to_string());
-    Ok(Json(json!({ "merchants": merchants, "next_cursor": next })))
+    let (merchants, next_cursor) = cut(merchants, limit, |m| m.id.clone());
+    Ok(Json(MerchantsPage { merchants, next_cursor }))
 }
 
-async fn merchant_json(st: &AppState, r: &sqlx::any::AnyRow) -> Result<Value, ApiError> {
+async fn merchant_json(st: &AppState, r: &sqlx::any::AnyRow) -> Result<MerchantView, ApiError> {
     let id: String = r.try_get(0).map_err(db_failed)?;
     let chain = sqlx::query(
         "SELECT r.position, p.name, p.version, r.plugin_digest FROM merchant_rules r \
@@ -81,19 +111,18 @@ async fn merchant_json(st: &AppState, r: &sqlx::any::AnyRow) -> Result<Value, Ap
     .map_err(db_failed)?
     .iter()
     .map(|c| {
-        Ok(json!({"position": c.try_get::<i64, _>(0)?, "plugin": c.try_get::<String, _>(1)?,
-                  "version": c.try_get::<String, _>(2)?, "digest": c.try_get::<String, _>(3)?}))
+        Ok(RuleView { position: c.try_get(0)?, plugin: c.try_get(1)?, version: c.try_get(2)?, digest: c.try_get(3)? })
     })
-    .collect::<Result<Vec<Value>, sqlx::Error>>()
+    .collect::<Result<Vec<RuleView>, sqlx::Error>>()
     .map_err(db_failed)?;
-    Ok(json!({
-        "id": id,
-        "name": r.try_get::<String, _>(1).map_err(db_failed)?,
-        "processing_mode": r.try_get::<String, _>(2).map_err(db_failed)?,
-        "reward_delay_days": r.try_get::<i64, _>(3).map_err(db_failed)?,
-        "created_at": r.try_get::<i64, _>(4).map_err(db_failed)?,
-        "rules": chain,
-    }))
+    Ok(MerchantView {
+        id,
+        name: r.try_get(1).map_err(db_failed)?,
+        processing_mode: r.try_get(2).map_err(db_failed)?,
+        reward_delay_days: r.try_get(3).map_err(db_failed)?,
+        created_at: r.try_get(4).map_err(db_failed)?,
+        rules: chain,
+    })
 }
 
 /// `GET /api/v1/merchants/{merchant}`.
@@ -101,7 +130,7 @@ async fn get_merchant(
     State(st): State<AppState>,
     Path(merchant): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MerchantView>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let row =
         sqlx::query("SELECT id, name, processing_mode, reward_delay_days, created_at FROM merchants WHERE id = $1")
@@ -136,7 +165,7 @@ async fn put_merchant(
     Path(merchant): Path<String>,
     headers: HeaderMap,
     Json(body): Json<MerchantBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MerchantView>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     if merchant.is_empty() || merchant.chars().count() > 64 {
         return Err(ApiError::bad_request("bad_id", "merchant id: 1 to 64 characters"));
@@ -152,14 +181,62 @@ async fn put_merchant(
 }
 
 /// A network as the API shows it: the inbound secret is never returned.
-fn network_json(n: &Network) -> Value {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct NetworkView {
+    id: String,
+    name: String,
+    /// Its import adapter's digest; null: postbacks only.
+    adapter_digest: Option<String>,
+    /// The adapter's configuration.
+    #[schema(schema_with = super::schema::any_json)]
+    adapter_config: Value,
+    /// How its postbacks authenticate.
+    auth: AuthView,
+}
+
+/// How a network's postbacks authenticate, the secret masked (`***`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub(crate) enum AuthView {
+    /// No check.
+    None,
+    /// A shared token.
+    Token {
+        /// Always `***`.
+        secret: String,
+    },
+    /// An HMAC signature.
+    Hmac {
+        /// Always `***`.
+        secret: String,
+    },
+    /// The sender's address.
+    Ip {
+        /// The addresses allowed.
+        ips: Vec<String>,
+    },
+}
+
+page_of!(
+    /// `GET /api/v1/networks`.
+    NetworksPage, networks: NetworkView
+);
+
+fn network_json(n: &Network) -> NetworkView {
+    let masked = || "***".to_string();
     let auth = match &n.auth {
-        InboundAuth::None => json!({"kind": "none"}),
-        InboundAuth::Token(_) => json!({"kind": "token", "secret": "***"}),
-        InboundAuth::Hmac(_) => json!({"kind": "hmac", "secret": "***"}),
-        InboundAuth::IpAllowList(ips) => json!({"kind": "ip", "ips": ips}),
+        InboundAuth::None => AuthView::None,
+        InboundAuth::Token(_) => AuthView::Token { secret: masked() },
+        InboundAuth::Hmac(_) => AuthView::Hmac { secret: masked() },
+        InboundAuth::IpAllowList(ips) => AuthView::Ip { ips: ips.iter().map(ToString::to_string).collect() },
     };
-    json!({"id": n.id, "name": n.name, "adapter_digest": n.adapter_digest, "adapter_config": n.adapter_config, "auth": auth})
+    NetworkView {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        adapter_digest: n.adapter_digest.clone(),
+        adapter_config: n.adapter_config.clone(),
+        auth,
+    }
 }
 
 /// `GET /api/v1/networks?cursor=&limit=`: by id, a page at a time.
@@ -167,7 +244,7 @@ async fn list_networks(
     State(st): State<AppState>,
     Query(q): Query<Page>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NetworksPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = page::limit(q.limit)?;
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM networks WHERE id > $1 ORDER BY id LIMIT $2")
@@ -176,14 +253,14 @@ async fn list_networks(
         .fetch_all(&st.service.db().pool)
         .await
         .map_err(db_failed)?;
-    let (ids, next) = cut(ids, limit, Clone::clone);
+    let (ids, next_cursor) = cut(ids, limit, Clone::clone);
     let mut networks = Vec::new();
     for id in ids {
         if let Some(n) = ingest::network(st.service.db(), &id).await.map_err(db_failed)? {
             networks.push(network_json(&n));
         }
     }
-    Ok(Json(json!({ "networks": networks, "next_cursor": next })))
+    Ok(Json(NetworksPage { networks, next_cursor }))
 }
 
 /// `GET /api/v1/networks/{network}`.
@@ -191,7 +268,7 @@ async fn get_network(
     State(st): State<AppState>,
     Path(network): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NetworkView>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let n = ingest::network(st.service.db(), &network)
         .await
@@ -224,7 +301,7 @@ async fn put_network(
     Path(network): Path<String>,
     headers: HeaderMap,
     Json(body): Json<NetworkBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NetworkView>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     let auth = match (body.auth.as_str(), body.secret) {
         ("none", _) => InboundAuth::None,
@@ -300,11 +377,13 @@ const MAX_SEARCH: i64 = 1000;
 
 /// A `reported_at:id` cursor (conversion pages).
 fn at_id_cursor(cursor: Option<&str>) -> Result<Option<(i64, String)>, ApiError> {
-    let Some(c) = cursor.filter(|c| !c.is_empty()) else { return Ok(None) };
-    let bad = || ApiError::bad_request("bad_cursor", format!("cursor: {c:?} is not one this list gave"));
-    let (at, id) = c.split_once(':').ok_or_else(bad)?;
-    Ok(Some((at.parse().map_err(|_| bad())?, id.to_string())))
+    page::at_id_cursor(cursor).map_err(|why| ApiError::bad_request("bad_cursor", why))
 }
+
+page_of!(
+    /// `GET /api/v1/conversions`.
+    ConversionsPage, conversions: crate::conversions::decide::ConversionRow
+);
 
 /// `GET /api/v1/conversions?status=&network=&merchant=&user=&transaction=&cursor=&limit=`:
 /// newest first (by report time, then id), a page at a time.
@@ -312,7 +391,7 @@ async fn search_conversions(
     State(st): State<AppState>,
     Query(q): Query<SearchQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConversionsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     if let Some(s) = &q.status
         && Status::parse(s).is_none()
@@ -347,14 +426,53 @@ async fn search_conversions(
         .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(db_failed)?;
-    let (keys, next) = cut(keys, limit, |(id, at)| format!("{at}:{id}"));
-    let mut out = Vec::new();
+    let (keys, next_cursor) = cut(keys, limit, |(id, at)| format!("{at}:{id}"));
+    let mut conversions = Vec::new();
     for (id, _) in &keys {
         if let Some(c) = st.service.conversion(id).await.map_err(ApiError::from)? {
-            out.push(json!(c));
+            conversions.push(c);
         }
     }
-    Ok(Json(json!({ "conversions": out, "next_cursor": next })))
+    Ok(Json(ConversionsPage { conversions, next_cursor }))
+}
+
+/// `GET /api/v1/conversions/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Timeline {
+    conversion: crate::conversions::decide::ConversionRow,
+    stages: Stages,
+    /// Every step, oldest first.
+    history: Vec<crate::conversions::service::HistoryEntry>,
+    /// Its ledger postings, oldest first.
+    postings: Vec<PostingRow>,
+}
+
+/// When a conversion reached each stage (UTC milliseconds; null: not yet).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Stages {
+    clicked_at: Option<i64>,
+    event_time: i64,
+    reported_at: i64,
+    /// `postback`, `api_import` or `file`.
+    reported_via: String,
+    rule_at: Option<i64>,
+    ledger_at: Option<i64>,
+    completed_at: Option<i64>,
+    matured_at: Option<i64>,
+}
+
+/// One ledger posting of a conversion, with the plugin that computed it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PostingRow {
+    id: i64,
+    cause: String,
+    reason: Option<String>,
+    operator: Option<String>,
+    plugin_name: Option<String>,
+    plugin_version: Option<String>,
+    plugin_digest: Option<String>,
+    /// UTC milliseconds.
+    at: i64,
 }
 
 /// `GET /api/v1/conversions/{id}`: the conversion, its history (every stage with its
@@ -363,7 +481,7 @@ async fn conversion_timeline(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Timeline>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let c = st.service.conversion(&id).await.map_err(ApiError::from)?.ok_or_else(|| not_found("conversion", &id))?;
     let history = st.service.history(&id).await.map_err(ApiError::from)?;
@@ -377,20 +495,36 @@ async fn conversion_timeline(
     .map_err(db_failed)?
     .iter()
     .map(|r| {
-        Ok(json!({"id": r.try_get::<i64, _>(0)?, "cause": r.try_get::<String, _>(1)?,
-                  "reason": r.try_get::<Option<String>, _>(2)?, "operator": r.try_get::<Option<String>, _>(3)?,
-                  "plugin_name": r.try_get::<Option<String>, _>(4)?, "plugin_version": r.try_get::<Option<String>, _>(5)?,
-                  "plugin_digest": r.try_get::<Option<String>, _>(6)?, "at": r.try_get::<i64, _>(7)?}))
+        Ok(PostingRow {
+            id: r.try_get(0)?,
+            cause: r.try_get(1)?,
+            reason: r.try_get(2)?,
+            operator: r.try_get(3)?,
+            plugin_name: r.try_get(4)?,
+            plugin_version: r.try_get(5)?,
+            plugin_digest: r.try_get(6)?,
+            at: r.try_get(7)?,
+        })
     })
-    .collect::<Result<Vec<Value>, sqlx::Error>>()
+    .collect::<Result<Vec<PostingRow>, sqlx::Error>>()
     .map_err(db_failed)?;
-    let stages = json!({
-        "clicked_at": c.clicked_at, "event_time": c.event_time, "reported_at": c.reported_at,
-        "reported_via": c.reported_via, "rule_at": c.rule_at, "ledger_at": c.ledger_at,
-        "completed_at": c.completed_at, "matured_at": c.matured_at,
-    });
-    Ok(Json(json!({ "conversion": c, "stages": stages, "history": history, "postings": postings })))
+    let stages = Stages {
+        clicked_at: c.clicked_at,
+        event_time: c.event_time,
+        reported_at: c.reported_at,
+        reported_via: c.reported_via.clone(),
+        rule_at: c.rule_at,
+        ledger_at: c.ledger_at,
+        completed_at: c.completed_at,
+        matured_at: c.matured_at,
+    };
+    Ok(Json(Timeline { conversion: c, stages, history, postings }))
 }
+
+page_of!(
+    /// `GET /api/v1/review`.
+    ReviewPage, queue: crate::conversions::decide::ConversionRow
+);
 
 /// `GET /api/v1/review?cursor=&limit=`: conversions awaiting review (pending review and
 /// held), oldest report first, a page at a time.
@@ -398,35 +532,13 @@ async fn review_queue(
     State(st): State<AppState>,
     Query(q): Query<ReviewQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReviewPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = page::limit(q.limit)?;
-    let (after_at, after_id) = at_id_cursor(q.cursor.as_deref())?.unwrap_or((i64::MIN, String::new()));
-    let rows = sqlx::query(
-        "SELECT id, reported_at FROM conversions WHERE status IN ($1, $2) \
-         AND (reported_at > $3 OR (reported_at = $3 AND id > $4)) ORDER BY reported_at, id LIMIT $5",
-    )
-    .bind(Status::PendingReview.as_str())
-    .bind(Status::Held.as_str())
-    .bind(after_at)
-    .bind(after_id)
-    .bind(limit + 1)
-    .fetch_all(&st.service.db().pool)
-    .await
-    .map_err(db_failed)?;
-    let keys = rows
-        .iter()
-        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(db_failed)?;
-    let (keys, next) = cut(keys, limit, |(id, at)| format!("{at}:{id}"));
-    let mut queue = Vec::new();
-    for (id, _) in &keys {
-        if let Some(c) = st.service.conversion(id).await.map_err(ApiError::from)? {
-            queue.push(c);
-        }
-    }
-    Ok(Json(json!({ "queue": queue, "next_cursor": next })))
+    let after = at_id_cursor(q.cursor.as_deref())?;
+    let rows = st.service.review_queue(after, limit + 1).await.map_err(ApiError::from)?;
+    let (queue, next_cursor) = cut(rows, limit, |c| format!("{}:{}", c.reported_at, c.id));
+    Ok(Json(ReviewPage { queue, next_cursor }))
 }
 
 /// `GET /api/v1/review`'s page: the cursor is `reported_at:id`.
@@ -460,7 +572,7 @@ async fn review(
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(body): Json<ReviewBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::conversions::Outcome>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let action = match body.action.as_str() {
         "approve" => ReviewAction::Approve,
@@ -473,12 +585,20 @@ async fn review(
             ));
         }
     };
-    // An unknown conversion is a 404 (the writer would refuse it as invalid: 422).
-    if st.service.conversion(&id).await.map_err(ApiError::from)?.is_none() {
+    // An unknown conversion is a 404, and one that is not awaiting review a 409 (its state
+    // refuses the request, which is well-formed); the writer would refuse both as invalid.
+    let Some(c) = st.service.conversion(&id).await.map_err(ApiError::from)? else {
         return Err(not_found("conversion", &id));
+    };
+    if !matches!(c.status, Status::PendingReview | Status::Held) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("conversion {id} is {}, not awaiting review", c.status),
+        ));
     }
     let outcome = st.service.review(&id, action, &body.operator, &body.reason).await.map_err(ApiError::from)?;
-    Ok(Json(json!(outcome)))
+    Ok(Json(outcome))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -494,12 +614,17 @@ pub(crate) struct BalanceQuery {
     limit: Option<i64>,
 }
 
+page_of!(
+    /// `GET /api/v1/balances`.
+    BalancesPage, balances: crate::ledger::Balance
+);
+
 /// `GET /api/v1/balances[?user=U]`: every account's balance, or one user's.
 async fn balances(
     State(st): State<AppState>,
     Query(q): Query<BalanceQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BalancesPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = page::limit(q.limit)?;
     let after = int_cursor(q.cursor.as_deref())?.unwrap_or(0);
@@ -529,19 +654,33 @@ async fn balances(
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(db_failed)?;
-    let (accounts, next) = cut(accounts, limit, |(id, _)| id.to_string());
-    let b: Vec<_> = accounts.into_iter().map(|(_, b)| b).collect();
-    Ok(Json(json!({ "balances": b, "next_cursor": next })))
+    let (accounts, next_cursor) = cut(accounts, limit, |(id, _)| id.to_string());
+    let balances = accounts.into_iter().map(|(_, b)| b).collect();
+    Ok(Json(BalancesPage { balances, next_cursor }))
 }
 
+page_of!(
+    /// `GET /api/v1/jobs`.
+    JobsPage, jobs: crate::scheduler::JobInfo
+);
+
+page_of!(
+    /// `GET /api/v1/jobs/{name}/runs`.
+    RunsPage, runs: crate::scheduler::RunInfo
+);
+
 /// `GET /api/v1/jobs?cursor=&limit=`: the jobs by name, their schedules and last runs.
-async fn jobs(State(st): State<AppState>, Query(q): Query<Page>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn jobs(
+    State(st): State<AppState>,
+    Query(q): Query<Page>,
+    headers: HeaderMap,
+) -> Result<Json<JobsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = page::limit(q.limit)?;
     // A few system jobs and one per scheduled network import: read whole.
     let all = crate::scheduler::list(&st.service).await.map_err(db_failed)?;
-    let (jobs, next) = of_sorted(all, q.cursor.as_deref(), limit, |j| j.name.clone());
-    Ok(Json(json!({ "jobs": jobs, "next_cursor": next })))
+    let (jobs, next_cursor) = of_sorted(all, q.cursor.as_deref(), limit, |j| j.name.clone());
+    Ok(Json(JobsPage { jobs, next_cursor }))
 }
 
 /// `GET /api/v1/jobs/{name}/runs?cursor=&limit=`: its runs, newest first.
@@ -550,12 +689,12 @@ async fn job_runs(
     Path(name): Path<String>,
     Query(q): Query<IdPage>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let (limit, before) = q.checked()?;
     let runs = crate::scheduler::runs_before(&st.service, &name, before, limit + 1).await.map_err(db_failed)?;
-    let (runs, next) = cut(runs, limit, |r| r.id.to_string());
-    Ok(Json(json!({ "runs": runs, "next_cursor": next })))
+    let (runs, next_cursor) = cut(runs, limit, |r| r.id.to_string());
+    Ok(Json(RunsPage { runs, next_cursor }))
 }
 
 /// `POST /api/v1/jobs/{name}/run` (write): runs the job now, once, under its lease.
@@ -565,7 +704,7 @@ async fn run_job(
     deliverer: Option<axum::Extension<crate::callbacks::Deliverer>>,
     notifier: Option<axum::Extension<crate::notify::Notifier>>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::scheduler::RunInfo>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     // An unknown job is a 404, as on the dashboard; a run that fails is the caller's 422.
     if !crate::scheduler::list(&st.service).await.map_err(db_failed)?.iter().any(|j| j.name == name) {
@@ -584,7 +723,7 @@ async fn run_job(
     }
     let run =
         scheduler.run_now(&name).await.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e))?;
-    Ok(Json(json!(run)))
+    Ok(Json(run))
 }
 
 fn callback_failed(e: crate::callbacks::CallbackError) -> ApiError {
@@ -592,22 +731,28 @@ fn callback_failed(e: crate::callbacks::CallbackError) -> ApiError {
     match e {
         CallbackError::Invalid(why) => ApiError::bad_request("invalid", why),
         CallbackError::NotFound(why) => ApiError::new(StatusCode::NOT_FOUND, "not_found", why),
+        CallbackError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", why),
         CallbackError::Db(e) => db_failed(e),
     }
 }
+
+page_of!(
+    /// `GET /api/v1/partners`.
+    PartnersPage, partners: crate::callbacks::Partner
+);
 
 /// `GET /api/v1/partners?cursor=&limit=`: by id.
 async fn list_partners(
     State(st): State<AppState>,
     Query(q): Query<Page>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PartnersPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = page::limit(q.limit)?;
     // Configured by hand, a handful: read whole.
     let all = crate::callbacks::partners(st.service.db()).await.map_err(callback_failed)?;
-    let (partners, next) = of_sorted(all, q.cursor.as_deref(), limit, |p| p.id.clone());
-    Ok(Json(json!({ "partners": partners, "next_cursor": next })))
+    let (partners, next_cursor) = of_sorted(all, q.cursor.as_deref(), limit, |p| p.id.clone());
+    Ok(Json(PartnersPage { partners, next_cursor }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -623,12 +768,12 @@ async fn put_partner(
     Path(partner): Path<String>,
     headers: HeaderMap,
     Json(body): Json<PartnerBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::callbacks::Partner>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     crate::callbacks::upsert_partner(st.service.db(), &partner, &body.name, st.service.now())
         .await
         .map_err(callback_failed)?;
-    Ok(Json(json!({ "id": partner, "name": body.name })))
+    Ok(Json(crate::callbacks::Partner { id: partner, name: body.name }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -681,7 +826,7 @@ async fn put_endpoint(
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(b): Json<EndpointBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::callbacks::EndpointView>, ApiError> {
     use crate::callbacks::{Backoff, EndpointSpec, Method, sign::Secret};
     require(&st, &headers, Scope::Admin).await?;
     let method = match b.method.as_deref() {
@@ -725,7 +870,13 @@ async fn put_endpoint(
     spec.disable_after = b.disable_after.unwrap_or(spec.disable_after);
     spec.validate().map_err(callback_failed)?;
     crate::callbacks::save_endpoint(st.service.db(), &spec, st.service.now()).await.map_err(callback_failed)?;
-    let view =
-        crate::callbacks::endpoints(st.service.db()).await.map_err(callback_failed)?.into_iter().find(|e| e.id == id);
-    Ok(Json(json!(view)))
+    // Read back as every list shows it (secrets masked). Gone already: another request
+    // replaced it meanwhile and removed it, which is the caller's 404, not a null body.
+    let view = crate::callbacks::endpoints(st.service.db())
+        .await
+        .map_err(callback_failed)?
+        .into_iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| not_found("endpoint", &id))?;
+    Ok(Json(view))
 }

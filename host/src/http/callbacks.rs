@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -34,8 +35,65 @@ fn error(e: CallbackError) -> ApiError {
     match e {
         CallbackError::Invalid(why) => ApiError::bad_request("invalid", why),
         CallbackError::NotFound(why) => ApiError::new(StatusCode::NOT_FOUND, "not_found", why),
+        CallbackError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", why),
         CallbackError::Db(e) => ApiError::unavailable("cannot read or write callbacks", &e),
     }
+}
+
+super::page::page_of!(
+    /// `GET /api/v1/callbacks/endpoints`.
+    EndpointsPage, endpoints: callbacks::EndpointView
+);
+
+super::page::page_of!(
+    /// `GET /api/v1/callbacks/endpoints/{id}/attempts`.
+    AttemptsPage, attempts: deliver::AttemptView
+);
+
+super::page::page_of!(
+    /// `GET /api/v1/callbacks/deliveries`.
+    DeliveriesPage, deliveries: deliver::DeliveryView
+);
+
+super::page::page_of!(
+    /// `GET /api/v1/alerts`.
+    AlertsPage, alerts: callbacks::Alert
+);
+
+/// `POST /api/v1/callbacks/endpoints/{id}/enable|disable`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Toggled {
+    /// The endpoint's id.
+    endpoint: String,
+    enabled: bool,
+    /// Deliveries waiting, sent from now on in order (enable only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backlog: Option<i64>,
+    /// Deliveries given up during the failures, queued again (enable only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requeued: Option<u64>,
+}
+
+/// `GET /api/v1/callbacks/deliveries/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct DeliveryDetail {
+    delivery: deliver::DeliveryView,
+    /// Its attempts, oldest first.
+    attempts: Vec<deliver::AttemptView>,
+}
+
+/// `POST /api/v1/callbacks/deliveries/{id}/replay`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReplayedOne {
+    /// The delivery queued again.
+    replayed: Vec<i64>,
+}
+
+/// `POST /api/v1/callbacks/replay`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReplayedRange {
+    /// How many deliveries were queued again.
+    replayed: u64,
 }
 
 fn body_json(body: &Bytes) -> Result<Value, ApiError> {
@@ -64,13 +122,13 @@ async fn list_endpoints(
     State(st): State<AppState>,
     Query(q): Query<super::page::Page>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EndpointsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = super::page::limit(q.limit)?;
     // Configured by hand, a handful: read whole.
     let all = callbacks::endpoints(st.service.db()).await.map_err(error)?;
-    let (endpoints, next) = super::page::of_sorted(all, q.cursor.as_deref(), limit, |e| e.id.clone());
-    Ok(Json(json!({ "endpoints": endpoints, "next_cursor": next })))
+    let (endpoints, next_cursor) = super::page::of_sorted(all, q.cursor.as_deref(), limit, |e| e.id.clone());
+    Ok(Json(EndpointsPage { endpoints, next_cursor }))
 }
 
 async fn enable(
@@ -78,7 +136,7 @@ async fn enable(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Toggled>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let body = body_json(&body)?;
     let replay_failed = match body.get("replay_failed") {
@@ -87,7 +145,7 @@ async fn enable(
         Some(_) => return Err(ApiError::bad_request("invalid_parameter", "replay_failed: true or false")),
     };
     let done = callbacks::enable(st.service.db(), &id, replay_failed, st.service.now()).await.map_err(error)?;
-    Ok(Json(json!({ "endpoint": id, "enabled": true, "backlog": done.backlog, "requeued": done.requeued })))
+    Ok(Json(Toggled { endpoint: id, enabled: true, backlog: Some(done.backlog), requeued: Some(done.requeued) }))
 }
 
 async fn disable(
@@ -95,12 +153,12 @@ async fn disable(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Toggled>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let body = body_json(&body)?;
     let reason = body.get("reason").and_then(Value::as_str).unwrap_or("disabled by an operator");
     callbacks::disable(st.service.db(), &id, reason, st.service.now()).await.map_err(error)?;
-    Ok(Json(json!({ "endpoint": id, "enabled": false })))
+    Ok(Json(Toggled { endpoint: id, enabled: false, backlog: None, requeued: None }))
 }
 
 async fn test(
@@ -108,7 +166,7 @@ async fn test(
     deliverer: Option<Extension<Deliverer>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<deliver::TestReport>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let deliverer = match deliverer {
         Some(Extension(d)) => d,
@@ -117,7 +175,7 @@ async fn test(
             .with_plugins(st.service.runtime().clone()),
     };
     let report = deliverer.test(&id).await.map_err(error)?;
-    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+    Ok(Json(report))
 }
 
 async fn endpoint_attempts(
@@ -125,21 +183,21 @@ async fn endpoint_attempts(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AttemptsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     callbacks::endpoint(st.service.db(), &id).await.map_err(error)?;
     let limit = super::page::limit(int_param(&q, "limit")?)?;
     let after = super::page::int_cursor(q.get("cursor").map(String::as_str))?;
     let attempts = deliver::attempts_after(st.service.db(), None, Some(&id), after, limit + 1).await.map_err(error)?;
-    let (attempts, next) = super::page::cut(attempts, limit, |a| a.id.to_string());
-    Ok(Json(json!({ "attempts": attempts, "next_cursor": next })))
+    let (attempts, next_cursor) = super::page::cut(attempts, limit, |a| a.id.to_string());
+    Ok(Json(AttemptsPage { attempts, next_cursor }))
 }
 
 async fn list_deliveries(
     State(st): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveriesPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = super::page::limit(int_param(&q, "limit")?)?;
     let filter = DeliveryFilter {
@@ -153,8 +211,8 @@ async fn list_deliveries(
         before: super::page::int_cursor(q.get("cursor").map(String::as_str))?,
     };
     let deliveries = deliver::deliveries(st.service.db(), &filter).await.map_err(error)?;
-    let (deliveries, next) = super::page::cut(deliveries, limit, |d| d.id.to_string());
-    Ok(Json(json!({ "deliveries": deliveries, "next_cursor": next })))
+    let (deliveries, next_cursor) = super::page::cut(deliveries, limit, |d| d.id.to_string());
+    Ok(Json(DeliveriesPage { deliveries, next_cursor }))
 }
 
 fn delivery_id(raw: &str) -> Result<i64, ApiError> {
@@ -167,24 +225,28 @@ async fn show_delivery(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryDetail>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let (delivery, attempts) = deliver::delivery(st.service.db(), delivery_id(&id)?).await.map_err(error)?;
-    Ok(Json(json!({ "delivery": delivery, "attempts": attempts })))
+    Ok(Json(DeliveryDetail { delivery, attempts }))
 }
 
 async fn replay_one(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReplayedOne>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let id = delivery_id(&id)?;
     deliver::replay(st.service.db(), id, st.service.now()).await.map_err(error)?;
-    Ok(Json(json!({ "replayed": [id] })))
+    Ok(Json(ReplayedOne { replayed: vec![id] }))
 }
 
-async fn replay_range(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn replay_range(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ReplayedRange>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let body = body_json(&body)?;
     let time = |name: &str| {
@@ -199,7 +261,7 @@ async fn replay_range(State(st): State<AppState>, headers: HeaderMap, body: Byte
         Some(_) => return Err(ApiError::bad_request("invalid_parameter", "endpoint: a string")),
     };
     let n = deliver::replay_range(st.service.db(), endpoint, from, to, st.service.now()).await.map_err(error)?;
-    Ok(Json(json!({ "replayed": n })))
+    Ok(Json(ReplayedRange { replayed: n }))
 }
 
 /// `GET /api/v1/alerts?cursor=&limit=`: newest first.
@@ -207,10 +269,10 @@ async fn list_alerts(
     State(st): State<AppState>,
     Query(q): Query<super::page::IdPage>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AlertsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let (limit, before) = q.checked()?;
     let alerts = callbacks::alerts_before(st.service.db(), before, limit + 1).await.map_err(error)?;
-    let (alerts, next) = super::page::cut(alerts, limit, |a| a.id.to_string());
-    Ok(Json(json!({ "alerts": alerts, "next_cursor": next })))
+    let (alerts, next_cursor) = super::page::cut(alerts, limit, |a| a.id.to_string());
+    Ok(Json(AlertsPage { alerts, next_cursor }))
 }

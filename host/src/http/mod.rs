@@ -11,7 +11,7 @@ mod idempotency;
 mod ingress;
 pub mod openapi;
 mod ops;
-mod page;
+pub(crate) mod page;
 mod payouts;
 mod plugins;
 pub mod ratelimit;
@@ -365,6 +365,9 @@ impl From<crate::conversions::service::ServiceError> for ApiError {
             }
             crate::conversions::service::ServiceError::NotFound(what) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+            }
+            crate::conversions::service::ServiceError::Conflict(what) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", what)
             }
             other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", other.to_string()),
         }

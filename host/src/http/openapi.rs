@@ -6,8 +6,10 @@
 //!
 //! Request bodies and query parameters are the schemas of the types the handlers
 //! deserialize (`utoipa::ToSchema` / `IntoParams` on them), so the document cannot
-//! describe a field the server does not take. Every refusal of the admin API is the
-//! [`Error`] body, and each operation lists every status its route can answer with.
+//! describe a field the server does not take; every success answer is the schema of the
+//! type its handler returns in `Json(..)` (`response_of`), so it cannot describe a
+//! field the server does not send. Every refusal of the admin API is the [`Error`] body,
+//! and each operation lists every status its route can answer with.
 
 use crate::auth::Scope;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn};
@@ -486,128 +488,94 @@ fn query_of(route: &Route) -> Vec<Parameter> {
     }
 }
 
-/// The type a route's success answer serializes (the others: a JSON object, not yet typed).
+/// The type a route's success answer is: the very type its handler returns in `Json(..)`,
+/// so the document describes what the server sends (a test walks the document and fails on
+/// any success answer without a typed schema; schemathesis checks the bodies against them).
 fn response_of(route: &Route) -> Option<fn() -> Vec<Named>> {
-    match (route.method, route.path) {
+    use super::{admin, api, callbacks, payouts, plugins, users};
+    let of: fn() -> Vec<Named> = match (route.method, route.path) {
+        ("GET", "/api/v1/openapi.json") => json::<Document>,
+        ("GET", "/api/v1/merchants") => json::<api::MerchantsPage>,
+        ("GET" | "PUT", "/api/v1/merchants/{merchant}") => json::<api::MerchantView>,
+        ("GET", "/api/v1/networks") => json::<api::NetworksPage>,
+        ("GET" | "PUT", "/api/v1/networks/{network}") => json::<api::NetworkView>,
+        ("POST", "/api/v1/networks/{network}/imports") => json::<crate::imports::FileSummary>,
+        ("GET", "/api/v1/networks/{network}/rejects") => json::<admin::RejectsPage>,
+        ("GET", "/api/v1/conversions") => json::<api::ConversionsPage>,
+        ("GET", "/api/v1/conversions/{id}") => json::<api::Timeline>,
+        ("POST", "/api/v1/conversions/{id}/review")
+        | ("POST", "/api/v1/conversions/{id}/reprocess")
+        | ("POST", "/api/v1/conversions/{id}/attribute") => json::<crate::conversions::Outcome>,
+        ("GET", "/api/v1/review") => json::<api::ReviewPage>,
+        ("POST", "/api/v1/conversions/reprocess") => json::<users::Reprocessed>,
+        ("GET", "/api/v1/users") => json::<users::UsersPage>,
+        ("GET", "/api/v1/users/{user}") => json::<crate::users::User>,
+        ("PUT", "/api/v1/users/{user}") => json::<users::UserSaved>,
+        ("GET", "/api/v1/users/{user}/conversions") => json::<users::UserConversionsPage>,
+        ("GET", "/api/v1/networks/{network}/merchant-refs") => json::<users::MerchantRefsPage>,
+        ("PUT", "/api/v1/networks/{network}/merchant-refs/{merchant_ref}") => json::<users::RefSaved>,
+        ("GET", "/api/v1/balances") => json::<api::BalancesPage>,
+        ("GET", "/api/v1/jobs") => json::<api::JobsPage>,
+        ("GET", "/api/v1/jobs/{name}/runs") => json::<api::RunsPage>,
+        ("POST", "/api/v1/jobs/{name}/run") => json::<crate::scheduler::RunInfo>,
+        ("GET", "/api/v1/plugins") => json::<plugins::PluginsPage>,
+        ("POST", "/api/v1/plugins") => json::<crate::registry::Uploaded>,
+        ("POST", "/api/v1/merchants/{merchant}/rules/activate")
+        | ("POST", "/api/v1/merchants/{merchant}/rules/rollback")
+        | ("PUT", "/api/v1/merchants/{merchant}/shadow")
+        | ("POST", "/api/v1/networks/{network}/adapter/activate")
+        | ("POST", "/api/v1/networks/{network}/adapter/rollback")
+        | ("POST", "/api/v1/callbacks/endpoints/{id}/plugin/activate")
+        | ("POST", "/api/v1/callbacks/endpoints/{id}/plugin/rollback") => json::<crate::registry::Activation>,
+        ("GET", "/api/v1/merchants/{merchant}/rules/history")
+        | ("GET", "/api/v1/callbacks/endpoints/{id}/plugin/history") => json::<plugins::ActivationsList>,
+        ("GET", "/api/v1/merchants/{merchant}/shadow") => json::<crate::registry::Comparison>,
         ("POST", "/api/v1/merchants/{merchant}/backtest") | ("GET", "/api/v1/backtests/{id}") => {
-            Some(json::<crate::backtests::Backtest>)
+            json::<crate::backtests::Backtest>
         }
-        ("GET", "/api/v1/backtests") => Some(json::<super::backtests::BacktestPage>),
-        ("GET", "/api/v1/jobs") => Some(json::<JobsPage>),
-        ("GET", "/api/v1/users") => Some(json::<UsersPage>),
-        ("GET", "/api/v1/users/{user}") => Some(json::<crate::users::User>),
-        ("GET", "/api/v1/users/{user}/conversions") => Some(json::<UserConversionsPage>),
-        ("GET", "/api/v1/plugins") => Some(json::<PluginsPage>),
-        ("GET", "/api/v1/merchants/{merchant}/rules/history") => Some(json::<ActivationsList>),
-        ("GET", "/api/v1/merchants/{merchant}/shadow") => Some(json::<crate::registry::Comparison>),
-        ("GET", "/api/v1/conversions") => Some(json::<ConversionsPage>),
-        ("GET", "/api/v1/review") => Some(json::<ReviewPage>),
-        ("GET", "/api/v1/jobs/{name}/runs") => Some(json::<RunsPage>),
-        ("POST", "/api/v1/jobs/{name}/run") => Some(json::<crate::scheduler::RunInfo>),
-        ("GET", "/api/v1/alerts") => Some(json::<AlertsPage>),
-        ("GET", "/api/v1/partners") => Some(json::<PartnersPage>),
-        ("GET", "/api/v1/balances") => Some(json::<BalancesPage>),
-        _ => None,
-    }
+        ("GET", "/api/v1/backtests") => json::<super::backtests::BacktestPage>,
+        ("GET", "/api/v1/partners") => json::<api::PartnersPage>,
+        ("PUT", "/api/v1/partners/{partner}") => json::<crate::callbacks::Partner>,
+        ("PUT", "/api/v1/callbacks/endpoints/{id}") => json::<crate::callbacks::EndpointView>,
+        ("GET", "/api/v1/callbacks/endpoints") => json::<callbacks::EndpointsPage>,
+        ("POST", "/api/v1/callbacks/endpoints/{id}/enable") | ("POST", "/api/v1/callbacks/endpoints/{id}/disable") => {
+            json::<callbacks::Toggled>
+        }
+        ("POST", "/api/v1/callbacks/endpoints/{id}/test") => json::<crate::callbacks::deliver::TestReport>,
+        ("GET", "/api/v1/callbacks/endpoints/{id}/attempts") => json::<callbacks::AttemptsPage>,
+        ("GET", "/api/v1/callbacks/deliveries") => json::<callbacks::DeliveriesPage>,
+        ("GET", "/api/v1/callbacks/deliveries/{id}") => json::<callbacks::DeliveryDetail>,
+        ("POST", "/api/v1/callbacks/deliveries/{id}/replay") => json::<callbacks::ReplayedOne>,
+        ("POST", "/api/v1/callbacks/replay") => json::<callbacks::ReplayedRange>,
+        ("GET", "/api/v1/alerts") => json::<callbacks::AlertsPage>,
+        ("POST", "/api/v1/users/{id}/payouts") => json::<payouts::Requested>,
+        ("GET", "/api/v1/payouts") => json::<crate::payouts::store::Page>,
+        ("GET", "/api/v1/payouts/{id}") => json::<payouts::PayoutDetail>,
+        ("POST", "/api/v1/payouts/{id}/approve")
+        | ("POST", "/api/v1/payouts/{id}/reject")
+        | ("POST", "/api/v1/payouts/{id}/paid")
+        | ("POST", "/api/v1/payouts/{id}/failed") => json::<payouts::Stepped>,
+        _ => return None,
+    };
+    Some(of)
 }
 
-// ---- answers the handlers assemble from typed rows (schemas only) -------------------------
-
-/// `GET /api/v1/users`.
+/// `GET /api/v1/openapi.json`: an OpenAPI 3.1 document. Its own schema is the OpenAPI
+/// specification's; this names the members every document has.
 #[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct UsersPage {
-    users: Vec<crate::users::User>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/users/{user}/conversions`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct UserConversionsPage {
-    conversions: Vec<crate::users::UserConversion>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/plugins`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct PluginsPage {
-    plugins: Vec<crate::registry::PluginVersion>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/merchants/{merchant}/rules/history`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct ActivationsList {
-    activations: Vec<crate::registry::Activation>,
-}
-
-/// `GET /api/v1/conversions`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct ConversionsPage {
-    conversions: Vec<crate::conversions::decide::ConversionRow>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/review`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct ReviewPage {
-    queue: Vec<crate::conversions::decide::ConversionRow>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/jobs`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct JobsPage {
-    jobs: Vec<crate::scheduler::JobInfo>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/jobs/{name}/runs`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct RunsPage {
-    runs: Vec<crate::scheduler::RunInfo>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/alerts`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct AlertsPage {
-    alerts: Vec<crate::callbacks::Alert>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/partners`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct PartnersPage {
-    partners: Vec<crate::callbacks::Partner>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
-}
-
-/// `GET /api/v1/balances`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct BalancesPage {
-    balances: Vec<crate::ledger::Balance>,
-    /// The next page's cursor; null on the last page.
-    next_cursor: Option<String>,
+#[allow(dead_code)] // a schema only: the handler returns utoipa's `OpenApi`, which has no `ToSchema`
+pub struct Document {
+    /// `3.1.0`.
+    openapi: String,
+    /// Title, version, description.
+    #[schema(value_type = Object)]
+    info: serde_json::Value,
+    /// Every route.
+    #[schema(value_type = Object)]
+    paths: serde_json::Value,
+    /// Schemas and security schemes.
+    #[schema(value_type = Object)]
+    components: serde_json::Value,
 }
 
 /// The success status of a route (`201` when it may create, `204` when it answers nothing).
@@ -651,6 +619,20 @@ pub fn document() -> OpenApi {
     let mut components = ComponentsBuilder::new()
         .schema("Error", error)
         .security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    // Every named schema once: two Rust types of one name (`HistoryEntry` of conversions
+    // and of payouts) would otherwise overwrite each other silently, and a body would be
+    // documented as the other's. Such a type takes `#[schema(as = ...)]`.
+    let mut named: std::collections::BTreeMap<String, RefOr<Schema>> = std::collections::BTreeMap::new();
+    let mut add = |all: Vec<Named>| -> Ref {
+        let name = all[0].0.clone();
+        for (n, schema) in all {
+            if let Some(before) = named.get(&n) {
+                assert!(before == &schema, "two different types are both named {n} in the OpenAPI document");
+            }
+            named.insert(n, schema);
+        }
+        Ref::from_schema_name(name)
+    };
     let mut paths = Paths::new();
     for route in ROUTES {
         let mut op = OperationBuilder::new()
@@ -661,15 +643,9 @@ pub fn document() -> OpenApi {
             let response = if *status == "204" {
                 ResponseBuilder::new().description(*what).build()
             } else {
+                // Untyped: a free-form object, which the test of the document refuses.
                 let schema: RefOr<Schema> = match response_of(route) {
-                    Some(named) => {
-                        let all = named();
-                        let name = all[0].0.clone();
-                        for (n, schema) in all {
-                            components = components.schema(n, schema);
-                        }
-                        Ref::from_schema_name(name).into()
-                    }
+                    Some(of) => add(of()).into(),
                     None => ObjectBuilder::new().schema_type(Type::Object).build().into(),
                 };
                 ResponseBuilder::new()
@@ -742,14 +718,7 @@ pub fn document() -> OpenApi {
         };
         if let Some((media, schema)) = body {
             let schema: RefOr<Schema> = match schema {
-                Some(named) => {
-                    let all = named();
-                    let name = all[0].0.clone();
-                    for (n, schema) in all {
-                        components = components.schema(n, schema);
-                    }
-                    Ref::from_schema_name(name).into()
-                }
+                Some(of) => add(of()).into(),
                 None => ObjectBuilder::new()
                     .schema_type(Type::String)
                     .min_length(Some(1))
@@ -765,6 +734,9 @@ pub fn document() -> OpenApi {
             ));
         }
         paths.add_path_operation(route.path, vec![method(route.method)], op.build());
+    }
+    for (name, schema) in named {
+        components = components.schema(name, schema);
     }
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("cashbackd admin API").version(env!("CARGO_PKG_VERSION")).description(Some(

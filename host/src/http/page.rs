@@ -26,21 +26,37 @@ pub(crate) struct Page {
 
 /// The page size asked for, checked.
 pub fn limit(asked: Option<i64>) -> Result<i64, ApiError> {
+    checked_limit(asked).map_err(|why| ApiError::bad_request("bad_limit", why))
+}
+
+/// The page size asked for, checked; the refusal names `limit` (the dashboard's lists
+/// take the same sizes as the API's).
+pub(crate) fn checked_limit(asked: Option<i64>) -> Result<i64, String> {
     match asked {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::bad_request("bad_limit", format!("limit: 1 to {MAX_LIMIT}, got {n}"))),
+        Some(n) => Err(format!("limit: 1 to {MAX_LIMIT}, got {n}")),
     }
+}
+
+/// A `reported_at:id` cursor (the conversion lists'), checked; the refusal names `cursor`.
+pub(crate) fn at_id_cursor(cursor: Option<&str>) -> Result<Option<(i64, String)>, String> {
+    let Some(c) = cursor.filter(|c| !c.is_empty()) else { return Ok(None) };
+    let bad = || format!("cursor: {c:?} is not one this list gave");
+    let (at, id) = c.split_once(':').ok_or_else(bad)?;
+    Ok(Some((at.parse().map_err(|_| bad())?, id.to_string())))
 }
 
 /// A cursor that is an integer id (`next_cursor` of a list ordered by it).
 pub fn int_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
+    checked_int_cursor(cursor).map_err(|why| ApiError::bad_request("bad_cursor", why))
+}
+
+/// [`int_cursor`], the refusal as text (for the dashboard).
+pub(crate) fn checked_int_cursor(cursor: Option<&str>) -> Result<Option<i64>, String> {
     match cursor.filter(|c| !c.is_empty()) {
         None => Ok(None),
-        Some(c) => c
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request("bad_cursor", format!("cursor: {c:?} is not one this list gave"))),
+        Some(c) => c.parse::<i64>().map(Some).map_err(|_| format!("cursor: {c:?} is not one this list gave")),
     }
 }
 
@@ -91,3 +107,20 @@ impl IdPage {
         Ok((limit(self.limit)?, int_cursor(self.cursor.as_deref())?))
     }
 }
+
+/// Declares the answer of a list: its rows under `$field` and `next_cursor`. The handler
+/// returns this type, and the OpenAPI document takes its schema from it, so the document
+/// describes what the server sends.
+macro_rules! page_of {
+    ($(#[$doc:meta])* $name:ident, $field:ident: $item:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+        pub(crate) struct $name {
+            /// The page's rows.
+            pub $field: Vec<$item>,
+            /// The next page's cursor (pass it as `cursor`); null on the last page.
+            pub next_cursor: Option<String>,
+        }
+    };
+}
+pub(crate) use page_of;

@@ -15,9 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
@@ -70,6 +69,33 @@ pub(crate) struct RequestBody {
     amount: Option<i64>,
 }
 
+/// `POST /api/v1/users/{id}/payouts`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Requested {
+    payout: payouts::Payout,
+    /// False when the `Idempotency-Key` had made this payout already.
+    created: bool,
+}
+
+/// A step's answer (approve, reject, paid, failed).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Stepped {
+    /// The payout as it is now.
+    payout: payouts::Payout,
+    /// False when the payout was where the step leads already (a retry).
+    changed: bool,
+}
+
+/// `GET /api/v1/payouts/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PayoutDetail {
+    payout: payouts::Payout,
+    /// Every step, oldest first.
+    history: Vec<payouts::store::HistoryEntry>,
+    /// Its ledger postings, oldest first.
+    postings: Vec<payouts::store::PostingView>,
+}
+
 /// `POST /api/v1/users/{id}/payouts` `{"currency", "amount"?}` (write): the site requests a
 /// payout of `amount` (all of the available balance without one). The `Idempotency-Key`
 /// header is also the payout's key: the same key for the same user is the same payout,
@@ -91,7 +117,7 @@ async fn request(
     tracing::info!(payout = %payout.id, user = %payout.user_id, amount = payout.amount, currency = %payout.currency,
         by = %caller.name, created, "payout requested");
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(json!({ "payout": payout, "created": created }))).into_response())
+    Ok((status, Json(Requested { payout, created })).into_response())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -117,7 +143,7 @@ async fn list(
     State(st): State<AppState>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<payouts::store::Page>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
@@ -149,18 +175,22 @@ async fn list(
         after: q.after.filter(|a| !a.is_empty()),
     };
     let page = payouts::service::list(&st.service, &filter).await.map_err(error)?;
-    Ok(Json(json!(page)))
+    Ok(Json(page))
 }
 
 /// `GET /api/v1/payouts/{id}`: the payout, its history (every step, who, why) and its
 /// ledger postings.
-async fn show(State(st): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<PayoutDetail>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let payout = payouts::service::get(&st.service, &id).await.map_err(error)?;
     let db = st.service.db();
     let history = payouts::store::history(db, &id).await.map_err(|e| error(e.into()))?;
     let postings = payouts::store::postings(db, &id).await.map_err(|e| error(e.into()))?;
-    Ok(Json(json!({ "payout": payout, "history": history, "postings": postings })))
+    Ok(Json(PayoutDetail { payout, history, postings }))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -221,7 +251,7 @@ async fn step<B: DeserializeOwned + Into<StepBody>>(
     headers: HeaderMap,
     bytes: Bytes,
     action: impl FnOnce(&StepBody) -> PayoutAction,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Stepped>, ApiError> {
     let caller = require_caller(&st, &headers, Scope::Write).await?;
     let b: StepBody = body::<B>(&bytes)?.into();
     // The operator a back office names is recorded with the token it acted through: the
@@ -234,7 +264,7 @@ async fn step<B: DeserializeOwned + Into<StepBody>>(
     let name = t.action.name();
     let (payout, changed) = payouts::service::transition(&st.service, &id, t).await.map_err(error)?;
     tracing::info!(payout = %payout.id, action = name, status = %payout.status, changed, "payout step");
-    Ok(Json(json!({ "payout": payout, "changed": changed })))
+    Ok(Json(Stepped { payout, changed }))
 }
 
 /// `POST /api/v1/payouts/{id}/approve` `{"operator"?, "version"?}` (write).
@@ -243,7 +273,7 @@ async fn approve(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Stepped>, ApiError> {
     step::<StepBody>(st, id, headers, bytes, |_| PayoutAction::Approve).await
 }
 
@@ -254,7 +284,7 @@ async fn reject(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Stepped>, ApiError> {
     step::<ReasonBody>(st, id, headers, bytes, |b| PayoutAction::Reject {
         reason: b.reason.clone().unwrap_or_default(),
     })
@@ -268,7 +298,7 @@ async fn paid(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Stepped>, ApiError> {
     step::<PaidBody>(st, id, headers, bytes, |b| PayoutAction::MarkPaid {
         reference: b.reference.clone().unwrap_or_default(),
     })
@@ -282,7 +312,7 @@ async fn failed(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Stepped>, ApiError> {
     step::<ReasonBody>(st, id, headers, bytes, |b| PayoutAction::MarkFailed {
         reason: b.reason.clone().unwrap_or_default(),
     })

@@ -12,8 +12,8 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Default largest component accepted (`http.max_plugin_bytes`).
 pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
@@ -50,19 +50,31 @@ pub(crate) struct ListQuery {
     limit: Option<i64>,
 }
 
+super::page::page_of!(
+    /// `GET /api/v1/plugins`.
+    PluginsPage, plugins: registry::PluginVersion
+);
+
+/// `GET /api/v1/merchants/{merchant}/rules/history` and an endpoint's plugin history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ActivationsList {
+    /// Newest first, at most 200.
+    activations: Vec<registry::Activation>,
+}
+
 /// `GET /api/v1/plugins[?name=N&cursor=&limit=]`: stored versions (by name and version)
 /// and where each is used.
 async fn list(
     State(st): State<AppState>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PluginsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = super::page::limit(q.limit)?;
     let versions = registry::versions(&st.service, q.name.as_deref()).await.map_err(ApiError::from)?;
-    let (versions, next) =
+    let (plugins, next_cursor) =
         super::page::of_sorted(versions, q.cursor.as_deref(), limit, |v| format!("{}@{}", v.name, v.version));
-    Ok(Json(json!({ "plugins": versions, "next_cursor": next })))
+    Ok(Json(PluginsPage { plugins, next_cursor }))
 }
 
 /// `POST /api/v1/plugins` with the component as the body: validate and store.
@@ -70,14 +82,14 @@ async fn upload(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<registry::Uploaded>), ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty_body", "the request body must be the component (.wasm)"));
     }
     let uploaded = registry::upload(&st.service, &body).await.map_err(ApiError::from)?;
     let status = if uploaded.already_stored { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(json!(uploaded))))
+    Ok((status, Json(uploaded)))
 }
 
 /// `DELETE /api/v1/plugins/{name@version|digest}`: only an unused version.
@@ -121,13 +133,13 @@ async fn activate(
     headers: &HeaderMap,
     target: Target,
     body: ActivateBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<registry::Activation>, ApiError> {
     require(st, headers, Scope::Admin).await?;
     let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(ApiError::from)?;
     let a = registry::activate(&st.service, &target, &plugin, body.config, &actor(headers))
         .await
         .map_err(ApiError::from)?;
-    Ok(Json(json!(a)))
+    Ok(Json(a))
 }
 
 /// `POST /api/v1/merchants/{merchant}/rules/activate` `{"plugin": "rate-table@1.2.0", "position"?, "config"?}`.
@@ -136,7 +148,7 @@ async fn activate_merchant(
     Path(merchant): Path<String>,
     headers: HeaderMap,
     Json(body): Json<ActivateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<registry::Activation>, ApiError> {
     let target = Target::Merchant { id: merchant, position: body.position };
     activate(&st, &headers, target, body).await
 }
@@ -147,7 +159,7 @@ async fn activate_network(
     Path(network): Path<String>,
     headers: HeaderMap,
     Json(body): Json<ActivateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<registry::Activation>, ApiError> {
     activate(&st, &headers, Target::Network { id: network }, body).await
 }
 
@@ -158,7 +170,7 @@ async fn activate_endpoint(
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(body): Json<EndpointActivateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<registry::Activation>, ApiError> {
     let body = ActivateBody { plugin: body.plugin, position: None, config: body.config };
     activate(&st, &headers, Target::Endpoint { id }, body).await
 }
@@ -169,10 +181,10 @@ async fn rollback_endpoint(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<registry::Activation>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     let target = Target::Endpoint { id };
-    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(ApiError::from)?)))
+    Ok(Json(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(ApiError::from)?))
 }
 
 /// `GET /api/v1/callbacks/endpoints/{id}/plugin/history`: activations, newest first.
@@ -180,10 +192,12 @@ async fn history_endpoint(
     State(st): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ActivationsList>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let target = Target::Endpoint { id };
-    Ok(Json(json!({ "activations": registry::activations(&st.service, &target, 200).await.map_err(ApiError::from)? })))
+    Ok(Json(ActivationsList {
+        activations: registry::activations(&st.service, &target, 200).await.map_err(ApiError::from)?,
+    }))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -199,7 +213,7 @@ async fn rollback_merchant(
     Path(merchant): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<registry::Activation>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     // The body is optional: empty means the last activated place.
     let body: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -209,7 +223,7 @@ async fn rollback_merchant(
     };
     let position = body.position;
     let target = Target::Merchant { id: merchant, position };
-    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(ApiError::from)?)))
+    Ok(Json(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(ApiError::from)?))
 }
 
 /// `POST /api/v1/networks/{network}/adapter/rollback`.
@@ -217,10 +231,10 @@ async fn rollback_network(
     State(st): State<AppState>,
     Path(network): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<registry::Activation>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     let target = Target::Network { id: network };
-    Ok(Json(json!(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(ApiError::from)?)))
+    Ok(Json(registry::rollback(&st.service, &target, &actor(&headers)).await.map_err(ApiError::from)?))
 }
 
 /// `GET /api/v1/merchants/{merchant}/rules/history`: activations, newest first.
@@ -228,10 +242,12 @@ async fn history_merchant(
     State(st): State<AppState>,
     Path(merchant): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ActivationsList>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let target = Target::Merchant { id: merchant, position: None };
-    Ok(Json(json!({ "activations": registry::activations(&st.service, &target, 200).await.map_err(ApiError::from)? })))
+    Ok(Json(ActivationsList {
+        activations: registry::activations(&st.service, &target, 200).await.map_err(ApiError::from)?,
+    }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -251,13 +267,13 @@ async fn shadow_set(
     Path(merchant): Path<String>,
     headers: HeaderMap,
     Json(body): Json<ShadowBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<registry::Activation>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     let plugin = registry::resolve(&st.service, &body.plugin).await.map_err(ApiError::from)?;
     let a = registry::set_shadow(&st.service, &merchant, &plugin, body.config, body.position, &actor(&headers))
         .await
         .map_err(ApiError::from)?;
-    Ok(Json(json!(a)))
+    Ok(Json(a))
 }
 
 /// `DELETE /api/v1/merchants/{merchant}/shadow`.
@@ -287,7 +303,7 @@ async fn shadow_diff(
     Path(merchant): Path<String>,
     Query(q): Query<DiffQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<registry::Comparison>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let candidate = match q.plugin {
         Some(p) => Some(registry::resolve(&st.service, &p).await.map_err(ApiError::from)?.digest.to_string()),
@@ -296,5 +312,5 @@ async fn shadow_diff(
     let c = registry::shadow_report(&st.service, &merchant, candidate.as_deref(), q.limit.unwrap_or(20).min(1000))
         .await
         .map_err(ApiError::from)?;
-    Ok(Json(json!(c)))
+    Ok(Json(c))
 }

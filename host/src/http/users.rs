@@ -12,8 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 /// The routes.
@@ -72,24 +71,34 @@ pub(crate) struct ConversionsPageQuery {
     limit: Option<i64>,
 }
 
+super::page::page_of!(
+    /// `GET /api/v1/users`.
+    UsersPage, users: users::User
+);
+
+super::page::page_of!(
+    /// `GET /api/v1/users/{user}/conversions`.
+    UserConversionsPage, conversions: users::UserConversion
+);
+
 /// `GET /api/v1/users?cursor=&limit=`: accounts by id; `next_cursor` gives the next page.
 async fn list_users(
     State(st): State<AppState>,
     Query(q): Query<PageQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UsersPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = limit(q.limit)?;
     let mut page = users::list(st.service.db(), q.cursor.as_deref().filter(|c| !c.is_empty()), limit + 1)
         .await
         .map_err(db_failed)?;
-    let next = if page.len() as i64 > limit {
+    let next_cursor = if page.len() as i64 > limit {
         page.truncate(limit as usize);
         page.last().map(|u| u.id.clone())
     } else {
         None
     };
-    Ok(Json(json!({ "users": page, "next_cursor": next })))
+    Ok(Json(UsersPage { users: page, next_cursor }))
 }
 
 /// `GET /api/v1/users/{user}`: the account, its balances per currency and kind, and how
@@ -98,10 +107,10 @@ async fn get_user(
     State(st): State<AppState>,
     Path(user): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<users::User>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let u = users::get(st.service.db(), &user).await.map_err(db_failed)?.ok_or_else(|| not_found("user", &user))?;
-    Ok(Json(json!(u)))
+    Ok(Json(u))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -122,6 +131,14 @@ fn yes() -> bool {
     true
 }
 
+/// `PUT /api/v1/users/{user}`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct UserSaved {
+    user: users::User,
+    /// The conversions that were parked for this user and were processed now.
+    processed: Vec<String>,
+}
+
 /// `PUT /api/v1/users/{user}` `{"email"?, "name"?, "notify"?}` (write): creates the account
 /// or replaces its profile. Conversions parked for the user are processed before the
 /// answer, which lists them.
@@ -130,7 +147,7 @@ async fn put_user(
     Path(user): Path<String>,
     headers: HeaderMap,
     Json(body): Json<UserBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<UserSaved>), ApiError> {
     require(&st, &headers, Scope::Write).await?;
     users::check_id(&user).map_err(|e| ApiError::bad_request("bad_id", e))?;
     let profile = Profile { email: body.email, name: body.name, notify: body.notify };
@@ -143,7 +160,7 @@ async fn put_user(
     };
     let u = users::get(st.service.db(), &user).await.map_err(db_failed)?.ok_or_else(|| not_found("user", &user))?;
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(json!({ "user": u, "processed": processed }))))
+    Ok((status, Json(UserSaved { user: u, processed })))
 }
 
 /// `GET /api/v1/users/{user}/conversions?cursor=&limit=`: the user's conversions, newest
@@ -153,19 +170,20 @@ async fn user_conversions(
     Path(user): Path<String>,
     Query(q): Query<ConversionsPageQuery>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserConversionsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = limit(q.limit)?;
     if users::get(st.service.db(), &user).await.map_err(db_failed)?.is_none() {
         return Err(not_found("user", &user));
     }
-    let (page, next) = users::conversions(st.service.db(), &user, q.cursor.as_deref().filter(|c| !c.is_empty()), limit)
-        .await
-        .map_err(|e| match e {
-            CursorError::Bad => ApiError::bad_request("bad_cursor", e.to_string()),
-            CursorError::Db(e) => db_failed(e),
-        })?;
-    Ok(Json(json!({ "conversions": page, "next_cursor": next })))
+    let (conversions, next_cursor) =
+        users::conversions(st.service.db(), &user, q.cursor.as_deref().filter(|c| !c.is_empty()), limit)
+            .await
+            .map_err(|e| match e {
+                CursorError::Bad => ApiError::bad_request("bad_cursor", e.to_string()),
+                CursorError::Db(e) => db_failed(e),
+            })?;
+    Ok(Json(UserConversionsPage { conversions, next_cursor }))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -194,7 +212,7 @@ async fn reprocess_one(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Option<Json<ReprocessBody>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Outcome>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let reason = reason_of(body.operator.as_deref(), body.reason.as_deref());
@@ -202,7 +220,7 @@ async fn reprocess_one(
     if let Outcome::Ignored { reason, .. } = &outcome {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_reprocessable", format!("conversion {id}: {reason}")));
     }
-    Ok(Json(json!(outcome)))
+    Ok(Json(outcome))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -216,6 +234,17 @@ pub(crate) struct ReprocessAllBody {
     reason: Option<String>,
 }
 
+/// `POST /api/v1/conversions/reprocess`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Reprocessed {
+    /// Conversions processed again.
+    reprocessed: usize,
+    /// Conversions still in `status` afterwards.
+    still: usize,
+    /// The status asked for.
+    status: Status,
+}
+
 /// `POST /api/v1/conversions/reprocess` `{"status": "failed|parked", "merchant"?}` (write):
 /// every such conversion (of the merchant) processed again; answers how many were
 /// processed and how many are still parked or failed.
@@ -223,7 +252,7 @@ async fn reprocess_all(
     State(st): State<AppState>,
     headers: HeaderMap,
     Json(body): Json<ReprocessAllBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Reprocessed>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let status = match Status::parse(&body.status) {
         Some(s @ (Status::Failed | Status::Parked)) => s,
@@ -237,7 +266,7 @@ async fn reprocess_all(
     let reason = reason_of(body.operator.as_deref(), body.reason.as_deref());
     let (reprocessed, still) =
         st.service.reprocess_all(body.merchant.as_deref(), status, &reason).await.map_err(ApiError::from)?;
-    Ok(Json(json!({ "reprocessed": reprocessed, "still": still, "status": status })))
+    Ok(Json(Reprocessed { reprocessed, still, status }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -246,6 +275,8 @@ pub(crate) struct AttributeBody {
     click_id: Option<String>,
     user_id: Option<String>,
     merchant_id: Option<String>,
+    /// Who (recorded in the conversion's history).
+    #[schema(pattern = r"\S")]
     operator: String,
 }
 
@@ -257,7 +288,7 @@ async fn attribute(
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(body): Json<AttributeBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Outcome>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let body = Assignment {
         click_id: body.click_id,
@@ -275,7 +306,24 @@ async fn attribute(
     }
     let reason = format!("attributed by hand by {}", body.operator);
     let outcome = st.service.reprocess_with(&id, Some(&reason), Some(body)).await.map_err(ApiError::from)?;
-    Ok(Json(json!(outcome)))
+    Ok(Json(outcome))
+}
+
+/// A network's merchant reference and the merchant it means.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MerchantRef {
+    merchant_ref: String,
+    /// The merchant's id.
+    merchant: String,
+}
+
+/// `GET /api/v1/networks/{network}/merchant-refs`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MerchantRefsPage {
+    network: String,
+    merchant_refs: Vec<MerchantRef>,
+    /// The next page's cursor (pass it as `cursor`); null on the last page.
+    next_cursor: Option<String>,
 }
 
 /// `GET /api/v1/networks/{network}/merchant-refs`: which merchant each of the network's
@@ -285,7 +333,7 @@ async fn list_refs(
     Path(network): Path<String>,
     Query(q): Query<super::page::Page>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MerchantRefsPage>, ApiError> {
     require(&st, &headers, Scope::Read).await?;
     let limit = super::page::limit(q.limit)?;
     let rows = sqlx::query(
@@ -300,17 +348,27 @@ async fn list_refs(
     .map_err(db_failed)?;
     let refs = rows
         .iter()
-        .map(|r| Ok(json!({"merchant_ref": r.try_get::<String, _>(0)?, "merchant": r.try_get::<String, _>(1)?})))
-        .collect::<Result<Vec<Value>, sqlx::Error>>()
+        .map(|r| Ok(MerchantRef { merchant_ref: r.try_get(0)?, merchant: r.try_get(1)? }))
+        .collect::<Result<Vec<MerchantRef>, sqlx::Error>>()
         .map_err(db_failed)?;
-    let (refs, next) = super::page::cut(refs, limit, |r| r["merchant_ref"].as_str().unwrap_or_default().to_string());
-    Ok(Json(json!({ "network": network, "merchant_refs": refs, "next_cursor": next })))
+    let (merchant_refs, next_cursor) = super::page::cut(refs, limit, |r| r.merchant_ref.clone());
+    Ok(Json(MerchantRefsPage { network, merchant_refs, next_cursor }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RefBody {
     merchant: String,
+}
+
+/// `PUT /api/v1/networks/{network}/merchant-refs/{merchant_ref}`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RefSaved {
+    network: String,
+    merchant_ref: String,
+    merchant: String,
+    /// Conversions parked for want of this mapping, processed now.
+    processed: usize,
 }
 
 /// `PUT /api/v1/networks/{network}/merchant-refs/{merchant_ref}` `{"merchant"}` (admin):
@@ -320,7 +378,7 @@ async fn put_ref(
     Path((network, merchant_ref)): Path<(String, String)>,
     headers: HeaderMap,
     Json(body): Json<RefBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RefSaved>, ApiError> {
     require(&st, &headers, Scope::Admin).await?;
     if crate::ingest::network(st.service.db(), &network).await.map_err(db_failed)?.is_none() {
         return Err(not_found("network", &network));
@@ -336,7 +394,5 @@ async fn put_ref(
     }
     let processed =
         st.service.map_merchant_ref(&network, &merchant_ref, &body.merchant).await.map_err(ApiError::from)?;
-    Ok(Json(json!({
-        "network": network, "merchant_ref": merchant_ref, "merchant": body.merchant, "processed": processed
-    })))
+    Ok(Json(RefSaved { network, merchant_ref, merchant: body.merchant, processed }))
 }

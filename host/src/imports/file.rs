@@ -7,7 +7,7 @@ use crate::plugin::PluginRuntime;
 use std::sync::Arc;
 
 /// A file row the adapter refused, or an event the ledger refused.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RowOutcome {
     /// Row number in the file (1-based, header included) when the adapter knows it.
     pub row: Option<u32>,
@@ -16,7 +16,7 @@ pub struct RowOutcome {
 }
 
 /// What a file import did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FileSummary {
     /// Events the adapter found.
     pub events: u64,

@@ -27,7 +27,7 @@ const CONCURRENCY: usize = 256;
 const DEDUP_CHUNK: usize = 500;
 
 /// How many events did what.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Tally {
     /// New conversions.
     pub created: u64,

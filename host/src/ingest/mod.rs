@@ -277,7 +277,7 @@ pub fn authenticate(auth: &InboundAuth, req: &Inbound<'_>) -> Result<(), String>
 }
 
 /// A refused postback, as kept for inspection.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Reject {
     /// The network.
     pub network_id: String,

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 /// A payout as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Payout {
     /// Its id (`po_...`), derived from the user and the request key.
     pub id: String,
@@ -107,7 +107,8 @@ pub struct PayoutFilter {
 }
 
 /// A page of payouts and the cursor of the next page (none: this was the last).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = PayoutsPage)]
 pub struct Page {
     /// The payouts.
     pub payouts: Vec<Payout>,
@@ -157,7 +158,8 @@ pub async fn list(db: &Db, filter: &PayoutFilter) -> Result<Page, sqlx::Error> {
 }
 
 /// One step of a payout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = PayoutHistoryEntry)]
 pub struct HistoryEntry {
     /// When.
     pub at: i64,
@@ -192,8 +194,23 @@ pub async fn history(db: &Db, id: &str) -> Result<Vec<HistoryEntry>, sqlx::Error
         .collect()
 }
 
+/// The OpenAPI schema of a posting's entries as `[owner, kind, amount]`: utoipa's own
+/// schema of a tuple closes it with `items: false`, which generated clients cannot read.
+fn entry_triples() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let amount = || ObjectBuilder::new().schema_type(Type::Integer).description(Some("minor units, signed"));
+    let entry = ArrayBuilder::new()
+        .prefix_items([text(), text(), amount()])
+        .items(OneOfBuilder::new().item(text()).item(amount()))
+        .min_items(Some(3))
+        .max_items(Some(3))
+        .description(Some("[owner, account kind, amount]"));
+    ArrayBuilder::new().items(entry).build().into()
+}
+
 /// One ledger posting of a payout, with its entries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PostingView {
     /// Its idempotency key (`payout:{id}:{step}`, and `...:debt` for the debt rule).
     pub key: String,
@@ -206,6 +223,7 @@ pub struct PostingView {
     /// When.
     pub at: i64,
     /// (owner, account kind, signed amount).
+    #[schema(schema_with = entry_triples)]
     pub entries: Vec<(String, String, i64)>,
 }
 

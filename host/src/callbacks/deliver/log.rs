@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 /// A delivery as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     /// Id.
     pub id: i64,
@@ -60,7 +60,7 @@ impl DeliveryView {
 }
 
 /// One logged attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     /// Id.
     pub id: i64,
@@ -247,7 +247,8 @@ pub async fn replay(db: &Db, id: i64, now: i64) -> Result<(), CallbackError> {
             .await?;
         return Err(match exists {
             None => CallbackError::NotFound(format!("no delivery {id}")),
-            Some(_) => CallbackError::Invalid(format!("delivery {id} is pending already")),
+            // Well-formed, refused by the delivery's state: a conflict (409), not bad input.
+            Some(_) => CallbackError::Conflict(format!("delivery {id} is pending already")),
         });
     }
     Ok(())

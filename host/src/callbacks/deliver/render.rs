@@ -12,14 +12,30 @@ use crate::outbox::ChangeKind;
 use serde::Serialize;
 use std::time::Duration;
 
+/// The OpenAPI schema of headers as `[name, value]` pairs. utoipa's own schema of a tuple
+/// closes it with `items: false`, which generated clients (openapi-python-client) cannot
+/// read; two strings say the same.
+pub(crate) fn header_pairs() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let pair = ArrayBuilder::new()
+        .prefix_items([text(), text()])
+        .items(text())
+        .min_items(Some(2))
+        .max_items(Some(2))
+        .description(Some("[name, value]"));
+    ArrayBuilder::new().items(pair).build().into()
+}
+
 /// A request as sent (signatures included: for the tester) or as logged (masked).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RequestView {
     /// GET or POST.
     pub method: String,
     /// The URL.
     pub url: String,
     /// Headers we set.
+    #[schema(schema_with = header_pairs)]
     pub headers: Vec<(String, String)>,
     /// The body (POST).
     pub body: Option<String>,

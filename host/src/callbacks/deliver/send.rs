@@ -10,11 +10,12 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 /// A response, as far as it was read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ResponseView {
     /// Status code.
     pub status: u16,
     /// Headers.
+    #[schema(schema_with = super::render::header_pairs)]
     pub headers: Vec<(String, String)>,
     /// The start of the body (lossy UTF-8).
     pub body_excerpt: String,

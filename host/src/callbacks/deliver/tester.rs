@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 /// What the callback tester did: the exact request and what came back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TestReport {
     /// The endpoint.
     pub endpoint_id: String,
