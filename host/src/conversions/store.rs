@@ -136,15 +136,19 @@ pub async fn read_for_event(
     };
     let mut facts = Facts::default();
     if let Some(k) = row.try_get::<Option<String>, _>("k_click")? {
-        let click =
-            ClickFact { user_id: row.try_get("k_user")?, merchant_id: row.try_get("k_merchant")?, created_at: row.try_get("k_created")? };
+        let click = ClickFact {
+            user_id: row.try_get("k_user")?,
+            merchant_id: row.try_get("k_merchant")?,
+            created_at: row.try_get("k_created")?,
+        };
         facts.clicks.insert(k, click);
     }
     let known_user: Option<String> = row.try_get("known_user")?;
     if let Some(u) = &known_user {
         facts.users.insert(u.clone());
     }
-    let reference = merchant_ref.map(str::to_string).or_else(|| conversion.as_ref().and_then(|c| c.merchant_ref.clone()));
+    let reference =
+        merchant_ref.map(str::to_string).or_else(|| conversion.as_ref().and_then(|c| c.merchant_ref.clone()));
     if let (Some(r), Some(m)) = (reference, row.try_get::<Option<String>, _>("ref_merchant")?) {
         facts.merchant_refs.insert((network.to_string(), r), m);
     }
@@ -158,10 +162,7 @@ pub async fn read_for_event(
 /// Loads a conversion, and the configuration's version (`catalog`) in the same statement.
 /// The version is read after the caller's request arrived, so configuration cached at
 /// that version or newer includes every change acknowledged before it.
-pub async fn load_with_config(
-    conn: &mut AnyConnection,
-    id: &str,
-) -> Result<(Option<ConversionRow>, i64), sqlx::Error> {
+pub async fn load_with_config(conn: &mut AnyConnection, id: &str) -> Result<(Option<ConversionRow>, i64), sqlx::Error> {
     let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("c.{c}")).collect();
     let sql = format!(
         "SELECT v.version AS config_version, {} FROM config_version v LEFT JOIN conversions c ON c.id = $1 \

@@ -78,45 +78,23 @@ impl Db {
             _ => url.to_string(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Sqlite => 8,
-                Backend::Postgres => 16,
-            })
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL: readers never block the writer. FULL: a commit is on disk
-                        // before it is acknowledged. busy_timeout: a second process (the
-                        // CLI next to a server) waits instead of failing.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        // 16 MiB of page cache per connection (SQLite's default is 2 MiB):
-                        // the hot indexes stay in memory instead of being re-read.
-                        conn.execute("PRAGMA cache_size = -16384").await?;
-                    }
-                    Ok(())
-                })
-            })
-            // A connection goes back to the pool only outside a transaction. On a full
-            // disk (and on I/O errors) SQLite rolls a transaction back by itself; sqlx
-            // does not notice, its ROLLBACK then fails and the connection keeps a phantom
-            // transaction depth. Its next `begin` would issue a SAVEPOINT, which opens a
-            // real transaction, and a failed batch there would `ROLLBACK TO` it and leave
-            // it open: holding the write lock (every other writer gets "database is
-            // locked") or, worse, turning the next batch's COMMIT into a mere RELEASE of a
-            // nested savepoint, acknowledged but never committed. Such a connection is
-            // closed instead (closing rolls back whatever it holds). A transaction dropped
-            // without COMMIT or ROLLBACK (an error path) also ends here.
-            .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
-            .connect_with(options)
-            .await?;
+        let max = match backend {
+            Backend::Sqlite => 8,
+            Backend::Postgres => 16,
+        };
+        let pool = pool_options(backend, max).connect_with(options).await?;
         let db = Db { pool, backend };
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// A pool of `max` connections of its own to the same database, with the same
+    /// settings, opened as needed. The group-commit writer takes one: sharing the request
+    /// pool, a batch waited in line behind every request's read (64 clients, 8
+    /// connections) before it could begin.
+    pub fn dedicated(&self, max: u32) -> Db {
+        let options = (*self.pool.connect_options()).clone();
+        Db { pool: pool_options(self.backend, max).connect_lazy_with(options), backend: self.backend }
     }
 
     /// The migrations applied to this database, oldest first: (version, description).
@@ -169,6 +147,41 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// The pool settings of every connection cashbackd opens on `backend`, at most `max`.
+fn pool_options(backend: Backend, max: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL: readers never block the writer. FULL: a commit is on disk
+                    // before it is acknowledged. busy_timeout: a second process (the
+                    // CLI next to a server) waits instead of failing.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    // 16 MiB of page cache per connection (SQLite's default is 2 MiB):
+                    // the hot indexes stay in memory instead of being re-read.
+                    conn.execute("PRAGMA cache_size = -16384").await?;
+                }
+                Ok(())
+            })
+        })
+        // A connection goes back to the pool only outside a transaction. On a full
+        // disk (and on I/O errors) SQLite rolls a transaction back by itself; sqlx
+        // does not notice, its ROLLBACK then fails and the connection keeps a phantom
+        // transaction depth. Its next `begin` would issue a SAVEPOINT, which opens a
+        // real transaction, and a failed batch there would `ROLLBACK TO` it and leave
+        // it open: holding the write lock (every other writer gets "database is
+        // locked") or, worse, turning the next batch's COMMIT into a mere RELEASE of a
+        // nested savepoint, acknowledged but never committed. Such a connection is
+        // closed instead (closing rolls back whatever it holds). A transaction dropped
+        // without COMMIT or ROLLBACK (an error path) also ends here.
+        .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
 }
 
 /// A subquery of the integers in the JSON array bound as parameter `$n`: one parameter
