@@ -60,7 +60,7 @@ pub struct Manifest {
     #[serde(default)]
     pub config: BTreeMap<String, ConfigField>,
     /// How an adapter's `parse-file` may be fed: absent, it gets each file whole.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parse_file: Option<ParseFile>,
 }
 
@@ -81,7 +81,7 @@ pub struct ParseFile {
     pub split: FileSplit,
     /// The config field that holds the field delimiter (one ASCII character); the
     /// delimiter is `,` when the field is unset or not declared.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delimiter_config: Option<String>,
 }
 
@@ -518,6 +518,25 @@ mod tests {
         }
         let err = Manifest::parse("name = 1", &maxima()).expect_err("type");
         assert!(matches!(err, ManifestError::Parse(_)));
+    }
+
+    #[test]
+    fn an_adapter_may_take_files_in_pieces() {
+        let split = "\n[parse-file]\nsplit = \"csv-records\"\ndelimiter-config = \"base_url\"\n";
+        let m = Manifest::parse(&format!("{ADAPTER}{split}"), &maxima()).expect("valid");
+        let p = m.parse_file.expect("parse-file");
+        assert_eq!((p.split, p.delimiter_config.as_deref()), (FileSplit::CsvRecords, Some("base_url")));
+        assert_eq!(Manifest::parse(ADAPTER, &maxima()).expect("valid").parse_file, None, "whole files by default");
+        for (text, field) in [
+            (format!("{ADAPTER}{}", split.replace("base_url", "api_key")), "parse-file.delimiter-config"),
+            (format!("{ADAPTER}{}", split.replace("base_url", "nope")), "parse-file.delimiter-config"),
+            (format!("{RULE}\n[parse-file]\nsplit = \"csv-records\"\n"), "parse-file"),
+        ] {
+            let err = Manifest::parse(&text, &maxima()).expect_err(field).to_string();
+            assert!(err.contains(&format!("`{field}`")), "{err:?} should name {field}");
+        }
+        let err = Manifest::parse(&format!("{ADAPTER}\n[parse-file]\nsplit = \"lines\"\n"), &maxima());
+        assert!(matches!(err, Err(ManifestError::Parse(_))), "{err:?}");
     }
 
     #[test]
