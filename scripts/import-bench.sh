@@ -10,13 +10,13 @@
 # same file (all duplicates).
 #
 # CASHBACKD (default target/debug/cashbackd: say which build you measured) and
-# CASHBACKD_PLUGINS (default target/plugins/wasm32-wasip2) choose the binary and the
+# IMPORT_PLUGINS (default target/plugins/wasm32-wasip2) choose the binary and the
 # components, so an older build can be measured the same way as a baseline. The work
 # directory (database, file, logs) is kept and printed; IMPORT_DIR chooses it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${CASHBACKD:-target/debug/cashbackd}"
-PLUGINS="${CASHBACKD_PLUGINS:-target/plugins/wasm32-wasip2}"
+PLUGINS="${IMPORT_PLUGINS:-target/plugins/wasm32-wasip2}"
 ROWS="${IMPORT_ROWS:-1000000}"
 SHOPPERS="${IMPORT_SHOPPERS:-1000}"
 DIR="${IMPORT_DIR:-$(mktemp -d /tmp/import-bench.XXXXXX)}"

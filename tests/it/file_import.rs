@@ -49,9 +49,7 @@ const REFUSED: [(u32, &str); 5] = [
 ];
 
 fn refused_rows(out: &str) -> Vec<u32> {
-    out.lines()
-        .filter_map(|l| l.trim_start().strip_prefix("row ")?.split(':').next()?.parse().ok())
-        .collect()
+    out.lines().filter_map(|l| l.trim_start().strip_prefix("row ")?.split(':').next()?.parse().ok()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -277,8 +277,7 @@ fn rows_of(
     // Events come in row order, one per row neither rejected nor blank: that gives each
     // event its row. An adapter that breaks the rule gets no row numbers for repeats.
     let refused: HashSet<u32> = rejected.iter().filter_map(|r| r.row).collect();
-    let rows: Vec<u32> =
-        (piece.first_row..last).filter(|r| !refused.contains(r) && !piece.blank.contains(r)).collect();
+    let rows: Vec<u32> = (piece.first_row..last).filter(|r| !refused.contains(r) && !piece.blank.contains(r)).collect();
     let rows_known = rows.len() == parsed.events.len();
     if !rows_known {
         tracing::warn!(
