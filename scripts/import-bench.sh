@@ -82,7 +82,7 @@ summary = out.splitlines()[0] if out else "(no output)"
 print(f"{label}: {rows} rows in {secs:.1f} s = {rows / secs:.0f} rows/s; peak RSS {rss_mib:.0f} MiB; {summary}")
 EOF
 }
-echo "binary: $BIN ($(git rev-parse --short HEAD 2>/dev/null || echo '?') tree); work directory: $DIR"
+echo "binary: $BIN (modified $(date -u -r "$BIN" +%FT%TZ)); work directory: $DIR"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 measure new-rows
 measure again
