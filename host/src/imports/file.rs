@@ -34,7 +34,8 @@ pub struct FileSummary {
     pub events: u64,
     /// What they did.
     pub tally: Tally,
-    /// Rows refused by the adapter, with reasons.
+    /// Rows refused by the adapter, with reasons (a transaction repeated in a later
+    /// piece of a file is refused by the host, in the adapter's words).
     pub rejected_rows: Vec<RowOutcome>,
 }
 
