@@ -20,6 +20,7 @@ mod created_on_click;
 mod dashboard;
 mod e2e;
 mod faults;
+mod file_import;
 mod ingress;
 mod inputs;
 mod jobs;

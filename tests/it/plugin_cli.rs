@@ -33,6 +33,12 @@ fn inspect_prints_the_world_the_manifest_and_the_limits() {
     let doc: serde_json::Value = serde_json::from_str(&json).expect("json output");
     assert_eq!(doc["kind"], "network-adapter");
     assert_eq!(doc["limits"]["max-http-requests"], 3);
+    assert!(!out.contains("\nfiles "), "an adapter takes files whole unless it says otherwise:\n{out}");
+    // csv-report takes report files in pieces (docs/INGEST.md, section 5).
+    let path = plugin_path(WASIP2, "csv_report");
+    let (ok, out) = cashbackd(&["plugin", "inspect", path.to_str().expect("utf8")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("files       in pieces (csv-records), delimiter from config `delimiter`"), "{out}");
 }
 
 #[test]

@@ -83,9 +83,12 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Import { ref network, ref file } => {
-            let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            // Read as the import goes, not here: a report may be larger than memory
+            // should hold (the adapter takes it in pieces when it can).
+            std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let network = network.clone();
+            let file = file.clone();
             with_service(cli, |service, runtime| async move {
                 let bar = indicatif::ProgressBar::new(0);
                 bar.set_style(
@@ -96,7 +99,7 @@ pub(super) fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     bar.set_length(total);
                     bar.set_position(done);
                 };
-                let summary = crate::imports::import_file(&service, &runtime, &network, &name, bytes, progress)
+                let summary = crate::imports::import_path(&service, &runtime, &network, &file, progress)
                     .await
                     .map_err(anyhow::Error::msg)?;
                 bar.finish_and_clear();

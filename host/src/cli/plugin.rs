@@ -170,6 +170,13 @@ fn print_inspect(plugin: &LoadedPlugin, json: bool) -> anyhow::Result<()> {
             .map_or_else(|| format!("query `{}`", cred.query.clone().unwrap_or_default()), |h| format!("header `{h}`"));
         println!("credential  {name}: secret config `{}` into {place}", cred.config);
     }
+    if let Some(p) = &m.parse_file {
+        let delimiter = p.delimiter_config.as_ref().map_or("\",\"".to_string(), |f| format!("from config `{f}`"));
+        let split = match p.split {
+            crate::plugin::manifest::FileSplit::CsvRecords => "csv-records",
+        };
+        println!("files       in pieces ({split}), delimiter {delimiter}");
+    }
     let l = &plugin.limits;
     println!(
         "limits      deadline {} ms, memory {} MiB, input {} B, output {} B, log {} B, http {} requests",

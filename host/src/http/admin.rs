@@ -68,9 +68,16 @@ async fn upload_import(
     {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_network", format!("no network {network:?}")));
     }
-    let summary = crate::imports::import_file(&st.service, &st.runtime, &network, &name, body.to_vec(), |_, _| {})
-        .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "import_failed", e))?;
+    let summary = crate::imports::import_from(
+        &st.service,
+        &st.runtime,
+        &network,
+        &name,
+        Box::new(std::io::Cursor::new(body)),
+        |_, _| {},
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "import_failed", e))?;
     Ok(Json(summary))
 }
 

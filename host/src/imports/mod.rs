@@ -5,9 +5,10 @@
 
 mod api;
 mod file;
+mod pieces;
 
 pub use api::{ImportSummary, Retry, import_network, import_state};
-pub use file::{FileSummary, RowOutcome, import_file};
+pub use file::{FileSource, FileSummary, RowOutcome, import_file, import_from, import_path};
 
 use crate::conversions::service::ServiceError;
 use crate::conversions::{ApplyError, Outcome, Service, Via, conversion_id, fingerprint};
@@ -23,8 +24,9 @@ use tokio::task::JoinSet;
 /// Conversions recorded at the same time by one import: enough for the group-commit
 /// writer to fill its batches, well under the writer's queue.
 const CONCURRENCY: usize = 256;
-/// Fingerprints per deduplication query (SQLite allows 32,766 parameters).
-const DEDUP_CHUNK: usize = 500;
+/// Fingerprints per deduplication query (SQLite allows 32,766 parameters): a whole piece
+/// of a file ([`pieces::PIECE_ROWS`]) in one query.
+const DEDUP_CHUNK: usize = pieces::PIECE_ROWS as usize;
 
 /// How many events did what.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -105,7 +107,7 @@ async fn adapter(
 ///
 /// Reports overlap (a daily import re-reads the last days, a re-sent file repeats every
 /// row), so most events of a routine import are exact duplicates: they are recognised
-/// first in bulk, a query per 500 events against the journal's fingerprints, and counted
+/// first in bulk, a query per 2,000 events against the journal's fingerprints, and counted
 /// without a write (no history line per re-read row: the import's summary has the count).
 /// The rest go through [`Service::ingest_via`] like a postback, many conversions at once so
 /// that the group-commit writer fills its batches, and each conversion's events one after

@@ -59,6 +59,38 @@ pub struct Manifest {
     /// The schema of its configuration, by field name.
     #[serde(default)]
     pub config: BTreeMap<String, ConfigField>,
+    /// How an adapter's `parse-file` may be fed: absent, it gets each file whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_file: Option<ParseFile>,
+}
+
+/// `[parse-file]`: an adapter that may be handed a file in pieces. Without it, a file is
+/// one call, so its size is capped by the adapter's `max-input-bytes` and held in memory
+/// whole; with it, the host streams the file and memory stays bounded (issue 14).
+///
+/// The contract behind `split = "csv-records"`: the host cuts the file at record
+/// boundaries (RFC 4180: a line break inside quotes is no boundary) and passes the header
+/// row followed by a run of whole records; the adapter numbers rows as for the whole file
+/// (the header is row 1), returns events in row order, one per row it neither rejects nor
+/// skips as blank (every field empty after trimming), and keeps one row per transaction
+/// (the host enforces that rule across pieces with the same message).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ParseFile {
+    /// How the file may be split.
+    pub split: FileSplit,
+    /// The config field that holds the field delimiter (one ASCII character); the
+    /// delimiter is `,` when the field is unset or not declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter_config: Option<String>,
+}
+
+/// The ways the host knows to split a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileSplit {
+    /// CSV: the header row, then whole records.
+    CsvRecords,
 }
 
 /// Capabilities a plugin declares.
@@ -242,6 +274,22 @@ impl Manifest {
             }
             if cred.header.is_some() == cred.query.is_some() {
                 return Err(field_err(field, "set exactly one of `header` or `query`"));
+            }
+        }
+        if let Some(p) = &self.parse_file {
+            if self.kind != PluginKind::NetworkAdapter {
+                return Err(field_err("parse-file", "only a network adapter parses files"));
+            }
+            if let Some(field) = &p.delimiter_config {
+                match self.config.get(field) {
+                    Some(f) if f.ty == FieldType::String && !f.secret => {}
+                    _ => {
+                        return Err(field_err(
+                            "parse-file.delimiter-config",
+                            format!("{field:?} must name a non-secret string field of [config]"),
+                        ));
+                    }
+                }
             }
         }
         for (name, f) in &self.config {
@@ -470,6 +518,25 @@ mod tests {
         }
         let err = Manifest::parse("name = 1", &maxima()).expect_err("type");
         assert!(matches!(err, ManifestError::Parse(_)));
+    }
+
+    #[test]
+    fn an_adapter_may_take_files_in_pieces() {
+        let split = "\n[parse-file]\nsplit = \"csv-records\"\ndelimiter-config = \"base_url\"\n";
+        let m = Manifest::parse(&format!("{ADAPTER}{split}"), &maxima()).expect("valid");
+        let p = m.parse_file.expect("parse-file");
+        assert_eq!((p.split, p.delimiter_config.as_deref()), (FileSplit::CsvRecords, Some("base_url")));
+        assert_eq!(Manifest::parse(ADAPTER, &maxima()).expect("valid").parse_file, None, "whole files by default");
+        for (text, field) in [
+            (format!("{ADAPTER}{}", split.replace("base_url", "api_key")), "parse-file.delimiter-config"),
+            (format!("{ADAPTER}{}", split.replace("base_url", "nope")), "parse-file.delimiter-config"),
+            (format!("{RULE}\n[parse-file]\nsplit = \"csv-records\"\n"), "parse-file"),
+        ] {
+            let err = Manifest::parse(&text, &maxima()).expect_err(field).to_string();
+            assert!(err.contains(&format!("`{field}`")), "{err:?} should name {field}");
+        }
+        let err = Manifest::parse(&format!("{ADAPTER}\n[parse-file]\nsplit = \"lines\"\n"), &maxima());
+        assert!(matches!(err, Err(ManifestError::Parse(_))), "{err:?}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
@@ -200,6 +200,46 @@ pub struct PluginRuntime {
     compilations: AtomicU64,
     /// Whether the deadline ticker runs: without it no plugin deadline fires.
     ticking: AtomicBool,
+    /// The pooling allocator's free instance slots.
+    slots: CallSlots,
+}
+
+/// A call waits here for one of the pooling allocator's `max_concurrent_calls` slots.
+/// Without it the call beyond them traps ("maximum concurrent limit of 64 for component
+/// instances reached") and a healthy conversion is recorded as failed: a file import
+/// records 256 conversions at once, and their rule calls come in bursts. Calls run on
+/// blocking threads, and each holds its slot for at most its deadline, so the wait is
+/// bounded.
+#[derive(Debug)]
+struct CallSlots {
+    free: Mutex<u32>,
+    freed: Condvar,
+}
+
+/// A slot taken; given back when dropped.
+struct Slot<'a>(&'a CallSlots);
+
+impl CallSlots {
+    fn new(slots: u32) -> CallSlots {
+        CallSlots { free: Mutex::new(slots), freed: Condvar::new() }
+    }
+
+    fn take(&self) -> Slot<'_> {
+        // A panic while the lock is held leaves a count that is still right.
+        let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -326,6 +366,7 @@ impl PluginRuntime {
             linkers,
             store: ContentStore::open(&config.store_dir)?,
             http: HttpClient::new(config.http_allow_private)?,
+            slots: CallSlots::new(config.max_concurrent_calls.max(1)),
             config,
             loaded: Mutex::new(HashMap::new()),
             compilations: AtomicU64::new(0),
@@ -565,6 +606,9 @@ impl PluginRuntime {
         http: &HttpClient,
         f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<T, latest::PluginError>>,
     ) -> CallOutcome<T> {
+        // Taken before the store and given back after it is dropped (locals drop in
+        // reverse order), when its instance's slot is free again.
+        let _slot = self.slots.take();
         let mut store = self.new_store_with(plugin, config, clock, http);
         let raw = f(&mut store);
         let state = store.data_mut();
