@@ -189,9 +189,10 @@ async fn follow(
     rows
 }
 
-/// The dashboard's review queue, payout queues and a job's runs page with the API's
-/// `cursor` and capped `limit` (issue 16, point 5): more rows than one page, made through
-/// the CLI, the ingress and `/api/v1` on a fresh install; following the next links from
+/// The dashboard's review queue, its parked and failed list, payout queues and a job's
+/// runs page with the API's `cursor` and capped `limit` (issue 16, point 5): more rows
+/// than one page, made through the CLI, the ingress and `/api/v1` on a fresh install;
+/// following the next links from
 /// the first page reaches every row exactly once, in the API's order. A `limit` of 0 or
 /// over the cap, or a cursor the page did not give, is refused with 400 naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,13 +263,41 @@ async fn the_dashboards_review_payout_and_run_lists_page_with_next_links_that_re
         assert_eq!(walk("/dashboard/jobs?job=mature&limit=3", on_runs, "data-run", 3).await, runs, "{}", t.name);
         // The first page without a limit holds the default 50: everything here, no link.
         assert_eq!(walk("/dashboard/review", review, "data-conversion", 50).await, queue);
+        // Three postbacks whose click is unknown are parked: listed under the queue, and
+        // paged on their own (`waiting_cursor`), the queue keeping its place.
+        for n in 0..3 {
+            let (code, _, body) =
+                c.public(&postback(&format!("unknown-{n}"), &format!("W{n}"), "pending", "10.00")).await;
+            assert_eq!(code, 200, "{}: {body}", t.name);
+        }
+        // The approved payouts are paid: the closed list, newest first, pages too.
+        for (n, id) in payouts[..3].iter().enumerate() {
+            let body = json!({"reference": format!("bank-{n}")});
+            c.expect(200, "POST", &format!("/api/v1/payouts/{id}/paid"), Some(body)).await;
+        }
+        let closed = ("id=\"closed\"", "</section>");
+        let paid = walk("/dashboard/payouts", closed, "data-payout", 50).await;
+        let mut expected = payouts[..3].to_vec();
+        expected.sort();
+        let mut sorted = paid.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected, "{}", t.name);
+        assert_eq!(walk("/dashboard/payouts?limit=1", closed, "data-payout", 1).await, paid, "{}", t.name);
+        assert_eq!(walk("/dashboard/payouts?limit=2", closed, "data-payout", 2).await, paid, "{}", t.name);
+        let waiting = ("id=\"waiting\"", "</section>");
+        let parked = walk("/dashboard/review", waiting, "data-conversion", 50).await;
+        assert_eq!(parked.len(), 3, "{}: {parked:?}", t.name);
+        assert_eq!(walk("/dashboard/review?limit=1", waiting, "data-conversion", 1).await, parked, "{}", t.name);
+        assert_eq!(walk("/dashboard/review?limit=2", waiting, "data-conversion", 2).await, parked, "{}", t.name);
 
         for bad in [
             "/dashboard/review?limit=0",
             "/dashboard/review?limit=501",
             "/dashboard/review?cursor=nonsense",
+            "/dashboard/review?waiting_cursor=nonsense",
             "/dashboard/payouts?limit=x",
             "/dashboard/payouts?requested_cursor=nonsense",
+            "/dashboard/payouts?closed_cursor=nonsense",
             "/dashboard/jobs?job=mature&cursor=x",
         ] {
             let r = http

@@ -544,27 +544,15 @@ impl Service {
         after: Option<(i64, String)>,
         limit: i64,
     ) -> Result<Vec<ConversionRow>, ServiceError> {
-        let (after_at, after_id) = after.unwrap_or((i64::MIN, String::new()));
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM conversions WHERE status IN ($1, $2) \
-             AND (reported_at > $3 OR (reported_at = $3 AND id > $4)) ORDER BY reported_at, id LIMIT $5",
-        )
-        .bind(Status::PendingReview.as_str())
-        .bind(Status::Held.as_str())
-        .bind(after_at)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.db.pool)
-        .await?;
-        let mut rows = Vec::with_capacity(ids.len());
-        for id in &ids {
-            // A conversion is never deleted; one reviewed since the read above is shown as
-            // it is now (the caller's page keeps its place by the id list's keys).
-            if let Some(c) = self.conversion(id).await? {
-                rows.push(c);
-            }
-        }
-        Ok(rows)
+        let mut conn = self.db.pool.acquire().await?;
+        Ok(store::page_by_status(&mut conn, [Status::PendingReview, Status::Held], after, limit).await?)
+    }
+
+    /// A page of the parked and failed conversions, oldest report first, paged as
+    /// [`Service::review_queue`] (the dashboard's review page lists them under the queue).
+    pub async fn waiting(&self, after: Option<(i64, String)>, limit: i64) -> Result<Vec<ConversionRow>, ServiceError> {
+        let mut conn = self.db.pool.acquire().await?;
+        Ok(store::page_by_status(&mut conn, [Status::Failed, Status::Parked], after, limit).await?)
     }
 
     /// What happened to a conversion, oldest first.

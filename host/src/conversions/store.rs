@@ -188,6 +188,30 @@ pub async fn by_status(
     sqlx::query(&sql).bind(status.as_str()).bind(limit).fetch_all(conn).await?.iter().map(from_row).collect()
 }
 
+/// A page of the conversions with one of two statuses, oldest report first: those after
+/// `after` (`(reported_at, id)` of the previous page's last row), at most `limit`.
+pub async fn page_by_status(
+    conn: &mut AnyConnection,
+    statuses: [Status; 2],
+    after: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<ConversionRow>, sqlx::Error> {
+    let (after_at, after_id) = after.unwrap_or((i64::MIN, String::new()));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM conversions WHERE status IN ($1, $2) \
+         AND (reported_at > $3 OR (reported_at = $3 AND id > $4)) ORDER BY reported_at, id LIMIT $5"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(statuses[0].as_str())
+        .bind(statuses[1].as_str())
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
 /// Finds the user and merchant of a conversion from what is stored (see
 /// [`decide::attribute`]): its click, the click's or the assigned user's account, and
 /// the network's merchant reference when needed.

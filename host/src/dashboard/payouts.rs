@@ -1,6 +1,6 @@
 //! The payouts queue: requested payouts to approve or reject, approved ones to mark paid
-//! (with the payment's reference) or failed, the latest closed ones (a paid payout whose
-//! payment came back can still be marked failed), and one payout's history and postings.
+//! (with the payment's reference) or failed, the closed ones, newest first (a paid payout
+//! whose payment came back can still be marked failed); each list a page at a time, and one payout's history and postings.
 //! Every action is recorded under the token's name, and carries the version the page
 //! showed: an operator acting on a page another operator has overtaken is told so.
 
@@ -15,9 +15,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
-
-/// Closed payouts shown (the latest; the two queues are paged).
-const RECENT: i64 = 50;
 
 /// A payout's status as a badge.
 pub fn payout_badge(status: PayoutStatus) -> Markup {
@@ -38,20 +35,31 @@ pub(super) struct Done {
     requested_cursor: String,
     /// The page of the approved payouts.
     approved_cursor: String,
-    /// Rows per queue page: 1 to 500, default 50.
+    /// The page of the closed payouts (newest first): `updated_at:id` of the previous
+    /// page's last row.
+    closed_cursor: String,
+    /// Rows per page of each list: 1 to 500, default 50.
     limit: String,
 }
 
 impl Done {
-    /// The link to the page where the queue `which` starts at `cursor`, the other queue
-    /// where it is.
-    fn next(&self, which: PayoutStatus, cursor: &str) -> String {
+    /// The link to the page where the list `which` (a queue's status, or `None`: the
+    /// closed payouts) starts at `cursor`, the other lists where they are.
+    fn next(&self, which: Option<PayoutStatus>, cursor: &str) -> String {
         let mut to = url::form_urlencoded::Serializer::new(String::new());
-        let (requested, approved) = match which {
-            PayoutStatus::Requested => (cursor, self.approved_cursor.as_str()),
-            _ => (self.requested_cursor.as_str(), cursor),
-        };
-        for (k, v) in [("requested_cursor", requested), ("approved_cursor", approved), ("limit", self.limit.trim())] {
+        let (mut requested, mut approved, mut closed) =
+            (self.requested_cursor.as_str(), self.approved_cursor.as_str(), self.closed_cursor.as_str());
+        match which {
+            Some(PayoutStatus::Requested) => requested = cursor,
+            Some(_) => approved = cursor,
+            None => closed = cursor,
+        }
+        for (k, v) in [
+            ("requested_cursor", requested),
+            ("approved_cursor", approved),
+            ("closed_cursor", closed),
+            ("limit", self.limit.trim()),
+        ] {
             if !v.is_empty() {
                 to.append_pair(k, v);
             }
@@ -67,6 +75,10 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
         Ok(l) => l,
         Err(why) => return super::refusal(StatusCode::BAD_REQUEST, &why),
     };
+    let closed_before = match crate::http::page::at_id_cursor(Some(&q.closed_cursor)) {
+        Ok(c) => c,
+        Err(_) => return super::refusal(StatusCode::BAD_REQUEST, "closed_cursor: not one this page gave"),
+    };
     // Each queue a page at a time, oldest first, with the API's cursor (`after`/`next`).
     let queue = |status, cursor: &str| PayoutFilter {
         status: Some(status),
@@ -78,7 +90,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
     let (requested, approved, recent) = match (
         payouts::service::list(s, &queue(PayoutStatus::Requested, &q.requested_cursor)).await,
         payouts::service::list(s, &queue(PayoutStatus::Approved, &q.approved_cursor)).await,
-        queries::closed_payouts(s.db(), RECENT).await.map_err(PayoutError::from),
+        queries::closed_payouts(s.db(), closed_before, limit + 1).await.map_err(PayoutError::from),
     ) {
         (Ok(r), Ok(a), Ok(c)) => (r, a, c),
         (Err(PayoutError::Refused(Refusal::Invalid { .. })), _, _) => {
@@ -89,8 +101,16 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
         }
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return unavailable("cannot read the payouts", &e),
     };
-    let requested_next = requested.next.as_deref().map(|n| q.next(PayoutStatus::Requested, n));
-    let approved_next = approved.next.as_deref().map(|n| q.next(PayoutStatus::Approved, n));
+    let requested_next = requested.next.as_deref().map(|n| q.next(Some(PayoutStatus::Requested), n));
+    let approved_next = approved.next.as_deref().map(|n| q.next(Some(PayoutStatus::Approved), n));
+    // One row more than shown says whether there is a next page.
+    let mut recent = recent;
+    let closed_next = if recent.len() as i64 > limit {
+        recent.truncate(limit as usize);
+        recent.last().map(|p| q.next(None, &format!("{}:{}", p.updated_at, p.id)))
+    } else {
+        None
+    };
     let (requested, approved) = (requested.payouts, approved.payouts);
     let can_act = session.scope() >= Scope::Write;
     let done = match q.done.as_str() {
@@ -199,8 +219,8 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                 @if let Some(href) = &approved_next { p { a.next rel="next" href=(href) { "Next page →" } } }
             }
         }
-        section.card {
-            h2 { "Recently closed" }
+        section.card #closed {
+            h2 { "Closed" }
             @if recent.is_empty() {
                 p.empty { "No payout paid, rejected or failed yet." }
             } @else {
@@ -220,6 +240,7 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
                         }
                     }
                 } }
+                @if let Some(href) = &closed_next { p { a.next rel="next" href=(href) { "Next page →" } } }
             }
         }
     };

@@ -140,12 +140,20 @@ pub async fn overview(db: &Db, now: i64) -> Result<Overview, sqlx::Error> {
 }
 
 /// The latest payouts paid, rejected or failed, most recently changed first.
-pub async fn closed_payouts(db: &Db, limit: i64) -> Result<Vec<crate::payouts::Payout>, sqlx::Error> {
+pub async fn closed_payouts(
+    db: &Db,
+    before: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<crate::payouts::Payout>, sqlx::Error> {
+    // Newest first; a page starts before `(updated_at, id)` of the previous page's last.
+    let (at, id) = before.unwrap_or((i64::MAX, String::new()));
     let sql = format!(
-        "SELECT {} FROM payouts WHERE status IN ('paid', 'rejected', 'failed') ORDER BY updated_at DESC, id LIMIT $1",
+        "SELECT {} FROM payouts WHERE status IN ('paid', 'rejected', 'failed') \
+         AND (updated_at < $1 OR (updated_at = $1 AND ($2 = '' OR id < $2))) \
+         ORDER BY updated_at DESC, id DESC LIMIT $3",
         crate::payouts::store::COLUMNS
     );
-    let rows = sqlx::query(&sql).bind(limit).fetch_all(&db.pool).await?;
+    let rows = sqlx::query(&sql).bind(at).bind(id).bind(limit).fetch_all(&db.pool).await?;
     rows.iter().map(crate::payouts::store::from_row).collect()
 }
 

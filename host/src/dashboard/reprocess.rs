@@ -115,6 +115,7 @@ pub(super) fn waiting_section(
     session: &Session,
     waiting: &[crate::conversions::store::ConversionRow],
     merchants: &[String],
+    next: Option<&str>,
 ) -> Markup {
     let can_act = session.scope() >= Scope::Write;
     html! {
@@ -164,6 +165,7 @@ pub(super) fn waiting_section(
                         }
                     }
                 }
+                @if let Some(href) = next { p { a.next #waiting-next rel="next" href=(href) { "Next page →" } } }
             }
         }
     }

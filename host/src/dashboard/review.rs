@@ -13,10 +13,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 
-/// The most parked and failed conversions the page lists per status (the review queue
-/// itself is paged: `cursor` and `limit`, as `GET /api/v1/review`).
-const LIMIT: i64 = 500;
-
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub(super) struct Done {
@@ -31,8 +27,31 @@ pub(super) struct Done {
     still: String,
     /// The review queue's page: `reported_at:id` of the previous page's last row.
     cursor: String,
-    /// Rows of the queue per page: 1 to 500, default 50.
+    /// The parked and failed list's page: `reported_at:id` of its previous page's last row.
+    waiting_cursor: String,
+    /// Rows per page of each list: 1 to 500, default 50.
     limit: String,
+}
+
+/// The link to the next page of one of the page's two lists: `key` is that list's cursor
+/// parameter, set to `last`; the other list keeps its place.
+fn next_link(q: &Done, limit: i64, key: &str, last: &crate::conversions::store::ConversionRow) -> String {
+    let mut to = url::form_urlencoded::Serializer::new(String::new());
+    let cursor = format!("{}:{}", last.reported_at, last.id);
+    let (queue, waiting) = match key {
+        "cursor" => (cursor.as_str(), q.waiting_cursor.as_str()),
+        _ => (q.cursor.as_str(), cursor.as_str()),
+    };
+    if !queue.is_empty() {
+        to.append_pair("cursor", queue);
+    }
+    if !waiting.is_empty() {
+        to.append_pair("waiting_cursor", waiting);
+    }
+    if !q.limit.trim().is_empty() {
+        to.append_pair("limit", &limit.to_string());
+    }
+    format!("/dashboard/review?{}", to.finish())
 }
 
 /// `GET /dashboard/review`.
@@ -42,6 +61,10 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
         (Ok(l), Ok(a)) => (l, a),
         (Err(why), _) | (_, Err(why)) => return super::refusal(StatusCode::BAD_REQUEST, &why),
     };
+    let waiting_after = match crate::http::page::at_id_cursor(Some(&q.waiting_cursor)) {
+        Ok(a) => a,
+        Err(why) => return super::refusal(StatusCode::BAD_REQUEST, &why.replacen("cursor", "waiting_cursor", 1)),
+    };
     // One row more than shown says whether there is a next page; its link carries the
     // last row's key and the page size.
     let mut queue = match s.review_queue(after, limit + 1).await {
@@ -50,28 +73,24 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
     };
     let next = if queue.len() as i64 > limit {
         queue.truncate(limit as usize);
-        queue.last().map(|c| {
-            let mut to = url::form_urlencoded::Serializer::new(String::new());
-            to.append_pair("cursor", &format!("{}:{}", c.reported_at, c.id));
-            if !q.limit.trim().is_empty() {
-                to.append_pair("limit", &limit.to_string());
-            }
-            format!("/dashboard/review?{}", to.finish())
-        })
+        queue.last().map(|c| next_link(&q, limit, "cursor", c))
     } else {
         None
     };
-    let (parked, failed, merchants) = match (
-        s.by_status(Status::Parked, LIMIT).await,
-        s.by_status(Status::Failed, LIMIT).await,
+    let (mut waiting, merchants) = match (
+        s.waiting(waiting_after, limit + 1).await,
         super::queries::distinct(s.db(), super::queries::Column::Merchant).await,
     ) {
-        (Ok(p), Ok(f), Ok(m)) => (p, f, m),
-        (Err(e), _, _) | (_, Err(e), _) => return unavailable("cannot read the parked and failed conversions", &e),
-        (_, _, Err(e)) => return unavailable("cannot read the merchants", &e),
+        (Ok(w), Ok(m)) => (w, m),
+        (Err(e), _) => return unavailable("cannot read the parked and failed conversions", &e),
+        (_, Err(e)) => return unavailable("cannot read the merchants", &e),
     };
-    let mut waiting: Vec<_> = failed.into_iter().chain(parked).collect();
-    waiting.sort_by(|a, b| (a.reported_at, &a.id).cmp(&(b.reported_at, &b.id)));
+    let waiting_next = if waiting.len() as i64 > limit {
+        waiting.truncate(limit as usize);
+        waiting.last().map(|c| next_link(&q, limit, "waiting_cursor", c))
+    } else {
+        None
+    };
     let can_act = session.scope() >= Scope::Write;
     let done = match q.done.as_str() {
         "approve" => Some("approved"),
@@ -138,7 +157,8 @@ pub(super) async fn page(State(st): State<AppState>, session: Session, Query(q):
             }
         }
     };
-    let body = html! { (body) (super::reprocess::waiting_section(&session, &waiting, &merchants)) };
+    let body =
+        html! { (body) (super::reprocess::waiting_section(&session, &waiting, &merchants, waiting_next.as_deref())) };
     layout(&session, Nav::Review, "Review queue", body).into_response()
 }
 
