@@ -194,7 +194,8 @@ struct CycleDone {
     lease_until: i64,
 }
 
-type CycleResult = Result<CycleDone, CallbackError>;
+/// A cycle that failed gives back what it was to record: the next cycle records it.
+type CycleResult = Result<CycleDone, (CallbackError, Outcomes)>;
 
 /// A cycle in progress, polled by the loop beside the requests in flight.
 type CycleFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = CycleResult> + Send + 'a>>;
@@ -219,6 +220,14 @@ struct Outcomes {
 impl Outcomes {
     fn is_empty(&self) -> bool {
         self.sent.is_empty() && self.skipped.is_empty() && self.released.is_empty()
+    }
+
+    /// Puts back what a failed cycle was to record, before what came since.
+    fn put_back(&mut self, mut earlier: Outcomes) {
+        earlier.sent.append(&mut self.sent);
+        earlier.skipped.append(&mut self.skipped);
+        earlier.released.append(&mut self.released);
+        *self = earlier;
     }
 
     fn answer(&mut self, r: Result<Sent, tokio::task::JoinError>) {
@@ -423,15 +432,18 @@ impl Deliverer {
                             may_claim = mode != Mode::Once && again;
                             self.after_cycle(&mut run, done, &mut pending).await;
                         }
-                        // Not recorded: the deliveries keep their lease and are sent again
-                        // when it runs out (at least once). The worker outlives a database
-                        // outage: answers still coming are recorded by a later cycle, and
-                        // claims resume after `poll`.
-                        Err(e) if mode == Mode::Forever => {
-                            tracing::error!(error = %e, "recording and claiming callback deliveries failed");
+                        // Not recorded: the answers are recorded by the next cycle, while
+                        // the deliveries still hold their lease (a partner that answered is
+                        // not sent the same callback again because one transaction failed:
+                        // a deadlock, a restart of the database). Only a lease that runs out
+                        // first (an outage longer than it) sends them again: at least once.
+                        // The worker outlives a database outage; claims resume after `poll`.
+                        Err((e, outcomes)) if mode == Mode::Forever => {
+                            tracing::error!(error = %e, "recording and claiming callback deliveries failed; recording again");
+                            pending.put_back(outcomes);
                             may_claim = false;
                         }
-                        Err(e) => return Err(e),
+                        Err((e, _)) => return Err(e),
                     }
                 }
                 _ = tokio::time::sleep(wait) => {
@@ -469,15 +481,35 @@ impl Deliverer {
         busy: String,
         policies: HashMap<String, super::RetryPolicy>,
     ) -> CycleResult {
+        match self.cycle_once(&outcomes, room, &busy, &policies).await {
+            Ok(done) => Ok(CycleDone {
+                recorded_any: !outcomes.is_empty(),
+                skipped: outcomes.skipped,
+                released: outcomes.released.len(),
+                ..done
+            }),
+            Err(e) => Err((e, outcomes)),
+        }
+    }
+
+    /// [`Self::cycle`]'s transaction; the fields that describe `outcomes` are filled in
+    /// by the caller.
+    async fn cycle_once(
+        &self,
+        outcomes: &Outcomes,
+        room: usize,
+        busy: &str,
+        policies: &HashMap<String, super::RetryPolicy>,
+    ) -> Result<CycleDone, CallbackError> {
         let now = self.inner.clock.now();
         let skipped_ids: Vec<i64> = outcomes.skipped.iter().map(|(id, _)| *id).collect();
         let mut tx = self.inner.db.pool.begin().await?;
-        let recorded = self.record(&mut tx, now, &outcomes.sent, &skipped_ids, &policies).await?;
+        let recorded = self.record(&mut tx, now, &outcomes.sent, &skipped_ids, policies).await?;
         if !outcomes.released.is_empty() {
             self.release(&mut tx, &outcomes.released).await?;
         }
         let (claimed, held, jobs) = if room > 0 {
-            let claimed = self.claim(&mut tx, now, room, &busy).await?;
+            let claimed = self.claim(&mut tx, now, room, busy).await?;
             let held = if claimed.is_empty() { Vec::new() } else { self.hold_back(&mut tx, &claimed, now).await? };
             let to_send: Vec<i64> = claimed.iter().copied().filter(|id| !held.contains(id)).collect();
             let jobs = if to_send.is_empty() { Vec::new() } else { self.load_jobs(&mut tx, &to_send).await? };
@@ -493,10 +525,10 @@ impl Deliverer {
         let endpoints =
             if fresh.is_empty() { Vec::new() } else { super::endpoints_by_id(&self.inner.db, &fresh).await? };
         Ok(CycleDone {
-            recorded_any: !outcomes.is_empty(),
+            recorded_any: false,
             recorded: recorded.committed(),
-            skipped: outcomes.skipped,
-            released: outcomes.released.len(),
+            skipped: Vec::new(),
+            released: 0,
             room,
             claimed,
             held,
