@@ -173,6 +173,20 @@ struct Load {
     errors: u64,
 }
 
+impl Load {
+    /// Rate and percentiles of the answered requests' latencies (µs) over `elapsed` s.
+    fn of(mut all: Vec<u64>, errors: u64, elapsed: f64) -> Load {
+        all.sort_unstable();
+        let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied();
+        Load {
+            per_sec: all.len() as f64 / elapsed,
+            p50_us: pct(0.50).unwrap_or(0) as f64,
+            p99_us: pct(0.99).unwrap_or(0) as f64,
+            errors,
+        }
+    }
+}
+
 /// `concurrency` clients each sending GETs to `url(worker, n)` for `seconds`.
 async fn drive(
     url: impl Fn(usize, u64) -> String + Send + Sync + 'static,
@@ -210,15 +224,7 @@ async fn drive(
         all.extend(l);
         errors += e;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied();
-    Ok(Load {
-        per_sec: all.len() as f64 / elapsed,
-        p50_us: pct(0.50).unwrap_or(0) as f64,
-        p99_us: pct(0.99).unwrap_or(0) as f64,
-        errors,
-    })
+    Ok(Load::of(all, errors, started.elapsed().as_secs_f64()))
 }
 
 /// The purchase time the demo network requires (`ts`, Unix seconds): now.
@@ -258,15 +264,7 @@ async fn drive_open(
             (false, _) => errors += 1,
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied();
-    Ok(Load {
-        per_sec: all.len() as f64 / elapsed,
-        p50_us: pct(0.50).unwrap_or(0) as f64,
-        p99_us: pct(0.99).unwrap_or(0) as f64,
-        errors,
-    })
+    Ok(Load::of(all, errors, started.elapsed().as_secs_f64()))
 }
 
 /// The write path's counters, read from the process's metrics: (batches, commands,
