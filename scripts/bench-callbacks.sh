@@ -52,7 +52,10 @@ measure() {
     local lo hi
     lo=$(sed -n 's/.*"ratio":\([0-9.]*\).*/\1/p' <<<"$out" | sort -g | head -1)
     hi=$(sed -n 's/.*"ratio":\([0-9.]*\).*/\1/p' <<<"$out" | sort -g | tail -1)
-    rows+=("$(printf '| %s | %s/s | %s/s | %s (%.2f–%.2f) |' "$1" "$worker" "$bare" "$ratio" "$lo" "$hi")")
+    local window_mean window_p99
+    window_mean=$(sed -n 's/.*"unrecorded_mean_ms":\([0-9.]*\).*/\1/p' <<<"$out" | sort -g | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] }')
+    window_p99=$(sed -n 's/.*"unrecorded_p99_ms":\([0-9.]*\).*/\1/p' <<<"$out" | sort -g | awk '{ v[NR] = $1 } END { printf "%g", v[int((NR + 1) / 2)] }')
+    rows+=("$(printf '| %s | %s/s | %s/s | %s (%.2f–%.2f) | %s ms / ≤ %s ms |' "$1" "$worker" "$bare" "$ratio" "$lo" "$hi" "$window_mean" "$window_p99")")
     verdicts+=("$1 $(awk -v r="$ratio" -v t="$target_ratio" 'BEGIN { print (r + 0 >= t ? "met" : "MISSED") }') (${ratio})")
     # The isolation run: the healthy endpoints' latency alone and beside the bad ones.
     local iso
@@ -92,8 +95,8 @@ Last run: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores (${cpu:-unknown CPU})
 delivery worker, both with $concurrency requests in flight; median over the rounds (range of the ratio); ${pg_facts}.
 Load average (1, 5, 15 min) before the run: ${load_before}; after it: ${load_after}.
 
-| backend | delivery worker (claim, render, sign, send, record) | bare reqwest loop | ratio |
-|---|---|---|---|
+| backend | delivery worker (claim, render, sign, send, record) | bare reqwest loop | ratio | answer to committed record (at-least-once window): mean / p99 bucket |
+|---|---|---|---|---|
 $(printf '%s\n' "${rows[@]}")
 
 Target of the issue: the worker ≥ 50 % of the bare loop: $(IFS=';'; echo "${verdicts[*]}" | sed 's/;/; /g').

@@ -46,6 +46,9 @@ pub const PLUGIN_CALL_FAILURES: &str = "cashbackd_plugin_call_failures_total";
 pub const CALLBACK_DELIVERIES: &str = "cashbackd_callback_deliveries_total";
 /// Callback request time, by outcome.
 pub const CALLBACK_SECONDS: &str = "cashbackd_callback_delivery_duration_seconds";
+/// Time from a partner's answer to the commit of its record, per answer: the
+/// at-least-once window. A crash inside it sends that callback again (same `webhook-id`).
+pub const CALLBACK_UNRECORDED: &str = "cashbackd_callback_unrecorded_seconds";
 /// Job runs, by job and outcome (`ok`, `failed`).
 pub const JOB_RUNS: &str = "cashbackd_job_runs_total";
 /// Job run time, by job.
@@ -131,6 +134,11 @@ fn describe() {
     describe_counter!(PLUGIN_CALL_FAILURES, "Failed plugin calls, by plugin, version, call and kind");
     describe_counter!(CALLBACK_DELIVERIES, "Callback attempts, by endpoint and outcome");
     describe_histogram!(CALLBACK_SECONDS, Unit::Seconds, "Callback request time, by outcome");
+    describe_histogram!(
+        CALLBACK_UNRECORDED,
+        Unit::Seconds,
+        "Time from a partner's answer to the commit of its record: a crash inside it sends the callback again"
+    );
     describe_counter!(JOB_RUNS, "Scheduled job runs, by job and outcome");
     describe_histogram!(JOB_SECONDS, Unit::Seconds, "Job run time, by job");
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route template and status");
@@ -187,6 +195,11 @@ pub fn callback(endpoint: &str, outcome: &'static str, elapsed: Option<Duration>
     if let Some(elapsed) = elapsed {
         metrics::histogram!(CALLBACK_SECONDS, "outcome" => outcome).record(elapsed.as_secs_f64());
     }
+}
+
+/// A callback answer's record committed, this long after the answer came.
+pub fn callback_unrecorded(elapsed: Duration) {
+    metrics::histogram!(CALLBACK_UNRECORDED).record(elapsed.as_secs_f64());
 }
 
 /// A job run finished.

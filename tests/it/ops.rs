@@ -156,6 +156,9 @@ async fn metrics_count_ingest_plugins_queues_deliveries_and_jobs_after_a_postbac
     // The click's CREATED (seed 001: sent on the click) and the two orders' PENDING.
     assert_eq!(m("cashbackd_callback_deliveries_total", &[ep, ("outcome", "delivered")]), Some(3.0), "{text}");
     assert!(m("cashbackd_callback_delivery_duration_seconds_count", &[("outcome", "delivered")]).is_some());
+    // The at-least-once window: one observation per recorded answer, every answer of the
+    // process counted (a recorder per process), so at least this test's three.
+    assert!(m("cashbackd_callback_unrecorded_seconds_count", &[]).is_some_and(|n| n >= 3.0), "{text}");
     assert!(m("cashbackd_job_runs_total", &[("job", "mature"), ("outcome", "ok")]).is_some_and(|n| n >= 1.0));
     assert!(m("cashbackd_job_duration_seconds_count", &[("job", "mature")]).is_some());
     let route = [("route", "/postback/{network}"), ("status", "200"), ("method", "GET")];

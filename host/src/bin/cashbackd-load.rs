@@ -326,6 +326,54 @@ mod callbacks {
         bare_seconds: f64,
         bare_per_sec: f64,
         ratio: f64,
+        /// The at-least-once window: from each answer to its record's commit, mean and
+        /// the histogram bucket holding the 99th percentile (its upper bound).
+        unrecorded_mean_ms: f64,
+        unrecorded_p99_ms: f64,
+    }
+
+    /// `cashbackd_callback_unrecorded_seconds` as the process's recorder has it: the
+    /// sum, the count and the cumulative buckets (upper bound in seconds, count).
+    struct Window {
+        sum: f64,
+        count: f64,
+        buckets: Vec<(f64, f64)>,
+    }
+
+    impl Window {
+        fn read() -> Window {
+            let text = cashbackd::metrics::handle().map(|h| h.render()).unwrap_or_default();
+            let name = cashbackd::metrics::CALLBACK_UNRECORDED;
+            let mut w = Window { sum: 0.0, count: 0.0, buckets: Vec::new() };
+            for line in text.lines().filter(|l| l.starts_with(name)) {
+                let Some((key, value)) = line.rsplit_once(' ') else { continue };
+                let Ok(value) = value.parse::<f64>() else { continue };
+                if key == format!("{name}_sum") {
+                    w.sum = value;
+                } else if key == format!("{name}_count") {
+                    w.count = value;
+                } else if let Some(le) = key.split("le=\"").nth(1).and_then(|r| r.split('"').next()) {
+                    w.buckets.push((le.parse().unwrap_or(f64::INFINITY), value));
+                }
+            }
+            w
+        }
+
+        /// Mean and p99 bucket bound (ms) of what was recorded since `before`.
+        fn since(&self, before: &Window) -> (f64, f64) {
+            let count = self.count - before.count;
+            if count <= 0.0 {
+                return (0.0, 0.0);
+            }
+            let mean = (self.sum - before.sum) / count * 1000.0;
+            let earlier = |le: f64| before.buckets.iter().find(|(b, _)| *b == le).map_or(0.0, |(_, n)| *n);
+            let p99 = self
+                .buckets
+                .iter()
+                .find(|(le, n)| n - earlier(*le) >= 0.99 * count)
+                .map_or(f64::INFINITY, |(le, _)| le * 1000.0);
+            (mean, p99)
+        }
     }
 
     async fn sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
@@ -390,6 +438,8 @@ mod callbacks {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
         };
+        // The process's recorder, for the at-least-once window the worker measures.
+        cashbackd::metrics::install();
         let (base, hits) = sink().await?;
         let clock = Arc::new(SystemClock);
         let now = clock.now();
@@ -451,9 +501,11 @@ mod callbacks {
             }
             let bare_seconds = started.elapsed().as_secs_f64();
             let before = hits.load(Ordering::Relaxed);
+            let window_before = Window::read();
             let started = Instant::now();
             let summary = deliverer.run_due().await?;
             let worker_seconds = started.elapsed().as_secs_f64();
+            let (unrecorded_mean_ms, unrecorded_p99_ms) = Window::read().since(&window_before);
             anyhow::ensure!(
                 summary.delivered as u64 == n && hits.load(Ordering::Relaxed) - before == n,
                 "round {round}: {} delivered, {} requests, of {n}",
@@ -475,6 +527,8 @@ mod callbacks {
                 bare_seconds: round3(bare_seconds),
                 bare_per_sec: round3(bare_per_sec),
                 ratio: round3(ratio),
+                unrecorded_mean_ms: round3(unrecorded_mean_ms),
+                unrecorded_p99_ms: round3(unrecorded_p99_ms),
             };
             println!("{}", serde_json::to_string(&line)?);
         }

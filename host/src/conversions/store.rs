@@ -1050,6 +1050,8 @@ pub async fn apply_batch(
             crate::db::Backend::Sqlite => "BEGIN IMMEDIATE",
             crate::db::Backend::Postgres => "BEGIN",
         };
+        // This process's writers take SQLite's write lock in turn (`Db::write_turn`).
+        let _turn = db.write_turn().await;
         let mut tx = db.pool.begin_with(begin).await?;
         statements += 2;
         match apply_in(&mut tx, &batch, &[], &mut statements).await {

@@ -3,7 +3,7 @@
 //! The worker claims due deliveries with a lease in the database (a conditional
 //! `UPDATE`: on PostgreSQL several replicas may claim at once and each delivery is
 //! claimed by one), starts their requests as there is room in flight, and records the
-//! answers as they come, a group at a time, in the same transaction as the next claim. It
+//! answers as they come, a group at a time, each group committed before the next claim. It
 //! holds only what there is room for: in flight, in its own limit (`concurrency`) and in
 //! each endpoint's (`endpoint_concurrency`), and waiting for that room, at most `batch`,
 //! each endpoint its share, claimed round-robin across endpoints. So a partner that hangs
@@ -26,8 +26,9 @@
 //!
 //! **Delivery guarantee: at least once, exactly once once acknowledged.** The result of
 //! a request is recorded after the request, by the next cycle (with the answers that came
-//! while the previous one was being written): a crash between the partner's 200 and that
-//! commit means the delivery is sent again when its lease expires (with the same
+//! while the previous one was being written), whose record commits before its claim: a
+//! crash between the partner's 200 and that commit (`cashbackd_callback_unrecorded_seconds`
+//! measures the gap) means the delivery is sent again when its lease expires (with the same
 //! `webhook-id` / `{delivery_id}`, so the partner can tell). A delivery recorded as
 //! delivered is never sent again, except by an operator's replay.
 //!
@@ -40,7 +41,7 @@
 //! | `render.rs` | render the URL template, sign (HMAC query, Standard Webhooks) | `Prepared` |
 //! | `send.rs` | send, read the capped answer | `Sent` |
 //! | `record.rs` | record a group of answers, one statement per kind of outcome | `Recorded` |
-//! | `mod.rs` | the loop: a cycle (record, then claim: one transaction) running while requests are in flight; room in flight; when to claim and record | `CycleDone`, `Waiting` |
+//! | `mod.rs` | the loop: a cycle (record and commit, then claim) running while requests are in flight; room in flight; when to claim and record | `CycleDone`, `Waiting` |
 //! | `tester.rs` | the callback tester | |
 //! | `log.rs` | the delivery log and replay | |
 
@@ -194,6 +195,17 @@ struct CycleDone {
     lease_until: i64,
 }
 
+/// What a claim took, with the endpoints as they are now.
+#[derive(Default)]
+struct Claim {
+    claimed: usize,
+    /// Claimed and given back at once (`hold_back`).
+    held: usize,
+    jobs: Vec<claim::Claimed>,
+    endpoints: Vec<Endpoint>,
+    lease_until: i64,
+}
+
 /// A cycle that failed gives back what it was to record: the next cycle records it.
 type CycleResult = Result<CycleDone, (CallbackError, Outcomes)>;
 
@@ -331,10 +343,10 @@ impl Deliverer {
     /// The delivery loop. A partner that hangs holds only its own share of the requests
     /// in flight (`endpoint_concurrency`) and delays nobody else's claims or records:
     ///
-    /// - **Cycles.** The record of the answers that came and the next claim are one
-    ///   transaction, a *cycle* (`cycle`): one commit where there were two. A cycle runs
-    ///   while requests are in flight and answers come: the loop never waits for the
-    ///   database to start a request or take an answer.
+    /// - **Cycles.** The record of the answers that came, committed, then the next claim
+    ///   make a *cycle* (`cycle`). A cycle runs while requests are in flight and answers
+    ///   come: the loop never waits for the database to start a request or take an
+    ///   answer.
     /// - **Claiming ahead.** Each commit costs a few milliseconds (an fsync), as long as
     ///   many requests to a fast partner. A claim that took only what there is room for in
     ///   flight would leave the requests idle while the next cycle commits; so a claim
@@ -465,15 +477,23 @@ impl Deliverer {
         serde_json::to_string(&held).unwrap_or_else(|_| "{}".into())
     }
 
-    /// One cycle, one transaction: records what is waiting to be recorded (answers,
-    /// skipped deliveries, claimed ones given back unsent), then claims up to `room` due
+    /// One cycle: records what is waiting to be recorded (answers, skipped deliveries,
+    /// claimed ones given back unsent) and commits that, then claims up to `room` due
     /// deliveries (none with 0), fairly across endpoints and within each one's share, and
-    /// loads what rendering needs; then the endpoints as they are now.
+    /// loads what rendering needs, in a second transaction; then the endpoints as they are
+    /// now.
     ///
-    /// Recording in the claim's transaction saves a commit per cycle, and the cycle runs
-    /// while other requests are in flight. The price: an answer is durable only once the
-    /// whole cycle commits, claim included, so a slow claim lengthens the at-least-once
-    /// window (`docs/RELIABILITY.md` §1 has the crash loop's figures).
+    /// The record commits before the claim starts (issue 15 point 3): an answer is
+    /// durable as soon as its group is written, not after the next claim too, so a crash
+    /// resends only what was answered in the last few milliseconds. Session 6 had both in
+    /// one transaction to save a commit per cycle; on PostgreSQL the claim then held every
+    /// answer of the group for tens of milliseconds, and the crash loop's resent share did
+    /// not shrink. The cycle still runs while requests are in flight, and the answers
+    /// that come meanwhile go into the next one.
+    ///
+    /// A record that fails gives its outcomes back (the next cycle records them); a
+    /// claim that fails after its record committed gives back nothing, for that record
+    /// is done.
     async fn cycle(
         &self,
         outcomes: Outcomes,
@@ -481,57 +501,70 @@ impl Deliverer {
         busy: String,
         policies: HashMap<String, super::RetryPolicy>,
     ) -> CycleResult {
-        match self.cycle_once(&outcomes, room, &busy, &policies).await {
-            Ok(done) => Ok(CycleDone {
+        let recorded = match self.record_outcomes(&outcomes, &policies).await {
+            Ok(recorded) => recorded,
+            Err(e) => return Err((e, outcomes)),
+        };
+        let claimed = if room > 0 { self.claim_due(room, &busy).await } else { Ok(Claim::default()) };
+        match claimed {
+            Ok(claim) => Ok(CycleDone {
                 recorded_any: !outcomes.is_empty(),
+                recorded,
                 skipped: outcomes.skipped,
                 released: outcomes.released.len(),
-                ..done
+                room,
+                claimed: claim.claimed,
+                held: claim.held,
+                jobs: claim.jobs,
+                endpoints: claim.endpoints,
+                lease_until: claim.lease_until,
             }),
-            Err(e) => Err((e, outcomes)),
+            Err(e) => Err((e, Outcomes::default())),
         }
     }
 
-    /// [`Self::cycle`]'s transaction; the fields that describe `outcomes` are filled in
-    /// by the caller.
-    async fn cycle_once(
+    /// [`Self::cycle`]'s record: one transaction, none if there is nothing to record.
+    /// Counted in the metrics once committed.
+    async fn record_outcomes(
         &self,
         outcomes: &Outcomes,
-        room: usize,
-        busy: &str,
         policies: &HashMap<String, super::RetryPolicy>,
-    ) -> Result<CycleDone, CallbackError> {
+    ) -> Result<record::Recorded, CallbackError> {
+        if outcomes.is_empty() {
+            return Ok(record::Recorded::default());
+        }
         let now = self.inner.clock.now();
         let skipped_ids: Vec<i64> = outcomes.skipped.iter().map(|(id, _)| *id).collect();
+        let _turn = self.inner.db.write_turn().await;
         let mut tx = self.inner.db.pool.begin().await?;
         let recorded = self.record(&mut tx, now, &outcomes.sent, &skipped_ids, policies).await?;
         if !outcomes.released.is_empty() {
             self.release(&mut tx, &outcomes.released).await?;
         }
-        let (claimed, held, jobs) = if room > 0 {
-            let claimed = self.claim(&mut tx, now, room, busy).await?;
-            let held = if claimed.is_empty() { Vec::new() } else { self.hold_back(&mut tx, &claimed, now).await? };
-            let to_send: Vec<i64> = claimed.iter().copied().filter(|id| !held.contains(id)).collect();
-            let jobs = if to_send.is_empty() { Vec::new() } else { self.load_jobs(&mut tx, &to_send).await? };
-            (claimed.len(), held.len(), jobs)
-        } else {
-            (0, 0, Vec::new())
-        };
         tx.commit().await?;
+        Ok(recorded.committed())
+    }
+
+    /// [`Self::cycle`]'s claim: one transaction; then the endpoints as they are now.
+    async fn claim_due(&self, room: usize, busy: &str) -> Result<Claim, CallbackError> {
+        let turn = self.inner.db.write_turn().await;
+        let now = self.inner.clock.now();
+        let mut tx = self.inner.db.pool.begin().await?;
+        let claimed = self.claim(&mut tx, now, room, busy).await?;
+        let held = if claimed.is_empty() { Vec::new() } else { self.hold_back(&mut tx, &claimed, now).await? };
+        let to_send: Vec<i64> = claimed.iter().copied().filter(|id| !held.contains(id)).collect();
+        let jobs = if to_send.is_empty() { Vec::new() } else { self.load_jobs(&mut tx, &to_send).await? };
+        tx.commit().await?;
+        drop(turn);
         // The endpoints as they are now: a change of settings applies from the next claim.
         let mut fresh: Vec<&str> = jobs.iter().map(|j| j.endpoint_id.as_str()).collect();
         fresh.sort_unstable();
         fresh.dedup();
         let endpoints =
             if fresh.is_empty() { Vec::new() } else { super::endpoints_by_id(&self.inner.db, &fresh).await? };
-        Ok(CycleDone {
-            recorded_any: false,
-            recorded: recorded.committed(),
-            skipped: Vec::new(),
-            released: 0,
-            room,
-            claimed,
-            held,
+        Ok(Claim {
+            claimed: claimed.len(),
+            held: held.len(),
             jobs,
             endpoints,
             lease_until: now + self.inner.config.lease_ms,

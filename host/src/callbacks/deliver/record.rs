@@ -7,7 +7,7 @@ use super::{Deliverer, json_ids, json_rows};
 use crate::callbacks::{CallbackError, RetryPolicy};
 use sqlx::{AnyConnection, Row};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What one record wrote: the record phase's value, added to the run's summary once its
 /// transaction committed (`committed`).
@@ -21,8 +21,8 @@ pub(super) struct Recorded {
     pub(super) disabled: Vec<String>,
     /// Told once committed: the endpoints disabled (id, failures, message)...
     alerts: Vec<(String, i64, String)>,
-    /// ...and each answer's outcome and latency, for the metrics.
-    answers: Vec<(String, &'static str, Duration)>,
+    /// ...and each answer's outcome, latency and arrival, for the metrics.
+    answers: Vec<(String, &'static str, Duration, Instant)>,
 }
 
 impl Recorded {
@@ -34,8 +34,9 @@ impl Recorded {
             tracing::warn!(endpoint = endpoint_id.as_str(), failures = n, "{message}");
             self.disabled.push(endpoint_id);
         }
-        for (endpoint_id, outcome, elapsed) in std::mem::take(&mut self.answers) {
+        for (endpoint_id, outcome, elapsed, answered) in std::mem::take(&mut self.answers) {
             crate::metrics::callback(&endpoint_id, outcome, Some(elapsed));
+            crate::metrics::callback_unrecorded(answered.elapsed());
         }
         self
     }
@@ -228,7 +229,7 @@ impl Deliverer {
                     _ => "failed",
                 };
                 let elapsed = Duration::from_millis(u64::try_from(s.latency_ms).unwrap_or(0));
-                (s.endpoint_id.clone(), outcome, elapsed)
+                (s.endpoint_id.clone(), outcome, elapsed, s.answered)
             })
             .collect();
         let recorded = Recorded {

@@ -36,6 +36,9 @@ pub(super) struct Sent {
     pub(super) excerpt: Option<String>,
     pub(super) retry_after_ms: Option<i64>,
     pub(super) response: Option<ResponseView>,
+    /// When the answer (or the failure) was in: from here until its record commits, a
+    /// crash sends the callback again (`cashbackd_callback_unrecorded_seconds`).
+    pub(super) answered: Instant,
 }
 
 impl Deliverer {
@@ -54,11 +57,13 @@ impl Deliverer {
             excerpt: None,
             retry_after_ms: None,
             response: None,
+            answered: t0,
         };
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 sent.error = Some(e);
+                sent.answered = Instant::now();
                 return sent;
             }
         };
@@ -72,7 +77,8 @@ impl Deliverer {
             }
             Err(e) => sent.error = Some(e),
         }
-        sent.latency_ms = t0.elapsed().as_millis() as i64;
+        sent.answered = Instant::now();
+        sent.latency_ms = sent.answered.duration_since(t0).as_millis() as i64;
         sent
     }
 
