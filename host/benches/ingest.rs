@@ -285,6 +285,80 @@ fn write_counters() -> (f64, f64, f64) {
     )
 }
 
+/// The write path's phase timings as the process's metrics have them: the sum of
+/// seconds per phase (`cashbackd_write_phase_seconds`), and the sums and counts of the
+/// queue wait and of the accepted postbacks' handling time.
+#[derive(Default)]
+struct Phases {
+    batches: f64,
+    by_phase: Vec<(String, f64)>,
+    queue: (f64, f64),
+    postback: (f64, f64),
+}
+
+impl Phases {
+    fn read() -> Phases {
+        let text = cashbackd::metrics::handle().map(|h| h.render()).unwrap_or_default();
+        let mut p = Phases { batches: write_counters().0, ..Phases::default() };
+        let phase_sum = format!("{}_sum", cashbackd::metrics::WRITE_PHASE_SECONDS);
+        let queue = cashbackd::metrics::WRITE_QUEUE_SECONDS;
+        let postback = cashbackd::metrics::POSTBACK_SECONDS;
+        for line in text.lines() {
+            let Some((key, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            if let Some(labels) = key.strip_prefix(&phase_sum) {
+                let phase = labels.split("phase=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("?");
+                p.by_phase.push((phase.to_string(), value));
+            } else if key == format!("{queue}_sum") {
+                p.queue.0 = value;
+            } else if key == format!("{queue}_count") {
+                p.queue.1 = value;
+            } else if key.starts_with(&format!("{postback}_sum")) && key.contains("outcome=\"accepted\"") {
+                p.postback.0 += value;
+            } else if key.starts_with(&format!("{postback}_count")) && key.contains("outcome=\"accepted\"") {
+                p.postback.1 += value;
+            }
+        }
+        p
+    }
+
+    /// Milliseconds per batch in each phase since `before`, in the write path's order,
+    /// then the mean queue wait per command and the mean handling time per postback.
+    fn since(&self, before: &Phases) -> String {
+        const ORDER: [&str; 12] = [
+            "turn",
+            "begin",
+            "prefetch",
+            "decide",
+            "journal",
+            "users",
+            "clicks",
+            "conversions",
+            "history",
+            "ledger",
+            "outbox",
+            "commit",
+        ];
+        let batches = (self.batches - before.batches).max(1.0);
+        let sum = |p: &Phases, phase: &str| p.by_phase.iter().find(|(n, _)| n == phase).map_or(0.0, |(_, v)| *v);
+        let mut total = 0.0;
+        let mut parts = Vec::new();
+        for phase in ORDER {
+            let ms = (sum(self, phase) - sum(before, phase)) / batches * 1000.0;
+            total += ms;
+            parts.push(format!("{phase} {ms:.2}"));
+        }
+        let mean = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0) / (a.1 - b.1).max(1.0) * 1000.0;
+        format!(
+            "{} ms per batch ({total:.2} in all; {batches:.0} batches); a command waited {:.2} ms in the writer's \
+             queue; a postback took {:.2} ms to answer",
+            parts.join(", "),
+            mean(self.queue, before.queue),
+            mean(self.postback, before.postback)
+        )
+    }
+}
+
 /// Statements per command and commands per batch between two readings.
 fn per_command(before: (f64, f64, f64), after: (f64, f64, f64)) -> (f64, f64) {
     let (batches, commands, statements) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
@@ -312,7 +386,7 @@ async fn postback_round(
     runtime: &Arc<PluginRuntime>,
     backend: Backend,
     round: usize,
-) -> anyhow::Result<(Load, Load, Load, (f64, f64))> {
+) -> anyhow::Result<(Load, Load, Load, (f64, f64), String)> {
     let bare_app = Router::new().route("/postback/{network}", get(|| async { StatusCode::OK }));
     let (bare, stop) = serve(bare_app).await?;
     let bare_load =
@@ -329,6 +403,7 @@ async fn postback_round(
         .router();
     let (base, stop) = serve(app).await?;
     let counters = write_counters();
+    let phases = Phases::read();
     let url = base.clone();
     let load = drive(
         move |w, n| {
@@ -346,6 +421,7 @@ async fn postback_round(
     )
     .await?;
     let statements = per_command(counters, write_counters());
+    let phases = Phases::read().since(&phases);
     // The latency target's load: a fixed rate offered whatever the answers (open loop).
     let rate = s.open_rate;
     let open = drive_open(
@@ -373,7 +449,7 @@ async fn postback_round(
     }
     drop(service);
     fresh.close().await;
-    Ok((bare_load, load, open, statements))
+    Ok((bare_load, load, open, statements, phases))
 }
 
 const CSV_CONFIG: &str = r#"{
@@ -526,15 +602,18 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     }
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut postback_rows = Vec::new();
+    let mut phase_rows = Vec::new();
     let mut import_rows = Vec::new();
     let mut verdicts = Vec::new();
     for (backend, label) in &backends {
         let (mut bare, mut ours, mut open, mut stmts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..s.rounds {
-            let (b, o, q, st) = postback_round(&s, &runtime, *backend, round).await?;
+            let (b, o, q, st, ph) = postback_round(&s, &runtime, *backend, round).await?;
             eprintln!(
-                "postbacks {label} round {round}: bare {b:?}, cashbackd {o:?}, open loop {q:?}, statements {st:?}"
+                "postbacks {label} round {round}: bare {b:?}, cashbackd {o:?}, open loop {q:?}, statements {st:?}; \
+                 phases: {ph}"
             );
+            phase_rows.push(format!("{label}, round {round}: {ph}"));
             bare.push(b);
             ours.push(o);
             open.push(q);
@@ -627,6 +706,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
          | backend | cashbackd postbacks, 64 clients closed loop | bare axum 200 handler | cashbackd / bare | \
          write statements per postback | open loop | errors |\n\
          |---|---|---|---|---|---|---|\n{}\n\n\
+         Where the closed loop's write batches spent their time (`cashbackd_write_phase_seconds`, \
+         phases one after another):\n\n{}\n\n\
          | backend (rows/s) | adapter `parse-file` in the sandbox | same adapter, native | import of new rows (bulk path) | \
          write statements per row | import of new rows, one event at a time (baseline) | same file again (all duplicates) |\n\
          |---|---|---|---|---|---|---|\n{}\n\n{}\n<!-- ingest:end -->",
@@ -639,6 +720,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         load(&load_before),
         load(&load_after),
         postback_rows.join("\n"),
+        phase_rows.iter().map(|r| format!("- {r}")).collect::<Vec<_>>().join("\n"),
         import_rows.join("\n"),
         verdicts.iter().map(|v| format!("- {v}")).collect::<Vec<_>>().join("\n"),
     );

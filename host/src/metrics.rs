@@ -71,6 +71,14 @@ pub const WRITE_BATCH_STATEMENTS: &str = "cashbackd_write_batch_statements";
 pub const WRITE_BATCH_COMMANDS: &str = "cashbackd_write_batch_commands";
 /// Batches decided again because another writer (replica) changed what they read.
 pub const WRITE_RETRIES: &str = "cashbackd_write_batch_retries_total";
+/// Time a write batch spent in each phase, by phase, one after another: `turn` (waiting
+/// for SQLite's write lock in this process), `begin`, `prefetch`, `decide` (in memory),
+/// then the writes per table (`journal`, `users`, `clicks`, `conversions`, `history`,
+/// `ledger`, `outbox`) and `commit`. Their sums over `cashbackd_write_batches_total`:
+/// where a batch's time goes.
+pub const WRITE_PHASE_SECONDS: &str = "cashbackd_write_phase_seconds";
+/// Time a command waited in the writer's queue for its batch to start.
+pub const WRITE_QUEUE_SECONDS: &str = "cashbackd_write_queue_seconds";
 /// Queue sizes counted in the database at scrape time, by queue.
 pub const QUEUE_SIZE: &str = "cashbackd_queue_size";
 /// 1 when the database answered the scrape's queries.
@@ -149,6 +157,8 @@ fn describe() {
     describe_histogram!(WRITE_BATCH_STATEMENTS, Unit::Count, "Statements per write batch");
     describe_histogram!(WRITE_BATCH_COMMANDS, Unit::Count, "Commands per write batch");
     describe_counter!(WRITE_RETRIES, "Write batches decided again after losing a race with another writer");
+    describe_histogram!(WRITE_PHASE_SECONDS, Unit::Seconds, "Time write batches spent per phase, by phase");
+    describe_histogram!(WRITE_QUEUE_SECONDS, Unit::Seconds, "Time a command waited in the writer's queue");
 }
 
 /// An event (or a postback whose events are unknown: refused, rejected) counted.
@@ -217,6 +227,36 @@ pub fn write_batch(commands: usize, statements: u32, retries: usize) {
     metrics::counter!(WRITE_RETRIES).increment(retries as u64);
     metrics::histogram!(WRITE_BATCH_STATEMENTS).record(f64::from(statements));
     metrics::histogram!(WRITE_BATCH_COMMANDS).record(commands as f64);
+}
+
+/// Times the phases of a write batch one after another ([`WRITE_PHASE_SECONDS`]): each
+/// `mark` records the time since the previous one under its phase's name.
+pub struct Lap(Option<std::time::Instant>);
+
+impl Lap {
+    /// Starts the first phase now.
+    pub fn start() -> Lap {
+        Lap(Some(std::time::Instant::now()))
+    }
+
+    /// Records nothing: for the single commands outside a write batch.
+    pub fn off() -> Lap {
+        Lap(None)
+    }
+
+    /// The phase that just ended.
+    pub fn mark(&mut self, phase: &'static str) {
+        if let Some(since) = self.0 {
+            let now = std::time::Instant::now();
+            metrics::histogram!(WRITE_PHASE_SECONDS, "phase" => phase).record(now.duration_since(since).as_secs_f64());
+            self.0 = Some(now);
+        }
+    }
+}
+
+/// A command's wait in the writer's queue.
+pub fn write_queued(waited: Duration) {
+    metrics::histogram!(WRITE_QUEUE_SECONDS).record(waited.as_secs_f64());
 }
 
 /// An HTTP request answered.

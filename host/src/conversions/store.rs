@@ -23,6 +23,7 @@ use super::{ApplyError, Command, Outcome, State, Status, conversion_id};
 use crate::clock::{Clock, Millis};
 use crate::db::rows::{Ty, backend, json_rows, to_json};
 use crate::ledger;
+use crate::metrics::Lap;
 use sqlx::any::AnyRow;
 use sqlx::{Acquire, AnyConnection, Row};
 
@@ -565,6 +566,7 @@ async fn write(
     rows: &Rows,
     replay: &[Option<i64>],
     statements: &mut u32,
+    lap: &mut Lap,
 ) -> Result<Result<(), Lost>, ApplyError> {
     let be = backend(conn);
     // ---- the journal: numbers first, so that every other row can name its entry ----
@@ -621,6 +623,7 @@ async fn write(
         }
     }
 
+    lap.mark("journal");
     // ---- users: one upsert for the profiles that replace, one insert for the others ----
     // A user given twice in one batch is folded into one row: the first creates it, and
     // the last profile that replaces wins.
@@ -686,6 +689,7 @@ async fn write(
         run(conn, &sql, &group, statements).await?;
     }
 
+    lap.mark("users");
     // ---- clicks, and their CREATED for partners (seed 001) in the same transaction ----
     if !rows.clicks.is_empty() {
         #[derive(serde::Serialize)]
@@ -762,6 +766,7 @@ async fn write(
         crate::outbox::enqueue_clicks(conn, &clicks, statements).await?;
     }
 
+    lap.mark("clicks");
     // ---- conversions: the new in one insert, the changed in one update, each checked ----
     // The check is in the statements themselves, so it holds across replicas: an insert
     // that finds the id taken, or an update that finds another version, affects fewer
@@ -800,6 +805,7 @@ async fn write(
         }
     }
 
+    lap.mark("conversions");
     // ---- the history ----
     if !rows.history.is_empty() {
         #[derive(serde::Serialize)]
@@ -842,6 +848,7 @@ async fn write(
         run(conn, &sql, &lines, statements).await?;
     }
 
+    lap.mark("history");
     // ---- the ledger: every posting of the batch at once ----
     if !rows.postings.is_empty() {
         let postings: Vec<ledger::Posting> = rows.postings.iter().map(|p| p.posting(seqs[p.journal])).collect();
@@ -853,6 +860,7 @@ async fn write(
             }
         }
     }
+    lap.mark("ledger");
     // ---- issue 6: the transactional outbox (partner callbacks, user notifications) ----
     // The core decided which steps are changes for partners; they are recorded in this
     // transaction.
@@ -860,6 +868,7 @@ async fn write(
         let changes: Vec<_> = rows.changes.iter().map(|c| c.change(seqs[c.journal])).collect();
         crate::outbox::enqueue(conn, &changes, statements).await?;
     }
+    lap.mark("outbox");
     // ---- end issue 6 ----
     Ok(Ok(()))
 }
@@ -871,10 +880,13 @@ async fn decide_and_write(
     batch: &[Input<'_>],
     replay: &[Option<i64>],
     statements: &mut u32,
+    lap: &mut Lap,
 ) -> Result<Result<Vec<Result<Outcome, ApplyError>>, Lost>, ApplyError> {
     let mut world = prefetch(conn, batch, statements).await?;
+    lap.mark("prefetch");
     let (results, rows) = decide::decide(&mut world, batch);
-    Ok(write(conn, &rows, replay, statements).await?.map(|()| results))
+    lap.mark("decide");
+    Ok(write(conn, &rows, replay, statements, lap).await?.map(|()| results))
 }
 
 /// A payout command: journaled and applied by `payouts::apply`, in a savepoint so that a
@@ -958,6 +970,7 @@ async fn apply_in(
     batch: &[Input<'_>],
     replay: &[Option<i64>],
     statements: &mut u32,
+    lap: &mut Lap,
 ) -> Result<Result<Vec<Result<Outcome, ApplyError>>, Lost>, ApplyError> {
     let mut results = Vec::with_capacity(batch.len());
     let mut start = 0;
@@ -971,7 +984,7 @@ async fn apply_in(
         }
         let end = batch[start..].iter().position(|i| is_payout(i.command)).map_or(batch.len(), |n| start + n);
         let replayed = replay.get(start..end).unwrap_or_default();
-        match decide_and_write(conn, &batch[start..end], replayed, statements).await? {
+        match decide_and_write(conn, &batch[start..end], replayed, statements, lap).await? {
             Ok(r) => results.extend(r),
             Err(Lost) => return Ok(Err(Lost)),
         }
@@ -993,7 +1006,7 @@ pub async fn journal_and_apply(
 ) -> Result<Outcome, ApplyError> {
     let input = Input { command, at, expected_version };
     let mut sp = Acquire::begin(&mut *conn).await?;
-    match apply_in(&mut sp, &[input], &[replay_seq], &mut 0).await {
+    match apply_in(&mut sp, &[input], &[replay_seq], &mut 0, &mut Lap::off()).await {
         Ok(Ok(mut results)) => {
             sp.commit().await?;
             results.pop().unwrap_or(Err(ApplyError::Conflict))
@@ -1051,12 +1064,16 @@ pub async fn apply_batch(
             crate::db::Backend::Postgres => "BEGIN",
         };
         // This process's writers take SQLite's write lock in turn (`Db::write_turn`).
+        let mut lap = Lap::start();
         let _turn = db.write_turn().await;
+        lap.mark("turn");
         let mut tx = db.pool.begin_with(begin).await?;
+        lap.mark("begin");
         statements += 2;
-        match apply_in(&mut tx, &batch, &[], &mut statements).await {
+        match apply_in(&mut tx, &batch, &[], &mut statements, &mut lap).await {
             Ok(Ok(results)) => {
                 tx.commit().await?;
+                lap.mark("commit");
                 crate::metrics::write_batch(jobs.len(), statements, attempt);
                 return Ok(results);
             }

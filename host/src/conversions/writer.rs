@@ -17,6 +17,8 @@ struct Job {
     command: Command,
     expected_version: Option<i64>,
     reply: oneshot::Sender<Result<Outcome, ApplyError>>,
+    /// When it was submitted: its wait for a batch is in the metrics.
+    queued: std::time::Instant,
 }
 
 /// Settings of the writer.
@@ -57,7 +59,8 @@ impl Writer {
     /// Applies a command; returns once it is committed (or refused).
     pub async fn submit(&self, command: Command, expected_version: Option<i64>) -> Result<Outcome, ApplyError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Job { command, expected_version, reply }).await.map_err(|_| ApplyError::Stopped)?;
+        let queued = std::time::Instant::now();
+        self.tx.send(Job { command, expected_version, reply, queued }).await.map_err(|_| ApplyError::Stopped)?;
         answer.await.map_err(|_| ApplyError::Stopped)?
     }
 }
@@ -71,6 +74,9 @@ async fn run(db: Db, clock: Arc<dyn Clock>, max_batch: usize, mut rx: mpsc::Rece
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        for job in &batch {
+            crate::metrics::write_queued(job.queued.elapsed());
         }
         match apply_batch(&db, clock.as_ref(), &batch).await {
             Ok(results) => {
