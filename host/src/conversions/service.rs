@@ -106,7 +106,7 @@ impl Service {
     pub fn new(db: Db, runtime: Arc<PluginRuntime>, clock: Arc<dyn Clock>, config: ServiceConfig) -> Service {
         let catalog = Arc::new(Catalog::new());
         catalog.listen(&db, db.pool.connect_options().database_url.as_str());
-        let writer = Writer::spawn(db.dedicated(1), clock.clone(), config.writer);
+        let writer = Writer::spawn(db.clone(), clock.clone(), config.writer);
         Service { db, writer, runtime, clock, config, catalog }
     }
 
