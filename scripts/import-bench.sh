@@ -40,7 +40,10 @@ cbd link add sale --merchant shop --network net --url 'https://shop.example/?ref
 
 # The shoppers' clicks, through the public click URL of a live server.
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-CASHBACKD_INGRESS_RATE_LIMIT=false cbd serve --listen "127.0.0.1:$PORT" 2>"$DIR/serve.log" &
+# The binary itself in the background, not the `cbd` function: `$!` of a function is the
+# subshell's, and killing that left the server running beside the import.
+CASHBACKD_INGRESS_RATE_LIMIT=false "$BIN" --database-url "$DB" --plugin-store "$STORE" \
+  serve --listen "127.0.0.1:$PORT" 2>"$DIR/serve.log" &
 SERVE=$!
 trap 'kill "$SERVE" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
