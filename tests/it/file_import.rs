@@ -144,7 +144,17 @@ async fn an_uploaded_report_is_streamed_to_disk_and_imported_in_pieces_crediting
             "states": {"pending": "PENDING"}, "default_currency": "EUR"}"#;
         let adapter = arg(&component("csv_report"));
         i.ok(&["network", "add", "csv", "--name", "CSV", "--adapter", &adapter, "--config", config, "--auth", "none"]);
-        i.ok(&["link", "add", "sale", "--merchant", "shop", "--network", "csv", "--url", "https://shop.example/?ref={click_id}"]);
+        i.ok(&[
+            "link",
+            "add",
+            "sale",
+            "--merchant",
+            "shop",
+            "--network",
+            "csv",
+            "--url",
+            "https://shop.example/?ref={click_id}",
+        ]);
 
         // The shoppers' clicks, then the report of their orders; the server that takes it
         // is started with the report's size as its cap.

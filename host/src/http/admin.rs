@@ -134,7 +134,8 @@ async fn spool(mut body: Body, cap: usize) -> Result<(std::fs::File, u64), ApiEr
             break;
         }
     }
-    let file = tokio::task::spawn_blocking(move || file.rewind().map(|()| file)).await.map_err(blocking)?.map_err(failed)?;
+    let file =
+        tokio::task::spawn_blocking(move || file.rewind().map(|()| file)).await.map_err(blocking)?.map_err(failed)?;
     Ok((file, total))
 }
 

@@ -264,11 +264,7 @@ impl Job<'_> {
 /// A piece's result in file terms: its rejected rows renumbered from the piece's to the
 /// file's, and its events, less those whose transaction an earlier piece already had
 /// (rejected like the adapter rejects a repeat within a piece).
-fn rows_of(
-    piece: &Piece,
-    parsed: FileResult,
-    seen: &mut Seen,
-) -> (Vec<latest::ConversionEvent>, Vec<RowOutcome>) {
+fn rows_of(piece: &Piece, parsed: FileResult, seen: &mut Seen) -> (Vec<latest::ConversionEvent>, Vec<RowOutcome>) {
     // The adapter numbers the piece's rows as a file of their own: the header is row 1.
     let last = piece.first_row + piece.rows;
     let to_file = |row: u32| Some(piece.first_row + row.checked_sub(2)?).filter(|r| *r < last);
