@@ -2,6 +2,7 @@
 
 use super::{ApiError, AppState};
 use crate::auth::{self, AuthError, Scope};
+use axum::Extension;
 use axum::body::{Body, HttpBody};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,12 +20,14 @@ const SPOOL_RUN: usize = 1 << 20;
 /// The admin routes; a report file may be up to `max_import` bytes.
 pub fn routes(max_import: usize) -> Router<AppState> {
     Router::new()
-        .route(
-            "/api/v1/networks/{network}/imports",
-            post(move |st, network, q, headers, body| upload_import(st, network, q, headers, body, max_import)),
-        )
+        .route("/api/v1/networks/{network}/imports", post(upload_import).layer(Extension(ImportCap(max_import))))
         .route("/api/v1/networks/{network}/rejects", get(list_rejects))
 }
+
+/// The largest upload, `http.max_import_bytes`: the handler counts the body itself, as it
+/// streams it to disk (axum's body limit applies to bodies read whole).
+#[derive(Debug, Clone, Copy)]
+struct ImportCap(usize);
 
 /// Checks the request's bearer token against `scope`.
 pub(super) async fn require(st: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
@@ -67,9 +70,9 @@ async fn upload_import(
     State(st): State<AppState>,
     Path(network): Path<String>,
     Query(q): Query<UploadQuery>,
+    Extension(ImportCap(max_import)): Extension<ImportCap>,
     headers: HeaderMap,
     body: Body,
-    max_import: usize,
 ) -> Result<Json<crate::imports::FileSummary>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
