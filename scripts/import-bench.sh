@@ -95,7 +95,7 @@ measure new-rows
 measure again
 
 # Through the admin API: the server's peak RSS once it is up, and after the upload.
-TOKEN="$(cbd token create bench --scope write)"
+TOKEN="$(cbd token create bench --scope write 2>/dev/null)"
 SIZE="$(stat -c %s "$DIR/report.csv")"
 CASHBACKD_INGRESS_RATE_LIMIT=false CASHBACKD_HTTP_MAX_IMPORT_BYTES="$((SIZE + 1))" "$BIN" --database-url "$DB" \
   --plugin-store "$STORE" serve --listen "127.0.0.1:$PORT" 2>"$DIR/serve-upload.log" &

@@ -146,11 +146,6 @@ impl Db {
         }
     }
 
-    /// What the pool was sized for.
-    pub fn profile(&self) -> Profile {
-        self.profile
-    }
-
     /// The migrations applied to this database, oldest first: (version, description).
     pub async fn applied_migrations(&self) -> Result<Vec<(i64, String)>, DbError> {
         Ok(sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
