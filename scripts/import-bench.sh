@@ -7,12 +7,16 @@
 # 1,000) click a tracked link once each through a short-lived `cashbackd serve`, and the
 # report gives each of them an equal share of the orders. The import then runs under
 # `/usr/bin/time -v`: the script prints rows/s and the peak RSS, and a second import of the
-# same file (all duplicates).
+# same file (all duplicates). Last, the same file a third time through the admin API
+# (`POST /api/v1/networks/net/imports` to a `cashbackd serve`, all duplicates): the
+# server's peak RSS (VmHWM) before and after, which shows whether it held the upload.
 #
 # CASHBACKD (default target/debug/cashbackd: say which build you measured) and
 # IMPORT_PLUGINS (default target/plugins/wasm32-wasip2) choose the binary and the
 # components, so an older build can be measured the same way as a baseline. The work
 # directory (database, file, logs) is kept and printed; IMPORT_DIR chooses it.
+# IMPORT_DATABASE_URL measures on another database (an empty one, say a PostgreSQL
+# database just created) instead of a fresh SQLite file in the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${CASHBACKD:-target/debug/cashbackd}"
@@ -25,7 +29,7 @@ mkdir -p "$DIR"
 [ -f "$PLUGINS/csv_report.wasm" ] || { echo "no $PLUGINS/csv_report.wasm: run scripts/build-plugins.sh" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time is needed (Debian: apt-get install time)" >&2; exit 1; }
 
-DB="sqlite://$DIR/cashbackd.db"
+DB="${IMPORT_DATABASE_URL:-sqlite://$DIR/cashbackd.db}"
 STORE="$DIR/plugin-store"
 cbd() { "$BIN" --database-url "$DB" --plugin-store "$STORE" "$@"; }
 
@@ -40,7 +44,10 @@ cbd link add sale --merchant shop --network net --url 'https://shop.example/?ref
 
 # The shoppers' clicks, through the public click URL of a live server.
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-CASHBACKD_INGRESS_RATE_LIMIT=false cbd serve --listen "127.0.0.1:$PORT" 2>"$DIR/serve.log" &
+# The binary itself in the background, not the `cbd` function: `$!` of a function is the
+# subshell's, and killing that left the server running beside the import.
+CASHBACKD_INGRESS_RATE_LIMIT=false "$BIN" --database-url "$DB" --plugin-store "$STORE" \
+  serve --listen "127.0.0.1:$PORT" 2>"$DIR/serve.log" &
 SERVE=$!
 trap 'kill "$SERVE" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
@@ -82,8 +89,30 @@ summary = out.splitlines()[0] if out else "(no output)"
 print(f"{label}: {rows} rows in {secs:.1f} s = {rows / secs:.0f} rows/s; peak RSS {rss_mib:.0f} MiB; {summary}")
 EOF
 }
-echo "binary: $BIN (modified $(date -u -r "$BIN" +%FT%TZ)); work directory: $DIR"
+echo "binary: $BIN (modified $(date -u -r "$BIN" +%FT%TZ)); database: ${DB%%:*}; work directory: $DIR"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 measure new-rows
 measure again
+
+# Through the admin API: the server's peak RSS once it is up, and after the upload.
+TOKEN="$(cbd token create bench --scope write 2>/dev/null)"
+SIZE="$(stat -c %s "$DIR/report.csv")"
+CASHBACKD_INGRESS_RATE_LIMIT=false CASHBACKD_HTTP_MAX_IMPORT_BYTES="$((SIZE + 1))" "$BIN" --database-url "$DB" \
+  --plugin-store "$STORE" serve --listen "127.0.0.1:$PORT" 2>"$DIR/serve-upload.log" &
+SERVE=$!
+trap 'kill "$SERVE" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+hwm() { awk '/VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$SERVE/status"; }
+BEFORE="$(hwm)"
+START="$(date +%s.%N)"
+curl -sS -o "$DIR/upload.json" -w '%{http_code}' -H "Authorization: Bearer $TOKEN" -H 'Content-Type: text/csv' \
+  --data-binary @"$DIR/report.csv" "http://127.0.0.1:$PORT/api/v1/networks/net/imports?name=report.csv" >"$DIR/upload.status"
+END="$(date +%s.%N)"
+echo "upload: $ROWS rows ($SIZE bytes) in $(python3 -c "print(f'{$END - $START:.1f}')") s, HTTP $(cat "$DIR/upload.status"); \
+server peak RSS $BEFORE once up, $(hwm) after; $(head -c 200 "$DIR/upload.json")"
+kill "$SERVE"; wait "$SERVE" 2>/dev/null || true
+trap - EXIT
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

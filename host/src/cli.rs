@@ -272,7 +272,8 @@ where
 {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let db = crate::db::Db::connect(&cli.database_url).await?;
+        // A command's pool: small, whatever it does (a million-row import included).
+        let db = crate::db::Db::connect_as(&cli.database_url, crate::db::Profile::Command).await?;
         let runtime = Arc::new(PluginRuntime::new(cli.settings.runtime_config(&cli.plugin_store))?);
         let clock = Arc::new(crate::clock::SystemClock);
         let service = crate::conversions::Service::new(db, runtime.clone(), clock, Default::default());

@@ -3,10 +3,12 @@
 //! breaks and a blank row do not shift the row numbers, bad rows on either side of a
 //! piece boundary and a transaction repeated in a later piece are reported on their true
 //! rows, a file with a byte that is not UTF-8 records nothing, and importing the same file
-//! again changes nothing.
+//! again changes nothing. And the same through `/api/v1`: an uploaded report streamed to
+//! disk as it arrives, capped by `http.max_import_bytes`, every row credited.
 
 use crate::backends;
-use crate::public::{Install, arg, component};
+use crate::public::{Client, Install, arg, balance, component};
+use std::io::{Read, Write};
 
 /// More than three pieces of 2,000 records.
 const ROWS: usize = 7_000;
@@ -90,6 +92,130 @@ async fn a_report_of_several_pieces_imports_with_true_row_numbers_and_again_chan
         );
         assert!(again.contains(&head), "{}: {again}", t.name);
         assert_eq!(refused_rows(&again), REFUSED.map(|(row, _)| row), "{}: {again}", t.name);
+        t.cleanup().await;
+    }
+}
+
+/// Shoppers of the uploaded report, each with as many of its rows.
+const SHOPPERS: usize = 4;
+/// Rows of the uploaded report: three pieces.
+const UPLOAD_ROWS: usize = 5_000;
+/// What each row credits: flat-rate at 8 % of a 100.00 sale.
+const CASHBACK: i64 = 800;
+
+/// `POST path` with `body` sent chunked (no `Content-Length`: the server can only count),
+/// over a plain connection; the answer's status line and body. The body is sent without
+/// its final empty chunk, so the server has read every byte sent when it answers, and
+/// closes without a reset that could swallow the answer.
+fn post_chunked(base: &str, path: &str, token: &str, body: &[u8]) -> String {
+    let addr = base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60))).expect("timeout");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/csv\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).expect("head");
+    for chunk in body.chunks(16 << 10) {
+        conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).expect("chunk size");
+        conn.write_all(chunk).expect("chunk");
+        conn.write_all(b"\r\n").expect("chunk end");
+    }
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("answer");
+    answer
+}
+
+/// Through `/api/v1` (issue 14 point 5): a report of several pieces uploaded to a live
+/// `cashbackd serve`, which writes the body to a temporary file as it arrives and imports
+/// that file a piece at a time. A body over `http.max_import_bytes` is refused with 413
+/// naming the setting, whether it declares its length or is only counted as it comes, and
+/// records nothing; the report within the cap credits every row to its shopper, and the
+/// same upload again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_report_is_streamed_to_disk_and_imported_in_pieces_crediting_every_row() {
+    for t in backends::all().await {
+        let i = Install::new(&t);
+        i.ok(&["plugin", "upload", &arg(&component("flat_rate"))]);
+        i.ok(&["merchant", "add", "shop", "--name", "Shop", "--reward-delay-days", "0"]);
+        i.ok(&["plugin", "activate", "flat-rate@0.1.0", "--merchant", "shop", "--config", r#"{"rate_bps": 800}"#]);
+        let config = r#"{"columns": {"transaction_id": "tx", "click_id": "click", "amount": "sale",
+            "commission": "comm", "state": "status", "event_time": "date"},
+            "states": {"pending": "PENDING"}, "default_currency": "EUR"}"#;
+        let adapter = arg(&component("csv_report"));
+        i.ok(&["network", "add", "csv", "--name", "CSV", "--adapter", &adapter, "--config", config, "--auth", "none"]);
+        i.ok(&[
+            "link",
+            "add",
+            "sale",
+            "--merchant",
+            "shop",
+            "--network",
+            "csv",
+            "--url",
+            "https://shop.example/?ref={click_id}",
+        ]);
+
+        // The shoppers' clicks, then the report of their orders; the server that takes it
+        // is started with the report's size as its cap.
+        let token = i.admin_token();
+        let mut clicks = Vec::new();
+        {
+            let s = i.serve("clicks", &[]);
+            let c = Client::new(&s.base, &token);
+            for u in 0..SHOPPERS {
+                clicks.push(c.click(&format!("/c/sale?user=shopper-{u}"), "ref").await);
+            }
+        }
+        let mut report = String::from("tx,click,sale,comm,status,date\n");
+        for k in 0..UPLOAD_ROWS {
+            report.push_str(&format!("T{k:06},{},100.00,8.00,pending,2026-01-01\n", clicks[k % SHOPPERS]));
+        }
+        let size = report.len();
+        let s = i.serve("serve", &[("CASHBACKD_HTTP_MAX_IMPORT_BYTES", &size.to_string())]);
+        let c = Client::new(&s.base, &token);
+        let path = "/api/v1/networks/csv/imports?name=report.csv";
+
+        // One byte over the cap: refused, by the declared length or by the count.
+        let over = format!("{report}T999999,{},100.00,8.00,pending,2026-01-01\n", clicks[0]);
+        let r = c.http.post(format!("{}{path}", s.base)).bearer_auth(&c.token).body(over.clone()).send().await;
+        let r = r.expect("upload");
+        assert_eq!(r.status().as_u16(), 413, "{}", t.name);
+        let body = r.text().await.unwrap_or_default();
+        assert!(body.contains(&format!("over {size} bytes")) && body.contains("http.max_import_bytes"), "{body}");
+        let (base, token) = (s.base.clone(), c.token.clone());
+        let answer = tokio::task::spawn_blocking(move || post_chunked(&base, path, &token, over.as_bytes()))
+            .await
+            .expect("chunked upload");
+        assert!(answer.starts_with("HTTP/1.1 413"), "{}: {answer}", t.name);
+        assert!(answer.contains("http.max_import_bytes"), "{answer}");
+        let found = c.expect(200, "GET", "/api/v1/conversions?transaction=T000000", None).await;
+        assert_eq!(found["conversions"].as_array().map(Vec::len), Some(0), "{}: nothing recorded: {found}", t.name);
+
+        // Within the cap: every row, in three pieces, credited to its shopper.
+        for again in [false, true] {
+            let r = c.http.post(format!("{}{path}", s.base)).bearer_auth(&c.token).body(report.clone()).send().await;
+            let r = r.expect("upload");
+            assert_eq!(r.status().as_u16(), 200, "{}", t.name);
+            let summary: serde_json::Value = serde_json::from_str(&r.text().await.expect("body")).expect("summary");
+            let (created, duplicates) = if again { (0, UPLOAD_ROWS) } else { (UPLOAD_ROWS, 0) };
+            assert_eq!(summary["events"], UPLOAD_ROWS, "{}: {summary}", t.name);
+            assert_eq!(summary["tally"]["created"], created, "{}: {summary}", t.name);
+            assert_eq!(summary["tally"]["duplicates"], duplicates, "{}: {summary}", t.name);
+            assert_eq!(summary["rejected_rows"], serde_json::json!([]), "{}: {summary}", t.name);
+            for u in 0..SHOPPERS {
+                let user = c.expect(200, "GET", &format!("/api/v1/users/shopper-{u}"), None).await;
+                let rows = (UPLOAD_ROWS / SHOPPERS) as i64;
+                assert_eq!(balance(&user, "EUR", "pending"), rows * CASHBACK, "{}: shopper-{u}: {user}", t.name);
+            }
+        }
+        // The last row, from the third piece, is a conversion the API shows.
+        let last = format!("/api/v1/conversions?transaction=T{:06}", UPLOAD_ROWS - 1);
+        let found = c.expect(200, "GET", &last, None).await;
+        let conversion = &found["conversions"][0];
+        assert_eq!(conversion["state"], "PENDING", "{}: {found}", t.name);
+        assert_eq!(conversion["user_id"], format!("shopper-{}", (UPLOAD_ROWS - 1) % SHOPPERS), "{found}");
+        drop(s);
         t.cleanup().await;
     }
 }

@@ -35,6 +35,50 @@ pub struct Db {
     /// SQLite's one write lock, as a queue in this process ([`Db::write_turn`]); shared by
     /// every clone and by [`Db::dedicated`] pools.
     writes: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// What the pool was sized for ([`Db::dedicated`] pools follow it).
+    profile: Profile,
+}
+
+/// What a process needs of the database: how many connections, and on SQLite how much
+/// page cache each keeps. Memory is connections times cache, and on SQLite each
+/// connection also runs on a thread of its own, whose allocations glibc serves from an
+/// arena of their own: a million-row `cashbackd import` with the server's pool peaked
+/// at 488 MiB, most of it eight connections' full 16 MiB caches and the arenas around
+/// them (docs/PERFORMANCE.md, "File imports in pieces").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `serve`: many concurrent requests, each holding a connection for a read; the hot
+    /// indexes stay in each connection's cache.
+    Server,
+    /// A one-shot command (the CLI): one thing at a time, its reads short (an import's
+    /// are one round trip per event before the writer); a few connections with a modest
+    /// cache keep its memory bounded however large the database or the file.
+    Command,
+}
+
+impl Profile {
+    /// Connections of the main pool (the writer's dedicated one comes on top).
+    fn max_connections(self, backend: Backend) -> u32 {
+        match (self, backend) {
+            (Profile::Server, Backend::Sqlite) => 8,
+            (Profile::Server, Backend::Postgres) => 16,
+            // Two readers: one event's read while another's is answered. An import's
+            // rate is the writer's, which has its own connection.
+            (Profile::Command, Backend::Sqlite) => 2,
+            (Profile::Command, Backend::Postgres) => 4,
+        }
+    }
+
+    /// SQLite page cache per connection, in KiB (SQLite's default is 2 MiB).
+    fn sqlite_cache_kib(self) -> u32 {
+        match self {
+            // The hot indexes stay in memory instead of being re-read.
+            Profile::Server => 16 << 10,
+            // What is not cached here is in the operating system's page cache, a
+            // system call away: the connections of a command hold 3 x 8 MiB at most.
+            Profile::Command => 8 << 10,
+        }
+    }
 }
 
 /// Why the database could not be opened or migrated.
@@ -55,9 +99,14 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Db {
-    /// Connects to `url` (`sqlite://path` creates the file; `postgres://...`), and runs
-    /// the migrations.
+    /// Connects to `url` (`sqlite://path` creates the file; `postgres://...`) with the
+    /// server's pool, and runs the migrations.
     pub async fn connect(url: &str) -> Result<Db, DbError> {
+        Db::connect_as(url, Profile::Server).await
+    }
+
+    /// [`Db::connect`] with the pool of `profile`.
+    pub async fn connect_as(url: &str, profile: Profile) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -81,12 +130,8 @@ impl Db {
             _ => url.to_string(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
-        let max = match backend {
-            Backend::Sqlite => 8,
-            Backend::Postgres => 16,
-        };
-        let pool = pool_options(backend, max).connect_with(options).await?;
-        let db = Db { pool, backend, writes: Default::default() };
+        let pool = pool_options(backend, profile, profile.max_connections(backend)).connect_with(options).await?;
+        let db = Db { pool, backend, profile, writes: Default::default() };
         db.migrate().await?;
         Ok(db)
     }
@@ -98,8 +143,9 @@ impl Db {
     pub fn dedicated(&self, max: u32) -> Db {
         let options = (*self.pool.connect_options()).clone();
         Db {
-            pool: pool_options(self.backend, max).connect_lazy_with(options),
+            pool: pool_options(self.backend, self.profile, max).connect_lazy_with(options),
             backend: self.backend,
+            profile: self.profile,
             writes: self.writes.clone(),
         }
     }
@@ -173,11 +219,13 @@ impl Db {
 }
 
 /// The pool settings of every connection cashbackd opens on `backend`, at most `max`.
-fn pool_options(backend: Backend, max: u32) -> AnyPoolOptions {
+fn pool_options(backend: Backend, profile: Profile, max: u32) -> AnyPoolOptions {
+    let cache_size = format!("PRAGMA cache_size = -{}", profile.sqlite_cache_kib());
     AnyPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(move |conn, _| {
+            let cache_size = cache_size.clone();
             Box::pin(async move {
                 if backend == Backend::Sqlite {
                     // WAL: readers never block the writer. FULL: a commit is on disk
@@ -187,9 +235,8 @@ fn pool_options(backend: Backend, max: u32) -> AnyPoolOptions {
                     conn.execute("PRAGMA synchronous = FULL").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    // 16 MiB of page cache per connection (SQLite's default is 2 MiB):
-                    // the hot indexes stay in memory instead of being re-read.
-                    conn.execute("PRAGMA cache_size = -16384").await?;
+                    // The profile's page cache (negative: in KiB).
+                    conn.execute(cache_size.as_str()).await?;
                 }
                 Ok(())
             })

@@ -2,22 +2,32 @@
 
 use super::{ApiError, AppState};
 use crate::auth::{self, AuthError, Scope};
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::Extension;
+use axum::body::{Body, HttpBody};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use std::io::{Seek, Write};
 
 /// Default largest report file accepted by upload (`http.max_import_bytes`).
 pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
+/// An upload is written to its temporary file in runs of this many bytes (the one part
+/// of it held in memory).
+const SPOOL_RUN: usize = 1 << 20;
 
 /// The admin routes; a report file may be up to `max_import` bytes.
 pub fn routes(max_import: usize) -> Router<AppState> {
     Router::new()
-        .route("/api/v1/networks/{network}/imports", post(upload_import).layer(DefaultBodyLimit::max(max_import)))
+        .route("/api/v1/networks/{network}/imports", post(upload_import).layer(Extension(ImportCap(max_import))))
         .route("/api/v1/networks/{network}/rejects", get(list_rejects))
 }
+
+/// The largest upload, `http.max_import_bytes`: the handler counts the body itself, as it
+/// streams it to disk (axum's body limit applies to bodies read whole).
+#[derive(Debug, Clone, Copy)]
+struct ImportCap(usize);
 
 /// Checks the request's bearer token against `scope`.
 pub(super) async fn require(st: &AppState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
@@ -49,16 +59,25 @@ pub(crate) struct UploadQuery {
 
 /// `POST /api/v1/networks/{network}/imports?name=report.csv` with the file as the body:
 /// imports it through the network's adapter and answers the summary (write scope).
+///
+/// The body is never held whole: it goes to an unnamed temporary file as it arrives (in
+/// the directory `TMPDIR` names, removed by the system when the file is closed, crash
+/// or not), and the import reads that file a piece at a time as `cashbackd import` reads
+/// one on disk. A report larger than memory imports; `max_import` (`http.max_import_bytes`)
+/// is the only cap, checked against `Content-Length` before a byte is read and against
+/// the bytes as they come.
 async fn upload_import(
     State(st): State<AppState>,
     Path(network): Path<String>,
     Query(q): Query<UploadQuery>,
+    Extension(ImportCap(max_import)): Extension<ImportCap>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<crate::imports::FileSummary>, ApiError> {
     require(&st, &headers, Scope::Write).await?;
-    if body.is_empty() {
-        return Err(ApiError::bad_request("empty_file", "the request body (the file) is empty"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_import as u64) {
+        return Err(ApiError::too_large((max_import, "http.max_import_bytes")));
     }
     let name = q.name.unwrap_or_else(|| "upload".into());
     if crate::ingest::network(st.service.db(), &network)
@@ -68,17 +87,59 @@ async fn upload_import(
     {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_network", format!("no network {network:?}")));
     }
-    let summary = crate::imports::import_from(
-        &st.service,
-        &st.runtime,
-        &network,
-        &name,
-        Box::new(std::io::Cursor::new(body)),
-        |_, _| {},
-    )
-    .await
-    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "import_failed", e))?;
+    let (file, bytes) = spool(body, max_import).await?;
+    if bytes == 0 {
+        return Err(ApiError::bad_request("empty_file", "the request body (the file) is empty"));
+    }
+    let summary = crate::imports::import_from(&st.service, &st.runtime, &network, &name, Box::new(file), |_, _| {})
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "import_failed", e))?;
     Ok(Json(summary))
+}
+
+/// Writes `body` to a new unnamed temporary file as it arrives, at most `cap` bytes (413
+/// beyond, naming `http.max_import_bytes`), and answers the file, rewound, and its size.
+/// What is held in memory is one run of [`SPOOL_RUN`] bytes; the writes go to a blocking
+/// thread, as every file access of the server does.
+async fn spool(mut body: Body, cap: usize) -> Result<(std::fs::File, u64), ApiError> {
+    let failed = |e: std::io::Error| ApiError::unavailable("cannot store the uploaded file", &e);
+    let blocking = |e: tokio::task::JoinError| ApiError::unavailable("cannot store the uploaded file", &e);
+    let mut file = tokio::task::spawn_blocking(tempfile::tempfile).await.map_err(blocking)?.map_err(failed)?;
+    let mut run: Vec<u8> = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        let last = match frame {
+            None => true,
+            Some(Err(e)) => {
+                // The client went away or sent a broken body: nothing was imported.
+                return Err(ApiError::bad_request("bad_body", format!("reading the request body: {e}")));
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len() as u64;
+                    if total > cap as u64 {
+                        return Err(ApiError::too_large((cap, "http.max_import_bytes")));
+                    }
+                    run.extend_from_slice(&data);
+                }
+                false
+            }
+        };
+        if run.len() >= SPOOL_RUN || (last && !run.is_empty()) {
+            let written = std::mem::take(&mut run);
+            file = tokio::task::spawn_blocking(move || file.write_all(&written).map(|()| file))
+                .await
+                .map_err(blocking)?
+                .map_err(failed)?;
+        }
+        if last {
+            break;
+        }
+    }
+    let file =
+        tokio::task::spawn_blocking(move || file.rewind().map(|()| file)).await.map_err(blocking)?.map_err(failed)?;
+    Ok((file, total))
 }
 
 /// A refused postback with its id (the cursor of the list).
