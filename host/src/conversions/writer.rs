@@ -108,6 +108,23 @@ async fn run(db: Db, clock: Arc<dyn Clock>, max_batch: usize, mut rx: mpsc::Rece
                     let _ = job.reply.send(result);
                 }
             }
+            Err(e) if batch.len() > 1 && refused_by_database(&e) => {
+                // The database answered a statement of the batch with an error (a
+                // constraint, a trigger, a value it cannot store): the transaction is
+                // rolled back and nothing of it was committed. One command it refuses must
+                // not fail its neighbours, so each is applied again on its own, and only
+                // the refused one is answered with the error. (Which commands share a batch
+                // is a matter of timing; a file import's page would otherwise lose every
+                // event that happened to be batched with the one refused.)
+                tracing::warn!(error = %e, jobs = batch.len(), "write batch refused by the database; applying its commands one by one");
+                for job in batch.drain(..) {
+                    let result = match apply_batch(&db, clock.as_ref(), std::slice::from_ref(&job)).await {
+                        Ok(mut results) => results.pop().unwrap_or(Err(ApplyError::Conflict)),
+                        Err(e) => Err(ApplyError::Db(unacknowledged(&e))),
+                    };
+                    let _ = job.reply.send(result);
+                }
+            }
             Err(e) => {
                 // No write of the batch is acknowledged: every caller hears so, and may
                 // retry. Nothing of it was committed, except when the connection broke
@@ -122,6 +139,16 @@ async fn run(db: Db, clock: Arc<dyn Clock>, max_batch: usize, mut rx: mpsc::Rece
             }
         }
     }
+}
+
+/// Whether the database server answered with an error (as opposed to a broken connection
+/// or a timeout): then the transaction did not commit, whatever statement failed.
+fn refused_by_database(e: &ApplyError) -> bool {
+    matches!(
+        e,
+        ApplyError::Db(sqlx::Error::Database(_))
+            | ApplyError::Ledger(crate::ledger::LedgerError::Db(sqlx::Error::Database(_)))
+    )
 }
 
 /// The error each caller of a failed batch gets: the batch's database error with its code
