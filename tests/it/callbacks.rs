@@ -523,6 +523,11 @@ async fn a_crash_in_the_middle_of_a_delivery_loses_nothing_and_nothing_acknowled
         // tx2's request may or may not have been answered; tx1's hangs. The process dies.
         running.abort();
         let _ = running.await;
+        // A real kill stops the process's database work with it; an aborted task does not:
+        // a COMMIT it had already handed to the driver still lands a moment later. Wait
+        // for the dead replica's transaction to end (the write lock on SQLite, the table
+        // lock on PostgreSQL) before looking, so that what is read is what it left.
+        settle(&w).await;
         // Answers are recorded as they come: tx2's, if it came, may be; tx1's cannot be.
         let recorded: Vec<String> = sqlx::query("SELECT outcome FROM callback_attempts")
             .fetch_all(&w.service.db().pool)
@@ -565,6 +570,22 @@ async fn a_crash_in_the_middle_of_a_delivery_loses_nothing_and_nothing_acknowled
         assert_eq!(ghost_outbox(&mut conn).await, (0, 0), "{}: a rolled-back change has no outbox row", t.name);
         drop(conn);
         t.cleanup().await;
+    }
+}
+
+/// Waits until no other transaction writes the delivery tables: the write lock on SQLite,
+/// an exclusive table lock on PostgreSQL (both wait for a transaction in progress).
+async fn settle(w: &World) {
+    let db = w.service.db();
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let statements: &[&str] = match db.backend {
+        cashbackd::db::Backend::Sqlite => &["BEGIN IMMEDIATE", "COMMIT"],
+        cashbackd::db::Backend::Postgres => {
+            &["BEGIN", "LOCK TABLE callback_deliveries, callback_attempts IN EXCLUSIVE MODE", "COMMIT"]
+        }
+    };
+    for sql in statements {
+        sqlx::query(sql).execute(&mut *conn).await.expect("settle");
     }
 }
 
