@@ -44,16 +44,22 @@ cbd link add sale --merchant shop --network net --url 'https://shop.example/?ref
 
 # The shoppers' clicks, through the public click URL of a live server.
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-# The binary itself in the background, not the `cbd` function: `$!` of a function is the
+# start_serve LOG [ENV=VALUE...]: `serve` on $PORT in the background (SERVE is its pid),
+# once it answers. The binary itself, not the `cbd` function: `$!` of a function is the
 # subshell's, and killing that left the server running beside the import.
-CASHBACKD_INGRESS_RATE_LIMIT=false "$BIN" --database-url "$DB" --plugin-store "$STORE" \
-  serve --listen "127.0.0.1:$PORT" 2>"$DIR/serve.log" &
-SERVE=$!
-trap 'kill "$SERVE" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+start_serve() {
+  local log=$1
+  shift
+  env CASHBACKD_INGRESS_RATE_LIMIT=false "$@" "$BIN" --database-url "$DB" --plugin-store "$STORE" \
+    serve --listen "127.0.0.1:$PORT" 2>"$log" &
+  SERVE=$!
+  trap 'kill "$SERVE" 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+}
+start_serve "$DIR/serve.log"
 : >"$DIR/clicks.txt"
 for u in $(seq 1 "$SHOPPERS"); do
   curl -s -o /dev/null -w '%{redirect_url}\n' "http://127.0.0.1:$PORT/c/sale?user=shopper-$u" \
@@ -97,14 +103,7 @@ measure again
 # Through the admin API: the server's peak RSS once it is up, and after the upload.
 TOKEN="$(cbd token create bench --scope write 2>/dev/null)"
 SIZE="$(stat -c %s "$DIR/report.csv")"
-CASHBACKD_INGRESS_RATE_LIMIT=false CASHBACKD_HTTP_MAX_IMPORT_BYTES="$((SIZE + 1))" "$BIN" --database-url "$DB" \
-  --plugin-store "$STORE" serve --listen "127.0.0.1:$PORT" 2>"$DIR/serve-upload.log" &
-SERVE=$!
-trap 'kill "$SERVE" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
+start_serve "$DIR/serve-upload.log" CASHBACKD_HTTP_MAX_IMPORT_BYTES="$((SIZE + 1))"
 hwm() { awk '/VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$SERVE/status"; }
 BEFORE="$(hwm)"
 START="$(date +%s.%N)"
