@@ -49,6 +49,11 @@ pub const CALLBACK_SECONDS: &str = "cashbackd_callback_delivery_duration_seconds
 /// Time from a partner's answer to the commit of its record, per answer: the
 /// at-least-once window. A crash inside it sends that callback again (same `webhook-id`).
 pub const CALLBACK_UNRECORDED: &str = "cashbackd_callback_unrecorded_seconds";
+/// The delivery worker's database steps, by step (`record`, `claim`): each one
+/// transaction, from waiting for the write turn (SQLite) to the commit.
+pub const CALLBACK_STEP_SECONDS: &str = "cashbackd_callback_step_seconds";
+/// Deliveries per step, by step: answers recorded, deliveries claimed.
+pub const CALLBACK_STEP_ROWS: &str = "cashbackd_callback_step_rows";
 /// Job runs, by job and outcome (`ok`, `failed`).
 pub const JOB_RUNS: &str = "cashbackd_job_runs_total";
 /// Job run time, by job.
@@ -99,15 +104,19 @@ pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             // Only fails on empty buckets.
-            // Counts, not seconds: statements and commands per write batch.
+            // Counts, not seconds: statements and commands per write batch, deliveries per
+            // callback step.
             let counts = metrics_exporter_prometheus::Matcher::Suffix("_batch_statements".into());
             let commands = metrics_exporter_prometheus::Matcher::Suffix("_batch_commands".into());
+            let step_rows = metrics_exporter_prometheus::Matcher::Full(CALLBACK_STEP_ROWS.into());
             let builder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
                 .ok()?
                 .set_buckets_for_metric(counts, COUNT_BUCKETS)
                 .ok()?
                 .set_buckets_for_metric(commands, COUNT_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(step_rows, COUNT_BUCKETS)
                 .ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -146,6 +155,15 @@ fn describe() {
         CALLBACK_UNRECORDED,
         Unit::Seconds,
         "Time from a partner's answer to the commit of its record: a crash inside it sends the callback again"
+    );
+    describe_histogram!(
+        CALLBACK_STEP_SECONDS,
+        Unit::Seconds,
+        "The callback worker's record and claim transactions, by step, from the write turn to the commit"
+    );
+    describe_histogram!(
+        CALLBACK_STEP_ROWS,
+        "Deliveries per callback worker step: answers recorded, deliveries claimed"
     );
     describe_counter!(JOB_RUNS, "Scheduled job runs, by job and outcome");
     describe_histogram!(JOB_SECONDS, Unit::Seconds, "Job run time, by job");
@@ -210,6 +228,12 @@ pub fn callback(endpoint: &str, outcome: &'static str, elapsed: Option<Duration>
 /// A callback answer's record committed, this long after the answer came.
 pub fn callback_unrecorded(elapsed: Duration) {
     metrics::histogram!(CALLBACK_UNRECORDED).record(elapsed.as_secs_f64());
+}
+
+/// A step of the callback worker committed (`record`, `claim`), with its deliveries.
+pub fn callback_step(step: &'static str, rows: usize, elapsed: Duration) {
+    metrics::histogram!(CALLBACK_STEP_SECONDS, "step" => step).record(elapsed.as_secs_f64());
+    metrics::histogram!(CALLBACK_STEP_ROWS, "step" => step).record(rows as f64);
 }
 
 /// A job run finished.

@@ -376,8 +376,7 @@ async fn record(
     let delivered = fan_out(conn, &ids, &with_ref, statements).await?;
     let orphans: Vec<i64> = clicks.into_iter().filter(|id| !delivered.contains(id)).collect();
     if !orphans.is_empty() {
-        let sql =
-            format!("DELETE FROM conversion_changes WHERE id IN ({})", crate::db::ids_from_json(backend(conn), 1));
+        let sql = format!("DELETE FROM conversion_changes WHERE {}", crate::db::id_in(backend(conn), "id", 1));
         sqlx::query(&sql).bind(to_json(&orphans)?).execute(&mut *conn).await?;
         *statements += 1;
     }
@@ -419,13 +418,13 @@ async fn fan_out(
          SELECT e.id, c.id, c.conversion_id, c.version, \
          CASE WHEN c.kind = 'conversion' AND c.click_id IS NOT NULL THEN 'click:' || c.click_id END, c.at, c.at, c.at \
          FROM conversion_changes c, callback_endpoints e \
-         WHERE c.id IN ({}) AND (e.merchant_id IS NULL OR e.merchant_id = c.merchant_id) \
+         WHERE {} AND (e.merchant_id IS NULL OR e.merchant_id = c.merchant_id) \
          AND ((c.subject = 'conversion' AND e.send_conversions = 1) OR (c.subject = 'payout' AND e.send_payouts = 1)) \
          AND (e.network_id IS NULL OR e.network_id = c.network_id) \
          AND (c.subject <> 'conversion' OR e.states IS NULL OR (',' || e.states || ',') LIKE ('%,' || c.state || ',%')) \
          AND (c.kind <> 'click' OR e.require_ref_id = 0 OR c.id IN ({})) \
          ON CONFLICT (endpoint_id, change_id) DO NOTHING RETURNING change_id",
-        crate::db::ids_from_json(backend, 1),
+        crate::db::id_in(backend, "c.id", 1),
         crate::db::ids_from_json(backend, 2)
     );
     let (ids, refs) = (crate::db::rows::to_json(change_ids)?, crate::db::rows::to_json(clicks_with_ref_id)?);

@@ -79,6 +79,9 @@ struct Args {
     /// Rounds of the callbacks benchmark (each: the bare loop, then the worker).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// The delivery worker's claim size (`callbacks.batch`); its default without it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    callback_batch: Option<u32>,
     /// Plugin store of the (unused) plugin runtime the service needs.
     #[arg(long, env = "CASHBACKD_PLUGIN_STORE")]
     plugin_store: Option<PathBuf>,
@@ -330,6 +333,35 @@ mod callbacks {
         /// the histogram bucket holding the 99th percentile (its upper bound).
         unrecorded_mean_ms: f64,
         unrecorded_p99_ms: f64,
+        /// The worker's steps (`cashbackd_callback_step_*`): how many, mean time (ms) and
+        /// mean deliveries of each.
+        records: u64,
+        record_mean_ms: f64,
+        record_mean_rows: f64,
+        claims: u64,
+        claim_mean_ms: f64,
+        claim_mean_rows: f64,
+    }
+
+    /// Sum and count of a histogram of the process's recorder, for one `step` label.
+    fn step_totals(text: &str, name: &str, step: &str) -> (f64, f64) {
+        let label = format!("{{step=\"{step}\"}}");
+        let value = |suffix: &str| {
+            let key = format!("{name}_{suffix}{label} ");
+            text.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        (value("sum"), value("count"))
+    }
+
+    /// The worker's steps as the recorder has them: (seconds, rows, count) of the record and
+    /// of the claim.
+    fn steps() -> [(f64, f64, f64); 2] {
+        let text = cashbackd::metrics::handle().map(|h| h.render()).unwrap_or_default();
+        ["record", "claim"].map(|step| {
+            let (seconds, count) = step_totals(&text, cashbackd::metrics::CALLBACK_STEP_SECONDS, step);
+            let (rows, _) = step_totals(&text, cashbackd::metrics::CALLBACK_STEP_ROWS, step);
+            (seconds, rows, count)
+        })
     }
 
     /// `cashbackd_callback_unrecorded_seconds` as the process's recorder has it: the
@@ -459,6 +491,7 @@ mod callbacks {
             allow_private: true,
             concurrency,
             endpoint_concurrency: concurrency,
+            batch: args.callback_batch.map_or(DeliveryConfig::default().batch, |b| b as usize),
             ..DeliveryConfig::default()
         };
         let deliverer = Deliverer::new(db.clone(), clock.clone(), config, format!("load-{}", std::process::id()))?;
@@ -502,10 +535,21 @@ mod callbacks {
             let bare_seconds = started.elapsed().as_secs_f64();
             let before = hits.load(Ordering::Relaxed);
             let window_before = Window::read();
+            let steps_before = steps();
             let started = Instant::now();
             let summary = deliverer.run_due().await?;
             let worker_seconds = started.elapsed().as_secs_f64();
             let (unrecorded_mean_ms, unrecorded_p99_ms) = Window::read().since(&window_before);
+            let steps_after = steps();
+            // (count, mean ms, mean rows) of each step during the worker's run.
+            let step = |i: usize| {
+                let ((s0, r0, c0), (s1, r1, c1)) = (steps_before[i], steps_after[i]);
+                let n = (c1 - c0).max(0.0);
+                let per = |x: f64| if n > 0.0 { x / n } else { 0.0 };
+                (n as u64, round3(per(s1 - s0) * 1000.0), round3(per(r1 - r0)))
+            };
+            let ((records, record_mean_ms, record_mean_rows), (claims, claim_mean_ms, claim_mean_rows)) =
+                (step(0), step(1));
             anyhow::ensure!(
                 summary.delivered as u64 == n && hits.load(Ordering::Relaxed) - before == n,
                 "round {round}: {} delivered, {} requests, of {n}",
@@ -529,6 +573,12 @@ mod callbacks {
                 ratio: round3(ratio),
                 unrecorded_mean_ms: round3(unrecorded_mean_ms),
                 unrecorded_p99_ms: round3(unrecorded_p99_ms),
+                records,
+                record_mean_ms,
+                record_mean_rows,
+                claims,
+                claim_mean_ms,
+                claim_mean_rows,
             };
             println!("{}", serde_json::to_string(&line)?);
         }

@@ -898,8 +898,6 @@ pub async fn alerts_before(db: &Db, before: Option<i64>, limit: i64) -> Result<V
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
-pub(crate) use crate::db::ids_from_json;
-
 /// Money for partners: a decimal in the currency's major unit (`12.34`), from minor units.
 pub fn decimal(minor: i64, currency: &str) -> String {
     let formatted = cashback_sdk::money::format(minor, currency);

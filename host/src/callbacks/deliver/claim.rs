@@ -28,7 +28,7 @@ pub(super) struct Claimed {
 }
 
 impl Deliverer {
-    /// Claims up to `limit` due deliveries with a lease, in the cycle's transaction,
+    /// Claims up to `limit` due deliveries with a lease, in the claim step's transaction,
     /// fairly across endpoints: at most its share (`endpoint_share`) minus what it holds
     /// already (in flight or waiting, `busy`, a JSON object) per endpoint, taken round-robin (every endpoint's first due delivery, then every
     /// endpoint's second...), each endpoint's in due order.
@@ -43,9 +43,8 @@ impl Deliverer {
     /// at most), and an open transaction per claim would hold a connection and block
     /// vacuum that long, and, committing once, would make every answer of the claim wait
     /// for its slowest, which is the head-of-line blocking this loop avoids. The lease
-    /// costs no statement or commit of its own: it is written by the claim statement, in
-    /// the transaction that records the previous answers anyway, and it touches only
-    /// columns no index holds (a HOT update on PostgreSQL). `FOR UPDATE SKIP LOCKED`
+    /// costs no statement of its own: it is written by the claim statement, and it touches
+    /// only columns no index holds (a HOT update on PostgreSQL). `FOR UPDATE SKIP LOCKED`
     /// serves the claim statement itself: two replicas claiming at the same instant take
     /// disjoint rows without waiting for each other.
     pub(super) async fn claim(
@@ -140,9 +139,9 @@ impl Deliverer {
         let sql = format!(
             "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL, \
              next_attempt_at = {later}($1, (SELECT MAX(w.next_attempt_at) {waited})) + $2 \
-             WHERE lease_owner = $3 AND waits_for IS NOT NULL AND id IN ({}) AND EXISTS (SELECT 1 {waited}) \
+             WHERE lease_owner = $3 AND waits_for IS NOT NULL AND {} AND EXISTS (SELECT 1 {waited}) \
              RETURNING id",
-            crate::callbacks::ids_from_json(self.inner.db.backend, 4)
+            crate::db::id_in(self.inner.db.backend, "id", 4)
         );
         let rows = sqlx::query(&sql)
             .bind(now)
@@ -163,8 +162,8 @@ impl Deliverer {
              AND r.merchant_id = c.merchant_id), c.subject \
              FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
              LEFT JOIN clicks cl ON cl.click_id = c.click_id LEFT JOIN merchants m ON m.id = c.merchant_id \
-             WHERE d.id IN ({}) ORDER BY d.id",
-            crate::callbacks::ids_from_json(self.inner.db.backend, 1)
+             WHERE {} ORDER BY d.id",
+            crate::db::id_in(self.inner.db.backend, "d.id", 1)
         );
         let rows = sqlx::query(&sql).bind(json_ids(ids)).fetch_all(&mut *conn).await?;
         let unreadable =
@@ -199,8 +198,8 @@ impl Deliverer {
     /// Gives back claimed deliveries that were not sent.
     pub(super) async fn release(&self, conn: &mut AnyConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
         let sql = format!(
-            "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND id IN ({})",
-            crate::callbacks::ids_from_json(self.inner.db.backend, 2)
+            "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND {}",
+            crate::db::id_in(self.inner.db.backend, "id", 2)
         );
         sqlx::query(&sql).bind(&self.inner.owner).bind(json_ids(ids)).execute(&mut *conn).await?;
         Ok(())

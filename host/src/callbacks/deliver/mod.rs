@@ -3,7 +3,8 @@
 //! The worker claims due deliveries with a lease in the database (a conditional
 //! `UPDATE`: on PostgreSQL several replicas may claim at once and each delivery is
 //! claimed by one), starts their requests as there is room in flight, and records the
-//! answers as they come, a group at a time, each group committed before the next claim. It
+//! answers as they come, a group at a time, each group in a transaction of its own that
+//! runs beside the next claim. It
 //! holds only what there is room for: in flight, in its own limit (`concurrency`) and in
 //! each endpoint's (`endpoint_concurrency`), and waiting for that room, at most `batch`,
 //! each endpoint its share, claimed round-robin across endpoints. So a partner that hangs
@@ -25,8 +26,8 @@
 //! deliveries wait (the backlog) until an operator enables it again.
 //!
 //! **Delivery guarantee: at least once, exactly once once acknowledged.** The result of
-//! a request is recorded after the request, by the next cycle (with the answers that came
-//! while the previous one was being written), whose record commits before its claim: a
+//! a request is recorded after the request, by the next record (with the answers that came
+//! while the previous one was being written), which waits for no claim: a
 //! crash between the partner's 200 and that commit (`cashbackd_callback_unrecorded_seconds`
 //! measures the gap) means the delivery is sent again when its lease expires (with the same
 //! `webhook-id` / `{delivery_id}`, so the partner can tell). A delivery recorded as
@@ -41,7 +42,7 @@
 //! | `render.rs` | render the URL template, sign (HMAC query, Standard Webhooks) | `Prepared` |
 //! | `send.rs` | send, read the capped answer | `Sent` |
 //! | `record.rs` | record a group of answers, one statement per kind of outcome | `Recorded` |
-//! | `mod.rs` | the loop: a cycle (record and commit, then claim) running while requests are in flight; room in flight; when to claim and record | `CycleDone`, `Waiting` |
+//! | `mod.rs` | the loop: a record and a claim, each its own transaction, running side by side while requests are in flight; room in flight; when to claim and record | `RecordDone`, `Claim`, `Waiting` |
 //! | `tester.rs` | the callback tester | |
 //! | `log.rs` | the delivery log and replay | |
 
@@ -179,13 +180,17 @@ struct Run {
     summary: PassSummary,
 }
 
-/// What a cycle committed: what it recorded, what it claimed (the claim phase's values,
-/// with their endpoints as they are now).
-struct CycleDone {
+/// What a record committed.
+struct RecordDone {
     recorded_any: bool,
     recorded: record::Recorded,
     skipped: Vec<(i64, String)>,
     released: usize,
+}
+
+/// What a claim took (the claim phase's values), with the endpoints as they are now.
+struct Claim {
+    /// What it was to take at most.
     room: usize,
     claimed: usize,
     /// Claimed and given back at once (`hold_back`).
@@ -195,22 +200,35 @@ struct CycleDone {
     lease_until: i64,
 }
 
-/// What a claim took, with the endpoints as they are now.
-#[derive(Default)]
-struct Claim {
-    claimed: usize,
-    /// Claimed and given back at once (`hold_back`).
-    held: usize,
-    jobs: Vec<claim::Claimed>,
-    endpoints: Vec<Endpoint>,
-    lease_until: i64,
+/// A record that failed gives back what it was to record: a later one records it.
+type RecordResult = Result<RecordDone, (CallbackError, Outcomes)>;
+
+/// A record or a claim in progress: a task of its own, so that each of its round trips
+/// to the database goes on as soon as the answer is in, not when the loop (busy with
+/// answers, renders and new requests) next polls it; that wait doubled a claim's time
+/// under load. Aborted when dropped, with the run: a transaction cut short rolls back, as
+/// when the loop itself was dropped before.
+struct Step<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> Step<T> {
+    fn spawn(step: impl std::future::Future<Output = T> + Send + 'static) -> Step<T> {
+        Step(tokio::spawn(step))
+    }
 }
 
-/// A cycle that failed gives back what it was to record: the next cycle records it.
-type CycleResult = Result<CycleDone, (CallbackError, Outcomes)>;
+impl<T> Drop for Step<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
-/// A cycle in progress, polled by the loop beside the requests in flight.
-type CycleFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = CycleResult> + Send + 'a>>;
+impl<T> std::future::Future for Step<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
 
 /// A claimed delivery, rendered and signed, waiting for room in flight.
 struct Waiting {
@@ -219,7 +237,7 @@ struct Waiting {
     lease_until: i64,
 }
 
-/// What the next cycle records: the send phase's answers, deliveries skipped by their
+/// What the next record writes: the send phase's answers, deliveries skipped by their
 /// endpoint's filter (with the endpoint, for the metrics), claimed deliveries given back
 /// unsent.
 #[derive(Default)]
@@ -234,7 +252,7 @@ impl Outcomes {
         self.sent.is_empty() && self.skipped.is_empty() && self.released.is_empty()
     }
 
-    /// Puts back what a failed cycle was to record, before what came since.
+    /// Puts back what a failed record was to write, before what came since.
     fn put_back(&mut self, mut earlier: Outcomes) {
         earlier.sent.append(&mut self.sent);
         earlier.skipped.append(&mut self.skipped);
@@ -343,13 +361,15 @@ impl Deliverer {
     /// The delivery loop. A partner that hangs holds only its own share of the requests
     /// in flight (`endpoint_concurrency`) and delays nobody else's claims or records:
     ///
-    /// - **Cycles.** The record of the answers that came, committed, then the next claim
-    ///   make a *cycle* (`cycle`). A cycle runs while requests are in flight and answers
-    ///   come: the loop never waits for the database to start a request or take an
-    ///   answer.
+    /// - **A record and a claim side by side.** The record of the answers that came
+    ///   (`record_outcomes`, one transaction) and the next claim (`claim_due`, another) are
+    ///   two steps that run at the same time, each while requests are in flight and
+    ///   answers come: the loop never waits for the database to start a request or take
+    ///   an answer, and an answer never waits for a claim to be recorded. On PostgreSQL
+    ///   they run on two connections; on SQLite they take turns at the one writer.
     /// - **Claiming ahead.** Each commit costs a few milliseconds (an fsync), as long as
     ///   many requests to a fast partner. A claim that took only what there is room for in
-    ///   flight would leave the requests idle while the next cycle commits; so a claim
+    ///   flight would leave the requests idle while the next claim commits; so a claim
     ///   takes up to `batch` more, which wait here, each endpoint's in its own line, and
     ///   start as soon as there is room in flight, in the worker's limit and in their
     ///   endpoint's. An endpoint holds at most its share of those too
@@ -363,7 +383,7 @@ impl Deliverer {
         // becomes due once the one before it is recorded), and every `poll` (retries come
         // due, other processes add changes).
         let mut may_claim = true;
-        // A cycle is a commit (an fsync on SQLite): taken one delivery at a time it would
+        // A record is a commit (an fsync on SQLite): taken one delivery at a time it would
         // cost more than the requests. So a claim waits until it can take half a claim's
         // worth, and answers are recorded once that many came, or as soon as fewer than
         // that are still in flight (then waiting would only delay them behind slow
@@ -373,37 +393,53 @@ impl Deliverer {
         const RECORD_WITHIN: Duration = Duration::from_millis(20);
         let mut first_answer: Option<Instant> = None;
         let mut pending = Outcomes::default();
-        let mut cycle: Option<CycleFuture<'_>> = None;
+        let mut recording: Option<Step<RecordResult>> = None;
+        let mut claiming: Option<Step<Result<Claim, CallbackError>>> = None;
+        // Records committed so far, and how many had when the claim in flight started: a
+        // record that commits during a claim may have made due what that claim could not
+        // see yet.
+        let mut records_done = 0u64;
+        let mut records_at_claim = 0u64;
+        // After a record failed (the database is down, say), the next waits this long.
+        let mut record_after: Option<Instant> = None;
         loop {
-            if cycle.is_none() {
+            if recording.is_none() && record_after.is_none_or(|at| Instant::now() >= at) {
                 if !pending.sent.is_empty() {
                     first_answer.get_or_insert_with(Instant::now);
                 }
                 let in_flight = run.in_flight.len();
-                let held = in_flight + run.waiting.len();
-                let room = (config.concurrency + config.batch).saturating_sub(held).min(config.batch.max(1));
                 let record_now = !pending.skipped.is_empty()
                     || !pending.released.is_empty()
                     || (!pending.sent.is_empty()
                         && (pending.sent.len() >= half
                             || in_flight < half
                             || first_answer.is_some_and(|at| at.elapsed() >= RECORD_WITHIN)));
-                let claim_now = may_claim && room > 0 && (room >= half || held == 0 || record_now);
-                if record_now || claim_now {
+                if record_now {
                     let outcomes = std::mem::take(&mut pending);
                     first_answer = None;
-                    let room = if claim_now { room } else { 0 };
-                    if claim_now && mode == Mode::Once {
-                        may_claim = false;
-                    }
-                    let busy = self.busy_json(&run);
+                    record_after = None;
                     let policies = run.endpoints.iter().map(|(id, (e, _))| (id.clone(), e.spec.retry)).collect();
-                    cycle = Some(Box::pin(self.cycle(outcomes, room, busy, policies)));
+                    let this = self.clone();
+                    recording = Some(Step::spawn(async move { this.record_step(outcomes, policies).await }));
                 }
             }
-            if cycle.is_none() && run.in_flight.is_empty() && pending.is_empty() {
+            if claiming.is_none() && may_claim {
+                let held = run.in_flight.len() + run.waiting.len();
+                let room = (config.concurrency + config.batch).saturating_sub(held).min(config.batch.max(1));
+                if room > 0 && (room >= half || held == 0) {
+                    if mode == Mode::Once {
+                        may_claim = false;
+                    }
+                    records_at_claim = records_done;
+                    let busy = self.busy_json(&run);
+                    let this = self.clone();
+                    claiming = Some(Step::spawn(async move { this.claim_due(room, busy).await }));
+                }
+            }
+            let stepping = recording.is_some() || claiming.is_some();
+            if !stepping && run.in_flight.is_empty() && pending.is_empty() {
                 // Nothing in flight or to record: whatever waits here cannot start either
-                // (it would have), so it is given back by the next cycle.
+                // (it would have), so it is given back by the next record.
                 if !run.waiting.is_empty() {
                     pending.released.extend(run.waiting.drain(..).map(|w| w.job.delivery_id));
                     continue;
@@ -417,12 +453,13 @@ impl Deliverer {
                     Mode::Once | Mode::UntilIdle => return Ok(run.summary),
                 }
             }
-            // Wait for an answer, the cycle, or, with answers waiting, until they are due
-            // to be recorded; while requests hang, wake up after `poll` anyway to claim what
+            // Wait for an answer, a step, or, with answers waiting, until they are due to
+            // be recorded; while requests hang, wake up after `poll` anyway to claim what
             // came due meanwhile.
-            let wait = match first_answer {
-                Some(at) => RECORD_WITHIN.saturating_sub(at.elapsed()),
-                None => config.poll,
+            let wait = match (first_answer, record_after) {
+                (_, Some(at)) => at.saturating_duration_since(Instant::now()),
+                (Some(at), None) => RECORD_WITHIN.saturating_sub(at.elapsed()),
+                (None, None) => config.poll,
             };
             tokio::select! {
                 r = run.in_flight.join_next(), if !run.in_flight.is_empty() => {
@@ -434,32 +471,61 @@ impl Deliverer {
                     }
                     self.start_waiting(&mut run, &mut pending);
                 }
-                done = async { cycle.as_mut().expect("a cycle").await }, if cycle.is_some() => {
-                    cycle = None;
+                done = async { recording.as_mut().expect("a record").await }, if recording.is_some() => {
+                    recording = None;
+                    // A record that panicked took its answers with it: they are sent again
+                    // once their lease runs out.
+                    let done = done.unwrap_or_else(|e| Err((CallbackError::Invalid(format!("the record task failed: {e}")), Outcomes::default())));
                     match done {
                         Ok(done) => {
-                            // A claim saw what its own cycle recorded: after it, more is likely
-                            // due only if it filled its room.
-                            let again = if done.room > 0 { done.claimed >= done.room } else { may_claim || done.recorded_any };
-                            may_claim = mode != Mode::Once && again;
-                            self.after_cycle(&mut run, done, &mut pending).await;
+                            records_done += 1;
+                            // The next change of a conversion may be due now.
+                            if mode != Mode::Once && done.recorded_any {
+                                may_claim = true;
+                            }
+                            run.summary.add(done.recorded);
+                            for (_, endpoint) in &done.skipped {
+                                crate::metrics::callback(endpoint, "skipped", None);
+                            }
+                            run.summary.released += done.released;
                         }
-                        // Not recorded: the answers are recorded by the next cycle, while
+                        // Not recorded: the answers are recorded by a later record, while
                         // the deliveries still hold their lease (a partner that answered is
                         // not sent the same callback again because one transaction failed:
                         // a deadlock, a restart of the database). Only a lease that runs out
                         // first (an outage longer than it) sends them again: at least once.
-                        // The worker outlives a database outage; claims resume after `poll`.
+                        // The worker outlives a database outage; it records again after
+                        // `poll`.
                         Err((e, outcomes)) if mode == Mode::Forever => {
-                            tracing::error!(error = %e, "recording and claiming callback deliveries failed; recording again");
+                            tracing::error!(error = %e, "recording callback deliveries failed; recording again");
                             pending.put_back(outcomes);
-                            may_claim = false;
+                            record_after = Some(Instant::now() + config.poll);
                         }
                         Err((e, _)) => return Err(e),
                     }
                 }
+                done = async { claiming.as_mut().expect("a claim").await }, if claiming.is_some() => {
+                    claiming = None;
+                    let done = done.unwrap_or_else(|e| Err(CallbackError::Invalid(format!("the claim task failed: {e}"))));
+                    match done {
+                        Ok(claim) => {
+                            // A claim saw what was recorded before it: after it, more is likely
+                            // due only if it filled its room, or a record committed meanwhile.
+                            if mode != Mode::Once {
+                                may_claim = claim.claimed >= claim.room || records_done > records_at_claim;
+                            }
+                            self.after_claim(&mut run, claim, &mut pending).await;
+                        }
+                        // Claims resume after `poll`.
+                        Err(e) if mode == Mode::Forever => {
+                            tracing::error!(error = %e, "claiming callback deliveries failed");
+                            may_claim = false;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 _ = tokio::time::sleep(wait) => {
-                    if first_answer.is_none() && mode != Mode::Once {
+                    if first_answer.is_none() && mode != Mode::Once && claiming.is_none() {
                         may_claim = true;
                     }
                 }
@@ -477,54 +543,33 @@ impl Deliverer {
         serde_json::to_string(&held).unwrap_or_else(|_| "{}".into())
     }
 
-    /// One cycle: records what is waiting to be recorded (answers, skipped deliveries,
-    /// claimed ones given back unsent) and commits that, then claims up to `room` due
-    /// deliveries (none with 0), fairly across endpoints and within each one's share, and
-    /// loads what rendering needs, in a second transaction; then the endpoints as they are
-    /// now.
+    /// The record step: records what is waiting to be recorded (answers, skipped
+    /// deliveries, claimed ones given back unsent) in one transaction, and commits it.
     ///
-    /// The record commits before the claim starts (issue 15 point 3): an answer is
-    /// durable as soon as its group is written, not after the next claim too, so a crash
-    /// resends only what was answered in the last few milliseconds. Session 6 had both in
-    /// one transaction to save a commit per cycle; on PostgreSQL the claim then held every
-    /// answer of the group for tens of milliseconds, and the crash loop's resent share did
-    /// not shrink. The cycle still runs while requests are in flight, and the answers
-    /// that come meanwhile go into the next one.
+    /// A record commits on its own, not with a claim (issue 15 point 3): an answer is
+    /// durable as soon as its group is written, so a crash resends only what was answered
+    /// in the last few milliseconds. Session 6 had both in one transaction to save a
+    /// commit; on PostgreSQL the claim then held every answer of the group for tens of
+    /// milliseconds, and the crash loop's resent share did not shrink. Session 8 committed
+    /// the record before the claim, in one step: answers that came during the claim then
+    /// waited for it, and the two, one after the other, bounded the throughput. Now they
+    /// are two steps that run side by side.
     ///
-    /// A record that fails gives its outcomes back (the next cycle records them); a
-    /// claim that fails after its record committed gives back nothing, for that record
-    /// is done.
-    async fn cycle(
-        &self,
-        outcomes: Outcomes,
-        room: usize,
-        busy: String,
-        policies: HashMap<String, super::RetryPolicy>,
-    ) -> CycleResult {
-        let recorded = match self.record_outcomes(&outcomes, &policies).await {
-            Ok(recorded) => recorded,
-            Err(e) => return Err((e, outcomes)),
-        };
-        let claimed = if room > 0 { self.claim_due(room, &busy).await } else { Ok(Claim::default()) };
-        match claimed {
-            Ok(claim) => Ok(CycleDone {
+    /// A record that fails gives its outcomes back: a later record writes them.
+    async fn record_step(&self, outcomes: Outcomes, policies: HashMap<String, super::RetryPolicy>) -> RecordResult {
+        match self.record_outcomes(&outcomes, &policies).await {
+            Ok(recorded) => Ok(RecordDone {
                 recorded_any: !outcomes.is_empty(),
                 recorded,
                 skipped: outcomes.skipped,
                 released: outcomes.released.len(),
-                room,
-                claimed: claim.claimed,
-                held: claim.held,
-                jobs: claim.jobs,
-                endpoints: claim.endpoints,
-                lease_until: claim.lease_until,
             }),
-            Err(e) => Err((e, Outcomes::default())),
+            Err(e) => Err((e, outcomes)),
         }
     }
 
-    /// [`Self::cycle`]'s record: one transaction, none if there is nothing to record.
-    /// Counted in the metrics once committed.
+    /// [`Self::record_step`]'s transaction, none if there is nothing to record. Counted in
+    /// the metrics once committed.
     async fn record_outcomes(
         &self,
         outcomes: &Outcomes,
@@ -534,6 +579,7 @@ impl Deliverer {
             return Ok(record::Recorded::default());
         }
         let now = self.inner.clock.now();
+        let started = Instant::now();
         let skipped_ids: Vec<i64> = outcomes.skipped.iter().map(|(id, _)| *id).collect();
         let _turn = self.inner.db.write_turn().await;
         let mut tx = self.inner.db.pool.begin().await?;
@@ -542,20 +588,25 @@ impl Deliverer {
             self.release(&mut tx, &outcomes.released).await?;
         }
         tx.commit().await?;
+        crate::metrics::callback_step("record", outcomes.sent.len() + skipped_ids.len(), started.elapsed());
         Ok(recorded.committed())
     }
 
-    /// [`Self::cycle`]'s claim: one transaction; then the endpoints as they are now.
-    async fn claim_due(&self, room: usize, busy: &str) -> Result<Claim, CallbackError> {
+    /// The claim step: claims up to `room` due deliveries, fairly across endpoints and
+    /// within each one's share (`busy`: what each holds already), and loads what
+    /// rendering needs, in one transaction; then the endpoints as they are now.
+    async fn claim_due(&self, room: usize, busy: String) -> Result<Claim, CallbackError> {
+        let started = Instant::now();
         let turn = self.inner.db.write_turn().await;
         let now = self.inner.clock.now();
         let mut tx = self.inner.db.pool.begin().await?;
-        let claimed = self.claim(&mut tx, now, room, busy).await?;
+        let claimed = self.claim(&mut tx, now, room, &busy).await?;
         let held = if claimed.is_empty() { Vec::new() } else { self.hold_back(&mut tx, &claimed, now).await? };
         let to_send: Vec<i64> = claimed.iter().copied().filter(|id| !held.contains(id)).collect();
         let jobs = if to_send.is_empty() { Vec::new() } else { self.load_jobs(&mut tx, &to_send).await? };
         tx.commit().await?;
         drop(turn);
+        crate::metrics::callback_step("claim", claimed.len(), started.elapsed());
         // The endpoints as they are now: a change of settings applies from the next claim.
         let mut fresh: Vec<&str> = jobs.iter().map(|j| j.endpoint_id.as_str()).collect();
         fresh.sort_unstable();
@@ -563,6 +614,7 @@ impl Deliverer {
         let endpoints =
             if fresh.is_empty() { Vec::new() } else { super::endpoints_by_id(&self.inner.db, &fresh).await? };
         Ok(Claim {
+            room,
             claimed: claimed.len(),
             held: held.len(),
             jobs,
@@ -571,16 +623,12 @@ impl Deliverer {
         })
     }
 
-    /// After a cycle committed: counts it, then renders and signs each claimed delivery
+    /// After a claim committed: counts it, then renders and signs each claimed delivery
     /// (or skips it: the endpoint's filter) and lines it up; starts what there is room for.
     /// An endpoint's partner-callback plugin renders its request here (a fresh sandboxed
     /// instance, within the plugin's deadline).
-    async fn after_cycle(&self, run: &mut Run, done: CycleDone, next: &mut Outcomes) {
-        run.summary.add(done.recorded);
-        for (_, endpoint) in &done.skipped {
-            crate::metrics::callback(endpoint, "skipped", None);
-        }
-        run.summary.released += done.released + done.held;
+    async fn after_claim(&self, run: &mut Run, done: Claim, next: &mut Outcomes) {
+        run.summary.released += done.held;
         run.summary.claimed += done.claimed;
         for e in done.endpoints {
             let t = Template::parse(&e.spec.url_template).ok();

@@ -1,5 +1,5 @@
 //! The record phase: a group of [`Sent`] answers (and skipped deliveries) written in the
-//! cycle's transaction, one statement per kind of outcome, and counted as [`Recorded`]
+//! record step's transaction, one statement per kind of outcome, and counted as [`Recorded`]
 //! once that transaction commits.
 
 use super::send::Sent;
@@ -102,8 +102,8 @@ impl Deliverer {
             let sql = format!(
                 "UPDATE callback_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
                  last_status = 200, last_error = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
-                 WHERE lease_owner = $2 AND state = 'pending' AND id IN ({})",
-                crate::callbacks::ids_from_json(backend, 3)
+                 WHERE lease_owner = $2 AND state = 'pending' AND {}",
+                crate::db::id_in(backend, "id", 3)
             );
             sqlx::query(&sql).bind(now).bind(owner).bind(json_ids(&delivered)).execute(&mut *tx).await?;
         }
@@ -137,12 +137,17 @@ impl Deliverer {
                 "UPDATE callback_deliveries SET {set}, attempts = attempts + 1, last_status = j.c1, last_error = j.c2, \
                  lease_owner = NULL, lease_until = NULL, updated_at = $1 FROM ({from}) AS j \
                  WHERE callback_deliveries.id = j.c0 AND callback_deliveries.lease_owner = $2 \
-                 AND callback_deliveries.state = 'pending'"
+                 AND callback_deliveries.state = 'pending' AND {}",
+                crate::db::id_in(backend, "callback_deliveries.id", 4)
             );
+            // The ids once more, as a key condition: the rows are found by key, not by
+            // a join the statistics may plan as a scan (`db::id_in`).
+            let ids: Vec<i64> = rows.iter().filter_map(|r| r[0].as_i64()).collect();
             sqlx::query(&sql)
                 .bind(now)
                 .bind(owner)
                 .bind(serde_json::Value::Array(rows.clone()).to_string())
+                .bind(json_ids(&ids))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -150,8 +155,8 @@ impl Deliverer {
             let sql = format!(
                 "UPDATE callback_deliveries SET state = 'skipped', last_error = 'no ref_id on the click: the endpoint \
                  requires one', lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE lease_owner = $2 \
-                 AND id IN ({})",
-                crate::callbacks::ids_from_json(backend, 3)
+                 AND {}",
+                crate::db::id_in(backend, "id", 3)
             );
             sqlx::query(&sql).bind(now).bind(owner).bind(json_ids(skipped)).execute(&mut *tx).await?;
         }
