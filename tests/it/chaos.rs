@@ -947,7 +947,10 @@ async fn verify(f: &Fixture, book: &Told, kills: &[Kill], complete: bool, when: 
             if excused {
                 resent += 1;
             } else {
-                problems.push(format!("callback {id} was acknowledged and then sent again without a kill in between that came before its record"));
+                problems.push(format!(
+                    "callback {id} was acknowledged and then sent again without a kill in between that came before its record ({} ms apart)",
+                    again.saturating_duration_since(first).as_millis()
+                ));
             }
         }
         for k in kills.iter().filter(|k| k.delivered.contains(id)) {

@@ -35,7 +35,10 @@ impl Deliverer {
     ///
     /// Each endpoint's candidates are read from the index of its pending deliveries in due
     /// order, a few rows per endpoint, so a claim costs the endpoints and the batch, not
-    /// the backlog. A delivery is due only when no earlier change of the same conversion
+    /// the backlog: no more than the claim takes, nor than the endpoint has room for (on
+    /// PostgreSQL; SQLite allows no reference to the endpoint in a `LIMIT`). An endpoint
+    /// was read up to its whole share, twice the rows a claim of one endpoint took in the
+    /// benchmark. A delivery is due only when no earlier change of the same conversion
     /// to the same endpoint is pending: that check runs on those candidates only.
     ///
     /// The claim stays a lease rather than a row lock held by an open transaction, on
@@ -72,7 +75,8 @@ impl Deliverer {
                    FROM callback_endpoints e CROSS JOIN LATERAL ( \
                      SELECT d.id, d.endpoint_id, d.next_attempt_at FROM callback_deliveries d \
                      WHERE d.endpoint_id = e.id AND {due} AND {first_pending} \
-                     ORDER BY d.next_attempt_at, d.id LIMIT $5) x \
+                     ORDER BY d.next_attempt_at, d.id \
+                     LIMIT GREATEST(0, LEAST($5 - COALESCE(($6::jsonb ->> e.id)::bigint, 0), $4))) x \
                    WHERE e.enabled = 1 AND COALESCE(($6::jsonb ->> e.id)::bigint, 0) < $5), \
                  fair AS (SELECT id FROM due WHERE rn + COALESCE(($6::jsonb ->> endpoint_id)::bigint, 0) <= $5 \
                    ORDER BY rn, next_attempt_at, id LIMIT $4), \
@@ -94,7 +98,8 @@ impl Deliverer {
                    ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
                    FROM callback_endpoints e CROSS JOIN callback_deliveries x ON x.id IN ( \
                      SELECT d.id FROM callback_deliveries d WHERE d.endpoint_id = e.id AND {due} AND {first_pending} \
-                     ORDER BY d.next_attempt_at, d.id LIMIT $5) \
+                     ORDER BY d.next_attempt_at, d.id \
+                     LIMIT MIN($5, $4)) \
                    WHERE e.enabled = 1) c \
                  WHERE c.rn + COALESCE((SELECT b.value FROM json_each($6) b WHERE b.key = c.endpoint_id), 0) <= $5 \
                  ORDER BY c.rn, c.next_attempt_at, c.id LIMIT $4) RETURNING id"

@@ -402,6 +402,15 @@ impl Deliverer {
         let mut records_at_claim = 0u64;
         // After a record failed (the database is down, say), the next waits this long.
         let mut record_after: Option<Instant> = None;
+        // A run that returns (`Once`, `UntilIdle`, the scheduler's `deliver` job) and meets
+        // an error stops claiming but still records what its partners answered, and
+        // returns the error once nothing it holds is left: returning at once would drop
+        // answered deliveries unrecorded, and they would go out again when their lease
+        // runs out, from this same process (the crash loop caught a callback sent twice
+        // without a kill). A record that keeps failing (three times, a poll apart) ends
+        // the run anyway: those deliveries are sent again after their lease.
+        let mut failed: Option<CallbackError> = None;
+        let mut record_failures = 0u32;
         loop {
             if recording.is_none() && record_after.is_none_or(|at| Instant::now() >= at) {
                 if !pending.sent.is_empty() {
@@ -423,7 +432,7 @@ impl Deliverer {
                     recording = Some(Step::spawn(async move { this.record_step(outcomes, policies).await }));
                 }
             }
-            if claiming.is_none() && may_claim {
+            if claiming.is_none() && may_claim && failed.is_none() {
                 let held = run.in_flight.len() + run.waiting.len();
                 let room = (config.concurrency + config.batch).saturating_sub(held).min(config.batch.max(1));
                 if room > 0 && (room >= half || held == 0) {
@@ -450,7 +459,12 @@ impl Deliverer {
                         may_claim = true;
                         continue;
                     }
-                    Mode::Once | Mode::UntilIdle => return Ok(run.summary),
+                    Mode::Once | Mode::UntilIdle => {
+                        return match failed {
+                            Some(e) => Err(e),
+                            None => Ok(run.summary),
+                        };
+                    }
                 }
             }
             // Wait for an answer, a step, or, with answers waiting, until they are due to
@@ -496,12 +510,18 @@ impl Deliverer {
                         // first (an outage longer than it) sends them again: at least once.
                         // The worker outlives a database outage; it records again after
                         // `poll`.
-                        Err((e, outcomes)) if mode == Mode::Forever => {
+                        Err((e, outcomes)) => {
                             tracing::error!(error = %e, "recording callback deliveries failed; recording again");
                             pending.put_back(outcomes);
                             record_after = Some(Instant::now() + config.poll);
+                            if mode != Mode::Forever {
+                                record_failures += 1;
+                                if record_failures >= 3 {
+                                    return Err(e);
+                                }
+                                failed.get_or_insert(e);
+                            }
                         }
-                        Err((e, _)) => return Err(e),
                     }
                 }
                 done = async { claiming.as_mut().expect("a claim").await }, if claiming.is_some() => {
@@ -516,12 +536,15 @@ impl Deliverer {
                             }
                             self.after_claim(&mut run, claim, &mut pending).await;
                         }
-                        // Claims resume after `poll`.
-                        Err(e) if mode == Mode::Forever => {
+                        // The worker's claims resume after `poll`; a run that returns claims
+                        // no more (`failed`).
+                        Err(e) => {
                             tracing::error!(error = %e, "claiming callback deliveries failed");
                             may_claim = false;
+                            if mode != Mode::Forever {
+                                failed.get_or_insert(e);
+                            }
                         }
-                        Err(e) => return Err(e),
                     }
                 }
                 _ = tokio::time::sleep(wait) => {
@@ -559,7 +582,9 @@ impl Deliverer {
     async fn record_step(&self, outcomes: Outcomes, policies: HashMap<String, super::RetryPolicy>) -> RecordResult {
         match self.record_outcomes(&outcomes, &policies).await {
             Ok(recorded) => Ok(RecordDone {
-                recorded_any: !outcomes.is_empty(),
+                // Deliveries given back (`released`) make nothing new due: they were given
+                // back because they could not start here.
+                recorded_any: !outcomes.sent.is_empty() || !outcomes.skipped.is_empty(),
                 recorded,
                 skipped: outcomes.skipped,
                 released: outcomes.released.len(),
