@@ -422,10 +422,10 @@ async fn fan_out(
          AND ((c.subject = 'conversion' AND e.send_conversions = 1) OR (c.subject = 'payout' AND e.send_payouts = 1)) \
          AND (e.network_id IS NULL OR e.network_id = c.network_id) \
          AND (c.subject <> 'conversion' OR e.states IS NULL OR (',' || e.states || ',') LIKE ('%,' || c.state || ',%')) \
-         AND (c.kind <> 'click' OR e.require_ref_id = 0 OR c.id IN ({})) \
+         AND (c.kind <> 'click' OR e.require_ref_id = 0 OR {}) \
          ON CONFLICT (endpoint_id, change_id) DO NOTHING RETURNING change_id",
         crate::db::id_in(backend, "c.id", 1),
-        crate::db::ids_from_json(backend, 2)
+        crate::db::id_in(backend, "c.id", 2)
     );
     let (ids, refs) = (crate::db::rows::to_json(change_ids)?, crate::db::rows::to_json(clicks_with_ref_id)?);
     let mut delivered = std::collections::HashSet::new();

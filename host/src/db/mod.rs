@@ -254,19 +254,10 @@ fn pool_options(backend: Backend, profile: Profile, max: u32) -> AnyPoolOptions 
         .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
 }
 
-/// A subquery of the integers in the JSON array bound as parameter `$n`: one parameter
-/// however many ids. (sqlx binds SQLite's `$N` parameters by name, and SQLite looks each
-/// name up in a list: a statement with one parameter per id costs time quadratic in the
-/// number of ids.)
-pub fn ids_from_json(backend: Backend, n: usize) -> String {
-    match backend {
-        Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
-        Backend::Postgres => format!("SELECT jsonb_array_elements_text(${n}::jsonb)::bigint"),
-    }
-}
-
-/// `column` is one of the integers in the JSON array bound as parameter `$n`: a condition
-/// for a statement that picks rows by key.
+/// `column` is one of the integers in the JSON array bound as parameter `$n`: one
+/// parameter however many ids. (sqlx binds SQLite's `$N` parameters by name, and SQLite
+/// looks each name up in a list: a statement with one parameter per id costs time
+/// quadratic in the number of ids.) A condition for a statement that picks rows by key.
 ///
 /// On PostgreSQL it is `= ANY` of an array computed once (an init plan), which the planner
 /// can only answer by the key's index. `IN (SELECT jsonb_array_elements_text(...))` was

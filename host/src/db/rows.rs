@@ -9,7 +9,7 @@
 //! - there is no parameter limit to chunk around (SQLite 32,766, PostgreSQL 65,535), so a
 //!   batch costs one statement per table whatever its size;
 //! - SQLite resolves `$N` parameters by name in a list, so thousands of them cost time
-//!   quadratic in their number (see `ids_from_json`); one parameter costs nothing.
+//!   quadratic in their number (see `id_in`); one parameter costs nothing.
 //!
 //! Serializing the rows costs microseconds; every statement saved is a round trip.
 

@@ -72,6 +72,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
 
 /// Settings of the delivery worker.
 #[derive(Debug, Clone)]
@@ -173,7 +174,7 @@ enum Mode {
 /// they were claimed), and what it did so far.
 #[derive(Default)]
 struct Run {
-    in_flight: tokio::task::JoinSet<Sent>,
+    in_flight: JoinSet<Sent>,
     /// Claimed, not started yet: in claim order.
     waiting: std::collections::VecDeque<Waiting>,
     endpoints: HashMap<String, (Endpoint, Option<Template>)>,
@@ -202,33 +203,6 @@ struct Claim {
 
 /// A record that failed gives back what it was to record: a later one records it.
 type RecordResult = Result<RecordDone, (CallbackError, Outcomes)>;
-
-/// A record or a claim in progress: a task of its own, so that each of its round trips
-/// to the database goes on as soon as the answer is in, not when the loop (busy with
-/// answers, renders and new requests) next polls it; that wait doubled a claim's time
-/// under load. Aborted when dropped, with the run: a transaction cut short rolls back, as
-/// when the loop itself was dropped before.
-struct Step<T>(tokio::task::JoinHandle<T>);
-
-impl<T: Send + 'static> Step<T> {
-    fn spawn(step: impl std::future::Future<Output = T> + Send + 'static) -> Step<T> {
-        Step(tokio::spawn(step))
-    }
-}
-
-impl<T> Drop for Step<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> std::future::Future for Step<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
 
 /// A claimed delivery, rendered and signed, waiting for room in flight.
 struct Waiting {
@@ -393,8 +367,13 @@ impl Deliverer {
         const RECORD_WITHIN: Duration = Duration::from_millis(20);
         let mut first_answer: Option<Instant> = None;
         let mut pending = Outcomes::default();
-        let mut recording: Option<Step<RecordResult>> = None;
-        let mut claiming: Option<Step<Result<Claim, CallbackError>>> = None;
+        // The record and the claim in progress, each a task of its own (a set of at most
+        // one): each round trip to the database then goes on as soon as its answer is in,
+        // not when the loop (busy with answers, renders and new requests) next polls it;
+        // that wait doubled a claim's time under load. A set aborts its task when dropped
+        // with the run: a transaction cut short rolls back.
+        let mut recording: JoinSet<RecordResult> = JoinSet::new();
+        let mut claiming: JoinSet<Result<Claim, CallbackError>> = JoinSet::new();
         // Records committed so far, and how many had when the claim in flight started: a
         // record that commits during a claim may have made due what that claim could not
         // see yet.
@@ -412,7 +391,7 @@ impl Deliverer {
         let mut failed: Option<CallbackError> = None;
         let mut record_failures = 0u32;
         loop {
-            if recording.is_none() && record_after.is_none_or(|at| Instant::now() >= at) {
+            if recording.is_empty() && record_after.is_none_or(|at| Instant::now() >= at) {
                 if !pending.sent.is_empty() {
                     first_answer.get_or_insert_with(Instant::now);
                 }
@@ -429,10 +408,10 @@ impl Deliverer {
                     record_after = None;
                     let policies = run.endpoints.iter().map(|(id, (e, _))| (id.clone(), e.spec.retry)).collect();
                     let this = self.clone();
-                    recording = Some(Step::spawn(async move { this.record_step(outcomes, policies).await }));
+                    recording.spawn(async move { this.record_step(outcomes, policies).await });
                 }
             }
-            if claiming.is_none() && may_claim && failed.is_none() {
+            if claiming.is_empty() && may_claim && failed.is_none() {
                 let held = run.in_flight.len() + run.waiting.len();
                 let room = (config.concurrency + config.batch).saturating_sub(held).min(config.batch.max(1));
                 if room > 0 && (room >= half || held == 0) {
@@ -442,10 +421,10 @@ impl Deliverer {
                     records_at_claim = records_done;
                     let busy = self.busy_json(&run);
                     let this = self.clone();
-                    claiming = Some(Step::spawn(async move { this.claim_due(room, busy).await }));
+                    claiming.spawn(async move { this.claim_due(room, busy).await });
                 }
             }
-            let stepping = recording.is_some() || claiming.is_some();
+            let stepping = !recording.is_empty() || !claiming.is_empty();
             if !stepping && run.in_flight.is_empty() && pending.is_empty() {
                 // Nothing in flight or to record: whatever waits here cannot start either
                 // (it would have), so it is given back by the next record.
@@ -485,8 +464,7 @@ impl Deliverer {
                     }
                     self.start_waiting(&mut run, &mut pending);
                 }
-                done = async { recording.as_mut().expect("a record").await }, if recording.is_some() => {
-                    recording = None;
+                Some(done) = recording.join_next(), if !recording.is_empty() => {
                     // A record that panicked took its answers with it: they are sent again
                     // once their lease runs out.
                     let done = done.unwrap_or_else(|e| Err((CallbackError::Invalid(format!("the record task failed: {e}")), Outcomes::default())));
@@ -524,8 +502,7 @@ impl Deliverer {
                         }
                     }
                 }
-                done = async { claiming.as_mut().expect("a claim").await }, if claiming.is_some() => {
-                    claiming = None;
+                Some(done) = claiming.join_next(), if !claiming.is_empty() => {
                     let done = done.unwrap_or_else(|e| Err(CallbackError::Invalid(format!("the claim task failed: {e}"))));
                     match done {
                         Ok(claim) => {
@@ -548,7 +525,7 @@ impl Deliverer {
                     }
                 }
                 _ = tokio::time::sleep(wait) => {
-                    if first_answer.is_none() && mode != Mode::Once && claiming.is_none() {
+                    if first_answer.is_none() && mode != Mode::Once && claiming.is_empty() {
                         may_claim = true;
                     }
                 }
