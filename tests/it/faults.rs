@@ -848,6 +848,147 @@ async fn partner_endpoints_down_or_hanging_are_retried_and_counted_delivered_onc
     }
 }
 
+/// Makes every insert into the attempt log fail while `test_fault` holds a row: the
+/// delivery worker's record fails in the middle of a run (the database refusing a write),
+/// while the claims go on. A trigger, on both backends.
+async fn arm_record_fault(db: &Db) {
+    let statements: &[&str] = match db.backend {
+        cashbackd::db::Backend::Postgres => &[
+            "CREATE TABLE test_fault (armed BIGINT)",
+            "CREATE FUNCTION test_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF EXISTS (SELECT 1 FROM test_fault) THEN RAISE EXCEPTION 'injected: the attempt log refuses writes'; \
+             END IF; RETURN NULL; END $$",
+            "CREATE TRIGGER test_fault BEFORE INSERT ON callback_attempts FOR EACH STATEMENT EXECUTE FUNCTION test_fault()",
+        ],
+        cashbackd::db::Backend::Sqlite => &[
+            "CREATE TABLE test_fault (armed INTEGER)",
+            "CREATE TRIGGER test_fault BEFORE INSERT ON callback_attempts WHEN EXISTS (SELECT 1 FROM test_fault) \
+             BEGIN SELECT RAISE(ABORT, 'injected: the attempt log refuses writes'); END",
+        ],
+    };
+    for sql in statements {
+        sqlx::query(sql).execute(&db.pool).await.expect("the fault's trigger");
+    }
+    set_record_fault(db, true).await;
+}
+
+async fn set_record_fault(db: &Db, armed: bool) {
+    let sql = if armed { "INSERT INTO test_fault (armed) VALUES (1)" } else { "DELETE FROM test_fault" };
+    sqlx::query(sql).execute(&db.pool).await.expect("arm or disarm the fault");
+}
+
+/// The scheduler's `deliver` job (`run_due`) meets a database error after its partners
+/// answered: it records those answers once the database takes writes again, before it
+/// returns the error, so no partner gets the same callback twice from the same process.
+/// (It used to return at the first error and drop the answers: they went out again when
+/// their lease ran out. The crash loop caught it only by chance.) A record that keeps
+/// failing ends the run after three tries; then the lease sends them again, at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_run_whose_record_fails_records_the_answers_once_the_database_is_back_before_it_returns() {
+    use cashbackd::callbacks::{DeliveryConfig, deliver::message_id};
+    use cashbackd::plugin::wit::latest::ConversionState::Pending;
+    const CONVERSIONS: usize = 24;
+    for t in backends::all().await {
+        let w = world(t.db.clone()).await;
+        let db = w.service.db().clone();
+        let now = w.service.now();
+        cashbackd::callbacks::upsert_partner(&db, "p1", "Partner", now).await.expect("partner");
+        let (partner, addr) = (Partner::default(), reserved_addr());
+        partner.serve_on(addr).await;
+        cashbackd::callbacks::save_endpoint(&db, &partner_endpoint("partner", addr, 10_000), now)
+            .await
+            .expect("endpoint");
+        for i in 0..CONVERSIONS {
+            w.service.ingest(crate::ledger::event(&format!("R{i}"), Pending, 10_000, 500)).await.expect("ingest");
+        }
+        let config = |poll_ms| DeliveryConfig {
+            allow_private: true,
+            poll: Duration::from_millis(poll_ms),
+            ..Default::default()
+        };
+        let lease_ms = config(0).lease_ms;
+
+        // 1. The first record fails; the database takes writes again well before the next
+        //    try (a poll later, 3 s): the run records every answer, then returns the error.
+        arm_record_fault(&db).await;
+        let deliverer =
+            cashbackd::callbacks::Deliverer::new(db.clone(), w.clock.clone(), config(3_000), "r1").expect("deliverer");
+        let run = tokio::spawn({
+            let d = deliverer.clone();
+            async move { d.run_due().await }
+        });
+        let started = Instant::now();
+        while partner.received().len() < CONVERSIONS {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{}: the partner got {:?}",
+                t.name,
+                partner.received().len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Every answer is in; the record of them fails at once (within the worker's 20 ms).
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        set_record_fault(&db, false).await;
+        let outcome = run.await.expect("the run's task");
+        let error = outcome.expect_err("the run tells the error it met").to_string();
+        assert!(error.contains("injected"), "{}: the error is the database's: {error}", t.name);
+        for (id, state, attempts, _) in deliveries_of(&db, "partner").await {
+            assert_eq!(
+                (state.as_str(), attempts),
+                ("delivered", 1),
+                "{}: delivery {id} recorded before the run returned",
+                t.name
+            );
+        }
+        // Nothing goes out again, not even once the leases would have run out.
+        w.clock.advance(lease_ms + 60_000);
+        let again = deliverer.run_due().await.expect("a later run");
+        assert_eq!(again.claimed, 0, "{}: {again:?}", t.name);
+        let got = partner.received();
+        assert_eq!(got.len(), CONVERSIONS, "{}: each callback reached the partner once", t.name);
+        let ids: HashSet<&str> = got.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(ids.len(), CONVERSIONS, "{}: no delivery id twice", t.name);
+
+        // 2. A record that keeps failing ends the run after three tries (a poll apart), with
+        //    the error; its deliveries go out again once their lease runs out: at least once.
+        for i in 0..CONVERSIONS {
+            w.service.ingest(crate::ledger::event(&format!("S{i}"), Pending, 10_000, 500)).await.expect("ingest");
+        }
+        let first_round: HashSet<String> = partner.received().into_iter().map(|(d, _)| d).collect();
+        set_record_fault(&db, true).await;
+        let deliverer =
+            cashbackd::callbacks::Deliverer::new(db.clone(), w.clock.clone(), config(100), "r2").expect("deliverer");
+        let started = Instant::now();
+        let error = deliverer.run_due().await.expect_err("a record that keeps failing ends the run").to_string();
+        assert!(error.contains("injected"), "{}: {error}", t.name);
+        assert!(started.elapsed() < Duration::from_secs(20), "{}: the run ended after its tries", t.name);
+        let pending = deliveries_of(&db, "partner").await.into_iter().filter(|(_, s, _, _)| s == "pending").count();
+        assert_eq!(pending, CONVERSIONS, "{}: the unrecorded deliveries stay pending under their lease", t.name);
+        set_record_fault(&db, false).await;
+        let early = deliverer.run_due().await.expect("a run inside the lease");
+        assert_eq!(early.claimed, 0, "{}: leased deliveries wait for their lease: {early:?}", t.name);
+        w.clock.advance(lease_ms + 1_000);
+        let after = deliverer.run_due().await.expect("a run after the lease");
+        assert_eq!(after.delivered, CONVERSIONS, "{}: {after:?}", t.name);
+        for (id, state, attempts, _) in deliveries_of(&db, "partner").await {
+            // The first send of a second-round delivery was never recorded: one attempt.
+            assert_eq!((state.as_str(), attempts), ("delivered", 1), "{}: delivery {id}", t.name);
+            let sent = partner.received().iter().filter(|(d, _)| *d == message_id(id)).count();
+            let wanted = if first_round.contains(&message_id(id)) { 1 } else { 2 };
+            assert_eq!(sent, wanted, "{}: delivery {id}", t.name);
+        }
+        assert_eq!(partner.received().len(), 3 * CONVERSIONS, "{}: the second round twice each", t.name);
+        eprintln!(
+            "faults [callbacks, {}]: a record refused once: the run recorded all {CONVERSIONS} answers before returning \
+             the error, nothing sent twice; refused three times: the run ended, the {CONVERSIONS} went out again after \
+             their lease",
+            t.name
+        );
+        t.cleanup().await;
+    }
+}
+
 // ---- the SMTP server down or silent -----------------------------------------------------
 
 /// A server that accepts connections and never says a word (not even SMTP's greeting),
