@@ -906,7 +906,7 @@ async fn a_delivery_run_whose_record_fails_records_the_answers_once_the_database
             poll: Duration::from_millis(poll_ms),
             ..Default::default()
         };
-        let lease_ms = config(0).lease_ms;
+        let lease_ms = DeliveryConfig::default().lease_ms;
 
         // 1. The first record fails; the database takes writes again well before the next
         //    try (a poll later, 3 s): the run records every answer, then returns the error.
