@@ -453,7 +453,7 @@ async fn to_template(
         .fetch_optional(&service.db().pool)
         .await?
         .unwrap_or_default();
-    let mut tx = service.db().pool.begin().await?;
+    let mut tx = crate::db::begin(&service.db().pool).await?;
     sqlx::query("UPDATE callback_endpoints SET plugin_digest = NULL, plugin_config = NULL WHERE id = $1")
         .bind(endpoint)
         .execute(&mut *tx)
@@ -597,7 +597,7 @@ async fn write_activation(
 ) -> Result<Activation, ServiceError> {
     let at = service.now();
     let digest = plugin.digest.to_string();
-    let mut tx = service.db().pool.begin().await?;
+    let mut tx = crate::db::begin(&service.db().pool).await?;
     match target {
         Target::Merchant { id, .. } => {
             // An upsert, so that evaluations never see the chain without this place.
@@ -738,7 +738,7 @@ pub async fn set_shadow(
     service.prove_plugin(plugin).await?;
     let at = service.now();
     let digest = plugin.digest.to_string();
-    let mut tx = service.db().pool.begin().await?;
+    let mut tx = crate::db::begin(&service.db().pool).await?;
     sqlx::query(
         "INSERT INTO merchant_shadow (merchant_id, position, plugin_digest, config, since) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (merchant_id) DO UPDATE SET position = excluded.position, plugin_digest = excluded.plugin_digest, \

@@ -288,3 +288,27 @@ fn the_cycle_check_sees_a_cycle_between_folders_and_between_files() {
     write("a/y.rs", "pub struct Y;\n");
     assert!(report(&graphs(dir.path())).is_empty());
 }
+
+/// Every transaction of the host begins through `db::begin` (or `db::begin_with`): sqlx's
+/// own `Pool::begin` leaves a pooled PostgreSQL connection inside a transaction when its
+/// caller is dropped mid-`BEGIN` (`faults::a_transaction_begun_by_a_caller_dropped_mid_begin_...`).
+#[test]
+fn every_transaction_of_host_src_begins_through_db_begin() {
+    let mut offenders = Vec::new();
+    for (module, path) in modules(&src()) {
+        if module == ["db"] {
+            continue;
+        }
+        let text = strip_comments(&std::fs::read_to_string(&path).expect("read"));
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("pool.begin") {
+                offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    let load = src().join("bin/cashbackd-load.rs");
+    let text = strip_comments(&std::fs::read_to_string(&load).expect("read"));
+    offenders
+        .extend(text.lines().filter(|l| l.contains("pool.begin")).map(|l| format!("{}: {}", load.display(), l.trim())));
+    assert!(offenders.is_empty(), "transactions begun with sqlx's Pool::begin:\n{}", offenders.join("\n"));
+}

@@ -1481,3 +1481,78 @@ async fn a_database_failure_while_an_imported_page_is_recorded_fails_the_run_and
         t.cleanup().await;
     }
 }
+
+/// One poll of `f`, with a waker that wakes no one: the test drives it by hand.
+fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(f).poll(&mut cx)
+}
+
+/// sqlx 0.8.6's `Pool::begin` is not safe to cancel on PostgreSQL (transact-rs/sqlx issue
+/// 4393): a caller dropped after the server ran `BEGIN` and before sqlx read its answer
+/// gives the connection back to the pool inside a transaction nothing ends, and the next
+/// borrower's writes stay uncommitted in it (the callbacks benchmark lost an endpoint's
+/// deliveries that way). `db::begin` finishes the `BEGIN` in a task of its own. The test
+/// catches the window for certain: it polls the begin by hand, one step at a time, and
+/// drops it once the server shows the pool's one connection `idle in transaction` and
+/// before the answer is read. Then a write through the pool must be visible at once from
+/// another connection, and the pool's connection must not stay in a transaction. (With
+/// `pool.begin()` in place of `db::begin`, the first round fails: the write is not seen.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_begun_by_a_caller_dropped_mid_begin_leaves_no_open_transaction_in_the_pool() {
+    use sqlx::Connection as _;
+    let Some(t) = backends::postgres().await else { return };
+    let url = t.url().to_string();
+    let pool = t.db.dedicated(1).pool;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.expect("pid");
+    let state = || async {
+        let mut admin = sqlx::AnyConnection::connect(&url).await.expect("admin");
+        let s: Option<String> = sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_optional(&mut admin)
+            .await
+            .expect("state");
+        s.unwrap_or_default()
+    };
+    let mut caught = 0;
+    for round in 0..20 {
+        let mut begin = Box::pin(cashbackd::db::begin(&pool));
+        let mut cancelled = false;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if poll_once(&mut begin).is_ready() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if state().await == "idle in transaction" {
+                drop(begin);
+                cancelled = true;
+                break;
+            }
+        }
+        if !cancelled {
+            continue;
+        }
+        caught += 1;
+        // What the next borrower writes, on its own (autocommit), is committed at once.
+        let key = format!("cancelled-begin-{round}");
+        sqlx::query("INSERT INTO alerts (at, kind, subject, message) VALUES (0, 'test', $1, 'x')")
+            .bind(&key)
+            .execute(&pool)
+            .await
+            .expect("insert");
+        let mut other = sqlx::AnyConnection::connect(&url).await.expect("other connection");
+        let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alerts WHERE subject = $1")
+            .bind(&key)
+            .fetch_one(&mut other)
+            .await
+            .expect("count");
+        assert_eq!(seen, 1, "round {round}: a write after a cancelled BEGIN is not committed (open transaction)");
+        let s = state().await;
+        assert_ne!(s, "idle in transaction", "round {round}: the pool's connection stayed in a transaction");
+    }
+    println!("faults [cancelled begin]: {caught} of 20 begins dropped mid-BEGIN; no transaction left open");
+    assert!(caught >= 10, "the test caught the BEGIN in flight only {caught} times of 20");
+    pool.close().await;
+    t.cleanup().await;
+}

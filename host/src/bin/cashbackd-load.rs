@@ -428,7 +428,7 @@ mod callbacks {
     async fn fill(db: &Db, round: u32, n: u64, now: i64) -> anyhow::Result<()> {
         let mut i = 0;
         while i < n {
-            let mut tx = db.pool.begin().await?;
+            let mut tx = cashbackd::db::begin(&db.pool).await?;
             let batch: Vec<Change> = (i..(i + 500).min(n))
                 .map(|k| Change {
                     conversion_id: format!("cv_bench_{round}_{k}"),

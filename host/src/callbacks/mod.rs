@@ -23,7 +23,7 @@ use crate::conversions::State;
 use crate::db::Db;
 use serde::Serialize;
 use sign::Secret;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 use std::collections::BTreeMap;
 
 pub use deliver::{Deliverer, DeliveryConfig};
@@ -749,14 +749,14 @@ pub async fn endpoint(db: &Db, id: &str) -> Result<Endpoint, CallbackError> {
 }
 
 /// Endpoints by id, in one query (the delivery worker's, for a claim's endpoints).
-pub(crate) async fn endpoints_by_id(db: &Db, ids: &[&str]) -> Result<Vec<Endpoint>, CallbackError> {
-    let list = match db.backend {
+pub(crate) async fn endpoints_by_id(conn: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Endpoint>, CallbackError> {
+    let list = match crate::db::rows::backend(conn) {
         crate::db::Backend::Sqlite => "SELECT value FROM json_each($1)",
         crate::db::Backend::Postgres => "SELECT jsonb_array_elements_text($1::jsonb)",
     };
     let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM callback_endpoints WHERE id IN ({list})");
     let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-    let rows = sqlx::query(&sql).bind(ids).fetch_all(&db.pool).await?;
+    let rows = sqlx::query(&sql).bind(ids).fetch_all(&mut *conn).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         out.push(endpoint_from_row(r)?);
@@ -796,7 +796,7 @@ pub struct Enabled {
 /// failures began are queued again first.
 pub async fn enable(db: &Db, id: &str, replay_failed: bool, now: i64) -> Result<Enabled, CallbackError> {
     let e = endpoint(db, id).await?;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = crate::db::begin(&db.pool).await?;
     let requeued = if replay_failed {
         let since: Option<i64> = sqlx::query("SELECT failing_since FROM callback_endpoints WHERE id = $1")
             .bind(id)

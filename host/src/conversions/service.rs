@@ -686,7 +686,7 @@ impl Service {
             self.prove_plugin(&plugin).await?;
             loaded.push((digest, config));
         }
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.db.pool).await?;
         sqlx::query("DELETE FROM merchant_rules WHERE merchant_id = $1").bind(merchant).execute(&mut *tx).await?;
         for (i, (digest, config)) in loaded.into_iter().enumerate() {
             sqlx::query(
@@ -838,7 +838,7 @@ impl Service {
             let at: i64 = row.try_get(2)?;
             let command: Command =
                 serde_json::from_str(&payload).map_err(|e| ServiceError::Invalid(format!("journal {seq}: {e}")))?;
-            let mut tx = target.pool.begin().await?;
+            let mut tx = crate::db::begin(&target.pool).await?;
             store::journal_and_apply(&mut tx, &command, at, None, Some(seq)).await?;
             tx.commit().await?;
         }

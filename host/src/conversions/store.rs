@@ -1067,7 +1067,7 @@ pub async fn apply_batch(
         let mut lap = Lap::start();
         let _turn = db.write_turn().await;
         lap.mark("turn");
-        let mut tx = db.pool.begin_with(begin).await?;
+        let mut tx = crate::db::begin_with(&db.pool, begin).await?;
         lap.mark("begin");
         statements += 2;
         match apply_in(&mut tx, &batch, &[], &mut statements, &mut lap).await {

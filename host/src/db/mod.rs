@@ -8,6 +8,7 @@
 
 pub mod fault;
 pub mod rows;
+pub mod steps;
 
 pub use fault::Fault;
 
@@ -252,6 +253,35 @@ fn pool_options(backend: Backend, profile: Profile, max: u32) -> AnyPoolOptions 
         // closed instead (closing rolls back whatever it holds). A transaction dropped
         // without COMMIT or ROLLBACK (an error path) also ends here.
         .after_release(|conn, _| Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) }))
+}
+
+/// Begins a transaction on a connection of `pool`, whatever happens to the caller.
+///
+/// sqlx's `Pool::begin` is not safe to cancel on PostgreSQL (sqlx 0.8.6; transact-rs/sqlx
+/// issue 4393): it raises its count of open transactions only once the server answered
+/// `BEGIN`, so a caller dropped in between (an aborted task, a client that hung up on
+/// its request, a timeout) gives the connection back to the pool inside a transaction
+/// nothing will end. The next borrower's statements then run in that transaction, hold
+/// their locks, and are committed only by someone's later `COMMIT` on that connection,
+/// or lost when it closes. The benchmark met it: a callback endpoint saved on such a
+/// connection was invisible to the changes written next, which got no delivery to it.
+/// So the `BEGIN` runs in a task of its own, which finishes it even when the caller is
+/// gone; a transaction nobody takes is then dropped, which rolls it back as sqlx
+/// intends. Every transaction of the host begins here.
+pub async fn begin(pool: &AnyPool) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await }).await.map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+}
+
+/// [`begin`] with the given statement instead of `BEGIN` (SQLite's `BEGIN IMMEDIATE`).
+pub async fn begin_with(
+    pool: &AnyPool,
+    statement: impl Into<std::borrow::Cow<'static, str>>,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    let (pool, statement) = (pool.clone(), statement.into());
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
 }
 
 /// `column` is one of the integers in the JSON array bound as parameter `$n`: one

@@ -360,7 +360,7 @@ impl Notifier {
     async fn form_batch(&self) -> Result<BatchSummary, NotifyError> {
         let now = self.inner.clock.now();
         let mut summary = BatchSummary::default();
-        let mut tx = self.inner.db.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.inner.db.pool).await?;
         let batch: i64 =
             sqlx::query("INSERT INTO notification_batches (created_at, changes, users) VALUES ($1, 0, 0) RETURNING id")
                 .bind(now)
@@ -538,7 +538,7 @@ impl Notifier {
             let at = self.inner.clock.now();
             match result {
                 Ok(()) => {
-                    let mut tx = pool.begin().await?;
+                    let mut tx = crate::db::begin(pool).await?;
                     sqlx::query(
                         "UPDATE notifications SET state = 'sent', sent_at = $1, last_error = NULL WHERE id = $2",
                     )

@@ -57,34 +57,11 @@ impl Deliverer {
         limit: usize,
         busy: &str,
     ) -> Result<Vec<i64>, sqlx::Error> {
-        let per_endpoint = endpoint_share(&self.inner.config) as i64;
-        let first_pending = "NOT EXISTS (SELECT 1 FROM callback_deliveries p WHERE p.endpoint_id = d.endpoint_id \
-             AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
-             AND (p.version < d.version OR (p.version = d.version AND p.id < d.id)))";
-        let due = "d.state = 'pending' AND d.next_attempt_at <= $3 AND (d.lease_until IS NULL OR d.lease_until <= $3)";
-        // On PostgreSQL the picked ids are looked up as an array (`= ANY`) and checked
-        // again for state and lease only (what another replica can change meanwhile): by
-        // primary key whatever the table's statistics say (with those of an empty table,
-        // a join here, or the due condition repeated, was planned as a scan of an index
-        // of every pending delivery).
         let sql = match self.inner.db.backend {
             crate::db::Backend::Postgres => format!(
-                "WITH due AS ( \
-                   SELECT x.id, x.endpoint_id, x.next_attempt_at, \
-                   ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
-                   FROM callback_endpoints e CROSS JOIN LATERAL ( \
-                     SELECT d.id, d.endpoint_id, d.next_attempt_at FROM callback_deliveries d \
-                     WHERE d.endpoint_id = e.id AND {due} AND {first_pending} \
-                     ORDER BY d.next_attempt_at, d.id \
-                     LIMIT GREATEST(0, LEAST($5 - COALESCE(($6::jsonb ->> e.id)::bigint, 0), $4))) x \
-                   WHERE e.enabled = 1 AND COALESCE(($6::jsonb ->> e.id)::bigint, 0) < $5), \
-                 fair AS (SELECT id FROM due WHERE rn + COALESCE(($6::jsonb ->> endpoint_id)::bigint, 0) <= $5 \
-                   ORDER BY rn, next_attempt_at, id LIMIT $4), \
-                 locked AS (SELECT d.id FROM callback_deliveries d WHERE d.id = ANY(ARRAY(SELECT id FROM fair)) \
-                   AND d.state = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $3) \
-                   FOR UPDATE SKIP LOCKED) \
-                 UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 \
-                 WHERE id = ANY(ARRAY(SELECT id FROM locked)) RETURNING id"
+                "WITH {} UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 \
+                 WHERE id = ANY(ARRAY(SELECT id FROM locked)) RETURNING id",
+                pg_claimable()
             ),
             // SQLite has one writer: the conditional update is the claim. `CROSS JOIN`
             // keeps the endpoints as the outer loop (SQLite does not reorder it): joined
@@ -97,7 +74,7 @@ impl Deliverer {
                    SELECT x.id, x.endpoint_id, x.next_attempt_at, \
                    ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
                    FROM callback_endpoints e CROSS JOIN callback_deliveries x ON x.id IN ( \
-                     SELECT d.id FROM callback_deliveries d WHERE d.endpoint_id = e.id AND {due} AND {first_pending} \
+                     SELECT d.id FROM callback_deliveries d WHERE d.endpoint_id = e.id AND {DUE} AND {FIRST_PENDING} \
                      ORDER BY d.next_attempt_at, d.id \
                      LIMIT MIN($5, $4)) \
                    WHERE e.enabled = 1) c \
@@ -105,18 +82,74 @@ impl Deliverer {
                  ORDER BY c.rn, c.next_attempt_at, c.id LIMIT $4) RETURNING id"
             ),
         };
-        let claimed = sqlx::query(&sql)
-            .bind(&self.inner.owner)
-            .bind(now + self.inner.config.lease_ms)
-            .bind(now)
-            .bind(limit as i64)
-            .bind(per_endpoint)
-            .bind(busy)
-            .fetch_all(&mut *conn)
-            .await?;
+        let claimed = self.bind_claim(sqlx::query(&sql), now, limit, busy).fetch_all(&mut *conn).await?;
         let mut ids: Vec<i64> = claimed.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
         ids.sort_unstable();
         Ok(ids)
+    }
+
+    /// The claim's six parameters: owner, lease end, now, limit, an endpoint's share, what
+    /// each endpoint holds already.
+    fn bind_claim<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        now: i64,
+        limit: usize,
+        busy: &'q str,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        q.bind(self.inner.owner.clone())
+            .bind(now + self.inner.config.lease_ms)
+            .bind(now)
+            .bind(limit as i64)
+            .bind(endpoint_share(&self.inner.config) as i64)
+            .bind(busy)
+    }
+
+    /// PostgreSQL: the claim, the hold-back and the load in one statement, with no
+    /// transaction around it (a statement is one): a claim step is then one round trip
+    /// instead of five (`BEGIN`, claim, hold-back, load, `COMMIT`). On a machine whose
+    /// cores the database shares with the worker, each round trip waited for a core, and
+    /// those waits were about half of a claim step's time (docs/PERFORMANCE.md, issue 15).
+    ///
+    /// The hold-back is part of the claim's `UPDATE`: a row cannot be updated twice in a
+    /// statement, so a claimed delivery whose click's CREATED is still pending is given
+    /// its lease back and its new due time by the same update that took it (its lookup
+    /// runs only for rows that wait for a CREATED). Returns the claimed ids (sorted), the
+    /// ids held back, and the jobs of the others.
+    pub(super) async fn claim_load_pg(
+        &self,
+        conn: &mut AnyConnection,
+        now: i64,
+        limit: usize,
+        busy: &str,
+    ) -> Result<(Vec<i64>, Vec<i64>, Vec<Claimed>), CallbackError> {
+        let waiting = "u.waits_for IS NOT NULL AND EXISTS (SELECT 1 FROM callback_deliveries w \
+             WHERE w.endpoint_id = u.endpoint_id AND w.conversion_id = u.waits_for AND w.state = 'pending')";
+        let sql = format!(
+            "WITH {}, claimed AS ( \
+               UPDATE callback_deliveries u SET \
+               lease_owner = CASE WHEN {waiting} THEN NULL ELSE $1 END, \
+               lease_until = CASE WHEN {waiting} THEN NULL ELSE $2 END, \
+               next_attempt_at = CASE WHEN {waiting} THEN GREATEST($3, (SELECT MAX(w.next_attempt_at) \
+                 FROM callback_deliveries w WHERE w.endpoint_id = u.endpoint_id AND w.conversion_id = u.waits_for \
+                 AND w.state = 'pending')) + {HOLD_BACK_MS} ELSE u.next_attempt_at END \
+               WHERE u.id = ANY(ARRAY(SELECT id FROM locked)) \
+               RETURNING u.id, u.endpoint_id, u.attempts, u.change_id, u.lease_owner IS NULL AS held) \
+             SELECT {LOAD_COLUMNS}, d.held FROM claimed d {LOAD_JOINS} ORDER BY d.id",
+            pg_claimable()
+        );
+        let rows = self.bind_claim(sqlx::query(&sql), now, limit, busy).fetch_all(&mut *conn).await?;
+        let (mut claimed, mut held, mut jobs) = (Vec::with_capacity(rows.len()), Vec::new(), Vec::new());
+        for r in rows {
+            let id: i64 = r.try_get(0)?;
+            claimed.push(id);
+            if r.try_get::<bool, _>(14)? {
+                held.push(id);
+            } else {
+                jobs.push(claimed_of(&r)?);
+            }
+        }
+        Ok((claimed, held, jobs))
     }
 
     /// Gives back the claimed deliveries of conversions whose click's CREATED (seed 001:
@@ -134,7 +167,6 @@ impl Deliverer {
         claimed: &[i64],
         now: i64,
     ) -> Result<Vec<i64>, sqlx::Error> {
-        const AFTER_MS: i64 = 1_000;
         let later = match self.inner.db.backend {
             crate::db::Backend::Postgres => "GREATEST",
             crate::db::Backend::Sqlite => "MAX",
@@ -143,72 +175,99 @@ impl Deliverer {
              AND w.conversion_id = callback_deliveries.waits_for AND w.state = 'pending'";
         let sql = format!(
             "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL, \
-             next_attempt_at = {later}($1, (SELECT MAX(w.next_attempt_at) {waited})) + $2 \
-             WHERE lease_owner = $3 AND waits_for IS NOT NULL AND {} AND EXISTS (SELECT 1 {waited}) \
+             next_attempt_at = {later}($1, (SELECT MAX(w.next_attempt_at) {waited})) + {HOLD_BACK_MS} \
+             WHERE lease_owner = $2 AND waits_for IS NOT NULL AND {} AND EXISTS (SELECT 1 {waited}) \
              RETURNING id",
-            crate::db::id_in(self.inner.db.backend, "id", 4)
+            crate::db::id_in(self.inner.db.backend, "id", 3)
         );
-        let rows = sqlx::query(&sql)
-            .bind(now)
-            .bind(AFTER_MS)
-            .bind(&self.inner.owner)
-            .bind(json_ids(claimed))
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows =
+            sqlx::query(&sql).bind(now).bind(&self.inner.owner).bind(json_ids(claimed)).fetch_all(&mut *conn).await?;
         rows.iter().map(|r| r.try_get(0)).collect()
     }
 
     /// The claimed deliveries to send, with their change, click and merchant.
     pub(super) async fn load_jobs(&self, conn: &mut AnyConnection, ids: &[i64]) -> Result<Vec<Claimed>, CallbackError> {
-        let mut jobs = Vec::with_capacity(ids.len());
         let sql = format!(
-            "SELECT d.id, d.endpoint_id, d.attempts, c.at, c.snapshot, cl.ref_id, cl.sub1, cl.sub2, cl.sub3, cl.sub4, \
-             cl.sub5, m.name, (SELECT MIN(r.merchant_ref) FROM merchant_refs r WHERE r.network_id = c.network_id \
-             AND r.merchant_id = c.merchant_id), c.subject \
-             FROM callback_deliveries d JOIN conversion_changes c ON c.id = d.change_id \
-             LEFT JOIN clicks cl ON cl.click_id = c.click_id LEFT JOIN merchants m ON m.id = c.merchant_id \
-             WHERE {} ORDER BY d.id",
+            "SELECT {LOAD_COLUMNS} FROM callback_deliveries d {LOAD_JOINS} WHERE {} ORDER BY d.id",
             crate::db::id_in(self.inner.db.backend, "d.id", 1)
         );
         let rows = sqlx::query(&sql).bind(json_ids(ids)).fetch_all(&mut *conn).await?;
-        let unreadable =
-            |e: serde_json::Error| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}"));
-        for r in rows {
-            let snapshot: String = r.try_get(4)?;
-            let subject: String = r.try_get(13)?;
-            let subject = match subject.as_str() {
-                "payout" => Subject::Payout(serde_json::from_str(&snapshot).map_err(unreadable)?),
-                _ => Subject::Conversion(Box::new(serde_json::from_str(&snapshot).map_err(unreadable)?)),
-            };
-            let merchant_ref = match &subject {
-                Subject::Conversion(s) => s.merchant_ref.clone().or(r.try_get(12)?),
-                Subject::Payout(_) => None,
-            };
-            let attempts: i64 = r.try_get(2)?;
-            jobs.push(Claimed {
-                delivery_id: r.try_get(0)?,
-                endpoint_id: r.try_get(1)?,
-                attempt: attempts + 1,
-                change_at: r.try_get(3)?,
-                merchant_ref,
-                subject,
-                ref_id: r.try_get(5)?,
-                subs: [r.try_get(6)?, r.try_get(7)?, r.try_get(8)?, r.try_get(9)?, r.try_get(10)?],
-                merchant_name: r.try_get(11)?,
-            });
-        }
-        Ok(jobs)
+        rows.iter().map(claimed_of).collect()
     }
+}
 
-    /// Gives back claimed deliveries that were not sent.
-    pub(super) async fn release(&self, conn: &mut AnyConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
-        let sql = format!(
-            "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND {}",
-            crate::db::id_in(self.inner.db.backend, "id", 2)
-        );
-        sqlx::query(&sql).bind(&self.inner.owner).bind(json_ids(ids)).execute(&mut *conn).await?;
-        Ok(())
-    }
+/// A due delivery: pending, due, and not leased (or its lease ran out). `$3` is now.
+const DUE: &str = "d.state = 'pending' AND d.next_attempt_at <= $3 AND (d.lease_until IS NULL OR d.lease_until <= $3)";
+
+/// No earlier change of the same conversion to the same endpoint is pending.
+const FIRST_PENDING: &str = "NOT EXISTS (SELECT 1 FROM callback_deliveries p WHERE p.endpoint_id = d.endpoint_id \
+     AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
+     AND (p.version < d.version OR (p.version = d.version AND p.id < d.id)))";
+
+/// How long after its click's CREATED's next attempt a held-back delivery is due.
+const HOLD_BACK_MS: i64 = 1_000;
+
+/// What rendering needs of a claimed delivery `d`: its change, click and merchant
+/// (`claimed_of` reads them in this order)...
+const LOAD_COLUMNS: &str = "d.id, d.endpoint_id, d.attempts, c.at, c.snapshot, cl.ref_id, cl.sub1, cl.sub2, cl.sub3, \
+     cl.sub4, cl.sub5, m.name, (SELECT MIN(r.merchant_ref) FROM merchant_refs r WHERE r.network_id = c.network_id \
+     AND r.merchant_id = c.merchant_id), c.subject";
+
+/// ...from these tables.
+const LOAD_JOINS: &str = "JOIN conversion_changes c ON c.id = d.change_id \
+     LEFT JOIN clicks cl ON cl.click_id = c.click_id LEFT JOIN merchants m ON m.id = c.merchant_id";
+
+/// PostgreSQL: the CTEs `due`, `fair` and `locked` of a claim (parameters as
+/// `bind_claim`'s); `locked` holds the ids it takes, row-locked.
+///
+/// The picked ids are looked up as an array (`= ANY`) and checked again for state and
+/// lease only (what another replica can change meanwhile): by primary key whatever the
+/// table's statistics say (with those of an empty table, a join here, or the due
+/// condition repeated, was planned as a scan of an index of every pending delivery).
+fn pg_claimable() -> String {
+    format!(
+        "due AS ( \
+           SELECT x.id, x.endpoint_id, x.next_attempt_at, \
+           ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
+           FROM callback_endpoints e CROSS JOIN LATERAL ( \
+             SELECT d.id, d.endpoint_id, d.next_attempt_at FROM callback_deliveries d \
+             WHERE d.endpoint_id = e.id AND {DUE} AND {FIRST_PENDING} \
+             ORDER BY d.next_attempt_at, d.id \
+             LIMIT GREATEST(0, LEAST($5 - COALESCE(($6::jsonb ->> e.id)::bigint, 0), $4))) x \
+           WHERE e.enabled = 1 AND COALESCE(($6::jsonb ->> e.id)::bigint, 0) < $5), \
+         fair AS (SELECT id FROM due WHERE rn + COALESCE(($6::jsonb ->> endpoint_id)::bigint, 0) <= $5 \
+           ORDER BY rn, next_attempt_at, id LIMIT $4), \
+         locked AS (SELECT d.id FROM callback_deliveries d WHERE d.id = ANY(ARRAY(SELECT id FROM fair)) \
+           AND d.state = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $3) \
+           FOR UPDATE SKIP LOCKED)"
+    )
+}
+
+/// A row of [`LOAD_COLUMNS`] as a job.
+fn claimed_of(r: &sqlx::any::AnyRow) -> Result<Claimed, CallbackError> {
+    let unreadable = |e: serde_json::Error| CallbackError::Invalid(format!("a change's snapshot does not parse: {e}"));
+    let snapshot: String = r.try_get(4)?;
+    let subject: String = r.try_get(13)?;
+    let subject = match subject.as_str() {
+        "payout" => Subject::Payout(serde_json::from_str(&snapshot).map_err(unreadable)?),
+        _ => Subject::Conversion(Box::new(serde_json::from_str(&snapshot).map_err(unreadable)?)),
+    };
+    let merchant_ref = match &subject {
+        Subject::Conversion(s) => s.merchant_ref.clone().or(r.try_get(12)?),
+        Subject::Payout(_) => None,
+    };
+    let attempts: i64 = r.try_get(2)?;
+    Ok(Claimed {
+        delivery_id: r.try_get(0)?,
+        endpoint_id: r.try_get(1)?,
+        attempt: attempts + 1,
+        change_at: r.try_get(3)?,
+        merchant_ref,
+        subject,
+        ref_id: r.try_get(5)?,
+        subs: [r.try_get(6)?, r.try_get(7)?, r.try_get(8)?, r.try_get(9)?, r.try_get(10)?],
+        merchant_name: r.try_get(11)?,
+    })
 }
 
 /// What one endpoint may hold of a worker's deliveries, in flight and waiting for room

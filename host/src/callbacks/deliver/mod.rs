@@ -204,6 +204,9 @@ struct Claim {
 /// A record that failed gives back what it was to record: a later one records it.
 type RecordResult = Result<RecordDone, (CallbackError, Outcomes)>;
 
+/// The connection a step kept for the next step of its kind (`drive`).
+type Kept = Option<sqlx::pool::PoolConnection<sqlx::Any>>;
+
 /// A claimed delivery, rendered and signed, waiting for room in flight.
 struct Waiting {
     job: claim::Claimed,
@@ -372,8 +375,17 @@ impl Deliverer {
         // not when the loop (busy with answers, renders and new requests) next polls it;
         // that wait doubled a claim's time under load. A set aborts its task when dropped
         // with the run: a transaction cut short rolls back.
-        let mut recording: JoinSet<RecordResult> = JoinSet::new();
-        let mut claiming: JoinSet<Result<Claim, CallbackError>> = JoinSet::new();
+        let mut recording: JoinSet<(Kept, RecordResult)> = JoinSet::new();
+        let mut claiming: JoinSet<(Kept, Result<Claim, CallbackError>)> = JoinSet::new();
+        // On PostgreSQL each step keeps its connection for the next step of its kind while
+        // the run is busy, instead of taking one from the pool each time: sqlx pings a
+        // connection when it is taken and again when it is given back, two round trips per
+        // step besides the step's own one (a profile of the worker showed those pings).
+        // A step that fails gives its connection back to the pool (which drops a broken
+        // one); an idle worker gives both back. SQLite's steps, calls in this process,
+        // take theirs from the pool each time: its pools are small (two connections for a
+        // command), and keeping would starve the rest of the process.
+        let (mut record_conn, mut claim_conn): (Kept, Kept) = (None, None);
         // Records committed so far, and how many had when the claim in flight started: a
         // record that commits during a claim may have made due what that claim could not
         // see yet.
@@ -408,7 +420,8 @@ impl Deliverer {
                     record_after = None;
                     let policies = run.endpoints.iter().map(|(id, (e, _))| (id.clone(), e.spec.retry)).collect();
                     let this = self.clone();
-                    recording.spawn(async move { this.record_step(outcomes, policies).await });
+                    let conn = record_conn.take();
+                    recording.spawn(async move { this.record_step(conn, outcomes, policies).await });
                 }
             }
             if claiming.is_empty() && may_claim && failed.is_none() {
@@ -421,7 +434,8 @@ impl Deliverer {
                     records_at_claim = records_done;
                     let busy = self.busy_json(&run);
                     let this = self.clone();
-                    claiming.spawn(async move { this.claim_due(room, busy).await });
+                    let conn = claim_conn.take();
+                    claiming.spawn(async move { this.claim_due(conn, room, busy).await });
                 }
             }
             let stepping = !recording.is_empty() || !claiming.is_empty();
@@ -434,6 +448,7 @@ impl Deliverer {
                 }
                 match mode {
                     Mode::Forever => {
+                        (record_conn, claim_conn) = (None, None);
                         tokio::time::sleep(config.poll).await;
                         may_claim = true;
                         continue;
@@ -467,7 +482,10 @@ impl Deliverer {
                 Some(done) = recording.join_next(), if !recording.is_empty() => {
                     // A record that panicked took its answers with it: they are sent again
                     // once their lease runs out.
-                    let done = done.unwrap_or_else(|e| Err((CallbackError::Invalid(format!("the record task failed: {e}")), Outcomes::default())));
+                    let (conn, done) = done.unwrap_or_else(|e| {
+                        (None, Err((CallbackError::Invalid(format!("the record task failed: {e}")), Outcomes::default())))
+                    });
+                    record_conn = conn;
                     match done {
                         Ok(done) => {
                             records_done += 1;
@@ -503,7 +521,9 @@ impl Deliverer {
                     }
                 }
                 Some(done) = claiming.join_next(), if !claiming.is_empty() => {
-                    let done = done.unwrap_or_else(|e| Err(CallbackError::Invalid(format!("the claim task failed: {e}"))));
+                    let (conn, done) =
+                        done.unwrap_or_else(|e| (None, Err(CallbackError::Invalid(format!("the claim task failed: {e}")))));
+                    claim_conn = conn;
                     match done {
                         Ok(claim) => {
                             // A claim saw what was recorded before it: after it, more is likely
@@ -556,24 +576,51 @@ impl Deliverer {
     /// are two steps that run side by side.
     ///
     /// A record that fails gives its outcomes back: a later record writes them.
-    async fn record_step(&self, outcomes: Outcomes, policies: HashMap<String, super::RetryPolicy>) -> RecordResult {
-        match self.record_outcomes(&outcomes, &policies).await {
-            Ok(recorded) => Ok(RecordDone {
-                // Deliveries given back (`released`) make nothing new due: they were given
-                // back because they could not start here.
-                recorded_any: !outcomes.sent.is_empty() || !outcomes.skipped.is_empty(),
-                recorded,
-                skipped: outcomes.skipped,
-                released: outcomes.released.len(),
-            }),
-            Err(e) => Err((e, outcomes)),
+    async fn record_step(
+        &self,
+        kept: Kept,
+        outcomes: Outcomes,
+        policies: HashMap<String, super::RetryPolicy>,
+    ) -> (Kept, RecordResult) {
+        let mut conn = match self.connection(kept).await {
+            Ok(conn) => conn,
+            Err(e) => return (None, Err((e.into(), outcomes))),
+        };
+        match self.record_outcomes(&mut conn, &outcomes, &policies).await {
+            Ok(recorded) => (
+                self.keep(conn),
+                Ok(RecordDone {
+                    // Deliveries given back (`released`) make nothing new due: they were
+                    // given back because they could not start here.
+                    recorded_any: !outcomes.sent.is_empty() || !outcomes.skipped.is_empty(),
+                    recorded,
+                    skipped: outcomes.skipped,
+                    released: outcomes.released.len(),
+                }),
+            ),
+            Err(e) => (None, Err((e, outcomes))),
         }
+    }
+
+    /// A step's connection: the one the step before kept, or one from the pool.
+    async fn connection(&self, kept: Kept) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+        match kept {
+            Some(conn) => Ok(conn),
+            None => self.inner.db.pool.acquire().await,
+        }
+    }
+
+    /// What a step that went well keeps for the next (`drive`): its connection, on
+    /// PostgreSQL.
+    fn keep(&self, conn: sqlx::pool::PoolConnection<sqlx::Any>) -> Kept {
+        (self.inner.db.backend == crate::db::Backend::Postgres).then_some(conn)
     }
 
     /// [`Self::record_step`]'s transaction, none if there is nothing to record. Counted in
     /// the metrics once committed.
     async fn record_outcomes(
         &self,
+        conn: &mut sqlx::AnyConnection,
         outcomes: &Outcomes,
         policies: &HashMap<String, super::RetryPolicy>,
     ) -> Result<record::Recorded, CallbackError> {
@@ -584,37 +631,52 @@ impl Deliverer {
         let started = Instant::now();
         let skipped_ids: Vec<i64> = outcomes.skipped.iter().map(|(id, _)| *id).collect();
         let _turn = self.inner.db.write_turn().await;
-        let mut tx = self.inner.db.pool.begin().await?;
-        let recorded = self.record(&mut tx, now, &outcomes.sent, &skipped_ids, policies).await?;
-        if !outcomes.released.is_empty() {
-            self.release(&mut tx, &outcomes.released).await?;
-        }
-        tx.commit().await?;
+        let recorded = self.record(conn, now, &outcomes.sent, &skipped_ids, &outcomes.released, policies).await?;
         crate::metrics::callback_step("record", outcomes.sent.len() + skipped_ids.len(), started.elapsed());
         Ok(recorded.committed())
     }
 
     /// The claim step: claims up to `room` due deliveries, fairly across endpoints and
     /// within each one's share (`busy`: what each holds already), and loads what
-    /// rendering needs, in one transaction; then the endpoints as they are now.
-    async fn claim_due(&self, room: usize, busy: String) -> Result<Claim, CallbackError> {
+    /// rendering needs, in one transaction (one statement on PostgreSQL,
+    /// `claim_load_pg`); then the endpoints as they are now.
+    async fn claim_due(&self, kept: Kept, room: usize, busy: String) -> (Kept, Result<Claim, CallbackError>) {
+        let mut conn = match self.connection(kept).await {
+            Ok(conn) => conn,
+            Err(e) => return (None, Err(e.into())),
+        };
+        match self.claim_on(&mut conn, room, &busy).await {
+            Ok(claim) => (self.keep(conn), Ok(claim)),
+            Err(e) => (None, Err(e)),
+        }
+    }
+
+    /// [`Self::claim_due`] on its connection.
+    async fn claim_on(&self, conn: &mut sqlx::AnyConnection, room: usize, busy: &str) -> Result<Claim, CallbackError> {
         let started = Instant::now();
         let turn = self.inner.db.write_turn().await;
         let now = self.inner.clock.now();
-        let mut tx = self.inner.db.pool.begin().await?;
-        let claimed = self.claim(&mut tx, now, room, &busy).await?;
-        let held = if claimed.is_empty() { Vec::new() } else { self.hold_back(&mut tx, &claimed, now).await? };
-        let to_send: Vec<i64> = claimed.iter().copied().filter(|id| !held.contains(id)).collect();
-        let jobs = if to_send.is_empty() { Vec::new() } else { self.load_jobs(&mut tx, &to_send).await? };
-        tx.commit().await?;
+        let (claimed, held, jobs) = match self.inner.db.backend {
+            crate::db::Backend::Postgres => self.claim_load_pg(conn, now, room, busy).await?,
+            // SQLite runs no data-modifying CTE; its statements are calls in this process,
+            // not round trips.
+            crate::db::Backend::Sqlite => {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let claimed = self.claim(&mut tx, now, room, busy).await?;
+                let held = if claimed.is_empty() { Vec::new() } else { self.hold_back(&mut tx, &claimed, now).await? };
+                let to_send: Vec<i64> = claimed.iter().copied().filter(|id| !held.contains(id)).collect();
+                let jobs = if to_send.is_empty() { Vec::new() } else { self.load_jobs(&mut tx, &to_send).await? };
+                tx.commit().await?;
+                (claimed, held, jobs)
+            }
+        };
         drop(turn);
         crate::metrics::callback_step("claim", claimed.len(), started.elapsed());
         // The endpoints as they are now: a change of settings applies from the next claim.
         let mut fresh: Vec<&str> = jobs.iter().map(|j| j.endpoint_id.as_str()).collect();
         fresh.sort_unstable();
         fresh.dedup();
-        let endpoints =
-            if fresh.is_empty() { Vec::new() } else { super::endpoints_by_id(&self.inner.db, &fresh).await? };
+        let endpoints = if fresh.is_empty() { Vec::new() } else { super::endpoints_by_id(conn, &fresh).await? };
         Ok(Claim {
             room,
             claimed: claimed.len(),

@@ -43,24 +43,36 @@ impl Recorded {
 }
 
 impl Deliverer {
-    /// Records a group of answers (and skipped deliveries) in the caller's transaction,
-    /// with one statement per kind of outcome: the attempts, the delivered, the retried,
-    /// the given up, the skipped, the endpoints' failure streaks. Nothing to record, no
-    /// statement.
+    /// Records a group of answers, skipped deliveries and deliveries given back unsent,
+    /// with one write per kind of outcome: the attempts, the delivered, the retried, the
+    /// given up, the skipped, the given back, the endpoints' failure streaks. Nothing to
+    /// record, no statement.
+    ///
+    /// On PostgreSQL those writes are one statement (`db::steps`), a transaction of its
+    /// own: one round trip instead of four (`BEGIN`, attempts, delivered, `COMMIT`), and no
+    /// `BEGIN` at all, whose cancellation sqlx does not survive (`db::begin`). When an
+    /// endpoint failed, the disabling of endpoints that failed too often follows, in a
+    /// statement of its own, after the failure streaks are committed: a crash between the
+    /// two leaves an endpoint over its limit still enabled, and its next failure disables
+    /// it (a success first resets its streak: it recovered). On SQLite the writes and the
+    /// disabling are one transaction, as they always were.
     pub(super) async fn record(
         &self,
-        tx: &mut AnyConnection,
+        conn: &mut AnyConnection,
         now: i64,
         results: &[Sent],
         skipped: &[i64],
+        released: &[i64],
         policies: &HashMap<String, RetryPolicy>,
     ) -> Result<Recorded, CallbackError> {
-        if results.is_empty() && skipped.is_empty() {
+        use crate::db::steps::{Arg, Write};
+        if results.is_empty() && skipped.is_empty() && released.is_empty() {
             return Ok(Recorded::default());
         }
-        let owner = &self.inner.owner;
+        let owner = || Arg::Text(self.inner.owner.clone());
         let backend = self.inner.db.backend;
         let policy_of = |s: &Sent| policies.get(&s.endpoint_id).copied().unwrap_or_default();
+        let mut writes = Vec::new();
         // The log: one row per attempt.
         if !results.is_empty() {
             // Tuples of borrowed fields, serialized as JSON arrays straight from the answers:
@@ -93,21 +105,26 @@ impl Deliverer {
                     "text", "text",
                 ],
             );
-            let sql = format!(
-                "INSERT INTO callback_attempts (delivery_id, endpoint_id, attempt, started_at, latency_ms, method, url, \
-                 request_headers, request_body, status, error, response_excerpt, outcome) SELECT * FROM ({select}) AS j"
-            );
-            sqlx::query(&sql).bind(crate::db::rows::to_json(&rows)?).execute(&mut *tx).await?;
+            writes.push(Write::new(
+                format!(
+                    "INSERT INTO callback_attempts (delivery_id, endpoint_id, attempt, started_at, latency_ms, method, \
+                     url, request_headers, request_body, status, error, response_excerpt, outcome) \
+                     SELECT * FROM ({select}) AS j"
+                ),
+                vec![Arg::Text(crate::db::rows::to_json(&rows)?)],
+            ));
         }
         let delivered: Vec<i64> = results.iter().filter(|s| s.status == Some(200)).map(|s| s.delivery_id).collect();
         if !delivered.is_empty() {
-            let sql = format!(
-                "UPDATE callback_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
-                 last_status = 200, last_error = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
-                 WHERE lease_owner = $2 AND state = 'pending' AND {}",
-                crate::db::id_in(backend, "id", 3)
-            );
-            sqlx::query(&sql).bind(now).bind(owner).bind(json_ids(&delivered)).execute(&mut *tx).await?;
+            writes.push(Write::new(
+                format!(
+                    "UPDATE callback_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
+                     last_status = 200, last_error = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+                     WHERE lease_owner = $2 AND state = 'pending' AND {}",
+                    crate::db::id_in(backend, "id", 3)
+                ),
+                vec![Arg::Int(now), owner(), Arg::Text(json_ids(&delivered))],
+            ));
         }
         let (mut gave_up, mut retry) = (Vec::new(), Vec::new());
         for s in results.iter().filter(|s| s.status != Some(200)) {
@@ -126,7 +143,7 @@ impl Deliverer {
                 retry.push(serde_json::json!([s.delivery_id, s.status, error, now + wait]));
             }
         }
-        // Given up, and retried: one statement each, the values per row from one JSON array.
+        // Given up, and retried: one write each, the values per row from one JSON array.
         for (rows, set, types) in [
             (&gave_up, "state = 'failed'", &["bigint", "bigint", "text"][..]),
             (&retry, "next_attempt_at = j.c3", &["bigint", "bigint", "text", "bigint"][..]),
@@ -135,34 +152,43 @@ impl Deliverer {
                 continue;
             }
             let from = json_rows(backend, 3, types);
-            let sql = format!(
-                "UPDATE callback_deliveries SET {set}, attempts = attempts + 1, last_status = j.c1, last_error = j.c2, \
-                 lease_owner = NULL, lease_until = NULL, updated_at = $1 FROM ({from}) AS j \
-                 WHERE callback_deliveries.id = j.c0 AND callback_deliveries.lease_owner = $2 \
-                 AND callback_deliveries.state = 'pending' AND {}",
-                crate::db::id_in(backend, "callback_deliveries.id", 4)
-            );
             // The ids once more, as a key condition: the rows are found by key, not by
             // a join the statistics may plan as a scan (`db::id_in`).
             let ids: Vec<i64> = rows.iter().filter_map(|r| r[0].as_i64()).collect();
-            sqlx::query(&sql)
-                .bind(now)
-                .bind(owner)
-                .bind(crate::db::rows::to_json(rows)?)
-                .bind(json_ids(&ids))
-                .execute(&mut *tx)
-                .await?;
+            writes.push(Write::new(
+                format!(
+                    "UPDATE callback_deliveries SET {set}, attempts = attempts + 1, last_status = j.c1, \
+                     last_error = j.c2, lease_owner = NULL, lease_until = NULL, updated_at = $1 FROM ({from}) AS j \
+                     WHERE callback_deliveries.id = j.c0 AND callback_deliveries.lease_owner = $2 \
+                     AND callback_deliveries.state = 'pending' AND {}",
+                    crate::db::id_in(backend, "callback_deliveries.id", 4)
+                ),
+                vec![Arg::Int(now), owner(), Arg::Text(crate::db::rows::to_json(rows)?), Arg::Text(json_ids(&ids))],
+            ));
         }
         if !skipped.is_empty() {
-            let sql = format!(
-                "UPDATE callback_deliveries SET state = 'skipped', last_error = 'no ref_id on the click: the endpoint \
-                 requires one', lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE lease_owner = $2 \
-                 AND {}",
-                crate::db::id_in(backend, "id", 3)
-            );
-            sqlx::query(&sql).bind(now).bind(owner).bind(json_ids(skipped)).execute(&mut *tx).await?;
+            writes.push(Write::new(
+                format!(
+                    "UPDATE callback_deliveries SET state = 'skipped', last_error = 'no ref_id on the click: the \
+                     endpoint requires one', lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+                     WHERE lease_owner = $2 AND {}",
+                    crate::db::id_in(backend, "id", 3)
+                ),
+                vec![Arg::Int(now), owner(), Arg::Text(json_ids(skipped))],
+            ));
         }
-        // Failures in a row, per endpoint, in the order the answers came: one statement for
+        // Claimed, not sent: given back.
+        if !released.is_empty() {
+            writes.push(Write::new(
+                format!(
+                    "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 \
+                     AND {}",
+                    crate::db::id_in(backend, "id", 2)
+                ),
+                vec![owner(), Arg::Text(json_ids(released))],
+            ));
+        }
+        // Failures in a row, per endpoint, in the order the answers came: one write for
         // every endpoint of the group. An endpoint whose streak stays at nothing is not
         // written (the healthy case: no write per group on the endpoint's row).
         let mut streaks: Vec<(&str, bool, i64)> = Vec::new(); // (endpoint, a success seen, failures after it)
@@ -184,49 +210,32 @@ impl Deliverer {
             let rows: Vec<serde_json::Value> =
                 streaks.iter().map(|(e, reset, n)| serde_json::json!([e, i64::from(*reset), n])).collect();
             let from = json_rows(backend, 2, &["text", "bigint", "bigint"]);
-            let sql = format!(
-                "UPDATE callback_endpoints SET \
-                 consecutive_failures = CASE WHEN j.c1 = 1 THEN j.c2 ELSE consecutive_failures + j.c2 END, \
-                 failing_since = CASE WHEN j.c1 = 1 AND j.c2 = 0 THEN NULL WHEN j.c1 = 1 THEN $1 \
-                 ELSE COALESCE(failing_since, $1) END \
-                 FROM ({from}) AS j WHERE callback_endpoints.id = j.c0 \
-                 AND NOT (j.c2 = 0 AND consecutive_failures = 0 AND failing_since IS NULL)"
-            );
-            sqlx::query(&sql).bind(now).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *tx).await?;
+            writes.push(Write::new(
+                format!(
+                    "UPDATE callback_endpoints SET \
+                     consecutive_failures = CASE WHEN j.c1 = 1 THEN j.c2 ELSE consecutive_failures + j.c2 END, \
+                     failing_since = CASE WHEN j.c1 = 1 AND j.c2 = 0 THEN NULL WHEN j.c1 = 1 THEN $1 \
+                     ELSE COALESCE(failing_since, $1) END \
+                     FROM ({from}) AS j WHERE callback_endpoints.id = j.c0 \
+                     AND NOT (j.c2 = 0 AND consecutive_failures = 0 AND failing_since IS NULL)"
+                ),
+                vec![Arg::Int(now), Arg::Text(serde_json::Value::Array(rows).to_string())],
+            ));
         }
         let failing: Vec<&str> = streaks.iter().filter(|(_, _, n)| *n > 0).map(|(e, _, _)| *e).collect();
-        let mut disabled = Vec::new();
-        if !failing.is_empty() {
-            let ids = match backend {
-                crate::db::Backend::Sqlite => "SELECT value FROM json_each($3)",
-                crate::db::Backend::Postgres => "SELECT jsonb_array_elements_text($3::jsonb)",
-            };
-            let sql = format!(
-                "UPDATE callback_endpoints SET enabled = 0, disabled_at = $1, disabled_reason = $2, updated_at = $1 \
-                 WHERE enabled = 1 AND consecutive_failures >= disable_after AND id IN ({ids}) \
-                 RETURNING id, consecutive_failures"
-            );
-            let rows = sqlx::query(&sql)
-                .bind(now)
-                .bind("too many failed attempts in a row")
-                .bind(serde_json::to_string(&failing).unwrap_or_else(|_| "[]".into()))
-                .fetch_all(&mut *tx)
-                .await?;
-            for row in rows {
-                let (endpoint_id, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-                let message = format!(
-                    "callback endpoint {endpoint_id} disabled after {n} failed attempts in a row; its deliveries wait. \
-                     Fix the partner's endpoint, then `cashbackd endpoint enable {endpoint_id}` sends the backlog"
-                );
-                sqlx::query("INSERT INTO alerts (at, kind, subject, message) VALUES ($1, 'endpoint_disabled', $2, $3)")
-                    .bind(now)
-                    .bind(&endpoint_id)
-                    .bind(&message)
-                    .execute(&mut *tx)
-                    .await?;
-                disabled.push((endpoint_id, n, message));
+        let disabled = match backend {
+            crate::db::Backend::Postgres => {
+                crate::db::steps::run(conn, backend, &writes).await?;
+                self.disable_failing(conn, now, &failing).await?
             }
-        }
+            crate::db::Backend::Sqlite => {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                crate::db::steps::run(&mut tx, backend, &writes).await?;
+                let disabled = self.disable_failing(&mut tx, now, &failing).await?;
+                tx.commit().await?;
+                disabled
+            }
+        };
         let answers = results
             .iter()
             .map(|s| {
@@ -250,7 +259,70 @@ impl Deliverer {
         };
         Ok(recorded)
     }
+
+    /// Disables the endpoints among `failing` whose failures in a row reached their limit
+    /// (after the streaks were written), with an alert each. Returns (endpoint, failures,
+    /// message) of each. On PostgreSQL one statement, the alerts a data-modifying `WITH` of
+    /// it: an endpoint is never disabled without its alert.
+    async fn disable_failing(
+        &self,
+        conn: &mut AnyConnection,
+        now: i64,
+        failing: &[&str],
+    ) -> Result<Vec<(String, i64, String)>, CallbackError> {
+        if failing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let backend = self.inner.db.backend;
+        let ids = match backend {
+            crate::db::Backend::Sqlite => "SELECT value FROM json_each($3)",
+            crate::db::Backend::Postgres => "SELECT jsonb_array_elements_text($3::jsonb)",
+        };
+        let disable = format!(
+            "UPDATE callback_endpoints SET enabled = 0, disabled_at = $1, disabled_reason = $2, updated_at = $1 \
+             WHERE enabled = 1 AND consecutive_failures >= disable_after AND id IN ({ids}) \
+             RETURNING id, consecutive_failures"
+        );
+        let sql = match backend {
+            crate::db::Backend::Postgres => format!(
+                "WITH d AS ({disable}), a AS (INSERT INTO alerts (at, kind, subject, message) \
+                 SELECT $1, 'endpoint_disabled', d.id, \
+                 replace(replace($4, '{{endpoint}}', d.id), '{{failures}}', d.consecutive_failures::text) FROM d) \
+                 SELECT id, consecutive_failures FROM d"
+            ),
+            crate::db::Backend::Sqlite => disable,
+        };
+        let mut q = sqlx::query(&sql)
+            .bind(now)
+            .bind("too many failed attempts in a row")
+            .bind(serde_json::to_string(&failing).unwrap_or_else(|_| "[]".into()));
+        if backend == crate::db::Backend::Postgres {
+            q = q.bind(DISABLED);
+        }
+        let mut disabled = Vec::new();
+        for row in q.fetch_all(&mut *conn).await? {
+            let (endpoint_id, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let message = DISABLED.replace("{endpoint}", &endpoint_id).replace("{failures}", &n.to_string());
+            disabled.push((endpoint_id, n, message));
+        }
+        if backend == crate::db::Backend::Sqlite {
+            for (endpoint_id, _, message) in &disabled {
+                sqlx::query("INSERT INTO alerts (at, kind, subject, message) VALUES ($1, 'endpoint_disabled', $2, $3)")
+                    .bind(now)
+                    .bind(endpoint_id)
+                    .bind(message)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(disabled)
+    }
 }
+
+/// The alert and log message of an endpoint disabled by its failures: `{endpoint}` and
+/// `{failures}` are filled in (in SQL on PostgreSQL, here on SQLite and for the log).
+const DISABLED: &str = "callback endpoint {endpoint} disabled after {failures} failed attempts in a row; its \
+    deliveries wait. Fix the partner's endpoint, then `cashbackd endpoint enable {endpoint}` sends the backlog";
 
 pub(super) fn outcome_of(s: &Sent, max_attempts: u32) -> &'static str {
     if s.status == Some(200) {
