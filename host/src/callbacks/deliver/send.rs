@@ -88,13 +88,14 @@ impl Deliverer {
         r: &RequestView,
         timeout: Duration,
     ) -> Result<(ResponseView, Option<i64>), String> {
-        net::check_url(&r.url, self.inner.config.allow_private)?;
-        let mut builder = match r.method.as_str() {
-            "POST" => self.inner.client.post(&r.url),
-            "PUT" => self.inner.client.put(&r.url),
-            _ => self.inner.client.get(&r.url),
-        }
-        .timeout(timeout);
+        // The URL as checked is the one sent: parsed once, not again by reqwest.
+        let url = net::check_url(&r.url, self.inner.config.allow_private)?;
+        let method = match r.method.as_str() {
+            "POST" => reqwest::Method::POST,
+            "PUT" => reqwest::Method::PUT,
+            _ => reqwest::Method::GET,
+        };
+        let mut builder = self.inner.client.request(method, url).timeout(timeout);
         for (k, v) in &r.headers {
             builder = builder.header(k, v);
         }
