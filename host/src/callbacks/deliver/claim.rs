@@ -123,16 +123,19 @@ impl Deliverer {
         limit: usize,
         busy: &str,
     ) -> Result<(Vec<i64>, Vec<i64>, Vec<Claimed>), CallbackError> {
-        let waiting = "u.waits_for IS NOT NULL AND EXISTS (SELECT 1 FROM callback_deliveries w \
-             WHERE w.endpoint_id = u.endpoint_id AND w.conversion_id = u.waits_for AND w.state = 'pending')";
+        // Only a row that waits for a CREATED looks it up (`CASE` evaluates no other
+        // branch): the rest, nearly all under load, pay nothing. A form that looked the
+        // CREATED up once per row in a sub-select cost every row that sub-select, and the
+        // claim step about 0.3–0.5 ms more in a (noisy) benchmark run of 3 against 3.
+        let waited = waited_created("u");
+        let waiting = format!("u.waits_for IS NOT NULL AND EXISTS (SELECT 1 {waited})");
         let sql = format!(
             "WITH {}, claimed AS ( \
                UPDATE callback_deliveries u SET \
                lease_owner = CASE WHEN {waiting} THEN NULL ELSE $1 END, \
                lease_until = CASE WHEN {waiting} THEN NULL ELSE $2 END, \
-               next_attempt_at = CASE WHEN {waiting} THEN GREATEST($3, (SELECT MAX(w.next_attempt_at) \
-                 FROM callback_deliveries w WHERE w.endpoint_id = u.endpoint_id AND w.conversion_id = u.waits_for \
-                 AND w.state = 'pending')) + {HOLD_BACK_MS} ELSE u.next_attempt_at END \
+               next_attempt_at = CASE WHEN {waiting} THEN GREATEST($3, (SELECT MAX(w.next_attempt_at) {waited})) \
+                 + {HOLD_BACK_MS} ELSE u.next_attempt_at END \
                WHERE u.id = ANY(ARRAY(SELECT id FROM locked)) \
                RETURNING u.id, u.endpoint_id, u.attempts, u.change_id, u.lease_owner IS NULL AS held) \
              SELECT {LOAD_COLUMNS}, d.held FROM claimed d {LOAD_JOINS} ORDER BY d.id",
@@ -171,8 +174,7 @@ impl Deliverer {
             crate::db::Backend::Postgres => "GREATEST",
             crate::db::Backend::Sqlite => "MAX",
         };
-        let waited = "FROM callback_deliveries w WHERE w.endpoint_id = callback_deliveries.endpoint_id \
-             AND w.conversion_id = callback_deliveries.waits_for AND w.state = 'pending'";
+        let waited = waited_created("callback_deliveries");
         let sql = format!(
             "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL, \
              next_attempt_at = {later}($1, (SELECT MAX(w.next_attempt_at) {waited})) + {HOLD_BACK_MS} \
@@ -203,6 +205,15 @@ const DUE: &str = "d.state = 'pending' AND d.next_attempt_at <= $3 AND (d.lease_
 const FIRST_PENDING: &str = "NOT EXISTS (SELECT 1 FROM callback_deliveries p WHERE p.endpoint_id = d.endpoint_id \
      AND p.conversion_id = d.conversion_id AND p.state = 'pending' \
      AND (p.version < d.version OR (p.version = d.version AND p.id < d.id)))";
+
+/// `FROM ... WHERE ...` of the pending deliveries `w` a delivery (`row`, a table or its
+/// alias) waits for: its click's CREATED to the same endpoint (`waits_for`).
+fn waited_created(row: &str) -> String {
+    format!(
+        "FROM callback_deliveries w WHERE w.endpoint_id = {row}.endpoint_id AND w.conversion_id = {row}.waits_for \
+         AND w.state = 'pending'"
+    )
+}
 
 /// How long after its click's CREATED's next attempt a held-back delivery is due.
 const HOLD_BACK_MS: i64 = 1_000;
