@@ -130,14 +130,22 @@ pub fn mask_signature_param(url: &str, param: &str) -> String {
         Some((q, f)) => (q, Some(f)),
         None => (query, None),
     };
-    let masked: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k == encoded => format!("{k}=***"),
-            _ => pair.to_string(),
-        })
-        .collect();
-    let mut out = format!("{base}?{}", masked.join("&"));
+    // One pass into one string: this runs for every GET callback sent.
+    let mut out = String::with_capacity(url.len());
+    out.push_str(base);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) if k == encoded => {
+                out.push_str(k);
+                out.push_str("=***");
+            }
+            _ => out.push_str(pair),
+        }
+    }
     if let Some(f) = fragment {
         out.push('#');
         out.push_str(f);
@@ -166,6 +174,16 @@ mod tests {
         let signed = sign_get("https://p.example/cb?a=1&b=x%20y", &s, "signature");
         assert_eq!(signed, format!("https://p.example/cb?a=1&b=x%20y&signature={}", hmac_hex(&s, b"a=1&b=x%20y")));
         assert_eq!(mask_signature_param(&signed, "signature"), "https://p.example/cb?a=1&b=x%20y&signature=***");
+        // Every pair of that name, wherever it is; the fragment kept; a name as encoded.
+        assert_eq!(
+            mask_signature_param("https://p.example/cb?signature=a&x=1&signature=b#top", "signature"),
+            "https://p.example/cb?signature=***&x=1&signature=***#top"
+        );
+        assert_eq!(
+            mask_signature_param("https://p.example/cb?a&sig%20x=1", "sig x"),
+            "https://p.example/cb?a&sig%20x=***"
+        );
+        assert_eq!(mask_signature_param("https://p.example/cb", "signature"), "https://p.example/cb");
     }
 
     #[test]

@@ -139,6 +139,11 @@ impl Template {
         Ok(Template { pieces })
     }
 
+    /// Whether the template names the placeholder `name`.
+    pub fn names(&self, name: &str) -> bool {
+        self.pieces.iter().any(|p| matches!(p, Piece::Value { name: n, .. } if *n == name))
+    }
+
     /// Fills the template: each value encoded once, raw ones as they are.
     pub fn render(&self, values: &Values) -> String {
         let mut out = String::new();

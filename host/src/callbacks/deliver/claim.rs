@@ -28,10 +28,12 @@ pub(super) struct Claimed {
 }
 
 impl Deliverer {
-    /// Claims up to `limit` due deliveries with a lease, in the claim step's transaction,
-    /// fairly across endpoints: at most its share (`endpoint_share`) minus what it holds
-    /// already (in flight or waiting, `busy`, a JSON object) per endpoint, taken round-robin (every endpoint's first due delivery, then every
-    /// endpoint's second...), each endpoint's in due order.
+    /// SQLite's claim (PostgreSQL's is part of `claim_load_pg`, from `pg_claimable`, the
+    /// same rules): up to `limit` due deliveries with a lease, in the claim step's
+    /// transaction, fairly across endpoints: at most its share (`endpoint_share`) minus
+    /// what it holds already (in flight or waiting, `busy`, a JSON object) per endpoint,
+    /// taken round-robin (every endpoint's first due delivery, then every endpoint's
+    /// second...), each endpoint's in due order.
     ///
     /// Each endpoint's candidates are read from the index of its pending deliveries in due
     /// order, a few rows per endpoint, so a claim costs the endpoints and the batch, not
@@ -40,16 +42,6 @@ impl Deliverer {
     /// was read up to its whole share, twice the rows a claim of one endpoint took in the
     /// benchmark. A delivery is due only when no earlier change of the same conversion
     /// to the same endpoint is pending: that check runs on those candidates only.
-    ///
-    /// The claim stays a lease rather than a row lock held by an open transaction, on
-    /// PostgreSQL too: the requests it starts last up to their endpoint's timeout (120 s
-    /// at most), and an open transaction per claim would hold a connection and block
-    /// vacuum that long, and, committing once, would make every answer of the claim wait
-    /// for its slowest, which is the head-of-line blocking this loop avoids. The lease
-    /// costs no statement of its own: it is written by the claim statement, and it touches
-    /// only columns no index holds (a HOT update on PostgreSQL). `FOR UPDATE SKIP LOCKED`
-    /// serves the claim statement itself: two replicas claiming at the same instant take
-    /// disjoint rows without waiting for each other.
     pub(super) async fn claim(
         &self,
         conn: &mut AnyConnection,
@@ -57,31 +49,24 @@ impl Deliverer {
         limit: usize,
         busy: &str,
     ) -> Result<Vec<i64>, sqlx::Error> {
-        let sql = match self.inner.db.backend {
-            crate::db::Backend::Postgres => format!(
-                "WITH {} UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 \
-                 WHERE id = ANY(ARRAY(SELECT id FROM locked)) RETURNING id",
-                pg_claimable()
-            ),
-            // SQLite has one writer: the conditional update is the claim. `CROSS JOIN`
-            // keeps the endpoints as the outer loop (SQLite does not reorder it): joined
-            // plainly, the planner scanned every delivery and ran the per-endpoint
-            // subquery for each, a second per claim at a few thousand rows.
-            crate::db::Backend::Sqlite => format!(
-                "UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 WHERE state = 'pending' \
-                 AND (lease_until IS NULL OR lease_until <= $3) AND id IN ( \
-                 SELECT id FROM ( \
-                   SELECT x.id, x.endpoint_id, x.next_attempt_at, \
-                   ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
-                   FROM callback_endpoints e CROSS JOIN callback_deliveries x ON x.id IN ( \
-                     SELECT d.id FROM callback_deliveries d WHERE d.endpoint_id = e.id AND {DUE} AND {FIRST_PENDING} \
-                     ORDER BY d.next_attempt_at, d.id \
-                     LIMIT MIN($5, $4)) \
-                   WHERE e.enabled = 1) c \
-                 WHERE c.rn + COALESCE((SELECT b.value FROM json_each($6) b WHERE b.key = c.endpoint_id), 0) <= $5 \
-                 ORDER BY c.rn, c.next_attempt_at, c.id LIMIT $4) RETURNING id"
-            ),
-        };
+        // SQLite has one writer: the conditional update is the claim. `CROSS JOIN`
+        // keeps the endpoints as the outer loop (SQLite does not reorder it): joined
+        // plainly, the planner scanned every delivery and ran the per-endpoint
+        // subquery for each, a second per claim at a few thousand rows.
+        let sql = format!(
+            "UPDATE callback_deliveries SET lease_owner = $1, lease_until = $2 WHERE state = 'pending' \
+             AND (lease_until IS NULL OR lease_until <= $3) AND id IN ( \
+             SELECT id FROM ( \
+               SELECT x.id, x.endpoint_id, x.next_attempt_at, \
+               ROW_NUMBER() OVER (PARTITION BY x.endpoint_id ORDER BY x.next_attempt_at, x.id) AS rn \
+               FROM callback_endpoints e CROSS JOIN callback_deliveries x ON x.id IN ( \
+                 SELECT d.id FROM callback_deliveries d WHERE d.endpoint_id = e.id AND {DUE} AND {FIRST_PENDING} \
+                 ORDER BY d.next_attempt_at, d.id \
+                 LIMIT MIN($5, $4)) \
+               WHERE e.enabled = 1) c \
+             WHERE c.rn + COALESCE((SELECT b.value FROM json_each($6) b WHERE b.key = c.endpoint_id), 0) <= $5 \
+             ORDER BY c.rn, c.next_attempt_at, c.id LIMIT $4) RETURNING id"
+        );
         let claimed = self.bind_claim(sqlx::query(&sql), now, limit, busy).fetch_all(&mut *conn).await?;
         let mut ids: Vec<i64> = claimed.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
         ids.sort_unstable();
@@ -116,6 +101,16 @@ impl Deliverer {
     /// its lease back and its new due time by the same update that took it (its lookup
     /// runs only for rows that wait for a CREATED). Returns the claimed ids (sorted), the
     /// ids held back, and the jobs of the others.
+    ///
+    /// The claim stays a lease rather than a row lock held by an open transaction: the
+    /// requests it starts last up to their endpoint's timeout (120 s at most), and an
+    /// open transaction per claim would hold a connection and block vacuum that long,
+    /// and, committing once, would make every answer of the claim wait for its slowest,
+    /// which is the head-of-line blocking this loop avoids. The lease
+    /// costs no statement of its own: it is written by the claim statement, and it touches
+    /// only columns no index holds (a HOT update on PostgreSQL). `FOR UPDATE SKIP LOCKED`
+    /// serves the claim statement itself: two replicas claiming at the same instant take
+    /// disjoint rows without waiting for each other.
     pub(super) async fn claim_load_pg(
         &self,
         conn: &mut AnyConnection,
@@ -155,7 +150,8 @@ impl Deliverer {
         Ok((claimed, held, jobs))
     }
 
-    /// Gives back the claimed deliveries of conversions whose click's CREATED (seed 001:
+    /// SQLite's hold-back (PostgreSQL's is part of `claim_load_pg`'s update). Gives back
+    /// the claimed deliveries of conversions whose click's CREATED (seed 001:
     /// sent on the click) to the same endpoint is still pending, due again a second after
     /// that CREATED's next attempt (or a second from now, if it is being sent right now):
     /// a partner never gets PENDING before the click's CREATED. Returns their ids.
@@ -170,14 +166,10 @@ impl Deliverer {
         claimed: &[i64],
         now: i64,
     ) -> Result<Vec<i64>, sqlx::Error> {
-        let later = match self.inner.db.backend {
-            crate::db::Backend::Postgres => "GREATEST",
-            crate::db::Backend::Sqlite => "MAX",
-        };
         let waited = waited_created("callback_deliveries");
         let sql = format!(
             "UPDATE callback_deliveries SET lease_owner = NULL, lease_until = NULL, \
-             next_attempt_at = {later}($1, (SELECT MAX(w.next_attempt_at) {waited})) + {HOLD_BACK_MS} \
+             next_attempt_at = MAX($1, (SELECT MAX(w.next_attempt_at) {waited})) + {HOLD_BACK_MS} \
              WHERE lease_owner = $2 AND waits_for IS NOT NULL AND {} AND EXISTS (SELECT 1 {waited}) \
              RETURNING id",
             crate::db::id_in(self.inner.db.backend, "id", 3)

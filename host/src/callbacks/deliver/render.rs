@@ -51,64 +51,67 @@ pub(super) struct Prepared {
 }
 
 impl Deliverer {
-    /// The values of a delivery, by placeholder.
+    /// Every value of a delivery, by placeholder: for a POST body, a plugin, the tester.
     pub(super) fn values(job: &Claimed) -> Values {
-        let mut v = Values::new();
-        let mut put = |k: &'static str, val: Option<String>| {
-            if let Some(val) = val {
-                v.insert(k, val);
-            }
-        };
-        put("delivery_id", Some(message_id(job.delivery_id)));
-        put("timestamp", Some((job.change_at / 1000).to_string()));
+        Self::values_for(job, None)
+    }
+
+    /// The values of a delivery, by placeholder; with a template, only those it names
+    /// (a GET's URL): the others (a conversion id's hash, amounts as decimals) are not
+    /// computed for every delivery to be thrown away.
+    pub(super) fn values_for(job: &Claimed, only: Option<&Template>) -> Values {
+        let mut v = Filler { values: Values::new(), only };
+        v.put("delivery_id", || Some(message_id(job.delivery_id)));
+        v.put("timestamp", || Some((job.change_at / 1000).to_string()));
         let s = match &job.subject {
             Subject::Conversion(s) => s,
             Subject::Payout(p) => {
                 // A payout's own values, and the common ones; a conversion's (order,
                 // click, merchant) are empty.
-                put("type", Some("payout.changed".into()));
-                put("status", Some(p.status.as_str().into()));
-                put("user_id", Some(p.user_id.clone()));
-                put("currency", Some(p.currency.clone()));
-                put("reason", p.reason.clone());
-                put("payout_id", Some(p.payout_id.clone()));
-                put("payout_status", Some(p.status.as_str().into()));
-                put("payout_amount", Some(crate::callbacks::decimal(p.amount, &p.currency)));
-                put("payout_amount_minor", Some(p.amount.to_string()));
-                put("payout_reference", p.reference.clone());
-                return v;
+                v.put("type", || Some("payout.changed".into()));
+                v.put("status", || Some(p.status.as_str().into()));
+                v.put("user_id", || Some(p.user_id.clone()));
+                v.put("currency", || Some(p.currency.clone()));
+                v.put("reason", || p.reason.clone());
+                v.put("payout_id", || Some(p.payout_id.clone()));
+                v.put("payout_status", || Some(p.status.as_str().into()));
+                v.put("payout_amount", || Some(crate::callbacks::decimal(p.amount, &p.currency)));
+                v.put("payout_amount_minor", || Some(p.amount.to_string()));
+                v.put("payout_reference", || p.reference.clone());
+                return v.values;
             }
         };
         // A click's CREATED has no conversion yet: no order, amounts, cashback or status
         // of ours. Those render empty (an absent value), never as a made-up 0.00 that a
         // partner could book.
         let conversion = s.kind == ChangeKind::Conversion;
-        put("type", Some(if conversion { "conversion.changed" } else { "click.created" }.into()));
-        let of_conversion = |val: String| Some(val).filter(|_| conversion);
-        put("state", Some(s.state.as_str().into()));
-        put("status", of_conversion(s.status.as_str().into()));
-        put("click_id", s.click_id.clone());
-        put("ref_id", job.ref_id.clone());
-        put("user_id", s.user_id.clone());
-        put("payout", of_conversion(crate::callbacks::decimal(s.cashback, &s.currency)));
-        put("payout_minor", of_conversion(s.cashback.to_string()));
-        put("amount", of_conversion(crate::callbacks::decimal(s.amount, &s.currency)));
-        put("commission", of_conversion(crate::callbacks::decimal(s.commission, &s.currency)));
-        put("currency", of_conversion(s.currency.clone()));
-        put("transaction_id", of_conversion(s.transaction_id.clone()));
-        put("order_id", s.order_id.clone());
-        put("event", Some(s.event_type.clone()));
-        put("reason", s.reason.clone());
-        put("line_id", Some(s.line_ids.join(",")).filter(|l| !l.is_empty()));
-        put("reward_delay_days", s.reward_delay_days.map(|d| d.to_string()));
-        put("merchant_ref", job.merchant_ref.clone());
-        put("merchant_name", job.merchant_name.clone());
-        put("conversion_id", of_conversion(crate::conversions::conversion_id(&s.network_id, &s.transaction_id)));
-        put("network", Some(s.network_id.clone()).filter(|n| !n.is_empty()));
+        v.put("type", || Some(if conversion { "conversion.changed" } else { "click.created" }.into()));
+        v.put("state", || Some(s.state.as_str().into()));
+        v.put("click_id", || s.click_id.clone());
+        v.put("ref_id", || job.ref_id.clone());
+        v.put("user_id", || s.user_id.clone());
+        v.put("order_id", || s.order_id.clone());
+        v.put("event", || Some(s.event_type.clone()));
+        v.put("reason", || s.reason.clone());
+        v.put("line_id", || Some(s.line_ids.join(",")).filter(|l| !l.is_empty()));
+        v.put("reward_delay_days", || s.reward_delay_days.map(|d| d.to_string()));
+        v.put("merchant_ref", || job.merchant_ref.clone());
+        v.put("merchant_name", || job.merchant_name.clone());
+        v.put("network", || Some(s.network_id.clone()).filter(|n| !n.is_empty()));
         for (i, name) in ["sub1", "sub2", "sub3", "sub4", "sub5"].into_iter().enumerate() {
-            put(name, job.subs[i].clone());
+            v.put(name, || job.subs[i].clone());
         }
-        v
+        if conversion {
+            v.put("status", || Some(s.status.as_str().into()));
+            v.put("payout", || Some(crate::callbacks::decimal(s.cashback, &s.currency)));
+            v.put("payout_minor", || Some(s.cashback.to_string()));
+            v.put("amount", || Some(crate::callbacks::decimal(s.amount, &s.currency)));
+            v.put("commission", || Some(crate::callbacks::decimal(s.commission, &s.currency)));
+            v.put("currency", || Some(s.currency.clone()));
+            v.put("transaction_id", || Some(s.transaction_id.clone()));
+            v.put("conversion_id", || Some(crate::conversions::conversion_id(&s.network_id, &s.transaction_id)));
+        }
+        v.values
     }
 
     /// The request of an attempt: the endpoint's plugin's when it has one
@@ -140,7 +143,9 @@ impl Deliverer {
 
     pub(super) fn prepare(&self, endpoint: &Endpoint, template: &Template, job: &Claimed) -> Prepared {
         let spec = &endpoint.spec;
-        let values = Self::values(job);
+        // A GET needs only what its template names; a POST's body takes every value.
+        let only = matches!(spec.method, Method::Get).then_some(template);
+        let values = Self::values_for(job, only);
         let url = template.render(&values);
         let timeout = Duration::from_millis(spec.timeout_ms.max(1) as u64);
         match spec.method {
@@ -154,8 +159,8 @@ impl Deliverer {
                     }
                     None => (url.clone(), url),
                 };
-                let request = RequestView { method: "GET".into(), url, headers: Vec::new(), body: None };
-                let logged = RequestView { url: logged_url, ..request.clone() };
+                let get = |url| RequestView { method: "GET".into(), url, headers: Vec::new(), body: None };
+                let (request, logged) = (get(url), get(logged_url));
                 Prepared { request, logged, timeout }
             }
             Method::Post => {
@@ -167,6 +172,22 @@ impl Deliverer {
                 let logged = RequestView { headers: logged_headers, ..request.clone() };
                 Prepared { request, logged, timeout }
             }
+        }
+    }
+}
+
+/// Values being filled: each computed only if wanted (`only`: a template's names).
+struct Filler<'a> {
+    values: Values,
+    only: Option<&'a Template>,
+}
+
+impl Filler<'_> {
+    fn put(&mut self, name: &'static str, value: impl FnOnce() -> Option<String>) {
+        if self.only.is_none_or(|t| t.names(name))
+            && let Some(v) = value()
+        {
+            self.values.insert(name, v);
         }
     }
 }

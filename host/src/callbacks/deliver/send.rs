@@ -35,7 +35,6 @@ pub(super) struct Sent {
     pub(super) error: Option<String>,
     pub(super) excerpt: Option<String>,
     pub(super) retry_after_ms: Option<i64>,
-    pub(super) response: Option<ResponseView>,
     /// When the answer (or the failure) was in: from here until its record commits, a
     /// crash sends the callback again (`cashbackd_callback_unrecorded_seconds`).
     pub(super) answered: Instant,
@@ -56,10 +55,9 @@ impl Deliverer {
             error: None,
             excerpt: None,
             retry_after_ms: None,
-            response: None,
             answered: t0,
         };
-        let prepared = match prepared {
+        let Prepared { request, logged, timeout } = match prepared {
             Ok(p) => p,
             Err(e) => {
                 sent.error = Some(e);
@@ -67,13 +65,13 @@ impl Deliverer {
                 return sent;
             }
         };
-        sent.logged = prepared.logged.clone();
-        match self.exchange(&prepared.request, prepared.timeout).await {
+        sent.logged = logged;
+        // The worker keeps the status, the excerpt and Retry-After; not the headers.
+        match self.exchange(&request, timeout, false).await {
             Ok((response, retry_after)) => {
                 sent.status = Some(response.status);
-                sent.excerpt = Some(response.body_excerpt.clone());
+                sent.excerpt = Some(response.body_excerpt);
                 sent.retry_after_ms = retry_after;
-                sent.response = Some(response);
             }
             Err(e) => sent.error = Some(e),
         }
@@ -82,11 +80,13 @@ impl Deliverer {
         sent
     }
 
-    /// Sends one request; returns the response (body capped) and its Retry-After in ms.
+    /// Sends one request; returns the response (body capped; its headers if
+    /// `with_headers`, for the tester) and its Retry-After in ms.
     pub(super) async fn exchange(
         &self,
         r: &RequestView,
         timeout: Duration,
+        with_headers: bool,
     ) -> Result<(ResponseView, Option<i64>), String> {
         // The URL as checked is the one sent: parsed once, not again by reqwest.
         let url = net::check_url(&r.url, self.inner.config.allow_private)?;
@@ -104,11 +104,14 @@ impl Deliverer {
         }
         let response = builder.send().await.map_err(|e| describe(&e))?;
         let status = response.status().as_u16();
-        let headers: Vec<(String, String)> = response
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect();
+        let headers: Vec<(String, String)> = match with_headers {
+            true => response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+            false => Vec::new(),
+        };
         let retry_after = response
             .headers()
             .get("retry-after")

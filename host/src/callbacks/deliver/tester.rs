@@ -38,7 +38,7 @@ impl Deliverer {
         let t0 = Instant::now();
         let (prepared, result) = match self.prepare_any(&endpoint, &template, &job).await {
             Ok(prepared) => {
-                let result = self.exchange(&prepared.request, prepared.timeout).await;
+                let result = self.exchange(&prepared.request, prepared.timeout, true).await;
                 (prepared, result)
             }
             // The plugin's refusal is the tester's answer, as it would be an attempt's.
@@ -221,6 +221,27 @@ mod tests {
             let v = Deliverer::values(&job);
             assert_eq!((v["state"].as_str(), v["payout"].as_str(), v["event"].as_str()), ("PENDING", "5.00", "sale"));
             assert_eq!(post_body(&job, &v, &std::collections::BTreeMap::new())["type"], "conversion.changed");
+        }
+    }
+
+    #[test]
+    fn a_get_template_is_given_exactly_the_values_it_names() {
+        use crate::callbacks::template::Template;
+        for job in [sample_job(&endpoint(None), 1_767_225_600_000), {
+            use crate::conversions::State;
+            sample_job(&endpoint(Some(vec![State::Created])), 0)
+        }] {
+            let all = Deliverer::values(&job);
+            let names = ["state", "click_id", "payout", "conversion_id", "sub1", "timestamp"];
+            let t = Template::parse(
+                "https://p.example/cb?s=[%CASHBACK:STATE%]&c={click_id}&p={payout}&cv={conversion_id}&s1={raw:sub1}&t={timestamp}",
+            )
+            .expect("template");
+            let some = Deliverer::values_for(&job, Some(&t));
+            let named: crate::callbacks::template::Values =
+                all.iter().filter(|(k, _)| names.contains(k)).map(|(k, v)| (*k, v.clone())).collect();
+            assert_eq!(some, named);
+            assert_eq!(t.render(&some), t.render(&all));
         }
     }
 }
